@@ -1,0 +1,60 @@
+"""The `charter` command line. Each command group lives in its own module beside this one."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+try:  # typer >= 0.25 vendors click
+    from typer import _click as click
+except ImportError:  # pragma: no cover
+    import click  # type: ignore[no-redef]
+from rich.console import Console
+
+from charter.errors import CharterError
+
+app = typer.Typer(
+    name="charter",
+    help="Constitutional classifiers, red teaming and misuse monitoring for LLM deployments.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def _register() -> None:
+    # imported here so that `charter --help` stays fast and modules can import `app`
+    from charter.cli import constitution_cmd, data_cmd, demo_cmd, transforms_cmd  # noqa: F401
+
+
+def main(argv: list[str] | None = None) -> int:
+    _register()
+    try:
+        app(args=argv, standalone_mode=False, prog_name="charter")
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.Abort:
+        err.print("charter: aborted")
+        return 130
+    except click.exceptions.NoArgsIsHelpError as e:
+        err.print(e.format_message(), highlight=False, markup=False)
+        return 2
+    except click.exceptions.UsageError as e:
+        # one line, not click's three-line block
+        cmd = e.ctx.command_path if e.ctx else "charter"
+        err.print(f"{cmd}: error: {e.format_message()} (see '{cmd} --help')", highlight=False, markup=False)
+        return 2
+    except click.exceptions.ClickException as e:
+        err.print(f"charter: error: {e.format_message()}", highlight=False, markup=False)
+        return e.exit_code
+    except CharterError as e:
+        err.print(f"charter: error: {e}", highlight=False, markup=False)
+        return 1
+    return 0
+
+
+def run() -> None:  # pragma: no cover - console-script shim
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""The constitution: a written policy of restricted and permitted categories.
+
+A constitution has domains; a domain groups a restricted category with the permitted
+neighbours that look like it, so that the boundary between them is explicit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_ID = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+class Kind(str, Enum):
+    restricted = "restricted"
+    permitted = "permitted"
+
+
+class Severity(str, Enum):
+    none = "none"
+    low = "low"
+    medium = "medium"
+    high = "high"
+    critical = "critical"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Seed(_Strict):
+    """One seed text. Plain strings in YAML become a Seed with the category's default language."""
+
+    text: str = Field(min_length=1, max_length=4000)
+    lang: str = "en"
+    note: str | None = None
+
+    @field_validator("text")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("must not be empty")
+        return v
+
+
+def _coerce_seeds(v: object) -> object:
+    if isinstance(v, list):
+        return [{"text": s} if isinstance(s, str) else s for s in v]
+    return v
+
+
+class Seeds(_Strict):
+    """Seed examples for a category.
+
+    ``requests`` are user turns. ``responses`` are, for a restricted category, response
+    *skeletons* whose operational content is replaced by ``[PLACEHOLDER]`` markers, and for a
+    permitted category, benign answers.
+    """
+
+    requests: list[Seed] = Field(min_length=1)
+    responses: list[Seed] = Field(default_factory=list)
+
+    _c1 = field_validator("requests", "responses", mode="before")(_coerce_seeds)
+
+
+class Category(_Strict):
+    id: str
+    name: str
+    kind: Kind
+    description: str = Field(min_length=10)
+    rules: list[str] = Field(default_factory=list)
+    severity: Severity = Severity.none
+    languages: list[str] = Field(default_factory=list)
+    seeds: Seeds
+    hard_negatives: list[Seed] = Field(default_factory=list)
+
+    _c2 = field_validator("hard_negatives", mode="before")(_coerce_seeds)
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _ID.match(v):
+            raise ValueError("must be lower_snake_case (a-z, 0-9, _), starting with a letter")
+        return v
+
+    @field_validator("kind", mode="before")
+    @classmethod
+    def _kind(cls, v: object) -> object:
+        if v not in ("restricted", "permitted", Kind.restricted, Kind.permitted):
+            raise ValueError("must be 'restricted' or 'permitted'")
+        return v
+
+    @model_validator(mode="after")
+    def _severity_matches_kind(self) -> Category:
+        if self.kind is Kind.restricted and self.severity is Severity.none:
+            raise ValueError("severity: a restricted category needs a severity (low..critical)")
+        if self.kind is Kind.permitted and self.hard_negatives:
+            raise ValueError("hard_negatives: only restricted categories list hard negatives")
+        return self
+
+    @property
+    def restricted(self) -> bool:
+        return self.kind is Kind.restricted
+
+
+class Domain(_Strict):
+    id: str
+    name: str
+    description: str = ""
+    categories: list[Category] = Field(min_length=1)
+
+    _i = field_validator("id")(Category._id.__func__)  # type: ignore[attr-defined]
+
+
+class Constitution(_Strict):
+    version: Literal[1] = 1
+    name: str
+    description: str = ""
+    languages: list[str] = Field(default_factory=lambda: ["en"])
+    domains: list[Domain] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> Constitution:
+        seen: set[str] = set()
+        for d in self.domains:
+            for c in d.categories:
+                if c.id in seen:
+                    raise ValueError(f"category id {c.id!r} is used twice")
+                seen.add(c.id)
+        if not any(c.restricted for c in self.categories):
+            raise ValueError("a constitution needs at least one restricted category")
+        if all(c.restricted for c in self.categories):
+            raise ValueError("a constitution needs at least one permitted category")
+        return self
+
+    @property
+    def categories(self) -> list[Category]:
+        return [c for d in self.domains for c in d.categories]
+
+    def category(self, cid: str) -> Category:
+        for c in self.categories:
+            if c.id == cid:
+                return c
+        raise KeyError(cid)
+
+    def domain_of(self, cid: str) -> Domain:
+        for d in self.domains:
+            if any(c.id == cid for c in d.categories):
+                return d
+        raise KeyError(cid)
+
+    @property
+    def restricted(self) -> list[Category]:
+        return [c for c in self.categories if c.restricted]
+
+    @property
+    def permitted(self) -> list[Category]:
+        return [c for c in self.categories if not c.restricted]
+
+    def fingerprint(self) -> str:
+        """sha256 of the canonical JSON form: stable across YAML formatting changes."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()

@@ -1,0 +1,3 @@
+from charter.data.records import Label, Message, Record, RecordKind, Split
+
+__all__ = ["Label", "Message", "Record", "RecordKind", "Split"]

@@ -1,0 +1,17 @@
+"""Errors Charter raises for bad input. The CLI prints their message, never a traceback."""
+
+
+class CharterError(Exception):
+    """Base class: a user-facing error with a clear one-line (or few-line) message."""
+
+
+class ConstitutionError(CharterError):
+    """A constitution file is missing, malformed or invalid."""
+
+
+class ArtifactError(CharterError):
+    """A model or dataset artifact is missing, tampered with, or does not match its manifest."""
+
+
+class GeneratorError(CharterError):
+    """A data generator failed (e.g. the LLM endpoint kept failing)."""

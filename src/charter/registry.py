@@ -1,0 +1,62 @@
+"""Plugin registries backed by entry points, in the manner of inspect_ai.
+
+Built-in components register with a decorator; third-party packages add theirs through an
+entry-point group (``charter.transforms``, ``charter.attacks``, ``charter.graders``, ...)
+without forking Charter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from importlib.metadata import entry_points
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    def __init__(self, group: str, builtins: str | None = None) -> None:
+        self.group = group
+        self._builtins = builtins  # module whose import registers the built-in components
+        self._items: dict[str, T] = {}
+        self._loaded = False
+
+    def register(self, name: str | None = None) -> Callable[[T], T]:
+        def deco(obj: T) -> T:
+            key = name or getattr(obj, "name", None) or getattr(obj, "__name__")
+            if key in self._items and self._items[key] is not obj:
+                raise ValueError(f"{self.group}: {key!r} is registered twice")
+            self._items[key] = obj
+            return obj
+
+        return deco
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        if self._builtins:
+            __import__(self._builtins)
+        for ep in entry_points(group=self.group):
+            if ep.name not in self._items:
+                self._items[ep.name] = ep.load()
+
+    def get(self, name: str) -> T:
+        self._load()
+        try:
+            return self._items[name]
+        except KeyError:
+            known = ", ".join(sorted(self._items)) or "none"
+            raise KeyError(f"unknown {self.group.split('.')[-1][:-1]} {name!r} (known: {known})") from None
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._items)
+
+    def __iter__(self) -> Iterator[tuple[str, T]]:
+        self._load()
+        return iter(sorted(self._items.items()))
+
+    def __contains__(self, name: str) -> bool:
+        self._load()
+        return name in self._items

@@ -1,0 +1,82 @@
+"""The transform contract shared by data augmentation, attack generation and normalisation.
+
+A transform is a small class with a ``name``, a ``family`` and ``apply(text, rng)``. Where a
+transform can be undone, ``decode(text)`` returns the original (or ``None`` when the input does
+not look like this transform's output); normalisation uses decoders to produce extra views.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import ClassVar
+
+from charter.registry import Registry
+
+
+class Transform(ABC):
+    name: ClassVar[str]
+    family: ClassVar[str]
+    #: one line for `charter transforms list`
+    description: ClassVar[str] = ""
+    #: True when decode() undoes apply()
+    reversible: ClassVar[bool] = False
+
+    @abstractmethod
+    def apply(self, text: str, rng: random.Random) -> str: ...
+
+    def decode(self, text: str) -> str | None:
+        """Undo ``apply``; ``None`` if ``text`` does not look like this transform's output."""
+        raise NotImplementedError(f"{self.name} cannot be decoded")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.family}/{self.name}>"
+
+
+class Chain:
+    """Transforms applied left to right."""
+
+    def __init__(self, transforms: Sequence[Transform]) -> None:
+        self.transforms = list(transforms)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.transforms]
+
+    @property
+    def families(self) -> list[str]:
+        return [t.family for t in self.transforms]
+
+    def apply(self, text: str, rng: random.Random) -> str:
+        for t in self.transforms:
+            text = t.apply(text, rng)
+        return text
+
+    def decode(self, text: str) -> str | None:
+        for t in reversed(self.transforms):
+            if not t.reversible:
+                return None
+            out = t.decode(text)
+            if out is None:
+                return None
+            text = out
+        return text
+
+
+TRANSFORMS: Registry[type[Transform]] = Registry("charter.transforms", builtins="charter.transforms.library")
+
+
+def get_transform(name: str) -> Transform:
+    return TRANSFORMS.get(name)()
+
+
+def chain(*names: str) -> Chain:
+    return Chain([get_transform(n) for n in names])
+
+
+def families() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for name, cls in TRANSFORMS:
+        out.setdefault(cls.family, []).append(name)
+    return out
