@@ -40,6 +40,8 @@ class Record(BaseModel):
     #: presentation format: question, instruction, conversation, document, email, code, ...
     format: str = "question"
     lang: str = "en"
+    #: where the record came from: seed, hard_negative, refusal, llm, user, ...
+    source: str = "seed"
 
     def prompt_text(self) -> str:
         """The user side as one string (conversations joined turn by turn)."""
