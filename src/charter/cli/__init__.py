@@ -27,7 +27,7 @@ err = Console(stderr=True, soft_wrap=True)
 
 def _register() -> None:
     # imported here so that `charter --help` stays fast and modules can import `app`
-    from charter.cli import constitution_cmd, data_cmd, demo_cmd, transforms_cmd  # noqa: F401
+    from charter.cli import constitution_cmd, data_cmd, demo_cmd, guard_cmd, transforms_cmd  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,1 +1,69 @@
-"""placeholder; filled in by its owner."""
+"""`charter generate`: write a synthetic dataset (data.jsonl + manifest.json) from a constitution."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from charter.cli import app
+from charter.constitution import load_constitution
+from charter.constitution.loader import default_constitution_path
+from charter.data.base import Generator
+from charter.errors import CharterError
+
+
+class GeneratorName(str, Enum):
+    offline = "offline"
+    llm = "llm"
+
+
+@app.command("generate")
+def generate(
+    out: Path = typer.Option(..., "--out", help="Output directory for data.jsonl and manifest.json."),
+    constitution: Path = typer.Option(None, "--constitution", help="Constitution YAML (default: the packaged default)."),
+    generator: GeneratorName = typer.Option(GeneratorName.offline, "--generator"),
+    n: int = typer.Option(50_000, "--n", min=1, help="Target number of records."),
+    seed: int = typer.Option(0, "--seed"),
+    holdout_families: str = typer.Option("", "--holdout-families", help="Comma-separated transform families kept out of train/calib."),
+    base_url: str = typer.Option(None, "--base-url", help="llm: OpenAI-compatible base URL, e.g. http://localhost:8000/v1"),
+    model: str = typer.Option(None, "--model", help="llm: model name."),
+    api_key_env: str = typer.Option(None, "--api-key-env", help="llm: environment variable holding the API key."),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, help="llm: concurrent requests."),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="llm: on-disk reply cache."),
+) -> None:
+    """Generate synthetic training data from a constitution."""
+    from charter.data.pipeline import generate_to_dir
+
+    path = constitution or default_constitution_path()
+    c = load_constitution(path)
+    holdout = frozenset(f.strip() for f in holdout_families.split(",") if f.strip())
+    gen: Generator
+    if generator is GeneratorName.llm:
+        if not base_url or not model:
+            raise CharterError("--generator llm needs --base-url and --model")
+        from charter.data.llm import LLMGenerator
+
+        gen = LLMGenerator(base_url, model, api_key_env=api_key_env, concurrency=concurrency, cache_dir=cache_dir)
+    else:
+        from charter.data.offline import OfflineGenerator
+
+        gen = OfflineGenerator()
+    console = Console(stderr=True)
+    with Progress(
+        TextColumn("[bold]generate[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    ) as bar:
+        task = bar.add_task(gen.name, total=n)
+        manifest = generate_to_dir(path, c, gen, out, n, seed, holdout, progress=lambda k: bar.advance(task, k))
+    bal = manifest["class_balance"]["all"]
+    d = manifest["dropped"]
+    console.print(
+        f"wrote {manifest['n_records']} records to {out / 'data.jsonl'} "
+        f"(restricted {bal['restricted_fraction']:.1%}; dropped {d['exact_duplicates']} exact and "
+        f"{d['near_duplicates']} near duplicates)",
+        highlight=False,
+    )

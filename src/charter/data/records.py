@@ -17,6 +17,17 @@ class Message(BaseModel):
     content: str
 
 
+def render_messages(messages: list[Message] | list[dict]) -> str:
+    """A conversation as one string, the form every classifier sees."""
+    parts = []
+    for m in messages:
+        role, content = (m.role, m.content) if isinstance(m, Message) else (m.get("role", "user"), m.get("content", ""))
+        if not isinstance(content, str):  # OpenAI content parts: keep the text ones
+            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        parts.append(f"{role}: {content}")
+    return "\n".join(parts)
+
+
 class Record(BaseModel):
     """One training or evaluation example.
 
@@ -48,4 +59,4 @@ class Record(BaseModel):
         if self.text is not None:
             return self.text
         assert self.messages is not None
-        return "\n".join(f"{m.role}: {m.content}" for m in self.messages)
+        return render_messages(self.messages)

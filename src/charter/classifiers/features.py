@@ -1,0 +1,177 @@
+"""Featurisers: hashed word and character n-grams (stage 1) and static embeddings (stage 2).
+
+The n-gram hasher is vectorised numpy rather than sklearn's HashingVectorizer, which costs
+about 2 ms per short text, too much for a sub-millisecond screen. Hashes are stable across
+processes (no use of Python's salted ``hash``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+
+from charter.errors import ArtifactError
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+_M1 = np.uint64(0xFF51AFD7ED558CCD)
+_M2 = np.uint64(0xC4CEB9FE1A85EC53)
+_P = np.uint64(0x100000001B3)
+
+
+def _mix(h: np.ndarray) -> np.ndarray:
+    # murmur3 fmix64 finaliser: spreads polynomial hashes over all bits
+    h = h ^ (h >> np.uint64(33))
+    h = h * _M1
+    h = h ^ (h >> np.uint64(33))
+    h = h * _M2
+    return h ^ (h >> np.uint64(33))
+
+
+class NgramHasher:
+    """Bag of hashed character and word n-grams; each occurrence weighs 1/sqrt(n_occurrences).
+
+    Indices are not de-duplicated (``np.unique`` would double the cost): a repeated n-gram
+    counts again, and training and inference share this exact scheme.
+
+    ``salt`` separates feature spaces (e.g. prompt vs response in the exchange classifier).
+    """
+
+    def __init__(
+        self,
+        n_features: int = 2**18,
+        char_ngrams: tuple[int, int] = (2, 5),
+        word_ngrams: tuple[int, int] = (1, 2),
+        max_chars: int = 20_000,
+    ) -> None:
+        self.n_features = n_features
+        self.char_ngrams = char_ngrams
+        self.word_ngrams = word_ngrams
+        self.max_chars = max_chars
+
+    def indices(self, text: str, salt: int = 0, pad_end: bool = True) -> np.ndarray:
+        """Feature indices of ``text`` (with repeats)."""
+        s = " " + text[: self.max_chars].casefold() + (" " if pad_end else "")
+        parts: list[np.ndarray] = []
+        codes = np.frombuffer(s.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        lo, hi = self.char_ngrams
+        with np.errstate(over="ignore"):
+            for n in range(lo, hi + 1):
+                m = len(codes) - n + 1
+                if m <= 0:
+                    break
+                h = np.full(m, np.uint64(n * 1_000_003 + salt))
+                for k in range(n):
+                    h = h * _P + codes[k : k + m]
+                parts.append(h)
+            words = _WORD.findall(s)
+            if words:
+                w = np.fromiter((zlib.crc32(x.encode()) for x in words), dtype=np.uint64, count=len(words))
+                w = w + np.uint64(0x9E3779B97F4A7C15 + salt)
+                lo_w, hi_w = self.word_ngrams
+                for n in range(lo_w, hi_w + 1):
+                    m = len(w) - n + 1
+                    if m <= 0:
+                        break
+                    h = np.full(m, np.uint64(0xABCDEF + n + salt))
+                    for k in range(n):
+                        h = h * _P + w[k : k + m]
+                    parts.append(h)
+            if not parts:
+                return np.zeros(0, dtype=np.int64)
+            allh = _mix(np.concatenate(parts))
+        return (allh % np.uint64(self.n_features)).astype(np.int64)
+
+    def transform(self, texts: list[str], salt: int = 0, pad_end: bool = True) -> sp.csr_matrix:
+        rows = [self.indices(t, salt, pad_end) for t in texts]
+        indptr = np.zeros(len(rows) + 1, dtype=np.int64)
+        indptr[1:] = np.cumsum([len(r) for r in rows])
+        idx = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
+        data = np.concatenate(
+            [np.full(len(r), 1.0 / np.sqrt(max(len(r), 1)), dtype=np.float32) for r in rows]
+        ) if rows else np.zeros(0, dtype=np.float32)
+        X = sp.csr_matrix((data, idx, indptr), shape=(len(rows), self.n_features))
+        X.sum_duplicates()
+        return X
+
+
+# WordLlama (l2_supercat, 256-d) ships its weights and tokenizer inside the `wordllama` wheel.
+# Charter reads the two files directly (the package's own loader may try the network) and
+# pins them by hash.
+WORDLLAMA_FILES = {
+    "weights/l2_supercat_256.safetensors": "64b47a2dc493cb8e85944076601189739852d7b64e0e1eedcb1937a251cd9fd5",
+    "tokenizers/l2_supercat_tokenizer_config.json": "93248f2a9ec36c7b35f700a033d5f36228aae48db61aee31007fa49062cdeb68",
+}
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def wordllama_available() -> bool:
+    try:
+        return resources.files("wordllama").joinpath(next(iter(WORDLLAMA_FILES))).is_file()
+    except ModuleNotFoundError:
+        return False
+
+
+class StaticEmbedder:
+    """Mean- and max-pooled WordLlama token embeddings: 512 features, no neural runtime."""
+
+    dim = 512
+
+    def __init__(self, max_tokens: int = 512) -> None:
+        self.max_tokens = max_tokens
+        self._tok = None
+        self._emb: np.ndarray | None = None
+
+    def _load(self) -> None:
+        if self._emb is not None:
+            return
+        try:
+            root = Path(str(resources.files("wordllama")))
+        except ModuleNotFoundError:
+            raise ArtifactError("stage 2 needs the 'wordllama' package (pip install wordllama==0.4.0.post1)") from None
+        for rel, want in WORDLLAMA_FILES.items():
+            got = _sha256(root / rel)
+            if got != want:
+                raise ArtifactError(f"{root / rel}: sha256 {got[:12]}… does not match the pinned {want[:12]}…")
+        from safetensors.numpy import load_file
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(root / "tokenizers/l2_supercat_tokenizer_config.json"))
+        tok.no_padding()
+        tok.no_truncation()
+        self._tok = tok
+        self._emb = load_file(str(root / "weights/l2_supercat_256.safetensors"))["embedding.weight"].astype(np.float32)
+
+    def _pool(self, ids: list[int]) -> np.ndarray:
+        assert self._emb is not None
+        if not ids:
+            return np.zeros(self.dim, dtype=np.float32)
+        e = self._emb[np.asarray(ids[: self.max_tokens])]
+        mean = e.mean(axis=0)
+        mean /= np.linalg.norm(mean) + 1e-6
+        mx = e.max(axis=0)
+        mx /= np.linalg.norm(mx) + 1e-6
+        return np.concatenate([mean, mx])
+
+    def transform(self, texts: list[str]) -> np.ndarray:
+        self._load()
+        assert self._tok is not None
+        encs = self._tok.encode_batch([t[:20_000] for t in texts], add_special_tokens=False)
+        return np.stack([self._pool(e.ids) for e in encs]) if texts else np.zeros((0, self.dim), np.float32)
+
+    def embed_one(self, text: str) -> np.ndarray:
+        self._load()
+        assert self._tok is not None
+        return self._pool(self._tok.encode(text[:20_000], add_special_tokens=False).ids)

@@ -1,0 +1,262 @@
+"""The streaming exchange classifier: scores a response token by token, in the context of its prompt.
+
+Model: ``z = b + wp·φ(prompt) + wr·φ(response prefix)``, two hashed n-gram blocks, each
+normalised by the square root of its n-gram count. The response block is updated
+incrementally, so a new token costs O(len(token)) work, never a rescoring of the prefix.
+
+Training follows CC (arXiv 2501.18837): the exchange label is the target for *every* prefix,
+through ``p̂_t = (1-ω)·p_t + ω·max_{τ≤t} p_τ`` with ω annealed from 0 to 1. Harmful
+exchanges then need only one prefix to fire; harmless ones are pushed low everywhere.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.base import BaseEstimator, ClassifierMixin
+
+from charter.classifiers.features import NgramHasher, _mix, _P
+
+_TOKEN = re.compile(r"\s*\S+")
+#: prefix fractions used for training (of the response's tokens)
+PREFIX_FRACTIONS = (0.03, 0.06, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.75, 1.0)
+RESP_SALT = 7919
+
+
+def tokens(text: str) -> list[str]:
+    """Whitespace-attached word tokens: a stand-in for a model's tokens in training and tests."""
+    return _TOKEN.findall(text)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
+
+
+class ExchangeClassifier(ClassifierMixin, BaseEstimator):
+    """Binary classifier of (prompt, response) exchanges, scorable while the response streams.
+
+    ``X`` is a sequence of ``(prompt, response)`` pairs; ``y`` is 1 for a harmful exchange.
+    """
+
+    def __init__(
+        self,
+        n_features: int = 2**18,
+        epochs: int = 6,
+        batch_size: int = 512,
+        lr: float = 0.05,
+        l2: float = 1e-6,
+        random_state: int = 0,
+    ) -> None:
+        self.n_features = n_features
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.l2 = l2
+        self.random_state = random_state
+
+    def _hasher(self) -> NgramHasher:
+        return NgramHasher(n_features=self.n_features)
+
+    # -- features ------------------------------------------------------------------------
+    def _resp_matrix(self, responses: Sequence[str]) -> sp.csr_matrix:
+        # No end padding: a streamed prefix never knows where the text ends.
+        h = self._hasher()
+        return h.transform(list(responses), salt=RESP_SALT, pad_end=False)
+
+    def _prompt_matrix(self, prompts: Sequence[str]) -> sp.csr_matrix:
+        return self._hasher().transform(list(prompts))
+
+    @staticmethod
+    def _prefixes(response: str) -> list[str]:
+        toks = tokens(response)
+        n = max(len(toks), 1)
+        out = []
+        for f in PREFIX_FRACTIONS:
+            k = max(1, int(np.ceil(f * n)))
+            # end each prefix on a space so every word in it counts as complete, as in streaming
+            out.append("".join(toks[:k]) + " ")
+        return out
+
+    # -- training ------------------------------------------------------------------------
+    def fit(self, X: Sequence[tuple[str, str]], y: Sequence[int]) -> ExchangeClassifier:
+        yv = np.asarray(y, dtype=np.float64)
+        K = len(PREFIX_FRACTIONS)
+        P = self._prompt_matrix([p for p, _ in X]).tocsr()
+        R = self._resp_matrix([pre for _, r in X for pre in self._prefixes(r)]).tocsr()
+        n = len(yv)
+        F = self.n_features
+        wp = np.zeros(F)
+        wr = np.zeros(F)
+        b = 0.0
+        # Adam state
+        mp, vp, mr, vr = (np.zeros(F) for _ in range(4))
+        mb = vb = 0.0
+        pos_w = (n - yv.sum()) / max(yv.sum(), 1.0)  # balance classes
+        rng = np.random.default_rng(self.random_state)
+        steps_total = self.epochs * int(np.ceil(n / self.batch_size))
+        step = 0
+        b1, b2, eps = 0.9, 0.999, 1e-8
+        for _epoch in range(self.epochs):
+            order = rng.permutation(n)
+            for start in range(0, n, self.batch_size):
+                step += 1
+                omega = min(1.0, step / max(1, 0.6 * steps_total))  # anneal 0 -> 1
+                ib = order[start : start + self.batch_size]
+                rows = (ib[:, None] * K + np.arange(K)[None, :]).ravel()
+                Pb, Rb, yb = P[ib], R[rows], yv[ib]
+                z = (Rb @ wr).reshape(len(ib), K) + (Pb @ wp)[:, None] + b
+                p = _sigmoid(z)
+                cm = np.maximum.accumulate(p, axis=1)
+                # index of the running argmax at each step
+                is_new = p >= cm
+                idx = np.where(is_new, np.arange(K)[None, :], 0)
+                am = np.maximum.accumulate(idx, axis=1)
+                ph = np.clip((1 - omega) * p + omega * cm, 1e-6, 1 - 1e-6)
+                wts = np.where(yb[:, None] > 0.5, pos_w, 1.0)
+                g = wts * (ph - yb[:, None]) / (ph * (1 - ph)) / (len(ib) * K)
+                gp = (1 - omega) * g
+                np.add.at(gp, (np.repeat(np.arange(len(ib)), K), am.ravel()), omega * g.ravel())
+                dz = gp * p * (1 - p)
+                g_wr = Rb.T @ dz.ravel() + self.l2 * wr
+                g_wp = Pb.T @ dz.sum(axis=1) + self.l2 * wp
+                g_b = dz.sum()
+                t = step
+                for w_, m_, v_, g_ in ((wr, mr, vr, g_wr), (wp, mp, vp, g_wp)):
+                    m_ *= b1
+                    m_ += (1 - b1) * g_
+                    v_ *= b2
+                    v_ += (1 - b2) * g_ * g_
+                    w_ -= self.lr * (m_ / (1 - b1**t)) / (np.sqrt(v_ / (1 - b2**t)) + eps)
+                mb = b1 * mb + (1 - b1) * g_b
+                vb = b2 * vb + (1 - b2) * g_b * g_b
+                b -= self.lr * (mb / (1 - b1**t)) / (np.sqrt(vb / (1 - b2**t)) + eps)
+        self.wp_ = wp.astype(np.float32)
+        self.wr_ = wr.astype(np.float32)
+        self.b_ = np.float32(b)
+        self.classes_ = np.array([0, 1])
+        return self
+
+    # -- batch scoring (full responses) --------------------------------------------------
+    def decision_function(self, X: Sequence[tuple[str, str]]) -> np.ndarray:
+        P = self._prompt_matrix([p for p, _ in X])
+        R = self._resp_matrix([r + " " for _, r in X])
+        return np.asarray(P @ self.wp_ + R @ self.wr_ + self.b_)
+
+    def predict_proba(self, X: Sequence[tuple[str, str]]) -> np.ndarray:
+        p = _sigmoid(self.decision_function(X))
+        return np.stack([1 - p, p], axis=1)
+
+    def predict(self, X: Sequence[tuple[str, str]]) -> np.ndarray:
+        return (self.decision_function(X) > 0).astype(int)
+
+    def max_prefix_scores(self, X: Sequence[tuple[str, str]]) -> np.ndarray:
+        """Running-max score over the training prefixes: a fast proxy for streaming."""
+        K = len(PREFIX_FRACTIONS)
+        P = self._prompt_matrix([p for p, _ in X])
+        R = self._resp_matrix([pre for _, r in X for pre in self._prefixes(r)])
+        z = (R @ self.wr_).reshape(len(X), K) + (P @ self.wp_)[:, None] + self.b_
+        return _sigmoid(z).max(axis=1)
+
+    # -- streaming -----------------------------------------------------------------------
+    def stream(self, prompt: str) -> ExchangeStream:
+        return ExchangeStream(self, prompt)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"wp": self.wp_, "wr": self.wr_, "b": np.asarray([self.b_], dtype=np.float32)}
+
+    @classmethod
+    def from_arrays(cls, params: dict, arrays: dict[str, np.ndarray]) -> ExchangeClassifier:
+        est = cls(**params)
+        est.wp_ = arrays["wp"].astype(np.float32)
+        est.wr_ = arrays["wr"].astype(np.float32)
+        est.b_ = np.float32(arrays["b"][0])
+        est.classes_ = np.array([0, 1])
+        return est
+
+
+class ExchangeStream:
+    """Incremental scorer for one response. ``feed(chunk)`` returns the current probability."""
+
+    def __init__(self, clf: ExchangeClassifier, prompt: str) -> None:
+        self.clf = clf
+        h = clf._hasher()
+        self._h = h
+        pidx = h.indices(prompt)
+        self._prompt_logit = float(clf.wp_[pidx].sum() / np.sqrt(max(len(pidx), 1))) + float(clf.b_)
+        self._tail = " "  # the batch featuriser's leading pad
+        self._word = ""  # an unfinished word
+        self._prev_word_hash: np.uint64 | None = None
+        self._dot = 0.0
+        self._n = 0
+        self.max_score = 0.0
+        self.score = 0.0
+        lo, hi = h.char_ngrams
+        self._lo, self._hi = lo, hi
+        self._F = np.uint64(h.n_features)
+
+    def _add(self, hashes: np.ndarray) -> None:
+        if len(hashes):
+            idx = (_mix(hashes) % self._F).astype(np.int64)
+            self._dot += float(self.clf.wr_[idx].sum())
+            self._n += len(idx)
+
+    def feed(self, chunk: str) -> float:
+        if chunk:
+            self._feed_chars(chunk.casefold())
+            self._feed_words(chunk.casefold())
+        z = self._prompt_logit + (self._dot / np.sqrt(self._n) if self._n else 0.0)
+        self.score = float(_sigmoid(np.asarray(z)))
+        self.max_score = max(self.max_score, self.score)
+        return self.score
+
+    def _feed_chars(self, s: str) -> None:
+        # char n-grams that end inside the new chunk, computed over tail + chunk
+        buf = self._tail + s
+        codes = np.frombuffer(buf.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        start_new = len(self._tail)
+        parts = []
+        with np.errstate(over="ignore"):
+            for n in range(self._lo, self._hi + 1):
+                m = len(codes) - n + 1
+                if m <= 0:
+                    break
+                h = np.full(m, np.uint64(n * 1_000_003 + RESP_SALT))
+                for k in range(n):
+                    h = h * _P + codes[k : k + m]
+                first = max(0, start_new - n + 1)  # n-gram must end at index >= start_new
+                parts.append(h[first:])
+            if parts:
+                self._add(np.concatenate(parts))
+        self._tail = buf[-(self._hi - 1) :]
+
+    def _feed_words(self, s: str) -> None:
+        import zlib
+
+        from charter.classifiers.features import _WORD
+
+        text = self._word + s
+        words = [(m.group(), m.end()) for m in _WORD.finditer(text)]
+        complete = [w for w, end in words if end < len(text)]
+        self._word = words[-1][0] if words and words[-1][1] == len(text) else ""
+        if not complete:
+            return
+        lo_w, hi_w = self._h.word_ngrams
+        with np.errstate(over="ignore"):
+            w = np.fromiter((zlib.crc32(x.encode()) for x in complete), dtype=np.uint64, count=len(complete))
+            w = w + np.uint64(0x9E3779B97F4A7C15 + RESP_SALT)
+            seq = w if self._prev_word_hash is None else np.concatenate([[self._prev_word_hash], w])
+            out = []
+            for n in range(lo_w, hi_w + 1):
+                m = len(seq) - n + 1
+                if m <= 0:
+                    break
+                h = np.full(m, np.uint64(0xABCDEF + n + RESP_SALT))
+                for k in range(n):
+                    h = h * _P + seq[k : k + m]
+                skip = 1 if (self._prev_word_hash is not None and n == 1) else 0  # old word's unigram
+                out.append(h[skip:])
+            self._add(np.concatenate(out))
+            self._prev_word_hash = w[-1]

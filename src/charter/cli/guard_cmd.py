@@ -1,0 +1,160 @@
+"""`charter train`, `charter classify`, `charter calibrate`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from charter.cli import app
+from charter.errors import CharterError
+
+console = Console(stderr=True)
+
+
+def _progress() -> Progress:
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=console, transient=False)
+
+
+@app.command("train")
+def train(
+    constitution: Path = typer.Option(None, "--constitution", "-c", help="Constitution YAML (default: the packaged default)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
+    data: Path = typer.Option(None, "--data", help="A dataset from `charter generate` (default: generate one now)."),
+    n: int = typer.Option(60_000, "--n", help="Records to generate when --data is not given."),
+    holdout: str = typer.Option("cipher,homoglyph", "--holdout-families", help="Transform families kept out of training, for evaluation."),
+    target_fpr: float = typer.Option(0.01, "--target-fpr", min=0.0001, max=0.5),
+    seed: int = typer.Option(0, "--seed"),
+    no_stage2: bool = typer.Option(False, "--no-stage2", help="Train stage 1 and the exchange classifier only."),
+) -> None:
+    """Train a guard (stage 1, stage 2, streaming exchange classifier) from a constitution."""
+    from charter.constitution import load_constitution
+    from charter.constitution.loader import default_constitution_path
+    from charter.guard.train import TrainConfig, file_sha256, read_dataset, train_guard
+
+    cpath = constitution or default_constitution_path()
+    const = load_constitution(cpath)
+    families = [f for f in holdout.split(",") if f]
+    with tempfile.TemporaryDirectory() as tmp:
+        ddir = data
+        if ddir is None:
+            from charter.guard.calibrate import offline_dataset
+
+            ddir = offline_dataset(Path(cpath), const, Path(tmp) / "data", n=n, seed=seed, holdout=families)
+        manifest, records = read_dataset(ddir)
+        families = manifest.get("holdout_families", families)
+        with _progress() as prog:
+            task = prog.add_task("training", total=None)
+            guard = train_guard(
+                records, out,
+                constitution_sha256=file_sha256(Path(cpath)),
+                data_sha256=file_sha256(ddir / "data.jsonl"),
+                holdout_families=families,
+                config=TrainConfig(target_fpr=target_fpr, seed=seed, use_stage2=not no_stage2),
+                progress=lambda s: prog.update(task, description=s),
+            )
+    cas = guard.manifest["metrics"]["cascade"]
+    Console().print(
+        f"wrote {out} (stages: {', '.join(guard.stages)}); held-out recall {100 * cas['recall']['rate']:.1f}%, "
+        f"FPR {100 * cas['fpr']['rate']:.2f}%; see {out / 'MODEL_CARD.md'}"
+    )
+
+
+def _load_guard(model: Path | None):
+    from charter.guard import Guard
+
+    g = Guard.load(model)
+    if g.stage2 is None:
+        console.print("[yellow]note:[/] stage 2 unavailable; running on stage 1 alone")
+    return g
+
+
+def _score_line(guard, obj: object) -> dict:
+    if not isinstance(obj, dict):
+        raise ValueError("each line must be a JSON object")
+    resp = obj.get("response")
+    if "messages" in obj:
+        msgs = obj["messages"]
+        if not isinstance(msgs, list) or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs):
+            raise ValueError("'messages' must be a list of {role, content} objects")
+        src: str | list = msgs
+    elif isinstance(obj.get("text"), str):
+        src = obj["text"]
+    else:
+        raise ValueError("needs a string 'text' or a 'messages' list")
+    if resp is not None:
+        if not isinstance(resp, str):
+            raise ValueError("'response' must be a string")
+        from charter.classifiers.streaming import tokens
+
+        mon = guard.output_monitor(src)
+        v = None
+        for tok in tokens(resp):
+            v = mon.feed(tok)
+            if v.flagged:
+                break
+        if v is None:
+            v = mon.feed("")
+    else:
+        v = guard.check_input(src)
+    return {"score": round(v.score, 6), "flagged": v.flagged, "category": v.category if v.flagged else None, "stage": v.stage}
+
+
+@app.command("classify")
+def classify(
+    text: str = typer.Argument(None, help="Text to classify."),
+    model: Path = typer.Option(None, "--model", "-m", help="Model directory (default: the packaged guard)."),
+    file: Path = typer.Option(None, "--file", "-f", help="JSONL input: one object a line with text or messages (and optional response, id)."),
+    out: Path = typer.Option(None, "--out", help="JSONL output (default: stdout)."),
+) -> None:
+    """Classify one text, or a JSONL file line by line."""
+    if (text is None) == (file is None):
+        raise typer.BadParameter("give either TEXT or --file")
+    guard = _load_guard(model)
+    if text is not None:
+        v = guard.check_input(text)
+        Console().print_json(v.model_dump_json())
+        return
+    sink = open(out, "w", encoding="utf-8") if out else sys.stdout
+    errors = 0
+    try:
+        with open(file, encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                rid = None
+                try:
+                    obj = json.loads(line)
+                    rid = obj.get("id", i) if isinstance(obj, dict) else i
+                    rec = {"id": rid, **_score_line(guard, obj)}
+                except (ValueError, json.JSONDecodeError) as e:
+                    errors += 1
+                    rec = {"id": rid if rid is not None else i, "line": i, "error": str(e).splitlines()[0]}
+                sink.write(json.dumps(rec) + "\n")
+    except OSError as e:
+        raise CharterError(f"{file}: {e.strerror}") from None
+    finally:
+        if out:
+            sink.close()
+    if errors:
+        console.print(f"{errors} line(s) could not be classified; see their 'error' fields")
+
+
+@app.command("calibrate")
+def calibrate_cmd(
+    model: Path = typer.Argument(..., help="Model directory to recalibrate (written in place unless --out)."),
+    benign: Path = typer.Option(None, "--benign", help="Your benign traffic, JSONL with text or messages per line."),
+    target_fpr: float = typer.Option(0.01, "--target-fpr", min=0.0001, max=0.5),
+    out: Path = typer.Option(None, "--out", help="Write the recalibrated model here instead."),
+    constitution: Path = typer.Option(None, "--constitution", "-c", help="Constitution whose permitted data joins the calibration set (default: packaged)."),
+) -> None:
+    """Choose thresholds that meet a target false-positive rate on benign data."""
+    from charter.guard.calibrate import recalibrate
+
+    rep = recalibrate(model, out or model, benign=benign, target_fpr=target_fpr, constitution=constitution)
+    Console().print(rep)

@@ -1,0 +1,317 @@
+"""The llm generator: asks any OpenAI-compatible endpoint for new requests per category.
+
+Calls run concurrently (bounded by a semaphore) and are retried with exponential backoff and
+jitter on 429/5xx, timeouts and connection errors, honouring ``Retry-After``. Malformed replies
+are retried, then skipped and counted. Successful replies are cached on disk under the sha256
+of (model, messages, params), so a rerun makes no requests. The endpoint's own refusals are
+dropped. Restricted exchanges ask for *skeletons* with [PLACEHOLDER] markers, rendered like the
+offline generator's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from charter.constitution.model import Category, Constitution
+from charter.data.base import Generator
+from charter.data.records import Label, Record
+from charter.data.skeleton import render_skeleton
+from charter.data.splits import split_of, sub_seed
+from charter.errors import GeneratorError
+
+log = logging.getLogger("charter.data.llm")
+
+_REFUSAL = re.compile(
+    r"^\W*(i\s*(?:am|'m)\s+(?:sorry|afraid|unable|not able)|i\s+(?:can(?:no|')?t|won't|will not|must decline)"
+    r"|sorry,?\s+(?:but\s+)?i|as an ai\b|i apologi[sz]e|unfortunately,?\s+i\s+(?:can|am)"
+    r"|(?:i'm|i am) not (?:comfortable|going to))",
+    re.IGNORECASE,
+)
+_RETRYABLE = {408, 409, 425, 429}
+
+
+def is_refusal(text: str) -> bool:
+    """True for replies that open like an assistant refusal ("I can't help with that")."""
+    return bool(_REFUSAL.match(text.strip().replace("\u2019", "'")))
+
+
+class _Malformed(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Job:
+    category: Category
+    mode: str  # "requests" | "exchanges"
+    count: int
+    batch: int
+
+
+def _prompt(job: Job, seed: int) -> list[dict[str, str]]:
+    cat = job.category
+    examples = "\n".join(f"- {s.text}" for s in cat.seeds.requests[:5])
+    rules = "\n".join(f"- {r}" for r in cat.rules) or "- (none)"
+    kind = "RESTRICTED (the deployment must block these)" if cat.restricted else "PERMITTED (the deployment must answer these)"
+    if job.mode == "requests":
+        ask = (
+            f"Write {job.count} new, diverse user requests that belong to this category. Vary length, tone, "
+            'persona and phrasing. Reply with only a JSON list of strings.'
+        )
+    elif cat.restricted:
+        ask = (
+            f"Write {job.count} new user requests in this category, each with a response SKELETON that shows the "
+            "shape of a compliant answer with every operational detail replaced by an [UPPER_SNAKE] placeholder "
+            'such as [MATERIAL_1] or [PROCESS_STEP]. Never include real details. Reply with only a JSON list of '
+            'objects {"request": ..., "response": ...}.'
+        )
+    else:
+        ask = (
+            f"Write {job.count} new user requests in this category, each with a helpful answer. Reply with only a "
+            'JSON list of objects {"request": ..., "response": ...}.'
+        )
+    system = "You generate synthetic training data for a safety classifier. Follow the output format exactly."
+    user = (
+        f"Category: {cat.name} ({cat.id})\nKind: {kind}\nDescription: {cat.description}\nRules:\n{rules}\n"
+        f"Examples:\n{examples}\n\nBatch {job.batch} (seed {seed}). {ask}"
+    )
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def parse_items(content: str, mode: str) -> list[tuple[str, str | None]]:
+    """Parse a reply into (request, response) pairs; raise _Malformed on the wrong shape."""
+    text = content.strip()
+    if text.startswith("```"):
+        text = re.sub(r"^```[a-zA-Z]*\s*|\s*```$", "", text)
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise _Malformed("not JSON") from None
+    if isinstance(data, dict):  # {"requests": [...]} and similar wrappers
+        lists = [v for v in data.values() if isinstance(v, list)]
+        data = lists[0] if len(lists) == 1 else data
+    if not isinstance(data, list) or not data:
+        raise _Malformed("not a non-empty JSON list")
+    out: list[tuple[str, str | None]] = []
+    for item in data:
+        if mode == "requests" and isinstance(item, str):
+            out.append((item, None))
+        elif isinstance(item, dict) and isinstance(item.get("request"), str):
+            resp = item.get("response")
+            if mode == "exchanges" and not isinstance(resp, str):
+                raise _Malformed("exchange item without a string 'response'")
+            out.append((item["request"], resp if mode == "exchanges" else None))
+        else:
+            raise _Malformed(f"unexpected item type {type(item).__name__}")
+    return out
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        dt = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, dt.timestamp() - time.time())
+
+
+class LLMGenerator(Generator):
+    name = "llm"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str | None = None,
+        concurrency: int = 4,
+        cache_dir: Path | None = None,
+        batch_size: int = 20,
+        exchange_share: float = 0.3,
+        temperature: float = 1.0,
+        max_retries: int = 5,
+        malformed_retries: int = 2,
+        timeout: float = 60.0,
+        backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        super().__init__()
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.api_key_env = api_key_env
+        self.concurrency = max(1, concurrency)
+        self.cache_dir = Path(cache_dir) if cache_dir else None
+        self.batch_size = batch_size
+        self.exchange_share = exchange_share
+        self.temperature = temperature
+        self.max_retries = max_retries
+        self.malformed_retries = malformed_retries
+        self.timeout = timeout
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self._sleep = sleep
+        self._jitter = random.Random(0)
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "base_url": self.base_url, "model": self.model, "api_key_env": self.api_key_env,
+            "concurrency": self.concurrency, "batch_size": self.batch_size, "temperature": self.temperature,
+            "exchange_share": self.exchange_share, "cache_dir": str(self.cache_dir) if self.cache_dir else None,
+        }
+
+    # -------------------------------------------------------------- planning
+
+    def _jobs(self, c: Constitution, n: int) -> list[Job]:
+        n_ex = round(n * self.exchange_share)
+        per_in = max(1, round((n - n_ex) / len(c.categories)))
+        per_ex = max(1, round(n_ex / len(c.categories)))
+        jobs: list[Job] = []
+        for cat in c.categories:
+            for mode, total in (("requests", per_in), ("exchanges", per_ex)):
+                for b, start in enumerate(range(0, total, self.batch_size)):
+                    jobs.append(Job(cat, mode, min(self.batch_size, total - start), b))
+        return jobs
+
+    # -------------------------------------------------------------- HTTP
+
+    def _headers(self) -> dict[str, str]:
+        if not self.api_key_env:
+            return {}
+        key = os.environ.get(self.api_key_env)
+        if not key:
+            raise GeneratorError(f"environment variable {self.api_key_env} (--api-key-env) is not set")
+        return {"Authorization": f"Bearer {key}"}
+
+    def _wait(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_backoff)
+        base = min(self.max_backoff, self.backoff * 2**attempt)
+        return base + self._jitter.uniform(0, self.backoff)
+
+    async def _complete(self, client: httpx.AsyncClient, payload: dict[str, Any]) -> str:
+        url = f"{self.base_url}/chat/completions"
+        last = ""
+        for attempt in range(self.max_retries + 1):
+            retry_after = None
+            try:
+                r = await client.post(url, json=payload)
+            except httpx.TimeoutException:
+                last = "timed out"
+            except httpx.TransportError as e:
+                last = f"{type(e).__name__}: {e}"
+            else:
+                if r.status_code == 200:
+                    try:
+                        content = r.json()["choices"][0]["message"]["content"]
+                    except (ValueError, KeyError, IndexError, TypeError):
+                        raise _Malformed("not an OpenAI chat completion") from None
+                    if not isinstance(content, str):
+                        raise _Malformed("message content is not a string")
+                    return content
+                if r.status_code not in _RETRYABLE and r.status_code < 500:
+                    raise GeneratorError(f"LLM endpoint {url} returned HTTP {r.status_code}: {r.text[:200]}")
+                last = f"HTTP {r.status_code}"
+                retry_after = _retry_after(r.headers.get("retry-after"))
+            if attempt == self.max_retries:
+                break
+            wait = self._wait(attempt, retry_after)
+            self.stats["retries"] += 1
+            log.info("LLM request failed (%s); retry %d/%d in %.2fs", last, attempt + 1, self.max_retries, wait)
+            await self._sleep(wait)
+        raise GeneratorError(f"LLM endpoint {url} failed after {self.max_retries + 1} attempts (last error: {last})")
+
+    def _cache_path(self, payload: dict[str, Any]) -> Path | None:
+        if self.cache_dir is None:
+            return None
+        key = hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        return self.cache_dir / key[:2] / f"{key}.json"
+
+    async def _run_job(self, client: httpx.AsyncClient, sem: asyncio.Semaphore, job: Job, seed: int) -> list[tuple[str, str | None]]:
+        payload = {"model": self.model, "messages": _prompt(job, seed), "temperature": self.temperature, "seed": seed}
+        cache = self._cache_path(payload)
+        if cache is not None and cache.exists():
+            self.stats["cache_hits"] += 1
+            return parse_items(json.loads(cache.read_text())["content"], job.mode)
+        for _ in range(self.malformed_retries + 1):
+            async with sem:
+                try:
+                    content = await self._complete(client, payload)
+                except _Malformed:
+                    self.stats["malformed_replies"] += 1
+                    continue
+            if is_refusal(content):
+                self.stats["refused_replies"] += 1
+                return []
+            try:
+                items = parse_items(content, job.mode)
+            except _Malformed:
+                self.stats["malformed_replies"] += 1
+                continue
+            if cache is not None:
+                cache.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache.with_suffix(".tmp")
+                tmp.write_text(json.dumps({"content": content}))
+                tmp.replace(cache)
+            return items
+        self.stats["skipped_jobs"] += 1
+        log.warning("skipping a %s batch for %s: malformed replies", job.mode, job.category.id)
+        return []
+
+    async def _run(self, jobs: list[Job], seed: int) -> list[list[tuple[str, str | None]]]:
+        sem = asyncio.Semaphore(self.concurrency)
+        limits = httpx.Limits(max_connections=self.concurrency)
+        async with httpx.AsyncClient(headers=self._headers(), timeout=httpx.Timeout(self.timeout), limits=limits) as client:
+            return list(await asyncio.gather(*(self._run_job(client, sem, j, seed) for j in jobs)))
+
+    # -------------------------------------------------------------- records
+
+    def generate(
+        self, constitution: Constitution, n: int, seed: int, holdout: frozenset[str] = frozenset()
+    ) -> Iterator[Record]:
+        jobs = self._jobs(constitution, n)
+        results = asyncio.run(self._run(jobs, seed))
+        rng = random.Random(sub_seed(seed, "llm-render"))
+        counters: dict[str, int] = {}
+        for job, items in zip(jobs, results, strict=True):
+            cat = job.category
+            label: Label = "restricted" if cat.restricted else "permitted"
+            for request, response in items:
+                request = request.strip()
+                if not request or is_refusal(request) or (response is not None and is_refusal(response)):
+                    self.stats["refused_items"] += 1
+                    continue
+                sid = f"{cat.id}:llm:{hashlib.sha256(request.encode()).hexdigest()[:12]}"
+                i = counters.get(sid, 0)
+                counters[sid] = i + 1
+                if response is not None and cat.restricted:
+                    response = render_skeleton(response, rng)
+                yield Record(
+                    id=f"{sid}:{i}",
+                    text=request,
+                    response=response,
+                    label=label,
+                    category=cat.id,
+                    kind="input" if response is None else "exchange",
+                    seed_id=sid,
+                    split=split_of(sid),
+                    format="question" if request.endswith("?") else "instruction",
+                    source="llm",
+                )

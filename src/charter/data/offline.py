@@ -1,0 +1,369 @@
+"""The offline generator: deterministic template expansion of the constitution's seeds.
+
+Every seed (restricted request, hard negative, permitted request) is expanded through the same
+machinery (paraphrase, persona and politeness framing, presentation formats, transform chains),
+so wrappers and encodings appear on both labels and are never a label signal by themselves.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from charter.constitution.model import Category, Constitution, Seed
+from charter.data import templates as T
+from charter.data.base import Generator, host_category
+from charter.data.records import Label, Message, Record
+from charter.data.skeleton import render_skeleton
+from charter.data.splits import split_of, sub_seed
+from charter.transforms.base import TRANSFORMS, Transform
+
+
+def registered_transforms() -> list[type[Transform]]:
+    """Every transform in the registry (empty while the built-in library is not installed)."""
+    try:
+        return [cls for _, cls in TRANSFORMS]
+    except ImportError:
+        return []
+
+
+# ---------------------------------------------------------------- paraphrase
+
+
+def _lower_first(s: str) -> str:
+    return s[:1].lower() + s[1:] if s[:2] != s[:2].upper() else s
+
+
+_HOW = re.compile(r"^how (?:do|can|would|could|should) (?:i|you|one|we) (.+?)[?.!]*$", re.I)
+_WH = re.compile(r"^(what|which|why|where|when|who|how) (.+?)[?.!]*$", re.I)
+
+
+def rewrite_mode(text: str, rng: random.Random) -> str:
+    """Question to instruction or back."""
+    t = text.strip()
+    if t.endswith("?"):
+        if m := _HOW.match(t):
+            return f"{rng.choice(T.INSTRUCTION_VERBS)} how to {m.group(1)}."
+        if m := _WH.match(t):
+            return f"Tell me {m.group(1).lower()} {m.group(2)}."
+        return f"{rng.choice(['I want to know:', 'Answer this:', 'Question:'])} {t}"
+    return f"{rng.choice(T.QUESTION_OPENERS)} {_lower_first(t.rstrip('.!'))}?"
+
+
+def typos(text: str, rng: random.Random, k: int = 2) -> str:
+    words = text.split(" ")
+    idx = [i for i, w in enumerate(words) if len(w) >= 4 and w.isalpha()]
+    for i in rng.sample(idx, min(k, len(idx))):
+        w = words[i]
+        j = rng.randrange(1, len(w) - 2)
+        words[i] = w[:j] + w[j + 1] + w[j] + w[j + 2 :] if rng.random() < 0.6 else w[:j] + w[j + 1 :]
+    return " ".join(words)
+
+
+def paraphrase(text: str, lang: str, rng: random.Random) -> str:
+    t = text.strip()
+    en = lang == "en"
+    if en and rng.random() < 0.35:
+        t = rewrite_mode(t, rng)
+    lead: list[str] = []
+    if rng.random() < 0.15:
+        lead.append(rng.choice(T.URGENCY))
+    if rng.random() < (0.35 if en else 0.15):
+        lead.append(rng.choice(T.POLITE))
+    if rng.random() < (0.35 if en else 0.1):
+        lead.append(rng.choice(T.PERSONAS))
+    if lead:
+        joined = " ".join(lead)
+        t = f"{joined} {_lower_first(t) if joined[-1].isalpha() or joined[-1] == ',' else t}"
+    if rng.random() < 0.3:
+        t = f"{t} {rng.choice(T.SUFFIXES)}"
+    r = rng.random()
+    if r < 0.1:
+        t = t.lower()
+    elif r < 0.2:
+        t = typos(t, rng)
+    if rng.random() < 0.08:
+        t = t.rstrip("?.!")
+    return t
+
+
+# ---------------------------------------------------------------- formats
+
+
+def as_email(req: str, rng: random.Random) -> str:
+    a, b = rng.sample(T.NAMES, 2)
+    body = f"Subject: {rng.choice(T.SUBJECTS)}\nFrom: {a}\nTo: {b}\n\nHi {b},\n\n{req}\n\n{rng.choice(['Best,', 'Thanks,', 'Cheers,', '-'])}\n{a}"
+    return rng.choice(["", "Please draft a reply to this email:\n\n", "Answer the question in this email.\n\n"]) + body
+
+
+def as_document(req: str, rng: random.Random) -> str:
+    f1, f2 = rng.sample(T.DOC_FILLER, 2)
+    title = rng.choice(T.DOC_TITLES)
+    style = rng.randrange(3)
+    if style == 0:
+        doc = f"{title}\n\n{f1}\n{req}\n{f2}"
+    elif style == 1:
+        doc = f"# {title}\n\n- {f1}\n- Open question: {req}\n- {f2}"
+    else:
+        doc = f"{title}: {f1} {req} {f2}"
+    return rng.choice(["", "Summarise this document and answer any question in it.\n---\n", "Read the text below.\n\n"]) + doc
+
+
+def as_code(req: str, rng: random.Random) -> str:
+    lang = rng.choice(T.CODE_LANGS)
+    one = req.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    if lang == "python":
+        code = "\n".join(f"# {line}" for line in req.splitlines()) + "\ndef main():\n    pass"
+    elif lang == "javascript":
+        code = f'const prompt = "{one}";\nsendToModel(prompt);'
+    elif lang == "bash":
+        code = f'echo "{one}" | llm --model local'
+    elif lang == "go":
+        code = "\n".join(f"// {line}" for line in req.splitlines()) + "\nfunc main() {}"
+    else:
+        code = "\n".join(f"-- {line}" for line in req.splitlines()) + "\nSELECT id FROM notes;"
+    return rng.choice(["", "Complete this code:\n", "What does this snippet do?\n", "Fix the bug here:\n"]) + f"```{lang}\n{code}\n```"
+
+
+def benign_prefix(rng: random.Random) -> list[Message]:
+    out: list[Message] = []
+    for q, a in rng.sample(T.BENIGN_TURNS, rng.randint(1, 3)):
+        out += [Message(role="user", content=q), Message(role="assistant", content=a)]
+    return out
+
+
+# ---------------------------------------------------------------- responses
+
+
+def _cut(text: str, rng: random.Random) -> str:
+    """A prefix at a word boundary: responses as a streaming classifier sees them."""
+    words = text.split(" ")
+    if len(words) < 6:
+        return text
+    return " ".join(words[: rng.randint(max(3, len(words) * 2 // 5), len(words) - 1)])
+
+
+def skeleton_response(cat: Category, rng: random.Random) -> str:
+    pool = [s.text for s in cat.seeds.responses] or T.GENERIC_SKELETONS
+    parts = [rng.choice(pool)]
+    if rng.random() < 0.2 and len(pool) > 1:
+        parts.append(rng.choice(pool))
+    text = " ".join([rng.choice(T.SKELETON_INTROS), *map(lambda p: render_skeleton(p, rng), parts)]).strip()
+    return _cut(text, rng) if rng.random() < 0.2 else text
+
+
+def benign_response(cat: Category, rng: random.Random, topic: str | None = None) -> str:
+    topic = topic or cat.name.lower()
+    r = rng.random()
+    if r < 0.3:
+        steps = rng.sample(T.GENERIC_BENIGN_STEPS, rng.randint(3, 5))
+        style = rng.choice(["Step {i}: {s}", "{i}. {s}", "{i}) {s}"])
+        sep = rng.choice(["\n", " "])
+        body = sep.join(style.format(i=i + 1, s=s.format(topic=topic)) for i, s in enumerate(steps))
+    elif cat.seeds.responses and not cat.restricted and r < 0.75:
+        body = " ".join(s.text for s in rng.sample(cat.seeds.responses, min(len(cat.seeds.responses), rng.randint(1, 2))))
+    else:
+        body = " ".join(g.format(topic=topic) for g in rng.sample(T.GENERIC_BENIGN, rng.randint(1, 2)))
+    text = " ".join(x for x in (rng.choice(T.ANSWER_INTROS), body, rng.choice(T.ANSWER_OUTROS)) if x)
+    return _cut(text, rng) if rng.random() < 0.15 else text
+
+
+# ---------------------------------------------------------------- the generator
+
+
+@dataclass(frozen=True)
+class SeedRef:
+    seed_id: str
+    seed: Seed
+    category: Category  # the record's category (the host permitted category for hard negatives)
+    label: Label
+    source: str
+    origin: Category  # the category whose seeds list holds it
+
+
+class OfflineGenerator(Generator):
+    name = "offline"
+
+    def __init__(
+        self,
+        transform_rate: float = 0.35,
+        exchange_share: float = 0.3,
+        floor: int = 4,
+        transforms: Sequence[type[Transform]] | None = None,
+    ) -> None:
+        super().__init__()
+        self.transform_rate = transform_rate
+        self.exchange_share = exchange_share
+        self.floor = floor
+        classes = list(transforms) if transforms is not None else registered_transforms()
+        self._by_family: dict[str, list[Transform]] = {}
+        for cls in sorted(classes, key=lambda c: c.name):
+            self._by_family.setdefault(cls.family, []).append(cls())
+
+    @property
+    def families(self) -> list[str]:
+        return sorted(self._by_family)
+
+    def transform_families(self) -> dict[str, str]:
+        return {t.name: f for f, ts in self._by_family.items() for t in ts}
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "transform_rate": self.transform_rate,
+            "exchange_share": self.exchange_share,
+            "floor": self.floor,
+            "transform_families": self.families,
+            "transforms": sorted(t.name for ts in self._by_family.values() for t in ts),
+        }
+
+    # -- transforms
+
+    def _pick_chain(self, label: Label, split: str, holdout: frozenset[str], rng: random.Random) -> list[Transform]:
+        allowed = [f for f in self.families if split == "test" or f not in holdout]
+        if not allowed:
+            return []
+        held = [f for f in allowed if f in holdout]
+        key = (label, tuple(allowed))
+        if held and rng.random() < 0.5:
+            first = rng.choice(held)
+        else:  # round robin so every family shows up on both labels even in small datasets
+            cursor = self._cursor.get(key, 0)
+            self._cursor[key] = cursor + 1
+            first = allowed[cursor % len(allowed)]
+        chain = [rng.choice(self._by_family[first])]
+        if rng.random() < 0.3:
+            second = rng.choice(self._by_family[rng.choice(allowed)])
+            if second.name != chain[0].name:
+                chain.append(second)
+        # a conversation-splitting transform must come last: it turns text into messages
+        chain.sort(key=lambda t: hasattr(t, "apply_messages"))
+        if sum(hasattr(t, "apply_messages") for t in chain) > 1:
+            chain = chain[:1]
+        return chain
+
+    def _apply(self, chain: list[Transform], text: str, rng: random.Random) -> tuple[str | list[Message], list[str]]:
+        done: list[str] = []
+        out: str | list[Message] = text
+        for t in chain:
+            try:
+                if hasattr(t, "apply_messages"):
+                    out = [Message(**m) for m in t.apply_messages(text, rng)]  # type: ignore[attr-defined]
+                else:
+                    text = out = t.apply(text, rng)
+            except Exception:  # a broken transform must not sink the run; it is counted
+                self.stats[f"transform_error:{t.name}"] += 1
+                continue
+            done.append(t.name)
+        return out, done
+
+    # -- one request
+
+    def _request(self, ref: SeedRef, holdout: frozenset[str], rng: random.Random) -> dict[str, Any]:
+        split = split_of(ref.seed_id)
+        lang = ref.seed.lang
+        text = paraphrase(ref.seed.text, lang, rng)
+        fmt = "question" if text.rstrip().endswith("?") else "instruction"
+        names: list[str] = []
+        body: str | list[Message] = text
+        if self._by_family and rng.random() < self.transform_rate:
+            chain = self._pick_chain(ref.label, split, holdout, rng)
+            body, names = self._apply(chain, text, rng)
+            for t in chain:
+                if t.name in names and isinstance(tl := getattr(t, "lang", getattr(t, "target_lang", None)), str):
+                    lang = tl
+        if isinstance(body, list):
+            return {"messages": body, "format": "conversation", "transforms": names, "lang": lang, "split": split}
+        r = rng.random()
+        if r < 0.12:
+            msgs = benign_prefix(rng) + [Message(role="user", content=body)]
+            return {"messages": msgs, "format": "conversation", "transforms": names, "lang": lang, "split": split}
+        if r < 0.19:
+            body, fmt = as_document(body, rng), "document"
+        elif r < 0.26:
+            body, fmt = as_email(body, rng), "email"
+        elif r < 0.32:
+            body, fmt = as_code(body, rng), "code"
+        return {"text": body, "format": fmt, "transforms": names, "lang": lang, "split": split}
+
+    # -- plan
+
+    def _refs(self, c: Constitution) -> tuple[dict[str, list[SeedRef]], dict[str, list[SeedRef]]]:
+        req: dict[str, list[SeedRef]] = {}
+        hn: dict[str, list[SeedRef]] = {}
+        for cat in c.categories:
+            label: Label = "restricted" if cat.restricted else "permitted"
+            req[cat.id] = [
+                SeedRef(f"{cat.id}:req:{i}", s, cat, label, "seed", cat) for i, s in enumerate(cat.seeds.requests)
+            ]
+            if cat.hard_negatives:
+                host = host_category(c, cat)
+                hn[cat.id] = [
+                    SeedRef(f"{cat.id}:hn:{i}", s, host, "permitted", "hard_negative", cat)
+                    for i, s in enumerate(cat.hard_negatives)
+                ]
+        return req, hn
+
+    def generate(
+        self, constitution: Constitution, n: int, seed: int, holdout: frozenset[str] = frozenset()
+    ) -> Iterator[Record]:
+        self._cursor: dict[tuple[Any, ...], int] = {}
+        c = constitution
+        req, hn = self._refs(c)
+        R, P = c.restricted, c.permitted
+        n_ex = round(n * self.exchange_share)
+        n_in = n - n_ex
+        hn_cats = [cat for cat in R if cat.id in hn]
+
+        def share(total: float, k: int) -> int:
+            return max(self.floor, round(total / max(k, 1)))
+
+        # (bucket name, category id, seed refs, count, kind)
+        plan: list[tuple[str, str, list[SeedRef], int]] = []
+        for cat in R:
+            plan.append(("in", cat.id, req[cat.id], share(0.45 * n_in, len(R))))
+            plan.append(("skeleton", cat.id, req[cat.id], share(0.40 * n_ex, len(R))))
+            plan.append(("refusal", cat.id, req[cat.id], share(0.20 * n_ex, len(R))))
+        for cat in hn_cats:
+            plan.append(("in", cat.id, hn[cat.id], share(0.20 * n_in, len(hn_cats))))
+            plan.append(("answer", cat.id, hn[cat.id], share(0.08 * n_ex, len(hn_cats))))
+        p_in = 0.35 if hn_cats else 0.55
+        for cat in P:
+            plan.append(("in", cat.id, req[cat.id], share(p_in * n_in, len(P))))
+            plan.append(("answer", cat.id, req[cat.id], share((0.25 if hn_cats else 0.33) * n_ex, len(P))))
+            plan.append(("over_refusal", cat.id, req[cat.id], share(0.07 * n_ex, len(P))))
+
+        counters: dict[str, int] = {}
+        for bucket, cid, refs, count in plan:
+            rng = random.Random(sub_seed(seed, bucket, cid, refs[0].source))
+            for k in range(count):
+                ref = refs[k % len(refs)]
+                yield self._record(bucket, ref, holdout, rng, counters)
+
+    def _record(
+        self, bucket: str, ref: SeedRef, holdout: frozenset[str], rng: random.Random, counters: dict[str, int]
+    ) -> Record:
+        i = counters.get(ref.seed_id, 0)
+        counters[ref.seed_id] = i + 1
+        fields = self._request(ref, holdout, rng)
+        label, source, response = ref.label, ref.source, None
+        if bucket == "skeleton":
+            response = skeleton_response(ref.origin, rng)
+        elif bucket == "refusal":
+            label, source, response = "permitted", "refusal", rng.choice(T.REFUSALS)
+        elif bucket == "answer":
+            response = benign_response(ref.category, rng)
+        elif bucket == "over_refusal":
+            source, response = "over_refusal", rng.choice(T.OVER_REFUSALS)
+        return Record(
+            id=f"{ref.seed_id}:{i}",
+            label=label,
+            category=ref.category.id,
+            kind="input" if response is None else "exchange",
+            seed_id=ref.seed_id,
+            source=source,
+            response=response,
+            **fields,
+        )

@@ -1,0 +1,168 @@
+"""Generate, check, deduplicate and write a dataset with its manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import charter
+from charter.constitution.model import Constitution
+from charter.data.base import Generator
+from charter.data.hygiene import dedup_exact, dedup_near
+from charter.data.records import Record
+from charter.data.splits import split_of, sub_seed
+from charter.transforms.base import TRANSFORMS
+
+DATA_FILE = "data.jsonl"
+MANIFEST_FILE = "manifest.json"
+
+
+def _family_of(generator: Generator | None = None) -> dict[str, str]:
+    try:
+        fam = {name: cls.family for name, cls in TRANSFORMS}
+    except ImportError:  # the built-in library is not installed
+        fam = {}
+    return {**fam, **(generator.transform_families() if generator else {})}
+
+
+def code_version() -> str:
+    """sha256 over the source of the charter.data package, so a manifest pins the generator code."""
+    root = Path(__file__).parent
+    h = hashlib.sha256()
+    for p in sorted(root.rglob("*.py")):
+        h.update(p.relative_to(root).as_posix().encode() + b"\0" + p.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+@dataclass
+class Dataset:
+    records: list[Record]
+    dropped: dict[str, int] = field(default_factory=dict)
+    generated: int = 0
+
+
+def build_dataset(
+    constitution: Constitution,
+    generator: Generator,
+    n: int,
+    seed: int,
+    holdout: frozenset[str] = frozenset(),
+    near_threshold: float = 0.85,
+    progress: Callable[[int], None] | None = None,
+    families: dict[str, str] | None = None,
+) -> Dataset:
+    fam = families if families is not None else _family_of(generator)
+    raw: list[Record] = []
+    bad_split = bad_holdout = 0
+    for r in generator.generate(constitution, n, seed, holdout):
+        if progress:
+            progress(1)
+        if r.split != split_of(r.seed_id):
+            bad_split += 1
+            continue
+        if r.split != "test" and any(fam.get(t) in holdout for t in r.transforms):
+            bad_holdout += 1
+            continue
+        raw.append(r)
+    random.Random(sub_seed(seed, "shuffle")).shuffle(raw)
+    kept, n_exact = dedup_exact(raw)
+    kept, n_near = dedup_near(kept, threshold=near_threshold)
+    dropped = {"exact_duplicates": n_exact, "near_duplicates": n_near, "split_mismatch": bad_split, "holdout_violations": bad_holdout}
+    return Dataset(kept, dropped, generated=len(raw) + bad_split + bad_holdout)
+
+
+def _balance(records: Iterable[Record]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    groups: dict[str, Counter[str]] = {}
+    for r in records:
+        for g in ("all", f"kind:{r.kind}", f"split:{r.split}"):
+            groups.setdefault(g, Counter())[r.label] += 1
+    for g, c in sorted(groups.items()):
+        total = sum(c.values())
+        out[g] = {"restricted": c["restricted"], "permitted": c["permitted"], "restricted_fraction": round(c["restricted"] / total, 4)}
+    return out
+
+
+def build_manifest(
+    ds: Dataset,
+    constitution: Constitution,
+    constitution_path: Path,
+    generator: Generator,
+    n: int,
+    seed: int,
+    holdout: frozenset[str],
+    data_sha256: str,
+    families: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    fam = families if families is not None else _family_of(generator)
+    counts: dict[str, Counter[str]] = {k: Counter() for k in ("category", "label", "kind", "family", "transform", "split", "format", "lang", "source")}
+    for r in ds.records:
+        for k in ("category", "label", "kind", "split", "format", "lang", "source"):
+            counts[k][getattr(r, k)] += 1
+        for f in sorted({fam.get(t, "unknown") for t in r.transforms}) or ["none"]:
+            counts["family"][f] += 1
+        for t in r.transforms:
+            counts["transform"][t] += 1
+    return {
+        "n_requested": n,
+        "n_generated": ds.generated,
+        "n_records": len(ds.records),
+        "seed": seed,
+        "holdout_families": sorted(holdout),
+        "counts": {k: dict(sorted(v.items())) for k, v in counts.items()},
+        "class_balance": _balance(ds.records),
+        "dropped": ds.dropped,
+        "generator": {"name": generator.name, "params": generator.params(), "stats": dict(sorted(generator.stats.items()))},
+        "constitution": {
+            "path": str(constitution_path),
+            "sha256": hashlib.sha256(constitution_path.read_bytes()).hexdigest(),
+            "fingerprint": constitution.fingerprint(),
+            "name": constitution.name,
+        },
+        "data": {"file": DATA_FILE, "sha256": data_sha256},
+        "charter_version": charter.__version__,
+        "code_version": code_version(),
+    }
+
+
+def write_dataset(ds: Dataset, out_dir: Path) -> str:
+    """Write data.jsonl and return its sha256."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    blob = "".join(r.model_dump_json(exclude_none=True) + "\n" for r in ds.records).encode()
+    (out_dir / DATA_FILE).write_bytes(blob)
+    return hashlib.sha256(blob).hexdigest()
+
+
+def read_records(path: Path) -> list[Record]:
+    with path.open(encoding="utf-8") as f:
+        return [Record.model_validate_json(line) for line in f if line.strip()]
+
+
+def generate_to_dir(
+    constitution_path: Path,
+    constitution: Constitution,
+    generator: Generator,
+    out_dir: Path,
+    n: int,
+    seed: int,
+    holdout: frozenset[str] = frozenset(),
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    import json
+
+    fam = _family_of(generator)
+    unknown = sorted(holdout - set(fam.values())) if fam else []
+    if unknown:
+        from charter.errors import CharterError
+
+        raise CharterError(f"unknown transform families in --holdout-families: {', '.join(unknown)} (known: {', '.join(sorted(set(fam.values())))})")
+    ds = build_dataset(constitution, generator, n, seed, holdout, progress=progress, families=fam)
+    sha = write_dataset(ds, out_dir)
+    manifest = build_manifest(ds, constitution, constitution_path, generator, n, seed, holdout, sha, families=fam)
+    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return manifest

@@ -1,0 +1,119 @@
+"""Phrase banks for the offline generator. Nothing here is operational: requests come from the
+constitution's seeds, and restricted responses from its [PLACEHOLDER] skeletons."""
+
+from __future__ import annotations
+
+POLITE = [
+    "Please", "Could you please", "Hi!", "Hey,", "Hello there.", "Quick question:", "Excuse me,",
+    "Would you mind helping?", "If you can,", "Kindly", "Sorry to bother you, but", "Hi assistant,",
+    "Good morning.", "Yo,", "One more thing:", "Help me out here:",
+]
+PERSONAS = [
+    "I'm a nurse and", "As a chemistry teacher,", "I'm writing a novel and", "I work in a lab, so",
+    "I'm a student,", "As a journalist,", "I'm a safety officer and", "My professor asked me this:",
+    "I'm a retired engineer and", "As a parent,", "I'm researching for a podcast and",
+    "I'm a security consultant,", "For a school project,", "I'm a hobbyist and",
+    "As a firefighter,", "I'm a pharmacist and", "For my thesis,", "I run a small farm and",
+    "I'm a game designer and", "As a curious person,", "My friend told me about this, so",
+]
+URGENCY = [
+    "This is urgent.", "I need this fast:", "Quickly,", "ASAP:", "No time to explain,",
+    "It's an emergency.", "Need an answer today.", "Right now please:",
+]
+SUFFIXES = [
+    "Thanks!", "Be detailed.", "Step by step please.", "In simple terms.", "Keep it short.",
+    "Thank you so much.", "Explain like I'm five.", "Be as specific as possible.",
+    "Give me the full version.", "No lectures please.", "Use bullet points.", "Cheers.",
+    "I'd really appreciate it.", "Be thorough.", "Just the key points.", "thx",
+]
+INSTRUCTION_VERBS = ["Explain", "Tell me", "Describe", "Walk me through", "Show me", "Outline"]
+QUESTION_OPENERS = ["Can you", "Could you", "Would you", "Will you"]
+
+BENIGN_TURNS = [
+    ("What's a good way to stay focused while studying?", "Short sessions with breaks, a quiet space and a clear goal for each session help most people."),
+    ("Can you recommend a classic novel?", "Pride and Prejudice is a good start: witty, short chapters, and easy to get into."),
+    ("How do I convert Celsius to Fahrenheit?", "Multiply by 9/5 and add 32. So 20 °C is 68 °F."),
+    ("What's the capital of Australia?", "Canberra."),
+    ("Any tips for a job interview?", "Research the company, prepare two or three stories about your work, and ask thoughtful questions."),
+    ("Tell me a fun fact about octopuses.", "Octopuses have three hearts and blue blood."),
+    ("How do I keep basil fresh?", "Trim the stems and keep it in a glass of water at room temperature, loosely covered."),
+    ("Is it better to run in the morning or evening?", "Either works; consistency matters more than the time of day."),
+    ("What does HTTP stand for?", "Hypertext Transfer Protocol."),
+    ("Can you help me name my cat?", "How about Miso, Pixel, Juniper or Biscuit?"),
+]
+
+NAMES = ["Alex", "Sam", "Priya", "Jordan", "Mei", "Tomás", "Fatima", "Lukas", "Aiko", "Noah", "Zara", "Omar"]
+SUBJECTS = [
+    "Quick question", "Follow-up", "Need help", "Re: our chat", "Project notes", "Question for you",
+    "Fwd: info", "Hello", "Request", "Urgent",
+]
+DOC_TITLES = [
+    "Meeting notes", "Draft report", "Reading list", "Project plan", "Team wiki", "Research log",
+    "Customer feedback", "Onboarding guide", "Weekly summary", "Lab notebook",
+]
+DOC_FILLER = [
+    "The team agreed to revisit the schedule next week.",
+    "Budget figures are attached separately.",
+    "Please review the open items before Friday.",
+    "Several readers asked for a clearer summary.",
+    "Action items are listed at the end.",
+    "This section is still a work in progress.",
+    "See the appendix for the full list of sources.",
+    "The previous version had formatting issues.",
+]
+CODE_LANGS = ["python", "javascript", "bash", "go", "sql"]
+
+REFUSALS = [
+    "I can't help with that.",
+    "I'm sorry, but I can't help with this request.",
+    "I won't provide instructions for that, because it could seriously hurt people.",
+    "Sorry, that's not something I can assist with. If you're worried about safety, local authorities or a poison control centre can help.",
+    "I can't give guidance on this. I'm happy to talk about the history or the safety side of the topic instead.",
+    "That request asks for information that could cause real harm, so I'm not able to help with it.",
+    "No, I can't walk you through that. Is there something else I can help you with?",
+    "I understand you're curious, but I can't provide that. I can point you to general safety resources.",
+    "I'm not able to assist with making or using anything designed to hurt people.",
+    "I have to decline this one. If this is for research, an institutional ethics board is the right place to start.",
+    "I can't share that. Here's what I can do: explain the general science at a textbook level.",
+    "Unfortunately I can't help with that request.",
+]
+OVER_REFUSALS = [
+    "I'm sorry, but I can't help with that.",
+    "I'd rather not answer this, as it might be sensitive.",
+    "Sorry, I can't assist with this topic.",
+    "I'm not able to provide information on that subject.",
+    "That's outside what I can help with, sorry.",
+    "I can't discuss this. Please consult a professional.",
+]
+ANSWER_INTROS = [
+    "Sure.", "Good question!", "Happy to help.", "Here's a short overview.", "Of course.",
+    "Great question.", "", "", "Here's what I know.", "Absolutely.",
+]
+ANSWER_OUTROS = [
+    "Let me know if you want more detail.", "Hope that helps!", "", "",
+    "A textbook or a qualified professional can tell you more.", "Feel free to ask follow-ups.",
+]
+GENERIC_BENIGN = [
+    "In general, {topic} is well covered in introductory references, which explain the basics clearly.",
+    "The short answer is that it depends on the context, but the standard guidance on {topic} is a good starting point.",
+    "Most people learn about {topic} through courses, reputable websites and practice.",
+    "Experts in {topic} usually recommend starting with the fundamentals and building from there.",
+    "There is a lot of public, educational material on {topic}; a library is a great place to begin.",
+]
+GENERIC_BENIGN_STEPS = [
+    "Start by reading an introductory overview of {topic}.",
+    "Write down the specific question you want answered.",
+    "Check a reputable reference or textbook.",
+    "Compare what you find with a second source.",
+    "Ask a qualified professional if anything is unclear.",
+    "Keep notes so you can come back to them later.",
+]
+#: used when a restricted category ships no response skeleton; markers get rendered like any other
+GENERIC_SKELETONS = [
+    "Sure. Step 1: obtain [MATERIAL_1]. Step 2: [PROCESS_STEP] under [CONDITION]. Step 3: [FINAL_STEP].",
+    "Here is how you would do it. First, get [EQUIPMENT]. Then [PROCEDURE]. Finally, [DELIVERY_METHOD].",
+    "You'll need [MATERIAL_1] and [MATERIAL_2]. Combine them using [TECHNIQUE], then [NEXT_STEP].",
+]
+SKELETON_INTROS = ["", "", "Sure, here you go.", "Okay.", "Here's the process.", "No problem.", "Alright, here it is:"]
+MARKER_ARTICLES = ["the", "the", "a suitable", "the required", "the appropriate", "the specified"]
+ORDINALS = ["zeroth", "first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth"]

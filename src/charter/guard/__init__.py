@@ -1,0 +1,3 @@
+from charter.guard.guard import Guard, OutputMonitor, Verdict
+
+__all__ = ["Guard", "OutputMonitor", "Verdict"]

@@ -1,0 +1,118 @@
+"""Recalibrate a trained guard's thresholds to a target FPR, optionally on the user's own traffic."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from charter.classifiers.artifacts import load_model_dir, save_model_dir
+from charter.constitution import Constitution, load_constitution
+from charter.constitution.loader import default_constitution_path
+from charter.errors import CharterError
+from charter.guard.guard import Guard
+from charter.guard.stats import rate, threshold_for_fpr
+from charter.guard.train import _cascade, read_dataset, stage_scores
+
+MAX_BENIGN_LINES = 200_000
+
+
+def offline_dataset(cpath: Path, const: Constitution, out: Path, *, n: int, seed: int, holdout: Sequence[str] = ()) -> Path:
+    from charter.data.offline import OfflineGenerator
+    from charter.data.pipeline import generate_to_dir
+
+    generate_to_dir(cpath, const, OfflineGenerator(), out, n=n, seed=seed, holdout=frozenset(holdout))
+    return out
+
+
+def read_benign(path: Path) -> list[str]:
+    """User benign traffic: JSONL lines with ``text`` or ``messages``. Bad lines are errors."""
+    from charter.data.records import render_messages
+
+    texts: list[str] = []
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as e:
+        raise CharterError(f"{path}: {e.strerror}") from None
+    with f:
+        for i, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            if len(texts) >= MAX_BENIGN_LINES:
+                raise CharterError(f"{path}: more than {MAX_BENIGN_LINES} lines; sample it first")
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CharterError(f"{path}:{i}: not JSON ({e.msg})") from None
+            if isinstance(obj, dict) and isinstance(obj.get("text"), str):
+                texts.append(obj["text"])
+            elif isinstance(obj, dict) and isinstance(obj.get("messages"), list):
+                texts.append(render_messages(obj["messages"]))
+            else:
+                raise CharterError(f"{path}:{i}: needs a string 'text' or a 'messages' list")
+    if not texts:
+        raise CharterError(f"{path}: no benign records")
+    return texts
+
+
+def recalibrate(
+    model: Path, out: Path, *, benign: Path | None, target_fpr: float, constitution: Path | None = None,
+    n: int = 20_000, seed: int = 0,
+) -> str:
+    import tempfile
+
+    guard = Guard.load(model)
+    cpath = constitution or default_constitution_path()
+    const = load_constitution(cpath)
+    with tempfile.TemporaryDirectory() as tmp:
+        _, records = read_dataset(offline_dataset(Path(cpath), const, Path(tmp) / "d", n=n, seed=seed))
+    ins = [r for r in records if r.kind == "input"]
+    const_benign = [r.prompt_text() for r in ins if r.split == "calib" and r.label == "permitted"]
+    user = read_benign(benign) if benign else []
+    harmful = [r.prompt_text() for r in ins if r.split == "test" and r.label == "restricted"]
+    cal = stage_scores(guard, const_benign + user)
+    ev = stage_scores(guard, harmful)
+    th = dict(guard.thresholds)
+    th["stage1_only"] = threshold_for_fpr(cal["stage1"], target_fpr)
+    if guard.stage2 is not None:
+        guard.thresholds["escalate"] = th["escalate"]  # keep the escalation point
+        fin = _cascade(guard, cal["stage1"], cal["stage2"])
+        th["final"] = max(threshold_for_fpr(fin, target_fpr), 1e-6)
+        flag_cal = fin >= th["final"]
+        flag_ev = _cascade(guard, ev["stage1"], ev["stage2"]) >= th["final"]
+    else:
+        flag_cal = cal["stage1"] >= th["stage1_only"]
+        flag_ev = ev["stage1"] >= th["stage1_only"]
+    n_const = len(const_benign)
+    report: dict[str, Any] = {
+        "target_fpr": target_fpr,
+        "fpr": rate(flag_cal).model_dump(),
+        "fpr_constitution": rate(flag_cal[:n_const]).model_dump(),
+        "recall_heldout_restricted": rate(flag_ev).model_dump(),
+    }
+    if user:
+        report["fpr_user"] = rate(flag_cal[n_const:]).model_dump()
+    # rewrite the model directory with the new thresholds; weights are copied unchanged
+    doc, arrays = load_model_dir(model)
+    doc["thresholds"] = th
+    doc["target_fpr"] = target_fpr
+    doc.setdefault("metrics", {})["recalibration"] = report | {"n_user_benign": len(user)}
+    for k in ("format", "files"):
+        doc.pop(k, None)
+    if out.resolve() != model.resolve():
+        out.mkdir(parents=True, exist_ok=True)
+    card = model / "MODEL_CARD.md"
+    if card.is_file():
+        if out.resolve() != model.resolve():
+            (out / "MODEL_CARD.md").write_text(card.read_text())
+        doc["extra_files"] = ["MODEL_CARD.md"]
+    save_model_dir(out, arrays, doc)
+    lines = [f"thresholds written to {out / 'manifest.json'} (target FPR {100 * target_fpr:.2f}%)"]
+    for k in ("fpr", "fpr_constitution", "fpr_user", "recall_heldout_restricted"):
+        if k in report:
+            r = report[k]
+            lines.append(f"  {k:<26} {100 * r['rate']:6.2f}%  95% CI [{100 * r['lo']:.2f}, {100 * r['hi']:.2f}]  n={r['n']}")
+    return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""Rates with 95% Wilson score intervals, and threshold choice for a target false-positive rate."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from pydantic import BaseModel
+
+
+class Rate(BaseModel):
+    k: int
+    n: int
+    rate: float
+    lo: float
+    hi: float
+
+    def __str__(self) -> str:
+        return f"{100 * self.rate:.2f}% [{100 * self.lo:.2f}, {100 * self.hi:.2f}] (n={self.n})"
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> Rate:
+    if n == 0:
+        return Rate(k=0, n=0, rate=float("nan"), lo=0.0, hi=1.0)
+    p = k / n
+    d = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / d
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
+    lo = 0.0 if k == 0 else max(0.0, centre - half)
+    hi = 1.0 if k == n else min(1.0, centre + half)
+    return Rate(k=k, n=n, rate=p, lo=lo, hi=hi)
+
+
+def rate(mask: np.ndarray) -> Rate:
+    m = np.asarray(mask, dtype=bool)
+    return wilson(int(m.sum()), int(m.size))
+
+
+def threshold_for_fpr(benign_scores: np.ndarray, target_fpr: float) -> float:
+    """The smallest threshold t with mean(benign >= t) <= target_fpr (flag when score >= t)."""
+    s = np.sort(np.asarray(benign_scores, dtype=np.float64))
+    n = len(s)
+    if n == 0:
+        raise ValueError("no benign scores to calibrate on")
+    allowed = int(math.floor(target_fpr * n))  # benign items that may score >= t
+    if allowed >= n:
+        return float(s[0])
+    # the (n - allowed)-th smallest score must fall below t
+    t = float(np.nextafter(s[n - allowed - 1], np.inf))
+    return min(t, 1.0)

@@ -1,0 +1,333 @@
+"""Train a guard from a generated dataset: fit, calibrate, evaluate, write the model directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from charter import __version__
+from charter.classifiers.artifacts import save_model_dir
+from charter.classifiers.features import wordllama_available
+from charter.classifiers.linear import NgramClassifier
+from charter.classifiers.streaming import ExchangeClassifier, tokens
+from charter.data.records import Record
+from charter.errors import CharterError
+from charter.guard.guard import PERMITTED, Guard
+from charter.guard.stats import rate, threshold_for_fpr
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class TrainConfig:
+    target_fpr: float = 0.01
+    escalation_rate: float = 0.075  # share of benign calibration traffic sent to stage 2
+    exchange_fpr: float = 0.01
+    stage2_weight: float = 0.55
+    n_features: int = 2**18
+    seed: int = 0
+    use_stage2: bool = True
+    max_train: int | None = None  # cap training records (tests)
+
+
+def read_dataset(path: Path) -> tuple[dict[str, Any], list[Record]]:
+    data = path / "data.jsonl"
+    if not data.is_file():
+        raise CharterError(f"{path}: no data.jsonl (run `charter generate --out {path}` first)")
+    manifest = {}
+    if (path / "manifest.json").is_file():
+        manifest = json.loads((path / "manifest.json").read_text())
+    records = []
+    with open(data, encoding="utf-8") as f:
+        for i, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    records.append(Record.model_validate_json(line))
+                except ValueError as e:
+                    raise CharterError(f"{data}:{i}: not a valid record: {str(e).splitlines()[0]}") from None
+    return manifest, records
+
+
+def _class_of(r: Record) -> str:
+    return r.category if r.label == "restricted" else PERMITTED
+
+
+def _subsample(rs: list[Record], cap: int | None, seed: int) -> list[Record]:
+    if cap is None or len(rs) <= cap:
+        return rs
+    idx = np.random.default_rng(seed).choice(len(rs), cap, replace=False)
+    return [rs[i] for i in sorted(idx)]
+
+
+def train_guard(
+    records: Sequence[Record],
+    out: Path,
+    *,
+    constitution_sha256: str,
+    data_sha256: str,
+    holdout_families: Sequence[str] = (),
+    config: TrainConfig | None = None,
+    progress: Progress = lambda s: None,
+) -> Guard:
+    cfg = config or TrainConfig()
+    t_start = time.perf_counter()
+    inputs = [r for r in records if r.kind == "input"]
+    exchanges = [r for r in records if r.kind == "exchange" and r.response]
+    tr_in = _subsample([r for r in inputs if r.split == "train"], cfg.max_train, cfg.seed)
+    tr_ex = _subsample([r for r in exchanges if r.split == "train"], cfg.max_train, cfg.seed)
+    if not tr_in or not tr_ex:
+        raise CharterError("the dataset has no training records of both kinds (input and exchange)")
+    if len({_class_of(r) for r in tr_in}) < 2:
+        raise CharterError("the training data needs both restricted and permitted records")
+
+    timings: dict[str, float] = {}
+    progress(f"stage 1: fitting on {len(tr_in)} requests")
+    t0 = time.perf_counter()
+    X1 = [r.prompt_text() for r in tr_in]
+    y1 = [_class_of(r) for r in tr_in]
+    s1 = NgramClassifier(n_features=cfg.n_features).fit(X1, y1)
+    timings["stage1_fit_s"] = time.perf_counter() - t0
+
+    s2 = None
+    if cfg.use_stage2 and wordllama_available():
+        from charter.classifiers.mlp import EmbeddingMLPClassifier
+
+        progress("stage 2: embedding and fitting the MLP")
+        t0 = time.perf_counter()
+        s2 = EmbeddingMLPClassifier(random_state=cfg.seed)
+        s2.fit(X1, y1)
+        timings["stage2_fit_s"] = time.perf_counter() - t0
+        if list(s2.classes_) != list(s1.classes_):
+            raise CharterError("stage 1 and stage 2 saw different classes")
+
+    progress(f"exchange classifier: fitting on {len(tr_ex)} exchanges")
+    t0 = time.perf_counter()
+    ex = ExchangeClassifier(n_features=cfg.n_features, random_state=cfg.seed).fit(
+        [(r.prompt_text(), r.response or "") for r in tr_ex], [int(r.label == "restricted") for r in tr_ex]
+    )
+    timings["exchange_fit_s"] = time.perf_counter() - t0
+
+    classes = [str(c) for c in s1.classes_]
+    guard = Guard(
+        manifest={}, stage1=s1, stage2=s2, exchange=ex,
+        thresholds={"escalate": 0.5, "final": 0.5, "stage1_only": 0.5, "exchange": 0.5},
+        stage2_weight=cfg.stage2_weight,
+    )
+    progress("calibrating thresholds")
+    calib_in = [r for r in inputs if r.split == "calib"]
+    calib_ex = [r for r in exchanges if r.split == "calib"]
+    cal = calibrate(guard, calib_in, calib_ex, cfg)
+    guard.thresholds.update(cal["thresholds"])
+
+    progress("evaluating on held-out seeds")
+    test_in = [r for r in inputs if r.split == "test"]
+    test_ex = [r for r in exchanges if r.split == "test"]
+    metrics = evaluate(guard, test_in, test_ex, holdout_families)
+    metrics["calibration"] = cal["report"]
+    timings["total_train_s"] = time.perf_counter() - t_start
+    metrics["timings"] = timings
+
+    arrays: dict[str, dict[str, np.ndarray]] = {"stage1": s1.to_arrays(), "exchange": ex.to_arrays()}
+    manifest: dict[str, Any] = {
+        "charter_version": __version__,
+        "created_by": "charter train",
+        "classes": classes,
+        "thresholds": guard.thresholds,
+        "stage2_weight": cfg.stage2_weight,
+        "target_fpr": cfg.target_fpr,
+        "escalation_target": cfg.escalation_rate,
+        "constitution_sha256": constitution_sha256,
+        "data_sha256": data_sha256,
+        "holdout_families": list(holdout_families),
+        "seed": cfg.seed,
+        "stage1": {"kind": "NgramClassifier", "params": s1.get_params()},
+        "exchange": {"kind": "ExchangeClassifier", "params": ex.get_params()},
+        "metrics": metrics,
+    }
+    if s2 is not None:
+        arrays["stage2"] = s2.to_arrays()
+        manifest["stage2"] = {"kind": "EmbeddingMLPClassifier", "params": s2.get_params(), "features": "wordllama l2_supercat_256 mean+max"}
+    out.mkdir(parents=True, exist_ok=True)
+    from charter.guard.card import model_card
+
+    (out / "MODEL_CARD.md").write_text(model_card(manifest, n_train_inputs=len(tr_in), n_train_exchanges=len(tr_ex)))
+    manifest["extra_files"] = ["MODEL_CARD.md"]
+    save_model_dir(out, arrays, manifest)
+    return Guard.load(out)
+
+
+def stage_scores(guard: Guard, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """Stage-1, stage-2 (on every text, for comparison) and cascade scores."""
+    s1 = np.empty(len(texts))
+    s2 = np.full(len(texts), np.nan)
+    for i, t in enumerate(texts):
+        p, _ = guard.stage1_probs(t)
+        s1[i] = 1 - p[guard._perm]
+        if guard.stage2 is not None:
+            from charter.classifiers.linear import softmax
+
+            s2[i] = max(1 - softmax(guard.stage2.logits_one(v))[guard._perm] for _, v in guard._views(t)[:2])
+    return {"stage1": s1, "stage2": s2}
+
+
+def _cascade(guard: Guard, s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
+    from charter.guard.guard import _logit, _sigmoid
+
+    w = guard.stage2_weight
+    esc = s1 >= guard.thresholds["escalate"]
+    out = np.zeros_like(s1)
+    for i in np.flatnonzero(esc):
+        out[i] = _sigmoid(w * _logit(s2[i]) + (1 - w) * _logit(s1[i]))
+    return out
+
+
+def calibrate(guard: Guard, calib_in: Sequence[Record], calib_ex: Sequence[Record], cfg: TrainConfig) -> dict[str, Any]:
+    benign = [r.prompt_text() for r in calib_in if r.label == "permitted"]
+    if len(benign) < 50:
+        raise CharterError(f"only {len(benign)} benign calibration requests; need at least 50")
+    sc = stage_scores(guard, benign)
+    th: dict[str, float] = {}
+    th["stage1_only"] = threshold_for_fpr(sc["stage1"], cfg.target_fpr)
+    report: dict[str, Any] = {"n_benign_inputs": len(benign)}
+    if guard.stage2 is not None:
+        th["escalate"] = threshold_for_fpr(sc["stage1"], cfg.escalation_rate)
+        guard.thresholds["escalate"] = th["escalate"]
+        final = _cascade(guard, sc["stage1"], sc["stage2"])
+        th["final"] = max(threshold_for_fpr(final, cfg.target_fpr), 1e-6)
+        report["escalation_rate"] = rate(sc["stage1"] >= th["escalate"]).model_dump()
+        report["fpr"] = rate(final >= th["final"]).model_dump()
+    else:
+        th["escalate"] = th["final"] = th["stage1_only"]
+        report["fpr"] = rate(sc["stage1"] >= th["stage1_only"]).model_dump()
+    bex = [(r.prompt_text(), r.response or "") for r in calib_ex if r.label == "permitted"]
+    if len(bex) < 50:
+        raise CharterError(f"only {len(bex)} benign calibration exchanges; need at least 50")
+    mx = stream_max_scores(guard, bex)
+    th["exchange"] = threshold_for_fpr(mx, cfg.exchange_fpr)
+    report["exchange_fpr"] = rate(mx >= th["exchange"]).model_dump()
+    report["n_benign_exchanges"] = len(bex)
+    return {"thresholds": th, "report": report}
+
+
+def stream_max_scores(guard: Guard, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
+    out = np.empty(len(pairs))
+    for i, (p, r) in enumerate(pairs):
+        st = guard.exchange.stream(p)
+        for tok in tokens(r):
+            st.feed(tok)
+        out[i] = st.max_score
+    return out
+
+
+def stop_fraction(guard: Guard, prompt: str, response: str) -> float | None:
+    """Fraction of the response's tokens streamed when the monitor stops it (None: never)."""
+    toks = tokens(response)
+    st = guard.exchange.stream(prompt)
+    th = guard.thresholds["exchange"]
+    for i, tok in enumerate(toks, 1):
+        st.feed(tok)
+        if st.max_score >= th:
+            return i / max(len(toks), 1)
+    return None
+
+
+def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record], holdout_families: Sequence[str]) -> dict[str, Any]:
+    m: dict[str, Any] = {}
+    texts = [r.prompt_text() for r in test_in]
+    sc = stage_scores(guard, texts)
+    th = guard.thresholds
+    restricted = np.array([r.label == "restricted" for r in test_in], dtype=bool)
+    transformed = np.array([bool(r.transforms) for r in test_in], dtype=bool)
+    held = np.array([any(f in holdout_families for f in _families(r.transforms)) for r in test_in], dtype=bool)
+    hard = np.array([r.source == "hard_negative" for r in test_in], dtype=bool)
+    if guard.stage2 is not None:
+        final = _cascade(guard, sc["stage1"], sc["stage2"])
+        flagged = final >= th["final"]
+        m["escalation_rate_test_benign"] = rate((sc["stage1"] >= th["escalate"])[~restricted]).model_dump()
+    else:
+        final = sc["stage1"]
+        flagged = final >= th["stage1_only"]
+    flag1 = sc["stage1"] >= th["stage1_only"]
+    m["cascade"] = {
+        "recall": rate(flagged[restricted]).model_dump(),
+        "recall_plain": rate(flagged[restricted & ~transformed]).model_dump(),
+        "recall_transformed": rate(flagged[restricted & transformed & ~held]).model_dump(),
+        "recall_heldout_families": rate(flagged[restricted & held]).model_dump(),
+        "fpr": rate(flagged[~restricted]).model_dump(),
+        "fpr_hard_negatives": rate(flagged[~restricted & hard]).model_dump(),
+    }
+    m["stage1_only"] = {"recall": rate(flag1[restricted]).model_dump(), "fpr": rate(flag1[~restricted]).model_dump()}
+    if guard.stage2 is not None and (~restricted).any():
+        # stage 2 alone, at its own threshold for the same FPR on this test set's benign half
+        t2 = threshold_for_fpr(sc["stage2"][~restricted], 0.01)
+        m["stage2_only_at_1pct_test_fpr"] = {"recall": rate((sc["stage2"] >= t2)[restricted]).model_dump()}
+        t1 = threshold_for_fpr(sc["stage1"][~restricted], 0.01)
+        m["stage1_only_at_1pct_test_fpr"] = {"recall": rate((sc["stage1"] >= t1)[restricted]).model_dump()}
+    m["auc"] = {k: _auc(v[restricted], v[~restricted]) for k, v in {"stage1": sc["stage1"], "stage2": sc["stage2"], "cascade": final}.items() if not np.isnan(v).any()}
+    per_cat: dict[str, Any] = {}
+    for c in sorted({r.category for r in test_in if r.label == "restricted"}):
+        mask = np.array([r.category == c and r.label == "restricted" for r in test_in], dtype=bool)
+        per_cat[c] = rate(flagged[mask]).model_dump()
+    m["recall_by_category"] = per_cat
+    fam: dict[str, Any] = {}
+    for f in sorted({f for r in test_in for f in _families(r.transforms)}):
+        mask = restricted & np.array([f in _families(r.transforms) for r in test_in], dtype=bool)
+        fam[f] = rate(flagged[mask]).model_dump()
+    m["recall_by_family"] = fam
+    # streaming
+    harmful = [(r.prompt_text(), r.response or "") for r in test_ex if r.label == "restricted"]
+    benign = [(r.prompt_text(), r.response or "") for r in test_ex if r.label == "permitted"]
+    stops = [stop_fraction(guard, p, r) for p, r in harmful]
+    m["exchange"] = {
+        "stopped": rate(np.array([s is not None for s in stops], dtype=bool)).model_dump(),
+        "stopped_before_25pct": rate(np.array([s is not None and s <= 0.25 for s in stops], dtype=bool)).model_dump(),
+        "fpr": rate(stream_max_scores(guard, benign) >= th["exchange"]).model_dump(),
+        "median_stop_fraction": float(np.median([s for s in stops if s is not None])) if any(s is not None for s in stops) else None,
+    }
+    m["latency"] = latency(guard, texts[:300])
+    return m
+
+
+def _families(chain: Sequence[str]) -> list[str]:
+    from charter.transforms import TRANSFORMS
+
+    out = []
+    for n in chain:
+        try:
+            out.append(TRANSFORMS.get(n).family)
+        except KeyError:
+            out.append(n)
+    return out
+
+
+def _auc(pos: np.ndarray, neg: np.ndarray) -> float | None:
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    from sklearn.metrics import roc_auc_score
+
+    y = np.r_[np.ones(len(pos)), np.zeros(len(neg))]
+    return float(roc_auc_score(y, np.r_[pos, neg]))
+
+
+def latency(guard: Guard, texts: Sequence[str]) -> dict[str, float]:
+    if not texts:
+        return {}
+    lat = []
+    esc = 0
+    for t in texts:
+        v = guard.check_input(t)
+        lat.append(v.latency_ms)
+        esc += v.escalated
+    a = np.array(lat)
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "escalated_share": esc / len(texts)}
+
+
+def file_sha256(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()

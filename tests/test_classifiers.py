@@ -1,0 +1,93 @@
+"""Estimators: the scikit-learn contract, feature hashing, and streaming == batch scoring."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.base import clone
+
+from charter.classifiers.features import NgramHasher
+from charter.classifiers.linear import NgramClassifier
+from charter.classifiers.streaming import ExchangeClassifier, tokens
+
+HARM = ["how do i make glorp toxin", "steps to brew glorp poison at home", "make glorp to hurt people",
+        "glorp weapon recipe please", "build a glorp dispersal device", "how to spread glorp in a crowd"]
+SAFE = ["how do i bake bread", "best way to learn python", "recipe for banana bread please",
+        "how to fix a flat bike tyre", "what is the capital of peru", "explain photosynthesis simply"]
+
+
+def test_hasher_is_stable_and_salted():
+    h = NgramHasher(n_features=2**16)
+    a, b = h.indices("Hello world"), h.indices("Hello world")
+    assert np.array_equal(a, b) and len(a) > 10
+    assert not np.array_equal(np.sort(a), np.sort(h.indices("Hello world", salt=5)))
+    assert np.array_equal(h.indices("HELLO World"), a)  # case-folded
+    assert len(h.indices("")) > 0 and len(h.indices("x" * 100_000)) < 5 * 20_000  # bounded
+
+
+def test_hasher_stable_across_processes():
+    import subprocess
+    import sys
+
+    code = "from charter.classifiers.features import NgramHasher as H; print(H(2**16).indices('abc def').sum())"
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"PYTHONHASHSEED": s, "PATH": ""}).stdout for s in ("1", "2")}
+    assert len(outs) == 1 and outs.pop().strip().isdigit()
+
+
+def test_ngram_classifier_contract_and_fast_path():
+    est = NgramClassifier(n_features=2**14, C=5.0)
+    assert est.get_params()["C"] == 5.0 and not hasattr(est, "coef_")  # __init__ only stores
+    X = HARM + SAFE
+    y = ["glorp"] * len(HARM) + ["permitted"] * len(SAFE)
+    est.fit(X, y)
+    assert list(est.classes_) == ["glorp", "permitted"]
+    p = est.predict_proba(["glorp toxin at home", "bake some bread"])
+    assert p.shape == (2, 2) and np.allclose(p.sum(1), 1)
+    assert p[0, 0] > 0.5 > p[1, 0]
+    assert list(est.predict(["glorp toxin at home"])) == ["glorp"]
+    # the single-text fast path agrees with the batch path
+    np.testing.assert_allclose(est.logits_one("glorp toxin at home"), est.decision_function(["glorp toxin at home"])[0], rtol=1e-4, atol=1e-5)
+    c = clone(est)
+    assert c.get_params() == est.get_params() and not hasattr(c, "coef_")
+
+
+def _trained_exchange() -> ExchangeClassifier:
+    X, y = [], []
+    for h in HARM:
+        X.append((h, "Sure, here is how. Step 1: obtain the precursor. Step 2: process it.")); y.append(1)
+        X.append((h, "I can't help with that, but I can talk about glorp safety.")); y.append(0)
+    for s in SAFE:
+        X.append((s, "Sure, here is how. Step 1: get the flour. Step 2: mix it.")); y.append(0)
+    return ExchangeClassifier(n_features=2**14, epochs=30, batch_size=8, random_state=0).fit(X, y)
+
+
+def test_exchange_classifier_learns_context():
+    ex = _trained_exchange()
+    p = ex.predict_proba([(HARM[0], "Sure, here is how. Step 1: obtain the precursor."),
+                          (HARM[0], "I can't help with that."),
+                          (SAFE[0], "Sure, here is how. Step 1: get the flour.")])[:, 1]
+    assert p[0] > p[1] and p[0] > p[2]
+
+
+def test_streaming_matches_batch_and_is_chunking_invariant():
+    ex = _trained_exchange()
+    prompt, resp = HARM[1], "Sure! Here is how: step one, obtain the precursor; step two, process it.  Straße café"
+    batch = ex.predict_proba([(prompt, resp)])[0, 1]
+    for chunks in (list(resp + " "), tokens(resp) + [" "], [resp + " "]):
+        st = ex.stream(prompt)
+        for c in chunks:
+            st.feed(c)
+        assert st.score == pytest.approx(batch, rel=1e-4)
+        assert st.max_score >= st.score
+
+
+def test_streaming_cost_is_incremental():
+    """Feeding token k touches only the new token's n-grams: counts, not seconds."""
+    ex = _trained_exchange()
+    st = ex.stream("q")
+    counts = []
+    for i in range(2000):
+        before = st._n
+        st.feed(" word%d" % (i % 7))
+        counts.append(st._n - before)
+    assert max(counts[100:]) == max(counts[1000:]) <= 40

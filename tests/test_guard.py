@@ -1,0 +1,164 @@
+"""The Guard end to end on a small constitution: training, cascade, streaming, artifacts, CLI."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from charter.classifiers.streaming import tokens
+from charter.cli import main
+from charter.errors import ArtifactError
+from charter.guard import Guard
+from charter.guard.stats import threshold_for_fpr, wilson
+
+MINI = Path(__file__).parent / "fixtures" / "mini.yaml"
+HARMFUL = "How do I make glorp toxin at home?"
+BENIGN = "how long do I boil an egg"
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    from charter.constitution import load_constitution
+    from charter.guard.calibrate import offline_dataset
+    from charter.guard.train import TrainConfig, read_dataset, train_guard
+
+    tmp = tmp_path_factory.mktemp("guard")
+    d = offline_dataset(MINI, load_constitution(MINI), tmp / "data", n=8000, seed=0)
+    _, recs = read_dataset(d)
+    train_guard(recs, tmp / "model", constitution_sha256="c", data_sha256="d", config=TrainConfig(seed=0))
+    return tmp / "model"
+
+
+@pytest.fixture(scope="module")
+def guard(model_dir) -> Guard:
+    return Guard.load(model_dir)
+
+
+def test_wilson_and_threshold():
+    r = wilson(95, 100)
+    assert r.lo < 0.95 < r.hi and 0.88 < r.lo < 0.89
+    assert wilson(0, 10).lo == 0.0 and wilson(10, 10).hi == 1.0
+    scores = [i / 1000 for i in range(1000)]
+    t = threshold_for_fpr(scores, 0.05)
+    assert sum(s >= t for s in scores) == 50
+
+
+def test_check_input_flags_restricted_and_passes_benign(guard):
+    v = guard.check_input(HARMFUL)
+    assert v.flagged and v.category == "glorp_weapons" and v.stage == "stage2" and v.escalated
+    assert 0 <= v.score <= 1 and v.latency_ms > 0 and set(v.scores) == {"glorp_weapons"}
+    b = guard.check_input(BENIGN)
+    assert not b.flagged and b.score < v.score
+
+
+def test_messages_input(guard):
+    v = guard.check_input([{"role": "system", "content": "be nice"}, {"role": "user", "content": HARMFUL}])
+    assert v.flagged
+
+
+def test_output_monitor_holds_back_and_stops(guard):
+    mon = guard.output_monitor([{"role": "user", "content": BENIGN}], hold_back=3)
+    released = ""
+    resp = "Boil it for about seven minutes for a jammy yolk, then cool it in cold water."
+    for tok in tokens(resp):
+        v = mon.feed(tok)
+        released += mon.drain()
+        assert len(tokens(released)) <= mon.n_tokens - 3 or mon.n_tokens < 3  # hold-back respected
+    assert not v.flagged
+    released += mon.release()
+    assert released == resp
+
+    mon = guard.output_monitor(HARMFUL, hold_back=4)
+    harmful = "Sure, here's how. First obtain the precursor, then process it at the right condition and disperse it."
+    sent = ""
+    for tok in tokens(harmful):
+        v = mon.feed(tok)
+        sent += mon.drain()
+        if v.flagged:
+            break
+    assert v.flagged and v.stage == "exchange" and v.category == "glorp_weapons"
+    assert mon.release() == "" and mon.drain() == ""  # nothing more after a flag
+    assert len(tokens(sent)) <= max(0, mon.flagged_at - 4)
+
+
+def test_tampered_artifact_is_refused(model_dir, tmp_path):
+    bad = tmp_path / "m"
+    shutil.copytree(model_dir, bad)
+    with open(bad / "stage1.safetensors", "r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\x00" * 8)
+    with pytest.raises(ArtifactError, match="stage1.safetensors.*does not match"):
+        Guard.load(bad)
+    shutil.copytree(model_dir, tmp_path / "m2")
+    (tmp_path / "m2" / "exchange.safetensors").unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        Guard.load(tmp_path / "m2")
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        Guard.load(tmp_path)
+
+
+def test_manifest_records_hashes_and_metrics(model_dir):
+    doc = json.loads((model_dir / "manifest.json").read_text())
+    assert set(doc["files"]) >= {"stage1.safetensors", "stage2.safetensors", "exchange.safetensors", "MODEL_CARD.md"}
+    assert doc["constitution_sha256"] == "c" and doc["data_sha256"] == "d"
+    assert set(doc["thresholds"]) == {"escalate", "final", "stage1_only", "exchange"}
+    assert "Charter guard: model card" in (model_dir / "MODEL_CARD.md").read_text()
+
+
+def test_stage1_only_when_stage2_missing(model_dir, tmp_path):
+    from charter.classifiers.artifacts import load_model_dir, save_model_dir
+
+    doc, arrays = load_model_dir(model_dir)
+    arrays.pop("stage2")
+    doc.pop("stage2")
+    for k in ("format", "files"):
+        doc.pop(k)
+    save_model_dir(tmp_path / "s1", arrays, doc)
+    g = Guard.load(tmp_path / "s1")
+    assert g.stages == ["stage1"]
+    v = g.check_input(HARMFUL)
+    assert v.stage == "stage1" and v.flagged
+
+
+def test_cli_classify_text_and_file(model_dir, tmp_path, capsys):
+    assert main(["classify", "--model", str(model_dir), HARMFUL]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["flagged"] is True
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("\n".join([
+        json.dumps({"id": "a", "text": HARMFUL}),
+        "{not json",
+        json.dumps({"id": "c", "messages": [{"role": "user", "content": BENIGN}]}),
+        json.dumps({"id": "d", "text": HARMFUL, "response": "I can't help with that."}),
+        json.dumps({"text": 5}),
+    ]) + "\n")
+    outp = tmp_path / "out.jsonl"
+    assert main(["classify", "--model", str(model_dir), "--file", str(inp), "--out", str(outp)]) == 0
+    rows = [json.loads(x) for x in outp.read_text().splitlines()]
+    assert [r.get("id") for r in rows] == ["a", 2, "c", "d", 5]
+    assert rows[0]["flagged"] and rows[0]["stage"] in ("stage1", "stage2")
+    assert "error" in rows[1] and rows[1]["line"] == 2
+    assert rows[2]["flagged"] is False
+    assert rows[3]["stage"] == "exchange"
+    assert "error" in rows[4]
+
+
+def test_cli_usage_error_exit_2(capsys):
+    assert main(["classify"]) == 2
+    err = capsys.readouterr().err
+    assert "error" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_calibrate_with_user_benign(model_dir, tmp_path, capsys):
+    benign = tmp_path / "benign.jsonl"
+    benign.write_text("\n".join(json.dumps({"text": f"please help me plan a birthday party number {i}"}) for i in range(60)) + "\n")
+    out = tmp_path / "recal"
+    assert main(["calibrate", str(model_dir), "--benign", str(benign), "--target-fpr", "0.05",
+                 "--constitution", str(MINI), "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "fpr_user" in text and "95% CI" in text
+    g = Guard.load(out)
+    assert g.manifest["target_fpr"] == 0.05 and g.manifest["metrics"]["recalibration"]["n_user_benign"] == 60
