@@ -33,6 +33,8 @@ def check(
                 str(len(cat.hard_negatives)), ",".join(langs),
             )
     console = Console()
+    if not console.is_terminal:  # keep ids whole when piped
+        console.width = max(console.width, 160)
     console.print(t)
     n_req = sum(len(x.seeds.requests) for x in c.categories)
     console.print(

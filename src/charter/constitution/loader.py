@@ -20,20 +20,25 @@ def default_constitution_path() -> Path:
     return Path(str(resources.files("charter") / "constitutions" / "default.yaml"))
 
 
-def _node_at(root: yaml.Node, loc: tuple[int | str, ...]) -> yaml.Node:
-    """Walk the composed YAML node tree along a pydantic error location, as far as it goes."""
-    node = root
+def _line_at(root: yaml.Node, loc: tuple[int | str, ...]) -> int:
+    """1-based line of a pydantic error location in the composed YAML tree.
+
+    A mapping entry is reported at its key's line; a missing field at its parent's line.
+    """
+    node, mark = root, root.start_mark
     for part in loc:
+        nxt = None
         if isinstance(node, yaml.MappingNode) and isinstance(part, str):
-            nxt = next((v for k, v in node.value if getattr(k, "value", None) == part), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
-            nxt = node.value[part] if 0 <= part < len(node.value) else None
-        else:
-            nxt = None
+            pair = next(((k, v) for k, v in node.value if getattr(k, "value", None) == part), None)
+            if pair:
+                nxt, mark = pair[1], pair[0].start_mark
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and 0 <= part < len(node.value):
+            nxt = node.value[part]
+            mark = nxt.start_mark
         if nxt is None:
             break
         node = nxt
-    return node
+    return mark.line + 1
 
 
 def _format_loc(loc: tuple[int | str, ...]) -> str:
@@ -69,8 +74,7 @@ def parse_constitution(text: str, source: str = "<string>") -> Constitution:
         lines = []
         for err in e.errors():
             loc = _useful_loc(tuple(err["loc"]))
-            node = _node_at(root, loc)
-            line = node.start_mark.line + 1
+            line = _line_at(root, loc)
             msg = err["msg"].removeprefix("Value error, ")
             field = _format_loc(loc) or "(top level)"
             lines.append(f"{source}:{line}: {field}: {msg}")

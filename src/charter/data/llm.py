@@ -257,12 +257,12 @@ class LLMGenerator(Generator):
                 except _Malformed:
                     self.stats["malformed_replies"] += 1
                     continue
-            if is_refusal(content):
-                self.stats["refused_replies"] += 1
-                return []
             try:
                 items = parse_items(content, job.mode)
             except _Malformed:
+                if is_refusal(content):  # the endpoint refused the whole batch
+                    self.stats["refused_replies"] += 1
+                    return []
                 self.stats["malformed_replies"] += 1
                 continue
             if cache is not None:

@@ -1,0 +1,109 @@
+"""Guard latency, throughput and streaming cost (issue: constitutional classifiers).
+
+    python bench/bench_guard.py [--model DIR] [--n 2000]
+
+Writes bench/results/guard.json and prints it. Inputs are the default constitution's test-split
+requests (benign and restricted in their natural mix), so the escalation share is realistic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from charter.classifiers.linear import softmax
+from charter.classifiers.streaming import tokens
+from charter.guard import Guard
+
+
+def pct(a: list[float]) -> dict[str, float]:
+    x = np.asarray(a)
+    return {"p50_ms": float(np.percentile(x, 50)), "p99_ms": float(np.percentile(x, 99)), "mean_ms": float(x.mean())}
+
+
+def test_texts(n: int) -> list[str]:
+    import tempfile
+
+    from charter.constitution import load_constitution
+    from charter.constitution.loader import default_constitution_path
+    from charter.guard.calibrate import offline_dataset
+    from charter.guard.train import read_dataset
+
+    cp = default_constitution_path()
+    with tempfile.TemporaryDirectory() as tmp:
+        _, recs = read_dataset(offline_dataset(cp, load_constitution(cp), Path(tmp) / "d", n=20_000, seed=1))
+    texts = [r.prompt_text() for r in recs if r.kind == "input" and r.split == "test"]
+    rng = np.random.default_rng(0)
+    return [texts[i] for i in rng.choice(len(texts), min(n, len(texts)), replace=False)]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--n", type=int, default=2000)
+    args = ap.parse_args()
+    g = Guard.load(args.model)
+    texts = test_texts(args.n)
+    for t in texts[:50]:  # warm caches
+        g.check_input(t)
+
+    s1, cas, s2only = [], [], []
+    esc = 0
+    for t in texts:
+        t0 = time.perf_counter()
+        g.stage1_probs(t)
+        s1.append((time.perf_counter() - t0) * 1000)
+        t0 = time.perf_counter()
+        v = g.check_input(t)
+        cas.append((time.perf_counter() - t0) * 1000)
+        esc += v.escalated
+        if g.stage2 is not None:  # baseline: stage 2 on every request (its views too)
+            t0 = time.perf_counter()
+            for _, view in g._views(t)[:2]:
+                softmax(g.stage2.logits_one(view))
+            s2only.append((time.perf_counter() - t0) * 1000)
+    t0 = time.perf_counter()
+    for t in texts:
+        g.check_input(t)
+    thr = len(texts) / (time.perf_counter() - t0)
+
+    stream = {}
+    base = "Here is a long and entirely ordinary answer about gardening, soil, water and light. " * 400
+    toks = tokens(base)
+    for n in (100, 1000, 10_000):
+        seq = (toks * (n // len(toks) + 1))[:n]
+        best = float("inf")
+        for _ in range(3):
+            mon = g.output_monitor("tell me about gardening")
+            t0 = time.perf_counter()
+            for tok in seq:
+                mon.feed(tok)
+                mon.drain()
+            best = min(best, (time.perf_counter() - t0) / n * 1e6)
+        stream[str(n)] = best
+    res = {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "n_texts": len(texts),
+        "stage1": pct(s1),
+        "cascade": pct(cas),
+        "stage2_only_baseline": pct(s2only) if s2only else None,
+        "cascade_saving_ratio_mean": (float(np.mean(s2only)) / float(np.mean(cas))) if s2only else None,
+        "escalated_share": esc / len(texts),
+        "throughput_texts_per_s": thr,
+        "stream_us_per_token": stream,
+        "stream_ratio_10000_over_100": stream["10000"] / stream["100"],
+        "train_time_s": g.manifest.get("metrics", {}).get("timings", {}).get("total_train_s"),
+    }
+    out = Path(__file__).parent / "results" / "guard.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(res, indent=2) + "\n")
+    print(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from charter.cli import main
+from charter.constitution import load_constitution
+from charter.data.llm import LLMGenerator, is_refusal
+from charter.data.pipeline import read_records
+from charter.errors import GeneratorError
+from charter.testing import Reply, ScriptedOpenAI
+
+
+def good(body: dict[str, Any]) -> str:
+    user = body["messages"][-1]["content"]
+    cat = user.split("(", 1)[1].split(")", 1)[0]
+    batch = user.split("Batch ", 1)[1].split(" ", 1)[0]
+    if "JSON list of strings" in user:
+        return json.dumps([f"Synthetic {cat} request {batch}-{i} about topic {i * 7}?" for i in range(5)])
+    return json.dumps([{"request": f"{cat} exchange {batch}-{i}", "response": f"Step 1: get [MATERIAL_{i}]."} for i in range(3)])
+
+
+def fast(base_url: str, **kw: Any) -> LLMGenerator:
+    waits: list[float] = []
+
+    async def sleep(s: float) -> None:
+        waits.append(s)
+
+    g = LLMGenerator(base_url, "test-model", backoff=0.001, timeout=2.0, sleep=sleep, **kw)
+    g.waits = waits  # type: ignore[attr-defined]
+    return g
+
+
+def test_generates_records_with_source_llm(scripted_openai: Callable[..., ScriptedOpenAI], mini_path: Path) -> None:
+    srv = scripted_openai(good)
+    c = load_constitution(mini_path)
+    recs = list(fast(srv.base_url, concurrency=3).generate(c, 30, 0))
+    assert recs and all(r.source == "llm" for r in recs)
+    assert {r.category for r in recs} == {cat.id for cat in c.categories}
+    assert {r.kind for r in recs} == {"input", "exchange"}
+    skel = [r for r in recs if r.kind == "exchange" and r.label == "restricted"]
+    assert skel and all("[" not in (r.response or "") for r in skel)
+    assert srv.requests[0].json["model"] == "test-model"
+    assert "Glorp toxin weaponisation" in json.dumps([r.json for r in srv.requests])
+
+
+def test_retries_429_and_500_honouring_retry_after(scripted_openai: Callable[..., ScriptedOpenAI], mini_path: Path) -> None:
+    queue = [Reply.error(429, retry_after=3), Reply.error(500), Reply.error(503)]
+    srv = scripted_openai(lambda body: queue.pop(0) if queue else Reply(good(body)))
+    g = fast(srv.base_url, concurrency=1)
+    recs = list(g.generate(load_constitution(mini_path), 6, 0))
+    assert recs
+    assert g.stats["retries"] == 3
+    assert g.waits[0] == 3.0  # type: ignore[attr-defined]
+    assert len(srv.requests) == 3 + 6  # 3 failures + one success per job (3 categories x 2 modes)
+
+
+def test_malformed_reply_is_retried_then_skipped(scripted_openai: Callable[..., ScriptedOpenAI], mini_path: Path) -> None:
+    c = load_constitution(mini_path)
+    def script(body: dict[str, Any]) -> Reply:
+        user = body["messages"][-1]["content"]
+        if "(glorp_weapons)" in user and "strings" in user:  # this job only ever gets junk
+            return Reply.malformed() if len(srv.requests) % 2 else Reply('{"not": "a list"}')
+        return Reply(good(body))
+
+    srv = scripted_openai(script)
+    g = fast(srv.base_url, concurrency=1, malformed_retries=2)
+    recs = list(g.generate(c, 6, 0))
+    assert g.stats["malformed_replies"] == 3 and g.stats["skipped_jobs"] == 1
+    assert len({(r.category, r.kind) for r in recs}) == 5  # the junk job was skipped
+    assert not any(r.category == "glorp_weapons" and r.kind == "input" for r in recs)
+
+
+def test_cache_means_a_rerun_makes_no_requests(scripted_openai: Callable[..., ScriptedOpenAI], mini_path: Path, tmp_path: Path) -> None:
+    c = load_constitution(mini_path)
+    srv = scripted_openai(good)
+    first = list(fast(srv.base_url, cache_dir=tmp_path / "cache").generate(c, 12, 0))
+    n = len(srv.requests)
+    assert n > 0
+    g2 = fast(srv.base_url, cache_dir=tmp_path / "cache")
+    second = list(g2.generate(c, 12, 0))
+    assert len(srv.requests) == n
+    assert g2.stats["cache_hits"] == n
+    assert [r.model_dump() for r in first] == [r.model_dump() for r in second]
+
+
+def test_refusals_are_dropped(scripted_openai: Callable[..., ScriptedOpenAI], mini_path: Path) -> None:
+    def script(body: dict[str, Any]) -> str:
+        if "glorp_weapons" in body["messages"][-1]["content"]:
+            return "I'm sorry, but I can't help with that."
+        return json.dumps(["I can't help with that.", "How do I poach an egg?"]) if "strings" in body["messages"][-1]["content"] else good(body)
+
+    srv = scripted_openai(script)
+    g = fast(srv.base_url)
+    recs = list(g.generate(load_constitution(mini_path), 6, 0))
+    assert not any(r.category == "glorp_weapons" for r in recs)
+    assert not any(is_refusal(r.text or "") for r in recs)
+    assert g.stats["refused_replies"] == 2 and g.stats["refused_items"] == 2
+    assert any(r.text == "How do I poach an egg?" for r in recs)
+
+
+def test_unreachable_endpoint_raises_generator_error(mini_path: Path) -> None:
+    with ScriptedOpenAI() as srv:
+        url = srv.base_url
+    g = fast(url, max_retries=2)
+    with pytest.raises(GeneratorError, match="failed after 3 attempts"):
+        list(g.generate(load_constitution(mini_path), 6, 0))
+
+
+def test_timeout_and_disconnect_are_retried(scripted_openai: Callable[..., ScriptedOpenAI], mini_path: Path) -> None:
+    queue = [Reply("late", delay=3.0), Reply("[1,2]", disconnect_after=0)]
+    srv = scripted_openai(lambda body: queue.pop(0) if queue else Reply(good(body)))
+    g = fast(srv.base_url, concurrency=1)
+    g.timeout = 0.5
+    assert list(g.generate(load_constitution(mini_path), 6, 0))
+    assert g.stats["retries"] == 2
+
+
+def test_api_key_sent_as_bearer_and_never_logged(
+    scripted_openai: Callable[..., ScriptedOpenAI], mini_path: Path, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str],
+) -> None:
+    secret = "sk-test-SECRET-0123456789"
+    monkeypatch.setenv("CHARTER_TEST_KEY", secret)
+    queue = [Reply.error(429, retry_after=0)]
+    srv = scripted_openai(lambda body: queue.pop(0) if queue else Reply(good(body)))
+    caplog.set_level(logging.DEBUG)
+    out = tmp_path / "out"
+    rc = main([
+        "generate", "--generator", "llm", "--constitution", str(mini_path), "--out", str(out), "--n", "12",
+        "--base-url", srv.base_url, "--model", "m", "--api-key-env", "CHARTER_TEST_KEY", "--concurrency", "2",
+    ])
+    assert rc == 0
+    assert all(r.headers["authorization"] == f"Bearer {secret}" for r in srv.requests)
+    captured = capsys.readouterr()
+    assert secret not in caplog.text + captured.out + captured.err
+    manifest_text = (out / "manifest.json").read_text()
+    assert secret not in manifest_text and json.loads(manifest_text)["generator"]["name"] == "llm"
+    recs = read_records(out / "data.jsonl")
+    assert recs and all(r.source == "llm" for r in recs)
+
+
+def test_missing_api_key_env_is_a_clear_error(mini_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHARTER_NO_SUCH_KEY", raising=False)
+    rc = main(["generate", "--generator", "llm", "--constitution", str(mini_path), "--out", str(tmp_path), "--n", "6",
+               "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--api-key-env", "CHARTER_NO_SUCH_KEY"])
+    assert rc == 1
+
+
+def test_scripted_server_streams_openai_chunks(scripted_openai: Callable[..., ScriptedOpenAI]) -> None:
+    srv = scripted_openai(["hello brave new world", Reply("one two three", disconnect_after=1)], chunk_words=2)
+    with httpx.Client() as c:
+        with c.stream("POST", f"{srv.base_url}/chat/completions", json={"model": "m", "messages": [], "stream": True}) as r:
+            lines = [ln for ln in r.iter_lines() if ln]
+        assert lines[-1] == "data: [DONE]"
+        chunks = [json.loads(ln[6:]) for ln in lines[:-1]]
+        assert all(ch["object"] == "chat.completion.chunk" for ch in chunks)
+        assert "".join(ch["choices"][0]["delta"].get("content", "") for ch in chunks) == "hello brave new world"
+        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+        with pytest.raises(httpx.RemoteProtocolError):
+            with c.stream("POST", f"{srv.base_url}/chat/completions", json={"model": "m", "messages": [], "stream": True}) as r:
+                list(r.iter_lines())
+        assert c.get(f"{srv.base_url}/models").json()["data"][0]["id"] == "scripted-model"
+    assert [r.path for r in srv.requests] == ["/v1/chat/completions", "/v1/chat/completions", "/v1/models"]

@@ -1,0 +1,190 @@
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+from charter.cli import main
+from charter.constitution import load_constitution
+from charter.constitution.model import Constitution
+from charter.data.hygiene import dedup_exact, dedup_near, normalise, record_text
+from charter.data.offline import OfflineGenerator, registered_transforms
+from charter.data.pipeline import build_dataset, generate_to_dir, read_records
+from charter.data.records import Record
+from charter.data.skeleton import render_skeleton
+from charter.data.splits import split_of
+from charter.testing.stub_transforms import STUB_TRANSFORMS
+
+
+def transforms() -> list:
+    """The real library once it is installed; stubs (one per family) before that."""
+    return registered_transforms() or STUB_TRANSFORMS
+
+
+def gen() -> OfflineGenerator:
+    return OfflineGenerator(transforms=transforms())
+
+
+@pytest.fixture
+def mini(mini_path: Path) -> Constitution:
+    return load_constitution(mini_path)
+
+
+@pytest.fixture
+def wide(mini: Constitution) -> Constitution:
+    """mini with many (fictional) seeds so that every split has seeds."""
+    data = mini.model_dump(mode="json")
+    for d in data["domains"]:
+        for cat in d["categories"]:
+            verbs = ["make", "store", "find", "test", "describe", "move", "label", "measure", "sell", "study", "count", "clean"]
+            cat["seeds"]["requests"] += [
+                {"text": f"Can you tell me how to {v} {cat['name'].lower()} item number {i}?"} for i, v in enumerate(verbs)
+            ]
+            if cat["kind"] == "restricted":
+                cat["hard_negatives"] += [{"text": f"What is the safety history of glorp site {i} in {v} terms?"} for i, v in enumerate(verbs)]
+    return Constitution.model_validate(data)
+
+
+def test_same_seed_same_bytes_and_different_seed_differs(mini_path: Path, tmp_path: Path) -> None:
+    c = load_constitution(mini_path)
+    for name, s in (("a", 3), ("b", 3), ("c", 4)):
+        generate_to_dir(mini_path, c, gen(), tmp_path / name, 1500, s)
+    a, b, c2 = ((tmp_path / x / "data.jsonl").read_bytes() for x in "abc")
+    assert a == b
+    assert a != c2
+    ma = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert ma["data"]["sha256"] == json.loads((tmp_path / "b" / "manifest.json").read_text())["data"]["sha256"]
+
+
+def test_coverage_of_categories_labels_kinds_families(mini: Constitution) -> None:
+    g = gen()
+    ds = build_dataset(mini, g, 3000, 0)
+    recs = ds.records
+    fam = g.transform_families()
+    assert {r.category for r in recs} == {c.id for c in mini.categories}
+    for label in ("restricted", "permitted"):
+        for kind in ("input", "exchange"):
+            assert any(r.label == label and r.kind == kind for r in recs), (label, kind)
+        fams = {fam[t] for r in recs if r.label == label for t in r.transforms}
+        assert fams == set(g.families), label  # wrappers and encodings on both labels
+    sources = {r.source for r in recs}
+    assert {"seed", "hard_negative", "refusal", "over_refusal"} <= sources
+    assert {"question", "instruction", "conversation", "document", "email", "code"} <= {r.format for r in recs}
+    # hard negatives are permitted records in a permitted category of the same domain
+    for r in recs:
+        cat = mini.category(r.category)
+        if r.source == "seed":
+            assert (r.label == "restricted") == cat.restricted
+        if r.source == "hard_negative":
+            assert r.label == "permitted" and not cat.restricted
+            assert mini.domain_of(r.category).id == mini.domain_of(r.seed_id.split(":")[0]).id
+    restricted_inputs = sum(r.label == "restricted" for r in recs if r.kind == "input")
+    assert 0.35 <= restricted_inputs / sum(r.kind == "input" for r in recs) <= 0.55
+    transformed = sum(bool(r.transforms) for r in recs) / len(recs)
+    assert 0.2 <= transformed <= 0.5
+    # conversation transforms produce messages
+    if any(hasattr(t, "apply_messages") for t in transforms()):
+        conv = {t.name for t in transforms() if hasattr(t, "apply_messages")}
+        assert any(r.messages and set(r.transforms) & conv for r in recs)
+
+
+def test_skeletons_are_rendered_without_brackets_and_permitted_answers_have_steps(mini: Constitution) -> None:
+    recs = build_dataset(mini, gen(), 3000, 0).records
+    skel = [r for r in recs if r.kind == "exchange" and r.label == "restricted"]
+    assert skel and not any(re.search(r"\[[A-Z_0-9]+\]", r.response or "") for r in skel)
+    assert any("precursor" in (r.response or "") for r in skel)
+    benign = [r.response or "" for r in recs if r.kind == "exchange" and r.label == "permitted" and r.source == "seed"]
+    assert any(re.search(r"(Step 2|^2\. |\n2\. | 2\) )", b) for b in benign)
+    lengths = {len(r.response or "") for r in skel}
+    assert max(lengths) > 1.5 * min(lengths)
+    assert render_skeleton("get [MATERIAL_2] then [PROCESS_STEP]", __import__("random").Random(0)).count("[") == 0
+    assert "second material" in render_skeleton("[MATERIAL_2]", __import__("random").Random(1))
+
+
+def test_splits_by_seed_without_leakage(wide: Constitution) -> None:
+    recs = build_dataset(wide, gen(), 4000, 1).records
+    by_split: dict[str, set[str]] = defaultdict(set)
+    for r in recs:
+        assert r.split == split_of(r.seed_id)
+        by_split[r.split].add(r.seed_id)
+    assert by_split["train"] and by_split["test"] and by_split["calib"]
+    assert not by_split["train"] & by_split["test"]
+    assert not by_split["calib"] & by_split["test"]
+    train_norm = {normalise(r.prompt_text()) for r in recs if r.split == "train"}
+    assert not any(normalise(r.prompt_text()) in train_norm for r in recs if r.split == "test")
+
+
+def test_holdout_families_only_in_test(wide: Constitution, tmp_path: Path) -> None:
+    g = gen()
+    held = sorted(g.families)[:2]
+    recs = build_dataset(wide, g, 4000, 2, holdout=frozenset(held)).records
+    fam = g.transform_families()
+    uses_held = [r for r in recs if any(fam[t] in held for t in r.transforms)]
+    assert uses_held, "held-out families still appear in the test split"
+    assert all(r.split == "test" for r in uses_held)
+    assert {fam[t] for r in uses_held for t in r.transforms} >= set(held)
+
+
+def _rec(i: int, text: str, split: str = "train") -> Record:
+    return Record(id=str(i), text=text, label="permitted", category="cooking", kind="input", seed_id=f"s:{i}", split=split)
+
+
+def test_exact_and_near_dedup() -> None:
+    base = "Could you explain how long it takes to boil an egg so that the yolk is still soft and jammy?"
+    recs = [
+        _rec(0, base),
+        _rec(1, base.upper() + "!!"),  # exact after normalisation
+        _rec(2, base.replace("Could you", "Can you")),  # near
+        _rec(3, "What's a good vegetarian dinner for a busy weeknight with only a few ingredients?"),
+        _rec(4, base.replace("Could you", "Can you"), split="test"),  # other split: kept by near-dedup
+    ]
+    kept, n_exact = dedup_exact(recs)
+    assert n_exact == 2 and [r.id for r in kept] == ["0", "2", "3"]
+    kept2, n_near = dedup_near([recs[0], recs[2], recs[3], recs[4]])
+    assert n_near == 1 and [r.id for r in kept2] == ["0", "3", "4"]
+
+
+def test_pipeline_dedups_injected_duplicates(mini: Constitution) -> None:
+    class Dupes(OfflineGenerator):
+        def generate(self, constitution, n, seed, holdout=frozenset()):  # type: ignore[no-untyped-def]
+            for r in super().generate(constitution, n, seed, holdout):
+                yield r
+                yield r.model_copy(update={"id": r.id + "-dup", "text": (r.text or "").upper() or None})
+
+    plain = build_dataset(mini, gen(), 600, 5)
+    dup = build_dataset(mini, Dupes(transforms=transforms()), 600, 5)
+    assert dup.dropped["exact_duplicates"] >= plain.dropped["exact_duplicates"] + 500
+    norms = [(r.label, r.kind, normalise(record_text(r))) for r in dup.records]
+    assert len(norms) == len(set(norms))
+
+
+def test_manifest_counts_match_the_file_and_cli(mini_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert main(["generate", "--constitution", str(mini_path), "--out", str(out), "--n", "1200", "--seed", "9"]) == 0
+    recs = read_records(out / "data.jsonl")
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["n_records"] == len(recs)
+    for key in ("category", "label", "kind", "split", "format", "lang", "source"):
+        expect: dict[str, int] = defaultdict(int)
+        for r in recs:
+            expect[getattr(r, key)] += 1
+        assert m["counts"][key] == dict(expect), key
+    import hashlib
+
+    assert m["data"]["sha256"] == hashlib.sha256((out / "data.jsonl").read_bytes()).hexdigest()
+    assert m["constitution"]["sha256"] == hashlib.sha256(mini_path.read_bytes()).hexdigest()
+    assert m["constitution"]["fingerprint"] == load_constitution(mini_path).fingerprint()
+    assert m["generator"]["name"] == "offline" and m["seed"] == 9
+    assert m["class_balance"]["all"]["restricted"] == sum(r.label == "restricted" for r in recs)
+    assert m["dropped"]["exact_duplicates"] + m["dropped"]["near_duplicates"] == m["n_generated"] - len(recs)
+    assert len(m["code_version"]) == 64
+    assert "wrote" in capsys.readouterr().err
+
+
+def test_cli_rejects_unknown_holdout_family(mini_path: Path, tmp_path: Path) -> None:
+    if not registered_transforms():
+        pytest.skip("the built-in transform library is not installed yet")
+    assert main(["generate", "--constitution", str(mini_path), "--out", str(tmp_path), "--n", "100", "--holdout-families", "nope"]) == 1
