@@ -26,3 +26,18 @@ def scripted_openai() -> Iterator[Callable[..., ScriptedOpenAI]]:
             return stack.enter_context(ScriptedOpenAI(*args, **kwargs))
 
         yield start
+
+
+@pytest.fixture(scope="session")
+def mini_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A guard trained on the mini constitution (about 10 s); shared by every suite that needs one."""
+    from charter.constitution import load_constitution
+    from charter.guard.calibrate import offline_dataset
+    from charter.guard.train import TrainConfig, read_dataset, train_guard
+
+    tmp = tmp_path_factory.mktemp("mini_guard")
+    mini = FIXTURES / "mini.yaml"
+    d = offline_dataset(mini, load_constitution(mini), tmp / "data", n=8000, seed=0)
+    _, recs = read_dataset(d)
+    train_guard(recs, tmp / "model", constitution_sha256="c", data_sha256="d", config=TrainConfig(seed=0))
+    return tmp / "model"

@@ -179,7 +179,9 @@ def test_manifest_counts_match_the_file_and_cli(mini_path: Path, tmp_path: Path,
     assert m["constitution"]["fingerprint"] == load_constitution(mini_path).fingerprint()
     assert m["generator"]["name"] == "offline" and m["seed"] == 9
     assert m["class_balance"]["all"]["restricted"] == sum(r.label == "restricted" for r in recs)
-    assert m["dropped"]["exact_duplicates"] + m["dropped"]["near_duplicates"] == m["n_generated"] - len(recs)
+    d = m["dropped"]
+    assert d["exact_duplicates"] + d["near_duplicates"] + d["trimmed_to_n"] == m["n_generated"] - len(recs)
+    assert len(recs) <= m["n_requested"]
     assert len(m["code_version"]) == 64
     assert "wrote" in capsys.readouterr().err
 

@@ -20,16 +20,8 @@ BENIGN = "how long do I boil an egg"
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    from charter.constitution import load_constitution
-    from charter.guard.calibrate import offline_dataset
-    from charter.guard.train import TrainConfig, read_dataset, train_guard
-
-    tmp = tmp_path_factory.mktemp("guard")
-    d = offline_dataset(MINI, load_constitution(MINI), tmp / "data", n=8000, seed=0)
-    _, recs = read_dataset(d)
-    train_guard(recs, tmp / "model", constitution_sha256="c", data_sha256="d", config=TrainConfig(seed=0))
-    return tmp / "model"
+def model_dir(mini_model_dir) -> Path:
+    return mini_model_dir
 
 
 @pytest.fixture(scope="module")

@@ -27,13 +27,13 @@ err = Console(stderr=True, soft_wrap=True)
 
 def _register() -> None:
     # imported here so that `charter --help` stays fast and modules can import `app`
-    from charter.cli import constitution_cmd, data_cmd, demo_cmd, guard_cmd, transforms_cmd  # noqa: F401
+    from charter.cli import constitution_cmd, data_cmd, demo_cmd, guard_cmd, serve_cmd, transforms_cmd  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:
     _register()
     try:
-        app(args=argv, standalone_mode=False, prog_name="charter")
+        rv = app(args=argv, standalone_mode=False, prog_name="charter")
     except typer.Exit as e:
         return e.exit_code
     except typer.Abort:
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     except CharterError as e:
         err.print(f"charter: error: {e}", highlight=False, markup=False)
         return 1
-    return 0
+    return rv if isinstance(rv, int) else 0  # typer.Exit(n) comes back as n
 
 
 def run() -> None:  # pragma: no cover - console-script shim

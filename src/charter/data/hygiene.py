@@ -19,9 +19,14 @@ from charter.data.records import Record
 _NON_WORD = re.compile(r"[\W_]+", re.UNICODE)
 
 
+# Unicode tag characters (U+E0020..E007E) carry hidden ASCII; map them back so a smuggled payload
+# counts in the key instead of vanishing with the other non-word characters.
+_TAGS = {cp: cp - 0xE0000 for cp in range(0xE0020, 0xE007F)}
+
+
 def normalise(text: str) -> str:
-    """Casefold, NFKC, and drop punctuation and whitespace."""
-    return _NON_WORD.sub("", unicodedata.normalize("NFKC", text).casefold())
+    """Casefold, NFKC, reveal tag-smuggled text, and drop punctuation and whitespace."""
+    return _NON_WORD.sub("", unicodedata.normalize("NFKC", text.translate(_TAGS)).casefold())
 
 
 def record_text(r: Record) -> str:

@@ -55,24 +55,35 @@ def build_dataset(
     near_threshold: float = 0.85,
     progress: Callable[[int], None] | None = None,
     families: dict[str, str] | None = None,
+    overgenerate: float = 1.2,
 ) -> Dataset:
     fam = families if families is not None else _family_of(generator)
-    raw: list[Record] = []
-    bad_split = bad_holdout = 0
-    for r in generator.generate(constitution, n, seed, holdout):
-        if progress:
-            progress(1)
-        if r.split != split_of(r.seed_id):
-            bad_split += 1
-            continue
-        if r.split != "test" and any(fam.get(t) in holdout for t in r.transforms):
-            bad_holdout += 1
-            continue
-        raw.append(r)
-    random.Random(sub_seed(seed, "shuffle")).shuffle(raw)
-    kept, n_exact = dedup_exact(raw)
-    kept, n_near = dedup_near(kept, threshold=near_threshold)
-    dropped = {"exact_duplicates": n_exact, "near_duplicates": n_near, "split_mismatch": bad_split, "holdout_violations": bad_holdout}
+    # Deduplication removes some records, so generate more than n and trim to exactly n;
+    # if a run still falls short (a small constitution), retry with a larger target.
+    factor = overgenerate
+    for _attempt in range(3):
+        raw: list[Record] = []
+        bad_split = bad_holdout = 0
+        for r in generator.generate(constitution, int(n * factor), seed, holdout):
+            if progress:
+                progress(1)
+            if r.split != split_of(r.seed_id):
+                bad_split += 1
+                continue
+            if r.split != "test" and any(fam.get(t) in holdout for t in r.transforms):
+                bad_holdout += 1
+                continue
+            raw.append(r)
+        random.Random(sub_seed(seed, "shuffle")).shuffle(raw)
+        kept, n_exact = dedup_exact(raw)
+        kept, n_near = dedup_near(kept, threshold=near_threshold)
+        if len(kept) >= n or not kept:
+            break
+        factor *= min(3.0, 1.05 * n / len(kept))
+    trimmed = max(0, len(kept) - n)
+    kept = kept[:n]
+    dropped = {"exact_duplicates": n_exact, "near_duplicates": n_near, "split_mismatch": bad_split,
+               "holdout_violations": bad_holdout, "trimmed_to_n": trimmed}
     return Dataset(kept, dropped, generated=len(raw) + bad_split + bad_holdout)
 
 

@@ -47,6 +47,10 @@ class Reply:
     #: drop the connection after this many stream chunks (or half the body when not streaming)
     disconnect_after: int | None = None
     finish_reason: str = "stop"
+    #: seconds between stream chunks (a slow model)
+    token_delay: float = 0.0
+    #: stop sending after this many content chunks and hang until the client goes away
+    stall_after: int | None = None
 
     @classmethod
     def error(cls, status: int, message: str = "scripted error", retry_after: float | None = None) -> Reply:
@@ -60,6 +64,21 @@ class Reply:
 
 
 ReplyScript = Sequence[Reply | str] | Callable[[dict[str, Any]], Reply | str]
+
+
+@dataclass
+class StreamLog:
+    """What one streamed reply did: chunks sent, and whether it ran to the end or was cut off."""
+
+    total: int
+    sent: int = 0
+    completed: bool = False
+    #: the client went away before the end (the server saw the disconnect)
+    cancelled: bool = False
+
+    @property
+    def ended(self) -> bool:
+        return self.completed or self.cancelled
 
 
 @dataclass
@@ -90,6 +109,8 @@ class ScriptedOpenAI:
         self.model = model
         self.chunk_words = chunk_words
         self.requests: list[RecordedRequest] = []
+        #: one entry per streamed reply, in the order they started
+        self.streams: list[StreamLog] = []
         self._lock = threading.Lock()
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -218,10 +239,24 @@ class ScriptedOpenAI:
             }
             return f"data: {json.dumps(obj)}\n\n".encode()
 
-        yield chunk({"role": "assistant", "content": ""}, None)
-        for i, piece in enumerate(_pieces(reply.text, self.chunk_words)):
-            if reply.disconnect_after is not None and i >= reply.disconnect_after:
-                raise _Disconnect("scripted mid-stream disconnect")
-            yield chunk({"content": piece}, None)
-        yield chunk({}, reply.finish_reason)
-        yield b"data: [DONE]\n\n"
+        pieces = _pieces(reply.text, self.chunk_words)
+        log = StreamLog(total=len(pieces))
+        with self._lock:
+            self.streams.append(log)
+        try:
+            yield chunk({"role": "assistant", "content": ""}, None)
+            for i, piece in enumerate(pieces):
+                if reply.disconnect_after is not None and i >= reply.disconnect_after:
+                    raise _Disconnect("scripted mid-stream disconnect")
+                if reply.stall_after is not None and i >= reply.stall_after:
+                    await asyncio.sleep(3600)
+                if reply.token_delay:
+                    await asyncio.sleep(reply.token_delay)
+                yield chunk({"content": piece}, None)
+                log.sent += 1
+            yield chunk({}, reply.finish_reason)
+            yield b"data: [DONE]\n\n"
+            log.completed = True
+        except (asyncio.CancelledError, GeneratorExit):
+            log.cancelled = True
+            raise

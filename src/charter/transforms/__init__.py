@@ -1,3 +1,11 @@
-from charter.transforms.base import TRANSFORMS, Chain, Transform, chain, families, get_transform
+from charter.transforms.base import (
+    TRANSFORMS,
+    Chain,
+    ConversationTransform,
+    Transform,
+    chain,
+    families,
+    get_transform,
+)
 
-__all__ = ["TRANSFORMS", "Chain", "Transform", "chain", "families", "get_transform"]
+__all__ = ["TRANSFORMS", "Chain", "ConversationTransform", "Transform", "chain", "families", "get_transform"]

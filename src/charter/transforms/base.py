@@ -34,6 +34,24 @@ class Transform(ABC):
         return f"<{type(self).__name__} {self.family}/{self.name}>"
 
 
+class ConversationTransform(Transform):
+    """A transform whose natural output is a conversation (role/content dicts ending with a user turn).
+
+    ``apply`` flattens the turns so that it composes with text transforms; the data engine calls
+    ``apply_messages`` when it wants a ``messages`` record.
+    """
+
+    @abstractmethod
+    def apply_messages(self, text: str, rng: random.Random) -> list[dict[str, str]]: ...
+
+    def apply(self, text: str, rng: random.Random) -> str:
+        return render_turns(self.apply_messages(text, rng))
+
+
+def render_turns(messages: Sequence[dict[str, str]]) -> str:
+    return "\n\n".join(f"{m['role'].capitalize()}: {m['content']}" for m in messages)
+
+
 class Chain:
     """Transforms applied left to right."""
 

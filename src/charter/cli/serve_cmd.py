@@ -1,0 +1,58 @@
+"""`charter serve` (the guarding proxy) and `charter serve-key` (make a client key)."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from charter.cli import app
+
+console = Console(stderr=True)
+
+
+@app.command("serve")
+def serve(
+    upstream: str = typer.Option(None, "--upstream", help="OpenAI base URL of the model server, e.g. http://127.0.0.1:11434/v1."),
+    model: Path = typer.Option(None, "--model", help="Guard model directory (default: the packaged guard)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; beyond loopback, client keys are required."),
+    port: int = typer.Option(8000, "--port", min=0, max=65535),
+    config: Path = typer.Option(None, "--config", help="charter.yaml: keys, limits, per-category actions, fail mode."),
+) -> None:
+    """Run the OpenAI-compatible guarding proxy in front of an upstream model server."""
+    import uvicorn
+
+    from charter.guard import Guard
+    from charter.server import check_bind, create_app, load_config
+    from charter.server.config import ConfigError
+
+    cfg = load_config(config)
+    if upstream:
+        cfg.upstream.base_url = upstream.rstrip("/")
+    if not cfg.upstream.base_url:
+        raise ConfigError("no upstream: pass --upstream BASE_URL or set upstream.base_url in the config")
+    if not cfg.upstream.base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"--upstream: must be an http:// or https:// URL, got {cfg.upstream.base_url!r}")
+    check_bind(host, cfg)
+    if cfg.upstream.api_key_env and cfg.upstream.api_key() is None:
+        console.print(f"[yellow]warning:[/] environment variable {cfg.upstream.api_key_env} is not set; no upstream key sent")
+    guard = Guard.load(model or cfg.guard.model)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    console.print(f"charter: guarding {cfg.upstream.base_url} on http://{host}:{port} (stages: {', '.join(guard.stages)}; "
+                  f"keys: {len(cfg.keys) or 'none'}; events: {cfg.events.path})")
+    uvicorn.run(create_app(cfg, guard), host=host, port=port, log_level="warning", access_log=False)
+
+
+@app.command("serve-key")
+def serve_key(
+    key_id: str = typer.Argument(..., help="A name for the key (shown in events and rate limits)."),
+) -> None:
+    """Make a new client API key: prints the key once, and the config entry holding only its hash."""
+    from charter.server import hash_key
+
+    key = "sk-charter-" + secrets.token_urlsafe(32)
+    typer.echo(f"key (give it to the client; it is not stored): {key}")
+    typer.echo(f"config entry:\nkeys:\n  - id: {key_id}\n    sha256: {hash_key(key)}")

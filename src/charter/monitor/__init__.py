@@ -1,0 +1,1 @@
+"""Monitoring: guard decisions as events, and (later) their store, aggregation and alerts."""

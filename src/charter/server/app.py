@@ -1,0 +1,193 @@
+"""The ASGI app: `create_app(config, guard, sink)`."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from charter.guard import Guard
+from charter.monitor.events import Event, EventQueue, EventSink, JsonlSink
+from charter.server.auth import KeyStore, Principal, RateLimiter
+from charter.server.config import ServerConfig
+from charter.server.context import Exchange, Services
+from charter.server.errors import ProxyError
+from charter.server.metrics import Metrics
+from charter.server.proxy import complete, get_models, open_stream
+from charter.server.schema import DONE, ChatRequest, charter_field, parse_request, refusal_chunk, refusal_completion, sse
+
+log = logging.getLogger("charter.server")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    cl = request.headers.get("content-length")
+    too_big = ProxyError(413, f"request body exceeds limits.max_body_bytes = {limit}", code="request_too_large")
+    if cl is not None and cl.isdigit() and int(cl) > limit:
+        raise too_big
+    chunks, n = [], 0
+    async for c in request.stream():
+        n += len(c)
+        if n > limit:
+            raise too_big
+        chunks.append(c)
+    return b"".join(chunks)
+
+
+def _conversation_id(request: Request, req: ChatRequest) -> str | None:
+    cid = request.headers.get("x-conversation-id")
+    if not cid and req.metadata and isinstance(req.metadata.get("conversation_id"), str):
+        cid = req.metadata["conversation_id"]
+    return cid[:200] if cid else None
+
+
+class Proxy:
+    def __init__(self, config: ServerConfig, guard: Guard, sink: EventSink | None) -> None:
+        config = self.config = config.model_copy(deep=True)
+        ev = config.events
+        self.svc = Services(config, guard, Metrics(), EventQueue(sink or JsonlSink(ev.path), ev.spill, maxsize=ev.queue_size))
+        if config.guard.hold_back is None:
+            config.guard.hold_back = guard.hold_back
+        self.keys = KeyStore(config.keys, config.limits.rate, config.require_keys)
+        self.limiter = RateLimiter()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        up = self.config.upstream
+        limits = httpx.Limits(max_connections=up.max_connections, max_keepalive_connections=up.max_connections)
+        self.svc.client = httpx.AsyncClient(limits=limits, timeout=self.svc.timeout(), trust_env=False)
+        key = up.api_key()
+        self.svc.upstream_headers = {"authorization": f"Bearer {key}"} if key else {}
+        await self.svc.events.start()
+        try:
+            yield
+        finally:
+            await self.svc.events.close()
+            await self.svc.client.aclose()
+
+    # -- helpers -------------------------------------------------------------------------
+    def _admit(self, request: Request, endpoint: str) -> Principal:
+        p = self.keys.authenticate(request.headers.get("authorization"))
+        m = self.svc.metrics
+        if p is None:
+            m.rejected.labels("auth").inc()
+            raise ProxyError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
+                             "invalid_request_error", code="invalid_api_key")
+        wait = self.limiter.check(p)
+        if wait > 0:
+            m.rejected.labels("rate_limit").inc()
+            raise ProxyError(429, f"rate limit exceeded for key {p.name!r}; retry in {wait:.2f} s", "rate_limit_error",
+                             code="rate_limit_exceeded", headers={"retry-after": f"{max(1, round(wait + 0.5))}"})
+        return p
+
+    # -- routes --------------------------------------------------------------------------
+    async def healthz(self, request: Request) -> Response:
+        return JSONResponse({"status": "ok", "stages": self.svc.guard.stages, "upstream": bool(self.config.upstream.base_url)})
+
+    async def metrics(self, request: Request) -> Response:
+        q, m = self.svc.events, self.svc.metrics
+
+        def refresh() -> None:
+            m.events_written.set(q.written)
+            m.events_spilled.set(q.spilled)
+            m.events_queued.set(q.depth)
+
+        return Response(m.render(refresh), media_type=m.content_type)
+
+    async def models(self, request: Request) -> Response:
+        try:
+            self._admit(request, "/v1/models")
+        except ProxyError as e:
+            return e.response()
+        return await get_models(self.svc)
+
+    async def chat(self, request: Request) -> Response:
+        rid = "req_" + uuid.uuid4().hex[:24]
+        headers = {"x-request-id": rid}
+        svc = self.svc
+        try:
+            principal = self._admit(request, "/v1/chat/completions")
+            raw = await _read_body(request, self.config.limits.max_body_bytes)
+            req = parse_request(raw, self.config.limits)
+            allowed = self.config.upstream.models
+            if allowed and req.model not in allowed:
+                raise ProxyError(404, f"model {req.model!r} is not served here (allowed: {', '.join(allowed)})",
+                                 param="model", code="model_not_found")
+        except ProxyError as e:
+            svc.metrics.rejected.labels(e.code or str(e.status)).inc()
+            return e.response(headers)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        ex = Exchange(svc, Event(request_id=rid, key_id=principal.key_id, model=req.model, stream=req.stream,
+                                 conversation_id=_conversation_id(request, req)))
+        ex.messages = req.check_messages()
+        gs = self.config.guard
+        try:
+            v = await ex.check_input()
+        except Exception:
+            log.exception("input check failed (request %s)", rid)
+            svc.metrics.guard_errors.labels("input", "open" if gs.fail_open else "closed").inc()
+            if not gs.fail_open:
+                ex.finish("error", error="guard_error")
+                return ProxyError(503, "the input check failed; refusing (fail closed)", "server_error",
+                                  code="guard_error").response(headers)
+            ex.event.error = "guard_error_fail_open"
+            v = None
+        if v is not None and v.flagged:
+            action = gs.action(v.category)
+            ex.flagged(v, action)
+            if action == "block":
+                return self._refuse(ex, req, v, headers)
+            ex.event.decision = "flagged"
+            if action == "flag_only":
+                headers["x-charter-flagged"] = v.category or "unknown"
+        if req.stream:
+            return await open_stream(ex, req, raw, headers)
+        resp = await complete(ex, req, raw)
+        resp.headers.update(headers)
+        return resp
+
+    def _refuse(self, ex: Exchange, req: ChatRequest, v: Any, headers: dict[str, str]) -> Response:
+        gs = self.config.guard
+        cf = charter_field(ex.event.request_id, "blocked", v, "block")
+        text = gs.refusal_for(v.category)
+        ex.response_text.append(text)
+        ex.finish("blocked_input")
+        if not req.stream:
+            return JSONResponse(refusal_completion(req.model, text, cf), headers=headers)
+
+        async def one() -> AsyncIterator[bytes]:
+            yield sse(refusal_chunk(req.model, text, cf))
+            yield DONE
+
+        return StreamingResponse(one(), media_type="text/event-stream", headers=headers)
+
+
+def create_app(config: ServerConfig, guard: Guard, sink: EventSink | None = None) -> Starlette:
+    """The guarding proxy as an ASGI app; ``sink`` defaults to a JSONL file (config.events.path)."""
+    if not config.upstream.base_url:
+        raise ValueError("config.upstream.base_url is required")
+    p = Proxy(config, guard, sink)
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        return ProxyError(500, "internal error", "server_error", code="internal_error").response()
+
+    app = Starlette(
+        routes=[
+            Route("/v1/chat/completions", p.chat, methods=["POST"]),
+            Route("/v1/models", p.models, methods=["GET"]),
+            Route("/healthz", p.healthz, methods=["GET"]),
+            Route("/metrics", p.metrics, methods=["GET"]),
+        ],
+        lifespan=p.lifespan,
+        exception_handlers={500: internal_error},
+    )
+    app.state.proxy = p
+    return app

@@ -1,0 +1,214 @@
+"""`charter.yaml`: the proxy's configuration, validated with pydantic; errors name file:line: field."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from charter.errors import CharterError
+
+Action = Literal["block", "flag_only", "log_only"]
+DEFAULT_REFUSAL = "I can't help with that request."
+
+
+class ConfigError(CharterError):
+    """The proxy configuration file is missing, malformed or invalid."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Timeouts(_Strict):
+    connect: float = Field(5.0, gt=0)
+    #: the longest wait for the next bytes from upstream (a stalled stream ends with an error)
+    read: float = Field(60.0, gt=0)
+    #: the whole upstream exchange, streaming included
+    total: float = Field(600.0, gt=0)
+
+
+class Upstream(_Strict):
+    base_url: str | None = None
+    #: name of the environment variable holding the upstream API key (the key never sits in config)
+    api_key_env: str | None = None
+    #: allowed model names; empty allows any
+    models: list[str] = Field(default_factory=list)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    max_connections: int = Field(512, ge=1)
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return v.rstrip("/") if v else v
+
+    def api_key(self) -> str | None:
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+class Rate(_Strict):
+    per_second: float = Field(20.0, gt=0)
+    burst: int = Field(40, ge=1)
+
+
+class ClientKey(_Strict):
+    id: str = Field(min_length=1)
+    #: hex sha256 of the key; generate with `charter serve-key`
+    sha256: str
+    rate: Rate | None = None
+
+    @field_validator("sha256")
+    @classmethod
+    def _hex(cls, v: str) -> str:
+        v = v.lower()
+        if len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
+            raise ValueError("must be 64 hex characters (the sha256 of the key, never the key)")
+        return v
+
+
+class Limits(_Strict):
+    max_body_bytes: int = Field(1_000_000, ge=1)
+    max_messages: int = Field(256, ge=1)
+    #: estimated prompt tokens (characters / 4)
+    max_input_tokens: int = Field(32_000, ge=1)
+    #: the largest max_tokens / max_completion_tokens a client may ask for
+    max_output_tokens: int = Field(8_192, ge=1)
+    rate: Rate = Field(default_factory=Rate)
+
+
+class CategoryPolicy(_Strict):
+    action: Action = "block"
+    refusal: str | None = None
+
+
+class GuardSettings(_Strict):
+    model: str | None = None
+    #: tokens held back from the client until the exchange classifier has scored past them
+    hold_back: int | None = Field(None, ge=0)
+    #: let traffic through unchecked when the classifier errors (default: refuse)
+    fail_open: bool = False
+    default_action: Action = "block"
+    refusal: str = DEFAULT_REFUSAL
+    categories: dict[str, CategoryPolicy] = Field(default_factory=dict)
+
+    def action(self, category: str | None) -> Action:
+        pol = self.categories.get(category or "")
+        return pol.action if pol else self.default_action
+
+    def refusal_for(self, category: str | None) -> str:
+        pol = self.categories.get(category or "")
+        return pol.refusal if pol and pol.refusal else self.refusal
+
+
+class EventsSettings(_Strict):
+    path: str = "charter-events.jsonl"
+    spill_path: str | None = None
+    queue_size: int = Field(10_000, ge=1)
+    #: store conversation and response text in events (off by default)
+    log_content: bool = False
+
+    @property
+    def spill(self) -> str:
+        return self.spill_path or self.path + ".spill"
+
+
+class ServerConfig(_Strict):
+    upstream: Upstream = Field(default_factory=Upstream)
+    keys: list[ClientKey] = Field(default_factory=list)
+    #: require a client key even on loopback (always required elsewhere)
+    require_keys: bool = False
+    limits: Limits = Field(default_factory=Limits)
+    guard: GuardSettings = Field(default_factory=GuardSettings)
+    events: EventsSettings = Field(default_factory=EventsSettings)
+
+    @field_validator("keys")
+    @classmethod
+    def _unique(cls, v: list[ClientKey]) -> list[ClientKey]:
+        ids = [k.id for k in v]
+        dup = {i for i in ids if ids.count(i) > 1}
+        if dup:
+            raise ValueError(f"duplicate key id {sorted(dup)[0]!r}")
+        return v
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, config: ServerConfig) -> None:
+    """Refuse to serve beyond loopback without client keys."""
+    if not is_loopback(host) and not config.keys:
+        raise ConfigError(
+            f"refusing to bind {host}: client API keys are required beyond loopback; "
+            "add 'keys' to the config (see 'charter serve-key')"
+        )
+
+
+def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
+    node, line = root, None
+    for part in loc:
+        if node is None:
+            break
+        line = node.start_mark.line + 1
+        if isinstance(node, yaml.MappingNode):
+            node = next((v for k, v in node.value if k.value == str(part)), None)
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            node = node.value[part]
+        else:
+            node = None
+    return node.start_mark.line + 1 if node is not None else line
+
+
+def _loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for p in loc:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out or "(top level)"
+
+
+def load_config(path: str | Path | None = None) -> ServerConfig:
+    """Read and validate a config file (or defaults, with no path)."""
+    data: Any = {}
+    root = None
+    name = str(path) if path else "<defaults>"
+    if path is not None:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"{name}: cannot read: {e.strerror}") from None
+        try:
+            root = yaml.compose(text)
+            data = yaml.safe_load(text) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{name}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{name}: the top level must be a mapping")
+    try:
+        return ServerConfig.model_validate(data)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            line = _line_of(root, loc)
+            where = f"{name}:{line}" if line else name
+            msg = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{where}: {_loc(loc)}: {msg}")
+        raise ConfigError("\n".join(lines)) from None

@@ -1,0 +1,85 @@
+"""Per-request state shared by the handlers: the event being built and the guard calls."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from anyio import to_thread
+
+from charter.guard import Guard
+from charter.guard.guard import Verdict
+from charter.monitor.events import Event, EventQueue, StageVerdict
+from charter.server.config import ServerConfig
+from charter.server.metrics import Metrics
+
+
+@dataclass
+class Services:
+    config: ServerConfig
+    guard: Guard
+    metrics: Metrics
+    events: EventQueue
+    client: httpx.AsyncClient | None = None
+    upstream_headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def base_url(self) -> str:
+        url = self.config.upstream.base_url
+        assert url, "upstream.base_url is required"
+        return url
+
+    def timeout(self) -> httpx.Timeout:
+        t = self.config.upstream.timeouts
+        return httpx.Timeout(connect=t.connect, read=t.read, write=t.read, pool=t.connect)
+
+
+@dataclass
+class Exchange:
+    """One chat request in flight: its event, timings and verdicts."""
+
+    svc: Services
+    event: Event
+    t0: float = field(default_factory=time.perf_counter)
+    response_text: list[str] = field(default_factory=list)
+    messages: list[dict[str, str]] | None = None
+
+    def add_verdict(self, v: Verdict, at_token: int | None = None) -> None:
+        self.event.verdicts.append(StageVerdict(stage=v.stage, score=v.score, flagged=v.flagged, category=v.category,
+                                                latency_ms=v.latency_ms, escalated=v.escalated, at_token=at_token))
+        if v.flagged and v.category and v.category not in self.event.categories:
+            self.event.categories.append(v.category)
+
+    def flagged(self, v: Verdict, action: str) -> None:
+        self.svc.metrics.flags.labels(v.category or "unknown", v.stage, action).inc()
+        self.event.action = action
+
+    async def check_input(self) -> Verdict:
+        assert self.messages is not None
+        t = time.perf_counter()
+        v = await to_thread.run_sync(self.svc.guard.check_input, self.messages)
+        self.event.latency_ms["input_check"] = round((time.perf_counter() - t) * 1000, 3)
+        self.svc.metrics.input_check(v.latency_ms / 1000, v.stage, v.escalated)
+        self.add_verdict(v)
+        return v
+
+    def finish(self, decision: str, status: int | None = None, error: str | None = None) -> None:
+        ev = self.event
+        ev.decision = decision  # type: ignore[assignment]
+        ev.upstream_status = status if status is not None else ev.upstream_status
+        ev.error = error if error is not None else ev.error
+        ev.latency_ms["total"] = round((time.perf_counter() - self.t0) * 1000, 3)
+        if self.svc.config.events.log_content:
+            ev.content = {"messages": self.messages, "response": "".join(self.response_text) or None}
+        m = self.svc.metrics
+        m.requests.labels(ev.endpoint, decision).inc()
+        m.request_latency.labels(ev.endpoint, str(ev.stream).lower()).observe(ev.latency_ms["total"] / 1000)
+        self.svc.events.put(ev)
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.t0) * 1000
+
+    def annotate(self, **kw: Any) -> None:
+        self.event.latency_ms.update({k: round(v, 3) for k, v in kw.items()})

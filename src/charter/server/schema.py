@@ -1,0 +1,105 @@
+"""Chat-completions request validation and the completions Charter writes itself (refusals)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from charter.server.config import Limits
+from charter.server.errors import ProxyError
+
+_DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: str
+    content: str | list[dict[str, Any]] | None = None
+
+
+class ChatRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: str = Field(min_length=1)
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    n: int | None = None
+    metadata: dict[str, Any] | None = None
+
+    def check_messages(self) -> list[dict[str, str]]:
+        """The conversation as plain role/content text: what the guard scores."""
+        out = []
+        for m in self.messages:
+            c = m.content
+            if isinstance(c, list):
+                c = " ".join(str(p.get("text", "")) for p in c if isinstance(p, dict))
+            out.append({"role": m.role, "content": c or ""})
+        return out
+
+
+def parse_request(raw: bytes, limits: Limits) -> ChatRequest:
+    try:
+        body = json.loads(raw)
+    except ValueError as e:
+        raise ProxyError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise ProxyError(400, "request body must be a JSON object", code="invalid_request")
+    try:
+        req = ChatRequest.model_validate(body)
+    except ValidationError as e:
+        err = e.errors()[0]
+        param = ".".join(str(p) for p in err["loc"])
+        raise ProxyError(400, f"{param}: {err['msg']}", param=param, code="invalid_request") from None
+    if len(req.messages) > limits.max_messages:
+        raise ProxyError(400, f"too many messages: {len(req.messages)} > limits.max_messages = {limits.max_messages}",
+                         param="messages", code="too_many_messages")
+    chars = sum(len(m["content"]) for m in req.check_messages())
+    est = (chars + 3) // 4
+    if est > limits.max_input_tokens:
+        raise ProxyError(400, f"prompt too long: about {est} tokens > limits.max_input_tokens = {limits.max_input_tokens}",
+                         param="messages", code="too_many_tokens")
+    for name in ("max_tokens", "max_completion_tokens"):
+        v = getattr(req, name)
+        if v is not None and v > limits.max_output_tokens:
+            raise ProxyError(400, f"{name} = {v} exceeds limits.max_output_tokens = {limits.max_output_tokens}",
+                             param=name, code="too_many_tokens")
+    if req.n not in (None, 1):
+        raise ProxyError(400, "n > 1 is not supported by the guarding proxy", param="n", code="unsupported")
+    return req
+
+
+def charter_field(request_id: str, decision: str, verdict: Any, action: str) -> dict[str, Any]:
+    return {"request_id": request_id, "decision": decision, "action": action, "category": verdict.category,
+            "stage": verdict.stage, "score": round(float(verdict.score), 6)}
+
+
+def refusal_completion(model: str, text: str, charter: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-" + charter["request_id"], "object": "chat.completion", "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "content_filter",
+                     "logprobs": None}],
+        "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "charter": charter,
+    }
+
+
+def sse(obj: Any) -> bytes:
+    return b"data: " + _DUMPS(obj).encode() + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
+
+
+def refusal_chunk(model: str, text: str, charter: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": "chatcmpl-" + charter["request_id"], "object": "chat.completion.chunk", "created": int(time.time()),
+        "model": model,
+        "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": "content_filter",
+                     "logprobs": None}],
+        "charter": charter,
+    }

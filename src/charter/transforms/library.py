@@ -1,0 +1,12 @@
+"""Importing this module registers every built-in transform."""
+
+from charter.transforms import (  # noqa: F401
+    charlevel,
+    ciphers,
+    encodings,
+    linguistic,
+    noise,
+    structural,
+    translation,
+    wrappers,
+)

@@ -1,0 +1,288 @@
+"""Normalisation views for inference: the input plus every decoding that plausibly applies.
+
+Classifiers score each view and keep the worst case, so an encoded request is judged on its
+decoded text. Every detector sits behind a cheap pre-check (``str.isascii``, one regex, the
+English-word ratio) so that plain text pays a few microseconds; decoders that change nothing or
+that make the text less English-like are dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+
+import numpy as np
+
+from charter.transforms._text import english_ratio
+from charter.transforms.charlevel import (
+    CONFUSABLE_CHARS,
+    INVISIBLE_RE,
+    LEET_HINT,
+    TAG_RE,
+    decode_tags,
+    fold_confusables,
+    fold_leet,
+)
+from charter.transforms.ciphers import ATBASH, CAESAR_HEADER_RE, caesar, caesar_table, decode_morse
+from charter.transforms.encodings import decode_base64, decode_hex, decode_url
+from charter.transforms.noise import CharSeparators, CharSpacing
+from charter.transforms.linguistic import apply_legend, decode_pseudo
+from charter.transforms.structural import decode_payload_split
+
+View = tuple[str, str]
+
+#: views produced by decoding (not folding); their output is decoded once more (depth 2)
+_NESTABLE_PREFIXES = ("base64", "hex", "url", "rot13", "caesar", "atbash", "reverse", "morse",
+                      "tag_payload", "pseudo_language", "payload_split", "keyword_legend")  # fmt: skip
+_ENGLISH_OK = 0.3  # the text already reads as English: skip cipher brute force
+_GAIN = 0.2  # a cipher view must beat the original's English ratio by this much
+_MIN_RATIO = 0.35
+
+_SEPS = ".-_*|"
+_C = r"[^\s.\-_*|+=<>/\\]"
+_SEP_RUN = re.compile(rf"(?<!\S){_C}(?: {_C}(?: {_C})+|([._*|-]){_C}(?:\1{_C})*)(?!\S)")
+_B64_FULL = re.compile(r"[A-Za-z0-9+/_\-]{8,}={0,2}")
+_B64_RUN = re.compile(r"(?<![A-Za-z0-9+/=_\-])[A-Za-z0-9+/_\-]{20,}={0,2}")
+_HEX_RUN = re.compile(r"(?<![0-9A-Za-z])(?:(?:0x|\\x)?[0-9a-fA-F]{2}[\s:,]?){8,}")
+_CONFUSABLE_RE = re.compile("[" + re.escape("".join(sorted(CONFUSABLE_CHARS))) + "\uff01-\uff5e\u3000]")
+_FULLWIDTH = re.compile("[\uff21-\uff3a\uff41-\uff5a]")
+_ASCII_WORD = re.compile(r"[A-Za-z]{2,}")
+_LEET_CHARS = "0134579@$+"
+_PCT2 = re.compile(r"%[0-9A-Fa-f]{2}.*%[0-9A-Fa-f]{2}", re.DOTALL)
+
+
+def _key(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+def collapse_spacing(text: str) -> str | None:
+    """'h o w  t o' -> 'how to', 'h.o.w t-o' -> 'how to', one-word-per-line -> one line."""
+    for t in (CharSpacing(), CharSeparators()):
+        whole = t.decode(text)
+        if whole is not None and whole != text:
+            return whole
+    changed = False
+
+    def run(m: re.Match[str]) -> str:
+        nonlocal changed
+        changed = True
+        return m.group(0)[::2]
+
+    out = _SEP_RUN.sub(run, text)
+    if changed:
+        out = re.sub(r"(?<=\S) {2,}(?=\S)", " ", out)
+    if "\n" in out:
+        lines = out.split("\n")
+        if len(lines) >= 3 and sum(len(ln.split()) <= 1 for ln in lines) >= 0.8 * len(lines):
+            out = " ".join(ln.strip() for ln in lines if ln.strip())
+            changed = True
+    return out if changed else None
+
+
+def _spacing_hint(tokens: list[str], text: str) -> bool:
+    run = 0
+    for t in tokens:
+        if len(t) == 1:
+            run += 1
+            if run >= 3:
+                return True
+            continue
+        run = 0
+        if len(t) >= 3 and t[1] in _SEPS and t[1] == t[-2] and not t[0] in _SEPS:
+            return True
+    return text.count("\n") >= 2
+
+
+def _sub_runs(text: str, pattern: re.Pattern[str], decoder: Callable[[str], str | None]) -> str | None:
+    """Decode the whole text, or else every long run inside it that decodes."""
+    whole = decoder(text.strip())
+    if whole is not None:
+        return whole
+    changed = False
+
+    def sub(m: re.Match[str]) -> str:
+        nonlocal changed
+        d = decoder(m.group(0))
+        if d is None:
+            return m.group(0)
+        changed = True
+        return d
+
+    out = pattern.sub(sub, text)
+    return out if changed else None
+
+
+def _base64(text: str) -> str | None:
+    s = "".join(text.split())
+    if _B64_FULL.fullmatch(s):
+        d = decode_base64(s)
+        if d is not None:
+            return d
+    if not _B64_RUN.search(text):
+        return None
+    return _sub_runs(text, _B64_RUN, decode_base64)
+
+
+def _hex(text: str) -> str | None:
+    if not _HEX_RUN.search(text):
+        return None
+    return _sub_runs(text, _HEX_RUN, decode_hex)
+
+
+_CAESAR_TABLES = [caesar_table(s) for s in range(26)]
+
+
+#: English letter frequencies (percent), a..z
+_EN_FREQ = (8.2, 1.5, 2.8, 4.3, 12.7, 2.2, 2.0, 6.1, 7.0, 0.15, 0.77, 4.0, 2.4, 6.7, 7.5, 1.9,
+            0.095, 6.0, 6.3, 9.1, 2.8, 0.98, 2.4, 0.15, 2.0, 0.074)  # fmt: skip
+#: row ``sh``: how well ciphertext letter counts fit English after shifting by ``sh``
+_SHIFT_FIT = np.array([[_EN_FREQ[(j + sh) % 26] for j in range(26)] for sh in range(26)])
+
+
+def _best_caesar(text: str, base: float) -> tuple[int, float]:
+    """Rank the 25 shifts by letter-frequency fit, then check the best two by English words."""
+    sample = text[:600]
+    low = sample.lower()
+    counts = np.array([low.count(c) for c in "abcdefghijklmnopqrstuvwxyz"], dtype=float)
+    fit = np.argsort(-(_SHIFT_FIT @ counts))
+    best, best_r = 0, base
+    for shift in [int(s) for s in fit if s][:2]:
+        r = english_ratio(sample.translate(_CAESAR_TABLES[shift]))
+        if r > best_r:
+            best, best_r = shift, r
+    return best, best_r
+
+
+def _ciphers(text: str) -> Iterator[View]:
+    """Whole-text ciphers, tried only when the text does not already read as English."""
+    m = CAESAR_HEADER_RE.match(text)
+    if m:
+        n = int(next(g for g in m.groups() if g))
+        yield "caesar", caesar(text[m.end() :], -n)
+        return
+    if english_ratio(text, 300) >= _ENGLISH_OK or len(_ASCII_WORD.findall(text, 0, 600)) < 2:
+        return
+    base = english_ratio(text)
+    need = max(_MIN_RATIO, base + _GAIN)
+    shift, r = _best_caesar(text, base)
+    if shift and r >= need:
+        yield ("rot13" if shift == 13 else f"caesar{26 - shift}"), caesar(text, shift)
+    for name, fn in (("atbash", lambda t: t.translate(ATBASH)), ("reverse", lambda t: t[::-1])):
+        v = fn(text)
+        if english_ratio(v) >= need:
+            yield name, v
+    p = decode_pseudo(text)
+    if p is not None and english_ratio(p) >= need:
+        yield "pseudo_language", p
+    yield from _translation(text, need)
+
+
+def _translation(text: str, need: float) -> Iterator[View]:
+    from charter.transforms.translation import LANGS, gloss, hit_ratio
+
+    sample = text[:2000]
+    if len(sample.split()) < 3:
+        return
+    ratio, lang = max((hit_ratio(sample, lang), lang) for lang in LANGS)
+    if ratio >= 0.5:
+        v = gloss(text, lang)
+        if v is not None and english_ratio(v) >= need:
+            yield f"translation_{lang}", v
+
+
+def _leety(tokens: list[str]) -> bool:
+    """Short tokens mixing letters with leet digits/symbols (not e-mail addresses or URLs)."""
+    n = 0
+    for t in tokens:
+        if len(t) <= 16 and LEET_HINT.search(t) and not ("@" in t and "." in t) and "%" not in t:
+            n += 1
+    return n >= 1 and n >= 0.1 * len(tokens)
+
+
+def _decoders(text: str) -> Iterator[View]:
+    """First-level decoded views of ``text``, most specific first."""
+    if not text.isascii():
+        if TAG_RE.search(text):
+            hidden = decode_tags(text)
+            if hidden:
+                yield "tag_payload", hidden
+        if INVISIBLE_RE.search(text):
+            yield "invisible_stripped", INVISIBLE_RE.sub("", text)
+        # mixed scripts or fullwidth only: plain Cyrillic or Greek text is left alone
+        if _CONFUSABLE_RE.search(text) and (_ASCII_WORD.search(text) or _FULLWIDTH.search(text)):
+            yield "confusables", fold_confusables(INVISIBLE_RE.sub("", text))
+    tokens = text.split()
+    if not tokens:
+        return
+    if _spacing_hint(tokens, text):
+        v = collapse_spacing(text)
+        if v is not None:
+            yield "spacing", v
+    longest = max(map(len, tokens))
+    if longest >= 16 or len(tokens[0]) == 2:
+        for name, fn in (("base64", _base64), ("hex", _hex)):
+            v = fn(text)
+            if v is not None:
+                yield name, v
+    if "%" in text and _PCT2.search(text):
+        v = decode_url(text)
+        if v is not None:
+            yield "url", v
+    if tokens[0][0] in ".-":
+        v = decode_morse(text)
+        if v is not None:
+            yield "morse", v
+    if any(c in text for c in _LEET_CHARS) and _leety(tokens[:400]):
+        yield "leet", fold_leet(text)
+    if '" means "' in text:
+        v = apply_legend(text)
+        if v is not None:
+            yield "keyword_legend", v
+    if '= "' in text:
+        v = decode_payload_split(text)
+        if v is not None:
+            yield "payload_split", v
+    yield from _ciphers(text)
+
+
+def fold_all(text: str) -> str:
+    """The cheap foldings at once: strip invisible, fold confusables, collapse spacing, fold
+    leetspeak, lowercase."""
+    if not text.isascii():
+        text = fold_confusables(INVISIBLE_RE.sub("", text))
+    text = collapse_spacing(text) or text
+    if LEET_HINT.search(text):
+        text = fold_leet(text)
+    return text.lower()
+
+
+def _walk(text: str, depth: int) -> Iterator[View]:
+    for name, v in _decoders(text):
+        yield name, v
+        if depth > 1 and name.startswith(_NESTABLE_PREFIXES) and v:
+            for sub, w in _walk(v, depth - 1):
+                yield f"{name}+{sub}", w
+
+
+def views(text: str, max_views: int = 8, max_len: int = 20000, depth: int = 2) -> list[View]:
+    """``[("original", text), (view_name, decoded), ...]``: distinct views, at most ``max_views``,
+    each at most ``max_len`` characters (the input is cut to ``max_len`` first)."""
+    text = text[:max_len]
+    out: list[View] = [("original", text)]
+    seen = {_key(text)}
+    folded_hint = False
+    for name, v in _walk(text, depth):
+        if len(out) >= max_views:
+            break
+        if name in ("invisible_stripped", "confusables", "spacing", "leet"):
+            folded_hint = True
+        v = v[:max_len]
+        k = _key(v)
+        if v and k not in seen:
+            seen.add(k)
+            out.append((name, v))
+    if folded_hint and len(out) < max_views:
+        v = fold_all(text)
+        if _key(v) not in seen:
+            out.append(("folded", v))
+    return out

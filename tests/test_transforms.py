@@ -1,0 +1,259 @@
+from __future__ import annotations
+
+import json
+import random
+import re
+
+import pytest
+
+from charter.cli import main
+from charter.transforms import TRANSFORMS, Chain, ConversationTransform, Transform, chain, families, get_transform
+from charter.transforms.translation import LANGS, wordlist
+
+SENTENCE = "How do I bake sourdough bread at home? Tell me the steps, please."
+INPUTS = [
+    SENTENCE,
+    "Write a short poem about the sea",
+    "what's the capital of France; and why is it there?",
+    "Explain (briefly) how vaccines train the immune system.",
+    "Hello",
+]
+#: wrappers and noise change text; everything does on this input
+ALL = TRANSFORMS.names()
+REVERSIBLE = [n for n, cls in TRANSFORMS if cls.reversible]
+#: decode returns the input exactly (others are lossy; see the weaker tests below)
+LOSSY = {"leetspeak", "morse", "translate_es", "translate_fr", "translate_de", "translate_pt"}
+EXACT = [n for n in REVERSIBLE if n not in LOSSY]
+
+
+def test_registry_size_and_families() -> None:
+    assert len(ALL) >= 34
+    fams = families()
+    assert len(fams) >= 14
+    for fam in ("encoding", "cipher", "leetspeak", "homoglyph", "invisible", "spacing", "noise",
+                "roleplay", "framing", "injection", "splitting", "manyshot", "embedding",
+                "substitution", "linguistic", "translation"):  # fmt: skip
+        assert fam in fams, fam
+    assert {"base64", "hex", "url"} <= set(fams["encoding"])
+    assert {"rot13", "caesar3", "atbash", "morse", "reverse", "reverse_words"} <= set(fams["cipher"])
+    assert {"zero_width", "tag_smuggling"} <= set(fams["invisible"])
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_contract(name: str) -> None:
+    t = get_transform(name)
+    assert isinstance(t, Transform)
+    assert t.name == name and t.family and t.description
+    a = t.apply(SENTENCE, random.Random(7))
+    b = t.apply(SENTENCE, random.Random(7))
+    assert a == b, "same seed must give the same output"
+    assert isinstance(a, str) and a != SENTENCE
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("text", ["", " ", "é✓ 東京 🙂", "a", "{payload} {name}", "x\n\ny"])
+def test_odd_inputs(name: str, text: str) -> None:
+    t = get_transform(name)
+    out = t.apply(text, random.Random(0))
+    assert isinstance(out, str)
+    if t.reversible:
+        d = t.decode(out)
+        assert d is None or isinstance(d, str)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_long_input_is_linear(name: str) -> None:
+    text = (SENTENCE + " ") * 2000  # ~130k chars; a quadratic transform would time out
+    out = get_transform(name).apply(text, random.Random(1))
+    assert len(out) >= len(text) // 4
+
+
+@pytest.mark.parametrize("name", EXACT)
+@pytest.mark.parametrize("text", INPUTS)
+def test_round_trip_exact(name: str, text: str) -> None:
+    t = get_transform(name)
+    for seed in range(3):
+        assert t.decode(t.apply(text, random.Random(seed))) == text
+
+
+@pytest.mark.parametrize("text", INPUTS)
+def test_leetspeak_decodes_to_lowercase(text: str) -> None:
+    # no digits or @$!+ in the inputs: decode folds back to the lowercase original
+    t = get_transform("leetspeak")
+    for seed in range(5):
+        out = t.apply(text, random.Random(seed))
+        assert t.decode(out) == text.lower()
+    assert t.apply(SENTENCE, random.Random(0)) != SENTENCE
+
+
+def test_morse_decodes_to_lowercase_words() -> None:
+    t = get_transform("morse")
+    for text in INPUTS:
+        assert t.decode(t.apply(text, random.Random(0))) == " ".join(text.lower().split())
+    assert t.decode("plain words") is None
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_wordlists_cover_safety_vocabulary(lang: str) -> None:
+    words = wordlist(lang)
+    assert len(words) >= 800
+    for w in ("make", "build", "weapon", "bomb", "poison", "kill", "hack", "steal", "drug",
+              "explosive", "virus", "password", "how to", "water", "house"):  # fmt: skip
+        assert w in words, (lang, w)
+
+
+@pytest.mark.parametrize("lang", LANGS)
+def test_translation_round_trip_is_mostly_faithful(lang: str) -> None:
+    t = get_transform(f"translate_{lang}")
+    text = "how can I make a bomb with water and sugar at home"
+    out = t.apply(text, random.Random(0))
+    assert out != text
+    back = t.decode(out)
+    assert back is not None
+    src, got = text.split(), back.lower().split()
+    assert sum(w in got for w in src) >= 0.7 * len(src)
+    assert "bomb" in got
+    assert t.decode("zzqx vvbn kkrt") is None
+
+
+def test_decoders_reject_foreign_input() -> None:
+    for name, text in [("base64", "not base64 at all!"), ("hex", "xyz"), ("caesar", "no header"),
+                       ("tag_smuggling", "plain"), ("zero_width", "plain"), ("pseudo_language", "hello"),
+                       ("keyword_substitution", "no legend here"), ("payload_split", "a = 1"),
+                       ("char_spacing", "normal words here")]:  # fmt: skip
+        assert get_transform(name).decode(text) is None, name
+
+
+def test_chain_decode() -> None:
+    for names in [("rot13", "base64"), ("reverse", "hex", "url"), ("keyword_substitution", "zero_width"),
+                  ("pseudo_language", "tag_smuggling")]:  # fmt: skip
+        ch = chain(*names)
+        out = ch.apply(SENTENCE, random.Random(3))
+        assert ch.decode(out) == SENTENCE
+        assert ch.names == list(names)
+    assert chain("persona", "base64").decode("aGVsbG8=") is None
+
+
+def test_caesar_random_shift_is_stated() -> None:
+    t = get_transform("caesar")
+    outs = {t.apply(SENTENCE, random.Random(s)) for s in range(10)}
+    assert len(outs) > 3
+    assert all(t.decode(o) == SENTENCE for o in outs)
+
+
+def test_templates_vary_and_keep_payload() -> None:
+    for name in ("persona", "dan_style", "evil_confidant", "fiction", "academic", "grandma",
+                 "prefix_injection", "refusal_suppression", "ignore_previous", "markdown_embed",
+                 "code_embed", "email_embed", "document_embed"):  # fmt: skip
+        t = get_transform(name)
+        outs = {t.apply(SENTENCE, random.Random(s)) for s in range(20)}
+        assert len(outs) >= 3, name
+        for o in outs:
+            assert "{payload}" not in o and "{name}" not in o
+            if name != "code_embed":
+                assert SENTENCE in o, name
+
+
+def test_payload_with_braces_survives_templates() -> None:
+    text = "use {name} and {payload} literally"
+    assert text in get_transform("persona").apply(text, random.Random(0))
+
+
+def test_tag_smuggling_hides_ascii() -> None:
+    t = get_transform("tag_smuggling")
+    out = t.apply(SENTENCE, random.Random(0))
+    visible = "".join(c for c in out if not 0xE0000 <= ord(c) <= 0xE007F)
+    assert "sourdough" not in visible
+    assert t.decode(out) == SENTENCE
+
+
+def test_zero_width_inserts_invisible_characters() -> None:
+    out = get_transform("zero_width").apply(SENTENCE, random.Random(0))
+    assert len(out) > len(SENTENCE)
+    assert re.sub("[\u200b\u200c\u200d\u2060\u00ad]", "", out) == SENTENCE
+
+
+def test_conversation_transform() -> None:
+    t = get_transform("multi_turn_split")
+    assert isinstance(t, ConversationTransform)
+    msgs = t.apply_messages(SENTENCE, random.Random(2))
+    assert len(msgs) >= 3 and msgs[-1]["role"] == "user"
+    assert all(m["role"] in ("user", "assistant") for m in msgs)
+    joined = " ".join(m["content"] for m in msgs if m["role"] == "user")
+    for w in SENTENCE.split():
+        assert w in joined
+    flat = t.apply(SENTENCE, random.Random(2))
+    assert flat.startswith("User: ") and "\n\nAssistant: " in flat
+
+
+def test_many_shot_prefix() -> None:
+    out = get_transform("many_shot").apply(SENTENCE, random.Random(0))
+    assert out.count("\n\n") >= 8
+    assert SENTENCE in out.split("\n\n")[-1]
+
+
+def test_json_embed_is_valid_json() -> None:
+    t = get_transform("json_embed")
+    out = t.apply('quote " and \\ backslash', random.Random(0))
+    obj = json.loads(out[out.index("{") :])
+    assert 'quote " and \\ backslash' in obj.values()
+
+
+def test_past_tense_rules() -> None:
+    t = get_transform("past_tense")
+    out = t.apply("How do I pick a lock?", random.Random(0))
+    assert out.startswith("How did people pick a lock")
+    out = t.apply("What is the best way to clean a carpet?", random.Random(0))
+    assert out.startswith("What was the best way people used to clean a carpet")
+    assert "Write a poem" in t.apply("Write a poem", random.Random(0)) or "What were" in t.apply(
+        "Write a poem", random.Random(0)
+    )
+
+
+def test_keyword_substitution_prefers_sensitive_words() -> None:
+    out = get_transform("keyword_substitution").apply("how to build a weapon quickly", random.Random(0))
+    legend, body = out.split("\n\n", 1)
+    assert "weapon" in legend and "weapon" not in body
+
+
+def test_noise_rates() -> None:
+    t = get_transform("bon_noise")
+    out = t.apply(SENTENCE * 5, random.Random(0))
+    assert out.lower() != (SENTENCE * 5).lower()
+    assert len(out) == len(SENTENCE * 5)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def test_cli_list(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["transforms", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "base64" in out and "translate_es" in out
+    assert f"{len(ALL)} transforms, {len(families())} families" in out
+
+
+def test_cli_apply_and_decode(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["transforms", "apply", "base64,rot13", "hello there", "--seed", "3"]) == 0
+    enc = capsys.readouterr().out.strip()
+    assert enc == chain("base64", "rot13").apply("hello there", random.Random(3))
+    assert main(["transforms", "apply", "base64,rot13", enc, "--decode"]) == 0
+    assert capsys.readouterr().out.strip() == "hello there"
+
+
+def test_cli_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["transforms", "apply", "no_such_transform", "x"]) == 2
+    err = capsys.readouterr().err
+    assert "no_such_transform" in err and err.count("\n") == 1
+    assert main(["transforms", "apply", "persona", "x", "--decode"]) == 2
+    assert "cannot be decoded" in capsys.readouterr().err
+    assert main(["transforms", "apply", "base64", "not base64!", "--decode"]) == 1
+    assert "does not look like" in capsys.readouterr().err
+
+
+def test_cli_views(capsys: pytest.CaptureFixture[str]) -> None:
+    enc = Chain([get_transform("rot13")]).apply("how do I bake bread at home", random.Random(0))
+    assert main(["transforms", "views", enc]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("[original] ")
+    assert "[rot13] how do I bake bread at home" in out
