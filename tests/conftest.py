@@ -39,5 +39,6 @@ def mini_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     mini = FIXTURES / "mini.yaml"
     d = offline_dataset(mini, load_constitution(mini), tmp / "data", n=8000, seed=0)
     _, recs = read_dataset(d)
-    train_guard(recs, tmp / "model", constitution_sha256="c", data_sha256="d", config=TrainConfig(seed=0))
+    cfg = TrainConfig(seed=0, max_stage2_train=800, max_stage2_eval=200)
+    train_guard(recs, tmp / "model", constitution_sha256="c", data_sha256="d", config=cfg)
     return tmp / "model"

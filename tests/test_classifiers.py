@@ -40,13 +40,24 @@ def test_ngram_classifier_contract_and_fast_path():
     X = HARM + SAFE
     y = ["glorp"] * len(HARM) + ["permitted"] * len(SAFE)
     est.fit(X, y)
-    assert list(est.classes_) == ["glorp", "permitted"]
+    assert list(est.classes_) == ["permitted", "glorp"]
     p = est.predict_proba(["glorp toxin at home", "bake some bread"])
     assert p.shape == (2, 2) and np.allclose(p.sum(1), 1)
-    assert p[0, 0] > 0.5 > p[1, 0]
+    assert p[0, 1] > 0.5 > p[1, 1]
     assert list(est.predict(["glorp toxin at home"])) == ["glorp"]
+    assert est.decision_function(["glorp toxin at home"])[0] > 0 > est.decision_function(["bake some bread"])[0]
     # the single-text fast path agrees with the batch path
-    np.testing.assert_allclose(est.logits_one("glorp toxin at home"), est.decision_function(["glorp toxin at home"])[0], rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(est.proba_one("glorp toxin at home"), p[0], rtol=1e-4, atol=1e-6)
+
+
+def test_ngram_classifier_category_head():
+    X = HARM + SAFE + ["write ransomware for a hospital", "malware to steal passwords", "code a keylogger to spy", "build a botnet for ddos"]
+    y = ["glorp"] * len(HARM) + ["permitted"] * len(SAFE) + ["cyber"] * 4
+    est = NgramClassifier(n_features=2**14, C=5.0).fit(X, y)
+    assert list(est.classes_) == ["permitted", "cyber", "glorp"]
+    p = est.predict_proba(["ransomware that encrypts files", "glorp poison recipe"])
+    assert p[0, 0] < 0.5 and p[1, 0] < 0.5  # both restricted
+    assert p[0, 1] > p[0, 2] and p[1, 2] > p[1, 1]  # ... and each in its own category
     c = clone(est)
     assert c.get_params() == est.get_params() and not hasattr(c, "coef_")
 

@@ -19,6 +19,9 @@ from charter.errors import ArtifactError
 
 MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 N_LAYERS, HIDDEN, HEADS = 6, 384, 12
+# python floats, not numpy float64 scalars, so float32 arrays stay float32 (NEP 50)
+SCALE = float(1 / np.sqrt(HIDDEN // HEADS))
+INV_SQRT2 = float(1 / np.sqrt(2.0))
 
 
 def encoder_available() -> bool:
@@ -31,7 +34,7 @@ def encoder_available() -> bool:
 def _ln(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     mu = x.mean(-1, keepdims=True)
     var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + eps) * w + b
+    return (x - mu) / np.sqrt(var + np.float32(eps)) * w + b
 
 
 class MiniLMEncoder:
@@ -86,21 +89,22 @@ class MiniLMEncoder:
         for i in range(N_LAYERS):
             p = f"encoder.layer.{i}."
             qkv = x @ w[f"L{i}.qkv.w"] + w[f"L{i}.qkv.b"]
-            q, k, v = (qkv[..., j * HIDDEN : (j + 1) * HIDDEN].reshape(B, T, HEADS, hd).transpose(0, 2, 1, 3) for j in range(3))
-            s = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hd) + bias
+            # contiguous heads: numpy's stacked matmul falls back to a slow loop on strided views
+            q, k, v = (np.ascontiguousarray(qkv[..., j * HIDDEN : (j + 1) * HIDDEN].reshape(B, T, HEADS, hd).transpose(0, 2, 1, 3)) for j in range(3))
+            s = q @ np.ascontiguousarray(k.transpose(0, 1, 3, 2)) * SCALE + bias
             s = np.exp(s - s.max(-1, keepdims=True))
             s /= s.sum(-1, keepdims=True)
-            ctx = (s @ v).transpose(0, 2, 1, 3).reshape(B, T, HIDDEN)
+            ctx = np.ascontiguousarray((s @ v).transpose(0, 2, 1, 3)).reshape(B, T, HIDDEN)
             x = _ln(x + ctx @ w[p + "attention.output.dense.weight"] + w[p + "attention.output.dense.bias"],
                     w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"])
             hmid = x @ w[p + "intermediate.dense.weight"] + w[p + "intermediate.dense.bias"]
-            hmid = 0.5 * hmid * (1.0 + erf(hmid / np.sqrt(2.0)))
+            hmid = 0.5 * hmid * (1.0 + erf(hmid * INV_SQRT2))
             x = _ln(x + hmid @ w[p + "output.dense.weight"] + w[p + "output.dense.bias"],
                     w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"])
             pooled.append((x * m).sum(1) / denom)
         return np.concatenate(pooled, axis=1).astype(np.float32)
 
-    def transform(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
+    def transform(self, texts: list[str], batch_size: int = 16) -> np.ndarray:
         self._load()
         encs = self._tok.encode_batch([t[:4000] for t in texts])
         order = np.argsort([len(e.ids) for e in encs])  # batch by length: little padding

@@ -1,4 +1,4 @@
-"""Stage 1: a multinomial linear model over hashed n-grams (the cheap screen)."""
+"""Stage 1: linear models over hashed n-grams (the cheap screen)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from sklearn.linear_model import LogisticRegression
 
 from charter.classifiers.features import NgramHasher
 
+PERMITTED = "permitted"
+
 
 def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
@@ -17,59 +19,77 @@ def softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-class NgramClassifier(ClassifierMixin, BaseEstimator):
-    """Multinomial logistic regression on :class:`NgramHasher` features of raw texts.
+def _sigmoid(z: np.ndarray | float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.clip(z, -30, 30)))
 
-    ``X`` is a sequence of strings and ``y`` their class labels (e.g. ``"permitted"`` or a
-    restricted category id). After ``fit``, ``classes_``, ``coef_`` (n_features x n_classes,
-    float32, laid out for row gathers) and ``intercept_`` are set.
+
+def hierarchical_proba(z_bin: np.ndarray, z_cat: np.ndarray) -> np.ndarray:
+    """[P(permitted), P(restricted)·P(category | restricted)...] from a binary and a category head."""
+    p = _sigmoid(z_bin)[..., None]
+    return np.concatenate([1 - p, p * softmax(z_cat)], axis=-1)
+
+
+class NgramClassifier(ClassifierMixin, BaseEstimator):
+    """Logistic regression on :class:`NgramHasher` features of raw texts, in two heads.
+
+    A binary head separates restricted from permitted (it carries the score, and its
+    regularisation is what generalises to unseen requests); a multinomial head, fitted on
+    restricted texts only, names the category. ``X`` is a sequence of strings; ``y`` holds
+    ``"permitted"`` or a restricted category id. ``classes_[0]`` is ``"permitted"``.
     """
 
-    def __init__(
-        self,
-        n_features: int = 2**18,
-        C: float = 10.0,
-        max_iter: int = 300,
-        class_weight: str | None = "balanced",
-    ) -> None:
+    def __init__(self, n_features: int = 2**18, C: float = 0.3, C_category: float = 1.0, max_iter: int = 200) -> None:
         self.n_features = n_features
         self.C = C
+        self.C_category = C_category
         self.max_iter = max_iter
-        self.class_weight = class_weight
 
     def _hasher(self) -> NgramHasher:
         return NgramHasher(n_features=self.n_features)
 
     def fit(self, X: Sequence[str], y: Sequence[str]) -> NgramClassifier:
+        yv = np.asarray(y)
+        cats = sorted(set(yv) - {PERMITTED})
+        if not cats or PERMITTED not in set(yv):
+            raise ValueError("y needs 'permitted' and at least one restricted category")
         F = self._hasher().transform(list(X))
-        lr = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight=self.class_weight, tol=1e-4)
-        lr.fit(F, np.asarray(y))
-        self.classes_ = lr.classes_
-        coef = lr.coef_.astype(np.float32)
-        intercept = lr.intercept_.astype(np.float32)
-        if coef.shape[0] == 1:  # binary: sklearn keeps one row, for the positive class
-            coef = np.vstack([-coef / 2, coef / 2])
-            intercept = np.array([-intercept[0] / 2, intercept[0] / 2], dtype=np.float32)
-        self.coef_ = np.ascontiguousarray(coef.T)
+        restricted = yv != PERMITTED
+        b = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight="balanced").fit(F, restricted)
+        coef = np.zeros((self.n_features, 1 + len(cats)), dtype=np.float32)
+        intercept = np.zeros(1 + len(cats), dtype=np.float32)
+        coef[:, 0], intercept[0] = b.coef_[0], b.intercept_[0]
+        if len(cats) > 1:
+            c = LogisticRegression(C=self.C_category, max_iter=self.max_iter, tol=1e-3).fit(F[restricted], yv[restricted])
+            order = [list(c.classes_).index(k) for k in cats]
+            w, i0 = c.coef_, c.intercept_
+            if w.shape[0] == 1:  # two categories: sklearn keeps one row
+                w, i0 = np.vstack([-w / 2, w / 2]), np.array([-i0[0] / 2, i0[0] / 2])
+            coef[:, 1:], intercept[1:] = w[order].T, i0[order]
+        self.classes_ = np.array([PERMITTED, *cats])
+        self.coef_ = np.ascontiguousarray(coef)
         self.intercept_ = intercept
         return self
 
+    def _proba(self, Z: np.ndarray) -> np.ndarray:
+        return hierarchical_proba(Z[..., 0], Z[..., 1:])
+
     def decision_function(self, X: Sequence[str]) -> np.ndarray:
+        """The binary head's logit (restricted vs permitted)."""
         F = self._hasher().transform(list(X))
-        return np.asarray(F @ self.coef_) + self.intercept_
+        return np.asarray(F @ self.coef_[:, 0]) + self.intercept_[0]
 
     def predict_proba(self, X: Sequence[str]) -> np.ndarray:
-        return softmax(self.decision_function(X))
+        F = self._hasher().transform(list(X))
+        return self._proba(np.asarray(F @ self.coef_) + self.intercept_)
 
     def predict(self, X: Sequence[str]) -> np.ndarray:
-        return self.classes_[self.decision_function(X).argmax(axis=1)]
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
-    def logits_one(self, text: str, hasher: NgramHasher | None = None) -> np.ndarray:
-        """Fast path for one text (no sparse matrix): about 20 µs plus hashing."""
+    def proba_one(self, text: str, hasher: NgramHasher | None = None) -> np.ndarray:
+        """Fast path for one text (no sparse matrix)."""
         idx = (hasher or self._hasher()).indices(text)
-        if len(idx) == 0:
-            return self.intercept_.copy()
-        return self.coef_[idx].sum(axis=0) / np.sqrt(len(idx)) + self.intercept_
+        z = self.coef_[idx].sum(axis=0) / np.sqrt(len(idx)) + self.intercept_ if len(idx) else self.intercept_
+        return self._proba(z)
 
     # persistence (plain arrays; see charter.classifiers.artifacts)
     def to_arrays(self) -> dict[str, np.ndarray]:

@@ -11,7 +11,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from charter.classifiers.features import StaticEmbedder
-from charter.classifiers.linear import softmax
+from charter.classifiers.linear import PERMITTED, softmax
 
 
 class EmbeddingMLPClassifier(ClassifierMixin, BaseEstimator):
@@ -43,11 +43,15 @@ class EmbeddingMLPClassifier(ClassifierMixin, BaseEstimator):
         with warnings.catch_warnings():  # a fixed epoch budget is the point, not convergence
             warnings.simplefilter("ignore", ConvergenceWarning)
             mlp.fit(E, np.asarray(y))
-        self.classes_ = mlp.classes_
         W2, b2 = mlp.coefs_[1], mlp.intercepts_[1]
         if W2.shape[1] == 1:
             W2 = np.hstack([-W2 / 2, W2 / 2])
             b2 = np.array([-b2[0] / 2, b2[0] / 2])
+        # the same class order as stage 1: "permitted" first, then sorted categories
+        classes = sorted(mlp.classes_, key=lambda c: (c != PERMITTED, c))
+        order = [list(mlp.classes_).index(c) for c in classes]
+        W2, b2 = W2[:, order], b2[order]
+        self.classes_ = np.asarray(classes)
         self.W1_, self.b1_ = mlp.coefs_[0].astype(np.float32), mlp.intercepts_[0].astype(np.float32)
         self.W2_, self.b2_ = W2.astype(np.float32), b2.astype(np.float32)
         return self
@@ -68,8 +72,8 @@ class EmbeddingMLPClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X: Sequence[str]) -> np.ndarray:
         return self.classes_[self.decision_function(X).argmax(axis=1)]
 
-    def logits_one(self, text: str) -> np.ndarray:
-        return self._forward(self._embedder().embed_one(text)[None, :])[0]
+    def proba_one(self, text: str) -> np.ndarray:
+        return softmax(self._forward(self._embedder().embed_one(text)[None, :])[0])
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"W1": self.W1_, "b1": self.b1_, "W2": self.W2_, "b2": self.b2_}

@@ -14,8 +14,8 @@ from charter.constitution import Constitution, load_constitution
 from charter.constitution.loader import default_constitution_path
 from charter.errors import CharterError
 from charter.guard.guard import Guard
-from charter.guard.stats import rate, threshold_for_fpr
-from charter.guard.train import _cascade, read_dataset, stage_scores
+from charter.guard.stats import rate
+from charter.guard.train import TrainConfig, _cascade, calibrate, read_dataset, stage_scores
 
 MAX_BENIGN_LINES = 200_000
 
@@ -58,6 +58,16 @@ def read_benign(path: Path) -> list[str]:
     return texts
 
 
+def _flags(guard: Guard, texts: Sequence[str]) -> np.ndarray:
+    """Cascade decisions for many texts at the guard's current thresholds (stage 2 batched)."""
+    th = guard.thresholds
+    sc = stage_scores(guard, texts)
+    if guard.stage2 is None:
+        return sc["stage1"] >= th["stage1_only"]
+    sc = stage_scores(guard, texts, sc["stage1"] >= th["escalate"])
+    return _cascade(guard, sc["stage1"], sc["stage2"]) >= th["final"]
+
+
 def recalibrate(
     model: Path, out: Path, *, benign: Path | None, target_fpr: float, constitution: Path | None = None,
     n: int = 20_000, seed: int = 0,
@@ -70,22 +80,16 @@ def recalibrate(
     with tempfile.TemporaryDirectory() as tmp:
         _, records = read_dataset(offline_dataset(Path(cpath), const, Path(tmp) / "d", n=n, seed=seed))
     ins = [r for r in records if r.kind == "input"]
-    const_benign = [r.prompt_text() for r in ins if r.split == "calib" and r.label == "permitted"]
+    calib = [r for r in ins if r.split == "calib"]
     user = read_benign(benign) if benign else []
+    cfg = TrainConfig(target_fpr=target_fpr, escalation_rate=float(guard.manifest.get("escalation_target", 0.075)))
+    cal = calibrate(guard, calib, [], cfg, extra_benign=user)
+    th = {**guard.thresholds, **cal["thresholds"]}
+    guard.thresholds.update(th)
+    const_benign = [r.prompt_text() for r in calib if r.label == "permitted"]
     harmful = [r.prompt_text() for r in ins if r.split == "test" and r.label == "restricted"]
-    cal = stage_scores(guard, const_benign + user)
-    ev = stage_scores(guard, harmful)
-    th = dict(guard.thresholds)
-    th["stage1_only"] = threshold_for_fpr(cal["stage1"], target_fpr)
-    if guard.stage2 is not None:
-        guard.thresholds["escalate"] = th["escalate"]  # keep the escalation point
-        fin = _cascade(guard, cal["stage1"], cal["stage2"])
-        th["final"] = max(threshold_for_fpr(fin, target_fpr), 1e-6)
-        flag_cal = fin >= th["final"]
-        flag_ev = _cascade(guard, ev["stage1"], ev["stage2"]) >= th["final"]
-    else:
-        flag_cal = cal["stage1"] >= th["stage1_only"]
-        flag_ev = ev["stage1"] >= th["stage1_only"]
+    flag_cal = _flags(guard, const_benign + user)
+    flag_ev = _flags(guard, harmful)
     n_const = len(const_benign)
     report: dict[str, Any] = {
         "target_fpr": target_fpr,

@@ -39,8 +39,9 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         "",
         "## Architecture",
         "- Normalisation: every input is scored as-is and through decoded views (base64/hex/url, rot13 and ciphers, confusables, invisible characters, leetspeak, spacing); the worst case counts.",
-        "- Stage 1: multinomial logistic regression over hashed character 2-5-grams and word 1-2-grams (2^18 buckets).",
-        ("- Stage 2: one-hidden-layer MLP over mean- and max-pooled WordLlama (l2_supercat, 256-d) token embeddings; "
+        "- Stage 1: logistic regression over hashed character 2-5-grams and word 1-2-grams (2^18 buckets): a binary head (restricted or not) for the score and a multinomial head for the category.",
+        ("- Stage 2: logistic-regression probe over all-MiniLM-L6-v2's mean-pooled embedding output and all six layers "
+         "(2,688 features; numpy forward pass, weights pinned by sha256), run on the view stage 1 found most suspicious; "
          f"final score = sigmoid({m['stage2_weight']}·logit(stage 2) + {1 - m['stage2_weight']:.2f}·logit(stage 1)) for escalated inputs."
          if "stage2" in m else "- Stage 2: not trained (runtime unavailable); the guard runs on stage 1 alone."),
         "- Exchange classifier: streaming linear model over prompt and response-prefix n-gram blocks, trained on 10 prefixes per exchange toward the exchange label with interpolation to the running maximum (ω annealed 0→1); flags when the running maximum crosses its threshold.",
@@ -72,13 +73,17 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         "| model | AUC | recall at 1% FPR (threshold set on this test split) |",
         "|---|---|---|",
     ]
-    auc = {k: v for k, v in met.get("auc", {}).items() if v is not None}
-    s1r = met.get("stage1_only_at_1pct_test_fpr", {}).get("recall")
-    s2r = met.get("stage2_only_at_1pct_test_fpr", {}).get("recall")
-    lines.append(f"| stage 1 (hashed n-grams, linear) | {auc.get('stage1', float('nan')):.4f} | {_r(s1r)} |")
-    if "stage2" in auc:
-        lines.append(f"| stage 2 (WordLlama + MLP) | {auc['stage2']:.4f} | {_r(s2r)} |")
-    lines.append(f"| cascade | {auc.get('cascade', float('nan')):.4f} | {_r(cas['recall'])} (calibrated threshold) |")
+    auc = met.get("auc", {})
+    for name, label in (("stage1", "stage 1 (hashed n-grams, linear)"), ("stage2", "stage 2 (MiniLM all-layer probe)")):
+        d = met.get(f"{name}_only_at_1pct_test_fpr")
+        if d:
+            lines.append(f"| {label}, alone | {d['auc']:.4f} | {_r(d['recall'])} |")
+    if auc.get("cascade") is not None:
+        lines.append(f"| cascade | {auc['cascade']:.4f} | {_r(cas['recall'])} (calibrated threshold, whole test split) |")
+    if met.get("stage_comparison_n"):
+        lines.append(f"\nStages alone are compared on the same random sample of {met['stage_comparison_n']} test requests. "
+                     "Other stage-2 candidates (static WordLlama embeddings with an MLP) are measured by "
+                     "`python bench/bench_stage2_candidates.py`; see BENCHMARKS.md.")
     lines += ["", "## Recall by category", "", "| category | recall |", "|---|---|"]
     lines += [f"| {c} | {_r(v)} |" for c, v in met["recall_by_category"].items()]
     lines += ["", "## Recall by transform family", "", "| family | recall |", "|---|---|"]

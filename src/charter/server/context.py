@@ -67,6 +67,8 @@ class Exchange:
 
     def finish(self, decision: str, status: int | None = None, error: str | None = None) -> None:
         ev = self.event
+        if decision == "allowed" and ev.decision == "flagged":  # flagged on input, let through
+            decision = "flagged"
         ev.decision = decision  # type: ignore[assignment]
         ev.upstream_status = status if status is not None else ev.upstream_status
         ev.error = error if error is not None else ev.error

@@ -187,8 +187,8 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
     """Upstream chunks through the output monitor: only scored text outside the hold-back goes out."""
     svc, gs = ex.svc, ex.svc.config.guard
     assert ex.messages is not None
-    mon = svc.guard.output_monitor(ex.messages, hold_back=gs.hold_back)
     deadline = time.monotonic() + svc.config.upstream.timeouts.total
+    mon: OutputMonitor | None = None
     fed: list[str] = []
     sent = 0  # characters of ``fed`` already sent
     passthrough = False  # after a non-blocking flag, or a classifier error in fail-open mode
@@ -197,6 +197,13 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
     finished = done = False
     first = True
     try:
+        try:
+            mon = svc.guard.output_monitor(ex.messages, hold_back=gs.hold_back)
+        except Exception:
+            svc.metrics.guard_errors.labels("exchange", "open" if gs.fail_open else "closed").inc()
+            if not gs.fail_open:
+                raise ProxyError(503, "the output check failed; stream stopped (fail closed)", "server_error", code="guard_error") from None
+            error, passthrough = "guard_error_fail_open", True
         async for data in _sse_data(resp.aiter_lines()):
             if time.monotonic() > deadline:
                 raise TimeoutError
@@ -229,6 +236,7 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
                     out = content
                 else:
                     fed.append(content)
+                    assert mon is not None
                     try:
                         v = mon.feed(content)
                     except Exception:
@@ -258,7 +266,7 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
                         out = "".join(fed)[sent:]
                     elif v is not None:
                         out = mon.drain()
-            if finish and not passthrough:
+            if finish and mon is not None and not passthrough:
                 out += mon.release()
             sent += len(out)
             if out or finish or first or set(delta) - {"content"}:

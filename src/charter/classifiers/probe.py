@@ -1,0 +1,90 @@
+"""Stage 2: a linear probe over a pretrained encoder's all-layer features (CC++'s probe idea)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+
+from charter.classifiers.encoder import MiniLMEncoder
+from charter.classifiers.linear import PERMITTED, hierarchical_proba
+
+
+class EncoderProbeClassifier(ClassifierMixin, BaseEstimator):
+    """Logistic-regression heads on standardised all-layer MiniLM features.
+
+    Like the stage-1 model it has a binary head (restricted vs permitted) and a category head
+    fitted on restricted texts; ``classes_[0]`` is ``"permitted"``. ``fit`` accepts
+    precomputed ``features`` so that a training run embeds each text once.
+    """
+
+    def __init__(self, C: float = 0.05, C_category: float = 0.5, max_tokens: int = 128, max_iter: int = 2000) -> None:
+        self.C = C
+        self.C_category = C_category
+        self.max_tokens = max_tokens
+        self.max_iter = max_iter
+
+    def _encoder(self) -> MiniLMEncoder:
+        if not hasattr(self, "_enc"):
+            self._enc = MiniLMEncoder(max_tokens=self.max_tokens)
+        return self._enc
+
+    def features(self, X: Sequence[str]) -> np.ndarray:
+        return self._encoder().transform(list(X))
+
+    def fit(self, X: Sequence[str], y: Sequence[str], features: np.ndarray | None = None) -> EncoderProbeClassifier:
+        E = self.features(X) if features is None else features
+        yv = np.asarray(y)
+        cats = sorted(set(yv) - {PERMITTED})
+        if not cats or PERMITTED not in set(yv):
+            raise ValueError("y needs 'permitted' and at least one restricted category")
+        self.mean_ = E.mean(axis=0).astype(np.float32)
+        self.scale_ = (E.std(axis=0) + 1e-6).astype(np.float32)
+        Z = (E - self.mean_) / self.scale_
+        restricted = yv != PERMITTED
+        b = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight="balanced").fit(Z, restricted)
+        W = np.zeros((Z.shape[1], 1 + len(cats)), dtype=np.float32)
+        b0 = np.zeros(1 + len(cats), dtype=np.float32)
+        W[:, 0], b0[0] = b.coef_[0], b.intercept_[0]
+        if len(cats) > 1:
+            c = LogisticRegression(C=self.C_category, max_iter=self.max_iter).fit(Z[restricted], yv[restricted])
+            order = [list(c.classes_).index(k) for k in cats]
+            w, i0 = c.coef_, c.intercept_
+            if w.shape[0] == 1:
+                w, i0 = np.vstack([-w / 2, w / 2]), np.array([-i0[0] / 2, i0[0] / 2])
+            W[:, 1:], b0[1:] = w[order].T, i0[order]
+        self.W_, self.b_ = W, b0
+        self.classes_ = np.array([PERMITTED, *cats])
+        return self
+
+    def proba_from_features(self, E: np.ndarray) -> np.ndarray:
+        Z = ((E - self.mean_) / self.scale_) @ self.W_ + self.b_
+        return hierarchical_proba(Z[..., 0], Z[..., 1:])
+
+    def decision_function(self, X: Sequence[str]) -> np.ndarray:
+        E = self.features(X)
+        return ((E - self.mean_) / self.scale_) @ self.W_[:, 0] + self.b_[0]
+
+    def predict_proba(self, X: Sequence[str]) -> np.ndarray:
+        return self.proba_from_features(self.features(X))
+
+    def predict(self, X: Sequence[str]) -> np.ndarray:
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+    def proba_one(self, text: str) -> np.ndarray:
+        return self.proba_from_features(self._encoder().embed_one(text))
+
+    def warm_up(self) -> None:
+        self._encoder().embed_one("warm up")
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"mean": self.mean_, "scale": self.scale_, "W": self.W_, "b": self.b_}
+
+    @classmethod
+    def from_arrays(cls, params: dict, arrays: dict[str, np.ndarray], classes: list[str]) -> EncoderProbeClassifier:
+        est = cls(**params)
+        est.mean_, est.scale_, est.W_, est.b_ = (arrays[k].astype(np.float32) for k in ("mean", "scale", "W", "b"))
+        est.classes_ = np.asarray(classes)
+        return est

