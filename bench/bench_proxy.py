@@ -65,8 +65,11 @@ def pct(xs: list[float]) -> dict[str, float]:
     return {"p50_ms": round(float(np.percentile(a, 50)), 3), "p99_ms": round(float(np.percentile(a, 99)), 3), "n": len(xs)}
 
 
+ERRORS: dict[str, int] = {}
+
+
 async def run_load(base: str, n: int, conc: int, stream: bool, token_delay: float = 0.0) -> tuple[list[float], list[float], int]:
-    """Latencies (whole request), times to first content, and the error count."""
+    """Latencies (whole request), times to first content, and the error count (kinds in ERRORS)."""
     lat: list[float] = []
     ttft: list[float] = []
     errors = 0
@@ -96,10 +99,14 @@ async def run_load(base: str, n: int, conc: int, stream: bool, token_delay: floa
                         ok = r.status_code == 200 and "".join(text) == ANSWER * 2
                         if first is not None:
                             ttft.append(first)
-                except httpx.HTTPError:
-                    ok = False
+                    kind = f"http_{r.status_code}" if r.status_code != 200 else "bad_body"
+                except httpx.HTTPError as e:
+                    ok, kind = False, type(e).__name__
                 lat.append(time.perf_counter() - t0)
-                errors += not ok
+                if not ok:
+                    errors += 1
+                    key = f"{base.rsplit(':', 1)[1]} {kind}"
+                    ERRORS[key] = ERRORS.get(key, 0) + 1
 
         await asyncio.gather(*(one() for _ in range(n)))
     return lat, ttft, errors
@@ -122,6 +129,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="guard model dir (default: the packaged guard)")
     ap.add_argument("--quick", action="store_true", help="fewer requests")
+    ap.add_argument("--phases", default="latency,ttft,sustained")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "proxy.json"))
     args = ap.parse_args()
     scale = 0.25 if args.quick else 1.0
@@ -149,7 +157,8 @@ def main() -> None:
 
         results: dict[str, Any] = {"latency": {}, "ttft": {}, "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                                                           "platform": platform.platform()}}
-        for conc, n in ((1, 400), (32, 1600), (128, 2560)):
+        phases = set(args.phases.split(","))
+        for conc, n in ((1, 400), (32, 1600), (128, 2560)) if "latency" in phases else ():
             n = max(conc, int(n * scale))
             row = {}
             for name, base in (("direct", up_base), ("proxy", px_base)):
@@ -159,20 +168,31 @@ def main() -> None:
             row["added_p99_ms"] = round(row["proxy"]["p99_ms"] - row["direct"]["p99_ms"], 3)
             results["latency"][f"c{conc}"] = row
             print(f"c={conc}: {json.dumps(row)}", flush=True)
-        for delay in (0.0, 0.02):
+        for delay in (0.0, 0.02) if "ttft" in phases else ():
             row = {}
             for name, base in (("direct", up_base), ("proxy", px_base)):
-                _, ttft, err = asyncio.run(run_load(base, int(100 * scale) or 10, 1, True, token_delay=delay))
+                _, ttft, err = asyncio.run(run_load(base, max(10, int((100 if delay == 0 else 20) * scale)), 1, True, token_delay=delay))
                 row[name] = {**pct(ttft), "errors": err}
             row["added_p50_ms"] = round(row["proxy"]["p50_ms"] - row["direct"]["p50_ms"], 3)
             results["ttft"][f"token_delay_{int(delay * 1000)}ms"] = row
             print(f"ttft token_delay={delay}: {json.dumps(row)}", flush=True)
-        results["sustained"] = asyncio.run(sustained(px_base, 220, px.pid))
-        print(f"sustained: {json.dumps(results['sustained'])}", flush=True)
+        if "sustained" in phases:
+            results["sustained"] = asyncio.run(sustained(px_base, 220, px.pid))
+            print(f"sustained: {json.dumps(results['sustained'])}", flush=True)
+        results["error_kinds"] = ERRORS
         m = httpx.get(f"http://127.0.0.1:{port}/metrics").text
         results["proxy_events_spilled"] = next((float(x.split()[-1]) for x in m.splitlines() if x.startswith("charter_events_spilled ")), None)
+        time.sleep(1.0)  # let the proxy's event queue drain
+        evs = [json.loads(x) for x in cfg.with_suffix(".events.jsonl").read_text().splitlines() if x.strip()]
+        kinds: dict[str, int] = {}
+        for e in evs:
+            if e.get("error"):
+                kinds[e["error"]] = kinds.get(e["error"], 0) + 1
+        results["proxy_event_errors"] = kinds
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists() and phases != {"latency", "ttft", "sustained"}:  # a partial run updates the file
+            results = {**json.loads(out.read_text()), **{k: v for k, v in results.items() if v}}
         out.write_text(json.dumps(results, indent=2) + "\n")
         print(f"wrote {out}")
     finally:

@@ -53,7 +53,7 @@ def test_ngram_classifier_contract_and_fast_path():
 def test_ngram_classifier_category_head():
     X = HARM + SAFE + ["write ransomware for a hospital", "malware to steal passwords", "code a keylogger to spy", "build a botnet for ddos"]
     y = ["glorp"] * len(HARM) + ["permitted"] * len(SAFE) + ["cyber"] * 4
-    est = NgramClassifier(n_features=2**14, C=5.0).fit(X, y)
+    est = NgramClassifier(n_features=2**14, C=5.0, C_category=10.0).fit(X, y)
     assert list(est.classes_) == ["permitted", "cyber", "glorp"]
     p = est.predict_proba(["ransomware that encrypts files", "glorp poison recipe"])
     assert p[0, 0] < 0.5 and p[1, 0] < 0.5  # both restricted

@@ -26,7 +26,7 @@ class _Strict(BaseModel):
 
 
 class Timeouts(_Strict):
-    connect: float = Field(5.0, gt=0)
+    connect: float = Field(10.0, gt=0)
     #: the longest wait for the next bytes from upstream (a stalled stream ends with an error)
     read: float = Field(60.0, gt=0)
     #: the whole upstream exchange, streaming included
