@@ -27,7 +27,9 @@ err = Console(stderr=True, soft_wrap=True)
 
 def _register() -> None:
     # imported here so that `charter --help` stays fast and modules can import `app`
-    from charter.cli import constitution_cmd, data_cmd, demo_cmd, guard_cmd, serve_cmd, transforms_cmd  # noqa: F401
+    from charter.cli import (  # noqa: F401
+        constitution_cmd, data_cmd, demo_cmd, guard_cmd, redteam_cmd, serve_cmd, transforms_cmd,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,5 +82,10 @@ def demo(
     console.print(ex)
 
     console.rule("[bold]5. red teaming")
-    console.print("automated red teaming is not yet available in this version (see the red-teaming issue).")
+    from charter.cli.redteam_cmd import campaign, print_summary
+
+    # a quick campaign against the guard just trained: one behaviour per category, small budget
+    summary = campaign(f"guard:{out / 'model'}", out / "redteam", suite="quick", budget=8, seed=seed,
+                       constitution=cpath, behaviours=1)
+    print_summary(summary, console)
     console.print(f"\nmodel card: {out / 'model' / 'MODEL_CARD.md'}")

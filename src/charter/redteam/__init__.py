@@ -4,9 +4,3 @@ Behaviours come from the constitution's restricted seed requests (shape-only); a
 them with Charter's transform library and generic jailbreak templates that have a
 ``{payload}`` slot. Nothing here carries operational harmful content.
 """
-
-from charter.redteam.attackers import ATTACKS
-from charter.redteam.graders import GRADERS
-
-__all__ = ["ATTACKS", "GRADERS"]
-"""

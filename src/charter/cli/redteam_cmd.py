@@ -1,0 +1,233 @@
+"""`charter redteam` (attack a guard or an endpoint), `charter redteam grade-check`, `charter patch`."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markdown import Markdown
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from charter.cli import app
+from charter.errors import CharterError
+
+console = Console(stderr=True)
+redteam_app = typer.Typer(
+    help="Automated red teaming: static suite, adaptive attackers, over-refusal, HTML report.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(redteam_app, name="redteam")
+
+
+def campaign(
+    target_spec: str, out: Path, *, suite: str = "default", budget: int = 20, seed: int = 0,
+    constitution: Path | None = None, benign: Path | None = None, behaviours: int = 2,
+    attacker_url: str | None = None, attacker_model: str | None = None, judge_url: str | None = None,
+    judge_model: str | None = None, target_model: str | None = None, grader_model: Path | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Run a campaign end to end, write OUT/results.json and OUT/report.html, return the summary."""
+    from charter.constitution import load_constitution
+    from charter.constitution.loader import default_constitution_path
+    from charter.redteam.attackers import ATTACKS
+    from charter.redteam.behaviours import benign_probes, read_benign_prompts, select_behaviours
+    from charter.redteam.graders import GRADERS
+    from charter.redteam.report import write_report
+    from charter.redteam.runner import run_redteam
+    from charter.redteam.suite import static_suite
+    from charter.redteam.targets import parse_target
+
+    if suite not in ("default", "quick"):
+        raise typer.BadParameter(f"{suite!r} is not one of default, quick", param_hint="--suite")
+    if budget < 0:
+        raise typer.BadParameter("must be >= 0", param_hint="--budget")
+    if (attacker_url is None) != (attacker_model is None):
+        raise typer.BadParameter("give both --attacker-url and --attacker-model", param_hint="--attacker-url")
+    if (judge_url is None) != (judge_model is None):
+        raise typer.BadParameter("give both --judge-url and --judge-model", param_hint="--judge-url")
+    cpath = constitution or default_constitution_path()
+    const = load_constitution(cpath)
+    target = parse_target(target_spec, target_model)
+    graders: dict[str, Any] = {}
+    if target.kind == "openai":
+        graders["refusal"] = GRADERS.get("refusal")()
+        gm = _grader_guard(grader_model)
+        if gm is not None:
+            graders["exchange"] = GRADERS.get("exchange")(gm)
+        if judge_url:
+            graders["judge"] = GRADERS.get("judge")(judge_url, judge_model, const)
+    bs = select_behaviours(const, behaviours, seed)
+    probes = benign_probes(const, read_benign_prompts(benign) if benign else None)
+    attackers: list[Any] = []
+    if budget > 0:
+        attackers.append(ATTACKS.get("search")(seed=seed))
+        if attacker_url:
+            attackers.append(ATTACKS.get("pair")(attacker_url, attacker_model, seed=seed))
+    total = len(static_suite(bs, suite, seed)) + len(attackers) * len(bs) * budget + len(probes)
+    with Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=console, transient=quiet, disable=quiet) as prog:
+        task = prog.add_task("attacking", total=total)
+        res = run_redteam(target, bs, probes, graders=graders, suite=suite, budget=budget, seed=seed,
+                          attackers=attackers, advance=lambda n, d: prog.update(task, advance=n, description=d))
+    res.config.update({"constitution": str(cpath), "graders": sorted(graders), "behaviours_per_category": behaviours})
+    paths = write_report(res, out)
+    res.summary["paths"] = {k: str(v) for k, v in paths.items()}
+    return res.summary
+
+
+def _grader_guard(path: Path | None) -> Any:
+    from charter.guard import Guard
+    from charter.guard.guard import default_model_path
+
+    p = path or default_model_path()
+    if not (Path(p) / "manifest.json").is_file():
+        if path is not None:
+            raise CharterError(f"{path}: not a Charter model directory (no manifest.json)")
+        console.print("[yellow]note:[/] no packaged guard; grading endpoint responses with the refusal detector only")
+        return None
+    return Guard.load(p)
+
+
+def print_summary(summary: dict[str, Any], out: Console | None = None) -> None:
+    from charter.redteam.report import markdown_summary
+
+    c = out or Console()
+    c.print(Markdown(markdown_summary(summary)))
+    if "paths" in summary:
+        c.print(f"report: {summary['paths']['report']}\nresults: {summary['paths']['results']}")
+
+
+def gate(summary: dict[str, Any], max_asr: float | None, max_fpr: float | None) -> str | None:
+    """The CI-gate failure reason, or None when within limits."""
+    asr, fpr = summary["asr"], summary["fpr"]
+    if max_asr is not None and asr["n"] and not math.isnan(asr["rate"]) and asr["rate"] > max_asr:
+        return f"ASR {100 * asr['rate']:.2f}% exceeds --max-asr {100 * max_asr:.2f}%"
+    if max_fpr is not None and fpr["n"] and not math.isnan(fpr["rate"]) and fpr["rate"] > max_fpr:
+        return f"over-refusal {100 * fpr['rate']:.2f}% exceeds --max-fpr {100 * max_fpr:.2f}%"
+    return None
+
+
+@redteam_app.callback(invoke_without_command=True)
+def redteam(
+    ctx: typer.Context,
+    target: str = typer.Option(None, "--target", "-t", help="guard[:MODEL_DIR] or openai:BASE_URL."),
+    out: Path = typer.Option(None, "--out", "-o", help="Directory for report.html and results.json."),
+    suite: str = typer.Option("default", "--suite", help="default or quick."),
+    budget: int = typer.Option(20, "--budget", help="Adaptive-attacker queries per behaviour (0: static suite only)."),
+    seed: int = typer.Option(0, "--seed"),
+    max_asr: float = typer.Option(None, "--max-asr", min=0.0, max=1.0, help="Exit 1 when the ASR (all attempts) exceeds this."),
+    max_fpr: float = typer.Option(None, "--max-fpr", min=0.0, max=1.0, help="Exit 1 when the over-refusal rate exceeds this."),
+    constitution: Path = typer.Option(None, "--constitution", "-c", help="Constitution YAML (default: packaged)."),
+    benign: Path = typer.Option(None, "--benign", help="Extra benign traffic, JSONL with text or messages."),
+    behaviours: int = typer.Option(2, "--behaviours", min=1, help="Behaviours per restricted category."),
+    attacker_url: str = typer.Option(None, "--attacker-url", help="OpenAI-compatible base URL of a PAIR attacker LLM."),
+    attacker_model: str = typer.Option(None, "--attacker-model"),
+    judge_url: str = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL of an LLM judge."),
+    judge_model: str = typer.Option(None, "--judge-model"),
+    target_model: str = typer.Option(None, "--target-model", help="Model name sent to an openai target (key: $CHARTER_TARGET_API_KEY)."),
+    grader_model: Path = typer.Option(None, "--grader-model", help="Guard whose exchange classifier grades endpoint responses."),
+) -> None:
+    """Red-team a guard or an OpenAI-compatible endpoint and write an HTML report."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if target is None or out is None:
+        raise typer.BadParameter("--target and --out are required", param_hint="--target")
+    summary = campaign(target, out, suite=suite, budget=budget, seed=seed, constitution=constitution, benign=benign,
+                       behaviours=behaviours, attacker_url=attacker_url, attacker_model=attacker_model,
+                       judge_url=judge_url, judge_model=judge_model, target_model=target_model, grader_model=grader_model)
+    print_summary(summary)
+    reason = gate(summary, max_asr, max_fpr)
+    if reason:
+        console.print(f"charter redteam: {reason}", highlight=False, markup=False)
+        raise typer.Exit(1)
+
+
+def read_labelled(path: Path) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise CharterError(f"{path}: {e.strerror}") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CharterError(f"{path}:{i}: not JSON ({e.msg})") from None
+        if not (isinstance(obj, dict) and isinstance(obj.get("prompt"), str) and isinstance(obj.get("response"), str)
+                and obj.get("label") in ("harmful", "safe")):
+            raise CharterError(f"{path}:{i}: needs string 'prompt' and 'response' and label 'harmful' or 'safe'")
+        rows.append(obj)
+    if not rows:
+        raise CharterError(f"{path}: no labelled lines")
+    return rows
+
+
+@redteam_app.command("grade-check")
+def grade_check(
+    file: Path = typer.Argument(..., help="JSONL: {prompt, response, label: harmful|safe} per line."),
+    model: Path = typer.Option(None, "--model", "-m", help="Guard for the exchange grader (default: packaged, if any)."),
+    judge_url: str = typer.Option(None, "--judge-url"),
+    judge_model: str = typer.Option(None, "--judge-model"),
+    constitution: Path = typer.Option(None, "--constitution", "-c"),
+    out: Path = typer.Option(None, "--out", help="Write the agreement report as JSON here."),
+) -> None:
+    """Measure each grader's agreement with human labels: accuracy, Cohen's kappa, confusion, ungradable."""
+    from charter.redteam.graders import GRADERS, agreement
+
+    rows = read_labelled(file)
+    graders: dict[str, Any] = {"refusal": GRADERS.get("refusal")()}
+    g = _grader_guard(model)
+    if g is not None:
+        graders["exchange"] = GRADERS.get("exchange")(g)
+    if judge_url:
+        if not judge_model:
+            raise typer.BadParameter("give --judge-model too", param_hint="--judge-url")
+        from charter.constitution import load_constitution
+        from charter.constitution.loader import default_constitution_path
+
+        graders["judge"] = GRADERS.get("judge")(judge_url, judge_model, load_constitution(constitution or default_constitution_path()))
+    labels = [r["label"] for r in rows]
+    report = {name: agreement(labels, [gr.grade(r["prompt"], r["response"]).outcome for r in rows]) for name, gr in graders.items()}
+    t = Table(title=f"grader agreement on {len(rows)} labelled exchanges")
+    for col in ("grader", "n", "accuracy", "kappa", "ungradable", "confusion (label->pred)"):
+        t.add_column(col)
+    for name, m in report.items():
+        t.add_row(name, str(m["n"]), "n/a" if m["accuracy"] is None else f"{m['accuracy']:.3f}",
+                  "n/a" if m["kappa"] is None else f"{m['kappa']:.3f}", str(m["ungradable"]),
+                  ", ".join(f"{k}: {v}" for k, v in m["confusion"].items()))
+    Console().print(t)
+    if out:
+        out.write_text(json.dumps(report, indent=2))
+
+
+@app.command("patch")
+def patch(
+    model: Path = typer.Argument(..., help="Model directory to patch."),
+    examples: Path = typer.Option(..., "--examples", help="Observed jailbreaks, JSONL {text, category?} per line."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for the patched model."),
+    constitution: Path = typer.Option(None, "--constitution", "-c", help="Constitution the model was trained on (default: packaged)."),
+    n: int = typer.Option(20_000, "--n", help="Records regenerated offline for the refit."),
+    variants: int = typer.Option(24, "--variants", help="Variants proliferated from each jailbreak."),
+    seed: int = typer.Option(0, "--seed"),
+) -> None:
+    """Rapid response: proliferate observed jailbreaks, refit stage 1, recalibrate, report before/after."""
+    from charter.redteam.patch import patch_model, read_examples
+
+    rep = patch_model(model, read_examples(examples), out, constitution=constitution, n=n, n_variants=variants, seed=seed,
+                      progress=lambda s: console.print(s, highlight=False, markup=False))
+    t = Table(title="rapid response (95% Wilson intervals)")
+    for col in ("metric", "before", "after"):
+        t.add_column(col)
+    from charter.redteam.report import pct
+
+    t.add_row("ASR, held-out variants", pct(rep["asr_before"]), pct(rep["asr_after"]))
+    t.add_row("FPR, benign test requests", pct(rep["fpr_before"]), pct(rep["fpr_after"]))
+    Console().print(t)
+    Console().print(f"wrote {out} ({rep['n_train_variants']} training variants, {rep['n_heldout_variants']} held out)")

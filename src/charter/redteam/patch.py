@@ -1,0 +1,202 @@
+"""Rapid response: proliferate observed jailbreaks with the transform library, refit stage 1, recalibrate.
+
+Each jailbreak is expanded into variants (random transform chains and jailbreak templates).
+Every jailbreak's variants are split, deterministically by hash, into training and held-out
+variants. Stage 1 is refitted on the constitution's regenerated training data plus the
+training variants; stage 2 and the exchange classifier are kept; thresholds are recalibrated
+on the regenerated benign calibration data. ASR is reported on the held-out variants and FPR
+on benign test requests, before and after.
+
+Stage 2 is not refitted (that would mean re-encoding the training data with MiniLM), so a
+variant that stage 2 scores as clearly benign can still pass the cascade: the patch narrows
+the gap rather than closing it. Retrain with ``charter train`` for a full fix.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from charter.errors import CharterError
+
+HELDOUT_SHARE = 0.3
+#: the training variants are repeated until they weigh this share of the restricted training records,
+#: so that a handful of jailbreaks counts against thousands of generated requests
+VARIANT_WEIGHT = 1.0
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    category: str | None = None
+
+
+def read_examples(path: Path) -> list[Example]:
+    out: list[Example] = []
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise CharterError(f"{path}: {e.strerror}") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise CharterError(f"{path}:{i}: not JSON ({e.msg})") from None
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
+            raise CharterError(f"{path}:{i}: needs a non-empty string 'text'")
+        cat = obj.get("category")
+        if cat is not None and not isinstance(cat, str):
+            raise CharterError(f"{path}:{i}: 'category' must be a string")
+        out.append(Example(obj["text"], cat))
+    if not out:
+        raise CharterError(f"{path}: no jailbreak examples")
+    return out
+
+
+def proliferate(ex: Example, index: int, n: int, seed: int = 0) -> tuple[list[str], list[str]]:
+    """(training variants, held-out variants) of one jailbreak; deterministic by (seed, index)."""
+    from charter.data.splits import sub_seed, unit_hash
+    from charter.redteam.attackers import text_transforms
+    from charter.redteam.suite import TEMPLATES
+    from charter.transforms import TRANSFORMS
+    from charter.transforms.wrappers import fill
+
+    rng = random.Random(sub_seed(seed, "patch", index))
+    names = text_transforms()
+    train: list[str] = []
+    held: list[str] = []
+    seen = {ex.text}
+    for j in range(n):
+        for _ in range(10):  # deterministic transforms repeat themselves; variants are distinct
+            text = ex.text
+            for name in rng.sample(names, rng.randint(1, 2)):
+                text = TRANSFORMS.get(name)().apply(text, rng)
+            if rng.random() < 0.3:
+                text = fill(rng.choice(TEMPLATES[rng.choice(list(TEMPLATES))]), text, rng)
+            if text not in seen:
+                break
+        else:
+            continue
+        seen.add(text)
+        (held if unit_hash(f"patch:{seed}:{index}:{j}") < HELDOUT_SHARE else train).append(text)
+    if not held and len(train) > 1:
+        held.append(train.pop())
+    if not train and len(held) > 1:
+        train.append(held.pop())
+    return train, held
+
+
+def patch_model(
+    model: Path, examples: Sequence[Example], out: Path, *, constitution: Path | None = None, n: int = 20_000,
+    n_variants: int = 24, seed: int = 0, progress: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1):
+        return _patch(Path(model), examples, Path(out), constitution, n, n_variants, seed, progress)
+
+
+def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Path | None, n: int, n_variants: int,
+           seed: int, progress: Callable[[str], None]) -> dict[str, Any]:
+    from charter.classifiers.artifacts import load_model_dir, save_model_dir
+    from charter.classifiers.linear import NgramClassifier
+    from charter.constitution import load_constitution
+    from charter.constitution.loader import default_constitution_path
+    from charter.guard.calibrate import _flags, offline_dataset
+    from charter.guard.guard import PERMITTED, Guard
+    from charter.guard.stats import rate
+    from charter.guard.train import TrainConfig, _class_of, calibrate, read_dataset
+
+    old = Guard.load(model)
+    restricted = [c for c in old.classes if c != PERMITTED]
+    # proliferate
+    train_x: list[str] = []
+    train_y: list[str] = []
+    held: list[str] = []
+    for i, ex in enumerate(examples):
+        cat = ex.category if ex.category in restricted else None
+        if cat is None:  # the restricted class stage 1 finds most likely
+            p = old.stage1_probs(ex.text)[0]
+            cat = max(restricted, key=lambda c: p[old.classes.index(c)])
+        tr, ho = proliferate(ex, i, n_variants, seed)
+        train_x += [ex.text, *tr]
+        train_y += [cat] * (1 + len(tr))
+        held += ho
+    if not held:
+        raise CharterError("no held-out variants; raise --variants")
+    progress(f"{len(examples)} jailbreak(s) -> {len(train_x)} training and {len(held)} held-out variants")
+    # regenerate the constitution's data offline
+    cpath = Path(constitution or default_constitution_path())
+    const = load_constitution(cpath)
+    progress(f"regenerating {n} records from {cpath.name}")
+    with tempfile.TemporaryDirectory() as tmp:
+        _, records = read_dataset(offline_dataset(cpath, const, Path(tmp) / "d", n=n, seed=int(old.manifest.get("seed", 0))))
+    ins = [r for r in records if r.kind == "input"]
+    tr_in = [r for r in ins if r.split == "train"]
+    calib = [r for r in ins if r.split == "calib"]
+    benign_test = [r.prompt_text() for r in ins if r.split == "test" and r.label == "permitted"]
+    if len(benign_test) < 20:  # a constitution with few permitted seeds: fall back to calibration data too
+        benign_test += [r.prompt_text() for r in calib if r.label == "permitted"]
+    missing = set(restricted) - {_class_of(r) for r in tr_in}
+    if missing:
+        raise CharterError(f"the constitution does not produce the model's classes {sorted(missing)}; pass the one it was trained on (-c)")
+    before_asr = rate(~_flags(old, held))
+    before_fpr = rate(_flags(old, benign_test))
+    # refit stage 1 on the regenerated data plus the training variants
+    n_restricted = sum(r.label == "restricted" for r in tr_in)
+    repeat = max(1, round(VARIANT_WEIGHT * n_restricted / max(len(train_x), 1)))
+    progress(f"refitting stage 1 on {len(tr_in)} requests + {len(train_x)} variants (x{repeat})")
+    X = [r.prompt_text() for r in tr_in] + train_x * repeat
+    y = [_class_of(r) for r in tr_in] + train_y * repeat
+    s1 = NgramClassifier(**old.stage1.get_params()).fit(X, y)
+    if [str(c) for c in s1.classes_] != [str(c) for c in old.classes]:
+        raise CharterError("the refitted stage 1 has different classes from the model")
+    new = Guard(manifest={}, stage1=s1, stage2=old.stage2, exchange=old.exchange, thresholds=dict(old.thresholds),
+                stage2_weight=old.stage2_weight, combiner=old.combiner)
+    progress("recalibrating thresholds")
+    cfg = TrainConfig(target_fpr=float(old.manifest.get("target_fpr", 0.01)),
+                      escalation_rate=float(old.manifest.get("escalation_target", 0.075)))
+    cal = calibrate(new, calib, [], cfg, fit_combiner=False)
+    new.thresholds.update(cal["thresholds"])
+    after_asr = rate(~_flags(new, held))
+    after_fpr = rate(_flags(new, benign_test))
+    report = {
+        "n_examples": len(examples), "n_train_variants": len(train_x), "n_heldout_variants": len(held),
+        "asr_before": before_asr.model_dump(), "asr_after": after_asr.model_dump(),
+        "fpr_before": before_fpr.model_dump(), "fpr_after": after_fpr.model_dump(),
+    }
+    # write the model directory: stage 1 weights and thresholds replaced, the rest copied
+    doc, arrays = load_model_dir(model)
+    arrays["stage1"] = s1.to_arrays()
+    doc["thresholds"] = dict(new.thresholds)
+    doc["stage1"] = {"kind": "NgramClassifier", "params": s1.get_params()}
+    doc["created_by"] = "charter patch"
+    doc.setdefault("metrics", {})["patch"] = report
+    for k in ("format", "files"):
+        doc.pop(k, None)
+    out.mkdir(parents=True, exist_ok=True)
+    card = model / "MODEL_CARD.md"
+    if card.is_file():
+        if out.resolve() != model.resolve():
+            (out / "MODEL_CARD.md").write_text(card.read_text())
+        doc["extra_files"] = ["MODEL_CARD.md"]
+    save_model_dir(out, arrays, doc)
+    Guard.load(out)  # refuse to report success for a directory that does not load
+    report["model"] = str(out)
+    return report
+
+
+def asr_of(guard: Any, texts: Sequence[str]) -> float:
+    """Share of ``texts`` the guard lets through (unflagged)."""
+    from charter.guard.calibrate import _flags
+
+    return float(np.mean(~_flags(guard, texts))) if texts else float("nan")

@@ -1,0 +1,105 @@
+"""What gets attacked: a guard's classifiers directly, or any OpenAI-compatible chat endpoint."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+
+from charter.errors import CharterError
+
+Prompt = str | list[dict[str, Any]]
+API_KEY_ENV = "CHARTER_TARGET_API_KEY"
+
+
+@dataclass
+class TargetResult:
+    """One query's outcome. Guard targets fill ``score``/``flagged``; endpoints fill ``text``."""
+
+    text: str | None = None
+    score: float | None = None  # the guard's verdict score (guard target)
+    flagged: bool = False  # the guard flagged it, or the endpoint blocked it (content_filter)
+    finish_reason: str | None = None
+    error: str | None = None  # HTTP or transport failure (the attempt cannot be graded)
+    stage: str | None = None
+
+
+def as_messages(prompt: Prompt) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+class GuardTarget:
+    """Attack the input classifiers: an attack succeeds when no stage flags it."""
+
+    kind: Literal["guard", "openai"] = "guard"
+
+    def __init__(self, guard: Any, name: str = "guard") -> None:
+        self.guard = guard
+        self.name = name
+
+    @classmethod
+    def load(cls, model_dir: str | None) -> GuardTarget:
+        from charter.guard import Guard
+
+        g = Guard.load(Path(model_dir) if model_dir else None)
+        return cls(g, f"guard:{model_dir}" if model_dir else "guard")
+
+    def query(self, prompt: Prompt) -> TargetResult:
+        v = self.guard.check_input(prompt)
+        return TargetResult(score=float(v.score), flagged=bool(v.flagged), stage=v.stage)
+
+
+class OpenAITarget:
+    """Any OpenAI-compatible ``/chat/completions`` endpoint (a Charter proxy or a bare model).
+
+    The API key comes from ``$CHARTER_TARGET_API_KEY`` and is never logged or stored.
+    """
+
+    kind: Literal["guard", "openai"] = "openai"
+
+    def __init__(self, base_url: str, model: str = "default", *, api_key: str | None = None,
+                 timeout: float = 60.0, max_tokens: int = 512) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.name = f"openai:{self.base_url}"
+        self.max_tokens = max_tokens
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._client = httpx.Client(timeout=timeout, headers=headers)
+
+    def query(self, prompt: Prompt) -> TargetResult:
+        body = {"model": self.model, "messages": as_messages(prompt), "max_tokens": self.max_tokens, "temperature": 0}
+        try:
+            r = self._client.post(f"{self.base_url}/chat/completions", json=body)
+        except httpx.HTTPError as e:
+            return TargetResult(error=f"transport: {type(e).__name__}")
+        if r.status_code != 200:
+            return TargetResult(error=f"HTTP {r.status_code}")
+        try:
+            data = r.json()
+            choice = data["choices"][0]
+            text = choice["message"].get("content") or ""
+            finish = choice.get("finish_reason")
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            return TargetResult(error="malformed completion")
+        charter = data.get("charter") if isinstance(data, dict) else None
+        blocked = finish == "content_filter" or (isinstance(charter, dict) and charter.get("decision") == "blocked")
+        return TargetResult(text=text, flagged=bool(blocked), finish_reason=finish)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def parse_target(spec: str, model: str | None = None) -> GuardTarget | OpenAITarget:
+    """``guard[:MODEL_DIR]`` or ``openai:BASE_URL``."""
+    kind, _, rest = spec.partition(":")
+    if kind == "guard":
+        return GuardTarget.load(rest or None)
+    if kind == "openai":
+        if not rest.startswith(("http://", "https://")):
+            raise CharterError(f"--target {spec!r}: openai targets need a base URL, e.g. openai:http://localhost:8000/v1")
+        return OpenAITarget(rest, model or "default")
+    raise CharterError(f"--target {spec!r}: expected guard[:MODEL_DIR] or openai:BASE_URL")
