@@ -148,18 +148,10 @@ def redteam(
 
 
 def read_labelled(path: Path) -> list[dict[str, str]]:
+    from charter.data.records import iter_jsonl
+
     rows: list[dict[str, str]] = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise CharterError(f"{path}: {e.strerror}") from None
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CharterError(f"{path}:{i}: not JSON ({e.msg})") from None
+    for i, obj in iter_jsonl(path):
         if not (isinstance(obj, dict) and isinstance(obj.get("prompt"), str) and isinstance(obj.get("response"), str)
                 and obj.get("label") in ("harmful", "safe")):
             raise CharterError(f"{path}:{i}: needs string 'prompt' and 'response' and label 'harmful' or 'safe'")

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from collections.abc import Iterator
+from os import PathLike
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+
+from charter.errors import CharterError
 
 Label = Literal["restricted", "permitted"]
 RecordKind = Literal["input", "exchange"]
@@ -26,6 +31,30 @@ def render_messages(messages: list[Message] | list[dict]) -> str:
             content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
         parts.append(f"{role}: {content}")
     return "\n".join(parts)
+
+
+def iter_jsonl(path: str | PathLike[str], *, max_lines: int | None = None) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) for each non-blank line of a JSONL file, read as it is consumed.
+
+    An unreadable file, a line that is not JSON, or more than ``max_lines`` non-blank lines
+    is a :class:`CharterError` naming the file (and the line).
+    """
+    n = 0
+    try:
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                if max_lines is not None and n >= max_lines:
+                    raise CharterError(f"{path}: more than {max_lines} lines; sample it first")
+                n += 1
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise CharterError(f"{path}:{i}: not JSON ({e.msg})") from None
+                yield i, obj
+    except OSError as e:
+        raise CharterError(f"{path}: {e.strerror}") from None
 
 
 class Record(BaseModel):

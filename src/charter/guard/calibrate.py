@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -30,29 +29,16 @@ def offline_dataset(cpath: Path, const: Constitution, out: Path, *, n: int, seed
 
 def read_benign(path: Path) -> list[str]:
     """User benign traffic: JSONL lines with ``text`` or ``messages``. Bad lines are errors."""
-    from charter.data.records import render_messages
+    from charter.data.records import iter_jsonl, render_messages
 
     texts: list[str] = []
-    try:
-        f = open(path, encoding="utf-8")
-    except OSError as e:
-        raise CharterError(f"{path}: {e.strerror}") from None
-    with f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            if len(texts) >= MAX_BENIGN_LINES:
-                raise CharterError(f"{path}: more than {MAX_BENIGN_LINES} lines; sample it first")
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CharterError(f"{path}:{i}: not JSON ({e.msg})") from None
-            if isinstance(obj, dict) and isinstance(obj.get("text"), str):
-                texts.append(obj["text"])
-            elif isinstance(obj, dict) and isinstance(obj.get("messages"), list):
-                texts.append(render_messages(obj["messages"]))
-            else:
-                raise CharterError(f"{path}:{i}: needs a string 'text' or a 'messages' list")
+    for i, obj in iter_jsonl(path, max_lines=MAX_BENIGN_LINES):
+        if isinstance(obj, dict) and isinstance(obj.get("text"), str):
+            texts.append(obj["text"])
+        elif isinstance(obj, dict) and isinstance(obj.get("messages"), list):
+            texts.append(render_messages(obj["messages"]))
+        else:
+            raise CharterError(f"{path}:{i}: needs a string 'text' or a 'messages' list")
     if not texts:
         raise CharterError(f"{path}: no benign records")
     return texts
@@ -66,6 +52,23 @@ def _flags(guard: Guard, texts: Sequence[str]) -> np.ndarray:
         return sc["stage1"] >= th["stage1_only"]
     sc = stage_scores(guard, texts, sc["stage1"] >= th["escalate"])
     return _cascade(guard, sc["stage1"], sc["stage2"]) >= th["final"]
+
+
+def write_model_dir(model: Path, out: Path, arrays: dict[str, dict[str, np.ndarray]], doc: dict[str, Any]) -> None:
+    """Write a model directory derived from ``model`` (its manifest ``doc`` and ``arrays``, edited) to ``out``.
+
+    The manifest's old format and file hashes are dropped (``save_model_dir`` writes new ones) and
+    the model card is carried over; ``out`` may be ``model`` itself.
+    """
+    for k in ("format", "files"):
+        doc.pop(k, None)
+    out.mkdir(parents=True, exist_ok=True)
+    card = model / "MODEL_CARD.md"
+    if card.is_file():
+        if out.resolve() != model.resolve():
+            (out / "MODEL_CARD.md").write_text(card.read_text())
+        doc["extra_files"] = ["MODEL_CARD.md"]
+    save_model_dir(out, arrays, doc)
 
 
 def recalibrate(
@@ -104,16 +107,7 @@ def recalibrate(
     doc["thresholds"] = th
     doc["target_fpr"] = target_fpr
     doc.setdefault("metrics", {})["recalibration"] = report | {"n_user_benign": len(user)}
-    for k in ("format", "files"):
-        doc.pop(k, None)
-    if out.resolve() != model.resolve():
-        out.mkdir(parents=True, exist_ok=True)
-    card = model / "MODEL_CARD.md"
-    if card.is_file():
-        if out.resolve() != model.resolve():
-            (out / "MODEL_CARD.md").write_text(card.read_text())
-        doc["extra_files"] = ["MODEL_CARD.md"]
-    save_model_dir(out, arrays, doc)
+    write_model_dir(model, out, arrays, doc)
     lines = [f"thresholds written to {out / 'manifest.json'} (target FPR {100 * target_fpr:.2f}%)"]
     for k in ("fpr", "fpr_constitution", "fpr_user", "recall_heldout_restricted"):
         if k in report:

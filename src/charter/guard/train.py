@@ -6,7 +6,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +29,15 @@ Progress = Callable[[str], None]
 @dataclass
 class TrainConfig:
     target_fpr: float = 0.01
-    escalation_rate: float = 0.075  # share of benign calibration traffic sent to stage 2
+    escalation_rate: float = 0.09  # share of benign calibration traffic sent to stage 2
     exchange_fpr: float = 0.01
     stage2_weight: float = 0.55
     n_features: int = 2**18
+    stage1_C: float = 3.0  # chosen on held-out seeds: AUC 0.860 at C=0.3, 0.880 at 3, 0.883 at 10 (bench notes)
     seed: int = 0
     use_stage2: bool = True
     max_train: int | None = None  # cap training records (tests)
-    max_stage2_train: int = 5000  # texts embedded for the stage-2 probe (the encoder dominates training time)
+    max_stage2_train: int = 6000  # texts embedded for the stage-2 probe (the encoder dominates training time)
     max_stage2_eval: int = 1500  # test texts scored by stage 2 alone, for the stage comparison
 
 
@@ -95,7 +96,7 @@ def train_guard(
     t0 = time.perf_counter()
     X1 = [r.prompt_text() for r in tr_in]
     y1 = [_class_of(r) for r in tr_in]
-    s1 = NgramClassifier(n_features=cfg.n_features).fit(X1, y1)
+    s1 = NgramClassifier(n_features=cfg.n_features, C=cfg.stage1_C).fit(X1, y1)
     timings["stage1_fit_s"] = time.perf_counter() - t0
 
     s2 = None
@@ -132,7 +133,8 @@ def train_guard(
     progress("calibrating thresholds")
     calib_in = [r for r in inputs if r.split == "calib"]
     calib_ex = [r for r in exchanges if r.split == "calib"]
-    cal = calibrate(guard, calib_in, calib_ex, cfg)
+    cache = ScoreCache()
+    cal = calibrate(guard, calib_in, calib_ex, cfg, cache=cache)
     guard.thresholds.update(cal["thresholds"])
     if guard.combiner:
         manifest_extra = {"combiner": guard.combiner}
@@ -142,7 +144,7 @@ def train_guard(
     progress("evaluating on held-out seeds")
     test_in = [r for r in inputs if r.split == "test"]
     test_ex = [r for r in exchanges if r.split == "test"]
-    metrics = evaluate(guard, test_in, test_ex, holdout_families, cfg.max_stage2_eval)
+    metrics = evaluate(guard, test_in, test_ex, holdout_families, cfg.max_stage2_eval, cache)
     metrics["calibration"] = cal["report"]
     timings["total_train_s"] = time.perf_counter() - t_start
     metrics["timings"] = timings
@@ -178,19 +180,34 @@ def train_guard(
     return Guard.load(out)
 
 
-def stage_scores(guard: Guard, texts: Sequence[str], stage2_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+@dataclass
+class ScoreCache:
+    """Stage scores already computed during one training run (calibration and evaluation reuse them)."""
+
+    stage1: dict[str, tuple[float, str]] = field(default_factory=dict)  # text -> (score, worst view)
+    stage2: dict[str, float] = field(default_factory=dict)  # worst view -> score
+
+
+def stage_scores(guard: Guard, texts: Sequence[str], stage2_mask: np.ndarray | None = None,
+                 cache: ScoreCache | None = None) -> dict[str, np.ndarray]:
     """Stage-1 scores (worst view) and, where ``stage2_mask`` is set, stage-2 scores of that view."""
+    cache = cache if cache is not None else ScoreCache()
     s1 = np.empty(len(texts))
     worst: list[str] = []
     for i, t in enumerate(texts):
-        p, _, view_text = guard.stage1_probs(t)
-        s1[i] = 1 - p[guard._perm]
-        worst.append(view_text)
+        if t not in cache.stage1:
+            p, _, view_text = guard.stage1_probs(t)
+            cache.stage1[t] = (float(1 - p[guard._perm]), view_text)
+        s1[i], w = cache.stage1[t]
+        worst.append(w)
     s2 = np.full(len(texts), np.nan)
     if guard.stage2 is not None and stage2_mask is not None and stage2_mask.any():
         idx = np.flatnonzero(stage2_mask)
-        E = guard.stage2.features([worst[i] for i in idx])
-        s2[idx] = 1 - guard.stage2.proba_from_features(E)[:, guard._perm]
+        todo = sorted({worst[i] for i in idx} - cache.stage2.keys())
+        if todo:
+            E = guard.stage2.features(todo)
+            cache.stage2.update(zip(todo, (1 - guard.stage2.proba_from_features(E)[:, guard._perm]).tolist()))
+        s2[idx] = [cache.stage2[worst[i]] for i in idx]
     return {"stage1": s1, "stage2": s2}
 
 
@@ -202,7 +219,8 @@ def _cascade(guard: Guard, s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
     return out
 
 
-def fit_blend(guard: Guard, calib_in: Sequence[Record]) -> dict[str, float] | None:
+def fit_blend(guard: Guard, calib_in: Sequence[Record], cache: ScoreCache | None = None,
+              max_escalated: int = 2000) -> dict[str, float] | None:
     """Fit the stage blend on escalated calibration requests of both labels (None if too few)."""
     from sklearn.linear_model import LogisticRegression
 
@@ -210,32 +228,38 @@ def fit_blend(guard: Guard, calib_in: Sequence[Record]) -> dict[str, float] | No
 
     texts = [r.prompt_text() for r in calib_in]
     y = np.array([r.label == "restricted" for r in calib_in], dtype=bool)
-    sc = stage_scores(guard, texts)
+    sc = stage_scores(guard, texts, cache=cache)
     esc = sc["stage1"] >= guard.thresholds["escalate"]
+    if esc.sum() > max_escalated:  # the blend has three parameters; a sample fits it as well
+        keep = np.random.default_rng(0).choice(np.flatnonzero(esc), max_escalated, replace=False)
+        esc = np.zeros_like(esc)
+        esc[keep] = True
     if esc.sum() < 50 or y[esc].all() or not y[esc].any():
         return None
-    sc = stage_scores(guard, texts, esc)
+    sc = stage_scores(guard, texts, esc, cache=cache)
     Z = np.array([[_logit(a), _logit(b)] for a, b in zip(sc["stage1"][esc], sc["stage2"][esc])])
     lr = LogisticRegression(C=1.0, class_weight="balanced").fit(Z, y[esc])
     return {"w1": float(lr.coef_[0, 0]), "w2": float(lr.coef_[0, 1]), "b": float(lr.intercept_[0])}
 
 
 def calibrate(guard: Guard, calib_in: Sequence[Record], calib_ex: Sequence[Record], cfg: TrainConfig,
-              extra_benign: Sequence[str] = (), fit_combiner: bool = True) -> dict[str, Any]:
+              extra_benign: Sequence[str] = (), fit_combiner: bool = True,
+              cache: ScoreCache | None = None) -> dict[str, Any]:
     benign = [r.prompt_text() for r in calib_in if r.label == "permitted"] + list(extra_benign)
     if len(benign) < 50:
         raise CharterError(f"only {len(benign)} benign calibration requests; need at least 50")
-    sc = stage_scores(guard, benign)
+    cache = cache if cache is not None else ScoreCache()
+    sc = stage_scores(guard, benign, cache=cache)
     th: dict[str, float] = {"stage1_only": threshold_for_fpr(sc["stage1"], cfg.target_fpr)}
     report: dict[str, Any] = {"n_benign_inputs": len(benign)}
     if guard.stage2 is not None:
         th["escalate"] = threshold_for_fpr(sc["stage1"], cfg.escalation_rate)
         guard.thresholds["escalate"] = th["escalate"]
         if fit_combiner:
-            guard.combiner = fit_blend(guard, calib_in)
+            guard.combiner = fit_blend(guard, calib_in, cache)
             report["combiner"] = guard.combiner
         esc = sc["stage1"] >= th["escalate"]
-        sc = stage_scores(guard, benign, esc)
+        sc = stage_scores(guard, benign, esc, cache=cache)
         final = _cascade(guard, sc["stage1"], sc["stage2"])
         th["final"] = max(threshold_for_fpr(final, cfg.target_fpr), 1e-6)
         report["escalation_rate"] = rate(esc).model_dump()
@@ -277,17 +301,18 @@ def stop_fraction(guard: Guard, prompt: str, response: str) -> float | None:
 
 
 def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record], holdout_families: Sequence[str],
-             max_stage2_eval: int = 1500) -> dict[str, Any]:
+             max_stage2_eval: int = 1500, cache: ScoreCache | None = None) -> dict[str, Any]:
     m: dict[str, Any] = {}
     texts = [r.prompt_text() for r in test_in]
     th = guard.thresholds
-    sc = stage_scores(guard, texts)
+    cache = cache if cache is not None else ScoreCache()
+    sc = stage_scores(guard, texts, cache=cache)
     if guard.stage2 is not None:
         # stage 2 on every escalated text (for the cascade) and on a sample (to compare stages)
         sample = np.zeros(len(texts), dtype=bool)
         k = min(len(texts), max_stage2_eval)
         sample[np.random.default_rng(0).choice(len(texts), k, replace=False)] = True
-        sc = stage_scores(guard, texts, (sc["stage1"] >= th["escalate"]) | sample)
+        sc = stage_scores(guard, texts, (sc["stage1"] >= th["escalate"]) | sample, cache=cache)
     restricted = np.array([r.label == "restricted" for r in test_in], dtype=bool)
     transformed = np.array([bool(r.transforms) for r in test_in], dtype=bool)
     held = np.array([any(f in holdout_families for f in _families(r.transforms)) for r in test_in], dtype=bool)

@@ -69,22 +69,11 @@ def benign_probes(const: Constitution, extra: list[str | list[dict[str, Any]]] |
 
 def read_benign_prompts(path: Any) -> list[str | list[dict[str, Any]]]:
     """``--benign`` JSONL: each line has a string ``text`` or a ``messages`` list (kept as a conversation)."""
-    import json
-
+    from charter.data.records import iter_jsonl
     from charter.errors import CharterError
 
     out: list[str | list[dict[str, Any]]] = []
-    try:
-        lines = open(path, encoding="utf-8").read().splitlines()
-    except OSError as e:
-        raise CharterError(f"{path}: {e.strerror}") from None
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CharterError(f"{path}:{i}: not JSON ({e.msg})") from None
+    for i, obj in iter_jsonl(path):
         if isinstance(obj, dict) and isinstance(obj.get("text"), str):
             out.append(obj["text"])
         elif isinstance(obj, dict) and isinstance(obj.get("messages"), list) and all(

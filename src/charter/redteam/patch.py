@@ -14,7 +14,6 @@ the gap rather than closing it. Retrain with ``charter train`` for a full fix.
 
 from __future__ import annotations
 
-import json
 import random
 import tempfile
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from charter.data.records import iter_jsonl
 from charter.errors import CharterError
 
 HELDOUT_SHARE = 0.3
@@ -40,17 +40,7 @@ class Example:
 
 def read_examples(path: Path) -> list[Example]:
     out: list[Example] = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise CharterError(f"{path}: {e.strerror}") from None
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CharterError(f"{path}:{i}: not JSON ({e.msg})") from None
+    for i, obj in iter_jsonl(path):
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
             raise CharterError(f"{path}:{i}: needs a non-empty string 'text'")
         cat = obj.get("category")
@@ -107,11 +97,11 @@ def patch_model(
 
 def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Path | None, n: int, n_variants: int,
            seed: int, progress: Callable[[str], None]) -> dict[str, Any]:
-    from charter.classifiers.artifacts import load_model_dir, save_model_dir
+    from charter.classifiers.artifacts import load_model_dir
     from charter.classifiers.linear import NgramClassifier
     from charter.constitution import load_constitution
     from charter.constitution.loader import default_constitution_path
-    from charter.guard.calibrate import _flags, offline_dataset
+    from charter.guard.calibrate import _flags, offline_dataset, write_model_dir
     from charter.guard.guard import PERMITTED, Guard
     from charter.guard.stats import rate
     from charter.guard.train import TrainConfig, _class_of, calibrate, read_dataset
@@ -181,15 +171,7 @@ def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Pa
     doc["stage1"] = {"kind": "NgramClassifier", "params": s1.get_params()}
     doc["created_by"] = "charter patch"
     doc.setdefault("metrics", {})["patch"] = report
-    for k in ("format", "files"):
-        doc.pop(k, None)
-    out.mkdir(parents=True, exist_ok=True)
-    card = model / "MODEL_CARD.md"
-    if card.is_file():
-        if out.resolve() != model.resolve():
-            (out / "MODEL_CARD.md").write_text(card.read_text())
-        doc["extra_files"] = ["MODEL_CARD.md"]
-    save_model_dir(out, arrays, doc)
+    write_model_dir(model, out, arrays, doc)
     Guard.load(out)  # refuse to report success for a directory that does not load
     report["model"] = str(out)
     return report
