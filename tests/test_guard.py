@@ -154,3 +154,24 @@ def test_cli_calibrate_with_user_benign(model_dir, tmp_path, capsys):
     assert "fpr_user" in text and "95% CI" in text
     g = Guard.load(out)
     assert g.manifest["target_fpr"] == 0.05 and g.manifest["metrics"]["recalibration"]["n_user_benign"] == 60
+
+
+def test_training_is_deterministic_for_a_seed(tmp_path):
+    """Two runs from the same data and seed write identical weights and thresholds; another seed does not."""
+    from charter.constitution import load_constitution
+    from charter.guard.calibrate import offline_dataset
+    from charter.guard.train import TrainConfig, read_dataset, train_guard
+
+    d = offline_dataset(MINI, load_constitution(MINI), tmp_path / "data", n=3000, seed=0)
+    _, recs = read_dataset(d)
+
+    def run(name: str, seed: int) -> tuple[dict, dict]:
+        cfg = TrainConfig(seed=seed, max_stage2_train=200, max_stage2_eval=50)
+        g = train_guard(recs, tmp_path / name, constitution_sha256="c", data_sha256="d", config=cfg)
+        files = json.loads((tmp_path / name / "manifest.json").read_text())["files"]
+        weights = {k: v for k, v in files.items() if k.endswith(".safetensors")}
+        return weights, g.thresholds
+
+    a, b, c = run("a", 0), run("b", 0), run("c", 1)
+    assert a[0] and a == b
+    assert a[0] != c[0]

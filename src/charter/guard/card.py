@@ -42,8 +42,7 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         "- Stage 1: logistic regression over hashed character 2-5-grams and word 1-2-grams (2^18 buckets): a binary head (restricted or not) for the score and a multinomial head for the category.",
         ("- Stage 2: logistic-regression probe over all-MiniLM-L6-v2's mean-pooled embedding output and all six layers "
          "(2,688 features; numpy forward pass, weights pinned by sha256), run on the view stage 1 found most suspicious; "
-         f"final score = sigmoid({m['stage2_weight']}·logit(stage 2) + {1 - m['stage2_weight']:.2f}·logit(stage 1)) for escalated inputs."
-         if "stage2" in m else "- Stage 2: not trained (runtime unavailable); the guard runs on stage 1 alone."),
+         + _blend(m) if "stage2" in m else "- Stage 2: not trained (runtime unavailable); the guard runs on stage 1 alone."),
         "- Exchange classifier: streaming linear model over prompt and response-prefix n-gram blocks, trained on 10 prefixes per exchange toward the exchange label with interpolation to the running maximum (ω annealed 0→1); flags when the running maximum crosses its threshold.",
         "",
         "## Thresholds (calibrated on the calibration split's permitted data)",
@@ -95,3 +94,12 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         "",
     ]
     return "\n".join(lines)
+
+
+def _blend(m: dict[str, Any]) -> str:
+    c = m.get("combiner")
+    if c:
+        return (f"final score = sigmoid({c['w2']:.3f}·logit(stage 2) + {c['w1']:.3f}·logit(stage 1) {c['b']:+.3f}) for escalated "
+                "inputs, a blend fitted on the calibration split's escalated requests.")
+    return (f"final score = sigmoid({m['stage2_weight']}·logit(stage 2) + {1 - m['stage2_weight']:.2f}·logit(stage 1)) "
+            "for escalated inputs.")
