@@ -175,3 +175,12 @@ def test_training_is_deterministic_for_a_seed(tmp_path):
     a, b, c = run("a", 0), run("b", 0), run("c", 1)
     assert a[0] and a == b
     assert a[0] != c[0]
+
+
+def test_one_message_request_scores_like_its_text(guard):
+    for text in (HARMFUL, BENIGN):
+        a = guard.check_input(text)
+        b = guard.check_input([{"role": "user", "content": text}])
+        assert (a.score, a.flagged, a.stage) == (b.score, b.flagged, b.stage)
+    two = guard.check_input([{"role": "system", "content": "be brief"}, {"role": "user", "content": BENIGN}])
+    assert two.score != guard.check_input(BENIGN).score  # longer conversations keep their roles

@@ -122,3 +122,14 @@ def test_encoded_text_gets_no_leet_view() -> None:
     for name in ("base64", "hex", "url"):
         enc = get_transform(name).apply(SENTENCES[0], random.Random(0))
         assert "leet" not in dict(views(enc)), name
+
+
+def test_transcript_gets_last_turn_and_asker_views() -> None:
+    filler = "".join(f"User: how do I boil egg number {i}?\nAssistant: Sure! Six minutes.\n" for i in range(5))
+    text = filler + "User: the real question goes here\nAssistant: Sure!"
+    vs = dict(views(text))
+    assert vs["last_turn"] == "the real question goes here"
+    assert vs["asker_turns"].splitlines()[-1] == "the real question goes here"
+    assert "Six minutes" not in vs["asker_turns"]
+    # prose with a colon or two is not a transcript
+    assert views("Note: this is fine. Q: is it? yes") == [("original", "Note: this is fine. Q: is it? yes")]

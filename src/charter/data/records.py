@@ -23,13 +23,19 @@ class Message(BaseModel):
 
 
 def render_messages(messages: list[Message] | list[dict]) -> str:
-    """A conversation as one string, the form every classifier sees."""
+    """A conversation as one string, the form every classifier sees.
+
+    A lone user message is its bare content: the same text sent as a string or as a one-message
+    chat request must score the same.
+    """
     parts = []
     for m in messages:
         role, content = (m.role, m.content) if isinstance(m, Message) else (m.get("role", "user"), m.get("content", ""))
         if not isinstance(content, str):  # OpenAI content parts: keep the text ones
             content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
         parts.append(f"{role}: {content}")
+    if len(messages) == 1 and parts[0].startswith("user: "):
+        return parts[0][len("user: "):]
     return "\n".join(parts)
 
 

@@ -51,6 +51,30 @@ _LEET_CHARS = "0134579@$+"
 _PCT2 = re.compile(r"%[0-9A-Fa-f]{2}.*%[0-9A-Fa-f]{2}", re.DOTALL)
 
 
+#: a line that opens a turn in a transcript ("User: ...", "Human: ...", "Q: ...")
+_TURN = re.compile(r"^[ \t>*#]*(user|human|question|q|me|you|customer|assistant|ai|answer|a|bot|model|system|gpt)\s*:\s?",
+                   re.IGNORECASE | re.MULTILINE)
+_ASKER = {"user", "human", "question", "q", "me", "customer"}
+
+
+def turn_views(text: str) -> list[View]:
+    """For a transcript (many-shot prompts, rendered conversations): the last asker turn alone,
+    and all asker turns without the answers between them. Benign filler turns dilute a
+    whole-text score; the payload usually sits in the last turn or is spread over the asks."""
+    marks = list(_TURN.finditer(text))
+    if len(marks) < 3:
+        return []
+    asks = [text[m.end() : nxt.start() if nxt else len(text)].strip()
+            for m, nxt in zip(marks, [*marks[1:], None]) if m.group(1).lower() in _ASKER]
+    asks = [a for a in asks if a]
+    if not asks:
+        return []
+    out: list[View] = [("last_turn", asks[-1])]
+    if len(asks) > 1:
+        out.append(("asker_turns", "\n".join(asks)))
+    return out
+
+
 def _key(text: str) -> str:
     return " ".join(text.split()).lower()
 
@@ -270,6 +294,10 @@ def views(text: str, max_views: int = 8, max_len: int = 20000, depth: int = 2) -
     text = text[:max_len]
     out: list[View] = [("original", text)]
     seen = {_key(text)}
+    for name, v in turn_views(text):
+        if _key(v) not in seen:
+            seen.add(_key(v))
+            out.append((name, v))
     folded_hint = False
     for name, v in _walk(text, depth):
         if len(out) >= max_views:
