@@ -3,7 +3,7 @@ search attacker. Writes bench/results/redteam.json.
 
     python bench/bench_redteam.py [--model DIR] [--constitution C] [--suite default|quick] [--budget N] [--quick]
 
-With no --model, a small guard is trained on tests/fixtures/mini.yaml first (about a minute).
+With no --model, the packaged default guard and the default constitution.
 """
 
 from __future__ import annotations
@@ -11,13 +11,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import tempfile
 import time
 from pathlib import Path
 
 from threadpoolctl import threadpool_limits
 
 from charter.constitution import load_constitution
+from charter.constitution.loader import default_constitution_path
+from charter.guard.guard import default_model_path
 from charter.redteam.attackers import SearchAttacker
 from charter.redteam.behaviours import select_behaviours
 from charter.redteam.runner import make_oracle
@@ -25,18 +26,6 @@ from charter.redteam.suite import static_suite
 from charter.redteam.targets import GuardTarget
 
 ROOT = Path(__file__).resolve().parent
-MINI = ROOT.parent / "tests" / "fixtures" / "mini.yaml"
-
-
-def _mini_guard(tmp: Path) -> Path:
-    from charter.guard.calibrate import offline_dataset
-    from charter.guard.train import TrainConfig, read_dataset, train_guard
-
-    d = offline_dataset(MINI, load_constitution(MINI), tmp / "data", n=8000, seed=0)
-    _, recs = read_dataset(d)
-    train_guard(recs, tmp / "model", constitution_sha256="c", data_sha256="d",
-                config=TrainConfig(seed=0, max_stage2_train=800, max_stage2_eval=200))
-    return tmp / "model"
 
 
 def main() -> None:
@@ -51,12 +40,9 @@ def main() -> None:
     a = ap.parse_args()
     if a.quick:
         a.suite, a.budget, a.behaviours = "quick", 10, 1
-    with tempfile.TemporaryDirectory() as tmp, threadpool_limits(limits=1):
-        model = a.model or _mini_guard(Path(tmp))
-        cpath = a.constitution or (MINI if a.model is None else None)
-        from charter.constitution.loader import default_constitution_path
-
-        const = load_constitution(cpath or default_constitution_path())
+    with threadpool_limits(limits=1):
+        model = a.model or default_model_path()
+        const = load_constitution(a.constitution or default_constitution_path())
         target = GuardTarget.load(str(model))
         bs = select_behaviours(const, a.behaviours, 0)
         oracle = make_oracle(target, {})
@@ -72,7 +58,7 @@ def main() -> None:
             broken += any(x.ev.success for x in got)
         search_s = time.perf_counter() - t0
     result = {
-        "model": str(a.model) if a.model else "mini (trained on tests/fixtures/mini.yaml)",
+        "model": str(a.model) if a.model else "packaged default guard",
         "stages": target.guard.stages, "suite": a.suite, "budget": a.budget, "behaviours": len(bs),
         "static": {"attempts": len(attacks), "successes": wins, "wall_s": round(static_s, 2),
                    "attempts_per_s": round(len(attacks) / static_s, 1)},
