@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from sklearn.base import clone
 
 from charter.classifiers.features import NgramHasher
@@ -102,3 +104,18 @@ def test_streaming_cost_is_incremental():
         st.feed(" word%d" % (i % 7))
         counts.append(st._n - before)
     assert max(counts[100:]) == max(counts[1000:]) <= 40
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(min_size=1, max_size=120), st.integers(min_value=1, max_value=60))
+def test_short_and_long_chunk_paths_hash_alike(text, cut):
+    """The pure-integer path (short chunks) and the numpy path (long ones) count the same n-grams."""
+    ex = _trained_exchange()
+    a, b = ex.stream("q"), ex.stream("q")
+    text = text.casefold() + " "
+    for i in range(0, len(text), cut):
+        a._feed_chars_int(text[i : i + cut])
+        a._feed_words_int(text[i : i + cut])
+    b._feed_chars(text)
+    b._feed_words(text)
+    assert a._n == b._n and a._dot == pytest.approx(b._dot, rel=1e-5, abs=1e-6)

@@ -155,3 +155,13 @@ def test_api_key_from_env_is_sent_not_logged(scripted_openai, monkeypatch: pytes
     for f in tmp_path.iterdir():
         if f.is_file():
             assert "sk-secret-123" not in f.read_text()
+
+
+def test_truncated_reply_and_empty_reply_are_not_counted_as_safe(scripted_openai) -> None:
+    """A target that disconnects mid-body is an error (success unknown); an empty reply is ungradable."""
+    srv = scripted_openai([Reply(text=COMPLY, disconnect_after=12), "", COMPLY])
+    oracle = make_oracle(OpenAITarget(srv.base_url, "victim"), {"refusal": RefusalGrader()})
+    cut, empty, whole = (oracle("tell me about glorp") for _ in range(3))
+    assert cut.success is None and cut.error
+    assert empty.success is None
+    assert whole.success is True

@@ -12,18 +12,26 @@ exchanges then need only one prefix to fire; harmless ones are pushed low everyw
 from __future__ import annotations
 
 import re
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from charter.classifiers.features import NgramHasher, _mix, _P
+from charter.classifiers.features import _M1, _M2, _WORD, NgramHasher, _mix, _P
+
+_MASK = (1 << 64) - 1
+_PI, _M1I, _M2I = int(_P), int(_M1), int(_M2)
+#: chunks up to this many characters take the pure-integer path (a streamed token is a few
+#: characters, where ~20 small numpy calls cost more than the arithmetic itself)
+SHORT_CHUNK = 48
 
 _TOKEN = re.compile(r"\s*\S+")
 #: prefix fractions used for training (of the response's tokens)
 PREFIX_FRACTIONS = (0.03, 0.06, 0.1, 0.15, 0.2, 0.25, 0.35, 0.5, 0.75, 1.0)
 RESP_SALT = 7919
+_WORD_SEED = (0x9E3779B97F4A7C15 + RESP_SALT) & _MASK
 
 
 def tokens(text: str) -> list[str]:
@@ -164,6 +172,13 @@ class ExchangeClassifier(ClassifierMixin, BaseEstimator):
     def stream(self, prompt: str) -> ExchangeStream:
         return ExchangeStream(self, prompt)
 
+    def _wr_list(self) -> list[float]:
+        """The response weights as Python floats for the short-chunk streaming path (one copy per model)."""
+        cache = self.__dict__.get("_wr_cache")
+        if cache is None or cache[0] is not self.wr_:
+            cache = self._wr_cache = (self.wr_, self.wr_.astype(np.float64).tolist())
+        return cache[1]
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"wp": self.wp_, "wr": self.wr_, "b": np.asarray([self.b_], dtype=np.float32)}
 
@@ -196,6 +211,7 @@ class ExchangeStream:
         lo, hi = h.char_ngrams
         self._lo, self._hi = lo, hi
         self._F = np.uint64(h.n_features)
+        self._wr = clf._wr_list()
 
     def _add(self, hashes: np.ndarray) -> None:
         if len(hashes):
@@ -203,10 +219,25 @@ class ExchangeStream:
             self._dot += float(self.clf.wr_[idx].sum())
             self._n += len(idx)
 
+    def _add_ints(self, hashes: list[int]) -> None:
+        wr, F = self._wr, self.clf.n_features
+        for h in hashes:
+            h ^= h >> 33
+            h = (h * _M1I) & _MASK
+            h ^= h >> 33
+            h = (h * _M2I) & _MASK
+            self._dot += wr[(h ^ (h >> 33)) % F]
+        self._n += len(hashes)
+
     def feed(self, chunk: str) -> float:
         if chunk:
-            self._feed_chars(chunk.casefold())
-            self._feed_words(chunk.casefold())
+            c = chunk.casefold()
+            if len(c) <= SHORT_CHUNK:
+                self._feed_chars_int(c)
+                self._feed_words_int(c)
+            else:
+                self._feed_chars(c)
+                self._feed_words(c)
         z = self._prompt_logit + (self._dot / np.sqrt(self._n) if self._n else 0.0)
         self.score = float(_sigmoid(np.asarray(z)))
         self.max_score = max(self.max_score, self.score)
@@ -232,10 +263,47 @@ class ExchangeStream:
                 self._add(np.concatenate(parts))
         self._tail = buf[-(self._hi - 1) :]
 
-    def _feed_words(self, s: str) -> None:
-        import zlib
+    def _feed_chars_int(self, s: str) -> None:
+        """``_feed_chars`` in Python integers (same hashes)."""
+        buf = self._tail + s
+        codes = [ord(ch) for ch in buf]
+        start_new = len(self._tail)
+        out: list[int] = []
+        for n in range(self._lo, self._hi + 1):
+            seed = n * 1_000_003 + RESP_SALT
+            for end in range(max(start_new, n - 1), len(codes)):
+                h = seed
+                for k in range(end - n + 1, end + 1):
+                    h = (h * _PI + codes[k]) & _MASK
+                out.append(h)
+        self._add_ints(out)
+        self._tail = buf[-(self._hi - 1) :]
 
-        from charter.classifiers.features import _WORD
+    def _feed_words_int(self, s: str) -> None:
+        """``_feed_words`` in Python integers (same hashes)."""
+        text = self._word + s
+        words = [(m.group(), m.end()) for m in _WORD.finditer(text)]
+        complete = [w for w, end in words if end < len(text)]
+        self._word = words[-1][0] if words and words[-1][1] == len(text) else ""
+        if not complete:
+            return
+        w = [(zlib.crc32(x.encode()) + _WORD_SEED) & _MASK for x in complete]
+        prev = None if self._prev_word_hash is None else int(self._prev_word_hash)
+        seq = w if prev is None else [prev, *w]
+        out: list[int] = []
+        lo_w, hi_w = self._h.word_ngrams
+        for n in range(lo_w, hi_w + 1):
+            seed = 0xABCDEF + n + RESP_SALT
+            skip = 1 if (prev is not None and n == 1) else 0  # the old word's unigram is counted
+            for i in range(skip, len(seq) - n + 1):
+                h = seed
+                for k in range(i, i + n):
+                    h = (h * _PI + seq[k]) & _MASK
+                out.append(h)
+        self._add_ints(out)
+        self._prev_word_hash = np.uint64(w[-1])
+
+    def _feed_words(self, s: str) -> None:
 
         text = self._word + s
         words = [(m.group(), m.end()) for m in _WORD.finditer(text)]

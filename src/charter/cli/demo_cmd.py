@@ -84,8 +84,8 @@ def demo(
     console.rule("[bold]5. red teaming")
     from charter.cli.redteam_cmd import campaign, print_summary
 
-    # a quick campaign against the guard just trained: one behaviour per category, small budget
-    summary = campaign(f"guard:{out / 'model'}", out / "redteam", suite="quick", budget=8, seed=seed,
-                       constitution=cpath, behaviours=1)
+    # the default suite against the guard just trained (the packaged default guard, for seed 0)
+    summary = campaign(f"guard:{out / 'model'}", out / "redteam", suite="default", budget=20, seed=seed,
+                       constitution=cpath, behaviours=2)
     print_summary(summary, console)
     console.print(f"\nmodel card: {out / 'model' / 'MODEL_CARD.md'}")

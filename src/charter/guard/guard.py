@@ -221,6 +221,7 @@ class OutputMonitor:
         self.flagged = False
         self.flagged_at: int | None = None
         self.threshold = guard.thresholds["exchange"]
+        self._flag_scores: dict[str, float] = {}
 
     @property
     def released_text(self) -> str:
@@ -235,14 +236,12 @@ class OutputMonitor:
             if self._stream.max_score >= self.threshold:
                 self.flagged, self.flagged_at = True, self.n_tokens
                 self._pending.clear()
+                # name the category once, from stage 1 on the exchange text
+                p = self.guard.stage1.proba_one(self.prompt + "\n" + self.released_text)
+                self._flag_scores = {c: float(p[i]) for i, c in enumerate(self.guard.classes) if i != self.guard._perm}
         s = self._stream.max_score
-        category = None
-        scores: dict[str, float] = {}
-        if self.flagged:
-            # name the category once, from stage 1 on the exchange text
-            p = self.guard.stage1.proba_one(self.prompt + "\n" + self.released_text)
-            scores = {c: float(p[i]) for i, c in enumerate(self.guard.classes) if i != self.guard._perm}
-            category = max(scores, key=scores.__getitem__)
+        scores: dict[str, float] = self._flag_scores if self.flagged else {}
+        category = max(scores, key=scores.__getitem__) if scores else None
         return Verdict(score=s, flagged=self.flagged, category=category, scores=scores, stage="exchange",
                        latency_ms=(time.perf_counter() - t0) * 1000)
 
