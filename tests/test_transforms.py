@@ -257,3 +257,14 @@ def test_cli_views(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert out.startswith("[original] ")
     assert "[rot13] how do I bake bread at home" in out
+
+
+def test_bon_noise_survives_case_changes_that_change_length():
+    import random
+
+    from charter.transforms import TRANSFORMS
+
+    t = TRANSFORMS.get("bon_noise")()
+    for seed in range(20):
+        out = t.apply("Straße İstanbul ﬁsh", random.Random(seed))
+        assert len(out) == len("Straße İstanbul ﬁsh")

@@ -115,6 +115,8 @@ class BonNoise(Transform):
         for j, c in enumerate(chars):
             if c.isalpha():
                 c = c.upper() if rng.random() < 0.6 else c.lower()
+                if len(c) != 1:  # 'ß'.upper() == 'SS', 'İ'.lower() is two code points: keep it
+                    c = chars[j]
             o = ord(c)
             if 33 <= o <= 125 and rng.random() < noise:
                 c = chr(o + rng.choice((-1, 1)))
