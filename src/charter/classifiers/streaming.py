@@ -281,10 +281,7 @@ class ExchangeStream:
 
     def _feed_words_int(self, s: str) -> None:
         """``_feed_words`` in Python integers (same hashes)."""
-        text = self._word + s
-        words = [(m.group(), m.end()) for m in _WORD.finditer(text)]
-        complete = [w for w, end in words if end < len(text)]
-        self._word = words[-1][0] if words and words[-1][1] == len(text) else ""
+        complete = self._complete_words(s)
         if not complete:
             return
         w = [(zlib.crc32(x.encode()) + _WORD_SEED) & _MASK for x in complete]
@@ -303,18 +300,21 @@ class ExchangeStream:
         self._add_ints(out)
         self._prev_word_hash = np.uint64(w[-1])
 
-    def _feed_words(self, s: str) -> None:
-
+    def _complete_words(self, s: str) -> list[str]:
+        """Words of the unfinished word + ``s`` that are now complete; keeps the unfinished rest."""
         text = self._word + s
         words = [(m.group(), m.end()) for m in _WORD.finditer(text)]
-        complete = [w for w, end in words if end < len(text)]
         self._word = words[-1][0] if words and words[-1][1] == len(text) else ""
+        return [w for w, end in words if end < len(text)]
+
+    def _feed_words(self, s: str) -> None:
+        complete = self._complete_words(s)
         if not complete:
             return
         lo_w, hi_w = self._h.word_ngrams
         with np.errstate(over="ignore"):
             w = np.fromiter((zlib.crc32(x.encode()) for x in complete), dtype=np.uint64, count=len(complete))
-            w = w + np.uint64(0x9E3779B97F4A7C15 + RESP_SALT)
+            w = w + np.uint64(_WORD_SEED)
             seq = w if self._prev_word_hash is None else np.concatenate([[self._prev_word_hash], w])
             out = []
             for n in range(lo_w, hi_w + 1):

@@ -33,7 +33,7 @@ class TrainConfig:
     exchange_fpr: float = 0.01
     stage2_weight: float = 0.55
     n_features: int = 2**18
-    stage1_C: float = 3.0  # chosen on held-out seeds: AUC 0.860 at C=0.3, 0.880 at 3, 0.883 at 10 (bench notes)
+    stage1_C: float = 3.0  # chosen on the default constitution's held-out seeds: AUC 0.860 at C=0.3, 0.880 at 3, 0.883 at 10
     seed: int = 0
     use_stage2: bool = True
     max_train: int | None = None  # cap training records (tests)
