@@ -42,3 +42,30 @@ def mini_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = TrainConfig(seed=0, max_stage2_train=800, max_stage2_eval=200)
     train_guard(recs, tmp / "model", constitution_sha256="c", data_sha256="d", config=cfg)
     return tmp / "model"
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real PostgreSQL server on loopback for this test session (Debian's postgresql package).
+
+    Skipped where PostgreSQL is not installed, except under CHARTER_REQUIRE_POSTGRES=1 (set by
+    .ci/run), where its absence fails the tests instead of hiding them.
+    """
+    import os
+
+    from charter.testing import postgres as pgmod
+
+    if not pgmod.available():
+        if os.environ.get("CHARTER_REQUIRE_POSTGRES") == "1":
+            pytest.fail("PostgreSQL is required (CHARTER_REQUIRE_POSTGRES=1) but initdb/pg_ctl were not found")
+        pytest.skip("PostgreSQL server binaries not installed (apt-get install postgresql)")
+    with pgmod.PostgresCluster.start_new(tmp_path_factory.mktemp("pg")) as pg:
+        yield pg
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh, empty monitoring database: SQLite in tmp_path, and PostgreSQL (one new database each)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'charter.db'}"
+    return request.getfixturevalue("postgres").new_database()

@@ -127,3 +127,13 @@ def test_default_restricted_responses_are_skeletons(default):
 def test_no_duplicate_seeds(default):
     texts = [s.text.casefold() for c in default.categories for s in c.seeds.requests + c.hard_negatives]
     assert len(texts) == len(set(texts))
+
+
+def test_cli_check_counts_seed_exchanges(capsys):
+    from charter.constitution.loader import default_constitution_path
+
+    wellbeing = default_constitution_path().with_name("wellbeing.yaml")
+    assert main(["constitution", "check", str(wellbeing)]) == 0
+    c = load_constitution(wellbeing)
+    n = sum(len(x.seeds.exchanges) for x in c.categories)
+    assert n > 0 and f"{n} seed exchanges" in capsys.readouterr().out

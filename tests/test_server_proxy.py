@@ -15,6 +15,7 @@ import pytest
 
 from charter.classifiers.streaming import tokens
 from charter.guard import Guard
+from charter.monitor.content import text_hash
 from charter.monitor.events import Event, MemorySink
 from charter.server import ServerConfig, ServerThread, create_app
 from charter.testing import Reply, ScriptedOpenAI
@@ -205,7 +206,7 @@ def test_events_carry_the_decision_and_no_content_unless_configured(proxy: Calla
     p2 = proxy(default=BENIGN_ANSWER, events={"log_content": True})
     p2.http.post("/v1/chat/completions", json={"model": "m", "messages": user(BENIGN)})
     ev2 = p2.events(1)[0]
-    assert ev2.content == {"messages": user(BENIGN), "response": BENIGN_ANSWER}
+    assert ev2.content == {"messages": user(BENIGN), "response": BENIGN_ANSWER, "user_hash": text_hash(BENIGN)}
 
 
 def _metric(text: str, name: str, **labels: str) -> float:

@@ -30,6 +30,12 @@ def _register() -> None:
     from charter.cli import (  # noqa: F401
         constitution_cmd, data_cmd, demo_cmd, guard_cmd, redteam_cmd, serve_cmd, transforms_cmd,
     )
+    from charter.cli import safety_case_cmd  # noqa: F401
+    from charter.cli import monitor_cmd  # noqa: F401
+    from charter.cli import monitor_alerts_cmd  # noqa: F401
+    from charter.cli import eval_cmd  # noqa: F401
+    from charter.cli import wellbeing_cmd  # noqa: F401
+    from charter.cli import dashboard_cmd  # noqa: F401
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,14 +22,14 @@ def check(
     """Validate a constitution and print a summary table."""
     c = load_constitution(path)
     t = Table(title=f"constitution {c.name!r} ({c.fingerprint()[:12]})")
-    for col in ("domain", "category", "kind", "severity", "requests", "responses", "hard neg.", "langs"):
-        t.add_column(col, justify="right" if col in ("requests", "responses", "hard neg.") else "left")
+    for col in ("domain", "category", "kind", "severity", "requests", "responses", "exchanges", "hard neg.", "langs"):
+        t.add_column(col, justify="right" if col in ("requests", "responses", "exchanges", "hard neg.") else "left")
     for d in c.domains:
         for cat in d.categories:
-            langs = sorted({s.lang for s in cat.seeds.requests})
+            langs = sorted({s.lang for s in cat.seeds.requests} | {x.lang for x in cat.seeds.exchanges})
             t.add_row(
                 d.id, cat.id, cat.kind.value, cat.severity.value,
-                str(len(cat.seeds.requests)), str(len(cat.seeds.responses)),
+                str(len(cat.seeds.requests)), str(len(cat.seeds.responses)), str(len(cat.seeds.exchanges)),
                 str(len(cat.hard_negatives)), ",".join(langs),
             )
     console = Console()
@@ -37,7 +37,9 @@ def check(
         console.width = max(console.width, 160)
     console.print(t)
     n_req = sum(len(x.seeds.requests) for x in c.categories)
+    n_ex = sum(len(x.seeds.exchanges) for x in c.categories)
     console.print(
         f"OK: {len(c.domains)} domains, {len(c.restricted)} restricted and "
         f"{len(c.permitted)} permitted categories, {n_req} seed requests"
+        + (f", {n_ex} seed exchanges" if n_ex else "")
     )

@@ -21,6 +21,8 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; beyond loopback, client keys are required."),
     port: int = typer.Option(8000, "--port", min=0, max=65535),
     config: Path = typer.Option(None, "--config", help="charter.yaml: keys, limits, per-category actions, fail mode."),
+    db: str = typer.Option(None, "--db", help="Monitoring store for events, e.g. sqlite:///charter.db "
+                           "(overrides events.db in the config; without either, events go to a JSONL file)."),
 ) -> None:
     """Run the OpenAI-compatible guarding proxy in front of an upstream model server."""
     import uvicorn
@@ -36,14 +38,24 @@ def serve(
         raise ConfigError("no upstream: pass --upstream BASE_URL or set upstream.base_url in the config")
     if not cfg.upstream.base_url.startswith(("http://", "https://")):
         raise ConfigError(f"--upstream: must be an http:// or https:// URL, got {cfg.upstream.base_url!r}")
+    if db:
+        cfg.events.db = db
     check_bind(host, cfg)
     if cfg.upstream.api_key_env and cfg.upstream.api_key() is None:
         console.print(f"[yellow]warning:[/] environment variable {cfg.upstream.api_key_env} is not set; no upstream key sent")
     guard = Guard.load(model or cfg.guard.model)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     console.print(f"charter: guarding {cfg.upstream.base_url} on http://{host}:{port} (stages: {', '.join(guard.stages)}; "
-                  f"keys: {len(cfg.keys) or 'none'}; events: {cfg.events.path})")
+                  f"keys: {len(cfg.keys) or 'none'}; events: {_events_target(cfg.events.db, cfg.events.path)})")
     uvicorn.run(create_app(cfg, guard), host=host, port=port, log_level="warning", access_log=False)
+
+
+def _events_target(db: str | None, path: str) -> str:
+    if not db:
+        return path
+    from sqlalchemy.engine import make_url
+
+    return make_url(db).render_as_string(hide_password=True)
 
 
 @app.command("serve-key")

@@ -11,7 +11,7 @@ import re
 from enum import Enum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
 
 _ID = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -55,18 +55,56 @@ def _coerce_seeds(v: object) -> object:
     return v
 
 
+class ExchangeSeed(_Strict):
+    """A seed (user message, assistant reply) pair: the category is a property of the *reply*.
+
+    For classifiers of assistant behaviour (e.g. the wellbeing monitor), where the user turn is
+    context and carries no label of its own; variants and splits are per exchange.
+    """
+
+    user: str = Field(min_length=1, max_length=4000)
+    reply: str = Field(min_length=1, max_length=8000)
+    lang: str = "en"
+    note: str | None = None
+
+    _s = field_validator("user", "reply")(Seed._strip.__func__)  # type: ignore[attr-defined]
+
+
 class Seeds(_Strict):
     """Seed examples for a category.
 
     ``requests`` are user turns. ``responses`` are, for a restricted category, response
     *skeletons* whose operational content is replaced by ``[PLACEHOLDER]`` markers, and for a
-    permitted category, benign answers.
+    permitted category, benign answers. ``exchanges`` (optional) are paired (user, reply) seeds;
+    a category that lists exchanges may omit ``requests``.
     """
 
-    requests: list[Seed] = Field(min_length=1)
+    requests: list[Seed]
     responses: list[Seed] = Field(default_factory=list)
+    exchanges: list[ExchangeSeed] = Field(default_factory=list)
 
     _c1 = field_validator("requests", "responses", mode="before")(_coerce_seeds)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _requests_optional_with_exchanges(cls, v: object) -> object:
+        if isinstance(v, dict) and v.get("exchanges") and "requests" not in v:
+            return {**v, "requests": []}
+        return v
+
+    @model_validator(mode="after")
+    def _some_seeds(self) -> Seeds:
+        if not self.requests and not self.exchanges:
+            raise ValueError("requests: needs at least one seed request (or seed exchanges)")
+        return self
+
+    @model_serializer(mode="wrap")
+    def _omit_empty_exchanges(self, handler):  # type: ignore[no-untyped-def]
+        # keeps the fingerprint of constitutions without exchanges what it was before the field
+        d = handler(self)
+        if isinstance(d, dict) and not self.exchanges:
+            d.pop("exchanges", None)
+        return d
 
 
 class Category(_Strict):

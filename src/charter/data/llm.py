@@ -119,7 +119,8 @@ def parse_items(content: str, mode: str) -> list[tuple[str, str | None]]:
     return out
 
 
-def _retry_after(value: str | None) -> float | None:
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent or bad."""
     if not value:
         return None
     try:
@@ -229,7 +230,7 @@ class LLMGenerator(Generator):
                 if r.status_code not in _RETRYABLE and r.status_code < 500:
                     raise GeneratorError(f"LLM endpoint {url} returned HTTP {r.status_code}: {r.text[:200]}")
                 last = f"HTTP {r.status_code}"
-                retry_after = _retry_after(r.headers.get("retry-after"))
+                retry_after = retry_after_seconds(r.headers.get("retry-after"))
             if attempt == self.max_retries:
                 break
             wait = self._wait(attempt, retry_after)

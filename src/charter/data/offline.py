@@ -171,6 +171,21 @@ def benign_response(cat: Category, rng: random.Random, topic: str | None = None)
     return _cut(text, rng) if rng.random() < 0.15 else text
 
 
+def exchange_reply(reply: str, rng: random.Random) -> str:
+    """A variant of a seed exchange's reply: the same openers, closers and noise on both labels."""
+    t = reply
+    if rng.random() < 0.4:
+        t = f"{rng.choice(T.REPLY_OPENERS)} {t}"
+    if rng.random() < 0.3:
+        t = f"{t} {rng.choice(T.REPLY_CLOSERS)}"
+    r = rng.random()
+    if r < 0.05:
+        t = t.lower()
+    elif r < 0.15:
+        t = typos(t, rng)
+    return t
+
+
 # ---------------------------------------------------------------- the generator
 
 
@@ -182,6 +197,7 @@ class SeedRef:
     label: Label
     source: str
     origin: Category  # the category whose seeds list holds it
+    reply: str | None = None  # the assistant reply of a seed exchange
 
 
 class OfflineGenerator(Generator):
@@ -306,6 +322,17 @@ class OfflineGenerator(Generator):
                 ]
         return req, hn
 
+    @staticmethod
+    def _exchange_refs(c: Constitution) -> dict[str, list[SeedRef]]:
+        out: dict[str, list[SeedRef]] = {}
+        for cat in c.categories:
+            label: Label = "restricted" if cat.restricted else "permitted"
+            out[cat.id] = [
+                SeedRef(f"{cat.id}:ex:{i}", Seed(text=e.user, lang=e.lang), cat, label, "seed", cat, reply=e.reply)
+                for i, e in enumerate(cat.seeds.exchanges)
+            ]
+        return out
+
     def generate(
         self, constitution: Constitution, n: int, seed: int, holdout: frozenset[str] = frozenset()
     ) -> Iterator[Record]:
@@ -334,9 +361,17 @@ class OfflineGenerator(Generator):
             plan.append(("in", cat.id, req[cat.id], share(p_in * n_in, len(P))))
             plan.append(("answer", cat.id, req[cat.id], share((0.25 if hn_cats else 0.33) * n_ex, len(P))))
             plan.append(("over_refusal", cat.id, req[cat.id], share(0.07 * n_ex, len(P))))
+        # seed exchanges: half the exchange budget per label (all of n when no category has requests)
+        ex = self._exchange_refs(c)
+        ex_total = n_ex if any(req.values()) else n
+        for cats in ([k for k in R if ex[k.id]], [k for k in P if ex[k.id]]):
+            for cat in cats:
+                plan.append(("exchange", cat.id, ex[cat.id], share(0.5 * ex_total, len(cats))))
 
         counters: dict[str, int] = {}
         for bucket, cid, refs, count in plan:
+            if not refs:  # a category with seed exchanges only
+                continue
             rng = random.Random(sub_seed(seed, bucket, cid, refs[0].source))
             for k in range(count):
                 ref = refs[k % len(refs)]
@@ -357,6 +392,9 @@ class OfflineGenerator(Generator):
             response = benign_response(ref.category, rng)
         elif bucket == "over_refusal":
             source, response = "over_refusal", rng.choice(T.OVER_REFUSALS)
+        elif bucket == "exchange":
+            assert ref.reply is not None
+            response = exchange_reply(ref.reply, rng)
         return Record(
             id=f"{ref.seed_id}:{i}",
             label=label,

@@ -117,3 +117,12 @@ GENERIC_SKELETONS = [
 SKELETON_INTROS = ["", "", "Sure, here you go.", "Okay.", "Here's the process.", "No problem.", "Alright, here it is:"]
 MARKER_ARTICLES = ["the", "the", "a suitable", "the required", "the appropriate", "the specified"]
 ORDINALS = ["zeroth", "first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth"]
+#: around seed-exchange replies (both labels), so openers and closers never carry the label
+REPLY_OPENERS = [
+    "Thanks for telling me.", "I hear you.", "That sounds like a lot.", "Okay.", "I'm glad you reached out.",
+    "That's a lot to carry.", "Let's talk about it.", "Thank you for sharing this.", "Hmm.", "Sure.",
+]
+REPLY_CLOSERS = [
+    "I'm here if you want to keep talking.", "How does that sound?", "Take care of yourself.",
+    "Let me know what you think.", "We can go through it together.", "What do you think?",
+]

@@ -2,13 +2,16 @@
 
 The proxy hands each event to :class:`EventQueue.put`, which never blocks: a background task
 batches events into a pluggable :class:`EventSink`. When the queue is full (or the sink fails)
-events are appended to a spill file and counted, so none is lost silently.
+events are appended to a spill file and counted, so none is lost silently; once the sink accepts
+writes again, the spill file is replayed into it (the SQL store ignores duplicates, so a replay
+cut short by a crash can simply run again).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -25,6 +28,11 @@ log = logging.getLogger("charter.monitor")
 Decision = Literal["allowed", "flagged", "blocked_input", "blocked_output", "error", "rejected"]
 
 
+def user_hash(key_id: str, user: str) -> str:
+    """The stored id of end user ``user`` of client key ``key_id`` (``charter monitor purge --user``)."""
+    return "u_" + hashlib.sha256(f"{key_id}\x00{user[:256]}".encode()).hexdigest()[:20]
+
+
 class StageVerdict(BaseModel):
     stage: str
     score: float
@@ -34,13 +42,20 @@ class StageVerdict(BaseModel):
     escalated: bool = False
     #: output stage only: the 1-based upstream token at which the stream was flagged
     at_token: int | None = None
+    #: the normalisation view that scored worst (e.g. "base64", "leet"): evidence of obfuscation
+    view: str | None = None
+    #: per-category scores (restricted categories only, rounded), for near-threshold aggregation
+    scores: dict[str, float] = Field(default_factory=dict)
+    threshold: float | None = None
 
 
 class Event(BaseModel):
     request_id: str = Field(default_factory=lambda: "req_" + uuid.uuid4().hex[:24])
     conversation_id: str | None = None
-    #: a short hash of the client key (never the key), or "anonymous"
+    #: the id of the client key (its name in the config, never the key), or "anonymous"
     key_id: str = "anonymous"
+    #: a hash of the end user (the request's ``user`` field within the key), else the key id
+    user_id: str | None = None
     time: float = Field(default_factory=time.time)
     endpoint: str = "/v1/chat/completions"
     model: str | None = None
@@ -52,8 +67,13 @@ class Event(BaseModel):
     latency_ms: dict[str, float] = Field(default_factory=dict)
     upstream_status: int | None = None
     error: str | None = None
-    #: the conversation and response text, only when the deployment enables content logging
+    #: the conversation and response text under the deployment's content policy (see monitor.content)
     content: dict[str, Any] | None = None
+    content_policy: str = "none"
+
+    @property
+    def subject(self) -> str:
+        return self.user_id or self.key_id
 
 
 @runtime_checkable
@@ -102,16 +122,26 @@ class EventQueue:
     in the sink's JSONL format, ready to be replayed by the monitoring store.
     """
 
-    def __init__(self, sink: EventSink, spill_path: str | Path, *, maxsize: int = 10_000, batch: int = 256) -> None:
+    def __init__(self, sink: EventSink, spill_path: str | Path, *, maxsize: int = 10_000, batch: int = 256,
+                 replay: bool = True, replay_interval: float = 5.0) -> None:
         self.sink = sink
         self.spill_path = Path(spill_path)
         self.maxsize = maxsize
         self.batch = batch
+        self.replay = replay
+        self.replay_interval = replay_interval
         self._q: asyncio.Queue[Event] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._healthy = True
+        #: events committed by the sink (from the request path or replayed): the acknowledgement
         self.written = 0
         self.spilled = 0
+        self.replayed = 0
         self.sink_errors = 0
+
+    @property
+    def replay_path(self) -> Path:
+        return self.spill_path.with_name(self.spill_path.name + ".replaying")
 
     @property
     def depth(self) -> int:
@@ -142,20 +172,62 @@ class EventQueue:
         try:
             await self.sink.write(events)
             self.written += len(events)
-        except Exception:  # a failing sink must not take the proxy down
+            self._healthy = True
+        except Exception as e:  # a failing sink must not take the proxy down
             self.sink_errors += 1
-            log.exception("event sink failed; spilling %d events to %s", len(events), self.spill_path)
+            if self._healthy:  # log the first failure in full, then one line per batch
+                log.exception("event sink failed; spilling %d events to %s", len(events), self.spill_path)
+            else:
+                log.warning("event sink still failing (%s); spilled %d events", type(e).__name__, len(events))
+            self._healthy = False
             await anyio.to_thread.run_sync(self._spill, events)
+
+    def _pending_replay(self) -> bool:
+        return self.replay_path.exists() or (self.spill_path.exists() and self.spill_path.stat().st_size > 0)
+
+    async def _replay(self) -> None:
+        """Move the spill file aside and write its events to the sink; on failure, leave them for later."""
+        rp = self.replay_path
+        if not rp.exists():
+            if not (self.spill_path.exists() and self.spill_path.stat().st_size > 0):
+                return
+            os.replace(self.spill_path, rp)  # new spills go to a fresh file meanwhile
+        events = await anyio.to_thread.run_sync(_read_tolerant, rp)
+        for i in range(0, len(events), self.batch):
+            chunk = events[i : i + self.batch]
+            try:
+                await self.sink.write(chunk)
+            except Exception as e:
+                self.sink_errors += 1
+                self._healthy = False
+                log.warning("replaying spilled events failed (%s); %d left in %s", type(e).__name__,
+                            len(events) - i, rp)
+                if i:  # keep only what did not go in
+                    await anyio.to_thread.run_sync(_rewrite, rp, events[i:])
+                return
+            self.written += len(chunk)
+            self.replayed += len(chunk)
+        rp.unlink(missing_ok=True)
+        log.info("replayed %d spilled events into the sink", len(events))
 
     async def _run(self) -> None:
         assert self._q is not None
         q = self._q
+        if self.replay and self._pending_replay():
+            await self._replay()
         while True:
-            first = await q.get()
+            try:
+                first = await asyncio.wait_for(q.get(), timeout=self.replay_interval) if self.replay else await q.get()
+            except TimeoutError:
+                if self._pending_replay():
+                    await self._replay()
+                continue
             events = [first]
             while len(events) < self.batch and not q.empty():
                 events.append(q.get_nowait())
             await self._flush(events)
+            if self.replay and self._healthy and self._pending_replay():
+                await self._replay()
             for _ in events:
                 q.task_done()
 
@@ -181,6 +253,28 @@ class EventQueue:
             self._spill(leftover)
         self._q = None
         await self.sink.close()
+
+
+def _rewrite(path: Path, events: list[Event]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write("".join(e.model_dump_json() + "\n" for e in events))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_tolerant(path: Path) -> list[Event]:
+    """Events of a spill file, skipping a line torn by a crash mid-write (logged, not raised)."""
+    out: list[Event] = []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append(Event.model_validate_json(line))
+        except ValueError:
+            log.warning("%s:%d: unreadable spilled event skipped", path, n)
+    return out
 
 
 def read_events(path: str | Path) -> list[Event]:

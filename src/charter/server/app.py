@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import uuid
@@ -12,12 +13,13 @@ import httpx
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from charter.guard import Guard
-from charter.monitor.events import Event, EventQueue, EventSink, JsonlSink
+from charter.monitor.events import Event, EventQueue, EventSink, JsonlSink, user_hash
+from charter.monitor.rules import start_monitor, stop_monitor
 from charter.server.auth import KeyStore, Principal, RateLimiter
-from charter.server.config import ServerConfig
+from charter.server.config import EventsSettings, ServerConfig
 from charter.server.context import Exchange, Services
 from charter.server.errors import ProxyError
 from charter.server.metrics import Metrics
@@ -48,11 +50,20 @@ def _conversation_id(request: Request, req: ChatRequest) -> str | None:
     return cid[:200] if cid else None
 
 
+def _user_id(key_id: str, request: Request, req: ChatRequest) -> str:
+    """The end user within a key: a hash of the request's ``user`` field (or x-charter-user), never the raw id."""
+    user = request.headers.get("x-charter-user") or getattr(req, "user", None)
+    if not isinstance(user, str) or not user:
+        return key_id
+    return user_hash(key_id, user)
+
+
 class Proxy:
     def __init__(self, config: ServerConfig, guard: Guard, sink: EventSink | None) -> None:
         config = self.config = config.model_copy(deep=True)
         ev = config.events
-        self.svc = Services(config, guard, Metrics(), EventQueue(sink or JsonlSink(ev.path), ev.spill, maxsize=ev.queue_size))
+        self.svc = Services(config, guard, Metrics(), EventQueue(sink or default_sink(ev), ev.spill, maxsize=ev.queue_size,
+                                                                   replay_interval=ev.replay_interval_s))
         if config.guard.hold_back is None:
             config.guard.hold_back = guard.hold_back
         self.keys = KeyStore(config.keys, config.limits.rate, config.require_keys)
@@ -66,9 +77,13 @@ class Proxy:
         key = up.api_key()
         self.svc.upstream_headers = {"authorization": f"Bearer {key}"} if key else {}
         await self.svc.events.start()
+        monitor = start_monitor(self.config.events.db, self.config.monitor, self.svc.guard)
         try:
             yield
         finally:
+            await stop_monitor(monitor)
+            if self.svc.pending:  # replies still being scored for wellbeing: their events come next
+                await asyncio.wait(set(self.svc.pending), timeout=5)
             await self.svc.events.close()
             await self.svc.client.aclose()
 
@@ -126,7 +141,8 @@ class Proxy:
         except ClientDisconnect:
             return Response(status_code=400)
         ex = Exchange(svc, Event(request_id=rid, key_id=principal.key_id, model=req.model, stream=req.stream,
-                                 conversation_id=_conversation_id(request, req)))
+                                 conversation_id=_conversation_id(request, req),
+                                 user_id=_user_id(principal.key_id, request, req)))
         ex.messages = req.check_messages()
         gs = self.config.guard
         try:
@@ -170,6 +186,25 @@ class Proxy:
         return StreamingResponse(one(), media_type="text/event-stream", headers=headers)
 
 
+def default_sink(ev: EventsSettings) -> EventSink:
+    """The monitoring store when ``events.db`` is set (opened lazily: a down store spills), else JSONL."""
+    if ev.db:
+        from charter.monitor.store import SqlSink
+
+        return SqlSink.lazy(ev.db)
+    return JsonlSink(ev.path)
+
+
+def _dashboard_routes(config: ServerConfig) -> list[Mount]:
+    """The monitoring dashboard at /dashboard when ``events.db`` is set, behind the proxy's client keys."""
+    if not config.events.db:
+        return []
+    from charter.monitor.dashboard import create_dashboard
+
+    return [Mount("/dashboard", app=create_dashboard(config.events.db, keys=config.keys,
+                                                     require_keys=config.require_keys))]
+
+
 def create_app(config: ServerConfig, guard: Guard, sink: EventSink | None = None) -> Starlette:
     """The guarding proxy as an ASGI app; ``sink`` defaults to a JSONL file (config.events.path)."""
     if not config.upstream.base_url:
@@ -185,6 +220,7 @@ def create_app(config: ServerConfig, guard: Guard, sink: EventSink | None = None
             Route("/v1/models", p.models, methods=["GET"]),
             Route("/healthz", p.healthz, methods=["GET"]),
             Route("/metrics", p.metrics, methods=["GET"]),
+            *_dashboard_routes(config),
         ],
         lifespan=p.lifespan,
         exception_handlers={500: internal_error},

@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from charter.errors import CharterError
+from charter.monitor.rules import MonitorSettings
 
 Action = Literal["block", "flag_only", "log_only"]
 DEFAULT_REFUSAL = "I can't help with that request."
@@ -97,6 +98,10 @@ class GuardSettings(_Strict):
     default_action: Action = "block"
     refusal: str = DEFAULT_REFUSAL
     categories: dict[str, CategoryPolicy] = Field(default_factory=dict)
+    #: score completed replies for wellbeing signals (flag-only, off the response path; ~0.3 ms a reply)
+    wellbeing: bool = False
+    #: wellbeing model directory (default: the packaged one)
+    wellbeing_model: str | None = None
 
     def action(self, category: str | None) -> Action:
         pol = self.categories.get(category or "")
@@ -108,15 +113,29 @@ class GuardSettings(_Strict):
 
 
 class EventsSettings(_Strict):
+    #: the monitoring store (SQLAlchemy URL, e.g. sqlite:///charter.db); without it, a JSONL file at ``path``
+    db: str | None = None
     path: str = "charter-events.jsonl"
     spill_path: str | None = None
     queue_size: int = Field(10_000, ge=1)
-    #: store conversation and response text in events (off by default)
+    #: how often a spill file left by a store outage is retried while no new events arrive
+    replay_interval_s: float = Field(5.0, gt=0)
+    #: what events keep of the conversation: none, hash, redacted or full (see charter.monitor.content)
+    content: Literal["none", "hash", "redacted", "full"] = "none"
+    #: deprecated: ``log_content: true`` is ``content: full``
     log_content: bool = False
 
     @property
+    def content_policy(self) -> Literal["none", "hash", "redacted", "full"]:
+        return "full" if self.log_content and self.content == "none" else self.content
+
+    @property
     def spill(self) -> str:
-        return self.spill_path or self.path + ".spill"
+        if self.spill_path:
+            return self.spill_path
+        if self.db and self.db.startswith("sqlite:///") and self.db != "sqlite:///:memory:":
+            return self.db[len("sqlite:///"):] + ".spill.jsonl"
+        return self.path + ".spill"
 
 
 class ServerConfig(_Strict):
@@ -127,6 +146,8 @@ class ServerConfig(_Strict):
     limits: Limits = Field(default_factory=Limits)
     guard: GuardSettings = Field(default_factory=GuardSettings)
     events: EventsSettings = Field(default_factory=EventsSettings)
+    #: misuse rules run in the background when ``events.db`` is set (see charter.monitor.rules)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
     @field_validator("keys")
     @classmethod

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,6 +13,7 @@ from anyio import to_thread
 
 from charter.guard import Guard
 from charter.guard.guard import Verdict
+from charter.monitor.content import apply_policy
 from charter.monitor.events import Event, EventQueue, StageVerdict
 from charter.server.config import ServerConfig
 from charter.server.metrics import Metrics
@@ -24,6 +27,15 @@ class Services:
     events: EventQueue
     client: httpx.AsyncClient | None = None
     upstream_headers: dict[str, str] = field(default_factory=dict)
+    #: the wellbeing monitor (guard.wellbeing), and its scoring tasks in flight
+    wellbeing: Any = None
+    pending: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.config.guard.wellbeing and self.wellbeing is None:
+            from charter.monitor.wellbeing import WellbeingMonitor
+
+            self.wellbeing = WellbeingMonitor.load(self.config.guard.wellbeing_model)
 
     @property
     def base_url(self) -> str:
@@ -47,8 +59,13 @@ class Exchange:
     messages: list[dict[str, str]] | None = None
 
     def add_verdict(self, v: Verdict, at_token: int | None = None) -> None:
+        th = self.svc.guard.thresholds
+        threshold = th.get("exchange") if v.stage == "exchange" else th.get("final" if self.svc.guard.stage2 is not None else "stage1_only")
+        top = dict(sorted(v.scores.items(), key=lambda kv: -kv[1])[:5])
         self.event.verdicts.append(StageVerdict(stage=v.stage, score=v.score, flagged=v.flagged, category=v.category,
-                                                latency_ms=v.latency_ms, escalated=v.escalated, at_token=at_token))
+                                                latency_ms=v.latency_ms, escalated=v.escalated, at_token=at_token,
+                                                view=v.view, scores={k: round(x, 4) for k, x in top.items()},
+                                                threshold=threshold))
         if v.flagged and v.category and v.category not in self.event.categories:
             self.event.categories.append(v.category)
 
@@ -73,12 +90,41 @@ class Exchange:
         ev.upstream_status = status if status is not None else ev.upstream_status
         ev.error = error if error is not None else ev.error
         ev.latency_ms["total"] = round((time.perf_counter() - self.t0) * 1000, 3)
-        if self.svc.config.events.log_content:
-            ev.content = {"messages": self.messages, "response": "".join(self.response_text) or None}
+        policy = self.svc.config.events.content_policy
+        if policy != "none":
+            ev.content = apply_policy(self.messages, "".join(self.response_text) or None, policy)
+            ev.content_policy = policy
         m = self.svc.metrics
         m.requests.labels(ev.endpoint, decision).inc()
         m.request_latency.labels(ev.endpoint, str(ev.stream).lower()).observe(ev.latency_ms["total"] / 1000)
-        self.svc.events.put(ev)
+        if self.svc.wellbeing is not None and decision in ("allowed", "flagged") and self.response_text:
+            task = asyncio.get_running_loop().create_task(self._wellbeing(ev))  # off the response path
+            self.svc.pending.add(task)
+            task.add_done_callback(self.svc.pending.discard)
+        else:
+            self.svc.events.put(ev)
+
+    async def _wellbeing(self, ev: Event) -> None:
+        """Score the delivered reply for wellbeing signals, then hand the event on (flag-only: the
+        decision and the response are never changed)."""
+        try:
+            t = time.perf_counter()
+            signals = await to_thread.run_sync(self.svc.wellbeing.check, self.messages, "".join(self.response_text))
+            ms = round((time.perf_counter() - t) * 1000, 3)
+            ev.latency_ms["wellbeing"] = ms
+            for s in signals:
+                if s.flagged:
+                    cat = f"wellbeing:{s.category}"
+                    ev.verdicts.append(StageVerdict(stage="wellbeing", score=s.score, flagged=True, category=cat,
+                                                    latency_ms=ms, threshold=s.threshold))
+                    if cat not in ev.categories:
+                        ev.categories.append(cat)
+                    self.svc.metrics.flags.labels(cat, "wellbeing", "log_only").inc()
+        except Exception:  # a monitoring failure must never lose the event
+            logging.getLogger("charter.server").exception("wellbeing scoring failed (request %s)", ev.request_id)
+            self.svc.metrics.guard_errors.labels("wellbeing", "open").inc()
+        finally:
+            self.svc.events.put(ev)
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000

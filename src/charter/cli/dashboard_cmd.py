@@ -1,0 +1,43 @@
+"""`charter dashboard`: the monitoring dashboard over an event store, on its own port."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from charter.cli import app
+
+console = Console(stderr=True)
+
+
+@app.command("dashboard")
+def dashboard(
+    db: str = typer.Option("sqlite:///charter.db", "--db", help="Monitoring store URL, e.g. sqlite:///charter.db "
+                                                                "or postgresql+psycopg://user@host/db."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; beyond loopback, client keys are required."),
+    port: int = typer.Option(8050, "--port", min=0, max=65535),
+    config: Path = typer.Option(None, "--config", help="charter.yaml whose client keys may log in "
+                                                       "(keys / require_keys)."),
+    cache_s: float = typer.Option(5.0, "--cache-s", min=0, max=3600,
+                                  help="Seconds an aggregate answer is reused (stale ones refresh in the background); "
+                                       "0 recomputes on every request."),
+) -> None:
+    """Serve the monitoring dashboard (traffic, block rate, flags, alerts, drill-downs, clusters)."""
+    import uvicorn
+
+    from charter.monitor.dashboard import create_dashboard
+    from charter.monitor.store import EventStore
+    from charter.server import check_bind, load_config
+
+    cfg = load_config(config)
+    check_bind(host, cfg)
+    store = EventStore.open(db)
+    keys = f"{len(cfg.keys)} client keys" if cfg.keys else "no keys (loopback only)"
+    console.print(f"charter: dashboard for {store.url} on http://{host}:{port}/ ({keys})")
+    try:
+        uvicorn.run(create_dashboard(store, keys=cfg.keys, require_keys=cfg.require_keys, cache_ttl_s=cache_s), host=host, port=port,
+                    log_level="warning", access_log=False)
+    finally:
+        store.close()

@@ -1,0 +1,95 @@
+"""`charter wellbeing train` and `charter wellbeing score`: the flag-only wellbeing monitor (issue 7)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from charter.cli import app
+from charter.errors import CharterError
+
+console = Console(stderr=True)
+wellbeing_app = typer.Typer(
+    help="Wellbeing signals in assistant replies (reality, value-judgement and action distortion); flag-only.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.add_typer(wellbeing_app, name="wellbeing")
+
+
+@wellbeing_app.command("train")
+def train(
+    spec: Path = typer.Option(None, "--spec", help="Wellbeing spec in the constitution format (default: the packaged wellbeing.yaml)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
+    seed: int = typer.Option(0, "--seed"),
+    n: int = typer.Option(6000, "--n", help="Records to generate from the spec's seed exchanges."),
+    target_fpr: float = typer.Option(0.01, "--target-fpr", min=0.0001, max=0.5, help="Per-pattern FPR on held-out permitted replies."),
+    data_out: Path = typer.Option(None, "--data-out", help="Keep the generated dataset here."),
+) -> None:
+    """Generate data from the spec, train one head per pattern, calibrate, evaluate on held-out seeds."""
+    from charter.monitor.wellbeing import default_spec_path, train_from_spec
+
+    mon = train_from_spec(spec or default_spec_path(), out, n=n, seed=seed, target_fpr=target_fpr, data_out=data_out)
+    met = mon.manifest["metrics"]
+    for p, d in met["patterns"].items():
+        Console().print(f"{p:<28} recall {100 * d['recall']['rate']:5.1f}% (seeds {100 * d['recall_seeds']['rate']:5.1f}%)  "
+                        f"FPR {100 * d['fpr']['rate']:5.2f}% (seeds {100 * d['fpr_seeds']['rate']:5.2f}%)", highlight=False)
+    Console().print(f"wrote {out}; see {out / 'MODEL_CARD.md'}", highlight=False)
+
+
+def _line(obj: Any) -> tuple[Any, str]:
+    if not isinstance(obj, dict):
+        raise ValueError("each line must be a JSON object")
+    reply = obj.get("reply", obj.get("response"))
+    if not isinstance(reply, str):
+        raise ValueError("needs a string 'reply' (or 'response')")
+    if "messages" in obj:
+        msgs = obj["messages"]
+        if not isinstance(msgs, list) or not all(isinstance(m, dict) for m in msgs):
+            raise ValueError("'messages' must be a list of {role, content} objects")
+        return msgs, reply
+    ctx = obj.get("prompt", obj.get("text", ""))
+    if not isinstance(ctx, str):
+        raise ValueError("'prompt' must be a string")
+    return ctx, reply
+
+
+@wellbeing_app.command("score")
+def score(
+    file: Path = typer.Option(..., "--file", "-f", help="JSONL: one object a line with 'messages' (or 'prompt') and 'reply' (optional 'id')."),
+    model: Path = typer.Option(None, "--model", "-m", help="Model directory (default: the packaged wellbeing model)."),
+    out: Path = typer.Option(None, "--out", help="JSONL output (default: stdout)."),
+) -> None:
+    """Score each reply: per-pattern scores and the patterns flagged."""
+    from charter.data.records import iter_jsonl
+    from charter.monitor.wellbeing import WellbeingMonitor
+
+    mon = WellbeingMonitor.load(model)
+    sink = open(out, "w", encoding="utf-8") if out else sys.stdout
+    errors = 0
+    try:
+        for i, obj in iter_jsonl(file):
+            rid = obj.get("id", i) if isinstance(obj, dict) else i
+            try:
+                sig = mon.check(*_line(obj))
+                rec = {"id": rid, "scores": {s.category: round(s.score, 6) for s in sig},
+                       "flagged": [s.category for s in sig if s.flagged]}
+            except ValueError as e:
+                errors += 1
+                rec = {"id": rid, "line": i, "error": str(e)}
+            sink.write(json.dumps(rec) + "\n")
+    finally:
+        if out:
+            sink.close()
+    if errors:
+        console.print(f"{errors} line(s) could not be scored; see their 'error' fields")
+        raise typer.Exit(1)
+    if not out:
+        sys.stdout.flush()
+
+
+__all__ = ["wellbeing_app", "CharterError"]

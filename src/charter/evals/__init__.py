@@ -1,0 +1,1 @@
+"""Evaluations and assurance artefacts built from Charter outputs."""

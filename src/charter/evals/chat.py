@@ -1,0 +1,144 @@
+"""A small synchronous client for OpenAI-compatible ``/chat/completions`` endpoints, for evaluations.
+
+Retries 408/409/425/429/5xx, timeouts and connection errors with exponential backoff and jitter
+(honouring ``Retry-After``); other failures and malformed replies come back as a
+:class:`Completion` with ``error`` set, never as text. The API key is read from an environment
+variable and is never logged or stored. Thread-safe: one client serves a worker pool.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from charter.data.llm import retry_after_seconds
+from charter.errors import CharterError
+
+TARGET_KEY_ENV = "CHARTER_TARGET_API_KEY"
+JUDGE_KEY_ENV = "CHARTER_JUDGE_API_KEY"
+RETRYABLE = frozenset({408, 409, 425, 429})
+MAX_URL = 2000
+MAX_REPLY_CHARS = 50_000  # longer replies are truncated (a runaway or hostile endpoint)
+
+
+@dataclass
+class Completion:
+    """One call's outcome: ``text`` on success, else ``error`` (e.g. ``HTTP 500``, ``malformed completion``)."""
+
+    text: str | None = None
+    error: str | None = None
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.text is not None
+
+
+def parse_endpoint(spec: str, option: str = "--target") -> str:
+    """``openai:BASE_URL`` to the base URL; anything else is a :class:`CharterError`."""
+    kind, sep, rest = (spec or "").partition(":")
+    if not sep or kind != "openai":
+        raise CharterError(f"{option} {spec!r}: expected openai:BASE_URL, e.g. openai:http://localhost:8000/v1")
+    if not rest.startswith(("http://", "https://")) or len(rest) > MAX_URL or any(c.isspace() for c in rest):
+        raise CharterError(f"{option} {spec!r}: openai endpoints need an http(s) base URL, e.g. openai:http://localhost:8000/v1")
+    try:
+        url = httpx.URL(rest)
+    except (httpx.InvalidURL, ValueError):
+        raise CharterError(f"{option} {spec!r}: not a valid URL") from None
+    if not url.host:
+        raise CharterError(f"{option} {spec!r}: the URL has no host")
+    return rest.rstrip("/")
+
+
+class ChatClient:
+    """Chat completions against one endpoint and model, with retries; see the module docstring."""
+
+    def __init__(
+        self, base_url: str, model: str = "default", *, api_key_env: str = TARGET_KEY_ENV,
+        timeout: float = 60.0, max_retries: int = 3, backoff: float = 0.5, max_backoff: float = 20.0,
+        max_tokens: int = 512, temperature: float = 0.0, sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.model = model
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.max_backoff = max_backoff
+        self.max_tokens = max_tokens
+        self.temperature = temperature
+        self._sleep = sleep
+        self._jitter = random.Random(0)
+        self._lock = threading.Lock()
+        self.calls = self.errors = self.retries = self.successes = 0
+        self._unreachable: str | None = None  # set once the endpoint was never reachable: later calls fail fast
+        key = os.environ.get(api_key_env)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        self._client = httpx.Client(timeout=httpx.Timeout(timeout), headers=headers)
+
+    def _wait(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_backoff)
+        with self._lock:
+            j = self._jitter.uniform(0, self.backoff)
+        return min(self.max_backoff, self.backoff * 2**attempt) + j
+
+    def _count(self, c: Completion) -> Completion:
+        with self._lock:
+            self.calls += 1
+            self.retries += c.attempts - 1
+            if c.ok:
+                self.successes += 1
+            else:
+                self.errors += 1
+        return c
+
+    def complete(self, messages: list[dict[str, Any]]) -> Completion:
+        """One completion; raises :class:`CharterError` only when the endpoint was never reachable."""
+        if self._unreachable:
+            raise CharterError(self._unreachable)
+        body = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens, "temperature": self.temperature}
+        url = f"{self.base_url}/chat/completions"
+        last, connect_only = "", True
+        for attempt in range(self.max_retries + 1):
+            retry_after = None
+            try:
+                r = self._client.post(url, json=body)
+            except httpx.TimeoutException:
+                last, connect_only = "timeout", False
+            except httpx.ConnectError:
+                last = "connection failed"
+            except httpx.TransportError as e:
+                last, connect_only = f"transport: {type(e).__name__}", False
+            else:
+                connect_only = False
+                if r.status_code == 200:
+                    return self._count(self._parse(r, attempt + 1))
+                last = f"HTTP {r.status_code}"
+                if r.status_code not in RETRYABLE and r.status_code < 500:
+                    return self._count(Completion(error=last, attempts=attempt + 1))
+                retry_after = retry_after_seconds(r.headers.get("retry-after"))
+            if attempt < self.max_retries:
+                self._sleep(self._wait(attempt, retry_after))
+        if connect_only and self.successes == 0:
+            self._unreachable = f"cannot connect to {self.base_url} (after {self.max_retries + 1} attempts)"
+            raise CharterError(self._unreachable)
+        return self._count(Completion(error=last, attempts=self.max_retries + 1))
+
+    @staticmethod
+    def _parse(r: httpx.Response, attempts: int) -> Completion:
+        try:
+            content = r.json()["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
+            return Completion(error="malformed completion", attempts=attempts)
+        if not isinstance(content, str):
+            return Completion(error="malformed completion (content is not a string)", attempts=attempts)
+        return Completion(text=content[:MAX_REPLY_CHARS], attempts=attempts)
+
+    def close(self) -> None:
+        self._client.close()

@@ -1,0 +1,579 @@
+"""Safety cases: a claims-arguments-evidence (CAE) tree checked against Charter's own artefacts.
+
+A YAML config names the evidence (model cards, red-team results, calibrations, monitoring
+statistics, any JSON/YAML file) and a tree of claims whose criteria compare metrics read from
+that evidence with a bar. :func:`build_case` evaluates it; :func:`write_case` writes
+``safety-case.html``, ``safety-case.md`` and ``safety-case.json``. Anything that stops a claim
+from being supported (failed criterion, missing/tampered/stale evidence, unknown metric, a claim
+with no evidence) is listed as a gap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import operator
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from charter.constitution.loader import _format_loc, _line_at, _useful_loc
+from charter.errors import CharterError
+
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
+EXIT_GAPS = 3
+Kind = Literal["model_card", "redteam", "calibration", "monitoring", "json"]
+Op = Literal["<=", "<", ">=", ">", "=="]
+Bound = Literal["point", "lower", "upper"]
+Status = Literal["supported", "unsupported", "no_evidence"]
+GapKind = Literal["criterion_failed", "no_evidence", "missing_evidence", "invalid_evidence", "tampered_evidence",
+                  "stale_evidence", "metric_not_found", "metric_invalid"]
+OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq}
+DATE_KEYS = ("generated_at", "created_at", "created", "timestamp", "trained_at", "date")
+_ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+
+
+class SafetyCaseError(CharterError):
+    """A safety-case config is missing, malformed or inconsistent."""
+
+
+# ------------------------------------------------------------------ config
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Criterion(_Strict):
+    """``metric`` (dotted path into the evidence) ``op`` ``value``; ``bound`` picks a rate's 95% interval end."""
+
+    evidence: str
+    metric: str = Field(min_length=1)
+    op: Op
+    value: float | bool
+    bound: Bound = "point"
+
+
+class ClaimSpec(_Strict):
+    id: str = Field(pattern=_ID)
+    text: str = Field(min_length=1)
+    argument: str = ""
+    criteria: list[Criterion] = []
+    subclaims: list[ClaimSpec] = []
+
+
+class EvidenceSpec(_Strict):
+    """One artefact; ``path`` is relative to the config file's folder."""
+
+    kind: Kind
+    path: str = Field(min_length=1)
+    max_age_days: float | None = Field(default=None, gt=0)
+
+
+class CaseConfig(_Strict):
+    title: str = Field(min_length=1)
+    scope: str = ""
+    deployment: str = ""
+    evidence: dict[str, EvidenceSpec] = {}
+    claims: ClaimSpec
+
+
+def _cross_check(cfg: CaseConfig) -> list[tuple[tuple[int | str, ...], str]]:
+    """Claim ids must be unique and criteria must name declared evidence."""
+    errs: list[tuple[tuple[int | str, ...], str]] = []
+    seen: set[str] = set()
+
+    def walk(c: ClaimSpec, loc: tuple[int | str, ...]) -> None:
+        if c.id in seen:
+            errs.append(((*loc, "id"), f"duplicate claim id {c.id!r}"))
+        seen.add(c.id)
+        for i, cr in enumerate(c.criteria):
+            if cr.evidence not in cfg.evidence:
+                known = ", ".join(sorted(cfg.evidence)) or "none declared"
+                errs.append(((*loc, "criteria", i, "evidence"), f"unknown evidence {cr.evidence!r} (known: {known})"))
+        for i, s in enumerate(c.subclaims):
+            walk(s, (*loc, "subclaims", i))
+
+    walk(cfg.claims, ("claims",))
+    return errs
+
+
+def parse_config(text: str, source: str = "<string>") -> CaseConfig:
+    """Validate a safety-case config, reporting problems as ``file:line: field: message``."""
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data: Any = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise SafetyCaseError(f"{source}:{mark.line + 1 if mark else 0}: invalid YAML: {e.problem or e}") from None
+    except yaml.YAMLError as e:
+        raise SafetyCaseError(f"{source}: invalid YAML: {e}") from None
+    if root is None or not isinstance(data, dict):
+        raise SafetyCaseError(f"{source}:1: the safety-case config must be a YAML mapping")
+    try:
+        cfg = CaseConfig.model_validate(data)
+        problems = _cross_check(cfg)
+    except ValidationError as e:
+        problems = [(_useful_loc(tuple(x["loc"])), x["msg"].removeprefix("Value error, ")) for x in e.errors()]
+    if problems:
+        raise SafetyCaseError("\n".join(
+            f"{source}:{_line_at(root, loc)}: {_format_loc(loc) or '(top level)'}: {msg}" for loc, msg in problems))
+    return cfg
+
+
+def load_config(path: str | Path) -> CaseConfig:
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise SafetyCaseError(f"{p}: cannot read: {e.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise SafetyCaseError(f"{p}: file is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SafetyCaseError(f"{p}: not UTF-8 (byte {e.start})") from None
+    return parse_config(text, source=str(path))
+
+
+# ------------------------------------------------------------------ results
+
+
+class Gap(BaseModel):
+    kind: GapKind
+    message: str
+    claims: list[str] = []
+    evidence: str | None = None
+
+
+class EvidenceRecord(BaseModel):
+    id: str
+    kind: Kind
+    path: str
+    resolved: str
+    exists: bool
+    sha256: str | None = None  # of the file; for a model directory, of its manifest.json
+    date: datetime | None = None
+    date_source: Literal["artefact", "mtime"] | None = None
+    age_days: float | None = None
+    max_age_days: float | None = None
+    usable: bool = False  # readable and intact (stale evidence is usable but cannot support a claim)
+    stale: bool = False
+
+
+class CriterionResult(BaseModel):
+    evidence: str
+    metric: str
+    op: Op
+    value: float | bool
+    bound: Bound
+    actual: float | bool | None = None
+    met: bool | None = None  # the value meets the bar, regardless of the evidence's state
+    passed: bool = False
+    note: str = ""
+
+
+class ClaimResult(BaseModel):
+    id: str
+    text: str
+    argument: str
+    status: Status
+    criteria: list[CriterionResult]
+    subclaims: list[ClaimResult]
+    reasons: list[str] = []
+
+
+class SafetyCase(BaseModel):
+    title: str
+    scope: str
+    deployment: str
+    config: str
+    config_sha256: str | None
+    now: datetime
+    supported: bool
+    claim: ClaimResult
+    evidence: list[EvidenceRecord]
+    gaps: list[Gap]
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.supported and not self.gaps else EXIT_GAPS
+
+
+# ------------------------------------------------------------------ evidence
+
+
+def sha256_file(p: Path) -> str:
+    h = hashlib.sha256()
+    with p.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _parse_date(v: Any) -> datetime | None:
+    try:
+        if isinstance(v, bool):
+            return None
+        if isinstance(v, (int, float)):
+            d = datetime.fromtimestamp(float(v), tz=timezone.utc)
+        elif isinstance(v, datetime):
+            d = v
+        elif isinstance(v, date):  # a YAML date
+            d = datetime(v.year, v.month, v.day)
+        elif isinstance(v, str):
+            d = datetime.fromisoformat(v.strip())
+        else:
+            return None
+    except (ValueError, OverflowError, OSError):
+        return None
+    return d if d.tzinfo else d.replace(tzinfo=timezone.utc)
+
+
+def _artefact_date(doc: Any) -> datetime | None:
+    if not isinstance(doc, dict):
+        return None
+    for scope in (doc, doc.get("config")):
+        if isinstance(scope, dict):
+            for k in DATE_KEYS:
+                if (d := _parse_date(scope.get(k))) is not None:
+                    return d
+    return None
+
+
+def _read_doc(p: Path) -> Any:
+    text = p.read_text(encoding="utf-8")
+    if p.suffix.lower() in (".yaml", ".yml"):
+        return yaml.safe_load(text)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        if p.suffix.lower() == ".json":
+            raise
+        return yaml.safe_load(text)
+
+
+def load_evidence(eid: str, spec: EvidenceSpec, base: Path, now: datetime) -> tuple[EvidenceRecord, Any, list[Gap]]:
+    """Read one artefact: its record, the document metric paths resolve against, and its gaps."""
+    p = base / Path(spec.path).expanduser()  # an absolute path replaces base
+    f = p
+    if spec.kind in ("model_card", "calibration") and p.is_dir():
+        f = p / "manifest.json"
+    elif spec.kind == "redteam" and p.is_dir():
+        f = p / "results.json"
+    rec = EvidenceRecord(id=eid, kind=spec.kind, path=spec.path, resolved=str(f), exists=f.is_file(),
+                         max_age_days=spec.max_age_days)
+    gaps: list[Gap] = []
+
+    def gap(kind: GapKind, msg: str) -> None:
+        gaps.append(Gap(kind=kind, message=f"evidence {eid!r} ({f}): {msg}", evidence=eid))
+
+    if not rec.exists:
+        gap("missing_evidence", "file not found")
+        return rec, None, gaps
+    try:
+        rec.sha256 = sha256_file(f)
+        doc = _read_doc(f)
+    except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
+        gap("invalid_evidence", f"cannot parse: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+        doc = None
+    rec.date = _artefact_date(doc)
+    rec.date_source = "artefact" if rec.date else "mtime"
+    if rec.date is None:
+        rec.date = datetime.fromtimestamp(f.stat().st_mtime, tz=timezone.utc)
+    rec.age_days = (now - rec.date).total_seconds() / 86400
+    if doc is None:
+        return rec, None, gaps
+    ok = True
+    if not isinstance(doc, dict):
+        gap("invalid_evidence", "expected a JSON/YAML mapping at the top level")
+        return rec, None, gaps
+    root: Any = doc
+    if spec.kind in ("model_card", "calibration"):
+        files = doc.get("files")
+        if not isinstance(files, dict) or not isinstance(doc.get("metrics"), dict):
+            gap("invalid_evidence", "not a Charter model manifest (needs 'files' and 'metrics')")
+            return rec, None, gaps
+        for name, want in sorted(files.items()):
+            q = f.parent / name
+            if not q.is_file():
+                ok = False
+                gap("tampered_evidence", f"{name} is listed in the manifest but missing")
+            elif sha256_file(q) != want:
+                ok = False
+                gap("tampered_evidence", f"{name}: sha256 does not match the manifest; the file was modified")
+        if spec.kind == "calibration" and not isinstance(doc.get("thresholds"), dict):
+            ok = False
+            gap("invalid_evidence", "no 'thresholds' in the manifest: not a calibrated model")
+    elif spec.kind == "redteam":
+        if not isinstance(doc.get("summary"), dict):
+            gap("invalid_evidence", "not a red-team results.json (no 'summary')")
+            return rec, None, gaps
+        root = doc["summary"]
+    rec.usable = ok
+    if spec.max_age_days is not None and rec.age_days > spec.max_age_days:
+        rec.stale = True
+        gap("stale_evidence", f"{rec.age_days:.1f} days old ({rec.date_source} {rec.date:%Y-%m-%d}), "
+                              f"older than max_age_days {spec.max_age_days:g}")
+    return rec, root, gaps
+
+
+# ------------------------------------------------------------------ claims
+
+_MISSING = object()
+
+
+def resolve(doc: Any, path: str) -> Any:
+    """Follow a dotted path (list items by index); ``_MISSING`` when any step is absent."""
+    cur = doc
+    for part in path.split("."):
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        elif isinstance(cur, list) and part.lstrip("-").isdigit() and -len(cur) <= int(part) < len(cur):
+            cur = cur[int(part)]
+        else:
+            return _MISSING
+    return cur
+
+
+def _is_rate(x: Any) -> bool:
+    return isinstance(x, dict) and all(k in x for k in ("rate", "lo", "hi"))
+
+
+def _metric(doc: Any, cr: Criterion, kind: Kind) -> tuple[Any, str | None, GapKind | None]:
+    """The number a criterion compares: (value, problem, gap kind)."""
+    path = cr.metric
+    if kind == "redteam" and path.startswith("summary.") and resolve(doc, path) is _MISSING:
+        path = path.removeprefix("summary.")  # red-team paths are relative to the summary
+    v = resolve(doc, path)
+    if v is _MISSING:
+        return None, f"metric {cr.metric!r} not found", "metric_not_found"
+    parent_path, _, last = path.rpartition(".")
+    parent = resolve(doc, parent_path) if parent_path else None
+    pick = {"point": "rate", "lower": "lo", "upper": "hi"}[cr.bound]
+    rate = v if _is_rate(v) else parent if last in ("rate", "lo", "hi") and _is_rate(parent) else None
+    if rate is not None and rate.get("n") == 0:
+        return None, f"{cr.metric} has no data (n=0)", "metric_invalid"
+    if _is_rate(v):
+        v = v[pick]
+    elif cr.bound != "point":
+        if rate is not None:
+            v = rate[pick]
+        else:
+            return None, f"bound: {cr.bound} needs a rate with a 95% interval (rate, lo, hi) at {cr.metric}", "metric_invalid"
+    if isinstance(v, bool):
+        return v, None, None
+    if not isinstance(v, (int, float)):
+        return None, f"{cr.metric} is not a number ({type(v).__name__})", "metric_invalid"
+    if math.isnan(float(v)):
+        return None, f"{cr.metric} is NaN (no data)", "metric_invalid"
+    return float(v), None, None
+
+
+def fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, bool):
+        return str(v).lower()
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
+
+
+def _bound_label(bound: Bound) -> str:
+    return {"point": "", "lower": " (lower 95% bound)", "upper": " (upper 95% bound)"}[bound]
+
+
+def evaluate_claim(c: ClaimSpec, ev: dict[str, tuple[EvidenceRecord, Any]], gaps: list[Gap]) -> ClaimResult:
+    crs: list[CriterionResult] = []
+    reasons: list[str] = []
+    for cr in c.criteria:
+        rec, doc = ev[cr.evidence]
+        res = CriterionResult(evidence=cr.evidence, metric=cr.metric, op=cr.op, value=cr.value, bound=cr.bound)
+        if doc is None:
+            res.note = "evidence missing or unreadable"
+        else:
+            res.actual, problem, gkind = _metric(doc, cr, rec.kind)
+            if problem:
+                res.note = problem
+                gaps.append(Gap(kind=gkind or "metric_not_found", message=f"claim {c.id!r}: evidence {cr.evidence!r}: {problem}",
+                                claims=[c.id], evidence=cr.evidence))
+            else:
+                res.met = bool(OPS[cr.op](float(res.actual), float(cr.value)))
+                if not res.met:
+                    res.note = f"actual {fmt(res.actual)} does not meet {cr.op} {fmt(cr.value)}"
+                    gaps.append(Gap(kind="criterion_failed", claims=[c.id], evidence=cr.evidence, message=(
+                        f"claim {c.id!r}: {cr.evidence}:{cr.metric}{_bound_label(cr.bound)} is {fmt(res.actual)}, "
+                        f"required {cr.op} {fmt(cr.value)}")))
+                elif not rec.usable:
+                    res.note = "evidence failed its integrity check"
+                elif rec.stale:
+                    res.note = "evidence is stale"
+        res.passed = bool(res.met) and rec.usable and not rec.stale
+        if not res.passed:
+            reasons.append(f"{cr.evidence}:{cr.metric}: {res.note}")
+        crs.append(res)
+    subs = [evaluate_claim(s, ev, gaps) for s in c.subclaims]
+    reasons += [f"sub-claim {s.id} is {s.status.replace('_', ' ')}" for s in subs if s.status != "supported"]
+    if not crs and not subs:
+        status: Status = "no_evidence"
+        reasons.append("no criteria and no sub-claims")
+        gaps.append(Gap(kind="no_evidence", claims=[c.id], message=f"claim {c.id!r} has no evidence (no criteria, no sub-claims)"))
+    else:
+        status = "supported" if all(r.passed for r in crs) and all(s.status == "supported" for s in subs) else "unsupported"
+    return ClaimResult(id=c.id, text=c.text, argument=c.argument, status=status, criteria=crs, subclaims=subs, reasons=reasons)
+
+
+def _claims_using(c: ClaimSpec, eid: str) -> list[str]:
+    out = [c.id] if any(cr.evidence == eid for cr in c.criteria) else []
+    for s in c.subclaims:
+        out += _claims_using(s, eid)
+    return out
+
+
+def build_case(cfg: CaseConfig, *, base: Path, now: datetime | None = None, config_path: Path | None = None) -> SafetyCase:
+    """Evaluate every claim against its evidence; evidence paths resolve against ``base``."""
+    now = now or datetime.now(timezone.utc)
+    now = now if now.tzinfo else now.replace(tzinfo=timezone.utc)
+    gaps: list[Gap] = []
+    ev: dict[str, tuple[EvidenceRecord, Any]] = {}
+    for eid, spec in cfg.evidence.items():
+        rec, doc, g = load_evidence(eid, spec, base, now)
+        users = _claims_using(cfg.claims, eid)
+        for x in g:
+            x.claims = users
+        gaps += g
+        ev[eid] = (rec, doc)
+    top = evaluate_claim(cfg.claims, ev, gaps)
+    return SafetyCase(
+        title=cfg.title, scope=cfg.scope, deployment=cfg.deployment, config=str(config_path or ""),
+        config_sha256=sha256_file(config_path) if config_path and config_path.is_file() else None,
+        now=now, supported=top.status == "supported", claim=top, evidence=[r for r, _ in ev.values()], gaps=gaps)
+
+
+# ------------------------------------------------------------------ rendering
+
+GAP_TITLES = {
+    "criterion_failed": "criterion not met", "no_evidence": "claim without evidence", "missing_evidence": "missing evidence",
+    "invalid_evidence": "unreadable evidence", "tampered_evidence": "tampered evidence", "stale_evidence": "stale evidence",
+    "metric_not_found": "metric not found", "metric_invalid": "metric unusable",
+}
+
+TEMPLATE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ c.title }}</title>
+<style>
+body{font-family:system-ui,-apple-system,Segoe UI,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+h1{font-size:1.6em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:1.6em}
+table{border-collapse:collapse;font-size:.9em;margin:.5em 0}td,th{border:1px solid #ddd;padding:.3em .6em;text-align:left;vertical-align:top}
+th{background:#f6f6f6}code{font-size:.9em}
+.banner{padding:.7em 1em;border-radius:4px;color:#fff;font-weight:bold}
+.supported{background:#1e8449}.unsupported{background:#c0392b}.no_evidence{background:#d68910}
+.claim{border-left:6px solid #999;padding:.4em .8em;margin:.6em 0;background:#fafafa}
+.claim.s-supported{border-color:#1e8449}.claim.s-unsupported{border-color:#c0392b}.claim.s-no_evidence{border-color:#d68910}
+.badge{display:inline-block;padding:0 .5em;border-radius:3px;color:#fff;font-size:.8em;text-transform:uppercase}
+.arg{color:#444;font-style:italic}.sub{margin-left:1.5em}.pass{color:#1e8449;font-weight:bold}.fail{color:#c0392b;font-weight:bold}
+.gaps{border:2px solid #c0392b;background:#fdf2f0;padding:.5em 1em;border-radius:4px}.gaps li{margin:.3em 0}
+.nogaps{border:2px solid #1e8449;background:#eef8f1;padding:.5em 1em;border-radius:4px}
+</style></head><body>
+<h1>{{ c.title }}</h1>
+{% if c.scope %}<p><b>Scope:</b> {{ c.scope }}</p>{% endif %}
+{% if c.deployment %}<p><b>Deployment:</b> {{ c.deployment }}</p>{% endif %}
+<p class="banner {{ c.claim.status }}">Top claim {{ c.claim.id }}: {{ label(c.claim.status) }}{% if c.gaps %} &middot; {{ c.gaps|length }} gap{{ "s" if c.gaps|length != 1 }}{% endif %}</p>
+<h2>Gaps</h2>
+{% if c.gaps %}<div class="gaps"><ul>{% for g in c.gaps %}<li><b>{{ gap_title(g.kind) }}</b>: {{ g.message }}{% if g.claims %} <small>(claims: {{ g.claims|join(", ") }})</small>{% endif %}</li>{% endfor %}</ul></div>
+{% else %}<div class="nogaps">No gaps: every claim is supported by fresh, intact evidence.</div>{% endif %}
+<h2>Claims</h2>
+{% macro claim(x) %}<div class="claim s-{{ x.status }}">
+<p><span class="badge {{ x.status }}">{{ label(x.status) }}</span> <b>{{ x.id }}</b>: {{ x.text }}</p>
+{% if x.argument %}<p class="arg">Argument: {{ x.argument }}</p>{% endif %}
+{% if x.criteria %}<table><tr><th>evidence</th><th>metric</th><th>required</th><th>actual</th><th>result</th></tr>
+{% for r in x.criteria %}<tr><td>{{ r.evidence }}</td><td><code>{{ r.metric }}</code>{{ bound(r.bound) }}</td><td>{{ r.op }} {{ fmt(r.value) }}</td><td>{{ fmt(r.actual) }}</td>
+<td class="{{ 'pass' if r.passed else 'fail' }}">{{ "pass" if r.passed else "FAIL" }}{% if r.note %}: {{ r.note }}{% endif %}</td></tr>{% endfor %}</table>{% endif %}
+{% if x.subclaims %}<div class="sub">{% for s in x.subclaims %}{{ claim(s) }}{% endfor %}</div>{% endif %}
+</div>{% endmacro %}
+{{ claim(c.claim) }}
+<h2>Evidence</h2>
+<table><tr><th>id</th><th>kind</th><th>path</th><th>sha256</th><th>date</th><th>age (days)</th><th>state</th></tr>
+{% for e in c.evidence %}<tr><td>{{ e.id }}</td><td>{{ e.kind }}</td><td><code>{{ e.path }}</code></td>
+<td><code title="{{ e.sha256 or '' }}">{{ (e.sha256 or "n/a")[:12] }}</code></td>
+<td>{{ e.date.strftime("%Y-%m-%d %H:%M UTC") if e.date else "n/a" }}{% if e.date_source == "mtime" %} <small>(file mtime)</small>{% endif %}</td>
+<td>{{ "%.1f"|format(e.age_days) if e.age_days is not none else "n/a" }}{% if e.max_age_days %} / max {{ fmt(e.max_age_days) }}{% endif %}</td>
+<td class="{{ 'pass' if state(e) == 'ok' else 'fail' }}">{{ state(e) }}</td></tr>{% endfor %}
+</table>
+<p style="color:#777;font-size:.8em">Generated by charter safety-case at {{ c.now.strftime("%Y-%m-%d %H:%M UTC") }} from <code>{{ c.config }}</code>{% if c.config_sha256 %} (sha256 {{ c.config_sha256[:12] }}){% endif %}.
+sha256 is of the evidence file; for a model directory, of its manifest.json (which pins every weight file).</p>
+</body></html>
+"""
+
+
+def _label(s: str) -> str:
+    return {"supported": "supported", "unsupported": "not supported", "no_evidence": "no evidence"}[s]
+
+
+def _state(e: EvidenceRecord) -> str:
+    if not e.exists:
+        return "missing"
+    if not e.usable:
+        return "invalid or tampered"
+    return "stale" if e.stale else "ok"
+
+
+def render_html(case: SafetyCase) -> str:
+    import jinja2
+
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+    return env.from_string(TEMPLATE).render(
+        c=case, fmt=fmt, label=_label, state=_state, gap_title=GAP_TITLES.get, bound=_bound_label)
+
+
+def _md_cell(s: str) -> str:
+    return s.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(case: SafetyCase) -> str:
+    out = [f"# {case.title}", ""]
+    if case.scope:
+        out += [f"**Scope:** {case.scope}", ""]
+    if case.deployment:
+        out += [f"**Deployment:** {case.deployment}", ""]
+    out += [f"**Top claim {case.claim.id}: {_label(case.claim.status).upper()}** ({len(case.gaps)} gap{'s' if len(case.gaps) != 1 else ''})", "", "## Gaps", ""]
+    out += [f"- **{GAP_TITLES[g.kind]}**: {g.message}" + (f" (claims: {', '.join(g.claims)})" if g.claims else "")
+            for g in case.gaps] or ["None: every claim is supported by fresh, intact evidence."]
+    out += ["", "## Claims", ""]
+
+    def claim(x: ClaimResult, depth: int) -> None:
+        ind = "  " * depth
+        out.append(f"{ind}- **[{_label(x.status).upper()}] {x.id}**: {x.text}")
+        if x.argument:
+            out.append(f"{ind}  - *Argument:* {x.argument}")
+        for r in x.criteria:
+            res = "pass" if r.passed else f"FAIL{': ' + r.note if r.note else ''}"
+            out.append(f"{ind}  - `{r.evidence}:{r.metric}`{_bound_label(r.bound)} "
+                       f"{r.op} {fmt(r.value)}; actual {fmt(r.actual)}: {res}")
+        for s in x.subclaims:
+            claim(s, depth + 1)
+
+    claim(case.claim, 0)
+    out += ["", "## Evidence", "", "| id | kind | path | sha256 | date | age (days) | state |", "|---|---|---|---|---|---|---|"]
+    for e in case.evidence:
+        date = f"{e.date:%Y-%m-%d %H:%M} UTC" + (" (mtime)" if e.date_source == "mtime" else "") if e.date else "n/a"
+        age = "n/a" if e.age_days is None else f"{e.age_days:.1f}" + (f" / max {fmt(e.max_age_days)}" if e.max_age_days else "")
+        out.append(f"| {e.id} | {e.kind} | `{_md_cell(e.path)}` | `{(e.sha256 or 'n/a')[:12]}` | {date} | {age} | {_state(e)} |")
+    out += ["", f"_Generated by charter safety-case at {case.now:%Y-%m-%d %H:%M} UTC from `{case.config}`._", ""]
+    return "\n".join(out)
+
+
+def write_case(case: SafetyCase, out: Path) -> dict[str, Path]:
+    """Write ``safety-case.{html,md,json}`` into ``out``."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {"html": out / "safety-case.html", "md": out / "safety-case.md", "json": out / "safety-case.json"}
+        paths["html"].write_text(render_html(case), encoding="utf-8")
+        paths["md"].write_text(render_markdown(case), encoding="utf-8")
+        doc = case.model_dump(mode="json") | {"exit_code": case.exit_code}
+        paths["json"].write_text(json.dumps(doc, indent=1, ensure_ascii=False), encoding="utf-8")
+    except OSError as e:
+        raise CharterError(f"{out}: cannot write the safety case: {e.strerror}") from None
+    return paths

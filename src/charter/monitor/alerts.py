@@ -1,0 +1,207 @@
+"""Alerts raised by the monitoring rules, and the sinks they go to (log, webhook; the store is the engine's).
+
+An :class:`Alert` names its rule, its subject (a user, a conversation, or ``global``), a severity,
+a one-line summary, the rule's numbers (``stats``) and the evidence events (request ids, times,
+scores, categories, views; never message text). Its :attr:`Alert.dedupe_key` is stable across
+evaluations, so the store folds a re-raised alert into the open one instead of adding another.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from typing import Annotated, Any, Literal, Protocol
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+log = logging.getLogger("charter.monitor")
+
+Severity = Literal["low", "medium", "high"]
+SubjectKind = Literal["user", "conversation", "key", "global"]
+MAX_DEDUPE = 300  # the store's dedupe_key column
+
+
+class Alert(BaseModel):
+    rule: str
+    subject_kind: SubjectKind
+    subject_id: str
+    severity: Severity = "medium"
+    summary: str
+    category: str | None = None
+    #: evidence events: dicts with request_id, time, user_id, conversation_id, score, category, view, ...
+    events: list[dict[str, Any]] = Field(default_factory=list)
+    #: the rule's numbers (counts, rates, thresholds) that made it fire
+    stats: dict[str, Any] = Field(default_factory=dict)
+    first_seen: float = Field(default_factory=time.time)
+    last_seen: float = Field(default_factory=time.time)
+    #: overrides the default key (rule, subject and category) when a rule needs a finer one
+    key: str | None = None
+    # set once stored
+    id: int | None = None
+    status: str = "open"
+    count: int = 1
+
+    @property
+    def dedupe_key(self) -> str:
+        k = self.key or ":".join(p for p in (self.rule, self.subject_kind, self.subject_id, self.category) if p)
+        if len(k) > MAX_DEDUPE:
+            k = k[: MAX_DEDUPE - 17] + "#" + hashlib.sha256(k.encode()).hexdigest()[:16]
+        return k
+
+    def record(self) -> Any:
+        """The store's :class:`~charter.monitor.store.AlertRecord` (evidence: a stats entry, then the events)."""
+        from charter.monitor.store import AlertRecord
+
+        stats = {"kind": "stats", "category": self.category, **self.stats}
+        return AlertRecord(rule=self.rule, subject_kind=self.subject_kind, subject_id=self.subject_id[:200],
+                           severity=self.severity, summary=self.summary[:2000], evidence=[stats, *self.events],
+                           dedupe_key=self.dedupe_key, first_seen=self.first_seen, last_seen=self.last_seen,
+                           count=self.count, status=self.status, id=self.id)
+
+    @classmethod
+    def from_record(cls, r: Any) -> Alert:
+        stats = next((dict(e) for e in r.evidence if e.get("kind") == "stats"), {})
+        stats.pop("kind", None)
+        category = stats.pop("category", None)
+        return cls(rule=r.rule, subject_kind=r.subject_kind, subject_id=r.subject_id, severity=r.severity,
+                   summary=r.summary, category=category, stats=stats,
+                   events=[e for e in r.evidence if e.get("kind") != "stats"], first_seen=r.first_seen,
+                   last_seen=r.last_seen, key=r.dedupe_key, id=r.id, status=r.status, count=r.count)
+
+    def payload(self) -> dict[str, Any]:
+        """The JSON document a webhook receives (and ``charter monitor alerts --json`` prints)."""
+        d = self.model_dump(exclude={"key"})
+        d["dedupe_key"] = self.dedupe_key
+        return d
+
+
+# ---------------------------------------------------------------------------- sink settings
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LogSinkSettings(_Strict):
+    """Write each new alert to the ``charter.monitor`` logger, one line."""
+
+    type: Literal["log"] = "log"
+    level: Literal["info", "warning", "error"] = "warning"
+
+
+class StoreSinkSettings(_Strict):
+    """Keep alerts in the monitoring store (de-duplicated); without it, de-duplication is per process."""
+
+    type: Literal["store"] = "store"
+
+
+class WebhookSinkSettings(_Strict):
+    """POST each new alert as JSON; failed posts are retried with backoff, then logged and dropped."""
+
+    type: Literal["webhook"] = "webhook"
+    url: str | None = None
+    #: name of an environment variable holding the URL (webhook URLs often embed a secret)
+    url_env: str | None = None
+    #: header name -> name of the environment variable holding its value (e.g. Authorization)
+    headers_env: dict[str, str] = Field(default_factory=dict)
+    timeout_s: float = Field(5.0, gt=0, le=60)
+    retries: int = Field(2, ge=0, le=10)
+    backoff_s: float = Field(0.5, ge=0, le=30)
+
+    @model_validator(mode="after")
+    def _one_url(self) -> WebhookSinkSettings:
+        if bool(self.url) == bool(self.url_env):
+            raise ValueError("a webhook sink needs exactly one of url or url_env")
+        if self.url and not self.url.startswith(("http://", "https://")):
+            raise ValueError("url must be an http:// or https:// URL")
+        return self
+
+
+SinkSettings = Annotated[LogSinkSettings | StoreSinkSettings | WebhookSinkSettings, Field(discriminator="type")]
+
+
+# ---------------------------------------------------------------------------- sinks
+
+
+class AlertSink(Protocol):
+    def emit(self, alert: Alert) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class LogSink:
+    def __init__(self, level: str = "warning") -> None:
+        self.level = logging.getLevelName(level.upper())
+
+    def emit(self, alert: Alert) -> None:
+        ids = ", ".join(str(e.get("request_id")) for e in alert.events[:5])
+        log.log(self.level, "alert %s [%s] %s %s: %s (evidence: %s)", alert.id or "-", alert.severity, alert.rule,
+                f"{alert.subject_kind}:{alert.subject_id}", alert.summary, ids or "none")
+
+    def close(self) -> None:
+        return None
+
+
+def _safe_url(url: str) -> str:
+    """Scheme and host only: the path and query of a webhook URL may carry a token."""
+    p = urlsplit(url)
+    return f"{p.scheme}://{p.hostname or '?'}" + (f":{p.port}" if p.port else "")
+
+
+class WebhookSink:
+    """POSTs :meth:`Alert.payload` as JSON. Never raises: after the retries, the failure is logged."""
+
+    def __init__(self, url: str, *, headers: dict[str, str] | None = None, timeout_s: float = 5.0,
+                 retries: int = 2, backoff_s: float = 0.5) -> None:
+        self.url, self.retries, self.backoff_s = url, retries, backoff_s
+        self.client = httpx.Client(timeout=timeout_s, headers=headers or {}, trust_env=False)
+        self.sent = 0
+        self.failed = 0
+
+    @classmethod
+    def from_settings(cls, s: WebhookSinkSettings) -> WebhookSink:
+        from charter.errors import CharterError
+
+        url = s.url or os.environ.get(s.url_env or "")
+        if not url:
+            raise CharterError(f"webhook sink: environment variable {s.url_env} is not set")
+        headers = {h: os.environ.get(env, "") for h, env in s.headers_env.items()}
+        return cls(url, headers=headers, timeout_s=s.timeout_s, retries=s.retries, backoff_s=s.backoff_s)
+
+    def emit(self, alert: Alert) -> None:
+        body = alert.payload()
+        why = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            try:
+                r = self.client.post(self.url, json=body)
+                if r.status_code < 300:
+                    self.sent += 1
+                    return
+                why = f"HTTP {r.status_code}"
+                if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
+                    break  # the receiver rejects it: retrying will not help
+            except httpx.HTTPError as e:
+                why = type(e).__name__
+        self.failed += 1
+        log.warning("webhook %s: alert %s (%s) not delivered after %d attempt(s): %s", _safe_url(self.url),
+                    alert.dedupe_key, alert.rule, attempt + 1, why)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def build_sinks(settings: list[Any]) -> list[AlertSink]:
+    """The notifying sinks (log, webhook) for ``settings``; the store sink is the engine's own."""
+    out: list[AlertSink] = []
+    for s in settings:
+        if isinstance(s, LogSinkSettings):
+            out.append(LogSink(s.level))
+        elif isinstance(s, WebhookSinkSettings):
+            out.append(WebhookSink.from_settings(s))
+    return out

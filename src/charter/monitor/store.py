@@ -1,0 +1,734 @@
+"""The monitoring store: guard events and alerts in SQLite (default) or PostgreSQL, via SQLAlchemy.
+
+The schema is owned by Alembic (``charter/monitor/migrations``); :meth:`EventStore.open` brings a
+database to the newest revision. Writes are batched and idempotent on ``request_id``, so a spill
+file can be replayed twice without duplicates. Everything else reads through small query methods
+that the rules, the CLI and the dashboard share.
+
+    store = EventStore.open("sqlite:///charter.db")
+    store.write(events)            # one transaction; returns once committed (the acknowledgement)
+    store.events(user_id="u_…", since=time.time() - 3600)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from charter.errors import CharterError
+from charter.monitor.content import ContentPolicy, apply_policy, last_user_text, text_hash
+from charter.monitor.events import Event
+
+log = logging.getLogger("charter.monitor")
+
+metadata = sa.MetaData()
+
+events_table = sa.Table(
+    "events", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("request_id", sa.String(64), nullable=False, unique=True),
+    sa.Column("conversation_id", sa.String(200)),
+    sa.Column("user_id", sa.String(80), nullable=False),
+    sa.Column("key_id", sa.String(80), nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("endpoint", sa.String(64)),
+    sa.Column("model", sa.String(200)),
+    sa.Column("stream", sa.Boolean, nullable=False, default=False),
+    sa.Column("decision", sa.String(20), nullable=False),
+    sa.Column("flagged", sa.Boolean, nullable=False),
+    sa.Column("escalated", sa.Boolean, nullable=False),
+    sa.Column("score", sa.Float),
+    sa.Column("threshold", sa.Float),
+    sa.Column("category", sa.String(100)),
+    sa.Column("stage", sa.String(20)),
+    sa.Column("view", sa.String(60)),
+    sa.Column("text_hash", sa.String(32)),
+    sa.Column("categories", sa.JSON, nullable=False),
+    sa.Column("scores", sa.JSON, nullable=False),
+    sa.Column("verdicts", sa.JSON, nullable=False),
+    sa.Column("latency_ms", sa.JSON, nullable=False),
+    sa.Column("upstream_status", sa.Integer),
+    sa.Column("error", sa.String(200)),
+    sa.Column("content_policy", sa.String(10), nullable=False),
+    sa.Column("content", sa.JSON),
+    sa.Index("ix_events_ts", "ts"),
+    sa.Index("ix_events_user_ts", "user_id", "ts"),
+    sa.Index("ix_events_conversation_ts", "conversation_id", "ts"),
+    sa.Index("ix_events_decision_ts", "decision", "ts"),
+)
+
+alerts_table = sa.Table(
+    "alerts", metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    sa.Column("dedupe_key", sa.String(300), nullable=False, unique=True),
+    sa.Column("rule", sa.String(80), nullable=False),
+    sa.Column("subject_kind", sa.String(20), nullable=False),
+    sa.Column("subject_id", sa.String(200), nullable=False),
+    sa.Column("severity", sa.String(10), nullable=False),
+    sa.Column("status", sa.String(12), nullable=False),
+    sa.Column("summary", sa.Text, nullable=False),
+    sa.Column("first_seen", sa.Float, nullable=False),
+    sa.Column("last_seen", sa.Float, nullable=False),
+    sa.Column("count", sa.Integer, nullable=False),
+    sa.Column("evidence", sa.JSON, nullable=False),
+    sa.Index("ix_alerts_status_last", "status", "last_seen"),
+    sa.Index("ix_alerts_subject", "subject_kind", "subject_id"),
+)
+
+#: hourly counts kept in step with ``events`` by every write and delete, so that totals over days
+#: of traffic read a few thousand rows instead of millions; ``category`` is '' unless flagged
+rollups_table = sa.Table(
+    "rollups", metadata,
+    sa.Column("hour", sa.Integer, nullable=False),
+    sa.Column("decision", sa.String(20), nullable=False),
+    sa.Column("category", sa.String(100), nullable=False),
+    sa.Column("stage", sa.String(20), nullable=False),
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("flagged", sa.Integer, nullable=False),
+    sa.Column("escalated", sa.Integer, nullable=False),
+    sa.PrimaryKeyConstraint("hour", "decision", "category", "stage"),
+)
+#: per user and hour: what ranks users (top_users) without scanning their raw events
+user_rollups_table = sa.Table(
+    "user_rollups", metadata,
+    sa.Column("user_id", sa.String(80), nullable=False),
+    sa.Column("hour", sa.Integer, nullable=False),
+    sa.Column("n", sa.Integer, nullable=False),
+    sa.Column("flagged", sa.Integer, nullable=False),
+    sa.Column("blocked", sa.Integer, nullable=False),
+    sa.Column("max_score", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("user_id", "hour"),
+    sa.Index("ix_user_rollups_hour", "hour"),
+)
+HOUR = 3600
+_MIGRATE_LOCK = threading.Lock()
+BLOCKED = ("blocked_input", "blocked_output")
+
+ALERT_STATUSES = ("open", "acknowledged", "resolved")
+
+
+class StoreError(CharterError):
+    """The monitoring database could not be opened, migrated or written."""
+
+
+def _final_verdict(ev: Event) -> tuple[Any, bool]:
+    """The verdict that decides how the event is shown: the first flagged one, else the highest."""
+    vs = [v for v in ev.verdicts if v.stage != "wellbeing"]
+    if not vs:
+        return None, False
+    flagged = [v for v in vs if v.flagged]
+    return (flagged[0] if flagged else max(vs, key=lambda v: v.score)), bool(flagged)
+
+
+def event_row(ev: Event, policy: ContentPolicy | None = None) -> dict[str, Any]:
+    """The ``events`` row for ``ev``; ``policy`` can only make the event's own content stricter."""
+    v, flagged = _final_verdict(ev)
+    content = ev.content
+    pol = ev.content_policy
+    if policy is not None and content is not None and _rank(policy) < _rank(pol):
+        msgs = content.get("messages") if pol != "hash" else None
+        keep_hash = content.get("user_hash")
+        content = apply_policy(msgs, content.get("response"), policy) if msgs is not None or policy == "none" else None
+        if content is not None and keep_hash:
+            content["user_hash"] = keep_hash
+        pol = policy if content is not None else "none"
+    th = content.get("user_hash") if content else None
+    if th is None and content:
+        last = last_user_text(content)
+        th = (last if pol == "hash" else text_hash(last)) if last else None
+    scores: dict[str, float] = {}
+    for sv in ev.verdicts:
+        for k, s in sv.scores.items():
+            scores[k] = max(scores.get(k, 0.0), round(float(s), 4))
+    return {
+        "request_id": ev.request_id, "conversation_id": ev.conversation_id, "user_id": ev.subject,
+        "key_id": ev.key_id, "ts": ev.time, "endpoint": ev.endpoint, "model": ev.model, "stream": ev.stream,
+        "decision": ev.decision, "flagged": flagged or ev.decision in ("flagged", "blocked_input", "blocked_output"),
+        "escalated": any(x.escalated for x in ev.verdicts),
+        "score": None if v is None else round(float(v.score), 5), "threshold": None if v is None else v.threshold,
+        "category": (v.category if v is not None else None) or (ev.categories[0] if ev.categories else None),
+        "stage": None if v is None else v.stage, "view": None if v is None else v.view, "text_hash": th,
+        "categories": list(ev.categories), "scores": scores,
+        "verdicts": [x.model_dump(exclude_none=True) for x in ev.verdicts], "latency_ms": dict(ev.latency_ms),
+        "upstream_status": ev.upstream_status, "error": (ev.error or None) and ev.error[:200],
+        "content_policy": pol if content is not None else "none", "content": content,
+    }
+
+
+def _rank(policy: str) -> int:
+    return {"none": 0, "hash": 1, "redacted": 2, "full": 3}.get(policy, 0)
+
+
+@dataclass
+class StoredEvent:
+    """An event as read back from the store (a row, with JSON columns decoded)."""
+
+    id: int
+    request_id: str
+    conversation_id: str | None
+    user_id: str
+    key_id: str
+    ts: float
+    decision: str
+    flagged: bool
+    escalated: bool
+    score: float | None
+    threshold: float | None
+    category: str | None
+    stage: str | None
+    view: str | None
+    text_hash: str | None
+    categories: list[str] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)
+    verdicts: list[dict[str, Any]] = field(default_factory=list)
+    latency_ms: dict[str, float] = field(default_factory=dict)
+    model: str | None = None
+    stream: bool = False
+    endpoint: str | None = None
+    upstream_status: int | None = None
+    error: str | None = None
+    content_policy: str = "none"
+    content: dict[str, Any] | None = None
+
+    @classmethod
+    def from_row(cls, r: Any) -> StoredEvent:
+        m = r._mapping
+        return cls(**{k: _json(m[k]) for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
+
+    @property
+    def text(self) -> str | None:
+        """The last user message, where the content policy kept it readable."""
+        return last_user_text(self.content) if self.content_policy in ("redacted", "full") else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def _json(v: Any) -> Any:
+    # some drivers hand JSON columns back as text
+    return json.loads(v) if isinstance(v, str) and v[:1] in "[{" else v
+
+
+@dataclass
+class AlertRecord:
+    rule: str
+    subject_kind: str
+    subject_id: str
+    severity: str
+    summary: str
+    evidence: list[dict[str, Any]]
+    dedupe_key: str
+    first_seen: float
+    last_seen: float
+    count: int = 1
+    status: str = "open"
+    id: int | None = None
+
+    @classmethod
+    def from_row(cls, r: Any) -> AlertRecord:
+        m = r._mapping
+        return cls(**{k: _json(m[k]) for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def migrate(engine: Engine) -> None:
+    """Bring the database to Alembic's head revision (creates the tables on a new database)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("charter.monitor") / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL mode survives a crash of the process (kill -9); FULL also survives power loss
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
+
+
+class EventStore:
+    """Events and alerts in one SQL database. Thread-safe (one SQLAlchemy engine, pooled)."""
+
+    def __init__(self, engine: Engine, *, policy: ContentPolicy | None = None) -> None:
+        self.engine = engine
+        self.policy = policy
+        self.url = engine.url.render_as_string(hide_password=True)
+
+    @classmethod
+    def open(cls, url: str, *, policy: ContentPolicy | None = None, migrate_schema: bool = True) -> EventStore:
+        if "://" not in url:
+            raise StoreError(f"--db {url!r}: expected a database URL such as sqlite:///charter.db "
+                             "or postgresql+psycopg://user@host/dbname")
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url[len("postgresql://"):]
+        try:
+            engine = sa.create_engine(url, pool_pre_ping=True, future=True)
+        except Exception as e:  # bad dialect, missing driver
+            raise StoreError(f"cannot open monitoring store {url!r}: {e}") from None
+        if engine.dialect.name == "sqlite":
+            sa.event.listen(engine, "connect", _sqlite_pragmas)
+        store = cls(engine, policy=policy)
+        if migrate_schema:
+            # the proxy's sink and its rule engine may open a new database at the same moment (and so
+            # may replicas): serialise within the process, and retry once after losing a race
+            with _MIGRATE_LOCK:
+                for attempt in (1, 2):
+                    try:
+                        migrate(engine)
+                        break
+                    except Exception as e:
+                        if attempt == 2:
+                            raise StoreError(f"cannot open monitoring store {store.url}: {type(e).__name__}: {e}") from None
+                        time.sleep(0.2)
+        return store
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    def _insert(self, table: sa.Table, unique: str) -> Any:
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+            return insert(table).on_conflict_do_nothing(index_elements=[unique])
+        if self.dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+            return sqlite_insert(table).on_conflict_do_nothing(index_elements=[unique])
+        return table.insert()
+
+    # ------------------------------------------------------------------ writes
+
+    def write(self, events: Sequence[Event]) -> int:
+        """Insert ``events`` in one transaction (duplicates by request_id are skipped).
+
+        Returns once the transaction is committed: from then on the events survive a crash.
+        """
+        if not events:
+            return 0
+        rows = [event_row(e, self.policy) for e in events]
+        stmt = self._insert(events_table, "request_id").returning(events_table.c.request_id)
+        with self.engine.begin() as conn:
+            inserted = {r[0] for r in conn.execute(stmt, rows)}  # duplicates skipped
+            deltas: dict[tuple[int, str, str, str], list[int]] = {}
+            users: dict[tuple[str, int], list[float]] = {}
+            for r in rows:
+                if r["request_id"] in inserted:
+                    u = users.setdefault((r["user_id"], int(r["ts"] // HOUR)), [0, 0, 0, 0.0])
+                    u[0] += 1
+                    u[1] += int(r["flagged"])
+                    u[2] += int(r["decision"] in BLOCKED)
+                    u[3] = max(u[3], r["score"] or 0.0)
+                    key = (int(r["ts"] // HOUR), r["decision"], (r["category"] or "") if r["flagged"] else "",
+                           r["stage"] or "")
+                    d = deltas.setdefault(key, [0, 0, 0])
+                    d[0] += 1
+                    d[1] += int(r["flagged"])
+                    d[2] += int(r["escalated"])
+            self._apply_rollup(conn, deltas)
+            self._apply_user_rollup(conn, users)
+        return len(inserted)
+
+    def _apply_user_rollup(self, conn: sa.Connection, users: dict[tuple[str, int], list[float]]) -> None:
+        if not users:
+            return
+        t = user_rollups_table
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        ins = insert(t)
+        conn.execute(ins.on_conflict_do_update(index_elements=["user_id", "hour"], set_={
+            "n": t.c.n + ins.excluded.n, "flagged": t.c.flagged + ins.excluded.flagged,
+            "blocked": t.c.blocked + ins.excluded.blocked,
+            "max_score": sa.case((t.c.max_score >= ins.excluded.max_score, t.c.max_score), else_=ins.excluded.max_score)}),
+            [{"user_id": k[0], "hour": k[1], "n": int(v[0]), "flagged": int(v[1]), "blocked": int(v[2]),
+              "max_score": float(v[3])} for k, v in users.items()])
+
+    def _user_rollup_select(self, where: Any) -> Any:
+        e = events_table
+        hour = sa.cast(sa.func.floor(e.c.ts / HOUR), sa.Integer)
+        return (sa.select(e.c.user_id, hour, sa.func.count(), sa.func.sum(sa.case((e.c.flagged, 1), else_=0)),
+                          sa.func.sum(sa.case((e.c.decision.in_(BLOCKED), 1), else_=0)),
+                          sa.func.coalesce(sa.func.max(e.c.score), 0.0))
+                .where(where).group_by(e.c.user_id, hour))
+
+    def _apply_rollup(self, conn: sa.Connection, deltas: dict[tuple[int, str, str, str], list[int]]) -> None:
+        if not deltas:
+            return
+        rows = [{"hour": k[0], "decision": k[1], "category": k[2], "stage": k[3], "n": v[0], "flagged": v[1],
+                 "escalated": v[2]} for k, v in deltas.items()]
+        t = rollups_table
+        keys = ["hour", "decision", "category", "stage"]
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        ins = insert(t)
+        conn.execute(ins.on_conflict_do_update(index_elements=keys, set_={
+            "n": t.c.n + ins.excluded.n, "flagged": t.c.flagged + ins.excluded.flagged,
+            "escalated": t.c.escalated + ins.excluded.escalated}), rows)
+        if any(v[0] < 0 for v in deltas.values()):
+            conn.execute(t.delete().where(t.c.n <= 0))
+
+    def _remove_from_rollup(self, conn: sa.Connection, where: Any) -> None:
+        """Subtract the events matching ``where`` (about to be deleted) from the hourly counts."""
+        e = events_table
+        hour = sa.cast(sa.func.floor(e.c.ts / HOUR), sa.Integer)
+        cat = sa.case((e.c.flagged, sa.func.coalesce(e.c.category, "")), else_="")
+        stage = sa.func.coalesce(e.c.stage, "")
+        q = (sa.select(hour, e.c.decision, cat, stage, sa.func.count(),
+                       sa.func.sum(sa.case((e.c.flagged, 1), else_=0)), sa.func.sum(sa.case((e.c.escalated, 1), else_=0)))
+             .where(where).group_by(hour, e.c.decision, cat, stage))
+        deltas = {(int(h), d, c, st): [-int(n), -int(f or 0), -int(x or 0)] for h, d, c, st, n, f, x in conn.execute(q)}
+        self._apply_rollup(conn, deltas)
+
+    def rebuild_rollups(self) -> None:
+        """Recount the hourly rollups from the events (after a bulk load that bypassed :meth:`write`)."""
+        e = events_table
+        hour = sa.cast(sa.func.floor(e.c.ts / HOUR), sa.Integer)
+        cat = sa.case((e.c.flagged, sa.func.coalesce(e.c.category, "")), else_="")
+        stage = sa.func.coalesce(e.c.stage, "")
+        q = (sa.select(hour, e.c.decision, cat, stage, sa.func.count(), sa.func.sum(sa.case((e.c.flagged, 1), else_=0)),
+                       sa.func.sum(sa.case((e.c.escalated, 1), else_=0))).group_by(hour, e.c.decision, cat, stage))
+        cols = ["hour", "decision", "category", "stage", "n", "flagged", "escalated"]
+        ucols = ["user_id", "hour", "n", "flagged", "blocked", "max_score"]
+        with self.engine.begin() as conn:
+            conn.execute(rollups_table.delete())
+            conn.execute(rollups_table.insert().from_select(cols, q))
+            conn.execute(user_rollups_table.delete())
+            conn.execute(user_rollups_table.insert().from_select(ucols, self._user_rollup_select(sa.true())))
+
+    def expire(self, older_than_s: float, now: float | None = None) -> int:
+        """Retention: delete events, and alerts last seen, more than ``older_than_s`` seconds ago."""
+        cut = (now or time.time()) - older_than_s
+        with self.engine.begin() as conn:
+            self._remove_from_rollup(conn, events_table.c.ts < cut)
+            n = conn.execute(events_table.delete().where(events_table.c.ts < cut)).rowcount
+            conn.execute(alerts_table.delete().where(alerts_table.c.last_seen < cut))
+            # user rollups: drop the hours before the cut, recount the hour it falls in
+            h = int(cut // HOUR)
+            u = user_rollups_table
+            conn.execute(u.delete().where(u.c.hour <= h))
+            conn.execute(u.insert().from_select(["user_id", "hour", "n", "flagged", "blocked", "max_score"],
+                                                self._user_rollup_select((events_table.c.ts >= cut)
+                                                                         & (events_table.c.ts < (h + 1) * HOUR))))
+        return int(n or 0)
+
+    def purge_user(self, user_id: str) -> dict[str, int]:
+        """Delete everything about one user: their events, alerts about them, and their evidence elsewhere."""
+        out = {"events": 0, "alerts": 0, "evidence": 0}
+        with self.engine.begin() as conn:
+            self._remove_from_rollup(conn, events_table.c.user_id == user_id)
+            conn.execute(user_rollups_table.delete().where(user_rollups_table.c.user_id == user_id))
+            out["events"] = int(conn.execute(events_table.delete().where(events_table.c.user_id == user_id)).rowcount or 0)
+            out["alerts"] = int(conn.execute(alerts_table.delete().where(
+                (alerts_table.c.subject_kind == "user") & (alerts_table.c.subject_id == user_id))).rowcount or 0)
+            for r in conn.execute(sa.select(alerts_table.c.id, alerts_table.c.evidence)).all():
+                ev = _json(r.evidence) or []
+                keep = [e for e in ev if e.get("user_id") != user_id]
+                if len(keep) != len(ev):
+                    out["evidence"] += len(ev) - len(keep)
+                    conn.execute(alerts_table.update().where(alerts_table.c.id == r.id).values(evidence=keep))
+        return out
+
+    # ------------------------------------------------------------------ event reads
+
+    def events(self, *, since: float | None = None, until: float | None = None, user_id: str | None = None,
+               conversation_id: str | None = None, decisions: Iterable[str] | None = None,
+               flagged: bool | None = None, min_score: float | None = None, limit: int | None = 10_000,
+               newest_first: bool = False) -> list[StoredEvent]:
+        return list(self.iter_events(since=since, until=until, user_id=user_id, conversation_id=conversation_id,
+                                     decisions=decisions, flagged=flagged, min_score=min_score, limit=limit,
+                                     newest_first=newest_first))
+
+    def iter_events(self, *, since: float | None = None, until: float | None = None, user_id: str | None = None,
+                    conversation_id: str | None = None, decisions: Iterable[str] | None = None,
+                    flagged: bool | None = None, min_score: float | None = None, limit: int | None = None,
+                    newest_first: bool = False, batch: int = 5000) -> Iterator[StoredEvent]:
+        t = events_table
+        q = sa.select(t)
+        if since is not None:
+            q = q.where(t.c.ts >= since)
+        if until is not None:
+            q = q.where(t.c.ts < until)
+        if user_id is not None:
+            q = q.where(t.c.user_id == user_id)
+        if conversation_id is not None:
+            q = q.where(t.c.conversation_id == conversation_id)
+        if decisions is not None:
+            q = q.where(t.c.decision.in_(list(decisions)))
+        if flagged is not None:
+            q = q.where(t.c.flagged == flagged)
+        if min_score is not None:
+            q = q.where(t.c.score >= min_score)
+        q = q.order_by(t.c.ts.desc() if newest_first else t.c.ts, t.c.id)
+        if limit is not None:
+            q = q.limit(limit)
+        with self.engine.connect() as conn:
+            res = conn.execution_options(yield_per=batch).execute(q)
+            for r in res:
+                yield StoredEvent.from_row(r)
+
+    def count(self, since: float | None = None) -> int:
+        q = sa.select(sa.func.count()).select_from(events_table)
+        if since is not None:
+            q = q.where(events_table.c.ts >= since)
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar_one())
+
+    def has(self, request_ids: Sequence[str]) -> set[str]:
+        """Which of ``request_ids`` are stored."""
+        found: set[str] = set()
+        with self.engine.connect() as conn:
+            for i in range(0, len(request_ids), 500):
+                chunk = list(request_ids[i : i + 500])
+                found.update(r[0] for r in conn.execute(
+                    sa.select(events_table.c.request_id).where(events_table.c.request_id.in_(chunk))))
+        return found
+
+    # ------------------------------------------------------------------ aggregates
+
+    def _groups(self, conn: sa.Connection, since: float | None, until: float | None,
+                bucket: tuple[float, float] | None = None) -> list[tuple[int, str, str, str, int, int, int]]:
+        """Counts by (bucket, decision, category, stage) over [since, until): whole hours from the
+        rollups, the partial hours at either edge from the raw events. ``bucket`` = (origin, width);
+        rollup hours are placed by their start, so widths should be whole hours from an hour origin."""
+        r, e = rollups_table, events_table
+        h1 = int((until if until is not None else time.time()) // HOUR)  # hours before h1 are complete
+        h0 = None if since is None else int(-(-since // HOUR))  # the first whole hour after since
+        out: list[tuple[int, str, str, str, int, int, int]] = []
+
+        def bkt(ts: float) -> int:
+            return 0 if bucket is None else int((ts - bucket[0]) // bucket[1])
+
+        if h0 is not None and h0 >= h1:  # no whole hour inside the span: raw events only
+            raw: list[tuple[float | None, float | None]] = [(since, until)]
+        else:
+            q = (sa.select(r.c.hour, r.c.decision, r.c.category, r.c.stage, r.c.n, r.c.flagged, r.c.escalated)
+                 .where(r.c.hour < h1))
+            if h0 is not None:
+                q = q.where(r.c.hour >= h0)
+            out += [(bkt(h * HOUR), d, c, st, int(n), int(f), int(x)) for h, d, c, st, n, f, x in conn.execute(q)]
+            raw = ([(since, h0 * HOUR)] if since is not None and h0 is not None else []) + [(h1 * HOUR, until)]
+        cat = sa.case((e.c.flagged, sa.func.coalesce(e.c.category, "")), else_="")
+        stage = sa.func.coalesce(e.c.stage, "")
+        b = (sa.cast(sa.func.floor((e.c.ts - bucket[0]) / bucket[1]), sa.Integer) if bucket is not None
+             else sa.literal(0, sa.Integer))
+        for lo, hi in raw:
+            q = (sa.select(b, e.c.decision, cat, stage, sa.func.count(), sa.func.sum(sa.case((e.c.flagged, 1), else_=0)),
+                           sa.func.sum(sa.case((e.c.escalated, 1), else_=0))).group_by(b, e.c.decision, cat, stage))
+            if lo is not None:
+                q = q.where(e.c.ts >= lo)
+            if hi is not None:
+                q = q.where(e.c.ts < hi)
+            out += [(int(bb), d, c, st, int(n), int(f or 0), int(x or 0)) for bb, d, c, st, n, f, x in conn.execute(q)]
+        return out
+
+    def summary(self, since: float | None = None, until: float | None = None) -> dict[str, Any]:
+        """Totals for a period: events, block/flag/escalation rates, flags by category and stage, open alerts."""
+        e = events_table
+        with self.engine.connect() as conn:
+            groups = self._groups(conn, since, until)
+            span = sa.select(sa.func.min(e.c.ts), sa.func.max(e.c.ts))
+            if since is not None:
+                span = span.where(e.c.ts >= since)
+            if until is not None:
+                span = span.where(e.c.ts < until)
+            t0, t1 = conn.execute(span).one()
+            open_alerts = int(conn.execute(sa.select(sa.func.count()).select_from(alerts_table)
+                                           .where(alerts_table.c.status == "open")).scalar_one())
+            ur = user_rollups_table
+            uq = sa.select(sa.func.count(sa.distinct(ur.c.user_id)))
+            if since is not None:
+                uq = uq.where(ur.c.hour >= int(since // HOUR))
+            if until is not None:
+                uq = uq.where(ur.c.hour <= int(until // HOUR))
+            users = int(conn.execute(uq).scalar_one() or 0)
+        n = nb = nf = ne = 0
+        by_cat: dict[str, int] = {}
+        by_stage: dict[str, int] = {}
+        decisions: dict[str, int] = {}
+        for _, d, c, st, k, f, x in groups:
+            n, nf, ne = n + k, nf + f, ne + x
+            nb += k if d in BLOCKED else 0
+            decisions[d] = decisions.get(d, 0) + k
+            if f:
+                by_cat[c or "unknown"] = by_cat.get(c or "unknown", 0) + f
+                by_stage[st or "unknown"] = by_stage.get(st or "unknown", 0) + f
+        rate = (lambda k: (k / n) if n else 0.0)
+        return {"generated_at": time.time(), "since": since, "until": until, "events": n, "first_ts": t0, "last_ts": t1,
+                #: distinct users active in the hours the window touches
+                "users": users,
+                "blocked": nb, "flagged": nf, "escalated": ne, "block_rate": rate(nb), "flag_rate": rate(nf),
+                "escalation_rate": rate(ne), "decisions": decisions, "by_category": by_cat,
+                "by_stage": by_stage, "open_alerts": open_alerts}
+
+    def timeseries(self, since: float, bucket_s: float, until: float | None = None) -> list[dict[str, Any]]:
+        """Per time bucket from ``since``: total, blocked, flagged and escalated counts (empty buckets omitted).
+
+        With whole-hour buckets from a whole-hour ``since`` the counts come from the hourly rollups.
+        """
+        if bucket_s <= 0:
+            raise StoreError("timeseries bucket must be positive")
+        with self.engine.connect() as conn:
+            if since % HOUR == 0 and bucket_s % HOUR == 0:
+                groups = self._groups(conn, since, until, bucket=(since, bucket_s))
+            else:
+                groups = self._raw_buckets(conn, since, until, bucket_s)
+        acc: dict[int, list[int]] = {}
+        for bb, d, _c, _st, k, f, x in groups:
+            a = acc.setdefault(bb, [0, 0, 0, 0])
+            a[0] += k
+            a[1] += k if d in BLOCKED else 0
+            a[2] += f
+            a[3] += x
+        return [{"t": since + bb * bucket_s, "total": a[0], "blocked": a[1], "flagged": a[2], "escalated": a[3]}
+                for bb, a in sorted(acc.items()) if bb >= 0]
+
+    def _raw_buckets(self, conn: sa.Connection, since: float, until: float | None,
+                     bucket_s: float) -> list[tuple[int, str, str, str, int, int, int]]:
+        e = events_table
+        b = sa.cast(sa.func.floor((e.c.ts - since) / bucket_s), sa.Integer)
+        q = (sa.select(b, e.c.decision, sa.func.count(), sa.func.sum(sa.case((e.c.flagged, 1), else_=0)),
+                       sa.func.sum(sa.case((e.c.escalated, 1), else_=0))).where(e.c.ts >= since).group_by(b, e.c.decision))
+        if until is not None:
+            q = q.where(e.c.ts < until)
+        return [(int(bb), d, "", "", int(n), int(f or 0), int(x or 0)) for bb, d, n, f, x in conn.execute(q)]
+
+    def top_users(self, n: int = 20, since: float | None = None) -> list[dict[str, Any]]:
+        """Users ranked by flagged requests, then by their highest score.
+
+        Candidates come from the per-user hourly rollups (the hour holding ``since`` counts whole);
+        the numbers shown for them are exact, read from their own events.
+        """
+        u, t = user_rollups_table, events_table
+        cand = (sa.select(u.c.user_id).group_by(u.c.user_id)
+                .order_by(sa.func.sum(u.c.flagged).desc(), sa.func.max(u.c.max_score).desc(), u.c.user_id)
+                .limit(max(2 * n, n + 10)))
+        if since is not None:
+            cand = cand.where(u.c.hour >= int(since // HOUR))
+        with self.engine.connect() as conn:
+            ids = [r[0] for r in conn.execute(cand)]
+            if not ids:
+                return []
+            q = (sa.select(t.c.user_id, sa.func.count().label("events"),
+                           sa.func.sum(sa.case((t.c.flagged, 1), else_=0)).label("flagged"),
+                           sa.func.sum(sa.case((t.c.decision.in_(BLOCKED), 1), else_=0)).label("blocked"),
+                           sa.func.max(t.c.score).label("max_score"), sa.func.max(t.c.ts).label("last_ts"),
+                           sa.func.count(sa.distinct(t.c.conversation_id)).label("conversations"))
+                 .where(t.c.user_id.in_(ids)).group_by(t.c.user_id))
+            if since is not None:
+                q = q.where(t.c.ts >= since)
+            rows = [dict(r._mapping) for r in conn.execute(q)]
+            alerts = dict(conn.execute(sa.select(alerts_table.c.subject_id, sa.func.count())
+                                       .where((alerts_table.c.subject_kind == "user") & (alerts_table.c.status == "open")
+                                              & alerts_table.c.subject_id.in_(ids))
+                                       .group_by(alerts_table.c.subject_id)).all())
+        for r in rows:
+            r["flagged"], r["blocked"] = int(r["flagged"] or 0), int(r["blocked"] or 0)
+            r["open_alerts"] = int(alerts.get(r["user_id"], 0))
+        rows.sort(key=lambda r: (-r["flagged"], -(r["max_score"] or 0.0), r["user_id"]))
+        return rows[:n]
+
+    # ------------------------------------------------------------------ alerts
+
+    def upsert_alert(self, a: AlertRecord) -> tuple[AlertRecord, bool]:
+        """Store ``a``, or fold it into the open alert with the same dedupe key.
+
+        Returns the stored alert and whether it is new (a resolved alert with the same key reopens
+        as new). Evidence is merged by request id, newest kept, bounded.
+        """
+        t = alerts_table
+        with self.engine.begin() as conn:
+            row = conn.execute(sa.select(t).where(t.c.dedupe_key == a.dedupe_key)).first()
+            if row is None:
+                vals = a.as_dict()
+                vals.pop("id")
+                try:
+                    a.id = int(conn.execute(t.insert().values(**vals)).inserted_primary_key[0])
+                except sa.exc.IntegrityError:  # a concurrent writer inserted it first
+                    return self.upsert_alert(a)
+                return a, True
+            old = AlertRecord.from_row(row)
+            new = old.status == "resolved"
+            seen = {e.get("request_id") for e in a.evidence}
+            merged = (a.evidence + [e for e in old.evidence if e.get("request_id") not in seen])[:200]
+            vals = {"last_seen": max(old.last_seen, a.last_seen), "count": old.count + 1, "evidence": merged,
+                    "summary": a.summary, "severity": a.severity}
+            if new:
+                vals.update(status="open", first_seen=a.first_seen, count=1)
+            conn.execute(t.update().where(t.c.id == old.id).values(**vals))
+            stored = AlertRecord.from_row(conn.execute(sa.select(t).where(t.c.id == old.id)).one())
+            return stored, new
+
+    def alerts(self, *, status: str | None = "open", subject_kind: str | None = None, subject_id: str | None = None,
+               since: float | None = None, limit: int = 500) -> list[AlertRecord]:
+        t = alerts_table
+        q = sa.select(t).order_by(t.c.last_seen.desc()).limit(limit)
+        if status is not None:
+            q = q.where(t.c.status == status)
+        if subject_kind is not None:
+            q = q.where(t.c.subject_kind == subject_kind)
+        if subject_id is not None:
+            q = q.where(t.c.subject_id == subject_id)
+        if since is not None:
+            q = q.where(t.c.last_seen >= since)
+        with self.engine.connect() as conn:
+            return [AlertRecord.from_row(r) for r in conn.execute(q)]
+
+    def set_alert_status(self, alert_id: int, status: str) -> bool:
+        if status not in ALERT_STATUSES:
+            raise StoreError(f"alert status must be one of {', '.join(ALERT_STATUSES)}, got {status!r}")
+        with self.engine.begin() as conn:
+            return bool(conn.execute(alerts_table.update().where(alerts_table.c.id == alert_id)
+                                     .values(status=status)).rowcount)
+
+
+class SqlSink:
+    """The proxy's event sink over an :class:`EventStore` (writes run in a worker thread).
+
+    ``SqlSink.lazy(url)`` opens the store on first write, so a proxy whose database is down at
+    start-up still serves: its events spill to disk and are replayed once the database is back.
+    """
+
+    def __init__(self, store: EventStore | None = None, *, url: str | None = None) -> None:
+        self.store = store
+        self.url = url
+
+    @classmethod
+    def lazy(cls, url: str) -> SqlSink:
+        return cls(url=url)
+
+    def _write(self, events: list[Event]) -> None:
+        if self.store is None:
+            assert self.url is not None
+            self.store = EventStore.open(self.url)
+        self.store.write(events)
+
+    async def write(self, events: list[Event]) -> None:
+        import anyio
+
+        await anyio.to_thread.run_sync(self._write, events)
+
+    async def close(self) -> None:
+        if self.store is not None:
+            self.store.close()

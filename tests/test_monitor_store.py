@@ -1,0 +1,292 @@
+"""The monitoring store on real SQLite and PostgreSQL: schema, idempotent writes, content policy,
+retention, per-user deletion, alert de-duplication, and the aggregates the rules and dashboard read."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from charter.monitor.content import apply_policy, redact, text_hash
+from charter.monitor.events import Event, StageVerdict, user_hash
+from charter.monitor.store import AlertRecord, EventStore, StoreError
+
+MSGS = [{"role": "system", "content": "be brief"},
+        {"role": "user", "content": "mail me at ana@example.org or +44 20 7946 0958, key sk-abcdefghijklmnop1234"}]
+
+
+def ev(i: int, *, user: str = "u1", conv: str | None = "c1", score: float = 0.1, flagged: bool = False,
+       decision: str = "allowed", category: str = "cat_a", view: str = "original", t: float | None = None,
+       escalated: bool = False, content: tuple[str, dict] | None = None) -> Event:
+    e = Event(request_id=f"r{i}", user_id=user, key_id="k1", conversation_id=conv, decision=decision,  # type: ignore[arg-type]
+              time=t if t is not None else 1_000_000.0 + i,
+              verdicts=[StageVerdict(stage="stage2" if escalated else "stage1", score=score, flagged=flagged,
+                                     category=category, view=view, escalated=escalated, threshold=0.6,
+                                     scores={category: score, "cat_b": score / 2})],
+              categories=[category] if flagged else [])
+    if content:
+        e.content_policy, e.content = content
+    return e
+
+
+def test_schema_is_alembic_head_and_reopening_is_a_no_op(store_url: str) -> None:
+    s = EventStore.open(store_url)
+    s.write([ev(1)])
+    s.close()
+    s = EventStore.open(store_url)  # migrate again: nothing changes, nothing is lost
+    with s.engine.connect() as c:
+        assert c.execute(sa.text("select version_num from alembic_version")).scalar_one() == "0003"
+        names = set(sa.inspect(c).get_table_names())
+    assert {"events", "alerts", "alembic_version"} <= names
+    assert s.count() == 1
+
+
+def test_writes_are_idempotent_by_request_id_and_round_trip(store_url: str) -> None:
+    s = EventStore.open(store_url)
+    batch = [ev(i, score=i / 10, flagged=i >= 6, decision="blocked_input" if i >= 6 else "allowed") for i in range(10)]
+    assert s.write(batch) == 10
+    assert s.write(batch + [ev(10)]) == 1  # a replayed spill file adds nothing twice
+    assert s.count() == 11
+    got = {e.request_id: e for e in s.events()}
+    r7 = got["r7"]
+    assert (r7.flagged, r7.decision, r7.category, r7.view, r7.threshold) == (True, "blocked_input", "cat_a", "original", 0.6)
+    assert r7.score == pytest.approx(0.7) and r7.scores == {"cat_a": pytest.approx(0.7), "cat_b": pytest.approx(0.35)}
+    assert r7.verdicts[0]["stage"] == "stage1" and r7.user_id == "u1" and r7.conversation_id == "c1"
+    assert [e.request_id for e in s.events(min_score=0.65)] == ["r7", "r8", "r9"]
+    assert [e.request_id for e in s.events(flagged=True, newest_first=True, limit=2)] == ["r9", "r8"]
+    assert s.has(["r1", "r99", "r10"]) == {"r1", "r10"}
+
+
+def test_summary_timeseries_and_top_users_count_what_was_written(store_url: str) -> None:
+    s = EventStore.open(store_url)
+    t0 = 2_000_000.0
+    evs = [ev(i, user="heavy" if i % 3 == 0 else f"u{i % 5}", t=t0 + i * 10, score=0.9 if i % 3 == 0 else 0.1,
+              flagged=i % 3 == 0, decision="blocked_input" if i % 3 == 0 else "allowed", escalated=i % 4 == 0,
+              category="cat_a" if i % 2 else "cat_b") for i in range(30)]
+    s.write(evs)
+    sm = s.summary()
+    assert (sm["events"], sm["blocked"], sm["flagged"], sm["escalated"]) == (30, 10, 10, 8)
+    assert sm["block_rate"] == pytest.approx(10 / 30) and sm["decisions"] == {"allowed": 20, "blocked_input": 10}
+    assert sm["by_category"] == {"cat_a": 5, "cat_b": 5} and sm["by_stage"] == {"stage1": 7, "stage2": 3}
+    assert s.summary(since=t0 + 150)["events"] == 15
+    ts = s.timeseries(since=t0, bucket_s=100)
+    assert [b["total"] for b in ts] == [10, 10, 10] and sum(b["blocked"] for b in ts) == 10
+    top = s.top_users(2)
+    assert top[0]["user_id"] == "heavy" and top[0]["flagged"] == 10 and top[0]["events"] == 10 and len(top) == 2
+
+
+def test_content_policies_keep_only_what_they_allow(store_url: str) -> None:
+    full = apply_policy(MSGS, "the reply", "full")
+    red = apply_policy(MSGS, "the reply", "redacted")
+    hsh = apply_policy(MSGS, "the reply", "hash")
+    assert apply_policy(MSGS, "x", "none") is None
+    assert full is not None and full["messages"][1]["content"] == MSGS[1]["content"]
+    assert red is not None and "ana@example.org" not in red["messages"][1]["content"]
+    assert "[EMAIL]" in red["messages"][1]["content"] and "[SECRET]" in red["messages"][1]["content"]
+    assert "7946" not in red["messages"][1]["content"]
+    assert hsh is not None and hsh["messages"][1]["content"] == text_hash(MSGS[1]["content"])
+    s = EventStore.open(store_url)
+    s.write([ev(1, content=("full", full)), ev(2, content=("redacted", red)), ev(3, content=("hash", hsh)), ev(4)])
+    got = {e.request_id: e for e in s.events()}
+    assert got["r1"].text == MSGS[1]["content"] and got["r2"].text == red["messages"][1]["content"]
+    assert got["r3"].text is None and got["r3"].content_policy == "hash" and got["r4"].content is None
+    # the same message links across policies through its hash, whatever the policy kept
+    assert got["r1"].text_hash == got["r2"].text_hash == got["r3"].text_hash == text_hash(MSGS[1]["content"])
+    assert got["r4"].text_hash is None
+
+
+def test_a_stricter_store_policy_overrides_the_events_own(tmp_path: Path) -> None:
+    s = EventStore.open(f"sqlite:///{tmp_path / 'c.db'}", policy="redacted")
+    s.write([ev(1, content=("full", apply_policy(MSGS, "reply to ana@example.org", "full")))])
+    (e,) = s.events()
+    assert e.content_policy == "redacted" and "ana@example.org" not in str(e.content)
+    s2 = EventStore.open(f"sqlite:///{tmp_path / 'd.db'}", policy="none")
+    s2.write([ev(1, content=("full", apply_policy(MSGS, "r", "full")))])
+    (e2,) = s2.events()
+    assert e2.content is None and e2.content_policy == "none"
+
+
+def test_expiry_by_age_and_purge_of_one_user(store_url: str) -> None:
+    s = EventStore.open(store_url)
+    now = 5_000_000.0
+    s.write([ev(i, user="gone" if i < 4 else "stays", t=now - (i * 86400)) for i in range(8)])
+    evidence = [{"request_id": "r1", "user_id": "gone"}, {"request_id": "r5", "user_id": "stays"}]
+    for subject in ("gone", "stays"):
+        s.upsert_alert(AlertRecord(rule="repeat", subject_kind="user", subject_id=subject, severity="high", summary="s",
+                                   evidence=evidence, dedupe_key=f"repeat:{subject}", first_seen=now, last_seen=now))
+    s.upsert_alert(AlertRecord(rule="block_rate", subject_kind="global", subject_id="all", severity="medium", summary="s",
+                               evidence=evidence, dedupe_key="block_rate", first_seen=now, last_seen=now))
+    out = s.purge_user("gone")
+    assert out == {"events": 4, "alerts": 1, "evidence": 2}
+    assert {e.user_id for e in s.events()} == {"stays"}
+    assert all(x.get("user_id") != "gone" for a in s.alerts(status=None) for x in a.evidence)
+    assert {a.subject_id for a in s.alerts(status=None)} == {"stays", "all"}
+    assert s.expire(older_than_s=5.5 * 86400, now=now) == 2  # r6 and r7 are older than 5.5 days
+    assert sorted(e.request_id for e in s.events()) == ["r4", "r5"]
+
+
+def test_alerts_are_deduplicated_merged_and_reopen_after_resolution(store_url: str) -> None:
+    s = EventStore.open(store_url)
+
+    def alert(t: float, rids: list[str]) -> AlertRecord:
+        return AlertRecord(rule="probing", subject_kind="user", subject_id="u1", severity="high", summary=f"at {t}",
+                           evidence=[{"request_id": r} for r in rids], dedupe_key="probing:u1:cat_a",
+                           first_seen=t, last_seen=t)
+
+    a, new = s.upsert_alert(alert(10, ["r1", "r2"]))
+    assert new and a.id is not None
+    b, new2 = s.upsert_alert(alert(20, ["r2", "r3"]))
+    assert not new2 and b.id == a.id and b.count == 2 and b.last_seen == 20 and b.first_seen == 10
+    assert sorted(x["request_id"] for x in b.evidence) == ["r1", "r2", "r3"]
+    assert len(s.alerts()) == 1
+    assert s.set_alert_status(a.id, "resolved") and s.alerts() == []
+    c, new3 = s.upsert_alert(alert(30, ["r4"]))
+    assert new3 and c.id == a.id and c.status == "open" and c.count == 1
+    with pytest.raises(StoreError, match="status must be one of"):
+        s.set_alert_status(a.id, "closed")
+
+
+def test_user_ids_are_hashed_per_key_and_never_raw() -> None:
+    a, b = user_hash("k1", "alice"), user_hash("k2", "alice")
+    assert a != b and a.startswith("u_") and "alice" not in a and user_hash("k1", "alice") == a
+
+
+def test_redaction_masks_secrets_and_contact_details() -> None:
+    out = redact("token: ghp_abcdefghijklmnopqrstuv call 555-123-4567 see https://x.example/a?b=1 from 10.0.0.12")
+    for leaked in ("ghp_abc", "555-123", "x.example", "10.0.0.12"):
+        assert leaked not in out
+
+
+def test_bad_urls_fail_with_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="expected a database URL"):
+        EventStore.open("charter.db")
+    with pytest.raises(StoreError, match="cannot open monitoring store"):
+        EventStore.open("nosuchdialect://x/y")
+    with pytest.raises(StoreError, match="cannot open monitoring store"):
+        EventStore.open(f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}")
+
+
+def test_sqlite_store_uses_wal(tmp_path: Path) -> None:
+    path = tmp_path / "w.db"
+    EventStore.open(f"sqlite:///{path}").write([ev(1)])
+    with sqlite3.connect(path) as c:
+        assert c.execute("pragma journal_mode").fetchone()[0] == "wal"
+
+
+def test_concurrent_writers_lose_nothing(store_url: str) -> None:
+    """Two proxy replicas writing to one store: every event lands once."""
+    import threading
+
+    s1, s2 = EventStore.open(store_url), EventStore.open(store_url)
+    errors: list[BaseException] = []
+
+    def work(store: EventStore, base: int) -> None:
+        try:
+            for b in range(10):
+                store.write([ev(base + b * 20 + i, t=time.time()) for i in range(20)])
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    ts = [threading.Thread(target=work, args=(s, base)) for s, base in ((s1, 0), (s2, 10_000))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors and s1.count() == 400
+
+
+def _brute(events: list, since: float | None, until: float | None) -> tuple[int, int, int, int, dict[str, int]]:
+    sel = [e for e in events if (since is None or e.ts >= since) and (until is None or e.ts < until)]
+    cats: dict[str, int] = {}
+    for e in sel:
+        if e.flagged:
+            cats[e.category or "unknown"] = cats.get(e.category or "unknown", 0) + 1
+    return (len(sel), sum(e.decision.startswith("blocked") for e in sel), sum(e.flagged for e in sel),
+            sum(e.escalated for e in sel), cats)
+
+
+def test_hourly_rollups_stay_exact_through_writes_replays_purges_and_expiry(store_url: str) -> None:
+    import random
+
+    rng = random.Random(7)
+    s = EventStore.open(store_url)
+    now = time.time()
+    evs = []
+    for i in range(600):
+        fl = rng.random() < 0.3
+        evs.append(ev(i, user=f"u{rng.randrange(6)}", t=now - rng.uniform(0, 30 * 3600), score=0.9 if fl else 0.2,
+                      flagged=fl, decision=rng.choice(["blocked_input", "flagged"]) if fl else "allowed",
+                      category=rng.choice(["cat_a", "cat_b", "cat_c"]), escalated=rng.random() < 0.2))
+    s.write(evs[:400])
+    s.write(evs[300:])  # overlaps: the replayed 100 must not count twice
+    s.purge_user("u3")
+    s.expire(older_than_s=26 * 3600, now=now)
+    stored = s.events(limit=None)
+    for since, until in [(None, None), (now - 24 * 3600, None), (now - 5.5 * 3600, now - 1.2 * 3600),
+                         (now - 600, None), (now - 3 * 3600 - 17, now - 3 * 3600 + 100)]:
+        sm = s.summary(since=since, until=until)
+        n, nb, nf, ne, cats = _brute(stored, since, until)
+        assert (sm["events"], sm["blocked"], sm["flagged"], sm["escalated"]) == (n, nb, nf, ne), (since, until)
+        assert sm["by_category"] == cats
+    for since in (None, now - 20 * 3600):
+        top = s.top_users(10, since=since)
+        want = {}
+        for e in stored:
+            if since is None or e.ts >= since:
+                w = want.setdefault(e.user_id, [0, 0, 0, 0.0])
+                w[0] += 1
+                w[1] += e.flagged
+                w[2] += e.decision.startswith("blocked")
+                w[3] = max(w[3], e.score or 0.0)
+        assert {r["user_id"]: [r["events"], r["flagged"], r["blocked"], r["max_score"]] for r in top} == pytest.approx(want)
+        assert [r["flagged"] for r in top] == sorted((r["flagged"] for r in top), reverse=True)
+        assert "u3" not in want and s.summary(since=since)["users"] == len(want)
+    assert [r["user_id"] for r in s.top_users(2)] == [r["user_id"] for r in s.top_users(10)][:2]
+    h = (now // 3600 - 24) * 3600  # an hour-aligned origin: served from the rollups
+    for origin, width in [(h, 3600.0), (h, 7200.0), (now - 24 * 3600, 1800.0)]:
+        ts = s.timeseries(since=origin, bucket_s=width)
+        want: dict[float, int] = {}
+        for e in stored:
+            if e.ts >= origin:
+                t = origin + ((e.ts - origin) // width) * width
+                want[t] = want.get(t, 0) + 1
+        assert {b["t"]: b["total"] for b in ts} == pytest.approx(want), (origin, width)
+
+
+def test_migration_0002_backfills_rollups_from_existing_events(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+    from importlib import resources
+
+    from charter.monitor.store import event_row, events_table
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    engine = sa.create_engine(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("charter.monitor") / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")  # a database from before the rollups existed
+        conn.execute(events_table.insert(), [event_row(ev(i, t=1_000_000.0 + i * 900, flagged=i % 2 == 0,
+                                                          decision="blocked_input" if i % 2 == 0 else "allowed"))
+                                             for i in range(20)])
+    engine.dispose()
+    s = EventStore.open(url)
+    sm = s.summary()
+    assert (sm["events"], sm["blocked"], sm["flagged"]) == (20, 10, 10)
+    assert sum(b["total"] for b in s.timeseries(since=999_600.0 - 999_600.0 % 3600, bucket_s=3600)) == 20
+
+
+def test_rebuild_rollups_after_a_bulk_load(tmp_path: Path) -> None:
+    from charter.monitor.store import event_row, events_table
+
+    s = EventStore.open(f"sqlite:///{tmp_path / 'bulk.db'}")
+    with s.engine.begin() as conn:
+        conn.execute(events_table.insert(), [event_row(ev(i, t=1_000_000.0 + i * 60, flagged=i < 5)) for i in range(50)])
+    assert s.summary()["events"] == 0  # bypassed write(): the rollups do not know yet
+    s.rebuild_rollups()
+    sm = s.summary()
+    assert (sm["events"], sm["flagged"]) == (50, 5)
