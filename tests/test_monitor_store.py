@@ -217,7 +217,7 @@ def test_hourly_rollups_stay_exact_through_writes_replays_purges_and_expiry(stor
     evs = []
     for i in range(600):
         fl = rng.random() < 0.3
-        evs.append(ev(i, user=f"u{rng.randrange(6)}", t=now - rng.uniform(0, 30 * 3600), score=0.9 if fl else 0.2,
+        evs.append(ev(i, user=f"u{rng.randrange(6)}", conv=rng.choice(["c1", "c2", "c3", None]), t=now - rng.uniform(0, 30 * 3600), score=0.9 if fl else 0.2,
                       flagged=fl, decision=rng.choice(["blocked_input", "flagged"]) if fl else "allowed",
                       category=rng.choice(["cat_a", "cat_b", "cat_c"]), escalated=rng.random() < 0.2))
     s.write(evs[:400])
@@ -242,6 +242,10 @@ def test_hourly_rollups_stay_exact_through_writes_replays_purges_and_expiry(stor
                 w[2] += e.decision.startswith("blocked")
                 w[3] = max(w[3], e.score or 0.0)
         assert {r["user_id"]: [r["events"], r["flagged"], r["blocked"], r["max_score"]] for r in top} == pytest.approx(want)
+        for r in top:
+            mine = [e for e in stored if e.user_id == r["user_id"] and (since is None or e.ts >= since)]
+            assert r["last_ts"] == pytest.approx(max(e.ts for e in mine))
+            assert r["conversations"] == len({e.conversation_id for e in mine if e.conversation_id})
         assert [r["flagged"] for r in top] == sorted((r["flagged"] for r in top), reverse=True)
         assert "u3" not in want and s.summary(since=since)["users"] == len(want)
     assert [r["user_id"] for r in s.top_users(2)] == [r["user_id"] for r in s.top_users(10)][:2]
@@ -256,14 +260,14 @@ def test_hourly_rollups_stay_exact_through_writes_replays_purges_and_expiry(stor
         assert {b["t"]: b["total"] for b in ts} == pytest.approx(want), (origin, width)
 
 
-def test_migration_0002_backfills_rollups_from_existing_events(tmp_path: Path) -> None:
+def test_migrations_backfill_rollups_from_existing_events(store_url: str) -> None:
     from alembic import command
     from alembic.config import Config
     from importlib import resources
 
     from charter.monitor.store import event_row, events_table
 
-    url = f"sqlite:///{tmp_path / 'old.db'}"
+    url = store_url
     engine = sa.create_engine(url)
     cfg = Config()
     cfg.set_main_option("script_location", str(resources.files("charter.monitor") / "migrations"))
@@ -271,22 +275,28 @@ def test_migration_0002_backfills_rollups_from_existing_events(tmp_path: Path) -
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "0001")  # a database from before the rollups existed
         conn.execute(events_table.insert(), [event_row(ev(i, t=1_000_000.0 + i * 900, flagged=i % 2 == 0,
-                                                          decision="blocked_input" if i % 2 == 0 else "allowed"))
+                                                          decision="blocked_input" if i % 2 == 0 else "allowed",
+                                                          user=f"u{i % 4}", conv=f"c{i % 5}"))
                                              for i in range(20)])
     engine.dispose()
     s = EventStore.open(url)
     sm = s.summary()
-    assert (sm["events"], sm["blocked"], sm["flagged"]) == (20, 10, 10)
+    assert (sm["events"], sm["blocked"], sm["flagged"], sm["users"]) == (20, 10, 10, 4)
+    top = s.top_users(10)
+    assert sum(r["events"] for r in top) == 20 and all(r["conversations"] == 5 for r in top)
     assert sum(b["total"] for b in s.timeseries(since=999_600.0 - 999_600.0 % 3600, bucket_s=3600)) == 20
 
 
-def test_rebuild_rollups_after_a_bulk_load(tmp_path: Path) -> None:
+def test_rebuild_rollups_after_a_bulk_load(store_url: str) -> None:
     from charter.monitor.store import event_row, events_table
 
-    s = EventStore.open(f"sqlite:///{tmp_path / 'bulk.db'}")
+    s = EventStore.open(store_url)
     with s.engine.begin() as conn:
-        conn.execute(events_table.insert(), [event_row(ev(i, t=1_000_000.0 + i * 60, flagged=i < 5)) for i in range(50)])
+        conn.execute(events_table.insert(), [event_row(ev(i, t=1_000_000.0 + i * 60, flagged=i < 5,
+                                                          conv=f"c{i % 3}", user=f"u{i % 2}")) for i in range(50)])
     assert s.summary()["events"] == 0  # bypassed write(): the rollups do not know yet
     s.rebuild_rollups()
     sm = s.summary()
-    assert (sm["events"], sm["flagged"]) == (50, 5)
+    assert (sm["events"], sm["flagged"], sm["users"]) == (50, 5, 2)
+    top = {r["user_id"]: r for r in s.top_users(5)}
+    assert top["u0"]["events"] == 25 and top["u0"]["conversations"] == 3 and top["u1"]["flagged"] == 2

@@ -47,6 +47,9 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     console.print(f"charter: guarding {cfg.upstream.base_url} on http://{host}:{port} (stages: {', '.join(guard.stages)}; "
                   f"keys: {len(cfg.keys) or 'none'}; events: {_events_target(cfg.events.db, cfg.events.path)})")
+    if cfg.events.db:
+        console.print(f"charter: dashboard on http://{host}:{port}/dashboard/ (same client keys); "
+                      f"alerts every {cfg.monitor.interval_s:g} s")
     uvicorn.run(create_app(cfg, guard), host=host, port=port, log_level="warning", access_log=False)
 
 

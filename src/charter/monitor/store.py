@@ -109,11 +109,25 @@ user_rollups_table = sa.Table(
     sa.PrimaryKeyConstraint("user_id", "hour"),
     sa.Index("ix_user_rollups_hour", "hour"),
 )
+#: the conversations of each user and when each was last active (conversation_id '' for none)
+user_conversations_table = sa.Table(
+    "user_conversations", metadata,
+    sa.Column("user_id", sa.String(80), nullable=False),
+    sa.Column("conversation_id", sa.String(200), nullable=False),
+    sa.Column("last_ts", sa.Float, nullable=False),
+    sa.PrimaryKeyConstraint("user_id", "conversation_id"),
+)
 HOUR = 3600
 _MIGRATE_LOCK = threading.Lock()
 BLOCKED = ("blocked_input", "blocked_output")
 
 ALERT_STATUSES = ("open", "acknowledged", "resolved")
+
+
+def _conv_select() -> Any:
+    e = events_table
+    conv = sa.func.coalesce(e.c.conversation_id, "")  # one object: PostgreSQL needs the same bind in GROUP BY
+    return sa.select(e.c.user_id, conv, sa.func.max(e.c.ts)).group_by(e.c.user_id, conv)
 
 
 class StoreError(CharterError):
@@ -330,8 +344,11 @@ class EventStore:
             inserted = {r[0] for r in conn.execute(stmt, rows)}  # duplicates skipped
             deltas: dict[tuple[int, str, str, str], list[int]] = {}
             users: dict[tuple[str, int], list[float]] = {}
+            convs: dict[tuple[str, str], float] = {}
             for r in rows:
                 if r["request_id"] in inserted:
+                    ck = (r["user_id"], r["conversation_id"] or "")
+                    convs[ck] = max(convs.get(ck, 0.0), r["ts"])
                     u = users.setdefault((r["user_id"], int(r["ts"] // HOUR)), [0, 0, 0, 0.0])
                     u[0] += 1
                     u[1] += int(r["flagged"])
@@ -345,7 +362,21 @@ class EventStore:
                     d[2] += int(r["escalated"])
             self._apply_rollup(conn, deltas)
             self._apply_user_rollup(conn, users)
+            self._apply_conversations(conn, convs)
         return len(inserted)
+
+    def _apply_conversations(self, conn: sa.Connection, convs: dict[tuple[str, str], float]) -> None:
+        if not convs:
+            return
+        t = user_conversations_table
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        ins = insert(t)
+        conn.execute(ins.on_conflict_do_update(index_elements=["user_id", "conversation_id"], set_={
+            "last_ts": sa.case((t.c.last_ts >= ins.excluded.last_ts, t.c.last_ts), else_=ins.excluded.last_ts)}),
+            [{"user_id": k[0], "conversation_id": k[1], "last_ts": v} for k, v in convs.items()])
 
     def _apply_user_rollup(self, conn: sa.Connection, users: dict[tuple[str, int], list[float]]) -> None:
         if not users:
@@ -416,6 +447,8 @@ class EventStore:
             conn.execute(rollups_table.insert().from_select(cols, q))
             conn.execute(user_rollups_table.delete())
             conn.execute(user_rollups_table.insert().from_select(ucols, self._user_rollup_select(sa.true())))
+            conn.execute(user_conversations_table.delete())
+            conn.execute(user_conversations_table.insert().from_select(["user_id", "conversation_id", "last_ts"], _conv_select()))
 
     def expire(self, older_than_s: float, now: float | None = None) -> int:
         """Retention: delete events, and alerts last seen, more than ``older_than_s`` seconds ago."""
@@ -428,6 +461,7 @@ class EventStore:
             h = int(cut // HOUR)
             u = user_rollups_table
             conn.execute(u.delete().where(u.c.hour <= h))
+            conn.execute(user_conversations_table.delete().where(user_conversations_table.c.last_ts < cut))
             conn.execute(u.insert().from_select(["user_id", "hour", "n", "flagged", "blocked", "max_score"],
                                                 self._user_rollup_select((events_table.c.ts >= cut)
                                                                          & (events_table.c.ts < (h + 1) * HOUR))))
@@ -439,6 +473,7 @@ class EventStore:
         with self.engine.begin() as conn:
             self._remove_from_rollup(conn, events_table.c.user_id == user_id)
             conn.execute(user_rollups_table.delete().where(user_rollups_table.c.user_id == user_id))
+            conn.execute(user_conversations_table.delete().where(user_conversations_table.c.user_id == user_id))
             out["events"] = int(conn.execute(events_table.delete().where(events_table.c.user_id == user_id)).rowcount or 0)
             out["alerts"] = int(conn.execute(alerts_table.delete().where(
                 (alerts_table.c.subject_kind == "user") & (alerts_table.c.subject_id == user_id))).rowcount or 0)
@@ -630,21 +665,43 @@ class EventStore:
             ids = [r[0] for r in conn.execute(cand)]
             if not ids:
                 return []
-            q = (sa.select(t.c.user_id, sa.func.count().label("events"),
-                           sa.func.sum(sa.case((t.c.flagged, 1), else_=0)).label("flagged"),
-                           sa.func.sum(sa.case((t.c.decision.in_(BLOCKED), 1), else_=0)).label("blocked"),
-                           sa.func.max(t.c.score).label("max_score"), sa.func.max(t.c.ts).label("last_ts"),
-                           sa.func.count(sa.distinct(t.c.conversation_id)).label("conversations"))
-                 .where(t.c.user_id.in_(ids)).group_by(t.c.user_id))
+            # exact numbers: whole hours from the rollups, the part-hour after `since` from the events
+            h0 = None if since is None else int(-(-since // HOUR))
+            agg = {i: {"user_id": i, "events": 0, "flagged": 0, "blocked": 0, "max_score": None} for i in ids}
+            rq = (sa.select(u.c.user_id, sa.func.sum(u.c.n), sa.func.sum(u.c.flagged), sa.func.sum(u.c.blocked),
+                            sa.func.max(u.c.max_score)).where(u.c.user_id.in_(ids)).group_by(u.c.user_id))
+            parts = [conn.execute(rq if h0 is None else rq.where(u.c.hour >= h0))]
+            if since is not None and h0 is not None:
+                parts.append(conn.execute(
+                    sa.select(t.c.user_id, sa.func.count(), sa.func.sum(sa.case((t.c.flagged, 1), else_=0)),
+                              sa.func.sum(sa.case((t.c.decision.in_(BLOCKED), 1), else_=0)),
+                              sa.func.coalesce(sa.func.max(t.c.score), 0.0))
+                    .where(t.c.user_id.in_(ids) & (t.c.ts >= since) & (t.c.ts < h0 * HOUR)).group_by(t.c.user_id)))
+            for res in parts:
+                for uid, k, f, b, m in res:
+                    a = agg[uid]
+                    a["events"] += int(k or 0)
+                    a["flagged"] += int(f or 0)
+                    a["blocked"] += int(b or 0)
+                    if k:
+                        a["max_score"] = max(a["max_score"] or 0.0, float(m or 0.0))
+            c = user_conversations_table
+            cq = (sa.select(c.c.user_id, sa.func.max(c.c.last_ts),
+                            sa.func.sum(sa.case((c.c.conversation_id != "", 1), else_=0)))
+                  .where(c.c.user_id.in_(ids)).group_by(c.c.user_id))
             if since is not None:
-                q = q.where(t.c.ts >= since)
-            rows = [dict(r._mapping) for r in conn.execute(q)]
+                cq = cq.where(c.c.last_ts >= since)
+            for uid, last, nconv in conn.execute(cq):
+                agg[uid].update(last_ts=last, conversations=int(nconv or 0))
+            rows = [a for a in agg.values() if a["events"]]
+            for a in rows:
+                a.setdefault("last_ts", None)
+                a.setdefault("conversations", 0)
             alerts = dict(conn.execute(sa.select(alerts_table.c.subject_id, sa.func.count())
                                        .where((alerts_table.c.subject_kind == "user") & (alerts_table.c.status == "open")
                                               & alerts_table.c.subject_id.in_(ids))
                                        .group_by(alerts_table.c.subject_id)).all())
         for r in rows:
-            r["flagged"], r["blocked"] = int(r["flagged"] or 0), int(r["blocked"] or 0)
             r["open_alerts"] = int(alerts.get(r["user_id"], 0))
         rows.sort(key=lambda r: (-r["flagged"], -(r["max_score"] or 0.0), r["user_id"]))
         return rows[:n]

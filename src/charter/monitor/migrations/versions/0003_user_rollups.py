@@ -1,4 +1,4 @@
-"""per-user hourly rollups, backfilled from the events already stored
+"""per-user hourly rollups and per-user conversations, backfilled from the events already stored
 
 Revision ID: 0003
 Revises: 0002
@@ -34,7 +34,19 @@ def upgrade() -> None:
         "SUM(CASE WHEN decision IN ('blocked_input', 'blocked_output') THEN 1 ELSE 0 END), COALESCE(MAX(score), 0) "
         "FROM events GROUP BY 1, 2"
     )
+    op.create_table(
+        "user_conversations",
+        sa.Column("user_id", sa.String(80), nullable=False),
+        sa.Column("conversation_id", sa.String(200), nullable=False),
+        sa.Column("last_ts", sa.Float, nullable=False),
+        sa.PrimaryKeyConstraint("user_id", "conversation_id"),
+    )
+    op.execute(
+        "INSERT INTO user_conversations (user_id, conversation_id, last_ts) "
+        "SELECT user_id, COALESCE(conversation_id, ''), MAX(ts) FROM events GROUP BY 1, 2"
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("user_conversations")
     op.drop_table("user_rollups")
