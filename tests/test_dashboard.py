@@ -42,10 +42,12 @@ def seed(store: EventStore) -> None:
     evs: list[Event] = []
     t = iter(range(1, 100))
 
-    def add(user: str, conv: str, decision: str, verdicts: list[StageVerdict], text: str | None = None) -> None:
+    def add(user: str, conv: str, decision: str, verdicts: list[StageVerdict], text: str | None = None,
+            signals: tuple[str, ...] = ()) -> None:
         content = {"messages": [{"role": "user", "content": text}], "response": None} if text else None
         evs.append(Event(user_id=user, conversation_id=conv, time=NOW - 60 * next(t), decision=decision,  # type: ignore[arg-type]
-                         verdicts=verdicts, content=content, content_policy="redacted" if text else "none"))
+                         verdicts=verdicts, content=content, content_policy="redacted" if text else "none",
+                         categories=list(signals)))
 
     for i in range(4):  # alice: 4 blocked by stage 1, one of them base64
         add("u_alice", "c_a1", "blocked_input", [_v("stage1", 0.95, True, "glorp_weapons", view="base64" if i == 0 else "plain")],
@@ -58,8 +60,8 @@ def seed(store: EventStore) -> None:
     add("u_bob", "c_b1", "allowed", [_v("stage1", 0.4, escalated=True), _v("stage2", 0.3)])
     for _ in range(4):
         add("u_bob", "c_b1", "allowed", [_v("stage1", 0.1)])
-    for _ in range(4):
-        add("u_carol", "c_c1", "allowed", [_v("stage1", 0.02)])
+    for i in range(4):  # one reply with a flag-only wellbeing signal
+        add("u_carol", "c_c1", "allowed", [_v("stage1", 0.02)], signals=("wellbeing:action_distortion",) if i == 0 else ())
     assert store.write(evs) == 20
 
     def alert(rule: str, kind: str, sid: str, sev: str, summary: str) -> AlertRecord:
@@ -302,6 +304,8 @@ def test_browser_page_shows_the_seeded_numbers_and_drills_down(browser: Any, sql
         assert page.locator("[data-testid=by-category] [data-name=glorp_weapons]").get_attribute("data-value") == "5"
         assert page.locator("[data-testid=by-category] [data-name=cyber]").get_attribute("data-value") == "1"
         assert page.locator("[data-testid=by-stage] [data-name=exchange]").get_attribute("data-value") == "1"
+        assert page.locator("[data-testid=signals] [data-name='wellbeing:action_distortion']").get_attribute("data-value") == "1"
+        assert page.locator("[data-testid=by-category] [data-name='wellbeing:action_distortion']").count() == 0
         chart = page.get_by_test_id("traffic-chart")
         assert chart.get_attribute("data-total") == "20" and page.locator("#chart svg rect.total").count() > 0
         assert page.locator("[data-testid=rate-line]").count() == 1

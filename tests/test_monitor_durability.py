@@ -154,3 +154,29 @@ def test_a_store_outage_spills_and_replays_exactly_once(tmp_path: Path, postgres
     assert store.has(ids) == set(ids)
     assert store.count() == len(ids)  # replayed exactly once
     assert not spill.exists() and not spill.with_name(spill.name + ".replaying").exists()
+
+
+@pytest.mark.slow
+def test_charter_serve_stores_events_in_sqlite_by_default(tmp_path: Path, mini_model_dir: Path) -> None:
+    with ScriptedOpenAI(default="hello") as up:
+        port = _free_port()
+        cmd = [sys.executable, "-c", "from charter.cli import run; run()", "serve", "--upstream", up.base_url,
+               "--model", str(mini_model_dir), "--port", str(port)]
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "ab"))
+        base = f"http://127.0.0.1:{port}"
+        try:
+            def up_() -> bool:
+                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+                try:
+                    return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
+                except httpx.HTTPError:
+                    return False
+
+            _wait(up_, 90, "charter serve to start")
+            rid = _chat(base, "hello", "someone")
+            _wait(lambda: _metric(base, "charter_events_written") >= 1, what="the event to be written")
+        finally:
+            proc.terminate()
+            proc.wait(20)
+    assert "dashboard on http://127.0.0.1" in (tmp_path / "serve.log").read_text()
+    assert EventStore.open(f"sqlite:///{tmp_path / 'charter.db'}").has([rid]) == {rid}

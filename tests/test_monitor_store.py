@@ -241,7 +241,8 @@ def test_hourly_rollups_stay_exact_through_writes_replays_purges_and_expiry(stor
                 w[1] += e.flagged
                 w[2] += e.decision.startswith("blocked")
                 w[3] = max(w[3], e.score or 0.0)
-        assert {r["user_id"]: [r["events"], r["flagged"], r["blocked"], r["max_score"]] for r in top} == pytest.approx(want)
+        assert {r["user_id"]: (r["events"], r["flagged"], r["blocked"]) for r in top} == {k: tuple(v[:3]) for k, v in want.items()}
+        assert {r["user_id"]: r["max_score"] for r in top} == pytest.approx({k: v[3] for k, v in want.items()})
         for r in top:
             mine = [e for e in stored if e.user_id == r["user_id"] and (since is None or e.ts >= since)]
             assert r["last_ts"] == pytest.approx(max(e.ts for e in mine))
@@ -300,3 +301,34 @@ def test_rebuild_rollups_after_a_bulk_load(store_url: str) -> None:
     assert (sm["events"], sm["flagged"], sm["users"]) == (50, 5, 2)
     top = {r["user_id"]: r for r in s.top_users(5)}
     assert top["u0"]["events"] == 25 and top["u0"]["conversations"] == 3 and top["u1"]["flagged"] == 2
+
+
+def test_wellbeing_signals_are_their_own_categories_and_never_guard_flags(store_url: str) -> None:
+    s = EventStore.open(store_url)
+    now = time.time()
+    evs = []
+    for i in range(40):
+        e = ev(i, user=f"u{i % 3}", t=now - i * 1800, flagged=i % 10 == 0, decision="blocked_input" if i % 10 == 0 else "allowed")
+        if i % 4 == 0 and i % 10:
+            e.categories.append("wellbeing:action_distortion")
+            e.verdicts.append(StageVerdict(stage="wellbeing", score=0.9, flagged=True, category="wellbeing:action_distortion"))
+        if i % 7 == 0:
+            e.categories.append("wellbeing:reality_distortion")
+        evs.append(e)
+    s.write(evs)
+    s.purge_user("u1")
+    s.expire(older_than_s=15 * 3600, now=now)
+    stored = s.events(limit=None)
+    for since in (None, now - 6.3 * 3600):
+        sm = s.summary(since=since)
+        want: dict[str, int] = {}
+        for e in stored:
+            if since is None or e.ts >= since:
+                for c in e.categories:
+                    if c.startswith("wellbeing:"):
+                        want[c] = want.get(c, 0) + 1
+        assert want and sm["signals"] == want
+        assert not any(c.startswith("wellbeing:") for c in sm["by_category"])
+        assert sm["flagged"] == sum(e.flagged for e in stored if since is None or e.ts >= since)
+    s.rebuild_rollups()
+    assert s.summary()["signals"] == s.summary()["signals"] and s.summary()["events"] == len(stored)

@@ -12,6 +12,7 @@ from rich.console import Console
 from charter.cli import app
 
 console = Console(stderr=True)
+DEFAULT_DB = "sqlite:///charter.db"
 
 
 @app.command("serve")
@@ -21,8 +22,8 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; beyond loopback, client keys are required."),
     port: int = typer.Option(8000, "--port", min=0, max=65535),
     config: Path = typer.Option(None, "--config", help="charter.yaml: keys, limits, per-category actions, fail mode."),
-    db: str = typer.Option(None, "--db", help="Monitoring store for events, e.g. sqlite:///charter.db "
-                           "(overrides events.db in the config; without either, events go to a JSONL file)."),
+    db: str = typer.Option(None, "--db", help="Monitoring store for events (default sqlite:///charter.db, unless "
+                           "the config sets events.db, or events.path for a JSONL file)."),
 ) -> None:
     """Run the OpenAI-compatible guarding proxy in front of an upstream model server."""
     import uvicorn
@@ -40,6 +41,8 @@ def serve(
         raise ConfigError(f"--upstream: must be an http:// or https:// URL, got {cfg.upstream.base_url!r}")
     if db:
         cfg.events.db = db
+    elif not cfg.events.db and "path" not in cfg.events.model_fields_set:
+        cfg.events.db = DEFAULT_DB  # the monitoring store needs no set-up
     check_bind(host, cfg)
     if cfg.upstream.api_key_env and cfg.upstream.api_key() is None:
         console.print(f"[yellow]warning:[/] environment variable {cfg.upstream.api_key_env} is not set; no upstream key sent")

@@ -118,10 +118,17 @@ user_conversations_table = sa.Table(
     sa.PrimaryKeyConstraint("user_id", "conversation_id"),
 )
 HOUR = 3600
+#: rollup rows for flag-only signals (wellbeing) carry this stage and n=0
+SIGNAL_STAGE = "signal"
+SIGNAL_PREFIX = "wellbeing:"
 _MIGRATE_LOCK = threading.Lock()
 BLOCKED = ("blocked_input", "blocked_output")
 
 ALERT_STATUSES = ("open", "acknowledged", "resolved")
+
+
+def _signals(categories: list[str]) -> list[str]:
+    return [c for c in categories if c.startswith(SIGNAL_PREFIX)]
 
 
 def _conv_select() -> Any:
@@ -354,6 +361,8 @@ class EventStore:
                     u[1] += int(r["flagged"])
                     u[2] += int(r["decision"] in BLOCKED)
                     u[3] = max(u[3], r["score"] or 0.0)
+                    for cat in _signals(r["categories"]):  # n=0: a signal is not another request
+                        deltas.setdefault((int(r["ts"] // HOUR), r["decision"], cat, SIGNAL_STAGE), [0, 0, 0])[1] += 1
                     key = (int(r["ts"] // HOUR), r["decision"], (r["category"] or "") if r["flagged"] else "",
                            r["stage"] or "")
                     d = deltas.setdefault(key, [0, 0, 0])
@@ -418,7 +427,7 @@ class EventStore:
             "n": t.c.n + ins.excluded.n, "flagged": t.c.flagged + ins.excluded.flagged,
             "escalated": t.c.escalated + ins.excluded.escalated}), rows)
         if any(v[0] < 0 for v in deltas.values()):
-            conn.execute(t.delete().where(t.c.n <= 0))
+            conn.execute(t.delete().where((t.c.n <= 0) & (t.c.flagged <= 0)))  # signal rows have n = 0
 
     def _remove_from_rollup(self, conn: sa.Connection, where: Any) -> None:
         """Subtract the events matching ``where`` (about to be deleted) from the hourly counts."""
@@ -430,7 +439,18 @@ class EventStore:
                        sa.func.sum(sa.case((e.c.flagged, 1), else_=0)), sa.func.sum(sa.case((e.c.escalated, 1), else_=0)))
              .where(where).group_by(hour, e.c.decision, cat, stage))
         deltas = {(int(h), d, c, st): [-int(n), -int(f or 0), -int(x or 0)] for h, d, c, st, n, f, x in conn.execute(q)}
+        self._signal_rows(conn, where, deltas, -1)
         self._apply_rollup(conn, deltas)
+
+    def _signal_rows(self, conn: sa.Connection, where: Any, deltas: dict[tuple[int, str, str, str], list[int]],
+                     sign: int) -> None:
+        """Add the flag-only signal categories (wellbeing:*) of the events matching ``where``."""
+        e = events_table
+        q = sa.select(e.c.ts, e.c.decision, e.c.categories).where(
+            where & sa.cast(e.c.categories, sa.Text).like(f"%{SIGNAL_PREFIX}%"))
+        for ts, d, cats in conn.execute(q):
+            for cat in _signals(_json(cats) or []):
+                deltas.setdefault((int(ts // HOUR), d, cat, SIGNAL_STAGE), [0, 0, 0])[1] += sign
 
     def rebuild_rollups(self) -> None:
         """Recount the hourly rollups from the events (after a bulk load that bypassed :meth:`write`)."""
@@ -445,6 +465,9 @@ class EventStore:
         with self.engine.begin() as conn:
             conn.execute(rollups_table.delete())
             conn.execute(rollups_table.insert().from_select(cols, q))
+            signals: dict[tuple[int, str, str, str], list[int]] = {}
+            self._signal_rows(conn, sa.true(), signals, 1)
+            self._apply_rollup(conn, signals)
             conn.execute(user_rollups_table.delete())
             conn.execute(user_rollups_table.insert().from_select(ucols, self._user_rollup_select(sa.true())))
             conn.execute(user_conversations_table.delete())
@@ -576,6 +599,14 @@ class EventStore:
             if hi is not None:
                 q = q.where(e.c.ts < hi)
             out += [(int(bb), d, c, st, int(n), int(f or 0), int(x or 0)) for bb, d, c, st, n, f, x in conn.execute(q)]
+            cond = sa.true()
+            if lo is not None:
+                cond = cond & (e.c.ts >= lo)
+            if hi is not None:
+                cond = cond & (e.c.ts < hi)
+            sig: dict[tuple[int, str, str, str], list[int]] = {}
+            self._signal_rows(conn, cond, sig, 1)
+            out += [(bkt(h * HOUR) if bucket is None else -1, d, c, st, 0, v[1], 0) for (h, d, c, st), v in sig.items()]
         return out
 
     def summary(self, since: float | None = None, until: float | None = None) -> dict[str, Any]:
@@ -602,7 +633,11 @@ class EventStore:
         by_cat: dict[str, int] = {}
         by_stage: dict[str, int] = {}
         decisions: dict[str, int] = {}
+        signals: dict[str, int] = {}
         for _, d, c, st, k, f, x in groups:
+            if st == SIGNAL_STAGE:
+                signals[c] = signals.get(c, 0) + f
+                continue
             n, nf, ne = n + k, nf + f, ne + x
             nb += k if d in BLOCKED else 0
             decisions[d] = decisions.get(d, 0) + k
@@ -615,7 +650,9 @@ class EventStore:
                 "users": users,
                 "blocked": nb, "flagged": nf, "escalated": ne, "block_rate": rate(nb), "flag_rate": rate(nf),
                 "escalation_rate": rate(ne), "decisions": decisions, "by_category": by_cat,
-                "by_stage": by_stage, "open_alerts": open_alerts}
+                "by_stage": by_stage, "open_alerts": open_alerts,
+                #: flag-only signals (e.g. wellbeing:*): counted apart from the guard's flags
+                "signals": signals}
 
     def timeseries(self, since: float, bucket_s: float, until: float | None = None) -> list[dict[str, Any]]:
         """Per time bucket from ``since``: total, blocked, flagged and escalated counts (empty buckets omitted).
@@ -630,7 +667,9 @@ class EventStore:
             else:
                 groups = self._raw_buckets(conn, since, until, bucket_s)
         acc: dict[int, list[int]] = {}
-        for bb, d, _c, _st, k, f, x in groups:
+        for bb, d, _c, st, k, f, x in groups:
+            if st == SIGNAL_STAGE:
+                continue
             a = acc.setdefault(bb, [0, 0, 0, 0])
             a[0] += k
             a[1] += k if d in BLOCKED else 0

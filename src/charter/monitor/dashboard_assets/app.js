@@ -62,6 +62,9 @@
     setCard("open-alerts", num(s.open_alerts), s.open_alerts);
     drawBars("by-category", s.by_category);
     drawBars("by-stage", s.by_stage);
+    const signals = s.signals || {};
+    document.getElementById("signals-panel").hidden = !Object.keys(signals).length;
+    drawBars("signals", signals);
     document.getElementById("updated").textContent = `updated ${when(s.generated_at)}`;
   }
 
