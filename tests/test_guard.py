@@ -76,6 +76,38 @@ def test_output_monitor_holds_back_and_stops(guard):
     assert len(tokens(sent)) <= max(0, mon.flagged_at - 4)
 
 
+def test_scanning_a_complete_response_equals_feeding_it_token_by_token(guard, tmp_path):
+    """The proxy's non-streamed path (OutputMonitor.scan) gives the verdict of the streaming loop."""
+    import random
+
+    from charter.constitution import load_constitution
+    from charter.guard.calibrate import offline_dataset
+    from charter.guard.train import read_dataset
+
+    rng = random.Random(3)
+    d = offline_dataset(MINI, load_constitution(MINI), tmp_path / "data", n=2000, seed=5)
+    recs = [r for r in read_dataset(d)[1] if r.kind == "exchange" and r.response][:160]
+    cases = [(r.text or [m.model_dump() for m in r.messages or []], r.response) for r in recs]
+    cases += [(BENIGN, "".join(rng.choice("ab cdéß,.!?\n 12Σσ東") for _ in range(rng.randrange(1, 300)))) for _ in range(40)]
+    flagged = 0
+    for prompt, resp in cases:
+        a = guard.output_monitor(prompt, hold_back=0)
+        va = None
+        for tok in tokens(resp):
+            va = a.feed(tok)
+            if va.flagged:
+                break
+        b = guard.output_monitor(prompt, hold_back=0)
+        vb = b.scan(tokens(resp))
+        assert (va is None) == (vb is None)
+        if va is None:
+            continue
+        assert (va.flagged, va.category, a.flagged_at, a.n_tokens) == (vb.flagged, vb.category, b.flagged_at, b.n_tokens)
+        assert vb.score == pytest.approx(va.score, abs=1e-6)
+        flagged += va.flagged
+    assert 0 < flagged < len(cases)  # both outcomes were exercised
+
+
 def test_tampered_artifact_is_refused(model_dir, tmp_path):
     bad = tmp_path / "m"
     shutil.copytree(model_dir, bad)

@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from charter.classifiers.features import _M1, _M2, _WORD, NgramHasher, _mix, _P
+from charter.classifiers.features import _M1, _M2, _WORD, NgramHasher, _mix, _P  # noqa: F401
 
 _MASK = (1 << 64) - 1
 _PI, _M1I, _M2I = int(_P), int(_M1), int(_M2)
@@ -179,6 +179,13 @@ class ExchangeClassifier(ClassifierMixin, BaseEstimator):
             cache = self._wr_cache = (self.wr_, self.wr_.astype(np.float64).tolist())
         return cache[1]
 
+    def _wr_array(self) -> np.ndarray:
+        """The response weights in float64 (the precision the short-chunk path sums in)."""
+        cache = self.__dict__.get("_wr64_cache")
+        if cache is None or cache[0] is not self.wr_:
+            cache = self._wr64_cache = (self.wr_, self.wr_.astype(np.float64))
+        return cache[1]
+
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"wp": self.wp_, "wr": self.wr_, "b": np.asarray([self.b_], dtype=np.float32)}
 
@@ -242,6 +249,72 @@ class ExchangeStream:
         self.score = float(_sigmoid(np.asarray(z)))
         self.max_score = max(self.max_score, self.score)
         return self.score
+
+    def scan(self, chunks: Sequence[str]) -> np.ndarray:
+        """The score after each of ``chunks``, as ``feed`` would give them one by one, in one
+        vectorised pass (for a complete, non-streamed response). Starts from a fresh stream;
+        afterwards the stream stands where feeding every chunk leaves it."""
+        if self._n or self._word or self._tail != " " or self._prev_word_hash is not None:
+            return np.array([self.feed(c) for c in chunks])
+        cf = [c.casefold() for c in chunks]
+        if not cf:
+            return np.zeros(0)
+        text = "".join(cf)
+        ends = np.cumsum([len(c) for c in cf])  # exclusive end offset of each chunk in text
+        T = len(cf)
+        sums = np.zeros(T)
+        counts = np.zeros(T)
+        w64 = self.clf._wr_array()
+        F = self._F
+
+        def add(hashes: np.ndarray, at_char: np.ndarray) -> None:
+            if len(hashes):
+                tok = np.searchsorted(ends, at_char, side="right")
+                idx = (_mix(hashes) % F).astype(np.int64)
+                sums[:] += np.bincount(tok, weights=w64[idx], minlength=T)[:T]
+                counts[:] += np.bincount(tok, minlength=T)[:T]
+
+        buf = self._tail + text  # the pad, then the text: n-grams must end inside the text
+        codes = np.frombuffer(buf.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        pad = len(self._tail)
+        with np.errstate(over="ignore"):
+            for n in range(self._lo, self._hi + 1):
+                m = len(codes) - n + 1
+                if m <= 0:
+                    break
+                h = np.full(m, np.uint64(n * 1_000_003 + RESP_SALT))
+                for k in range(n):
+                    h = h * _P + codes[k : k + m]
+                end = np.arange(m) + n - 1  # index in buf of each n-gram's last char
+                keep = end >= pad
+                add(h[keep], end[keep] - pad)
+            # words: complete once the character after them has arrived (as in _complete_words)
+            found = [(mt.group(), mt.end()) for mt in _WORD.finditer(text)]
+            done = [(wd, e) for wd, e in found if e < len(text)]
+            if done:
+                w = np.fromiter((zlib.crc32(x.encode()) for x, _ in done), dtype=np.uint64, count=len(done))
+                w = w + np.uint64(_WORD_SEED)
+                at = np.array([e for _, e in done])
+                lo_w, hi_w = self._h.word_ngrams
+                for n in range(lo_w, hi_w + 1):
+                    m = len(w) - n + 1
+                    if m <= 0:
+                        break
+                    h = np.full(m, np.uint64(0xABCDEF + n + RESP_SALT))
+                    for k in range(n):
+                        h = h * _P + w[k : k + m]
+                    add(h, at[n - 1 :])
+                self._prev_word_hash = w[-1]
+        self._word = found[-1][0] if found and found[-1][1] == len(text) else ""
+        self._tail = buf[-(self._hi - 1) :]
+        dot = np.cumsum(sums)
+        cnt = np.cumsum(counts)
+        z = self._prompt_logit + np.where(cnt > 0, dot / np.sqrt(np.maximum(cnt, 1)), 0.0)
+        scores = _sigmoid(z)
+        self._dot, self._n = float(dot[-1]), int(cnt[-1])
+        self.score = float(scores[-1])
+        self.max_score = max(self.max_score, float(scores.max()))
+        return scores
 
     def _feed_chars(self, s: str) -> None:
         # char n-grams that end inside the new chunk, computed over tail + chunk

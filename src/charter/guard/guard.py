@@ -245,6 +245,34 @@ class OutputMonitor:
         return Verdict(score=s, flagged=self.flagged, category=category, scores=scores, stage="exchange",
                        latency_ms=(time.perf_counter() - t0) * 1000)
 
+    def scan(self, chunks: Sequence[str]) -> Verdict | None:
+        """``feed`` every chunk of a complete response until the first flag, in one vectorised pass;
+        returns the verdict the last ``feed`` would have (None for no chunks)."""
+        if self.flagged or self.n_tokens or not chunks:
+            v = None
+            for c in chunks:
+                v = self.feed(c)
+                if v.flagged:
+                    break
+            return v
+        t0 = time.perf_counter()
+        scores = self._stream.scan(chunks)
+        over = np.flatnonzero(scores >= self.threshold)  # the running max first crosses here
+        if len(over):
+            k = int(over[0])
+            self._stream.max_score = float(scores[: k + 1].max())
+            self.n_tokens = self.flagged_at = k + 1
+            self.flagged = True
+            p = self.guard.stage1.proba_one(self.prompt + "\n" + self.released_text)
+            self._flag_scores = {c: float(p[i]) for i, c in enumerate(self.guard.classes) if i != self.guard._perm}
+        else:
+            self.n_tokens = len(chunks)
+            self._pending.extend(chunks)
+        scores_d = self._flag_scores if self.flagged else {}
+        category = max(scores_d, key=scores_d.__getitem__) if scores_d else None
+        return Verdict(score=self._stream.max_score, flagged=self.flagged, category=category, scores=scores_d,
+                       stage="exchange", latency_ms=(time.perf_counter() - t0) * 1000)
+
     def drain(self) -> str:
         if self.flagged or len(self._pending) <= self.hold_back:
             return ""
