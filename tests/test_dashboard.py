@@ -179,6 +179,27 @@ def test_keys_required_for_api_and_page(sqlite_store: EventStore, serve: Callabl
         assert c.get("/api/summary").status_code == 401  # a logged-out token stays dead
 
 
+def test_alert_status_changes_need_a_key_json_and_the_same_origin(sqlite_store: EventStore,
+                                                                  serve: Callable[..., ServerThread]) -> None:
+    srv = serve(create_dashboard(sqlite_store, keys=KEYS))
+    (alert,) = [a for a in sqlite_store.alerts() if a.rule == "repeat_blocks"]
+    path = f"/api/alerts/{alert.id}/status"
+    auth = {"authorization": f"Bearer {KEY}"}
+    with _client(srv) as c:
+        assert c.post(path, json={"status": "acknowledged"}).status_code == 401
+        assert c.post(path, data={"status": "acknowledged"}, headers=auth).status_code == 415  # a form post
+        assert c.post(path, json={"status": "acknowledged"}, headers={**auth, "origin": "http://evil.example"}).status_code == 403
+        assert c.post(path, json={"status": "closed"}, headers=auth).status_code == 400
+        assert c.post("/api/alerts/999999/status", json={"status": "resolved"}, headers=auth).status_code == 404
+        assert [a.status for a in sqlite_store.alerts(status=None) if a.id == alert.id] == ["open"]  # nothing changed yet
+        assert c.get("/api/summary", headers=auth).json()["open_alerts"] == 2
+        ok = c.post(path, json={"status": "acknowledged"}, headers=auth)
+        assert ok.status_code == 200 and ok.json() == {"id": alert.id, "status": "acknowledged"}
+        assert [a.status for a in sqlite_store.alerts(status=None) if a.id == alert.id] == ["acknowledged"]
+        assert c.get("/api/summary", headers=auth).json()["open_alerts"] == 1  # the cached summary was dropped
+        assert alert.id not in [a["id"] for a in c.get("/api/alerts", headers=auth).json()["alerts"]]
+
+
 def test_login_is_throttled_and_refuses_cross_site(sqlite_store: EventStore, serve: Callable[..., ServerThread]) -> None:
     srv = serve(create_dashboard(sqlite_store, keys=KEYS))
     with _client(srv) as c:
@@ -338,6 +359,14 @@ def test_browser_page_shows_the_seeded_numbers_and_drills_down(browser: Any, sql
         page.screenshot(path=str(ARTIFACTS / "conversation.png"), full_page=True)
         page.go_back()  # history: back to the previous drill-down
         page.wait_for_selector("#drill[data-loaded='c_a2']")
+
+        # the analyst resolves an alert from the table: it leaves the open list, and the store knows
+        page.locator("[data-testid=alert-row][data-rule=obfuscation] [data-testid=alert-resolved]").click()
+        from playwright.sync_api import expect
+
+        expect(page.get_by_test_id("alert-row")).to_have_count(1, timeout=15_000)
+        expect(page.get_by_test_id("open-alerts")).to_have_text("1", timeout=15_000)
+        assert [a.status for a in sqlite_store.alerts(status=None) if a.rule == "obfuscation"] == ["resolved"]
         assert problems == [], problems
     finally:
         ctx.close()

@@ -21,6 +21,7 @@ import base64
 import dataclasses
 import hashlib
 import hmac
+import json
 import logging
 import math
 import secrets
@@ -117,6 +118,11 @@ class TTLCache:
                     break
             pending.wait(300)  # another request is computing this answer
         return self._compute(key, compute, done)
+
+    def clear(self) -> None:
+        """Forget every answer (after a write, such as an alert's status)."""
+        with self._lock:
+            self._d.clear()
 
     def _refresh(self, key: Any, compute: Callable[[], Any], done: threading.Event) -> None:
         try:
@@ -386,6 +392,43 @@ class Dashboard:
         return Response(self.static[name], media_type=_STATIC[name],
                         headers={"cache-control": "no-cache", "x-content-type-options": "nosniff"})
 
+    async def set_alert_status(self, request: Request) -> Response:
+        """``POST /api/alerts/{id}/status`` with ``{"status": "acknowledged" | "resolved" | "open"}``.
+
+        JSON only (a cross-site form cannot send it without a CORS preflight, which is refused), the
+        Origin, when sent, must be this host, and the session cookie is SameSite=Strict.
+        """
+        try:
+            self.auth.check_open_access(request)
+            p = self.auth.principal(request)
+            if p is None:
+                raise _HttpError(401, "authentication required")
+            origin = request.headers.get("origin")
+            if origin and origin.split("://", 1)[-1] != request.headers.get("host"):
+                raise _HttpError(403, "cross-site request refused")
+            if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+                raise _HttpError(415, "send the body as application/json")
+            raw = await request.body()
+            if len(raw) > 1024:
+                raise _HttpError(413, "body too large")
+            try:
+                status = json.loads(raw).get("status")
+            except (ValueError, AttributeError):
+                raise _HttpError(400, 'expected {"status": "acknowledged" | "resolved" | "open"}') from None
+            if status not in ("open", "acknowledged", "resolved"):
+                raise _HttpError(400, f"status: expected open, acknowledged or resolved, got {str(status)[:20]!r}")
+            try:
+                alert_id = int(request.path_params["alert_id"])
+            except ValueError:
+                raise _HttpError(404, "no such alert") from None
+            if not await run_in_threadpool(self.store.set_alert_status, alert_id, status):
+                raise _HttpError(404, "no such alert")
+            log.info("dashboard: alert %d set to %s by key %s", alert_id, status, p)
+            self.cache.clear()
+            return JSONResponse({"id": alert_id, "status": status}, headers={"cache-control": "no-store"})
+        except _HttpError as e:
+            return JSONResponse({"error": e.message}, e.status, headers={"cache-control": "no-store"})
+
     # -- API -----------------------------------------------------------------------------
     def summary(self, request: Request) -> dict[str, Any]:
         label, since, _ = _since(request)
@@ -478,6 +521,7 @@ def create_dashboard(store: EventStore | str, *, keys: Sequence[ClientKey] = (),
     ]
     for name in ("summary", "timeseries", "users", "alerts", "events", "clusters"):
         routes.append(Route(f"/api/{name}", d.api(getattr(d, name)), methods=["GET"]))
+    routes.append(Route("/api/alerts/{alert_id}/status", d.set_alert_status, methods=["POST"]))
     app = Starlette(routes=routes)
     app.state.dashboard = d
     return app

@@ -132,14 +132,30 @@
   function drawAlerts(a) {
     const tb = document.getElementById("alerts");
     tb.replaceChildren();
-    if (!a.alerts.length) { tb.append(el("tr", {}, el("td", { colspan: 6, class: "muted" }, "No open alerts."))); return; }
+    if (!a.alerts.length) { tb.append(el("tr", {}, el("td", { colspan: 7, class: "muted" }, "No open alerts."))); return; }
     for (const x of a.alerts) {
       const linkable = x.subject_kind === "user" || x.subject_kind === "conversation";
       tb.append(el("tr", { "data-testid": "alert-row", "data-rule": x.rule },
         el("td", {}, when(x.last_seen)), el("td", { class: `sev-${x.severity}` }, x.severity), el("td", {}, x.rule),
         el("td", {}, `${x.subject_kind} `, linkable ? subjectLink(x.subject_kind, x.subject_id) : short(x.subject_id)),
-        el("td", {}, x.summary), el("td", { class: "num" }, num(x.count))));
+        el("td", {}, x.summary), el("td", { class: "num" }, num(x.count)),
+        el("td", {}, ...["acknowledged", "resolved"].filter((st) => st !== x.status).map((st) =>
+          el("button", { type: "button", class: "action", "data-testid": `alert-${st}`, "data-id": x.id,
+                         on: () => setAlertStatus(x.id, st).then(load).catch(showError) },
+             st === "acknowledged" ? "Acknowledge" : "Resolve")))));
     }
+  }
+
+  async function setAlertStatus(id, status) {
+    const r = await fetch(`${BASE}/api/alerts/${encodeURIComponent(id)}/status`, {
+      method: "POST", credentials: "same-origin",
+      headers: { "content-type": "application/json", accept: "application/json" },
+      body: JSON.stringify({ status }),
+    });
+    if (r.status === 401) { window.location.assign(`${BASE}/login`); throw new Error("not logged in"); }
+    const data = await r.json();
+    if (!r.ok) throw new Error(data.error || `HTTP ${r.status}`);
+    return data;
   }
 
   function drawUsers(u) {
