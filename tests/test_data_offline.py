@@ -190,3 +190,12 @@ def test_cli_rejects_unknown_holdout_family(mini_path: Path, tmp_path: Path) -> 
     if not registered_transforms():
         pytest.skip("the built-in transform library is not installed yet")
     assert main(["generate", "--constitution", str(mini_path), "--out", str(tmp_path), "--n", "100", "--holdout-families", "nope"]) == 1
+
+
+def test_dedup_keeps_distinct_texts_made_of_punctuation() -> None:
+    """Morse code is all punctuation: two different Morse requests are not duplicates."""
+    recs = [_rec(0, ".- ... / .- / .--. .- .-. . -. -"), _rec(1, "-.-- --- --..-- / .. .----. --"),
+            _rec(2, ".- ...  /  .-  / .--. .- .-. . -. -"), _rec(3, "Hello, world!"), _rec(4, "hello world")]
+    kept, dropped = dedup_exact(recs)
+    assert [r.id for r in kept] == ["0", "1", "3"] and dropped == 2
+    assert normalise("Hello,   World!") == "helloworld" and normalise(".-  ...") == ".- ..."

@@ -25,8 +25,16 @@ _TAGS = {cp: cp - 0xE0000 for cp in range(0xE0020, 0xE007F)}
 
 
 def normalise(text: str) -> str:
-    """Casefold, NFKC, reveal tag-smuggled text, and drop punctuation and whitespace."""
-    return _NON_WORD.sub("", unicodedata.normalize("NFKC", text.translate(_TAGS)).casefold())
+    """Casefold, NFKC, reveal tag-smuggled text, and drop punctuation and whitespace.
+
+    Where punctuation is most of the text (Morse code, say), it is the content: then only
+    whitespace is collapsed, or every such text would normalise to "" and count as one.
+    """
+    s = unicodedata.normalize("NFKC", text.translate(_TAGS)).casefold()
+    w = _NON_WORD.sub("", s)
+    if 2 * len(w) < len("".join(s.split())):
+        return " ".join(s.split())
+    return w
 
 
 def record_text(r: Record) -> str:
