@@ -53,9 +53,10 @@ def _chat(base: str, text: str, user: str) -> str:
     return r.headers["x-request-id"]
 
 
-def _serve(upstream: str, db: str, model: Path, port: int, tmp: Path) -> subprocess.Popen[bytes]:
+def _serve(upstream: str, db: str | None, model: Path, port: int, tmp: Path) -> subprocess.Popen[bytes]:
+    """`charter serve` in ``tmp`` (its working directory), ready; without ``db``, its default store."""
     cmd = [sys.executable, "-c", "from charter.cli import run; run()", "serve", "--upstream", upstream,
-           "--db", db, "--model", str(model), "--port", str(port)]
+           "--model", str(model), "--port", str(port), *(["--db", db] if db else [])]
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, cwd=tmp, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp / "serve.log", "ab"))
     base = f"http://127.0.0.1:{port}"
@@ -160,19 +161,9 @@ def test_a_store_outage_spills_and_replays_exactly_once(tmp_path: Path, postgres
 def test_charter_serve_stores_events_in_sqlite_by_default(tmp_path: Path, mini_model_dir: Path) -> None:
     with ScriptedOpenAI(default="hello") as up:
         port = _free_port()
-        cmd = [sys.executable, "-c", "from charter.cli import run; run()", "serve", "--upstream", up.base_url,
-               "--model", str(mini_model_dir), "--port", str(port)]
-        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "ab"))
         base = f"http://127.0.0.1:{port}"
+        proc = _serve(up.base_url, None, mini_model_dir, port, tmp_path)
         try:
-            def up_() -> bool:
-                assert proc.poll() is None, (tmp_path / "serve.log").read_text()
-                try:
-                    return httpx.get(f"{base}/healthz", timeout=1).status_code == 200
-                except httpx.HTTPError:
-                    return False
-
-            _wait(up_, 90, "charter serve to start")
             rid = _chat(base, "hello", "someone")
             _wait(lambda: _metric(base, "charter_events_written") >= 1, what="the event to be written")
         finally:

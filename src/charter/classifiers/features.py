@@ -24,6 +24,18 @@ _M2 = np.uint64(0xC4CEB9FE1A85EC53)
 _P = np.uint64(0x100000001B3)
 
 
+def window_hashes(seq: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Polynomial hashes of every run of ``n`` consecutive items of ``seq`` (uint64, wrapping)."""
+    m = len(seq) - n + 1
+    if m <= 0:
+        return np.zeros(0, dtype=np.uint64)
+    h = np.full(m, np.uint64(seed))
+    with np.errstate(over="ignore"):
+        for k in range(n):
+            h = h * _P + seq[k : k + m]
+    return h
+
+
 def _mix(h: np.ndarray) -> np.ndarray:
     # murmur3 fmix64 finaliser: spreads polynomial hashes over all bits
     h = h ^ (h >> np.uint64(33))
@@ -61,27 +73,14 @@ class NgramHasher:
         codes = np.frombuffer(s.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
         lo, hi = self.char_ngrams
         with np.errstate(over="ignore"):
-            for n in range(lo, hi + 1):
-                m = len(codes) - n + 1
-                if m <= 0:
-                    break
-                h = np.full(m, np.uint64(n * 1_000_003 + salt))
-                for k in range(n):
-                    h = h * _P + codes[k : k + m]
-                parts.append(h)
+            parts += [window_hashes(codes, n, n * 1_000_003 + salt) for n in range(lo, hi + 1)]
             words = _WORD.findall(s)
             if words:
                 w = np.fromiter((zlib.crc32(x.encode()) for x in words), dtype=np.uint64, count=len(words))
                 w = w + np.uint64(0x9E3779B97F4A7C15 + salt)
                 lo_w, hi_w = self.word_ngrams
-                for n in range(lo_w, hi_w + 1):
-                    m = len(w) - n + 1
-                    if m <= 0:
-                        break
-                    h = np.full(m, np.uint64(0xABCDEF + n + salt))
-                    for k in range(n):
-                        h = h * _P + w[k : k + m]
-                    parts.append(h)
+                parts += [window_hashes(w, n, 0xABCDEF + n + salt) for n in range(lo_w, hi_w + 1)]
+            parts = [p for p in parts if len(p)]
             if not parts:
                 return np.zeros(0, dtype=np.int64)
             allh = _mix(np.concatenate(parts))

@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from charter.classifiers.features import _M1, _M2, _WORD, NgramHasher, _mix, _P  # noqa: F401
+from charter.classifiers.features import _M1, _M2, _WORD, NgramHasher, _mix, _P, window_hashes  # noqa: F401
 
 _MASK = (1 << 64) - 1
 _PI, _M1I, _M2I = int(_P), int(_M1), int(_M2)
@@ -277,34 +277,23 @@ class ExchangeStream:
         buf = self._tail + text  # the pad, then the text: n-grams must end inside the text
         codes = np.frombuffer(buf.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
         pad = len(self._tail)
-        with np.errstate(over="ignore"):
-            for n in range(self._lo, self._hi + 1):
-                m = len(codes) - n + 1
-                if m <= 0:
-                    break
-                h = np.full(m, np.uint64(n * 1_000_003 + RESP_SALT))
-                for k in range(n):
-                    h = h * _P + codes[k : k + m]
-                end = np.arange(m) + n - 1  # index in buf of each n-gram's last char
-                keep = end >= pad
-                add(h[keep], end[keep] - pad)
-            # words: complete once the character after them has arrived (as in _complete_words)
-            found = [(mt.group(), mt.end()) for mt in _WORD.finditer(text)]
-            done = [(wd, e) for wd, e in found if e < len(text)]
-            if done:
-                w = np.fromiter((zlib.crc32(x.encode()) for x, _ in done), dtype=np.uint64, count=len(done))
+        for n in range(self._lo, self._hi + 1):
+            h = window_hashes(codes, n, n * 1_000_003 + RESP_SALT)
+            end = np.arange(len(h)) + n - 1  # index in buf of each n-gram's last char
+            keep = end >= pad
+            add(h[keep], end[keep] - pad)
+        # words: complete once the character after them has arrived (as in _complete_words)
+        found = [(mt.group(), mt.end()) for mt in _WORD.finditer(text)]
+        done = [(wd, e) for wd, e in found if e < len(text)]
+        if done:
+            w = np.fromiter((zlib.crc32(x.encode()) for x, _ in done), dtype=np.uint64, count=len(done))
+            with np.errstate(over="ignore"):
                 w = w + np.uint64(_WORD_SEED)
-                at = np.array([e for _, e in done])
-                lo_w, hi_w = self._h.word_ngrams
-                for n in range(lo_w, hi_w + 1):
-                    m = len(w) - n + 1
-                    if m <= 0:
-                        break
-                    h = np.full(m, np.uint64(0xABCDEF + n + RESP_SALT))
-                    for k in range(n):
-                        h = h * _P + w[k : k + m]
-                    add(h, at[n - 1 :])
-                self._prev_word_hash = w[-1]
+            at = np.array([e for _, e in done])
+            lo_w, hi_w = self._h.word_ngrams
+            for n in range(lo_w, hi_w + 1):
+                add(window_hashes(w, n, 0xABCDEF + n + RESP_SALT), at[n - 1 :])
+            self._prev_word_hash = w[-1]
         self._word = found[-1][0] if found and found[-1][1] == len(text) else ""
         self._tail = buf[-(self._hi - 1) :]
         dot = np.cumsum(sums)
@@ -321,19 +310,11 @@ class ExchangeStream:
         buf = self._tail + s
         codes = np.frombuffer(buf.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
         start_new = len(self._tail)
-        parts = []
+        # n-grams must end at index >= start_new, i.e. start at or after start_new - n + 1
+        parts = [window_hashes(codes, n, n * 1_000_003 + RESP_SALT)[max(0, start_new - n + 1):]
+                 for n in range(self._lo, self._hi + 1)]
         with np.errstate(over="ignore"):
-            for n in range(self._lo, self._hi + 1):
-                m = len(codes) - n + 1
-                if m <= 0:
-                    break
-                h = np.full(m, np.uint64(n * 1_000_003 + RESP_SALT))
-                for k in range(n):
-                    h = h * _P + codes[k : k + m]
-                first = max(0, start_new - n + 1)  # n-gram must end at index >= start_new
-                parts.append(h[first:])
-            if parts:
-                self._add(np.concatenate(parts))
+            self._add(np.concatenate(parts))
         self._tail = buf[-(self._hi - 1) :]
 
     def _feed_chars_int(self, s: str) -> None:
@@ -389,15 +370,7 @@ class ExchangeStream:
             w = np.fromiter((zlib.crc32(x.encode()) for x in complete), dtype=np.uint64, count=len(complete))
             w = w + np.uint64(_WORD_SEED)
             seq = w if self._prev_word_hash is None else np.concatenate([[self._prev_word_hash], w])
-            out = []
-            for n in range(lo_w, hi_w + 1):
-                m = len(seq) - n + 1
-                if m <= 0:
-                    break
-                h = np.full(m, np.uint64(0xABCDEF + n + RESP_SALT))
-                for k in range(n):
-                    h = h * _P + seq[k : k + m]
-                skip = 1 if (self._prev_word_hash is not None and n == 1) else 0  # old word's unigram
-                out.append(h[skip:])
+            skip = 0 if self._prev_word_hash is None else 1  # the old word's unigram is already counted
+            out = [window_hashes(seq, n, 0xABCDEF + n + RESP_SALT)[skip if n == 1 else 0:] for n in range(lo_w, hi_w + 1)]
             self._add(np.concatenate(out))
             self._prev_word_hash = w[-1]

@@ -234,16 +234,21 @@ class OutputMonitor:
             self._stream.feed(token_text)
             self._pending.append(token_text)
             if self._stream.max_score >= self.threshold:
-                self.flagged, self.flagged_at = True, self.n_tokens
-                self._pending.clear()
-                # name the category once, from stage 1 on the exchange text
-                p = self.guard.stage1.proba_one(self.prompt + "\n" + self.released_text)
-                self._flag_scores = {c: float(p[i]) for i, c in enumerate(self.guard.classes) if i != self.guard._perm}
-        s = self._stream.max_score
+                self._flag(self.n_tokens)
+        return self._verdict(t0)
+
+    def _flag(self, at_token: int) -> None:
+        self.flagged, self.flagged_at = True, at_token
+        self._pending.clear()
+        # name the category once, from stage 1 on the exchange text
+        p = self.guard.stage1.proba_one(self.prompt + "\n" + self.released_text)
+        self._flag_scores = {c: float(p[i]) for i, c in enumerate(self.guard.classes) if i != self.guard._perm}
+
+    def _verdict(self, t0: float) -> Verdict:
         scores: dict[str, float] = self._flag_scores if self.flagged else {}
         category = max(scores, key=scores.__getitem__) if scores else None
-        return Verdict(score=s, flagged=self.flagged, category=category, scores=scores, stage="exchange",
-                       latency_ms=(time.perf_counter() - t0) * 1000)
+        return Verdict(score=self._stream.max_score, flagged=self.flagged, category=category, scores=scores,
+                       stage="exchange", latency_ms=(time.perf_counter() - t0) * 1000)
 
     def scan(self, chunks: Sequence[str]) -> Verdict | None:
         """``feed`` every chunk of a complete response until the first flag, in one vectorised pass;
@@ -261,17 +266,12 @@ class OutputMonitor:
         if len(over):
             k = int(over[0])
             self._stream.max_score = float(scores[: k + 1].max())
-            self.n_tokens = self.flagged_at = k + 1
-            self.flagged = True
-            p = self.guard.stage1.proba_one(self.prompt + "\n" + self.released_text)
-            self._flag_scores = {c: float(p[i]) for i, c in enumerate(self.guard.classes) if i != self.guard._perm}
+            self.n_tokens = k + 1
+            self._flag(k + 1)
         else:
             self.n_tokens = len(chunks)
             self._pending.extend(chunks)
-        scores_d = self._flag_scores if self.flagged else {}
-        category = max(scores_d, key=scores_d.__getitem__) if scores_d else None
-        return Verdict(score=self._stream.max_score, flagged=self.flagged, category=category, scores=scores_d,
-                       stage="exchange", latency_ms=(time.perf_counter() - t0) * 1000)
+        return self._verdict(t0)
 
     def drain(self) -> str:
         if self.flagged or len(self._pending) <= self.hold_back:

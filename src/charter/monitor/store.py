@@ -16,7 +16,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -125,6 +125,24 @@ _MIGRATE_LOCK = threading.Lock()
 BLOCKED = ("blocked_input", "blocked_output")
 
 ALERT_STATUSES = ("open", "acknowledged", "resolved")
+
+
+def _counts_select(bucket: Any) -> Any:
+    """Events counted by (bucket, decision, category if flagged else '', stage): the rollup key."""
+    e = events_table
+    cat = sa.case((e.c.flagged, sa.func.coalesce(e.c.category, "")), else_="")
+    stage = sa.func.coalesce(e.c.stage, "")
+    return (sa.select(bucket, e.c.decision, cat, stage, sa.func.count(), sa.func.sum(sa.case((e.c.flagged, 1), else_=0)),
+                      sa.func.sum(sa.case((e.c.escalated, 1), else_=0))).group_by(bucket, e.c.decision, cat, stage))
+
+
+def _greatest(a: Any, b: Any) -> Any:
+    # GREATEST is PostgreSQL's, MAX(a, b) SQLite's: a CASE is both
+    return sa.case((a >= b, a), else_=b)
+
+
+def _hour() -> Any:
+    return sa.cast(sa.func.floor(events_table.c.ts / HOUR), sa.Integer)
 
 
 def _signals(categories: list[str]) -> list[str]:
@@ -327,14 +345,23 @@ class EventStore:
     def dialect(self) -> str:
         return self.engine.dialect.name
 
-    def _insert(self, table: sa.Table, unique: str) -> Any:
+    def _dialect_insert(self, table: sa.Table) -> Any:
+        """An INSERT that knows ON CONFLICT (PostgreSQL and SQLite, the two supported engines)."""
         if self.dialect == "postgresql":
             from sqlalchemy.dialects.postgresql import insert
-            return insert(table).on_conflict_do_nothing(index_elements=[unique])
-        if self.dialect == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-            return sqlite_insert(table).on_conflict_do_nothing(index_elements=[unique])
-        return table.insert()
+        else:
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        return insert(table)
+
+    def _insert(self, table: sa.Table, unique: str) -> Any:
+        return self._dialect_insert(table).on_conflict_do_nothing(index_elements=[unique])
+
+    def _upsert(self, conn: sa.Connection, table: sa.Table, keys: list[str], rows: list[dict[str, Any]],
+                merge: Callable[[sa.Table, Any], dict[str, Any]]) -> None:
+        """Insert ``rows``; where a row with the same ``keys`` exists, set ``merge(table, excluded)``."""
+        if rows:
+            ins = self._dialect_insert(table)
+            conn.execute(ins.on_conflict_do_update(index_elements=keys, set_=merge(table, ins.excluded)), rows)
 
     # ------------------------------------------------------------------ writes
 
@@ -375,69 +402,38 @@ class EventStore:
         return len(inserted)
 
     def _apply_conversations(self, conn: sa.Connection, convs: dict[tuple[str, str], float]) -> None:
-        if not convs:
-            return
-        t = user_conversations_table
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-        ins = insert(t)
-        conn.execute(ins.on_conflict_do_update(index_elements=["user_id", "conversation_id"], set_={
-            "last_ts": sa.case((t.c.last_ts >= ins.excluded.last_ts, t.c.last_ts), else_=ins.excluded.last_ts)}),
-            [{"user_id": k[0], "conversation_id": k[1], "last_ts": v} for k, v in convs.items()])
+        self._upsert(conn, user_conversations_table, ["user_id", "conversation_id"],
+                     [{"user_id": k[0], "conversation_id": k[1], "last_ts": v} for k, v in convs.items()],
+                     lambda t, x: {"last_ts": _greatest(t.c.last_ts, x.last_ts)})
 
     def _apply_user_rollup(self, conn: sa.Connection, users: dict[tuple[str, int], list[float]]) -> None:
-        if not users:
-            return
-        t = user_rollups_table
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-        ins = insert(t)
-        conn.execute(ins.on_conflict_do_update(index_elements=["user_id", "hour"], set_={
-            "n": t.c.n + ins.excluded.n, "flagged": t.c.flagged + ins.excluded.flagged,
-            "blocked": t.c.blocked + ins.excluded.blocked,
-            "max_score": sa.case((t.c.max_score >= ins.excluded.max_score, t.c.max_score), else_=ins.excluded.max_score)}),
-            [{"user_id": k[0], "hour": k[1], "n": int(v[0]), "flagged": int(v[1]), "blocked": int(v[2]),
-              "max_score": float(v[3])} for k, v in users.items()])
+        self._upsert(conn, user_rollups_table, ["user_id", "hour"],
+                     [{"user_id": k[0], "hour": k[1], "n": int(v[0]), "flagged": int(v[1]), "blocked": int(v[2]),
+                       "max_score": float(v[3])} for k, v in users.items()],
+                     lambda t, x: {"n": t.c.n + x.n, "flagged": t.c.flagged + x.flagged, "blocked": t.c.blocked + x.blocked,
+                                   "max_score": _greatest(t.c.max_score, x.max_score)})
 
     def _user_rollup_select(self, where: Any) -> Any:
         e = events_table
-        hour = sa.cast(sa.func.floor(e.c.ts / HOUR), sa.Integer)
+        hour = _hour()
         return (sa.select(e.c.user_id, hour, sa.func.count(), sa.func.sum(sa.case((e.c.flagged, 1), else_=0)),
                           sa.func.sum(sa.case((e.c.decision.in_(BLOCKED), 1), else_=0)),
                           sa.func.coalesce(sa.func.max(e.c.score), 0.0))
                 .where(where).group_by(e.c.user_id, hour))
 
     def _apply_rollup(self, conn: sa.Connection, deltas: dict[tuple[int, str, str, str], list[int]]) -> None:
-        if not deltas:
-            return
-        rows = [{"hour": k[0], "decision": k[1], "category": k[2], "stage": k[3], "n": v[0], "flagged": v[1],
-                 "escalated": v[2]} for k, v in deltas.items()]
-        t = rollups_table
-        keys = ["hour", "decision", "category", "stage"]
-        if self.dialect == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        else:
-            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
-        ins = insert(t)
-        conn.execute(ins.on_conflict_do_update(index_elements=keys, set_={
-            "n": t.c.n + ins.excluded.n, "flagged": t.c.flagged + ins.excluded.flagged,
-            "escalated": t.c.escalated + ins.excluded.escalated}), rows)
+        self._upsert(conn, rollups_table, ["hour", "decision", "category", "stage"],
+                     [{"hour": k[0], "decision": k[1], "category": k[2], "stage": k[3], "n": v[0], "flagged": v[1],
+                       "escalated": v[2]} for k, v in deltas.items()],
+                     lambda t, x: {"n": t.c.n + x.n, "flagged": t.c.flagged + x.flagged,
+                                   "escalated": t.c.escalated + x.escalated})
         if any(v[0] < 0 for v in deltas.values()):
+            t = rollups_table
             conn.execute(t.delete().where((t.c.n <= 0) & (t.c.flagged <= 0)))  # signal rows have n = 0
 
     def _remove_from_rollup(self, conn: sa.Connection, where: Any) -> None:
         """Subtract the events matching ``where`` (about to be deleted) from the hourly counts."""
-        e = events_table
-        hour = sa.cast(sa.func.floor(e.c.ts / HOUR), sa.Integer)
-        cat = sa.case((e.c.flagged, sa.func.coalesce(e.c.category, "")), else_="")
-        stage = sa.func.coalesce(e.c.stage, "")
-        q = (sa.select(hour, e.c.decision, cat, stage, sa.func.count(),
-                       sa.func.sum(sa.case((e.c.flagged, 1), else_=0)), sa.func.sum(sa.case((e.c.escalated, 1), else_=0)))
-             .where(where).group_by(hour, e.c.decision, cat, stage))
+        q = _counts_select(_hour()).where(where)
         deltas = {(int(h), d, c, st): [-int(n), -int(f or 0), -int(x or 0)] for h, d, c, st, n, f, x in conn.execute(q)}
         self._signal_rows(conn, where, deltas, -1)
         self._apply_rollup(conn, deltas)
@@ -454,12 +450,7 @@ class EventStore:
 
     def rebuild_rollups(self) -> None:
         """Recount the hourly rollups from the events (after a bulk load that bypassed :meth:`write`)."""
-        e = events_table
-        hour = sa.cast(sa.func.floor(e.c.ts / HOUR), sa.Integer)
-        cat = sa.case((e.c.flagged, sa.func.coalesce(e.c.category, "")), else_="")
-        stage = sa.func.coalesce(e.c.stage, "")
-        q = (sa.select(hour, e.c.decision, cat, stage, sa.func.count(), sa.func.sum(sa.case((e.c.flagged, 1), else_=0)),
-                       sa.func.sum(sa.case((e.c.escalated, 1), else_=0))).group_by(hour, e.c.decision, cat, stage))
+        q = _counts_select(_hour())
         cols = ["hour", "decision", "category", "stage", "n", "flagged", "escalated"]
         ucols = ["user_id", "hour", "n", "flagged", "blocked", "max_score"]
         with self.engine.begin() as conn:
@@ -587,23 +578,16 @@ class EventStore:
                 q = q.where(r.c.hour >= h0)
             out += [(bkt(h * HOUR), d, c, st, int(n), int(f), int(x)) for h, d, c, st, n, f, x in conn.execute(q)]
             raw = ([(since, h0 * HOUR)] if since is not None and h0 is not None else []) + [(h1 * HOUR, until)]
-        cat = sa.case((e.c.flagged, sa.func.coalesce(e.c.category, "")), else_="")
-        stage = sa.func.coalesce(e.c.stage, "")
         b = (sa.cast(sa.func.floor((e.c.ts - bucket[0]) / bucket[1]), sa.Integer) if bucket is not None
              else sa.literal(0, sa.Integer))
         for lo, hi in raw:
-            q = (sa.select(b, e.c.decision, cat, stage, sa.func.count(), sa.func.sum(sa.case((e.c.flagged, 1), else_=0)),
-                           sa.func.sum(sa.case((e.c.escalated, 1), else_=0))).group_by(b, e.c.decision, cat, stage))
-            if lo is not None:
-                q = q.where(e.c.ts >= lo)
-            if hi is not None:
-                q = q.where(e.c.ts < hi)
-            out += [(int(bb), d, c, st, int(n), int(f or 0), int(x or 0)) for bb, d, c, st, n, f, x in conn.execute(q)]
             cond = sa.true()
             if lo is not None:
                 cond = cond & (e.c.ts >= lo)
             if hi is not None:
                 cond = cond & (e.c.ts < hi)
+            q = _counts_select(b).where(cond)
+            out += [(int(bb), d, c, st, int(n), int(f or 0), int(x or 0)) for bb, d, c, st, n, f, x in conn.execute(q)]
             sig: dict[tuple[int, str, str, str], list[int]] = {}
             self._signal_rows(conn, cond, sig, 1)
             out += [(bkt(h * HOUR) if bucket is None else -1, d, c, st, 0, v[1], 0) for (h, d, c, st), v in sig.items()]
