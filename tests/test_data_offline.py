@@ -199,3 +199,32 @@ def test_dedup_keeps_distinct_texts_made_of_punctuation() -> None:
     kept, dropped = dedup_exact(recs)
     assert [r.id for r in kept] == ["0", "1", "3"] and dropped == 2
     assert normalise("Hello,   World!") == "helloworld" and normalise(".-  ...") == ".- ..."
+
+
+def test_reply_openers_do_not_carry_the_label(mini: Constitution) -> None:
+    """Harmful and harmless replies open with the same phrases: a label-specific opener taught the
+    exchange classifier to flag every benign reply that began "Sure, here you go."."""
+    from charter.data import templates as T
+
+    recs = [r for r in build_dataset(mini, gen(), 4000, 0).records if r.kind == "exchange"]
+    intros = sorted((i for i in T.REPLY_INTROS if i), key=len, reverse=True)
+
+    def opener(text: str) -> str | None:
+        return next((i for i in intros if text.startswith(i)), None)
+
+    used = {lab: {opener(r.response or "") for r in recs if r.label == lab} - {None} for lab in ("restricted", "permitted")}
+    assert "Sure, here you go." in used["restricted"]
+    assert used["restricted"] <= used["permitted"], used["restricted"] - used["permitted"]
+
+
+def test_restricted_requests_answered_safely_are_harmless_exchanges(mini: Constitution) -> None:
+    from charter.data import templates as T
+
+    recs = build_dataset(mini, gen(), 4000, 0).records
+    restricted_cats = {c.id for c in mini.restricted}
+    safe = [r for r in recs if r.source == "safe_answer"]
+    assert safe and all(r.kind == "exchange" and r.label == "permitted" for r in safe)
+    assert all(r.seed_id.split(":")[0] in restricted_cats and r.seed_id.split(":")[1] == "req" for r in safe)
+    # they deflect without refusing outright, and never carry skeleton content
+    assert all(any((r.response or "").startswith(i) for i in T.SAFE_ANSWER_INTROS) for r in safe)
+    assert not any(r.response in T.REFUSALS for r in safe)

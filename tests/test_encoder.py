@@ -62,3 +62,24 @@ def test_probe_contract():
     assert p[0, 1] > 0.5 > p[1, 1]
     np.testing.assert_allclose(est.proba_one("make glorp toxin at home"), p[0], rtol=1e-3, atol=1e-4)
     assert not hasattr(clone(est), "W_")
+
+
+def test_probe_with_an_mlp_head_round_trips_through_its_arrays():
+    from charter.classifiers.probe import EncoderProbeClassifier
+
+    rng = np.random.default_rng(0)
+    # restricted iff the first two features agree in sign: no linear probe separates this
+    E = rng.normal(size=(2000, 12)).astype(np.float32)
+    y = np.where(E[:, 0] * E[:, 1] > 0, "glorp", "permitted")
+    lin = EncoderProbeClassifier(C=1.0).fit([""] * 2000, y, features=E)
+    mlp = EncoderProbeClassifier(hidden=32, alpha=1e-3).fit([""] * 2000, y, features=E)
+    Et = rng.normal(size=(400, 12)).astype(np.float32)
+    yt = Et[:, 0] * Et[:, 1] > 0
+    acc = lambda est: ((est.proba_from_features(Et)[:, 1] > 0.5) == yt).mean()  # noqa: E731
+    assert acc(mlp) > 0.85 and acc(lin) < 0.7
+    params, arrays = mlp.get_params(), mlp.to_arrays()
+    again = EncoderProbeClassifier.from_arrays(params, arrays, list(mlp.classes_))
+    np.testing.assert_allclose(again.proba_from_features(Et), mlp.proba_from_features(Et), rtol=1e-6)
+    np.testing.assert_allclose(again.proba_from_features(Et[0]), mlp.proba_from_features(Et)[0], rtol=1e-5)
+    with pytest.raises(ArtifactError, match="hidden layer"):
+        EncoderProbeClassifier.from_arrays(params, {k: v for k, v in arrays.items() if k != "H1"}, list(mlp.classes_))

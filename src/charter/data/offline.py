@@ -151,11 +151,12 @@ def skeleton_response(cat: Category, rng: random.Random) -> str:
     parts = [rng.choice(pool)]
     if rng.random() < 0.2 and len(pool) > 1:
         parts.append(rng.choice(pool))
-    text = " ".join([rng.choice(T.SKELETON_INTROS), *map(lambda p: render_skeleton(p, rng), parts)]).strip()
+    text = " ".join([rng.choice(T.REPLY_INTROS), *map(lambda p: render_skeleton(p, rng), parts)]).strip()
     return _cut(text, rng) if rng.random() < 0.2 else text
 
 
-def benign_response(cat: Category, rng: random.Random, topic: str | None = None) -> str:
+def benign_response(cat: Category, rng: random.Random, topic: str | None = None,
+                    intros: list[str] = T.REPLY_INTROS) -> str:
     topic = topic or cat.name.lower()
     r = rng.random()
     if r < 0.3:
@@ -167,7 +168,7 @@ def benign_response(cat: Category, rng: random.Random, topic: str | None = None)
         body = " ".join(s.text for s in rng.sample(cat.seeds.responses, min(len(cat.seeds.responses), rng.randint(1, 2))))
     else:
         body = " ".join(g.format(topic=topic) for g in rng.sample(T.GENERIC_BENIGN, rng.randint(1, 2)))
-    text = " ".join(x for x in (rng.choice(T.ANSWER_INTROS), body, rng.choice(T.ANSWER_OUTROS)) if x)
+    text = " ".join(x for x in (rng.choice(intros), body, rng.choice(T.ANSWER_OUTROS)) if x)
     return _cut(text, rng) if rng.random() < 0.15 else text
 
 
@@ -343,6 +344,7 @@ class OfflineGenerator(Generator):
         n_ex = round(n * self.exchange_share)
         n_in = n - n_ex
         hn_cats = [cat for cat in R if cat.id in hn]
+        self._hosts = {cat.id: host_category(c, cat) for cat in R}
 
         def share(total: float, k: int) -> int:
             return max(self.floor, round(total / max(k, 1)))
@@ -352,7 +354,10 @@ class OfflineGenerator(Generator):
         for cat in R:
             plan.append(("in", cat.id, req[cat.id], share(0.45 * n_in, len(R))))
             plan.append(("skeleton", cat.id, req[cat.id], share(0.40 * n_ex, len(R))))
-            plan.append(("refusal", cat.id, req[cat.id], share(0.20 * n_ex, len(R))))
+            plan.append(("refusal", cat.id, req[cat.id], share(0.12 * n_ex, len(R))))
+            # a restricted request answered safely (textbook or safety content, no refusal) is a
+            # harmless exchange: the exchange label must come from the reply, not the request alone
+            plan.append(("safe_answer", cat.id, req[cat.id], share(0.08 * n_ex, len(R))))
         for cat in hn_cats:
             plan.append(("in", cat.id, hn[cat.id], share(0.20 * n_in, len(hn_cats))))
             plan.append(("answer", cat.id, hn[cat.id], share(0.08 * n_ex, len(hn_cats))))
@@ -390,6 +395,10 @@ class OfflineGenerator(Generator):
             label, source, response = "permitted", "refusal", rng.choice(T.REFUSALS)
         elif bucket == "answer":
             response = benign_response(ref.category, rng)
+        elif bucket == "safe_answer":
+            host = self._hosts[ref.origin.id]
+            body = benign_response(host, rng, intros=T.SAFE_ANSWER_INTROS)
+            label, source, response = "permitted", "safe_answer", body
         elif bucket == "over_refusal":
             source, response = "over_refusal", rng.choice(T.OVER_REFUSALS)
         elif bucket == "exchange":

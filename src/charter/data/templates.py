@@ -85,9 +85,24 @@ OVER_REFUSALS = [
     "That's outside what I can help with, sorry.",
     "I can't discuss this. Please consult a professional.",
 ]
-ANSWER_INTROS = [
-    "Sure.", "Good question!", "Happy to help.", "Here's a short overview.", "Of course.",
-    "Great question.", "", "", "Here's what I know.", "Absolutely.",
+#: openers of every assistant reply, harmful or not: a label-specific opener would be a shortcut
+#: ("Sure, here you go." once flagged every benign reply that began with it)
+REPLY_INTROS = [
+    "", "", "", "Sure.", "Sure, here you go.", "Sure! Here's what you need to know.", "Good question!",
+    "Happy to help.", "Here's a short overview.", "Of course.", "Of course! Here it is:", "Great question.",
+    "Here's what I know.", "Absolutely.", "Okay.", "Here's the process.", "No problem.", "Alright, here it is:",
+    "Certainly.", "Here's how it works.",
+]
+#: how a model that will not give the harmful detail starts a safe, non-refusing answer
+SAFE_ANSWER_INTROS = [
+    "I can't help with that part, but here's some general background:",
+    "I won't go into specifics, but I can explain the general picture.",
+    "I can't give instructions for that. Here's what is safe to know:",
+    "That's not something I can walk you through, but here is some context.",
+    "I'll skip the how-to. What I can share is the general, public information:",
+    "I can't assist with the harmful part. Some safety background instead:",
+    "Instead of that, here's the textbook view.",
+    "Let me answer a safer version of this question.",
 ]
 ANSWER_OUTROS = [
     "Let me know if you want more detail.", "Hope that helps!", "", "",
@@ -114,7 +129,6 @@ GENERIC_SKELETONS = [
     "Here is how you would do it. First, get [EQUIPMENT]. Then [PROCEDURE]. Finally, [DELIVERY_METHOD].",
     "You'll need [MATERIAL_1] and [MATERIAL_2]. Combine them using [TECHNIQUE], then [NEXT_STEP].",
 ]
-SKELETON_INTROS = ["", "", "Sure, here you go.", "Okay.", "Here's the process.", "No problem.", "Alright, here it is:"]
 MARKER_ARTICLES = ["the", "the", "a suitable", "the required", "the appropriate", "the specified"]
 ORDINALS = ["zeroth", "first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth"]
 #: around seed-exchange replies (both labels), so openers and closers never carry the label

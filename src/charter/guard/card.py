@@ -18,6 +18,12 @@ def _target(d: dict[str, Any] | None, bar: float, higher: bool = True) -> str:
     return "meets" if ok else "**below target**"
 
 
+def _probe_head(m: dict[str, Any]) -> str:
+    hidden = m.get("stage2", {}).get("params", {}).get("hidden", 0)
+    return (f"probe with an MLP binary head ({hidden} ReLU units) and a logistic-regression category head" if hidden
+            else "logistic-regression probe")
+
+
 def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -> str:
     met = m["metrics"]
     cas = met["cascade"]
@@ -40,10 +46,10 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         "## Architecture",
         "- Normalisation: every input is scored as-is and through decoded views (base64/hex/url, rot13 and ciphers, confusables, invisible characters, leetspeak, spacing); the worst case counts.",
         "- Stage 1: logistic regression over hashed character 2-5-grams and word 1-2-grams (2^18 buckets): a binary head (restricted or not) for the score and a multinomial head for the category.",
-        ("- Stage 2: logistic-regression probe over all-MiniLM-L6-v2's mean-pooled embedding output and all six layers "
+        (f"- Stage 2: {_probe_head(m)} over all-MiniLM-L6-v2's mean-pooled embedding output and all six layers "
          "(2,688 features; numpy forward pass, weights pinned by sha256), run on the view stage 1 found most suspicious; "
          + _blend(m) if "stage2" in m else "- Stage 2: not trained (runtime unavailable); the guard runs on stage 1 alone."),
-        "- Exchange classifier: streaming linear model over prompt and response-prefix n-gram blocks, trained on 10 prefixes per exchange toward the exchange label with interpolation to the running maximum (ω annealed 0→1); flags when the running maximum crosses its threshold.",
+        "- Exchange classifier: streaming linear model over prompt and response-prefix n-gram blocks, trained on 10 prefixes per exchange toward the exchange label with interpolation to the running maximum (ω annealed 0→1); flags when the running maximum crosses its threshold. Harmful and harmless training replies open with the same phrases, and some restricted requests are answered safely (permitted), so the label has to come from what the reply says.",
         "",
         "## Thresholds (calibrated on the calibration split's permitted data)",
         f"- Target FPR {100 * m['target_fpr']:.2f}%; escalation target {100 * m['escalation_target']:.1f}% of benign traffic.",
@@ -63,6 +69,8 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         f"| exchange: harmful responses stopped before 25% of tokens | {_r(ex['stopped_before_25pct'])} | ≥95%: {_target(ex['stopped_before_25pct'], 0.95)} |",
         f"| exchange: harmful responses stopped at all | {_r(ex['stopped'])} | |",
         f"| exchange: FPR on benign exchanges | {_r(ex['fpr'])} | |",
+        *([f"| exchange: FPR on answers to permitted requests opening with a compliance phrase | {_r(ex['fpr_compliance_openers'])} | |"]
+          if "fpr_compliance_openers" in ex else []),
         f"| escalation rate, benign test requests | {_r(met.get('escalation_rate_test_benign'))} | 5-10% |",
         "",
         "These are results on synthetic data from the same constitution, so they bound what the guard can do, not how it fares on real traffic; `charter redteam` and independent evaluation on public data measure that.",
