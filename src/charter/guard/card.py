@@ -18,8 +18,12 @@ def _target(d: dict[str, Any] | None, bar: float, higher: bool = True) -> str:
     return "meets" if ok else "**below target**"
 
 
+def _hidden(m: dict[str, Any]) -> int:
+    return int(m.get("stage2", {}).get("params", {}).get("hidden", 0))
+
+
 def _probe_head(m: dict[str, Any]) -> str:
-    hidden = m.get("stage2", {}).get("params", {}).get("hidden", 0)
+    hidden = _hidden(m)
     return (f"probe with an MLP binary head ({hidden} ReLU units) and a logistic-regression category head" if hidden
             else "logistic-regression probe")
 
@@ -81,7 +85,8 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         "|---|---|---|",
     ]
     auc = met.get("auc", {})
-    for name, label in (("stage1", "stage 1 (hashed n-grams, linear)"), ("stage2", "stage 2 (MiniLM all-layer probe)")):
+    s2_label = "stage 2 (MiniLM all-layer features, MLP head)" if _hidden(m) else "stage 2 (MiniLM all-layer probe)"
+    for name, label in (("stage1", "stage 1 (hashed n-grams, linear)"), ("stage2", s2_label)):
         d = met.get(f"{name}_only_at_1pct_test_fpr")
         if d:
             lines.append(f"| {label}, alone | {d['auc']:.4f} | {_r(d['recall'])} |")
@@ -89,7 +94,8 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         lines.append(f"| cascade | {auc['cascade']:.4f} | {_r(cas['recall'])} (calibrated threshold, whole test split) |")
     if met.get("stage_comparison_n"):
         lines.append(f"\nStages alone are compared on the same random sample of {met['stage_comparison_n']} test requests. "
-                     "Other stage-2 candidates (static WordLlama embeddings with an MLP) are measured by "
+                     "Other stage-2 candidates (a logistic probe on the same MiniLM features, static WordLlama "
+                     "embeddings with an MLP) are measured by "
                      "`python bench/bench_stage2_candidates.py`; see BENCHMARKS.md.")
     lines += ["", "## Recall by category", "", "| category | recall |", "|---|---|"]
     lines += [f"| {c} | {_r(v)} |" for c, v in met["recall_by_category"].items()]
