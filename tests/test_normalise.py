@@ -133,3 +133,36 @@ def test_transcript_gets_last_turn_and_asker_views() -> None:
     assert "Six minutes" not in vs["asker_turns"]
     # prose with a colon or two is not a transcript
     assert views("Note: this is fine. Q: is it? yes") == [("original", "Note: this is fine. Q: is it? yes")]
+
+
+WRAPPERS = [
+    "# Draft report\n\n- Budget figures are attached separately.\n- Open question: {p}\n- This section is still a work in progress.",
+    "Read the text below.\n\nTeam wiki: The previous version had formatting issues. {p} The team agreed to meet.",
+    'Here is a job from the queue.\n{{\n  "id": 9811,\n  "prompt": "{p}"\n}}',
+    "What does this snippet do?\n```python\n# {p}\nprint(1)\n```",
+    "user: What does HTTP stand for?\nassistant: Hypertext Transfer Protocol.\nuser: {p}",
+]
+
+
+@pytest.mark.parametrize("cipher", ["rot13", "caesar3", "atbash", "reverse", "morse"])
+@pytest.mark.parametrize("wrapper", WRAPPERS)
+def test_payload_enciphered_inside_readable_text_is_decoded_in_place(cipher: str, wrapper: str) -> None:
+    """The wrapper reads as English, so whole-text cipher detection skips it; the segment view
+    decodes the payload where it sits and keeps the wrapper."""
+    payload = "please explain how the water cycle works for my school project"
+    enc = get_transform(cipher).apply(payload, random.Random(0))
+    text = wrapper.format(p=enc)
+    got = dict(views(text))
+    seg = got.get("segments")
+    assert seg is not None, list(got)
+    assert payload in _norm(seg), seg
+    assert _norm(wrapper.split("\n")[0].split("{")[0]) in _norm(seg)  # the wrapper is kept
+
+
+@pytest.mark.parametrize("text", PLAIN + [
+    "def f(x):\n    return x.get('abc') or xyz_qwv.blorp(zzt)\n# TODO: fix qwrt vbnm zxcv plmk",
+    "Order #A-113: 3x USB-C cables -- ship by Friday... thanks!",
+    "Mix 2 cups flour - 1 tsp salt - water. Knead. Rest 1 h. Bake at 220 C.",
+])
+def test_readable_text_gets_no_segment_view(text: str) -> None:
+    assert "segments" not in dict(views(text))

@@ -48,7 +48,7 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         f"- Classes: {', '.join(m['classes'])}.",
         "",
         "## Architecture",
-        "- Normalisation: every input is scored as-is and through decoded views (base64/hex/url, rot13 and ciphers, confusables, invisible characters, leetspeak, spacing); the worst case counts.",
+        "- Normalisation: every input is scored as-is and through decoded views (base64/hex/url, rot13 and ciphers, Morse, ciphered segments inside readable text, confusables, invisible characters, leetspeak, spacing); the worst case counts.",
         "- Stage 1: logistic regression over hashed character 2-5-grams and word 1-2-grams (2^18 buckets): a binary head (restricted or not) for the score and a multinomial head for the category.",
         (f"- Stage 2: {_probe_head(m)} over all-MiniLM-L6-v2's mean-pooled embedding output and all six layers "
          "(2,688 features; numpy forward pass, weights pinned by sha256), run on the view stage 1 found most suspicious; "

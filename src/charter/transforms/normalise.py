@@ -33,7 +33,7 @@ View = tuple[str, str]
 
 #: views produced by decoding (not folding); their output is decoded once more (depth 2)
 _NESTABLE_PREFIXES = ("base64", "hex", "url", "rot13", "caesar", "atbash", "reverse", "morse",
-                      "tag_payload", "pseudo_language", "payload_split", "keyword_legend")  # fmt: skip
+                      "tag_payload", "pseudo_language", "payload_split", "keyword_legend", "segments")  # fmt: skip
 _ENGLISH_OK = 0.3  # the text already reads as English: skip cipher brute force
 _GAIN = 0.2  # a cipher view must beat the original's English ratio by this much
 _MIN_RATIO = 0.35
@@ -267,6 +267,60 @@ def _decoders(text: str) -> Iterator[View]:
         if v is not None:
             yield "payload_split", v
     yield from _ciphers(text)
+    v = _decode_segments(text)
+    if v is not None:
+        yield "segments", v
+
+
+#: a run of Morse letters (at least four), as it sits inside other text
+_MORSE_RUN = re.compile(r"(?<![\w.\-])(?:[.\-]{1,7}(?: ?/ ?| ))+[.\-]{1,7}(?![\w.\-])")
+#: lines and sentence-like pieces: quotes, brackets, colons and sentence ends separate a payload
+#: from the English around it (a JSON field, "Open question: ...", a code comment)
+_SEGMENT = re.compile(r"[^\n\"()\[\]{}:.!?]+[.!?]?")
+_MAX_SEGMENTS = 40
+
+
+def _decode_segment(seg: str) -> str | None:
+    """A cipher decoding of one unreadable segment: Caesar/rot13 (by letter frequency), Atbash or
+    reversal, whichever reads as English; None if none does."""
+    base = english_ratio(seg)
+    if base >= _ENGLISH_OK or len(_ASCII_WORD.findall(seg)) < 4:
+        return None
+    need = max(_MIN_RATIO, base + _GAIN)
+    shift, r = _best_caesar(seg, base)
+    if shift and r >= need:
+        return caesar(seg, shift)
+    for v in (seg.translate(ATBASH), seg[::-1]):
+        if english_ratio(v) >= need:
+            return v
+    return None
+
+
+def _decode_segments(text: str) -> str | None:
+    """Enciphered or Morse payloads inside otherwise readable text (a rot13 line in a document,
+    Morse in a code comment, a Caesar string in a JSON field): each is decoded on its own and put
+    back in place. The whole-text decoders miss these, because the wrapper reads as English."""
+    out, changed = text, False
+    if "-" in text or "." in text:
+        def morse(m: re.Match[str]) -> str:
+            nonlocal changed
+            d = decode_morse(m.group())
+            if d is None or d.count("?") > len(d) // 4 or len(d.replace(" ", "")) < 4:
+                return m.group()
+            changed = True
+            return d.lower()
+        out = _MORSE_RUN.sub(morse, out)
+    if _ASCII_WORD.search(out):
+        parts, last = [], 0
+        for i, m in enumerate(_SEGMENT.finditer(out)):
+            if i >= _MAX_SEGMENTS:
+                break
+            d = _decode_segment(m.group())
+            if d is not None:
+                parts += [out[last : m.start()], d]
+                last, changed = m.end(), True
+        out = "".join(parts) + out[last:]
+    return out if changed else None
 
 
 def fold_all(text: str) -> str:
