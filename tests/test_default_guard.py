@@ -49,3 +49,25 @@ def test_the_same_opener_still_starts_a_stopped_harmful_reply(guard: Guard) -> N
     mon = guard.output_monitor([{"role": "user", "content": prompt}], hold_back=0)
     mon.scan(tokens(reply))
     assert mon.flagged
+
+
+def test_compliant_everyday_answers_stream_through_charter_serve_unchanged(guard: Guard) -> None:
+    """What a user of the proxy sees: the packaged guard lets ordinary answers that open like
+    chat-model answers stream through whole (the guard shipped before the fix cut them off)."""
+    import openai
+
+    from charter.monitor.events import MemorySink
+    from charter.server import ServerConfig, ServerThread, create_app
+    from charter.testing import Reply, ScriptedOpenAI
+
+    replies = [Reply(answer, token_delay=0.0) for _, answer in ANSWERS[:4]]
+    with ScriptedOpenAI(replies) as up:
+        cfg = ServerConfig.model_validate({"upstream": {"base_url": up.base_url}})
+        with ServerThread(create_app(cfg, guard, MemorySink())) as srv:
+            client = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
+            for prompt, answer in ANSWERS[:4]:
+                stream = client.chat.completions.create(
+                    model="m", messages=[{"role": "user", "content": prompt}], stream=True)
+                chunks = [ch for ch in stream if ch.choices]
+                assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == answer
+                assert chunks[-1].choices[0].finish_reason != "content_filter"
