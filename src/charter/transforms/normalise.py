@@ -188,6 +188,16 @@ def _ciphers(text: str) -> Iterator[View]:
         return
     base = english_ratio(text)
     need = max(_MIN_RATIO, base + _GAIN)
+    yield from _letter_ciphers(text, base, need)
+    p = decode_pseudo(text)
+    if p is not None and english_ratio(p) >= need:
+        yield "pseudo_language", p
+    yield from _translation(text, need)
+
+
+def _letter_ciphers(text: str, base: float, need: float) -> Iterator[View]:
+    """Caesar/rot13 (the shift by letter frequency), Atbash and reversal, each where its output
+    reads as English (an English ratio of at least ``need``; ``base`` is the text's own)."""
     shift, r = _best_caesar(text, base)
     if shift and r >= need:
         yield ("rot13" if shift == 13 else f"caesar{26 - shift}"), caesar(text, shift)
@@ -195,10 +205,6 @@ def _ciphers(text: str) -> Iterator[View]:
         v = fn(text)
         if english_ratio(v) >= need:
             yield name, v
-    p = decode_pseudo(text)
-    if p is not None and english_ratio(p) >= need:
-        yield "pseudo_language", p
-    yield from _translation(text, need)
 
 
 def _translation(text: str, need: float) -> Iterator[View]:
@@ -286,14 +292,7 @@ def _decode_segment(seg: str) -> str | None:
     base = english_ratio(seg)
     if base >= _ENGLISH_OK or len(_ASCII_WORD.findall(seg)) < 4:
         return None
-    need = max(_MIN_RATIO, base + _GAIN)
-    shift, r = _best_caesar(seg, base)
-    if shift and r >= need:
-        return caesar(seg, shift)
-    for v in (seg.translate(ATBASH), seg[::-1]):
-        if english_ratio(v) >= need:
-            return v
-    return None
+    return next((v for _, v in _letter_ciphers(seg, base, max(_MIN_RATIO, base + _GAIN))), None)
 
 
 def _decode_segments(text: str) -> str | None:
