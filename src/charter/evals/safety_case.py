@@ -21,8 +21,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from charter.constitution.loader import _format_loc, _line_at, _useful_loc
 from charter.errors import CharterError
+from charter.yamlsource import load_mapping, problems_of, read_text, report
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 EXIT_GAPS = 3
@@ -104,39 +104,19 @@ def _cross_check(cfg: CaseConfig) -> list[tuple[tuple[int | str, ...], str]]:
 
 def parse_config(text: str, source: str = "<string>") -> CaseConfig:
     """Validate a safety-case config, reporting problems as ``file:line: field: message``."""
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data: Any = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        raise SafetyCaseError(f"{source}:{mark.line + 1 if mark else 0}: invalid YAML: {e.problem or e}") from None
-    except yaml.YAMLError as e:
-        raise SafetyCaseError(f"{source}: invalid YAML: {e}") from None
-    if root is None or not isinstance(data, dict):
-        raise SafetyCaseError(f"{source}:1: the safety-case config must be a YAML mapping")
+    root, data = load_mapping(text, source, SafetyCaseError, "safety-case config")
     try:
         cfg = CaseConfig.model_validate(data)
         problems = _cross_check(cfg)
     except ValidationError as e:
-        problems = [(_useful_loc(tuple(x["loc"])), x["msg"].removeprefix("Value error, ")) for x in e.errors()]
+        problems = problems_of(e)
     if problems:
-        raise SafetyCaseError("\n".join(
-            f"{source}:{_line_at(root, loc)}: {_format_loc(loc) or '(top level)'}: {msg}" for loc, msg in problems))
+        raise SafetyCaseError(report(source, root, problems))
     return cfg
 
 
 def load_config(path: str | Path) -> CaseConfig:
-    p = Path(path)
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise SafetyCaseError(f"{p}: cannot read: {e.strerror}") from None
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise SafetyCaseError(f"{p}: file is larger than {MAX_CONFIG_BYTES} bytes")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SafetyCaseError(f"{p}: not UTF-8 (byte {e.start})") from None
+    text = read_text(Path(path), MAX_CONFIG_BYTES, SafetyCaseError)
     return parse_config(text, source=str(path))
 
 
