@@ -228,3 +228,24 @@ def test_restricted_requests_answered_safely_are_harmless_exchanges(mini: Consti
     # they deflect without refusing outright, and never carry skeleton content
     assert all(any((r.response or "").startswith(i) for i in T.SAFE_ANSWER_INTROS) for r in safe)
     assert not any(r.response in T.REFUSALS for r in safe)
+
+
+def test_test_split_replies_come_from_response_seeds_never_trained_on(wide: Constitution) -> None:
+    """Response seeds are split like request seeds: a harmful reply in the test split is built
+    from skeletons that no training reply used, so the early-stop metric measures unseen replies."""
+    data = wide.model_dump(mode="json")
+    restricted = next(c for d in data["domains"] for c in d["categories"] if c["kind"] == "restricted")
+    restricted["seeds"]["responses"] = [{"text": f"Step one: get [THING_{i}] from the glorp depot number {i} quietly."}
+                                        for i in range(40)]
+    const = Constitution.model_validate(data)
+    cid = restricted["id"]
+    recs = [r for r in build_dataset(const, gen(), 6000, 0).records
+            if r.source == "seed" and r.category == cid and r.kind == "exchange" and r.label == "restricted"]
+    used: dict[str, set[int]] = defaultdict(set)
+    for r in recs:
+        used[r.split] |= {int(n) for n in re.findall(r"glorp depot number (\d+)", r.response or "")}
+    assert used["train"] and used["test"], dict(used)
+    assert not used["train"] & used["test"]
+    assert all(split_of(f"{cid}:resp:{i}") == s for s, ids in used.items() for i in ids)
+    # replies of several seeds exist: lengths like real replies, not one sentence each
+    assert any(len(re.findall(r"glorp depot", r.response or "")) >= 2 for r in recs)

@@ -138,38 +138,53 @@ def benign_prefix(rng: random.Random) -> list[Message]:
 # ---------------------------------------------------------------- responses
 
 
-def _cut(text: str, rng: random.Random) -> str:
-    """A prefix at a word boundary: responses as a streaming classifier sees them."""
-    words = text.split(" ")
-    if len(words) < 6:
-        return text
-    return " ".join(words[: rng.randint(max(3, len(words) * 2 // 5), len(words) - 1)])
+def response_pool(cat: Category, split: str) -> list[str]:
+    """The category's response seeds assigned to ``split`` (all of them when that split has none).
+
+    Response seeds are split like request seeds, so the test split's replies are built from
+    seeds the exchange classifier never saw: the early-stop metric measures unseen reply shapes.
+    """
+    texts = [s.text for s in cat.seeds.responses]
+    own = [t for i, t in enumerate(texts) if split_of(f"{cat.id}:resp:{i}") == split]
+    return own or texts
 
 
-def skeleton_response(cat: Category, rng: random.Random) -> str:
-    pool = [s.text for s in cat.seeds.responses] or T.GENERIC_SKELETONS
-    parts = [rng.choice(pool)]
-    if rng.random() < 0.2 and len(pool) > 1:
-        parts.append(rng.choice(pool))
-    text = " ".join([rng.choice(T.REPLY_INTROS), *map(lambda p: render_skeleton(p, rng), parts)]).strip()
-    return _cut(text, rng) if rng.random() < 0.2 else text
+def _reply(parts: list[str], rng: random.Random, intros: list[str] = T.REPLY_INTROS) -> str:
+    """Opener, optional preamble, body parts and closer: the frame is drawn from pools shared by both labels."""
+    head = [rng.choice(intros)]
+    if rng.random() < 0.12:
+        head.append(rng.choice(T.REPLY_PREAMBLES))
+    body = rng.choice(["\n\n", "\n", " "]).join(parts)
+    return " ".join(x for x in (" ".join(h for h in head if h), body, rng.choice(T.ANSWER_OUTROS)) if x).strip()
+
+
+def _n_parts(rng: random.Random, pool: list[str]) -> int:
+    """One to three seeds a reply: real replies run from a sentence to several paragraphs."""
+    return min(len(pool), rng.choices((1, 2, 3), (0.5, 0.35, 0.15))[0])
+
+
+def skeleton_response(cat: Category, rng: random.Random, split: str = "train") -> str:
+    pool = response_pool(cat, split) or T.GENERIC_SKELETONS
+    return _reply([render_skeleton(p, rng) for p in rng.sample(pool, _n_parts(rng, pool))], rng)
 
 
 def benign_response(cat: Category, rng: random.Random, topic: str | None = None,
-                    intros: list[str] = T.REPLY_INTROS) -> str:
+                    intros: list[str] = T.REPLY_INTROS, split: str = "train") -> str:
     topic = topic or cat.name.lower()
+    pool = response_pool(cat, split) if not cat.restricted else []
     r = rng.random()
-    if r < 0.3:
+    if r < 0.15:
         steps = rng.sample(T.GENERIC_BENIGN_STEPS, rng.randint(3, 5))
         style = rng.choice(["Step {i}: {s}", "{i}. {s}", "{i}) {s}"])
         sep = rng.choice(["\n", " "])
-        body = sep.join(style.format(i=i + 1, s=s.format(topic=topic)) for i, s in enumerate(steps))
-    elif cat.seeds.responses and not cat.restricted and r < 0.75:
-        body = " ".join(s.text for s in rng.sample(cat.seeds.responses, min(len(cat.seeds.responses), rng.randint(1, 2))))
+        parts = [sep.join(style.format(i=i + 1, s=s.format(topic=topic)) for i, s in enumerate(steps))]
+    elif pool and r < 0.85:
+        # benign seeds may hold [PLACEHOLDER]s for harmless specifics: rendered like skeletons,
+        # so "the required ..." phrasing is no sign of harm
+        parts = [render_skeleton(p, rng) for p in rng.sample(pool, _n_parts(rng, pool))]
     else:
-        body = " ".join(g.format(topic=topic) for g in rng.sample(T.GENERIC_BENIGN, rng.randint(1, 2)))
-    text = " ".join(x for x in (rng.choice(intros), body, rng.choice(T.ANSWER_OUTROS)) if x)
-    return _cut(text, rng) if rng.random() < 0.15 else text
+        parts = [" ".join(g.format(topic=topic) for g in rng.sample(T.GENERIC_BENIGN, rng.randint(1, 2)))]
+    return _reply(parts, rng, intros)
 
 
 def exchange_reply(reply: str, rng: random.Random) -> str:
@@ -390,14 +405,14 @@ class OfflineGenerator(Generator):
         fields = self._request(ref, holdout, rng)
         label, source, response = ref.label, ref.source, None
         if bucket == "skeleton":
-            response = skeleton_response(ref.origin, rng)
+            response = skeleton_response(ref.origin, rng, fields["split"])
         elif bucket == "refusal":
             label, source, response = "permitted", "refusal", rng.choice(T.REFUSALS)
         elif bucket == "answer":
-            response = benign_response(ref.category, rng)
+            response = benign_response(ref.category, rng, split=fields["split"])
         elif bucket == "safe_answer":
             host = self._hosts[ref.origin.id]
-            body = benign_response(host, rng, intros=T.SAFE_ANSWER_INTROS)
+            body = benign_response(host, rng, intros=T.SAFE_ANSWER_INTROS, split=fields["split"])
             label, source, response = "permitted", "safe_answer", body
         elif bucket == "over_refusal":
             source, response = "over_refusal", rng.choice(T.OVER_REFUSALS)

@@ -104,9 +104,18 @@ SAFE_ANSWER_INTROS = [
     "Instead of that, here's the textbook view.",
     "Let me answer a safer version of this question.",
 ]
+#: closers of every assistant reply, harmful or not
 ANSWER_OUTROS = [
-    "Let me know if you want more detail.", "Hope that helps!", "", "",
+    "Let me know if you want more detail.", "Hope that helps!", "", "", "", "",
     "A textbook or a qualified professional can tell you more.", "Feel free to ask follow-ups.",
+    "Want me to go into more depth on any step?", "Good luck!", "Anything else?",
+]
+#: a sentence some replies put between the opener and the body, on both labels
+REPLY_PREAMBLES = [
+    "Let me break this down.", "Here's a detailed breakdown.", "Quick note first: this is general information only.",
+    "For educational purposes only.", "I'll keep it brief.", "There are a few parts to this.",
+    "Disclaimer: be careful and use your own judgement.", "This is a common question.",
+    "Here's the short version, then the details.", "Let me walk you through it.",
 ]
 GENERIC_BENIGN = [
     "In general, {topic} is well covered in introductory references, which explain the basics clearly.",
