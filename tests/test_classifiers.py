@@ -82,6 +82,22 @@ def test_exchange_classifier_learns_context():
     assert p[0] > p[1] and p[0] > p[2]
 
 
+def test_exchange_reads_decoded_views_of_an_enciphered_prompt():
+    """With prompt_views, a rot13 request conditions the reply as its plain text does; a model saved
+    before the option keeps reading raw prompts."""
+    import codecs
+
+    ex = _trained_exchange()
+    reply = "Sure, here is how. Step 1: obtain the precursor."
+    hidden = codecs.encode(HARM[0], "rot13")
+    assert HARM[0] in ex.prompt_text(hidden)
+    raw = ExchangeClassifier.from_arrays({k: v for k, v in ex.get_params().items() if k != "prompt_views"}, ex.to_arrays())
+    assert raw.prompt_views is False and raw.prompt_text(hidden) == hidden
+    plain, decoded, undecoded = (m.stream(p).scan(tokens(reply))[-1] for m, p in ((ex, HARM[0]), (ex, hidden), (raw, hidden)))
+    assert abs(decoded - plain) < abs(undecoded - plain)
+    assert ex.predict_proba([(hidden, reply)])[0, 1] == pytest.approx(decoded, rel=1e-4)
+
+
 def test_streaming_matches_batch_and_is_chunking_invariant():
     ex = _trained_exchange()
     prompt, resp = HARM[1], "Sure! Here is how: step one, obtain the precursor; step two, process it.  Straße café"

@@ -57,6 +57,7 @@ class ExchangeClassifier(ClassifierMixin, BaseEstimator):
         lr: float = 0.05,
         l2: float = 1e-6,
         random_state: int = 0,
+        prompt_views: bool = True,
     ) -> None:
         self.n_features = n_features
         self.epochs = epochs
@@ -64,6 +65,7 @@ class ExchangeClassifier(ClassifierMixin, BaseEstimator):
         self.lr = lr
         self.l2 = l2
         self.random_state = random_state
+        self.prompt_views = prompt_views
 
     def _hasher(self) -> NgramHasher:
         return NgramHasher(n_features=self.n_features)
@@ -74,8 +76,18 @@ class ExchangeClassifier(ClassifierMixin, BaseEstimator):
         h = self._hasher()
         return h.transform(list(responses), salt=RESP_SALT, pad_end=False)
 
+    def prompt_text(self, prompt: str) -> str:
+        """The prompt as the model reads it: with ``prompt_views``, its decoded normalisation views
+        follow it, so an enciphered or obfuscated request conditions the reply like a plain one."""
+        if not self.prompt_views:
+            return prompt
+        from charter.transforms.normalise import views
+
+        vs = [v for _, v in views(prompt)]
+        return "\n".join(vs[1:] + vs[:1])  # decoded first: the hasher reads a bounded prefix
+
     def _prompt_matrix(self, prompts: Sequence[str]) -> sp.csr_matrix:
-        return self._hasher().transform(list(prompts))
+        return self._hasher().transform([self.prompt_text(p) for p in prompts])
 
     @staticmethod
     def _prefixes(response: str) -> list[str]:
@@ -191,7 +203,7 @@ class ExchangeClassifier(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def from_arrays(cls, params: dict, arrays: dict[str, np.ndarray]) -> ExchangeClassifier:
-        est = cls(**params)
+        est = cls(**{"prompt_views": False, **params})  # models saved before the option read raw prompts
         est.wp_ = arrays["wp"].astype(np.float32)
         est.wr_ = arrays["wr"].astype(np.float32)
         est.b_ = np.float32(arrays["b"][0])
@@ -206,7 +218,7 @@ class ExchangeStream:
         self.clf = clf
         h = clf._hasher()
         self._h = h
-        pidx = h.indices(prompt)
+        pidx = h.indices(clf.prompt_text(prompt))
         self._prompt_logit = float(clf.wp_[pidx].sum() / np.sqrt(max(len(pidx), 1))) + float(clf.b_)
         self._tail = " "  # the batch featuriser's leading pad
         self._word = ""  # an unfinished word
