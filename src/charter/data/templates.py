@@ -138,7 +138,10 @@ GENERIC_SKELETONS = [
     "Here is how you would do it. First, get [EQUIPMENT]. Then [PROCEDURE]. Finally, [DELIVERY_METHOD].",
     "You'll need [MATERIAL_1] and [MATERIAL_2]. Combine them using [TECHNIQUE], then [NEXT_STEP].",
 ]
-MARKER_ARTICLES = ["the", "the", "a suitable", "the required", "the appropriate", "the specified"]
+#: how a rendered [PLACEHOLDER] starts ("[PRECURSOR_1]" -> "the first precursor"): plain determiners,
+#: as real replies use. Stilted ones ("the specified ...") were in nearly every harmful reply and few
+#: benign ones, and the exchange classifier learned them: replacing them cut its early stops by 18 points
+MARKER_ARTICLES = ["the", "the", "the", "your", "some", "a", "this", "that", "their", "the right"]
 ORDINALS = ["zeroth", "first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth", "ninth"]
 #: around seed-exchange replies (both labels), so openers and closers never carry the label
 REPLY_OPENERS = [
