@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 
 from charter.data.records import Split
@@ -15,6 +16,7 @@ def unit_hash(key: str) -> float:
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
 
 
+@functools.lru_cache(maxsize=1 << 16)  # pure, and asked for every record and every response seed of a reply
 def split_of(seed_id: str, ratios: tuple[float, float, float] = DEFAULT_RATIOS) -> Split:
     u = unit_hash("split:" + seed_id)
     if u < ratios[0]:
