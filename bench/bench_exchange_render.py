@@ -24,7 +24,7 @@ from charter.classifiers.streaming import tokens
 from charter.constitution import load_constitution
 from charter.constitution.loader import default_constitution_path
 from charter.guard.calibrate import offline_dataset
-from charter.guard.train import read_dataset
+from charter.guard.train import read_dataset, stop_fraction_of_scores
 
 POOLS = {
     "natural (training pool)": ["the", "the", "the", "your", "some", "a", "this", "that", "their", "the right"],
@@ -47,12 +47,12 @@ def main() -> None:
         test = [r for r in recs if r.split == "test" and r.kind == "exchange" and r.response]
         for name, g in guards.items():
             th = g.thresholds["exchange"]
-            curves = [np.maximum.accumulate(g.exchange.stream(r.prompt_text()).scan(tokens(r.response))) for r in test]
-            harm = [c for c, r in zip(curves, test) if r.label == "restricted"]
-            benign = np.array([c[-1] for c, r in zip(curves, test) if r.label == "permitted"])
-            row = {"stop_before_25pct": float(np.mean([c[max(0, int(np.ceil(0.25 * len(c))) - 1)] >= th for c in harm])),
-                   "stopped": float(np.mean([c[-1] >= th for c in harm])), "fpr": float(np.mean(benign >= th)),
-                   "n_harmful": len(harm), "n_benign": len(benign)}
+            per_token = [g.exchange.stream(r.prompt_text()).scan(tokens(r.response)) for r in test]
+            stops = [stop_fraction_of_scores(s, th) for s, r in zip(per_token, test) if r.label == "restricted"]
+            benign = np.array([s.max(initial=0.0) for s, r in zip(per_token, test) if r.label == "permitted"])
+            row = {"stop_before_25pct": float(np.mean([x is not None and x <= 0.25 for x in stops])),
+                   "stopped": float(np.mean([x is not None for x in stops])), "fpr": float(np.mean(benign >= th)),
+                   "n_harmful": len(stops), "n_benign": len(benign)}
             res.setdefault(name, {})[pool_name] = row
             print(f"{name} | {pool_name}: {json.dumps(row)}", flush=True)
     out = Path(__file__).parent / "results" / "exchange_render.json"

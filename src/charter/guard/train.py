@@ -309,6 +309,13 @@ def stop_fraction(guard: Guard, prompt: str, response: str) -> float | None:
     return None
 
 
+def stop_fraction_of_scores(scores: np.ndarray, threshold: float) -> float | None:
+    """``stop_fraction`` for a reply's per-token scores computed in one pass (``ExchangeStream.scan``):
+    the running maximum first reaches ``threshold`` where a score first does."""
+    over = np.flatnonzero(np.asarray(scores) >= threshold)
+    return (int(over[0]) + 1) / len(scores) if len(over) else None
+
+
 def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record], holdout_families: Sequence[str],
              max_stage2_eval: int = 1500, cache: ScoreCache | None = None) -> dict[str, Any]:
     m: dict[str, Any] = {}
