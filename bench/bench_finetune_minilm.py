@@ -1,14 +1,16 @@
 """Would a fine-tuned encoder beat stage 2's frozen probe? Fine-tunes all-MiniLM-L6-v2 (GPU, torch).
 
     python bench/bench_finetune_minilm.py prepare DIR   # here: data + weights, no torch needed
-    python bench/bench_finetune_minilm.py run DIR       # where torch and a GPU are (writes DIR/finetune.json)
+    python bench/bench_finetune_minilm.py run DIR       # where torch and a GPU are: writes DIR/scores.npz
+    python bench/bench_finetune_minilm.py report DIR    # here: bench/results/finetune_minilm.json
 
 `prepare` generates the default constitution's dataset (seed 0, 60,000 records, cipher and
 homoglyph held out), tokenises every request (64 tokens, raw text, no views) and writes the
 token ids, labels and splits with the pinned MiniLM weights in fp16, its vocabulary cut to the
 tokens used (about 31 MB, small enough to carry to a lent GPU machine). `run` fine-tunes the
-whole encoder with a 13-class head on the mean-pooled output, sets the threshold at 1% FPR on
-the calibration split, and reports held-out recall and FPR, as the model card does.
+whole encoder with a 13-class head on the mean-pooled output and scores every request. `report`
+sets the threshold at 1% FPR on the calibration split and gives held-out recall and FPR with the
+same statistics as the model card (`charter.guard.stats`).
 """
 
 from __future__ import annotations
@@ -68,24 +70,16 @@ def prepare(out: Path) -> None:
     (out / "meta.json").write_text(json.dumps({"cats": cats, "minilm_sha256": MODEL_SHA256}))
 
 
-def _wilson(k: int, n: int) -> list[float]:
-    z, p = 1.96, k / max(n, 1)
-    den = 1 + z * z / n
-    c, h = (p + z * z / (2 * n)) / den, z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return [round(100 * (c - h), 1), round(100 * (c + h), 1)]
-
-
 def run(d: Path) -> None:
     import torch
     from safetensors.torch import load_file
-    from sklearn.metrics import roc_auc_score
     from transformers import BertConfig, BertModel
 
     data = np.load(d / "data.npz")
     cats = json.loads((d / "meta.json").read_text())["cats"]
     ids = torch.tensor(data["ids"].astype(np.int64))
     mask = (torch.arange(64)[None, :] < torch.tensor(data["lens"].astype(np.int64))[:, None]).long()
-    y, split, plain, hn = torch.tensor(data["y"].astype(np.int64)), data["split"], data["plain"], data["hn"]
+    y, split = torch.tensor(data["y"].astype(np.int64)), data["split"]
     dev = "cuda"
 
     class Model(torch.nn.Module):
@@ -100,7 +94,7 @@ def run(d: Path) -> None:
             mf = m[..., None].float()
             return self.head((h * mf).sum(1) / mf.sum(1).clamp(min=1))
 
-    results = []
+    scores, fits = {}, []
     for n_train, epochs, lr in CONFIGS:
         torch.manual_seed(0)
         model = Model().to(dev)
@@ -129,24 +123,40 @@ def run(d: Path) -> None:
         with torch.no_grad():
             for s in range(0, len(y), 1024):
                 sc[s : s + 1024] = 1 - torch.softmax(model(ids[s : s + 1024].to(dev), mask[s : s + 1024].to(dev)).float(), -1)[:, 0].cpu().numpy()
-        r, te = y.numpy() > 0, split == 2
-        cal = (split == 1) & ~r
-        th = np.sort(sc[cal])[int(np.ceil(0.99 * cal.sum()))]
-        k, n = int((sc[te & r] >= th).sum()), int((te & r).sum())
-        kf, nf = int((sc[te & ~r] >= th).sum()), int((te & ~r).sum())
-        row = {"n_train": int(len(tr)), "epochs": epochs, "lr": lr, "fit_s": round(fit_s, 1),
-               "auc_test": round(float(roc_auc_score(r[te], sc[te])), 4),
-               "recall_calibrated": [round(100 * k / n, 1), _wilson(k, n), n], "fpr_calibrated": [round(100 * kf / nf, 2), _wilson(kf, nf), nf],
-               "recall_plain": round(100 * float((sc[te & r & plain] >= th).mean()), 1),
-               "recall_transformed": round(100 * float((sc[te & r & ~plain] >= th).mean()), 1),
-               "fpr_hard_negatives": round(100 * float((sc[te & hn] >= th).mean()), 2),
-               "recall_at_1pct_test_fpr": round(100 * float((sc[te & r] > np.quantile(sc[te & ~r], 0.99)).mean()), 1)}
+        scores[f"config{len(fits)}"] = sc
+        fits.append({"n_train": int(len(tr)), "epochs": epochs, "lr": lr, "fit_s": round(fit_s, 1)})
+        print(json.dumps(fits[-1]), flush=True)
+    np.savez(d / "scores.npz", **scores)
+    (d / "fits.json").write_text(json.dumps(fits))
+
+
+def report(d: Path) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    from charter.guard.stats import rate, threshold_for_fpr
+
+    data, scores = np.load(d / "data.npz"), np.load(d / "scores.npz")
+    r, split, plain, hn = data["y"] > 0, data["split"], data["plain"], data["hn"]
+    te = split == 2
+    results = []
+    for i, fit in enumerate(json.loads((d / "fits.json").read_text())):
+        sc = scores[f"config{i}"]
+        th = threshold_for_fpr(sc[(split == 1) & ~r], 0.01)
+        row = fit | {"auc_test": round(float(roc_auc_score(r[te], sc[te])), 4),
+                     "recall_calibrated": rate(sc[te & r] >= th).model_dump(),
+                     "fpr_calibrated": rate(sc[te & ~r] >= th).model_dump(),
+                     "recall_plain": rate(sc[te & r & plain] >= th).model_dump(),
+                     "recall_transformed": rate(sc[te & r & ~plain] >= th).model_dump(),
+                     "fpr_hard_negatives": rate(sc[te & hn] >= th).model_dump(),
+                     "recall_at_1pct_test_fpr": rate(sc[te & r] >= threshold_for_fpr(sc[te & ~r], 0.01)).model_dump()}
         print(json.dumps(row), flush=True)
         results.append(row)
-    (d / "finetune.json").write_text(json.dumps(results, indent=1) + "\n")
+    out = Path(__file__).parent / "results" / "finetune_minilm.json"
+    out.write_text(json.dumps(results, indent=1) + "\n")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3 or sys.argv[1] not in ("prepare", "run"):
+    steps = {"prepare": prepare, "run": run, "report": report}
+    if len(sys.argv) != 3 or sys.argv[1] not in steps:
         sys.exit(__doc__)
-    (prepare if sys.argv[1] == "prepare" else run)(Path(sys.argv[2]))
+    steps[sys.argv[1]](Path(sys.argv[2]))
