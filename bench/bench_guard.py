@@ -18,6 +18,7 @@ import numpy as np
 
 from charter.classifiers.streaming import tokens
 from charter.guard import Guard
+from charter.transforms.normalise import _views_memo
 
 
 def pct(a: list[float]) -> dict[str, float]:
@@ -54,9 +55,12 @@ def main() -> None:
     s1, cas, s2only = [], [], []
     esc = 0
     for t in texts:
+        # each timed call decodes its views itself, as a first sight of the text would
+        _views_memo.cache_clear()
         t0 = time.perf_counter()
         g.stage1_probs(t)
         s1.append((time.perf_counter() - t0) * 1000)
+        _views_memo.cache_clear()
         t0 = time.perf_counter()
         v = g.check_input(t)
         cas.append((time.perf_counter() - t0) * 1000)
@@ -66,6 +70,7 @@ def main() -> None:
             for _, view in g._views(t)[:2]:
                 g.stage2.proba_one(view)
             s2only.append((time.perf_counter() - t0) * 1000)
+    _views_memo.cache_clear()  # 64 memo slots against 2,000 distinct texts: this loop never hits
     t0 = time.perf_counter()
     for t in texts:
         g.check_input(t)

@@ -249,3 +249,24 @@ def test_test_split_replies_come_from_response_seeds_never_trained_on(wide: Cons
     assert all(split_of(f"{cid}:resp:{i}") == s for s, ids in used.items() for i in ids)
     # replies of several seeds exist: lengths like real replies, not one sentence each
     assert any(len(re.findall(r"glorp depot", r.response or "")) >= 2 for r in recs)
+
+
+def test_how_to_seeds_take_the_task_register_on_both_labels() -> None:
+    """'Write a tutorial on how to ...' is how attackers and benchmarks write; when only restricted
+    seeds used it, the register was a label signal and blunt requests on benign-sounding topics slipped."""
+    import random
+
+    from charter.data import templates as T
+    from charter.data.offline import rewrite_mode
+
+    frames = [f.split("{x}")[0] for f in T.TASK_FRAMES]
+    outs = {rewrite_mode(q, random.Random(i)) for i in range(200) for q in ("How do I kill weeds in my lawn?", "best way to gut a fish")}
+    assert "Write a tutorial on how to kill weeds in my lawn." in outs
+    assert any(o.startswith(tuple(frames)) and o.endswith("gut a fish.") for o in outs)
+    assert any(o.startswith(tuple(T.INSTRUCTION_VERBS)) for o in outs)  # the old instruction form stays
+
+    recs = [r for r in build_dataset(load_constitution(), gen(), 6000, 0).records if r.kind == "input" and r.text]
+    share = {lab: sum(r.text.startswith(tuple(frames)) for r in recs if r.label == lab) / sum(r.label == lab for r in recs)
+             for lab in ("restricted", "permitted")}
+    # about one how-to seed in seven, rewritten a sixth of the time: a small share, on both labels alike
+    assert min(share.values()) > 0.001 and max(share.values()) < 3 * min(share.values()), share

@@ -81,9 +81,9 @@ class ExchangeClassifier(ClassifierMixin, BaseEstimator):
         follow it, so an enciphered or obfuscated request conditions the reply like a plain one."""
         if not self.prompt_views:
             return prompt
-        from charter.transforms.normalise import views
+        from charter.transforms.normalise import cached_views
 
-        vs = [v for _, v in views(prompt)]
+        vs = [v for _, v in cached_views(prompt)]
         return "\n".join(vs[1:] + vs[:1])  # decoded first: the hasher reads a bounded prefix
 
     def _prompt_matrix(self, prompts: Sequence[str]) -> sp.csr_matrix:

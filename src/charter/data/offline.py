@@ -38,12 +38,16 @@ def _lower_first(s: str) -> str:
 
 
 _HOW = re.compile(r"^how (?:do|can|would|could|should) (?:i|you|one|we) (.+?)[?.!]*$", re.I)
+_WAY = re.compile(r"^(?:how to|(?:what(?:'s| is) the )?(?:best|easiest|fastest|quickest|simplest|safest) way to) (.+?)[?.!]*$", re.I)
 _WH = re.compile(r"^(what|which|why|where|when|who|how) (.+?)[?.!]*$", re.I)
 
 
 def rewrite_mode(text: str, rng: random.Random) -> str:
-    """Question to instruction or back."""
+    """Question to instruction or back; how-to requests sometimes into the blunt task register."""
     t = text.strip()
+    how = _HOW.match(t) or _WAY.match(t)
+    if how and rng.random() < 0.5:
+        return rng.choice(T.TASK_FRAMES).format(x=how.group(1))
     if t.endswith("?"):
         if m := _HOW.match(t):
             return f"{rng.choice(T.INSTRUCTION_VERBS)} how to {m.group(1)}."

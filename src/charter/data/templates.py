@@ -27,6 +27,14 @@ SUFFIXES = [
     "I'd really appreciate it.", "Be thorough.", "Just the key points.", "thx",
 ]
 INSTRUCTION_VERBS = ["Explain", "Tell me", "Describe", "Walk me through", "Show me", "Outline"]
+#: the blunt task register of attackers and public benchmarks ("Write a tutorial on how to ..."),
+#: put on both labels' how-to seeds so the register itself never signals the label
+TASK_FRAMES = [
+    "Write a tutorial on how to {x}.", "Provide step-by-step instructions for how to {x}.",
+    "Give detailed instructions on how to {x}.", "Create a guide on how to {x}.", "Explain in detail how to {x}.",
+    "Teach me how to {x}.", "Develop a plan to {x}.", "Outline the steps to {x}.", "Describe how to {x}.",
+    "Write a step-by-step guide to {x}.", "Generate instructions to {x}.", "Demonstrate how to {x}.",
+]
 QUESTION_OPENERS = ["Can you", "Could you", "Would you", "Will you"]
 
 BENIGN_TURNS = [

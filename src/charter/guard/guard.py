@@ -71,11 +71,11 @@ def _windows(text: str) -> list[str]:
 
 def all_views(text: str) -> list[tuple[str, str]]:
     """Normalisation views of every window of ``text``."""
-    from charter.transforms.normalise import views
+    from charter.transforms.normalise import cached_views
 
     out: list[tuple[str, str]] = []
     for i, w in enumerate(_windows(text)):
-        out.extend((name if i == 0 else f"{name}@{i}", v) for name, v in views(w))
+        out.extend((name if i == 0 else f"{name}@{i}", v) for name, v in cached_views(w))
     return out
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from functools import lru_cache
 
 import numpy as np
 
@@ -367,3 +368,15 @@ def views(text: str, max_views: int = 8, max_len: int = 20000, depth: int = 2) -
         if _key(v) not in seen:
             out.append(("folded", v))
     return out
+
+
+@lru_cache(maxsize=64)
+def _views_memo(text: str) -> tuple[View, ...]:
+    return tuple(views(text))
+
+
+def cached_views(text: str) -> list[View]:
+    """``views(text)``, memoised for the last few texts: a guarded request's input check and its
+    exchange monitor read the same prompt, and decoding it twice cost about 0.07 ms."""
+    return list(_views_memo(text))
+

@@ -1,0 +1,62 @@
+"""Several guards on one test split: the current default constitution's, whatever split they were trained on.
+
+    python bench/bench_compare_guards.py MODEL_DIR [MODEL_DIR ...]   # 'default' for the packaged guard
+
+Model cards report each guard on its own test split, which moves when the constitution gains
+seeds. This generates the default constitution's offline dataset (60,000 records, seed 0,
+cipher and homoglyph held out, as `charter train` does) and scores every guard's cascade, at its
+own calibrated thresholds, on that test split: recall (all, plain, per transform family), FPR
+and stage 1's AUC. A guard trained on an older constitution never saw any of its test seeds
+(splits are by seed id, and new seeds only add ids). Writes bench/results/compare_guards.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from charter.constitution import load_constitution
+from charter.constitution.loader import default_constitution_path
+from charter.guard.calibrate import offline_dataset
+from charter.guard.guard import Guard
+from charter.guard.stats import rate
+from charter.guard.train import _cascade, _families, read_dataset, stage_scores
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("models", nargs="+")
+    args = ap.parse_args()
+    cp = default_constitution_path()
+    with tempfile.TemporaryDirectory() as tmp:
+        _, recs = read_dataset(offline_dataset(cp, load_constitution(cp), Path(tmp) / "d", n=60_000, seed=0,
+                                               holdout=("cipher", "homoglyph")))
+    te = [r for r in recs if r.kind == "input" and r.split == "test"]
+    texts = [r.prompt_text() for r in te]
+    y = np.array([r.label == "restricted" for r in te])
+    plain = np.array([not r.transforms for r in te])
+    fams = [_families(r.transforms)[0] if r.transforms else None for r in te]
+    res: dict = {"n_test": len(te), "guards": {}}
+    for m in args.models:
+        g = Guard.load(None if m == "default" else m, require_stage2=True)
+        s1 = stage_scores(g, texts)["stage1"]
+        sc = stage_scores(g, texts, s1 >= g.thresholds["escalate"])
+        flag = _cascade(g, sc["stage1"], sc["stage2"]) >= g.thresholds["final"]
+        by_family = {f: rate(flag[y & np.array([x == f for x in fams])]).model_dump()
+                     for f in sorted({f for f in fams if f})}
+        res["guards"][m] = {"recall": rate(flag[y]).model_dump(), "fpr": rate(flag[~y]).model_dump(),
+                            "recall_plain": rate(flag[y & plain]).model_dump(),
+                            "stage1_auc": float(roc_auc_score(y, s1)), "recall_by_family": by_family}
+        print(f"{m}: recall {rate(flag[y])} FPR {rate(flag[~y])} plain {rate(flag[y & plain])} stage-1 AUC {roc_auc_score(y, s1):.4f}")
+        print("  by family:", {f: round(v["rate"], 2) for f, v in by_family.items()})
+    out = Path(__file__).parent / "results" / "compare_guards.json"
+    out.write_text(json.dumps(res, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
