@@ -266,7 +266,7 @@ def test_llm_summariser_falls_back_on_errors(store_url: str, scripted_openai) ->
     srv = scripted_openai([Reply.error(500), Reply.malformed(), "   "], default=Reply.error(503))
     evs, _ = planted(per_topic=20)
     store = open_with(store_url, evs)
-    summ = OpenAISummariser(srv.base_url, "judge-model")
+    summ = OpenAISummariser(srv.base_url, "judge-model", sleep=lambda s: None)  # each label retries twice
     try:
         cs = cluster_events(store, summariser=summ)
     finally:

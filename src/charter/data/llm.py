@@ -11,14 +11,12 @@ offline generator's.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import hashlib
 import json
 import logging
 import os
 import random
 import re
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +29,7 @@ from charter.data.base import Generator
 from charter.data.records import Label, Record
 from charter.data.skeleton import render_skeleton
 from charter.data.splits import split_of, sub_seed
+from charter.endpoints import Backoff, retry_after_seconds, retryable
 from charter.errors import GeneratorError
 
 log = logging.getLogger("charter.data.llm")
@@ -41,7 +40,6 @@ _REFUSAL = re.compile(
     r"|(?:i'm|i am) not (?:comfortable|going to))",
     re.IGNORECASE,
 )
-_RETRYABLE = {408, 409, 425, 429}
 
 
 def is_refusal(text: str) -> bool:
@@ -119,21 +117,6 @@ def parse_items(content: str, mode: str) -> list[tuple[str, str | None]]:
     return out
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent or bad."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        dt = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, dt.timestamp() - time.time())
-
-
 class LLMGenerator(Generator):
     name = "llm"
 
@@ -166,10 +149,8 @@ class LLMGenerator(Generator):
         self.max_retries = max_retries
         self.malformed_retries = malformed_retries
         self.timeout = timeout
-        self.backoff = backoff
-        self.max_backoff = max_backoff
+        self._backoff = Backoff(backoff, max_backoff)
         self._sleep = sleep
-        self._jitter = random.Random(0)
 
     def params(self) -> dict[str, Any]:
         return {
@@ -201,12 +182,6 @@ class LLMGenerator(Generator):
             raise GeneratorError(f"environment variable {self.api_key_env} (--api-key-env) is not set")
         return {"Authorization": f"Bearer {key}"}
 
-    def _wait(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_backoff)
-        base = min(self.max_backoff, self.backoff * 2**attempt)
-        return base + self._jitter.uniform(0, self.backoff)
-
     async def _complete(self, client: httpx.AsyncClient, payload: dict[str, Any]) -> str:
         url = f"{self.base_url}/chat/completions"
         last = ""
@@ -227,13 +202,13 @@ class LLMGenerator(Generator):
                     if not isinstance(content, str):
                         raise _Malformed("message content is not a string")
                     return content
-                if r.status_code not in _RETRYABLE and r.status_code < 500:
+                if not retryable(r.status_code):
                     raise GeneratorError(f"LLM endpoint {url} returned HTTP {r.status_code}: {r.text[:200]}")
                 last = f"HTTP {r.status_code}"
                 retry_after = retry_after_seconds(r.headers.get("retry-after"))
             if attempt == self.max_retries:
                 break
-            wait = self._wait(attempt, retry_after)
+            wait = self._backoff.wait(attempt, retry_after)
             self.stats["retries"] += 1
             log.info("LLM request failed (%s); retry %d/%d in %.2fs", last, attempt + 1, self.max_retries, wait)
             await self._sleep(wait)

@@ -1,7 +1,7 @@
 """A small synchronous client for OpenAI-compatible ``/chat/completions`` endpoints, for evaluations.
 
-Retries 408/409/425/429/5xx, timeouts and connection errors with exponential backoff and jitter
-(honouring ``Retry-After``); other failures and malformed replies come back as a
+Retries what :mod:`charter.endpoints` retries (408/409/425/429/5xx, timeouts, connection
+errors; exponential backoff and jitter, honouring ``Retry-After``); other failures and malformed replies come back as a
 :class:`Completion` with ``error`` set, never as text. The API key is read from an environment
 variable and is never logged or stored. Thread-safe: one client serves a worker pool.
 """
@@ -9,7 +9,6 @@ variable and is never logged or stored. Thread-safe: one client serves a worker 
 from __future__ import annotations
 
 import os
-import random
 import threading
 import time
 from collections.abc import Callable
@@ -18,12 +17,11 @@ from typing import Any
 
 import httpx
 
-from charter.data.llm import retry_after_seconds
+from charter.endpoints import Backoff, post_json
 from charter.errors import CharterError
 
 TARGET_KEY_ENV = "CHARTER_TARGET_API_KEY"
 JUDGE_KEY_ENV = "CHARTER_JUDGE_API_KEY"
-RETRYABLE = frozenset({408, 409, 425, 429})
 MAX_URL = 2000
 MAX_REPLY_CHARS = 50_000  # longer replies are truncated (a runaway or hostile endpoint)
 
@@ -68,25 +66,16 @@ class ChatClient:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.max_retries = max_retries
-        self.backoff = backoff
-        self.max_backoff = max_backoff
         self.max_tokens = max_tokens
         self.temperature = temperature
         self._sleep = sleep
-        self._jitter = random.Random(0)
+        self._backoff = Backoff(backoff, max_backoff)
         self._lock = threading.Lock()
         self.calls = self.errors = self.retries = self.successes = 0
         self._unreachable: str | None = None  # set once the endpoint was never reachable: later calls fail fast
         key = os.environ.get(api_key_env)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.Client(timeout=httpx.Timeout(timeout), headers=headers)
-
-    def _wait(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_backoff)
-        with self._lock:
-            j = self._jitter.uniform(0, self.backoff)
-        return min(self.max_backoff, self.backoff * 2**attempt) + j
 
     def _count(self, c: Completion) -> Completion:
         with self._lock:
@@ -103,32 +92,15 @@ class ChatClient:
         if self._unreachable:
             raise CharterError(self._unreachable)
         body = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens, "temperature": self.temperature}
-        url = f"{self.base_url}/chat/completions"
-        last, connect_only = "", True
-        for attempt in range(self.max_retries + 1):
-            retry_after = None
-            try:
-                r = self._client.post(url, json=body)
-            except httpx.TimeoutException:
-                last, connect_only = "timeout", False
-            except httpx.ConnectError:
-                last = "connection failed"
-            except httpx.TransportError as e:
-                last, connect_only = f"transport: {type(e).__name__}", False
-            else:
-                connect_only = False
-                if r.status_code == 200:
-                    return self._count(self._parse(r, attempt + 1))
-                last = f"HTTP {r.status_code}"
-                if r.status_code not in RETRYABLE and r.status_code < 500:
-                    return self._count(Completion(error=last, attempts=attempt + 1))
-                retry_after = retry_after_seconds(r.headers.get("retry-after"))
-            if attempt < self.max_retries:
-                self._sleep(self._wait(attempt, retry_after))
-        if connect_only and self.successes == 0:
-            self._unreachable = f"cannot connect to {self.base_url} (after {self.max_retries + 1} attempts)"
+        p = post_json(self._client, f"{self.base_url}/chat/completions", body, retries=self.max_retries,
+                      backoff=self._backoff, sleep=self._sleep)
+        if p.ok:
+            assert p.response is not None
+            return self._count(self._parse(p.response, p.attempts))
+        if p.connect_only and self.successes == 0:
+            self._unreachable = f"cannot connect to {self.base_url} (after {p.attempts} attempts)"
             raise CharterError(self._unreachable)
-        return self._count(Completion(error=last, attempts=self.max_retries + 1))
+        return self._count(Completion(error=p.error, attempts=p.attempts))
 
     @staticmethod
     def _parse(r: httpx.Response, attempts: int) -> Completion:

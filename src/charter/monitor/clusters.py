@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 import unicodedata
 import warnings
 from collections import Counter
@@ -396,10 +397,12 @@ class OpenAISummariser:
     """Labels clusters through any OpenAI-compatible ``/chat/completions`` endpoint; None on any failure."""
 
     def __init__(self, base_url: str, model: str | None = None, *, api_key: str | None = None,
-                 timeout: float = 30.0) -> None:
+                 timeout: float = 30.0, max_retries: int = 2, sleep: Callable[[float], None] = time.sleep) -> None:
         import httpx
 
         self.base_url = base_url.rstrip("/")
+        self.max_retries = max_retries
+        self._sleep = sleep
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=timeout, headers=headers)
         self.model = model or self._default_model()
@@ -426,19 +429,19 @@ class OpenAISummariser:
         return "\n".join(lines)
 
     def __call__(self, terms: list[str], examples: list[str]) -> str | None:
-        import httpx
+        from charter.endpoints import post_json
 
         self.calls += 1
         body = {"model": self.model, "temperature": 0, "max_tokens": 32,
                 "messages": [{"role": "system", "content": SUMMARISE_SYSTEM},
                              {"role": "user", "content": self.prompt(terms, examples)}]}
+        p = post_json(self._client, f"{self.base_url}/chat/completions", body, retries=self.max_retries, sleep=self._sleep)
+        if not p.ok or p.response is None or len(p.response.content) > MAX_REPLY_BYTES:
+            self.failures += 1
+            return None
         try:
-            r = self._client.post(f"{self.base_url}/chat/completions", json=body)
-            if r.status_code != 200 or len(r.content) > MAX_REPLY_BYTES:
-                self.failures += 1
-                return None
-            text = r.json()["choices"][0]["message"]["content"]
-        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+            text = p.response.json()["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
             self.failures += 1
             return None
         label = sanitise_label(text if isinstance(text, str) else "")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 
 from charter.data.splits import sub_seed
+from charter.endpoints import post_json
 from charter.redteam.behaviours import Behaviour
 from charter.redteam.suite import TEMPLATES, Attack, Prompt, Strategy, apply_strategy
 from charter.registry import Registry
@@ -161,10 +163,13 @@ class PairAttacker:
     name = "pair"
 
     def __init__(self, base_url: str, model: str, *, api_key: str | None = None, timeout: float = 60.0,
-                 max_errors: int = 3, seed: int = 0) -> None:
+                 max_errors: int = 3, seed: int = 0, max_retries: int = 3,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.max_errors = max_errors
+        self.max_retries = max_retries
+        self._sleep = sleep
         self.attacker_calls = 0
         self.attacker_errors = 0
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -172,12 +177,13 @@ class PairAttacker:
 
     def _propose(self, history: list[dict[str, str]]) -> str | None:
         self.attacker_calls += 1
+        p = post_json(self._client, self.url, {"model": self.model, "messages": history, "temperature": 1.0},
+                      retries=self.max_retries, sleep=self._sleep)
+        if not p.ok or p.response is None:
+            return None
         try:
-            r = self._client.post(self.url, json={"model": self.model, "messages": history, "temperature": 1.0})
-            if r.status_code != 200:
-                return None
-            content = r.json()["choices"][0]["message"]["content"]
-        except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+            content = p.response.json()["choices"][0]["message"]["content"]
+        except (ValueError, KeyError, IndexError, TypeError):
             return None
         return parse_attacker_prompt(content or "")
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import httpx
 
+from charter.endpoints import post_json
 from charter.errors import CharterError
 
 Prompt = str | list[dict[str, Any]]
@@ -61,25 +64,25 @@ class OpenAITarget:
     kind: Literal["guard", "openai"] = "openai"
 
     def __init__(self, base_url: str, model: str = "default", *, api_key: str | None = None,
-                 timeout: float = 60.0, max_tokens: int = 512) -> None:
+                 timeout: float = 60.0, max_tokens: int = 512, max_retries: int = 3,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.name = f"openai:{self.base_url}"
         self.max_tokens = max_tokens
+        self.max_retries = max_retries
+        self._sleep = sleep
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.Client(timeout=timeout, headers=headers)
 
     def query(self, prompt: Prompt) -> TargetResult:
         body = {"model": self.model, "messages": as_messages(prompt), "max_tokens": self.max_tokens, "temperature": 0}
+        p = post_json(self._client, f"{self.base_url}/chat/completions", body, retries=self.max_retries, sleep=self._sleep)
+        if not p.ok or p.response is None:
+            return TargetResult(error=p.error)
         try:
-            r = self._client.post(f"{self.base_url}/chat/completions", json=body)
-        except httpx.HTTPError as e:
-            return TargetResult(error=f"transport: {type(e).__name__}")
-        if r.status_code != 200:
-            return TargetResult(error=f"HTTP {r.status_code}")
-        try:
-            data = r.json()
+            data = p.response.json()
             choice = data["choices"][0]
             text = choice["message"].get("content") or ""
             finish = choice.get("finish_reason")

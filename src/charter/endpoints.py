@@ -1,0 +1,106 @@
+"""Calls to OpenAI-compatible endpoints: one retry policy for every client Charter has.
+
+The data generator, red-team targets, attackers and judges, evaluation targets and judges and
+the cluster summariser all retry the same failures the same way: HTTP 408/409/425/429 and 5xx,
+timeouts and transport errors, with exponential backoff and jitter, honouring ``Retry-After``.
+Each caller keeps its own reading of the reply and its own error reporting.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+RETRYABLE = frozenset({408, 409, 425, 429})
+
+
+def retryable(status: int) -> bool:
+    return status in RETRYABLE or status >= 500
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header (delta-seconds or an HTTP date); None if absent or bad."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        dt = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, dt.timestamp() - time.time())
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with jitter, capped; a server's Retry-After wins (up to the cap). Thread-safe."""
+
+    base: float = 0.5
+    cap: float = 20.0
+    seed: int = 0
+    _rng: random.Random = field(init=False, repr=False)
+    _lock: threading.Lock = field(init=False, repr=False, default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._rng = random.Random(self.seed)
+
+    def wait(self, attempt: int, retry_after: float | None = None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.cap)
+        with self._lock:
+            jitter = self._rng.uniform(0, self.base)
+        return min(self.cap, self.base * 2**attempt) + jitter
+
+
+@dataclass
+class Posted:
+    """The outcome of :func:`post_json`: the last response (if any) and, unless it is a 200, why it failed."""
+
+    response: httpx.Response | None
+    error: str | None
+    attempts: int
+    #: no attempt reached the server (nothing listens there, or the host does not resolve)
+    connect_only: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.response is not None
+
+
+def post_json(client: httpx.Client, url: str, body: dict[str, Any], *, retries: int = 3,
+              backoff: Backoff | None = None, sleep: Callable[[float], None] = time.sleep) -> Posted:
+    """POST ``body`` to ``url``, retrying what :func:`retryable` allows up to ``retries`` times."""
+    backoff = backoff or Backoff()
+    last, connect_only = "", True
+    for attempt in range(retries + 1):
+        retry_after = None
+        try:
+            r = client.post(url, json=body)
+        except httpx.TimeoutException:
+            last, connect_only = "timeout", False
+        except httpx.ConnectError:
+            last = "connection failed"
+        except httpx.TransportError as e:
+            last, connect_only = f"transport: {type(e).__name__}", False
+        except httpx.RequestError as e:  # an undecodable body, a redirect loop: not transient
+            return Posted(None, f"request: {type(e).__name__}", attempt + 1)
+        else:
+            if r.status_code == 200:
+                return Posted(r, None, attempt + 1)
+            last = f"HTTP {r.status_code}"
+            if not retryable(r.status_code) or attempt == retries:
+                return Posted(r, last, attempt + 1)
+            connect_only = False
+            retry_after = retry_after_seconds(r.headers.get("retry-after"))
+        if attempt < retries:
+            sleep(backoff.wait(attempt, retry_after))
+    return Posted(None, last, retries + 1, connect_only)

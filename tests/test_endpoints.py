@@ -1,0 +1,46 @@
+"""The retry policy shared by every OpenAI-compatible client, against a real loopback server."""
+
+from __future__ import annotations
+
+import email.utils
+import socket
+import time
+
+import httpx
+
+from charter.endpoints import Backoff, post_json, retry_after_seconds, retryable
+from charter.testing.openai_server import Reply
+
+
+def test_retryable_statuses_and_retry_after() -> None:
+    assert all(retryable(s) for s in (408, 409, 425, 429, 500, 502, 503))
+    assert not any(retryable(s) for s in (400, 401, 403, 404, 413, 422))
+    assert retry_after_seconds("3") == 3.0 and retry_after_seconds("-1") == 0.0
+    assert retry_after_seconds(None) is None and retry_after_seconds("soon") is None
+    later = email.utils.formatdate(time.time() + 30, usegmt=True)
+    assert 25 < (retry_after_seconds(later) or 0) <= 30
+
+
+def test_backoff_grows_is_capped_and_defers_to_the_server() -> None:
+    b = Backoff(base=0.5, cap=4.0)
+    waits = [b.wait(a) for a in range(6)]
+    assert 0.5 <= waits[0] <= 1.0 and 1.0 <= waits[1] <= 1.5 and all(w <= 4.5 for w in waits)
+    assert b.wait(0, retry_after=2.5) == 2.5 and b.wait(0, retry_after=60) == 4.0
+
+
+def test_post_json_retries_then_reports_the_last_failure(scripted_openai) -> None:
+    sleeps: list[float] = []
+    srv = scripted_openai([Reply.error(500), Reply.error(429, retry_after=1), "ok"], default=Reply.error(404))
+    with httpx.Client() as c:
+        p = post_json(c, srv.base_url + "/chat/completions", {"messages": []}, retries=3, sleep=sleeps.append)
+        assert p.ok and p.attempts == 3 and p.response is not None and p.response.json()["choices"][0]["message"]["content"] == "ok"
+        assert len(sleeps) == 2 and sleeps[1] == 1.0
+        p = post_json(c, srv.base_url + "/chat/completions", {"messages": []}, retries=3, sleep=sleeps.append)
+        assert not p.ok and p.error == "HTTP 404" and p.attempts == 1 and len(sleeps) == 2  # not retried
+        # nothing listens on a freshly closed port: every attempt fails to connect
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        s.close()
+        p = post_json(c, f"http://127.0.0.1:{port}/v1/chat/completions", {}, retries=2, sleep=sleeps.append)
+        assert p.response is None and p.connect_only and p.attempts == 3 and p.error == "connection failed"
