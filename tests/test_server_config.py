@@ -71,7 +71,7 @@ def test_config_errors_name_the_file_line_and_field(tmp_path: Path, old: str, ne
 def test_bad_yaml_is_reported_with_its_line(tmp_path: Path) -> None:
     p = tmp_path / "c.yaml"
     p.write_text("upstream:\n  base_url: [unclosed\n")
-    with pytest.raises(ConfigError, match=r"c\.yaml:\d+: not valid YAML"):
+    with pytest.raises(ConfigError, match=r"c\.yaml:\d+: invalid YAML"):
         load_config(p)
 
 
@@ -190,3 +190,15 @@ def test_a_failing_sink_spills_too_and_jsonl_sink_writes_lines(tmp_path: Path) -
     q = asyncio.run(run(JsonlSink(tmp_path / "ev.jsonl"), tmp_path / "s2.jsonl"))
     assert q.written == 7 and [e.request_id for e in read_events(tmp_path / "ev.jsonl")] == [f"r{i}" for i in range(7)]
     assert not (tmp_path / "s2.jsonl").exists()
+
+
+def test_empty_config_gives_defaults_and_bad_shapes_are_refused(tmp_path: Path) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text("# nothing configured yet\n")
+    assert load_config(p) == load_config(None)
+    p.write_text("- upstream\n- keys\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml:1: the config must be a YAML mapping"):
+        load_config(p)
+    p.write_text("upstream: {base_url: '" + "a" * (1 << 20) + "'}\n")  # reads are bounded
+    with pytest.raises(ConfigError, match="larger than"):
+        load_config(p)

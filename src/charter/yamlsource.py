@@ -1,5 +1,5 @@
-"""YAML files that users write (constitutions, safety-case configs): bounded reads, and parse or
-validation errors reported as ``file:line: field: message``."""
+"""YAML files that users write (constitutions, safety-case configs, the proxy's and the monitor's
+configs): bounded reads, and parse or validation errors reported as ``file:line: field: message``."""
 
 from __future__ import annotations
 
@@ -30,6 +30,14 @@ def read_text(path: Path, max_bytes: int, error: type[CharterError]) -> str:
 
 def load_mapping(text: str, source: str, error: type[CharterError], what: str) -> tuple[yaml.Node, dict[str, Any]]:
     """(composed node tree, data) of a YAML document whose top level must be a mapping."""
+    root, data = load_optional_mapping(text, source, error, what)
+    if root is None:
+        raise error(f"{source}:1: the {what} must be a YAML mapping")
+    return root, data
+
+
+def load_optional_mapping(text: str, source: str, error: type[CharterError], what: str) -> tuple[yaml.Node | None, dict[str, Any]]:
+    """Like :func:`load_mapping`, but an empty document (or one of comments) is ``(None, {})``."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data: Any = yaml.safe_load(text)
@@ -38,7 +46,9 @@ def load_mapping(text: str, source: str, error: type[CharterError], what: str) -
         raise error(f"{source}:{mark.line + 1 if mark else 0}: invalid YAML: {e.problem or e}") from None
     except yaml.YAMLError as e:
         raise error(f"{source}: invalid YAML: {e}") from None
-    if root is None or not isinstance(data, dict):
+    if root is None:
+        return None, {}
+    if not isinstance(data, dict):
         raise error(f"{source}:1: the {what} must be a YAML mapping")
     return root, data
 
@@ -48,9 +58,10 @@ def problems_of(e: ValidationError) -> list[tuple[Loc, str]]:
     return [(useful_loc(tuple(x["loc"])), x["msg"].removeprefix("Value error, ")) for x in e.errors()]
 
 
-def report(source: str, root: yaml.Node, problems: list[tuple[Loc, str]]) -> str:
-    """One ``file:line: field: message`` line per problem."""
-    return "\n".join(f"{source}:{line_at(root, loc)}: {format_loc(loc) or '(top level)'}: {msg}" for loc, msg in problems)
+def report(source: str, root: yaml.Node | None, problems: list[tuple[Loc, str]]) -> str:
+    """One ``file:line: field: message`` line per problem (no line for an empty document)."""
+    return "\n".join(f"{source}{f':{line_at(root, loc)}' if root is not None else ''}: {format_loc(loc) or '(top level)'}: {msg}"
+                     for loc, msg in problems)
 
 
 def line_at(root: yaml.Node, loc: Loc) -> int:

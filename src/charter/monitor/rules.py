@@ -541,35 +541,18 @@ class MonitorSettings(_Strict):
 
 def load_monitor_settings(path: str | Path) -> MonitorSettings:
     """Monitor settings from a YAML file: a charter.yaml (its ``monitor:`` key) or the section alone."""
-    import yaml
-
-    from charter.server.config import ConfigError, _line_of, _loc
+    from charter.server.config import MAX_CONFIG_BYTES, ConfigError
+    from charter.yamlsource import load_optional_mapping, problems_of, read_text, report
 
     name = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-        root = yaml.compose(text)
-        data = yaml.safe_load(text) or {}
-    except OSError as e:
-        raise ConfigError(f"{name}: cannot read: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ConfigError(f"{name}{f':{mark.line + 1}' if mark else ''}: not valid YAML: {getattr(e, 'problem', e)}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{name}: the top level must be a mapping")
-    prefix: tuple[Any, ...] = ()
+    root, data = load_optional_mapping(read_text(Path(path), MAX_CONFIG_BYTES, ConfigError), name, ConfigError, "config")
+    prefix: tuple[str, ...] = ()
     if "monitor" in data:
         data, prefix = data["monitor"] or {}, ("monitor",)
     try:
         return MonitorSettings.model_validate(data)
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            loc = (*prefix, *err["loc"])
-            line = _line_of(root, loc)
-            lines.append(f"{name}:{line}: {_loc(loc)}: {err['msg'].removeprefix('Value error, ')}" if line
-                         else f"{name}: {_loc(loc)}: {err['msg']}")
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(report(name, root, [((*prefix, *loc), msg) for loc, msg in problems_of(e)])) from None
 
 
 # ---------------------------------------------------------------------------- engine

@@ -6,16 +6,17 @@ import hashlib
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from charter.errors import CharterError
 from charter.monitor.rules import MonitorSettings
+from charter.yamlsource import load_optional_mapping, problems_of, read_text, report
 
 Action = Literal["block", "flag_only", "log_only"]
 DEFAULT_REFUSAL = "I can't help with that request."
+MAX_CONFIG_BYTES = 1 << 20
 
 
 class ConfigError(CharterError):
@@ -181,55 +182,13 @@ def check_bind(host: str, config: ServerConfig) -> None:
         )
 
 
-def _line_of(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    node, line = root, None
-    for part in loc:
-        if node is None:
-            break
-        line = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            node = next((v for k, v in node.value if k.value == str(part)), None)
-        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
-            node = node.value[part]
-        else:
-            node = None
-    return node.start_mark.line + 1 if node is not None else line
-
-
-def _loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for p in loc:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
-    return out or "(top level)"
-
-
 def load_config(path: str | Path | None = None) -> ServerConfig:
-    """Read and validate a config file (or defaults, with no path)."""
-    data: Any = {}
-    root = None
-    name = str(path) if path else "<defaults>"
-    if path is not None:
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as e:
-            raise ConfigError(f"{name}: cannot read: {e.strerror}") from None
-        try:
-            root = yaml.compose(text)
-            data = yaml.safe_load(text) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark else ""
-            raise ConfigError(f"{name}{where}: not valid YAML: {getattr(e, 'problem', e)}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{name}: the top level must be a mapping")
+    """Read and validate a config file (or defaults, with no path; an empty file also gives defaults)."""
+    if path is None:
+        return ServerConfig.model_validate({})
+    name = str(path)
+    root, data = load_optional_mapping(read_text(Path(path), MAX_CONFIG_BYTES, ConfigError), name, ConfigError, "config")
     try:
         return ServerConfig.model_validate(data)
     except ValidationError as e:
-        lines = []
-        for err in e.errors():
-            loc = tuple(err["loc"])
-            line = _line_of(root, loc)
-            where = f"{name}:{line}" if line else name
-            msg = err["msg"].removeprefix("Value error, ")
-            lines.append(f"{where}: {_loc(loc)}: {msg}")
-        raise ConfigError("\n".join(lines)) from None
+        raise ConfigError(report(name, root, problems_of(e))) from None
