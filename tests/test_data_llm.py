@@ -168,3 +168,29 @@ def test_scripted_server_streams_openai_chunks(scripted_openai: Callable[..., Sc
                 list(r.iter_lines())
         assert c.get(f"{srv.base_url}/models").json()["data"][0]["id"] == "scripted-model"
     assert [r.path for r in srv.requests] == ["/v1/chat/completions", "/v1/chat/completions", "/v1/models"]
+
+
+def test_prompts_show_only_train_split_seeds(scripted_openai: Callable[..., ScriptedOpenAI]) -> None:
+    """A model shown held-out seeds would write near-copies of them into training data."""
+    from charter.data.splits import split_of
+
+    srv = scripted_openai(good)
+    c = load_constitution()
+    list(fast(srv.base_url, concurrency=4).generate(c, 2 * len(c.categories), 0))
+    users = [r.json["messages"][-1]["content"] for r in srv.requests]
+    prompts = {(u.split("(", 1)[1].split(")", 1)[0], "JSON list of strings" not in u): u for u in users}
+    assert len(prompts) == 2 * len(c.categories)
+    shown = held_out = 0
+    for cat in c.categories:
+        for mode_exchange in (False, True):
+            text = prompts[(cat.id, mode_exchange)]
+            for kind, seeds in (("req", cat.seeds.requests), ("resp", cat.seeds.responses)):
+                for i, s in enumerate(seeds):
+                    if f"- {s.text}" in text:
+                        assert split_of(f"{cat.id}:{kind}:{i}") == "train", (cat.id, kind, i)
+                        shown += 1
+                    elif split_of(f"{cat.id}:{kind}:{i}") != "train":
+                        held_out += 1
+            if mode_exchange and cat.seeds.responses:
+                assert "Example responses" in text
+    assert shown > 5 * len(c.categories) and held_out > 0

@@ -59,9 +59,17 @@ class Job:
     batch: int
 
 
+def _train_examples(cat: Category, kind: str = "req", k: int = 5) -> list[str]:
+    """Up to ``k`` of the category's train-split request (``req``) or response (``resp``) seeds: a
+    model shown held-out seeds would write near-copies of them into training data, and the
+    held-out numbers would lie."""
+    seeds = cat.seeds.requests if kind == "req" else cat.seeds.responses
+    return [s.text for i, s in enumerate(seeds) if split_of(f"{cat.id}:{kind}:{i}") == "train"][:k]
+
+
 def _prompt(job: Job, seed: int) -> list[dict[str, str]]:
     cat = job.category
-    examples = "\n".join(f"- {s.text}" for s in cat.seeds.requests[:5])
+    examples = "\n".join(f"- {t}" for t in _train_examples(cat)) or "- (none)"
     rules = "\n".join(f"- {r}" for r in cat.rules) or "- (none)"
     kind = "RESTRICTED (the deployment must block these)" if cat.restricted else "PERMITTED (the deployment must answer these)"
     if job.mode == "requests":
@@ -81,6 +89,8 @@ def _prompt(job: Job, seed: int) -> list[dict[str, str]]:
             f"Write {job.count} new user requests in this category, each with a helpful answer. Reply with only a "
             'JSON list of objects {"request": ..., "response": ...}.'
         )
+    if job.mode == "exchanges" and (shapes := _train_examples(cat, "resp", 2)):
+        ask += "\nExample responses (" + ("skeletons" if cat.restricted else "answers") + "):\n" + "\n".join(f"- {t}" for t in shapes)
     system = "You generate synthetic training data for a safety classifier. Follow the output format exactly."
     user = (
         f"Category: {cat.name} ({cat.id})\nKind: {kind}\nDescription: {cat.description}\nRules:\n{rules}\n"
