@@ -1,8 +1,8 @@
 """A small synchronous client for OpenAI-compatible ``/chat/completions`` endpoints, for evaluations.
 
 Retries what :mod:`charter.endpoints` retries (408/409/425/429/5xx, timeouts, connection
-errors; exponential backoff and jitter, honouring ``Retry-After``); other failures and malformed replies come back as a
-:class:`Completion` with ``error`` set, never as text. The API key is read from an environment
+errors; exponential backoff and jitter, honouring ``Retry-After``); other failures and
+malformed replies come back as a :class:`Completion` with ``error`` set, never as text. The API key is read from an environment
 variable and is never logged or stored. Thread-safe: one client serves a worker pool.
 """
 

@@ -541,11 +541,11 @@ class MonitorSettings(_Strict):
 
 def load_monitor_settings(path: str | Path) -> MonitorSettings:
     """Monitor settings from a YAML file: a charter.yaml (its ``monitor:`` key) or the section alone."""
-    from charter.server.config import MAX_CONFIG_BYTES, ConfigError
-    from charter.yamlsource import load_optional_mapping, problems_of, read_text, report
+    from charter.server.config import ConfigError, read_config_yaml
+    from charter.yamlsource import problems_of, report
 
     name = str(path)
-    root, data = load_optional_mapping(read_text(Path(path), MAX_CONFIG_BYTES, ConfigError), name, ConfigError, "config")
+    root, data = read_config_yaml(path)
     prefix: tuple[str, ...] = ()
     if "monitor" in data:
         data, prefix = data["monitor"] or {}, ("monitor",)

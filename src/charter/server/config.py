@@ -6,8 +6,9 @@ import hashlib
 import ipaddress
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from charter.errors import CharterError
@@ -182,12 +183,17 @@ def check_bind(host: str, config: ServerConfig) -> None:
         )
 
 
+def read_config_yaml(path: str | Path) -> tuple[yaml.Node | None, dict[str, Any]]:
+    """(node tree, data) of a config file, read with a size bound; an empty file is ``(None, {})``."""
+    return load_optional_mapping(read_text(Path(path), MAX_CONFIG_BYTES, ConfigError), str(path), ConfigError, "config")
+
+
 def load_config(path: str | Path | None = None) -> ServerConfig:
     """Read and validate a config file (or defaults, with no path; an empty file also gives defaults)."""
     if path is None:
         return ServerConfig.model_validate({})
     name = str(path)
-    root, data = load_optional_mapping(read_text(Path(path), MAX_CONFIG_BYTES, ConfigError), name, ConfigError, "config")
+    root, data = read_config_yaml(path)
     try:
         return ServerConfig.model_validate(data)
     except ValidationError as e:
