@@ -7,6 +7,7 @@ import socket
 import time
 
 import httpx
+import pytest
 
 from charter.endpoints import Backoff, post_json, retry_after_seconds, retryable
 from charter.testing.openai_server import Reply
@@ -44,3 +45,20 @@ def test_post_json_retries_then_reports_the_last_failure(scripted_openai) -> Non
         s.close()
         p = post_json(c, f"http://127.0.0.1:{port}/v1/chat/completions", {}, retries=2, sleep=sleeps.append)
         assert p.response is None and p.connect_only and p.attempts == 3 and p.error == "connection failed"
+
+
+def test_completion_reads_the_first_choice_and_rejects_what_is_not_a_chat_completion() -> None:
+    from charter.endpoints import MalformedCompletion, completion, completion_text
+
+    def reply(body: object) -> httpx.Response:
+        return httpx.Response(200, json=body) if not isinstance(body, str) else httpx.Response(200, text=body)
+
+    ok = {"choices": [{"message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}], "charter": {"x": 1}}
+    c = completion(reply(ok))
+    assert (c.text, c.finish_reason, c.body["charter"]) == ("hi", "stop", {"x": 1})
+    # a tool call or refusal leaves content null: that is an empty reply, not a malformed one
+    assert completion_text(reply({"choices": [{"message": {"content": None}}]})) == ""
+    for bad in ("<html>not json</html>", {"choices": []}, {"data": 1}, [1, 2],
+                {"choices": [{"message": "hi"}]}, {"choices": [{"message": {"content": ["a", "b"]}}]}):
+        with pytest.raises(MalformedCompletion):
+            completion(reply(bad))

@@ -3,7 +3,7 @@
 The data generator, red-team targets, attackers and judges, evaluation targets and judges and
 the cluster summariser all retry the same failures the same way: HTTP 408/409/425/429 and 5xx,
 timeouts and transport errors, with exponential backoff and jitter, honouring ``Retry-After``.
-Each caller keeps its own reading of the reply and its own error reporting.
+They read a reply the same way too (:func:`completion_text`); each keeps its own error reporting.
 """
 
 from __future__ import annotations
@@ -104,3 +104,36 @@ def post_json(client: httpx.Client, url: str, body: dict[str, Any], *, retries: 
         if attempt < retries:
             sleep(backoff.wait(attempt, retry_after))
     return Posted(None, last, retries + 1, connect_only)
+
+
+class MalformedCompletion(ValueError):
+    """A 200 reply that is not an OpenAI chat completion."""
+
+
+@dataclass(frozen=True)
+class ChatChoice:
+    """The first choice of a chat completion: its text, why it ended, and the whole body."""
+
+    text: str
+    finish_reason: str | None
+    body: dict[str, Any]
+
+
+def completion(response: httpx.Response) -> ChatChoice:
+    """Read ``choices[0]`` of a chat completion. A null content (a tool call, a refusal field) reads
+    as empty text; a body that is not JSON, has no choice or whose content is not a string raises
+    :class:`MalformedCompletion`."""
+    try:
+        body = response.json()
+        choice = body["choices"][0]
+        content = choice["message"].get("content")
+        finish = choice.get("finish_reason")
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+        raise MalformedCompletion("not an OpenAI chat completion") from None
+    if content is not None and not isinstance(content, str):
+        raise MalformedCompletion("message content is not a string")
+    return ChatChoice(content or "", finish if isinstance(finish, str) else None, body)
+
+
+def completion_text(response: httpx.Response) -> str:
+    return completion(response).text

@@ -29,7 +29,7 @@ from charter.data.base import Generator
 from charter.data.records import Label, Record
 from charter.data.skeleton import render_skeleton
 from charter.data.splits import split_of, sub_seed
-from charter.endpoints import Backoff, retry_after_seconds, retryable
+from charter.endpoints import Backoff, MalformedCompletion, completion_text, retry_after_seconds, retryable
 from charter.errors import GeneratorError
 
 log = logging.getLogger("charter.data.llm")
@@ -206,12 +206,9 @@ class LLMGenerator(Generator):
             else:
                 if r.status_code == 200:
                     try:
-                        content = r.json()["choices"][0]["message"]["content"]
-                    except (ValueError, KeyError, IndexError, TypeError):
-                        raise _Malformed("not an OpenAI chat completion") from None
-                    if not isinstance(content, str):
-                        raise _Malformed("message content is not a string")
-                    return content
+                        return completion_text(r)
+                    except MalformedCompletion as e:
+                        raise _Malformed(str(e)) from None
                 if not retryable(r.status_code):
                     raise GeneratorError(f"LLM endpoint {url} returned HTTP {r.status_code}: {r.text[:200]}")
                 last = f"HTTP {r.status_code}"

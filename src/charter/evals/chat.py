@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from charter.endpoints import Backoff, post_json
+from charter.endpoints import Backoff, MalformedCompletion, completion_text, post_json
 from charter.errors import CharterError
 
 TARGET_KEY_ENV = "CHARTER_TARGET_API_KEY"
@@ -105,11 +105,9 @@ class ChatClient:
     @staticmethod
     def _parse(r: httpx.Response, attempts: int) -> Completion:
         try:
-            content = r.json()["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
+            content = completion_text(r)
+        except MalformedCompletion:
             return Completion(error="malformed completion", attempts=attempts)
-        if not isinstance(content, str):
-            return Completion(error="malformed completion (content is not a string)", attempts=attempts)
         return Completion(text=content[:MAX_REPLY_CHARS], attempts=attempts)
 
     def close(self) -> None:

@@ -287,14 +287,15 @@ def calibrate(guard: Guard, calib_in: Sequence[Record], calib_ex: Sequence[Recor
     return {"thresholds": th, "report": report}
 
 
+def stream_scores(guard: Guard, prompt: str, response: str) -> np.ndarray:
+    """The monitor's score after each token of ``response``, in one vectorised pass
+    (``ExchangeStream.scan`` gives what feeding the tokens one by one would)."""
+    return guard.exchange.stream(prompt).scan(tokens(response))
+
+
 def stream_max_scores(guard: Guard, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-    out = np.empty(len(pairs))
-    for i, (p, r) in enumerate(pairs):
-        st = guard.exchange.stream(p)
-        for tok in tokens(r):
-            st.feed(tok)
-        out[i] = st.max_score
-    return out
+    """The running maximum each streamed reply reaches (0 for an empty reply, as a stream that was never fed)."""
+    return np.array([float(s.max()) if len(s) else 0.0 for s in (stream_scores(guard, p, r) for p, r in pairs)])
 
 
 def stop_fraction(guard: Guard, prompt: str, response: str) -> float | None:
@@ -374,7 +375,7 @@ def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record],
     # streaming
     harmful = [(r.prompt_text(), r.response or "") for r in test_ex if r.label == "restricted"]
     benign = [(r.prompt_text(), r.response or "") for r in test_ex if r.label == "permitted"]
-    stops = [stop_fraction(guard, p, r) for p, r in harmful]
+    stops = [stop_fraction_of_scores(stream_scores(guard, p, r), th["exchange"]) for p, r in harmful]
     # answers to permitted requests behind openers that harmful replies also use: a classifier
     # that keyed on the opener (an earlier data bug) flags these
     benign_answers = [(r.prompt_text(), r.response or "") for r in test_ex

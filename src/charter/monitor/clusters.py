@@ -429,7 +429,7 @@ class OpenAISummariser:
         return "\n".join(lines)
 
     def __call__(self, terms: list[str], examples: list[str]) -> str | None:
-        from charter.endpoints import post_json
+        from charter.endpoints import MalformedCompletion, completion_text, post_json
 
         self.calls += 1
         body = {"model": self.model, "temperature": 0, "max_tokens": 32,
@@ -440,11 +440,10 @@ class OpenAISummariser:
             self.failures += 1
             return None
         try:
-            text = p.response.json()["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
+            label = sanitise_label(completion_text(p.response))
+        except MalformedCompletion:
             self.failures += 1
             return None
-        label = sanitise_label(text if isinstance(text, str) else "")
         if label is None:
             self.failures += 1
         return label

@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 
 from charter.data.splits import sub_seed
-from charter.endpoints import post_json
+from charter.endpoints import MalformedCompletion, completion_text, post_json
 from charter.redteam.behaviours import Behaviour
 from charter.redteam.suite import TEMPLATES, Attack, Prompt, Strategy, apply_strategy
 from charter.registry import Registry
@@ -182,10 +182,10 @@ class PairAttacker:
         if not p.ok or p.response is None:
             return None
         try:
-            content = p.response.json()["choices"][0]["message"]["content"]
-        except (ValueError, KeyError, IndexError, TypeError):
+            content = completion_text(p.response)
+        except MalformedCompletion:
             return None
-        return parse_attacker_prompt(content or "")
+        return parse_attacker_prompt(content)
 
     def run(self, b: Behaviour, oracle: Oracle, budget: int) -> list[Attempt]:
         history = [{"role": "system", "content": PAIR_SYSTEM.format(goal=b.text)},

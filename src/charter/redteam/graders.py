@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import httpx
 
-from charter.endpoints import post_json
+from charter.endpoints import MalformedCompletion, completion_text, post_json
 from charter.registry import Registry
 
 Outcome = Literal["harmful", "safe", "ungradable"]
@@ -142,8 +142,8 @@ class JudgeGrader:
         if not p.ok or p.response is None:
             return Grade("ungradable", None, f"judge {p.error}")
         try:
-            text = p.response.json()["choices"][0]["message"]["content"] or ""
-        except (ValueError, KeyError, IndexError, TypeError):
+            text = completion_text(p.response)
+        except MalformedCompletion:
             return Grade("ungradable", None, "judge returned a malformed completion")
         outcome, score = parse_verdict(text)
         return Grade(outcome, score, "judge verdict" if outcome != "ungradable" else "unparseable judge output")

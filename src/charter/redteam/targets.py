@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import httpx
 
-from charter.endpoints import post_json
+from charter.endpoints import MalformedCompletion, completion, post_json
 from charter.errors import CharterError
 
 Prompt = str | list[dict[str, Any]]
@@ -82,15 +82,12 @@ class OpenAITarget:
         if not p.ok or p.response is None:
             return TargetResult(error=p.error)
         try:
-            data = p.response.json()
-            choice = data["choices"][0]
-            text = choice["message"].get("content") or ""
-            finish = choice.get("finish_reason")
-        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+            c = completion(p.response)
+        except MalformedCompletion:
             return TargetResult(error="malformed completion")
-        charter = data.get("charter") if isinstance(data, dict) else None
-        blocked = finish == "content_filter" or (isinstance(charter, dict) and charter.get("decision") == "blocked")
-        return TargetResult(text=text, flagged=bool(blocked), finish_reason=finish)
+        charter = c.body.get("charter")
+        blocked = c.finish_reason == "content_filter" or (isinstance(charter, dict) and charter.get("decision") == "blocked")
+        return TargetResult(text=c.text, flagged=bool(blocked), finish_reason=c.finish_reason)
 
     def close(self) -> None:
         self._client.close()
