@@ -117,7 +117,22 @@ def test_repeated_flags_counts_flagged_and_near_threshold_requests_per_user(stor
     assert [e["request_id"] for e in a.events] == [f"a{i}" for i in range(5)]
     assert {"time", "score", "category", "view", "decision"} <= set(a.events[0])
     # a stricter setting silences it
-    assert RuleEngine(s, only("repeated_flags", min_count=6)).evaluate(now)[0] == []
+    assert RuleEngine(s, only("repeated_flags", min_count=6)).evaluate(now).alerts == []
+
+
+def test_a_window_fuller_than_max_events_is_reported_not_silently_cut(store_url: str) -> None:
+    """One evaluation reads at most ``monitor.max_events`` events; when the window holds more, the
+    run says so (and how far back it read), because every count over the window is then short."""
+    s = EventStore.open(store_url)
+    now = time.time()
+    s.write([ev(f"a{i}", "u1", 0.9, t=now - 300 + i) for i in range(150)])
+    settings = only("repeated_flags").model_copy(update={"max_events": 100})
+    res = RuleEngine(s, settings).run_once(now)
+    assert len(res.warnings) == 1 and "max_events=100" in res.warnings[0] and "reaching back 250 s of the 3600 s" in res.warnings[0]
+    assert res.alerts[0].stats["count"] == 100  # what the rule could see
+    roomy = only("repeated_flags").model_copy(update={"max_events": 200})
+    res = RuleEngine(s, roomy).run_once(now + 1)
+    assert res.warnings == [] and res.alerts[0].stats["count"] == 150
 
 
 def test_probing_needs_several_obfuscations_aimed_at_one_category(store_url: str) -> None:
@@ -187,7 +202,7 @@ def test_decomposition_rescores_joined_text_or_falls_back_to_category_mass(store
     assert m.stats["method"] == "mass" and m.stats["mass"] == pytest.approx(1.08) and m.stats["parts"] == 4
     # with no guard to re-score, the stored category mass decides: the decomposer's parts carry
     # more chem_bio probability than one clearly restricted request, the benign user's do not
-    fallback = {a.subject_id: a for a in RuleEngine(s, only("decomposition")).evaluate(now)[0]}
+    fallback = {a.subject_id: a for a in RuleEngine(s, only("decomposition")).evaluate(now).alerts}
     assert fallback.keys() == {"decomposer", "massive"} and fallback["decomposer"].stats["method"] == "mass"
 
 
@@ -197,11 +212,11 @@ def test_block_rate_spike_compares_the_recent_window_with_its_baseline(store_url
     # an attack period whose baseline already blocks a lot: no spike
     s.write([ev(f"h{i}", f"u{i}", 0.9 if i % 4 == 0 else 0.1, t=t0 - 3000 + i * 40) for i in range(60)])
     s.write([ev(f"g{i}", f"u{i}", 0.9 if i % 3 == 0 else 0.1, t=t0 - 200 + i * 5) for i in range(25)])
-    assert RuleEngine(s, only("block_rate_spike")).evaluate(t0)[0] == []
+    assert RuleEngine(s, only("block_rate_spike")).evaluate(t0).alerts == []
     now = time.time()
     s.write([ev(f"x{i}", f"u{i}", 0.9 if i == 7 else 0.1, t=now - 3000 + i * 40) for i in range(60)])
     s.write([ev(f"y{i}", f"v{i}", 0.9 if i % 3 == 0 else 0.1, t=now - 200 + i * 5) for i in range(25)])
-    assert RuleEngine(s, only("block_rate_spike", min_blocked=10)).evaluate(now)[0] == []
+    assert RuleEngine(s, only("block_rate_spike", min_blocked=10)).evaluate(now).alerts == []
     alerts = RuleEngine(s, only("block_rate_spike")).run_once(now).alerts
     assert subjects(alerts) == {("block_rate_spike", "all")}
     st = alerts[0].stats

@@ -85,6 +85,8 @@ def alerts(
             res = engine.run_once()
             for name, why in res.errors.items():
                 typer.echo(f"charter: warning: rule {name} failed: {why}", err=True)
+            for why in res.warnings:
+                typer.echo(f"charter: warning: {why}", err=True)
             if not as_json:
                 out.print(f"evaluated: {len(res.alerts)} alert(s) raised, {len(res.new)} new")
         records = store.alerts(status=None if status == "all" else status, limit=limit)

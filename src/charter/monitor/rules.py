@@ -565,6 +565,8 @@ class RunResult:
     new: list[Alert]
     #: rules that failed this run: name -> error (logged; the other rules still ran)
     errors: dict[str, str]
+    #: what the rules could not see (logged): e.g. a window holding more than ``monitor.max_events``
+    warnings: list[str] = field(default_factory=list)
 
 
 class RuleEngine:
@@ -616,13 +618,21 @@ class RuleEngine:
                 out.append(r)
         return out
 
-    def evaluate(self, now: float | None = None) -> tuple[list[Alert], dict[str, str]]:
-        """The alerts the enabled rules raise now (not stored), and the rules that failed."""
+    def evaluate(self, now: float | None = None) -> RunResult:
+        """The alerts the enabled rules raise now (not stored; ``new`` stays empty), the rules that
+        failed, and a warning when the windows hold more events than one evaluation reads."""
         now = time.time() if now is None else now
         rules = self.rules()
         span = max((r.settings.window_s for r in rules), default=0.0)
         recent = self.store.events(since=now - span, until=None, limit=self.settings.max_events, newest_first=True)
         recent.reverse()
+        warnings = []
+        if len(recent) >= self.settings.max_events:
+            # the oldest part of the window went unread: counts over it are undercounts
+            warnings.append(f"the rule windows hold more than monitor.max_events={self.settings.max_events} events; "
+                            f"rules read only the newest ones, reaching back {now - recent[0].ts:.0f} s of the {span:.0f} s "
+                            "window: raise monitor.max_events or shorten the windows")
+            log.warning("monitor: %s", warnings[-1])
         ctx = RuleContext(self.store, now, self.settings, recent, self._guard_provider, self._cache)
         alerts: list[Alert] = []
         errors: dict[str, str] = {}
@@ -632,10 +642,11 @@ class RuleEngine:
             except Exception as e:  # one broken rule must not silence the others
                 errors[r.name] = f"{type(e).__name__}: {e}"
                 log.exception("monitor rule %r failed", r.name)
-        return alerts, errors
+        return RunResult(alerts, [], errors, warnings)
 
     def run_once(self, now: float | None = None) -> RunResult:
-        alerts, errors = self.evaluate(now)
+        res = self.evaluate(now)
+        alerts, errors = res.alerts, res.errors
         new = []
         for a in alerts:
             try:
@@ -652,7 +663,7 @@ class RuleEngine:
                         sink.emit(a)
                     except Exception:
                         log.exception("alert sink %s failed", type(sink).__name__)
-        return RunResult(alerts, new, errors)
+        return RunResult(alerts, new, errors, res.warnings)
 
     def _persist(self, a: Alert) -> bool:
         """Upsert ``a`` unless the stored alert already holds all its evidence; True when new (or reopened)."""
