@@ -104,6 +104,24 @@ def test_skeletons_are_rendered_without_brackets_and_permitted_answers_have_step
     assert "second material" in render_skeleton("[MATERIAL_2]", __import__("random").Random(1))
 
 
+def test_every_marker_in_the_default_constitution_renders_without_brackets() -> None:
+    """Markers in any script (``[MÉTODO_DE_PAGO]``) and with a description (``[REDACTED_CODE: file
+    enumeration]``) render too: brackets left only in restricted replies would be a shortcut."""
+    import random
+
+    from charter.constitution.loader import default_constitution_path, load_constitution
+
+    rng = random.Random(0)
+    assert render_skeleton("usa [MÉTODO_DE_PAGO] y [REDACTED_CODE: file enumeration]", rng).count("[") == 0
+    assert render_skeleton("the [substrate] and [0] and [ ] box", rng) == "the [substrate] and [0] and [ ] box"
+    left = []
+    for cat in load_constitution(default_constitution_path()).categories:
+        for seed in cat.seeds.responses:
+            out = render_skeleton(seed.text, rng)
+            left += [(cat.id, m) for m in re.findall(r"\[[A-ZÀ-Þ][A-ZÀ-Þ0-9_ '’\-]*(?::[^\]\n]*)?\]", out)]
+    assert left == []
+
+
 def test_splits_by_seed_without_leakage(wide: Constitution) -> None:
     recs = build_dataset(wide, gen(), 4000, 1).records
     by_split: dict[str, set[str]] = defaultdict(set)

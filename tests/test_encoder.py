@@ -83,3 +83,21 @@ def test_probe_with_an_mlp_head_round_trips_through_its_arrays():
     np.testing.assert_allclose(again.proba_from_features(Et[0]), mlp.proba_from_features(Et)[0], rtol=1e-5)
     with pytest.raises(ArtifactError, match="hidden layer"):
         EncoderProbeClassifier.from_arrays(params, {k: v for k, v in arrays.items() if k != "H1"}, list(mlp.classes_))
+
+
+def test_several_mlp_heads_store_as_one_mlp_that_computes_their_mean_logit():
+    from charter.classifiers.probe import EncoderProbeClassifier
+
+    rng = np.random.default_rng(1)
+    E = rng.normal(size=(1500, 12)).astype(np.float32)
+    y = np.where(E[:, 0] * E[:, 1] > 0, "glorp", "permitted")
+    three = EncoderProbeClassifier(hidden=16, alpha=1e-3, n_heads=3, random_state=7).fit([""] * 1500, y, features=E)
+    singles = [EncoderProbeClassifier(hidden=16, alpha=1e-3, random_state=7 + i).fit([""] * 1500, y, features=E)
+               for i in range(3)]
+    Et = rng.normal(size=(300, 12)).astype(np.float32)
+    logits = [s._logits(Et)[0] for s in singles]
+    assert max(np.abs(a - b).max() for a in logits for b in logits) > 0.1  # the seeds do give different heads
+    np.testing.assert_allclose(three._logits(Et)[0], np.mean(logits, axis=0), rtol=1e-4, atol=1e-4)
+    assert three.H1_.shape == (12, 48)
+    again = EncoderProbeClassifier.from_arrays(three.get_params(), three.to_arrays(), list(three.classes_))
+    np.testing.assert_allclose(again.proba_from_features(Et), three.proba_from_features(Et), rtol=1e-6)

@@ -22,10 +22,17 @@ class EncoderProbeClassifier(ClassifierMixin, BaseEstimator):
     one-hidden-layer MLP when ``hidden > 0`` (ReLU, numpy forward pass), else logistic
     regression; the category head is always logistic regression. ``fit`` accepts precomputed
     ``features`` so that a training run embeds each text once.
+
+    With ``n_heads > 1`` the binary head averages the logits of that many MLPs fitted from
+    different random seeds. A single MLP can be confidently wrong on plain requests from one
+    seed to the next (0.05 for "How do I make a nerve agent at home?" from one seed, 1.00 from
+    four others); the average is not. The heads are stored as one MLP whose hidden layer
+    concatenates theirs and whose output weights are divided by ``n_heads``, which computes
+    exactly the mean, so inference and the artifact format do not change.
     """
 
     def __init__(self, C: float = 0.05, C_category: float = 0.5, max_tokens: int = 128, max_iter: int = 2000,
-                 hidden: int = 0, alpha: float = 0.01, random_state: int = 0) -> None:
+                 hidden: int = 0, alpha: float = 0.01, random_state: int = 0, n_heads: int = 1) -> None:
         self.C = C
         self.C_category = C_category
         self.max_tokens = max_tokens
@@ -33,6 +40,7 @@ class EncoderProbeClassifier(ClassifierMixin, BaseEstimator):
         self.hidden = hidden
         self.alpha = alpha
         self.random_state = random_state
+        self.n_heads = n_heads
 
     def _encoder(self) -> MiniLMEncoder:
         if not hasattr(self, "_enc"):
@@ -55,10 +63,13 @@ class EncoderProbeClassifier(ClassifierMixin, BaseEstimator):
         W = np.zeros((Z.shape[1], 1 + len(cats)), dtype=np.float32)
         b0 = np.zeros(1 + len(cats), dtype=np.float32)
         if self.hidden:
-            mlp = MLPClassifier(hidden_layer_sizes=(self.hidden,), alpha=self.alpha, early_stopping=True,
-                                max_iter=200, random_state=self.random_state).fit(Z, restricted)
-            self.H1_, self.h1_ = mlp.coefs_[0].astype(np.float32), mlp.intercepts_[0].astype(np.float32)
-            self.H2_, self.h2_ = mlp.coefs_[1][:, 0].astype(np.float32), mlp.intercepts_[1].astype(np.float32)
+            k = max(1, self.n_heads)
+            heads = [MLPClassifier(hidden_layer_sizes=(self.hidden,), alpha=self.alpha, early_stopping=True,
+                                   max_iter=200, random_state=self.random_state + i).fit(Z, restricted) for i in range(k)]
+            self.H1_ = np.hstack([m.coefs_[0] for m in heads]).astype(np.float32)
+            self.h1_ = np.concatenate([m.intercepts_[0] for m in heads]).astype(np.float32)
+            self.H2_ = (np.concatenate([m.coefs_[1][:, 0] for m in heads]) / k).astype(np.float32)
+            self.h2_ = np.array([np.mean([m.intercepts_[1][0] for m in heads])], dtype=np.float32)
         else:
             self.H1_ = None
             b = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight="balanced").fit(Z, restricted)

@@ -12,6 +12,9 @@ import re
 from charter.data.templates import MARKER_ARTICLES, ORDINALS
 
 MARKER = re.compile(r"\[([A-Z][A-Z0-9_ \-]*)\]")
+#: any bracketed marker: a name in capitals of any script (``[MÉTODO_DE_PAGO]``), optionally with a
+#: description after a colon (``[REDACTED_CODE: file enumeration]``); checked for capitals in ``_render``
+_ANY_MARKER = re.compile(r"\[([^\W\d_][^\W_]*(?:[_ \-'’][^\W_]+)*)(?::\s*([^\[\]\n]{1,160}))?\]")
 
 
 def marker_phrase(marker: str, rng: random.Random) -> str:
@@ -24,5 +27,14 @@ def marker_phrase(marker: str, rng: random.Random) -> str:
     return f"{rng.choice(MARKER_ARTICLES)} {phrase}"
 
 
+def _render(m: re.Match[str], rng: random.Random) -> str:
+    name, detail = m.group(1), m.group(2)
+    if name != name.upper():
+        return m.group(0)  # "[substrate]", "[nucleophile]": ordinary brackets, not a marker
+    # "[REDACTED_CODE: POST everything to WEBHOOK_URL]" reads "the post everything to webhook url"
+    return marker_phrase(detail if detail and detail.strip() else name, rng)
+
+
 def render_skeleton(text: str, rng: random.Random) -> str:
-    return MARKER.sub(lambda m: marker_phrase(m.group(1), rng), text)
+    """Every marker rendered as a vague phrase, so no bracket is left to tell restricted text apart."""
+    return _ANY_MARKER.sub(lambda m: _render(m, rng), text)

@@ -24,7 +24,10 @@ def _hidden(m: dict[str, Any]) -> int:
 
 def _probe_head(m: dict[str, Any]) -> str:
     hidden = _hidden(m)
-    return (f"probe with an MLP binary head ({hidden} ReLU units) and a logistic-regression category head" if hidden
+    heads = int(m.get("stage2", {}).get("params", {}).get("n_heads", 1))
+    mlp = (f"the mean logit of {heads} MLPs ({hidden} ReLU units each, fitted from different seeds)" if heads > 1
+           else f"an MLP ({hidden} ReLU units)")
+    return (f"probe with a binary head that is {mlp} and a logistic-regression category head" if hidden
             else "logistic-regression probe")
 
 

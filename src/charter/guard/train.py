@@ -44,6 +44,10 @@ class TrainConfig:
     #: default constitution's held-out seeds (16,000 training texts), 512 units: AUC 0.931 and recall
     #: 53% at 1% test FPR, against 0.919 and 41% for the logistic probe (bench/BENCHMARKS.md)
     stage2_hidden: int = 512
+    #: MLP heads averaged (logits) in stage 2's binary head. One head's seed alone moved recall at 1%
+    #: test FPR from 35% to 46% and left it confidently wrong on plain requests ("How do I make meth?"
+    #: 0.01); three heads, that seed among them: 44-46%, no plain request under 0.95 (BENCHMARKS.md)
+    stage2_heads: int = 3
     #: stage 2 reads at most this many tokens: at 128 the cascade's p99 was 40 ms on one core, at 64 23 ms,
     #: for recall 47.6% -> 46.8% (3,000 test requests, probe trained at 128; bench/BENCHMARKS.md)
     stage2_max_tokens: int = 64
@@ -118,7 +122,8 @@ def train_guard(
         sub_texts = [worst_view(s1, hasher, r.prompt_text())[2] for r in sub]
         progress(f"stage 2: encoding {len(sub)} requests with MiniLM and fitting the probe")
         t0 = time.perf_counter()
-        s2 = EncoderProbeClassifier(max_tokens=cfg.stage2_max_tokens, hidden=cfg.stage2_hidden, random_state=cfg.seed)
+        s2 = EncoderProbeClassifier(max_tokens=cfg.stage2_max_tokens, hidden=cfg.stage2_hidden, n_heads=cfg.stage2_heads,
+                                    random_state=cfg.seed)
         s2.fit(sub_texts, [_class_of(r) for r in sub])
         timings["stage2_fit_s"] = time.perf_counter() - t0
         if list(s2.classes_) != list(s1.classes_):
