@@ -194,3 +194,28 @@ def test_prompts_show_only_train_split_seeds(scripted_openai: Callable[..., Scri
             if mode_exchange and cat.seeds.responses:
                 assert "Example responses" in text
     assert shown > 5 * len(c.categories) and held_out > 0
+
+
+def test_categories_of_seed_exchanges_get_exchange_jobs_shown_train_split_exchanges(
+        scripted_openai: Callable[..., ScriptedOpenAI]) -> None:
+    """The wellbeing constitution labels replies and holds seed exchanges only: the model is asked
+    for exchanges alone, and shown train-split seed exchanges (user turn and reply), never held-out ones."""
+    from charter.constitution.loader import default_constitution_path
+    from charter.data.splits import split_of
+
+    srv = scripted_openai(good)
+    c = load_constitution(default_constitution_path().with_name("wellbeing.yaml"))
+    assert all(not cat.seeds.requests and cat.seeds.exchanges for cat in c.categories)
+    recs = list(fast(srv.base_url, concurrency=4).generate(c, 6 * len(c.categories), 0))
+    users = [r.json["messages"][-1]["content"] for r in srv.requests]
+    assert users and not any("JSON list of strings" in u for u in users)
+    assert recs and all(r.kind == "exchange" for r in recs)
+    shown = 0
+    for cat in c.categories:
+        text = next(u for u in users if f"({cat.id})" in u)
+        assert "Example exchanges:" in text and "- (none)" not in text
+        for i, e in enumerate(cat.seeds.exchanges):
+            if json.dumps({"request": e.user, "response": e.reply}, ensure_ascii=False) in text:
+                assert split_of(f"{cat.id}:ex:{i}") == "train", (cat.id, i)
+                shown += 1
+    assert shown >= len(c.categories)

@@ -67,9 +67,18 @@ def _train_examples(cat: Category, kind: str = "req", k: int = 5) -> list[str]:
     return [s.text for i, s in enumerate(seeds) if split_of(f"{cat.id}:{kind}:{i}") == "train"][:k]
 
 
+def _train_exchanges(cat: Category, k: int) -> list[dict[str, str]]:
+    """Up to ``k`` of the category's train-split seed exchanges, as the ``{"request", "response"}``
+    objects the model is asked to write (split by ``CATEGORY:ex:I``, as the offline generator does)."""
+    return [{"request": e.user, "response": e.reply} for i, e in enumerate(cat.seeds.exchanges)
+            if split_of(f"{cat.id}:ex:{i}") == "train"][:k]
+
+
 def _prompt(job: Job, seed: int) -> list[dict[str, str]]:
     cat = job.category
-    examples = "\n".join(f"- {t}" for t in _train_examples(cat)) or "- (none)"
+    # a category may hold seed exchanges only (the wellbeing constitution): their user turns stand in
+    users = _train_examples(cat) or [x["request"] for x in _train_exchanges(cat, 5)]
+    examples = "\n".join(f"- {t}" for t in users) or "- (none)"
     rules = "\n".join(f"- {r}" for r in cat.rules) or "- (none)"
     kind = "RESTRICTED (the deployment must block these)" if cat.restricted else "PERMITTED (the deployment must answer these)"
     if job.mode == "requests":
@@ -89,7 +98,10 @@ def _prompt(job: Job, seed: int) -> list[dict[str, str]]:
             f"Write {job.count} new user requests in this category, each with a helpful answer. Reply with only a "
             'JSON list of objects {"request": ..., "response": ...}.'
         )
-    if job.mode == "exchanges" and (shapes := _train_examples(cat, "resp", 2)):
+    if job.mode == "exchanges" and (pairs := _train_exchanges(cat, 2)):
+        # the category's label is a property of the reply: show whole exchanges
+        ask += "\nExample exchanges:\n" + "\n".join(json.dumps(x, ensure_ascii=False) for x in pairs)
+    elif job.mode == "exchanges" and (shapes := _train_examples(cat, "resp", 2)):
         ask += "\nExample responses (" + ("skeletons" if cat.restricted else "answers") + "):\n" + "\n".join(f"- {t}" for t in shapes)
     system = "You generate synthetic training data for a safety classifier. Follow the output format exactly."
     user = (
@@ -177,7 +189,9 @@ class LLMGenerator(Generator):
         per_ex = max(1, round(n_ex / len(c.categories)))
         jobs: list[Job] = []
         for cat in c.categories:
-            for mode, total in (("requests", per_in), ("exchanges", per_ex)):
+            # a category of seed exchanges only labels replies, not requests: its whole share is exchanges
+            only_ex = not cat.seeds.requests and bool(cat.seeds.exchanges)
+            for mode, total in ((("exchanges", per_in + per_ex),) if only_ex else (("requests", per_in), ("exchanges", per_ex))):
                 for b, start in enumerate(range(0, total, self.batch_size)):
                     jobs.append(Job(cat, mode, min(self.batch_size, total - start), b))
         return jobs
