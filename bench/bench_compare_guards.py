@@ -7,8 +7,9 @@ seeds. This generates the default constitution's offline dataset (60,000 records
 cipher and homoglyph held out, as `charter train` does) and scores every guard's cascade, at its
 own calibrated thresholds, on that test split: recall (all, plain, per transform family), FPR
 and stage 1's AUC; and its exchange classifier on the split's exchanges: harmful replies
-stopped before 25% of their tokens and at all, and FPR on benign exchanges. A guard trained on an older constitution never saw any of its test seeds
-(splits are by seed id, and new seeds only add ids). Writes bench/results/compare_guards.json.
+stopped before 25% of their tokens and at all, and FPR on benign exchanges. A guard trained on
+an older constitution never saw any of its test seeds (splits are by seed id, and new seeds
+only add ids). Writes bench/results/compare_guards.json.
 """
 
 from __future__ import annotations
@@ -60,12 +61,11 @@ def main() -> None:
         per_token = [stream_scores(g, r.prompt_text(), r.response or "") for r in tx]
         stops = [stop_fraction_of_scores(s, th) for s, h in zip(per_token, yx) if h]
         fired = np.array([len(s) > 0 and s.max() >= th for s in per_token])
-        ex = {"stopped_before_25pct": rate(np.array([s is not None and s <= 0.25 for s in stops])).model_dump(),
-              "stopped": rate(np.array([s is not None for s in stops])).model_dump(),
-              "fpr": rate(fired[~yx]).model_dump()}
-        res["guards"][m]["exchange"] = ex
-        print(f"  exchange: stopped before 25% {rate(np.array([s is not None and s <= 0.25 for s in stops]))} "
-              f"at all {rate(np.array([s is not None for s in stops]))} FPR {rate(fired[~yx])}")
+        early, ever = (rate(np.array([s is not None and s <= 0.25 for s in stops])),
+                       rate(np.array([s is not None for s in stops])))
+        res["guards"][m]["exchange"] = {"stopped_before_25pct": early.model_dump(), "stopped": ever.model_dump(),
+                                        "fpr": rate(fired[~yx]).model_dump()}
+        print(f"  exchange: stopped before 25% {early} at all {ever} FPR {rate(fired[~yx])}")
         print("  by family:", {f: round(v["rate"], 2) for f, v in by_family.items()})
     out = Path(__file__).parent / "results" / "compare_guards.json"
     out.write_text(json.dumps(res, indent=2) + "\n")

@@ -11,10 +11,9 @@ import re
 
 from charter.data.templates import MARKER_ARTICLES, ORDINALS
 
-MARKER = re.compile(r"\[([A-Z][A-Z0-9_ \-]*)\]")
-#: any bracketed marker: a name in capitals of any script (``[MÉTODO_DE_PAGO]``), optionally with a
-#: description after a colon (``[REDACTED_CODE: file enumeration]``); checked for capitals in ``_render``
-_ANY_MARKER = re.compile(r"\[([^\W\d_][^\W_]*(?:[_ \-'’][^\W_]+)*)(?::\s*([^\[\]\n]{1,160}))?\]")
+#: a bracketed marker: a name in capitals of any script (``[MATERIAL_1]``, ``[MÉTODO_DE_PAGO]``), optionally
+#: with a description after a colon (``[REDACTED_CODE: file enumeration]``); checked for capitals in ``_render``
+MARKER = re.compile(r"\[([^\W\d_][^\W_]*(?:[_ \-'’][^\W_]+)*)(?::\s*([^\[\]\n]{1,160}))?\]")
 
 
 def marker_phrase(marker: str, rng: random.Random) -> str:
@@ -37,4 +36,4 @@ def _render(m: re.Match[str], rng: random.Random) -> str:
 
 def render_skeleton(text: str, rng: random.Random) -> str:
     """Every marker rendered as a vague phrase, so no bracket is left to tell restricted text apart."""
-    return _ANY_MARKER.sub(lambda m: _render(m, rng), text)
+    return MARKER.sub(lambda m: _render(m, rng), text)

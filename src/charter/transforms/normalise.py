@@ -379,4 +379,3 @@ def cached_views(text: str) -> list[View]:
     """``views(text)``, memoised for the last few texts: a guarded request's input check and its
     exchange monitor read the same prompt, and decoding it twice cost about 0.07 ms."""
     return list(_views_memo(text))
-
