@@ -397,6 +397,44 @@ def test_browser_login_required_with_keys(browser: Any, sqlite_store: EventStore
         ctx.close()
 
 
+def test_browser_shows_hostile_ids_and_text_as_text(browser: Any, tmp_path: Path,
+                                                    serve: Callable[..., ServerThread]) -> None:
+    user = "<img src=x onerror=window.pwned=1>"
+    conv = "\"'><script>window.pwned=2</script>#%25&x=1 é"
+    cat = "</text><script>window.pwned=3</script>"
+    text = "<b>bold</b><img src=x onerror=window.pwned=4>"
+    store = EventStore.open(f"sqlite:///{tmp_path / 'charter.db'}")
+    store.write([Event(user_id=user, conversation_id=conv, time=NOW - 60 * (i + 1), decision="blocked_input",
+                       verdicts=[_v("stage1", 0.9, True, cat, view="<i>v</i>")], content_policy="full",
+                       content={"messages": [{"role": "user", "content": text}], "response": None}) for i in range(3)])
+    store.upsert_alert(AlertRecord(rule="<u>rule</u>", subject_kind="conversation", subject_id=conv, severity="high",
+                                   summary="<img src=x onerror=window.pwned=5>", evidence=[], dedupe_key="k",
+                                   first_seen=NOW - 120, last_seen=NOW - 60))
+    srv = serve(create_dashboard(store, cache_ttl_s=0))
+    ctx, page, problems = _page(browser)
+    try:
+        page.goto(f"{srv.url}/?since=1h")
+        page.wait_for_selector("body[data-ready='1']", timeout=30_000)
+        assert page.locator("[data-testid=by-category] [data-testid=bar]").get_attribute("data-name") == cat
+        assert "<u>rule</u>" in _text(page, "alerts-table") and "onerror=window.pwned=5" in _text(page, "alerts-table")
+        assert page.locator("[data-testid=user-row]").get_attribute("data-id") == user
+        # the alert's conversation, then its user, by the links the page drew
+        page.locator("[data-testid=alert-row] [data-testid=conversation-link]").click()
+        from playwright.sync_api import expect
+
+        expect(page.locator("#drill")).to_have_attribute("data-loaded", conv, timeout=15_000)
+        assert page.get_by_test_id("drill-row").count() == 3 and text in _text(page, "drill-table")
+        page.locator("[data-testid=drill-row] [data-testid=user-link]").first.click()
+        expect(page.locator("#drill")).to_have_attribute("data-loaded", user, timeout=15_000)
+        assert page.locator("#drill-convs [data-testid=conversation-link]").get_attribute("data-id") == conv
+        assert page.evaluate("window.pwned") is None
+        assert page.locator("main img, main script, main b, main i, main u").count() == 0  # nothing parsed as markup
+        assert problems == [], problems
+    finally:
+        ctx.close()
+        store.close()
+
+
 # ---------------------------------------------------------------------------------- caching
 
 

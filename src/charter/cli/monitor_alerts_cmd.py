@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from charter.cli.monitor_cmd import DB_HELP, DEFAULT_DB, monitor_app
+from charter.cli.monitor_cmd import DB_HELP, DEFAULT_DB, monitor_app, open_store
 from charter.errors import CharterError
 
 STATUSES = ("open", "acknowledged", "resolved", "all")
@@ -60,12 +60,11 @@ def alerts(
     """List alerts with their evidence (or JSON lines); --evaluate runs the rules first."""
     from charter.monitor.alerts import Alert
     from charter.monitor.rules import MonitorSettings, RuleEngine, load_monitor_settings
-    from charter.monitor.store import EventStore
 
     if status not in STATUSES:
         raise CharterError(f"--status must be one of {', '.join(STATUSES)}, got {status!r}")
     settings = load_monitor_settings(config) if config is not None else MonitorSettings()
-    store = EventStore.open(db or _db_from_config(config) or DEFAULT_DB)
+    store = open_store(db or _db_from_config(config) or DEFAULT_DB)  # a mistyped path is an error, not a new file
     out = Console(soft_wrap=False)
     try:
         for alert_id, new in ((ack, "acknowledged"), (resolve, "resolved")):

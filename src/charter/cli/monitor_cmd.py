@@ -57,7 +57,12 @@ def parse_when(value: str, option: str = "--since", *, now: float | None = None)
     except ValueError:
         raise typer.BadParameter(f"{value!r} is neither a duration (30m, 24h, 7d, 2w) nor an ISO 8601 time "
                                  "(2025-01-31T12:00:00Z)", param_hint=option) from None
-    return (d if d.tzinfo else d.replace(tzinfo=timezone.utc)).timestamp()
+    t = (d if d.tzinfo else d.replace(tzinfo=timezone.utc)).timestamp()
+    try:  # an offset can push year 1 or 9999 out of range, and the time is shown back in UTC
+        datetime.fromtimestamp(t, tz=timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        raise typer.BadParameter(f"{value!r} is out of range (years 1 to 9999 UTC)", param_hint=option) from None
+    return t
 
 
 def open_store(db: str) -> EventStore:

@@ -238,9 +238,10 @@ def _limit(request: Request, default: int, cap: int) -> int:
     raw = request.query_params.get("limit")
     if raw is None:
         return default
-    if not raw.isdigit() or int(raw) < 1:
+    # ASCII digits only: str.isdigit() accepts "²", which int() refuses; int() also refuses 4300+ digits
+    if not (raw.isascii() and raw.isdigit()) or not raw.strip("0"):
         raise _HttpError(400, f"limit: expected a positive integer, got {raw[:20]!r}")
-    return min(int(raw), cap)
+    return cap if len(raw.lstrip("0")) > 9 else min(int(raw), cap)
 
 
 def _event_json(e: StoredEvent) -> dict[str, Any]:

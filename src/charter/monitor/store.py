@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -118,6 +119,8 @@ user_conversations_table = sa.Table(
     sa.PrimaryKeyConstraint("user_id", "conversation_id"),
 )
 HOUR = 3600
+_STRING_LENGTHS = {c.name: c.type.length for c in events_table.columns
+                   if isinstance(c.type, sa.String) and c.type.length}
 #: rollup rows for flag-only signals (wellbeing) carry this stage and n=0
 SIGNAL_STAGE = "signal"
 SIGNAL_PREFIX = "wellbeing:"
@@ -188,7 +191,7 @@ def event_row(ev: Event, policy: ContentPolicy | None = None) -> dict[str, Any]:
     for sv in ev.verdicts:
         for k, s in sv.scores.items():
             scores[k] = max(scores.get(k, 0.0), round(float(s), 4))
-    return {
+    return _fit_row({
         "request_id": ev.request_id, "conversation_id": ev.conversation_id, "user_id": ev.subject,
         "key_id": ev.key_id, "ts": ev.time, "endpoint": ev.endpoint, "model": ev.model, "stream": ev.stream,
         "decision": ev.decision, "flagged": flagged or ev.decision in ("flagged", "blocked_input", "blocked_output"),
@@ -200,7 +203,30 @@ def event_row(ev: Event, policy: ContentPolicy | None = None) -> dict[str, Any]:
         "verdicts": [x.model_dump(exclude_none=True) for x in ev.verdicts], "latency_ms": dict(ev.latency_ms),
         "upstream_status": ev.upstream_status, "error": (ev.error or None) and ev.error[:200],
         "content_policy": pol if content is not None else "none", "content": content,
-    }
+    })
+
+
+def _clean(v: Any) -> Any:
+    """``v`` with NUL characters dropped and non-finite floats as None, recursively: PostgreSQL
+    rejects both (NUL in text, NaN/Infinity in JSON), and one such event would fail its whole batch."""
+    if isinstance(v, str):
+        return v.replace("\x00", "") if "\x00" in v else v
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {_clean(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_clean(x) for x in v]
+    return v
+
+
+def _fit_row(row: dict[str, Any]) -> dict[str, Any]:
+    """``row`` cleaned and with strings cut to their column's length (PostgreSQL refuses longer ones)."""
+    out = {k: _clean(v) for k, v in row.items()}
+    for k, n in _STRING_LENGTHS.items():
+        if isinstance(out.get(k), str) and len(out[k]) > n:
+            out[k] = out[k][:n]
+    return out
 
 
 def _rank(policy: str) -> int:
@@ -318,7 +344,9 @@ class EventStore:
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
         try:
-            engine = sa.create_engine(url, pool_pre_ping=True, future=True)
+            # hide_parameters: a failed write's exception (logged by the event queue) must not carry
+            # the events' content or ids into the log
+            engine = sa.create_engine(url, pool_pre_ping=True, future=True, hide_parameters=True)
         except Exception as e:  # bad dialect, missing driver
             raise StoreError(f"cannot open monitoring store {url!r}: {e}") from None
         if engine.dialect.name == "sqlite":
@@ -519,10 +547,10 @@ class EventStore:
             q = q.where(t.c.ts >= since)
         if until is not None:
             q = q.where(t.c.ts < until)
-        if user_id is not None:
-            q = q.where(t.c.user_id == user_id)
+        if user_id is not None:  # ids are stored cleaned (event_row): look them up the same way
+            q = q.where(t.c.user_id == _clean(user_id))
         if conversation_id is not None:
-            q = q.where(t.c.conversation_id == conversation_id)
+            q = q.where(t.c.conversation_id == _clean(conversation_id))
         if decisions is not None:
             q = q.where(t.c.decision.in_(list(decisions)))
         if flagged is not None:
@@ -769,7 +797,7 @@ class EventStore:
         if subject_kind is not None:
             q = q.where(t.c.subject_kind == subject_kind)
         if subject_id is not None:
-            q = q.where(t.c.subject_id == subject_id)
+            q = q.where(t.c.subject_id == _clean(subject_id))
         if since is not None:
             q = q.where(t.c.last_seen >= since)
         with self.engine.connect() as conn:
@@ -778,6 +806,8 @@ class EventStore:
     def set_alert_status(self, alert_id: int, status: str) -> bool:
         if status not in ALERT_STATUSES:
             raise StoreError(f"alert status must be one of {', '.join(ALERT_STATUSES)}, got {status!r}")
+        if not 0 < alert_id < 2**63:  # no such id; the drivers refuse integers beyond 64 bits
+            return False
         with self.engine.begin() as conn:
             return bool(conn.execute(alerts_table.update().where(alerts_table.c.id == alert_id)
                                      .values(status=status)).rowcount)

@@ -1,0 +1,153 @@
+"""Odd input at the monitoring store's edges, on real SQLite and PostgreSQL: values PostgreSQL refuses
+(NUL characters, over-long strings, NaN/Infinity in JSON) must not fail a batch of good events, nor
+strand it in the spill file; out-of-range ids and limits are clean errors in the CLI and the API."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+
+from charter.cli import main
+from charter.monitor.dashboard import create_dashboard
+from charter.monitor.events import Event, EventQueue, StageVerdict
+from charter.monitor.store import AlertRecord, EventStore, SqlSink
+from charter.server import ServerThread
+
+
+def _odd_events() -> list[Event]:
+    """One event per value PostgreSQL refuses as is."""
+    def v(**kw: object) -> list[StageVerdict]:
+        base: dict[str, object] = {"stage": "stage1", "score": 0.9, "flagged": True, "category": "weapons"}
+        return [StageVerdict(**{**base, **kw})]  # type: ignore[arg-type]
+
+    return [
+        Event(request_id="nul_conv", user_id="u_a", conversation_id="c\x00x", verdicts=v()),
+        Event(request_id="nul_model", user_id="u_a", model="m\x00", error="e\x00", verdicts=v()),
+        Event(request_id="long_model", user_id="u_a", model="m" * 500, verdicts=v()),
+        Event(request_id="long_cat", user_id="u_a", verdicts=v(category="c" * 300, view="v" * 300, stage="s" * 40)),
+        Event(request_id="long_key", key_id="k" * 300, verdicts=v()),
+        Event(request_id="nul_cats", user_id="u_a", categories=["a\x00b"]),
+        Event(request_id="nan", user_id="u_a", verdicts=v(score=math.nan, scores={"weapons": math.inf}),
+              latency_ms={"total": math.inf}),
+        Event(request_id="nul_text", user_id="u_a", content_policy="full",
+              content={"messages": [{"role": "user", "content": "a\x00b"}], "response": None}),
+    ]
+
+
+def test_odd_values_are_stored_not_refused(store_url: str) -> None:
+    s = EventStore.open(store_url)
+    good = [Event(request_id=f"good{i}", user_id="u_b", conversation_id="c1") for i in range(5)]
+    try:
+        assert s.write(good[:2] + _odd_events() + good[2:]) == 13
+        got = {e.request_id: e for e in s.events()}
+        assert got["nul_conv"].conversation_id == "cx" and got["nul_model"].model == "m"
+        assert len(got["long_model"].model or "") == 200 and len(got["long_key"].key_id) == 80
+        assert len(got["long_cat"].category or "") == 100 and len(got["long_cat"].stage or "") == 20
+        assert got["nan"].score is None and got["nan"].scores == {"weapons": None}
+        assert got["nul_text"].text == "ab"
+        # a lookup by the id as the client sent it finds the stored event
+        assert [e.request_id for e in s.events(conversation_id="c\x00x")] == ["nul_conv"]
+        assert s.events(user_id="u\x00nobody") == []
+        assert s.summary()["events"] == 13 and {u["user_id"] for u in s.top_users(10)} >= {"u_a", "u_b"}
+    finally:
+        s.close()
+
+
+def test_a_poison_event_does_not_strand_its_batch_in_the_spill_file(store_url: str, tmp_path: Path) -> None:
+    store = EventStore.open(store_url)
+    spill = tmp_path / "spill.jsonl"
+
+    async def run() -> EventQueue:
+        q = EventQueue(SqlSink(store), spill, replay_interval=0.05)
+        await q.start()
+        for e in [Event(request_id=f"ok{i}", user_id="u_c") for i in range(9)] + _odd_events():
+            q.put(e)
+        await q.join()
+        await q.close()
+        return q
+
+    q = asyncio.run(run())
+    try:
+        assert (q.written, q.spilled, q.sink_errors) == (17, 0, 0)
+        assert store.count() == 17 and not spill.exists()
+    finally:
+        store.close()
+
+
+def test_failed_write_does_not_carry_content_into_the_error(tmp_path: Path) -> None:
+    s = EventStore.open(f"sqlite:///{tmp_path / 'c.db'}")
+    bad = Event(request_id="r1", time=math.nan, content_policy="full",  # ts NOT NULL: the write fails
+                content={"messages": [{"role": "user", "content": "my password is hunter2-secret"}], "response": None})
+    with pytest.raises(Exception) as info:
+        s.write([bad])
+    assert "hunter2" not in str(info.value) and "r1" not in str(info.value)
+    s.close()
+
+
+def test_out_of_range_alert_ids_are_not_found(store_url: str) -> None:
+    s = EventStore.open(store_url)
+    try:
+        a, _ = s.upsert_alert(AlertRecord(rule="r", subject_kind="user", subject_id="u", severity="low", summary="s",
+                                          evidence=[], dedupe_key="r:u", first_seen=1.0, last_seen=1.0))
+        for bad in (10**20, 2**63, -(2**63) - 1, 0, -1):
+            assert s.set_alert_status(bad, "resolved") is False
+        assert a.id is not None and s.set_alert_status(a.id, "resolved") is True
+    finally:
+        s.close()
+
+
+# ---------------------------------------------------------------------------------------- CLI
+
+
+def test_cli_alert_ids_and_times_out_of_range(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'charter.db'}"
+    EventStore.open(url).close()
+    assert main(["monitor", "alerts", "--db", url, "--ack", "99999999999999999999"]) == 1
+    err = capsys.readouterr().err
+    assert "no alert with id 99999999999999999999" in err and len(err.strip().splitlines()) == 1
+    for when in ("0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-14:00"):
+        assert main(["monitor", "users", "--db", url, "--since", when]) == 2
+        err = capsys.readouterr().err
+        assert "out of range" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_alerts_never_creates_a_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    missing = tmp_path / "typo.db"
+    assert main(["monitor", "alerts", "--db", f"sqlite:///{missing}"]) == 1
+    assert "no such database file" in capsys.readouterr().err and not missing.exists()
+
+
+# ---------------------------------------------------------------------------------------- API
+
+
+@pytest.fixture
+def serve() -> Iterator[Callable[..., ServerThread]]:
+    with ExitStack() as stack:
+        yield lambda app: stack.enter_context(ServerThread(app))
+
+
+def test_api_bad_limits_and_alert_ids_are_4xx(store_url: str, serve: Callable[..., ServerThread]) -> None:
+    store = EventStore.open(store_url)
+    store.write([Event(request_id="r1", user_id="u_a", conversation_id="c\x00x")])
+    srv = serve(create_dashboard(store, cache_ttl_s=0))
+    try:
+        with httpx.Client(base_url=srv.url, timeout=30) as c:
+            for bad in ("²", "١", "0", "00", "1e3", " 5"):
+                r = c.get("/api/users", params={"limit": bad})
+                assert r.status_code == 400 and "positive integer" in r.json()["error"], bad
+            r = c.get("/api/users", params={"limit": "9" * 5000})  # capped like any large limit
+            assert r.status_code == 200 and [u["user_id"] for u in r.json()["users"]] == ["u_a"]
+            assert c.get("/api/alerts", params={"limit": "0007"}).status_code == 200
+            r = c.post("/api/alerts/99999999999999999999/status", json={"status": "resolved"})
+            assert r.status_code == 404 and r.json() == {"error": "no such alert"}
+            r = c.get("/api/events", params={"conversation_id": "c\x00x"})
+            assert r.status_code == 200 and [e["request_id"] for e in r.json()["events"]] == ["r1"]
+            assert c.get("/api/events", params={"user_id": "\x00"}).json()["events"] == []
+    finally:
+        store.close()
