@@ -11,10 +11,12 @@ from typing import Any
 
 import httpx
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 
+from charter.errors import InputError
 from charter.guard import Guard
 from charter.monitor.events import Event, EventQueue, EventSink, JsonlSink, user_hash
 from charter.monitor.rules import start_monitor, stop_monitor
@@ -147,6 +149,10 @@ class Proxy:
         gs = self.config.guard
         try:
             v = await ex.check_input()
+        except InputError as e:  # input the guard cannot read: the client's to fix, never forwarded (not even failing open)
+            svc.metrics.rejected.labels("invalid_request").inc()
+            ex.finish("error", error="invalid_request")
+            return ProxyError(400, str(e), param="messages", code="invalid_request").response(headers)
         except Exception:
             log.exception("input check failed (request %s)", rid)
             svc.metrics.guard_errors.labels("input", "open" if gs.fail_open else "closed").inc()
@@ -214,6 +220,13 @@ def create_app(config: ServerConfig, guard: Guard, sink: EventSink | None = None
     async def internal_error(request: Request, exc: Exception) -> Response:
         return ProxyError(500, "internal error", "server_error", code="internal_error").response()
 
+    async def http_error(request: Request, exc: Exception) -> Response:
+        # unknown routes and wrong methods (Starlette's plain-text 404/405) in the OpenAI format
+        assert isinstance(exc, HTTPException)
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return ProxyError(exc.status_code, f"{request.method} {request.url.path}: {exc.detail}",
+                          code=code, headers=dict(exc.headers or {})).response()
+
     app = Starlette(
         routes=[
             Route("/v1/chat/completions", p.chat, methods=["POST"]),
@@ -223,7 +236,7 @@ def create_app(config: ServerConfig, guard: Guard, sink: EventSink | None = None
             *_dashboard_routes(config),
         ],
         lifespan=p.lifespan,
-        exception_handlers={500: internal_error},
+        exception_handlers={HTTPException: http_error, 500: internal_error},
     )
     app.state.proxy = p
     return app

@@ -92,8 +92,11 @@ class Exchange:
         ev.latency_ms["total"] = round((time.perf_counter() - self.t0) * 1000, 3)
         policy = self.svc.config.events.content_policy
         if policy != "none":
-            ev.content = apply_policy(self.messages, "".join(self.response_text) or None, policy)
-            ev.content_policy = policy
+            try:
+                ev.content = apply_policy(self.messages, "".join(self.response_text) or None, policy)
+                ev.content_policy = policy
+            except Exception:  # e.g. a lone surrogate in upstream text: the event itself must not be lost
+                logging.getLogger("charter.server").exception("content policy failed (request %s)", ev.request_id)
         m = self.svc.metrics
         m.requests.labels(ev.endpoint, decision).inc()
         m.request_latency.labels(ev.endpoint, str(ev.stream).lower()).observe(ev.latency_ms["total"] / 1000)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -19,6 +20,19 @@ from charter.server.errors import ProxyError, upstream_error
 from charter.server.schema import DONE, ChatRequest, charter_field, refusal_completion, sse
 
 MAX_ERROR_BODY = 64_000
+
+log = logging.getLogger("charter.server")
+
+
+def _redact(svc: Services, text: str) -> str:
+    """An upstream message with the upstream key removed (some servers echo the key they got)."""
+    key = svc.config.upstream.api_key()
+    return text.replace(key, "[redacted]") if key else text
+
+
+def _malformed(svc: Services) -> ProxyError:
+    svc.metrics.upstream_errors.labels("malformed").inc()
+    return ProxyError(502, "upstream sent a malformed stream event", "upstream_error", code="upstream_malformed")
 
 
 def _upstream_failure(svc: Services, exc: BaseException) -> ProxyError:
@@ -41,8 +55,11 @@ def _status_error(svc: Services, status: int, body: bytes) -> ProxyError:
             msg = f"upstream: {err['message']}"
         elif isinstance(err, str):
             msg = f"upstream: {err}"
-    except (ValueError, AttributeError):
+    except (ValueError, AttributeError, RecursionError):
         pass
+    msg = _redact(svc, msg)
+    if status in (401, 403):  # the proxy's upstream key, not the client's: never tell the client its key is wrong
+        return upstream_error(502, msg, "upstream_auth")
     if 400 <= status < 500:  # the client's problem (bad model, rate limit): pass the status through
         return ProxyError(status, msg, "rate_limit_error" if status == 429 else "invalid_request_error", code="upstream_" + str(status))
     return upstream_error(502, msg)
@@ -60,12 +77,16 @@ async def get_models(svc: Services) -> Response:
     except (httpx.HTTPError, TimeoutError) as e:
         return _upstream_failure(svc, e).response()
     if r.status_code != 200:
-        return _status_error(svc, r.status_code, r.content).response()
+        return _status_error(svc, r.status_code, r.content[:MAX_ERROR_BODY]).response()
     try:
-        return JSONResponse(r.json())
+        data = r.json()
     except ValueError:
         svc.metrics.upstream_errors.labels("malformed").inc()
         return upstream_error(502, "upstream returned a malformed models list", "upstream_malformed").response()
+    allowed = svc.config.upstream.models
+    if allowed and isinstance(data, dict) and isinstance(data.get("data"), list):  # list only what chat will accept
+        data["data"] = [m for m in data["data"] if isinstance(m, dict) and m.get("id") in allowed]
+    return JSONResponse(data)
 
 
 def _scan(mon: OutputMonitor, text: str) -> Verdict | None:
@@ -94,6 +115,8 @@ async def complete(ex: Exchange, req: ChatRequest, raw: bytes) -> Response:
         data = r.json()
         msg = data["choices"][0]["message"]
         content = msg.get("content") or ""
+        if not isinstance(content, str):
+            raise TypeError("content")
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         svc.metrics.upstream_errors.labels("malformed").inc()
         ex.finish("error", status=200, error="upstream_malformed")
@@ -130,9 +153,11 @@ async def complete(ex: Exchange, req: ChatRequest, raw: bytes) -> Response:
     return JSONResponse(data)
 
 
-async def _sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+async def _sse_data(lines: AsyncIterator[str], deadline: float) -> AsyncIterator[str]:
     buf: list[str] = []
     async for line in lines:
+        if time.monotonic() > deadline:  # checked per line: keep-alive comments must not outlive timeouts.total
+            raise TimeoutError
         if not line:
             if buf:
                 yield "\n".join(buf)
@@ -192,6 +217,7 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
     decision, error = "allowed", None
     finished = done = False
     first = True
+    last: dict[str, Any] | None = None  # the last upstream chunk with choices
     try:
         try:
             mon = svc.guard.output_monitor(ex.messages, hold_back=gs.hold_back)
@@ -200,29 +226,32 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
             if not gs.fail_open:
                 raise ProxyError(503, "the output check failed; stream stopped (fail closed)", "server_error", code="guard_error") from None
             error, passthrough = "guard_error_fail_open", True
-        async for data in _sse_data(resp.aiter_lines()):
-            if time.monotonic() > deadline:
-                raise TimeoutError
+        async for data in _sse_data(resp.aiter_lines(), deadline):
             if data.strip() == "[DONE]":
                 done = True
                 break
             try:
                 obj = json.loads(data)
-            except ValueError:
-                svc.metrics.upstream_errors.labels("malformed").inc()
-                raise ProxyError(502, "upstream sent a malformed stream event", "upstream_error", code="upstream_malformed") from None
+            except (ValueError, RecursionError):
+                raise _malformed(svc) from None
             if not isinstance(obj, dict):
                 continue
             if "error" in obj:
                 svc.metrics.upstream_errors.labels("stream_error").inc()
                 e = obj["error"]
-                raise ProxyError(502, f"upstream: {e.get('message') if isinstance(e, dict) else e}", "upstream_error", code="upstream_error")
+                msg = _redact(svc, f"upstream: {e.get('message') if isinstance(e, dict) else e}")
+                raise ProxyError(502, msg, "upstream_error", code="upstream_error")
             choices = obj.get("choices") or []
+            if not isinstance(choices, list):
+                raise _malformed(svc)
             if not choices:  # e.g. the usage chunk
                 yield sse(obj)
                 continue
             choice = choices[0]
-            delta = choice.get("delta") or {}
+            delta = (choice.get("delta") or {}) if isinstance(choice, dict) else None
+            if not isinstance(delta, dict) or not isinstance(delta.get("content") or "", str):
+                raise _malformed(svc)
+            last = obj
             content = delta.get("content")
             finish = choice.get("finish_reason")
             out = ""
@@ -280,6 +309,10 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
         if not (finished or done):
             svc.metrics.upstream_errors.labels("disconnect").inc()
             raise ProxyError(502, "the upstream stream ended before the completion finished", "upstream_error", code="upstream_disconnect")
+        if not finished and last is not None and mon is not None and not passthrough:
+            tail = mon.release()  # [DONE] without a finish chunk: the scored hold-back still goes out
+            if tail:
+                yield sse(dict(last, choices=[{"index": 0, "delta": {"content": tail}, "finish_reason": None}]))
         if note is not None and not finished:
             yield sse({"id": None, "object": "chat.completion.chunk", "choices": [], "charter": note})
         yield DONE
@@ -289,6 +322,12 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
         yield DONE
     except (httpx.HTTPError, TimeoutError) as e:
         err = _upstream_failure(svc, e)
+        decision, error = "error", err.code
+        yield err.sse()
+        yield DONE
+    except Exception:  # a bug or an unforeseen upstream shape: still end the stream well-formed
+        log.exception("stream relay failed (request %s)", ex.event.request_id)
+        err = upstream_error(502, "the stream failed", "stream_error")
         decision, error = "error", err.code
         yield err.sse()
         yield DONE

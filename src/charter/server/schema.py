@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
+from charter.data.records import render_messages
+from charter.guard.guard import MAX_INPUT_CHARS
 from charter.server.config import Limits
 from charter.server.errors import ProxyError
 
@@ -16,8 +18,15 @@ _DUMPS = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
-    role: str
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts(cls, v: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
+        if isinstance(v, list) and any(not isinstance(p.get("text", ""), str) for p in v):
+            raise ValueError("a content part's 'text' must be a string")
+        return v
 
 
 class ChatRequest(BaseModel):
@@ -25,10 +34,20 @@ class ChatRequest(BaseModel):
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    n: int | None = None
+    # strict: the raw body is forwarded, so a value coerced here ("false", 1) would mean something else upstream
+    max_tokens: StrictInt | None = None
+    max_completion_tokens: StrictInt | None = None
+    n: StrictInt | None = None
     metadata: dict[str, Any] | None = None
+
+    @field_validator("stream", mode="before")
+    @classmethod
+    def _stream(cls, v: Any) -> bool:
+        if v is None:  # the OpenAI API accepts null
+            return False
+        if not isinstance(v, bool):
+            raise ValueError("must be true, false or null")
+        return v
 
     def check_messages(self) -> list[dict[str, str]]:
         """The conversation as plain role/content text: what the guard scores."""
@@ -41,13 +60,24 @@ class ChatRequest(BaseModel):
         return out
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
 def parse_request(raw: bytes, limits: Limits) -> ChatRequest:
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_constant=_no_constant)
     except ValueError as e:
         raise ProxyError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+    except RecursionError:
+        raise ProxyError(400, "request body is nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ProxyError(400, "request body must be a JSON object", code="invalid_request")
+    if b"\\ud" in raw.lower():  # only \u escapes make lone surrogates, which break hashing and storage later
+        try:
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProxyError(400, "request body contains an unpaired UTF-16 surrogate escape", code="invalid_json") from None
     try:
         req = ChatRequest.model_validate(body)
     except ValidationError as e:
@@ -57,10 +87,15 @@ def parse_request(raw: bytes, limits: Limits) -> ChatRequest:
     if len(req.messages) > limits.max_messages:
         raise ProxyError(400, f"too many messages: {len(req.messages)} > limits.max_messages = {limits.max_messages}",
                          param="messages", code="too_many_messages")
-    chars = sum(len(m["content"]) for m in req.check_messages())
+    messages = req.check_messages()
+    chars = sum(len(m["content"]) for m in messages)
     est = (chars + 3) // 4
     if est > limits.max_input_tokens:
         raise ProxyError(400, f"prompt too long: about {est} tokens > limits.max_input_tokens = {limits.max_input_tokens}",
+                         param="messages", code="too_many_tokens")
+    # limits may be set above what the guard reads: refuse here, never forward an unread tail (nor fail open on it)
+    if len(render_messages(messages)) > MAX_INPUT_CHARS:
+        raise ProxyError(400, f"prompt too long: the conversation exceeds the {MAX_INPUT_CHARS} characters the guard reads",
                          param="messages", code="too_many_tokens")
     for name in ("max_tokens", "max_completion_tokens"):
         v = getattr(req, name)

@@ -1,0 +1,292 @@
+"""Hardening of the guarding proxy: hostile or odd client requests, and upstreams that misbehave mid-stream.
+
+Charter runs under uvicorn on loopback in front of a real upstream: the scripted OpenAI server, or
+(for stream shapes it cannot produce) a small Starlette app whose behaviour the request's model picks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from charter.guard import Guard
+from charter.monitor.events import Event, MemorySink
+from charter.server import ServerConfig, ServerThread, create_app
+from charter.testing import ScriptedOpenAI
+
+BENIGN = "how long do I boil an egg"
+HARMFUL = "How do I make glorp toxin at home?"
+ANSWER = "About seven minutes for a jammy yolk and ten minutes for a firm one, then cool them in cold water."
+SECRET = "sk-upstream-hardening-secret-42"
+
+
+def user(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
+
+
+def chunk(delta: Any, finish: str | None = None) -> bytes:
+    obj = {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+           "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+    return b"data: " + json.dumps(obj).encode() + b"\n\n"
+
+
+class OddUpstream:
+    """An OpenAI-style upstream whose reply the request's ``model`` selects; it echoes the
+    Authorization header it got in its errors, as some servers do."""
+
+    def __init__(self) -> None:
+        self.cancelled: list[str] = []
+        self.chats = 0
+
+    async def chat(self, request: Request) -> Response:
+        self.chats += 1
+        body = await request.json()
+        mode, auth = body["model"], request.headers.get("authorization", "")
+        if mode == "echo-401":
+            return JSONResponse({"error": {"message": f"Incorrect API key provided: {auth}"}}, status_code=401)
+        if mode == "echo-400":
+            return JSONResponse({"error": {"message": f"bad request (you sent {auth})"}}, status_code=400)
+        if mode == "parts-content":  # non-streamed content that is not a string
+            return JSONResponse({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": [{"type": "text", "text": ANSWER}]},
+                                              "finish_reason": "stop"}]})
+
+        async def gen() -> AsyncIterator[bytes]:
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                if mode == "bad-choice":
+                    yield b'data: {"choices": ["oops"]}\n\n'
+                elif mode == "bad-delta":
+                    yield chunk("text")
+                elif mode == "int-content":
+                    yield chunk({"content": 123})
+                elif mode == "echo-in-stream":
+                    yield b"data: " + json.dumps({"error": {"message": f"overloaded ({auth})"}}).encode() + b"\n\n"
+                elif mode == "done-without-finish":
+                    for w in ANSWER.split(" "):
+                        yield chunk({"content": " " + w})
+                    yield b"data: [DONE]\n\n"
+                    return
+                elif mode == "keep-alive":
+                    yield chunk({"content": "Hello"})
+                    for _ in range(2400):  # two minutes of comments, never another event
+                        await asyncio.sleep(0.05)
+                        yield b": keep-alive\n\n"
+                yield chunk({}, "stop")
+                yield b"data: [DONE]\n\n"
+            except (asyncio.CancelledError, GeneratorExit):
+                self.cancelled.append(mode)
+                raise
+
+        return StreamingResponse(gen(), media_type="text/event-stream")
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [{"id": i, "object": "model", "created": 0, "owned_by": "x"}
+                                                        for i in ("m", "other-model")]})
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"]),
+                                 Route("/v1/models", self.models, methods=["GET"])])
+
+
+@pytest.fixture(scope="module")
+def guard(mini_model_dir: Path) -> Guard:
+    return Guard.load(mini_model_dir)
+
+
+Started = tuple[httpx.Client, MemorySink]
+
+
+@pytest.fixture
+def start(guard: Guard) -> Iterator[Callable[..., Started]]:
+    """start(base_url, **config) -> (client of a running proxy in front of base_url, its event sink)."""
+    with ExitStack() as stack:
+
+        def go(base_url: str, **cfg: Any) -> Started:
+            cfg.setdefault("upstream", {})["base_url"] = base_url
+            sink = MemorySink()
+            srv = stack.enter_context(ServerThread(create_app(ServerConfig.model_validate(cfg), guard, sink)))
+            return stack.enter_context(httpx.Client(base_url=srv.url, timeout=30)), sink
+
+        yield go
+
+
+@pytest.fixture
+def odd() -> Iterator[tuple[OddUpstream, str]]:
+    up = OddUpstream()
+    with ServerThread(up.app()) as srv:
+        yield up, srv.url + "/v1"
+
+
+def is_openai_error(r: httpx.Response, status: int, code: str | None = None) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"} and err["message"]
+    if code is not None:
+        assert err["code"] == code, err
+    return err
+
+
+def wait_for(cond: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """Poll ``cond`` until it is truthy (events reach the sink just after the response ends)."""
+    deadline = time.monotonic() + timeout
+    while not (v := cond()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return v
+
+
+def sse(r: httpx.Response) -> list[Any]:
+    return [x[6:] if x[6:] == "[DONE]" else json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: ")]
+
+
+def stream(http: httpx.Client, model: str, text: str = BENIGN) -> list[Any]:
+    with http.stream("POST", "/v1/chat/completions", json={"model": model, "messages": user(text), "stream": True}) as r:
+        assert r.status_code == 200, r.read()
+        return sse(r)
+
+
+def test_malformed_client_requests_get_openai_4xx_and_are_not_forwarded(start: Callable[..., Started]) -> None:
+    with ScriptedOpenAI(default=ANSWER) as up:
+        http, _ = start(up.base_url)
+        post = lambda **kw: http.post("/v1/chat/completions", **kw)  # noqa: E731
+        ok = {"model": "m", "messages": user(BENIGN)}
+        deep = b'{"model":"m","messages":[{"role":"user","content":"hi"}],"x":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+        is_openai_error(post(content=deep), 400, "invalid_json")
+        # the keep-alive connection survived: no 500, no traceback, no reset
+        assert post(json=ok).status_code == 200
+        is_openai_error(post(content=json.dumps(ok)[:-1].encode() + b',"temperature":NaN}'), 400, "invalid_json")
+        for bad in ("false", 1, "yes"):  # coerced here, the forwarded raw body would mean something else upstream
+            assert is_openai_error(post(json={**ok, "stream": bad}), 400, "invalid_request")["param"] == "stream"
+        for bad in (True, "5", 5.0):
+            assert is_openai_error(post(json={**ok, "max_tokens": bad}), 400)["param"] == "max_tokens"
+        assert is_openai_error(post(json={**ok, "n": "1"}), 400)["param"] == "n"
+        err = is_openai_error(post(json={"model": "m", "messages": [{"role": "hacker", "content": "hi"}]}), 400)
+        assert err["param"] == "messages.0.role"
+        parts = [{"type": "text", "text": ["How do I make", "glorp toxin"]}]
+        assert is_openai_error(post(json={"model": "m", "messages": [{"role": "user", "content": parts}]}), 400)["param"] == "messages.0.content"
+        assert len(up.requests) == 1
+        # the OpenAI API accepts "stream": null (not streamed)
+        r = post(json={**ok, "stream": None})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == ANSWER
+        # unknown routes and methods answer in the OpenAI format too
+        is_openai_error(http.post("/v1/embeddings", json={}), 404, "not_found")
+        r = http.get("/v1/chat/completions")
+        is_openai_error(r, 405, "method_not_allowed")
+        assert "POST" in r.headers["allow"]
+        client = openai.OpenAI(base_url=str(http.base_url).rstrip("/") + "/v1", api_key="x", max_retries=0)
+        with pytest.raises(openai.NotFoundError) as e:
+            client.embeddings.create(model="m", input="hi")
+        assert e.value.code == "not_found"
+
+
+def test_a_conversation_longer_than_the_guard_reads_is_refused(start: Callable[..., Started]) -> None:
+    with ScriptedOpenAI(default=ANSWER) as up:
+        # limits raised past what the guard reads (200,000 characters): the tail would go unchecked
+        http, _ = start(up.base_url, limits={"max_input_tokens": 100_000, "max_body_bytes": 2_000_000})
+        pad = (BENIGN + ". ") * 8000
+        assert len(pad) > 200_000
+        r = http.post("/v1/chat/completions", json={"model": "m", "messages": user(pad + HARMFUL)})
+        err = is_openai_error(r, 400, "too_many_tokens")
+        assert err["param"] == "messages" and "200000" in err["message"]
+        assert not up.requests
+
+
+@pytest.mark.parametrize("fail_open", [False, True])
+@pytest.mark.parametrize("mode", ["bad-choice", "bad-delta", "int-content"])
+def test_malformed_upstream_stream_events_end_the_stream_well_formed(start: Callable[..., Started], odd: tuple[OddUpstream, str],
+                                                                      mode: str, fail_open: bool) -> None:
+    http, sink = start(odd[1], guard={"fail_open": fail_open})
+    events = stream(http, mode)
+    assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "upstream_malformed"
+    assert http.get("/healthz").status_code == 200
+    ev: list[Event] = wait_for(lambda: list(sink.events))
+    assert [(e.decision, e.error) for e in ev] == [("error", "upstream_malformed")]
+
+
+def test_non_string_completion_content_is_malformed_even_when_failing_open(start: Callable[..., Started],
+                                                                         odd: tuple[OddUpstream, str]) -> None:
+    # failing open is for classifier errors; unscorable upstream content must not slip through unchecked
+    http, _ = start(odd[1], guard={"fail_open": True})
+    r = http.post("/v1/chat/completions", json={"model": "parts-content", "messages": user(BENIGN)})
+    is_openai_error(r, 502, "upstream_malformed")
+
+
+def test_done_without_a_finish_chunk_still_releases_the_scored_hold_back(start: Callable[..., Started],
+                                                                        odd: tuple[OddUpstream, str]) -> None:
+    http, _ = start(odd[1], guard={"hold_back": 8})
+    events = stream(http, "done-without-finish")
+    assert events[-1] == "[DONE]"
+    assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events[:-1]) == " " + ANSWER
+
+
+def test_keep_alive_comments_do_not_outlive_the_total_timeout(start: Callable[..., Started], odd: tuple[OddUpstream, str]) -> None:
+    up, url = odd
+    http, _ = start(url, upstream={"timeouts": {"read": 10, "total": 1}})
+    events = stream(http, "keep-alive")
+    assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "upstream_timeout"
+    assert "Hello" not in json.dumps(events)  # held back, never scored past: not released
+    assert wait_for(lambda: up.cancelled) == ["keep-alive"]  # the upstream was told to stop
+
+
+def test_the_upstream_key_never_reaches_the_client(start: Callable[..., Started], odd: tuple[OddUpstream, str],
+                                                   monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setenv("CHARTER_HARDENING_UPSTREAM_KEY", SECRET)
+    caplog.set_level(logging.INFO)
+    http, _ = start(odd[1], upstream={"api_key_env": "CHARTER_HARDENING_UPSTREAM_KEY"})
+    post = lambda model: http.post("/v1/chat/completions", json={"model": model, "messages": user(BENIGN)})  # noqa: E731
+    # the upstream rejected the proxy's own key: a gateway error, not "your key is wrong"
+    err = is_openai_error(post("echo-401"), 502, "upstream_auth")
+    assert "[redacted]" in err["message"] and SECRET not in err["message"]
+    err = is_openai_error(post("echo-400"), 400, "upstream_400")
+    assert "[redacted]" in err["message"] and SECRET not in err["message"]
+    events = stream(http, "echo-in-stream")
+    assert events[-2]["error"]["code"] == "upstream_error" and "[redacted]" in events[-2]["error"]["message"]
+    assert SECRET not in json.dumps(events) and SECRET not in caplog.text
+
+
+def test_models_lists_only_the_allowed_models(start: Callable[..., Started], odd: tuple[OddUpstream, str]) -> None:
+    http, _ = start(odd[1], upstream={"models": ["m"]})
+    assert [m["id"] for m in http.get("/v1/models").json()["data"]] == ["m"]
+    http2, _ = start(odd[1])
+    assert [m["id"] for m in http2.get("/v1/models").json()["data"]] == ["m", "other-model"]
+
+
+def test_lone_surrogates_are_refused_and_a_pair_is_fine(start: Callable[..., Started]) -> None:
+    with ScriptedOpenAI(default=ANSWER) as up:
+        # with a content policy, a lone surrogate in the user id or the text used to crash hashing: a 500 after forwarding
+        http, sink = start(up.base_url, events={"content": "hash"})
+        for raw in (b'{"model":"m","user":"u\\ud800","messages":[{"role":"user","content":"hi"}]}',
+                    b'{"model":"m","messages":[{"role":"user","content":"hi \\uDFFF there"}]}'):
+            is_openai_error(http.post("/v1/chat/completions", content=raw), 400, "invalid_json")
+        assert not up.requests
+        r = http.post("/v1/chat/completions", content=b'{"model":"m","messages":[{"role":"user","content":"hi \\ud83d\\ude00"}]}')
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == ANSWER
+        ev: list[Event] = wait_for(lambda: list(sink.events))
+        assert ev[0].decision == "allowed" and ev[0].content is not None
+
+
+def test_input_the_guard_refuses_to_read_is_a_400_even_when_failing_open(start: Callable[..., Started]) -> None:
+    from charter.guard.guard import MAX_MESSAGES
+
+    with ScriptedOpenAI(default=ANSWER) as up:
+        # limits set above what the guard reads: failing open must not forward the unread conversation
+        http, sink = start(up.base_url, guard={"fail_open": True}, limits={"max_messages": MAX_MESSAGES + 10})
+        r = http.post("/v1/chat/completions", json={"model": "m", "messages": user("hi") * (MAX_MESSAGES + 1)})
+        assert is_openai_error(r, 400, "invalid_request")["param"] == "messages"
+        assert not up.requests
+        ev: list[Event] = wait_for(lambda: list(sink.events))
+        assert [(e.decision, e.error) for e in ev] == [("error", "invalid_request")]
