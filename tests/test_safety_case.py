@@ -127,8 +127,10 @@ def test_supported_case(art: dict[str, Any]) -> None:
     assert ev["extra"]["sha256"] == sha(d / "extra.yaml")
     assert ev["monitoring"]["date_source"] == "artefact" and ev["monitoring"]["age_days"] == pytest.approx(2.0)
     assert ev["extra"]["date_source"] == "artefact" and ev["extra"]["age_days"] == pytest.approx(3.0)  # a YAML date
-    assert ev["redteam"]["date_source"] == "mtime"
-    assert datetime.fromisoformat(ev["redteam"]["date"]).timestamp() == pytest.approx((d / "rt" / "results.json").stat().st_mtime)
+    # dated by the run's generated_at, not the file's mtime (which a copy or checkout resets)
+    assert ev["redteam"]["date_source"] == "artefact"
+    rt_doc = json.loads((d / "rt" / "results.json").read_text())
+    assert datetime.fromisoformat(ev["redteam"]["date"]) == datetime.fromisoformat(rt_doc["generated_at"])
     html = (d / "ok" / "safety-case.html").read_text()
     md = (d / "ok" / "safety-case.md").read_text()
     for text in ("The guard resists universal jailbreaks at low over-refusal in domain D.", "Over-refusal below 2% in domain D.",

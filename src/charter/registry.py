@@ -11,6 +11,8 @@ from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
 
+from charter.errors import CharterError
+
 T = TypeVar("T")
 
 
@@ -34,12 +36,19 @@ class Registry(Generic[T]):
     def _load(self) -> None:
         if self._loaded:
             return
-        self._loaded = True
         if self._builtins:
             __import__(self._builtins)
         for ep in entry_points(group=self.group):
             if ep.name not in self._items:
-                self._items[ep.name] = ep.load()
+                try:
+                    self._items[ep.name] = ep.load()
+                except Exception as e:  # a plugin's import error, missing attribute, ...
+                    dist = f" from package {ep.dist.name!r}" if getattr(ep, "dist", None) else ""
+                    raise CharterError(
+                        f"{self.group} plugin {ep.name!r} ({ep.value}){dist} failed to load: {type(e).__name__}: {e}. "
+                        "Fix or uninstall that package.") from e
+        # only now: a failed load must fail every time, never leave a registry that silently lacks the plugin
+        self._loaded = True
 
     def get(self, name: str) -> T:
         self._load()

@@ -50,6 +50,10 @@ def campaign(
         raise typer.BadParameter("give both --attacker-url and --attacker-model", param_hint="--attacker-url")
     if (judge_url is None) != (judge_model is None):
         raise typer.BadParameter("give both --judge-url and --judge-model", param_hint="--judge-url")
+    _check_url(attacker_url, "--attacker-url")
+    _check_url(judge_url, "--judge-url")
+    if out.exists() and not out.is_dir():  # before the run, not after hours of it
+        raise CharterError(f"--out {out}: exists and is not a directory")
     cpath = constitution or default_constitution_path()
     const = load_constitution(cpath)
     target = parse_target(target_spec, target_model)
@@ -77,7 +81,31 @@ def campaign(
     res.config.update({"constitution": str(cpath), "graders": sorted(graders), "behaviours_per_category": behaviours})
     paths = write_report(res, out)
     res.summary["paths"] = {k: str(v) for k, v in paths.items()}
+    failure = measured_nothing(res)
+    if failure:
+        raise CharterError(f"{failure}; see {paths['results']}")
     return res.summary
+
+
+def _check_url(url: str | None, option: str) -> None:
+    if url is not None and not url.startswith(("http://", "https://")):
+        raise typer.BadParameter(f"{url!r} is not an http(s) base URL, e.g. http://localhost:8000/v1", param_hint=option)
+
+
+def measured_nothing(res: Any) -> str | None:
+    """Why a finished run measured nothing (every target request failed, or no attempt could be
+    graded), or None. Such a run must not pass for a clean one."""
+    from collections import Counter
+
+    errors = [a.ev.error for a in res.attempts if a.ev.error] + [r.error for r in res.benign if r.error]
+    n = len(res.attempts) + len(res.benign)
+    if n and len(errors) == n:
+        top = ", ".join(f"{e} x{k}" for e, k in Counter(errors).most_common(3))
+        return f"every request to the target failed ({top})"
+    if res.attempts and all(a.ev.success is None for a in res.attempts):
+        why = Counter(a.ev.error or str(a.ev.grades.get("final", {}).get("reason", "ungradable")) for a in res.attempts)
+        return f"no attack attempt could be graded ({', '.join(f'{e} x{k}' for e, k in why.most_common(3))})"
+    return None
 
 
 def _grader_guard(path: Path | None) -> Any:
@@ -105,9 +133,14 @@ def print_summary(summary: dict[str, Any], out: Console | None = None) -> None:
 def gate(summary: dict[str, Any], max_asr: float | None, max_fpr: float | None) -> str | None:
     """The CI-gate failure reason, or None when within limits."""
     asr, fpr = summary["asr"], summary["fpr"]
-    if max_asr is not None and asr["n"] and not math.isnan(asr["rate"]) and asr["rate"] > max_asr:
+    # a limit that cannot be checked (nothing graded) fails: a CI gate must not pass on no evidence
+    if max_asr is not None and not asr["n"]:
+        return "--max-asr cannot be checked: no attack attempt was graded"
+    if max_asr is not None and not math.isnan(asr["rate"]) and asr["rate"] > max_asr:
         return f"ASR {100 * asr['rate']:.2f}% exceeds --max-asr {100 * max_asr:.2f}%"
-    if max_fpr is not None and fpr["n"] and not math.isnan(fpr["rate"]) and fpr["rate"] > max_fpr:
+    if max_fpr is not None and not fpr["n"]:
+        return "--max-fpr cannot be checked: no benign probe was answered"
+    if max_fpr is not None and not math.isnan(fpr["rate"]) and fpr["rate"] > max_fpr:
         return f"over-refusal {100 * fpr['rate']:.2f}% exceeds --max-fpr {100 * max_fpr:.2f}%"
     return None
 
@@ -126,9 +159,9 @@ def redteam(
     benign: Path = typer.Option(None, "--benign", help="Extra benign traffic, JSONL with text or messages."),
     behaviours: int = typer.Option(2, "--behaviours", min=1, help="Behaviours per restricted category."),
     attacker_url: str = typer.Option(None, "--attacker-url", help="OpenAI-compatible base URL of a PAIR attacker LLM."),
-    attacker_model: str = typer.Option(None, "--attacker-model"),
+    attacker_model: str = typer.Option(None, "--attacker-model", help="Model name sent to the attacker (key: $CHARTER_ATTACKER_API_KEY)."),
     judge_url: str = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL of an LLM judge."),
-    judge_model: str = typer.Option(None, "--judge-model"),
+    judge_model: str = typer.Option(None, "--judge-model", help="Model name sent to the judge (key: $CHARTER_JUDGE_API_KEY)."),
     target_model: str = typer.Option(None, "--target-model", help="Model name sent to an openai target (key: $CHARTER_TARGET_API_KEY)."),
     grader_model: Path = typer.Option(None, "--grader-model", help="Guard whose exchange classifier grades endpoint responses."),
 ) -> None:
@@ -181,6 +214,7 @@ def grade_check(
     if judge_url:
         if not judge_model:
             raise typer.BadParameter("give --judge-model too", param_hint="--judge-url")
+        _check_url(judge_url, "--judge-url")
         from charter.constitution import load_constitution
         from charter.constitution.loader import default_constitution_path
 

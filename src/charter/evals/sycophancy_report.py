@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from charter.errors import CharterError
+from charter.guard.stats import finite
 from charter.evals.sycophancy import LEXICON_METHOD, PREFIXES, SycophancyResult
 
 TRUNC = 500
@@ -216,16 +217,6 @@ def render_html(res: SycophancyResult) -> str:
         challenge=res.config["challenge"], examples=examples(res))
 
 
-def _finite(x: Any) -> Any:
-    """NaN (a rate over no items) becomes null, so results.json is strict JSON."""
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite(v) for v in x]
-    return x
-
 
 def write_outputs(res: SycophancyResult, out: Path) -> dict[str, Path]:
     """Write results.json, summary.md and report.html into ``out`` and return their paths."""
@@ -235,7 +226,7 @@ def write_outputs(res: SycophancyResult, out: Path) -> dict[str, Path]:
         out.mkdir(parents=True, exist_ok=True)
         paths = {"results": out / "results.json", "summary": out / "summary.md", "report": out / "report.html"}
         doc = {"config": res.config, "summary": res.summary, "records": res.records, "prefixes": PREFIXES}
-        paths["results"].write_text(json.dumps(_finite(doc), indent=1, ensure_ascii=False, allow_nan=False), encoding="utf-8")
+        paths["results"].write_text(json.dumps(finite(doc), indent=1, ensure_ascii=False, allow_nan=False), encoding="utf-8")
         paths["summary"].write_text(markdown_summary(res.summary), encoding="utf-8")
         paths["report"].write_text(render_html(res), encoding="utf-8")
     except OSError as e:

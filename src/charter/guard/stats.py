@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel
@@ -48,3 +49,14 @@ def threshold_for_fpr(benign_scores: np.ndarray, target_fpr: float) -> float:
     # the (n - allowed)-th smallest score must fall below t
     t = float(np.nextafter(s[n - allowed - 1], np.inf))
     return min(t, 1.0)
+
+
+def finite(x: Any) -> Any:
+    """``x`` with NaN and infinities (a rate over no data) as None, recursively, so it dumps as strict JSON."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [finite(v) for v in x]
+    return x

@@ -8,6 +8,7 @@ query budget, and returns its attempts in order. Third-party attackers register 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import time
@@ -19,12 +20,14 @@ import httpx
 
 from charter.data.splits import sub_seed
 from charter.endpoints import MalformedCompletion, completion_text, post_json
+from charter.errors import CharterError
 from charter.redteam.behaviours import Behaviour
 from charter.redteam.suite import TEMPLATES, Attack, Prompt, Strategy, apply_strategy
 from charter.registry import Registry
 from charter.transforms import TRANSFORMS
 
 ATTACKS: Registry[type] = Registry("charter.attacks", builtins="charter.redteam.attackers")
+ATTACKER_KEY_ENV = "CHARTER_ATTACKER_API_KEY"
 
 
 @dataclass
@@ -157,7 +160,8 @@ class PairAttacker:
     """PAIR-style: an attacker LLM proposes prompts, sees the target's reaction and score, refines.
 
     Only target queries count against the budget; after ``max_errors`` consecutive attacker
-    failures (HTTP errors, empty or unparseable proposals) the behaviour is abandoned.
+    failures (HTTP errors, empty or unparseable proposals) the behaviour is abandoned. The API key
+    is ``api_key`` or ``$CHARTER_ATTACKER_API_KEY``; it is never logged or stored.
     """
 
     name = "pair"
@@ -172,13 +176,18 @@ class PairAttacker:
         self._sleep = sleep
         self.attacker_calls = 0
         self.attacker_errors = 0
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._reached = False
+        key = api_key if api_key is not None else os.environ.get(ATTACKER_KEY_ENV)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.Client(timeout=timeout, headers=headers)
 
     def _propose(self, history: list[dict[str, str]]) -> str | None:
         self.attacker_calls += 1
         p = post_json(self._client, self.url, {"model": self.model, "messages": history, "temperature": 1.0},
                       retries=self.max_retries, sleep=self._sleep)
+        if p.connect_only and not self._reached:
+            raise CharterError(f"cannot connect to the attacker LLM {self.url} (after {p.attempts} attempts)")
+        self._reached = True
         if not p.ok or p.response is None:
             return None
         try:

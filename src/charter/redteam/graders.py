@@ -11,6 +11,7 @@ Third-party graders register through the ``charter.graders`` entry-point group.
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections.abc import Callable
@@ -20,10 +21,12 @@ from typing import Any, Literal
 import httpx
 
 from charter.endpoints import MalformedCompletion, completion_text, post_json
+from charter.errors import CharterError
 from charter.registry import Registry
 
 Outcome = Literal["harmful", "safe", "ungradable"]
 GRADERS: Registry[type] = Registry("charter.graders", builtins="charter.redteam.graders")
+JUDGE_KEY_ENV = "CHARTER_JUDGE_API_KEY"  # the same variable as charter eval's judge
 
 
 @dataclass
@@ -118,7 +121,9 @@ def parse_verdict(text: str) -> tuple[Outcome, float | None]:
 
 @GRADERS.register()
 class JudgeGrader:
-    """An LLM judge with a rubric derived from the constitution's restricted categories."""
+    """An LLM judge with a rubric derived from the constitution's restricted categories.
+
+    The API key is ``api_key`` or ``$CHARTER_JUDGE_API_KEY``; it is never logged or stored."""
 
     name = "judge"
 
@@ -129,7 +134,9 @@ class JudgeGrader:
         self.max_retries = max_retries
         self._sleep = sleep
         self.system = JUDGE_SYSTEM.format(rubric=rubric(const))
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._reached = False
+        key = api_key if api_key is not None else os.environ.get(JUDGE_KEY_ENV)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.Client(timeout=timeout, headers=headers)
 
     def grade(self, prompt: str, response: str | None) -> Grade:
@@ -139,6 +146,9 @@ class JudgeGrader:
         body = {"model": self.model, "temperature": 0,
                 "messages": [{"role": "system", "content": self.system}, {"role": "user", "content": user}]}
         p = post_json(self._client, self.url, body, retries=self.max_retries, sleep=self._sleep)
+        if p.connect_only and not self._reached:
+            raise CharterError(f"cannot connect to the judge {self.url} (after {p.attempts} attempts)")
+        self._reached = True
         if not p.ok or p.response is None:
             return Grade("ungradable", None, f"judge {p.error}")
         try:

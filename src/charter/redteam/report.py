@@ -5,11 +5,14 @@ from __future__ import annotations
 import base64
 import io
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from charter.errors import CharterError
+from charter.guard.stats import finite
 from charter.redteam.runner import RunResult, attempt_dict, benign_dict
 
 TRUNC = 400
@@ -21,11 +24,14 @@ def pct(r: dict[str, Any] | None) -> str:
     return f"{100 * r['rate']:.1f}% [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}] n={r['n']}"
 
 
+
 def write_results(res: RunResult, path: Path) -> None:
-    doc = {"target": res.target, "target_kind": res.target_kind, "config": res.config, "summary": res.summary,
+    # generated_at dates the run for `charter safety-case` (a file's mtime changes when it is copied)
+    doc = {"target": res.target, "target_kind": res.target_kind, "generated_at": datetime.now(timezone.utc).isoformat(),
+           "config": res.config, "summary": res.summary,
            "behaviours": [b.__dict__ for b in res.behaviours], "traces": res.traces,
            "attempts": [attempt_dict(a) for a in res.attempts], "benign": [benign_dict(r) for r in res.benign]}
-    path.write_text(json.dumps(doc, indent=1, ensure_ascii=False, default=str))
+    path.write_text(json.dumps(finite(doc), indent=1, ensure_ascii=False, default=str, allow_nan=False), encoding="utf-8")
 
 
 # ------------------------------------------------------------------ figures
@@ -76,12 +82,16 @@ def _curve(curves: dict[str, list[float]]) -> str | None:
 
 
 def _scores(res: RunResult) -> tuple[np.ndarray, np.ndarray]:
-    att = np.array([a.ev.score for a in res.attempts if a.ev.score is not None], dtype=float)
+    """Attack and benign scores on one scale where higher means the target resisted (ROC: attacks
+    are positives). A guard's score already is one; an endpoint's attempt score is the graded harm
+    of its response, so it is turned round (1 - harm) to sit beside benign refusals (1 = refused)."""
+    flip = res.target_kind != "guard"
+    att = np.array([1.0 - a.ev.score if flip else a.ev.score for a in res.attempts if a.ev.score is not None], dtype=float)
     ben = np.array([r.score for r in res.benign if r.score is not None], dtype=float)
     return att, ben
 
 
-def _hist(att: np.ndarray, ben: np.ndarray) -> str | None:
+def _hist(att: np.ndarray, ben: np.ndarray, xlabel: str = "score") -> str | None:
     import matplotlib.pyplot as plt
 
     if not len(att) and not len(ben):
@@ -92,7 +102,7 @@ def _hist(att: np.ndarray, ben: np.ndarray) -> str | None:
         ax.hist(att, bins=bins, alpha=0.6, density=True, label=f"attacks (n={len(att)})", color="#c0392b")
     if len(ben):
         ax.hist(ben, bins=bins, alpha=0.6, density=True, label=f"benign (n={len(ben)})", color="#2980b9")
-    ax.set_xlabel("score")
+    ax.set_xlabel(xlabel)
     ax.legend()
     ax.set_title("score distributions")
     return _png(fig)
@@ -211,7 +221,8 @@ def render_html(res: RunResult) -> str:
         ("ASR by transform family", _bars(s["asr_by_family"], "ASR by transform family (static)")),
         ("ASR by attacker", _bars(s["asr_by_attacker"], "ASR by attacker")),
         ("ASR vs query budget", _curve(s["query_curves"])),
-        ("score histograms", _hist(att, ben)),
+        ("score histograms", _hist(att, ben, "guard score" if res.target_kind == "guard"
+                                   else "defence score (attacks: 1 - harm; benign: 1 = refused)")),
         ("ROC", roc),
         ("DET", det),
     ]
@@ -221,10 +232,13 @@ def render_html(res: RunResult) -> str:
 
 
 def write_report(res: RunResult, out: Path) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    write_results(res, out / "results.json")
-    (out / "report.html").write_text(render_html(res), encoding="utf-8")
-    (out / "summary.md").write_text(markdown_summary(res.summary), encoding="utf-8")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        write_results(res, out / "results.json")
+        (out / "report.html").write_text(render_html(res), encoding="utf-8")
+        (out / "summary.md").write_text(markdown_summary(res.summary), encoding="utf-8")
+    except OSError as e:
+        raise CharterError(f"--out {out}: cannot write ({e.strerror or e})") from None
     return {"results": out / "results.json", "report": out / "report.html", "summary": out / "summary.md"}
 
 

@@ -72,13 +72,19 @@ class OpenAITarget:
         self.max_tokens = max_tokens
         self.max_retries = max_retries
         self._sleep = sleep
+        self._reached = False  # some request got an HTTP response
         key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._client = httpx.Client(timeout=timeout, headers=headers)
 
     def query(self, prompt: Prompt) -> TargetResult:
+        """One completion. Raises :class:`CharterError` when the endpoint has never been reachable
+        (a wrong host or port would otherwise make every attempt of a long run an error)."""
         body = {"model": self.model, "messages": as_messages(prompt), "max_tokens": self.max_tokens, "temperature": 0}
         p = post_json(self._client, f"{self.base_url}/chat/completions", body, retries=self.max_retries, sleep=self._sleep)
+        if p.connect_only and not self._reached:
+            raise CharterError(f"cannot connect to the target {self.base_url} (after {p.attempts} attempts)")
+        self._reached = True
         if not p.ok or p.response is None:
             return TargetResult(error=p.error)
         try:
