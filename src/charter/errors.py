@@ -15,3 +15,7 @@ class ArtifactError(CharterError):
 
 class GeneratorError(CharterError):
     """A data generator failed (e.g. the LLM endpoint kept failing)."""
+
+
+class InputError(CharterError, ValueError):
+    """The guard was given input it cannot check (wrong type or shape, or over a size limit)."""

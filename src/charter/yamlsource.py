@@ -46,11 +46,37 @@ def load_optional_mapping(text: str, source: str, error: type[CharterError], wha
         raise error(f"{source}:{mark.line + 1 if mark else 0}: invalid YAML: {e.problem or e}") from None
     except yaml.YAMLError as e:
         raise error(f"{source}: invalid YAML: {e}") from None
+    except RecursionError:  # PyYAML composes recursively
+        raise error(f"{source}: invalid YAML: nested too deeply") from None
     if root is None:
         return None, {}
     if not isinstance(data, dict):
         raise error(f"{source}:1: the {what} must be a YAML mapping")
+    dup = _duplicate_key(root)
+    if dup is not None:  # PyYAML would silently keep the last value
+        raise error(f"{source}:{dup.start_mark.line + 1}: duplicate key {dup.value!r}")
     return root, data
+
+
+def _duplicate_key(root: yaml.Node) -> yaml.ScalarNode | None:
+    """The first repeated scalar key of any mapping in the tree (walked iteratively, each node once)."""
+    todo, seen = [root], set()
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[tuple[str, str]] = set()
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                    if (k.tag, k.value) in keys:
+                        return k
+                    keys.add((k.tag, k.value))
+                todo.append(v)
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend(node.value)
+    return None
 
 
 def problems_of(e: ValidationError) -> list[tuple[Loc, str]]:

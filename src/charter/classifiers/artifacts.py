@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from charter.errors import ArtifactError
 
 MANIFEST = "manifest.json"
 FORMAT = "charter-model/1"
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def sha256_file(path: Path) -> str:
@@ -64,8 +66,10 @@ def load_model_dir(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, np.n
     arrays: dict[str, dict[str, np.ndarray]] = {}
     for fn, want in doc["files"].items():
         p = path / fn
-        if Path(fn).name != fn:
+        if Path(fn).name != fn or fn in (".", ".."):
             raise ArtifactError(f"{path / MANIFEST}: file name {fn!r} is not a plain name")
+        if not isinstance(want, str) or not _SHA256.fullmatch(want):
+            raise ArtifactError(f"{path / MANIFEST}: the hash of {fn!r} is not a sha256 hex digest")
         if not p.is_file():
             raise ArtifactError(f"{p}: listed in the manifest but missing")
         got = sha256_file(p)

