@@ -13,7 +13,8 @@ from charter.constitution.model import Constitution
 from charter.data.hygiene import dedup_exact, dedup_near, normalise, record_text
 from charter.data.offline import OfflineGenerator, registered_transforms
 from charter.data.pipeline import build_dataset, generate_to_dir, read_records
-from charter.data.records import Record
+from charter.data.records import Record, iter_jsonl
+from charter.errors import CharterError
 from charter.data.skeleton import render_skeleton
 from charter.data.splits import split_of
 from charter.testing.stub_transforms import STUB_TRANSFORMS
@@ -288,3 +289,17 @@ def test_how_to_seeds_take_the_task_register_on_both_labels() -> None:
              for lab in ("restricted", "permitted")}
     # about one how-to seed in seven, rewritten a sixth of the time: a small share, on both labels alike
     assert min(share.values()) > 0.001 and max(share.values()) < 3 * min(share.values()), share
+
+
+@pytest.mark.parametrize("content, message", [
+    (b'{"text": "fine"}\n{"text": "caf\xe9"}\n', "not UTF-8"),
+    (b'{"text": "fine"}\n' + b"[" * 100_000 + b"\n", ":2: JSON nested too deeply"),
+    (b'{"text": "fine"}\n{"text": \n', ":2: not JSON"),
+])
+def test_iter_jsonl_names_the_file_for_unreadable_input(tmp_path: Path, content: bytes, message: str) -> None:
+    """User files (red-team benign sets, patch examples) get a CharterError naming the file, not a traceback."""
+    f = tmp_path / "in.jsonl"
+    f.write_bytes(content)
+    with pytest.raises(CharterError, match=re.escape(str(f)) + ".*" + re.escape(message)):
+        list(iter_jsonl(f))
+

@@ -90,6 +90,7 @@ def test_serve_key_prints_a_key_and_only_its_hash(capsys: pytest.CaptureFixture[
 
 
 def test_charter_serve_runs_as_a_command(mini_model_dir: Path, tmp_path: Path) -> None:
+    """It serves, and the upstream's user:password@ never reaches its output (httpx logs request URLs)."""
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -98,7 +99,7 @@ def test_charter_serve_runs_as_a_command(mini_model_dir: Path, tmp_path: Path) -
     cfg.write_text(f"events: {{path: {tmp_path / 'ev.jsonl'}}}\n")
     with ScriptedOpenAI(default="hello there") as up:
         proc = subprocess.Popen([sys.executable, "-c", "import sys; from charter.cli import main; sys.exit(main(sys.argv[1:]))",
-                                 "serve", "--upstream", up.base_url, "--model", str(mini_model_dir), "--port", str(port),
+                                 "serve", "--upstream", up.base_url.replace("http://", "http://ops:s3cret-pw@"), "--model", str(mini_model_dir), "--port", str(port),
                                  "--config", str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ})
         try:
             deadline = time.monotonic() + 60
@@ -114,8 +115,9 @@ def test_charter_serve_runs_as_a_command(mini_model_dir: Path, tmp_path: Path) -
             assert r.json()["choices"][0]["message"]["content"] == "hello there"
         finally:
             proc.terminate()
-            proc.wait(timeout=10)
+            out = proc.communicate(timeout=10)[0].decode()
     assert [e.decision for e in read_events(tmp_path / "ev.jsonl")] == ["allowed"]
+    assert "charter: guarding http://***@127.0.0.1" in out and "s3cret-pw" not in out
 
 
 class SlowSink:

@@ -48,12 +48,24 @@ def serve(
         console.print(f"[yellow]warning:[/] environment variable {cfg.upstream.api_key_env} is not set; no upstream key sent")
     guard = Guard.load(model or cfg.guard.model)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    console.print(f"charter: guarding {cfg.upstream.base_url} on http://{host}:{port} (stages: {', '.join(guard.stages)}; "
+    # httpx logs every request URL at INFO, user:password@ included
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    console.print(f"charter: guarding {_safe_url(cfg.upstream.base_url)} on http://{host}:{port} (stages: {', '.join(guard.stages)}; "
                   f"keys: {len(cfg.keys) or 'none'}; events: {_events_target(cfg.events.db, cfg.events.path)})")
     if cfg.events.db:
         console.print(f"charter: dashboard on http://{host}:{port}/dashboard/ (same client keys); "
                       f"alerts every {cfg.monitor.interval_s:g} s")
     uvicorn.run(create_app(cfg, guard), host=host, port=port, log_level="warning", access_log=False)
+
+
+def _safe_url(url: str) -> str:
+    """``url`` without any user:password@ part."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    u = urlsplit(url)
+    if u.username is None and u.password is None:
+        return url
+    return urlunsplit(u._replace(netloc="***@" + u.netloc.rsplit("@", 1)[1]))
 
 
 def _events_target(db: str | None, path: str) -> str:

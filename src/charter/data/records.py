@@ -58,7 +58,11 @@ def iter_jsonl(path: str | PathLike[str], *, max_lines: int | None = None) -> It
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise CharterError(f"{path}:{i}: not JSON ({e.msg})") from None
+                except RecursionError:
+                    raise CharterError(f"{path}:{i}: JSON nested too deeply") from None
                 yield i, obj
+    except UnicodeDecodeError as e:
+        raise CharterError(f"{path}: not UTF-8 text (byte {e.start} of a block: {e.reason})") from None
     except OSError as e:
         raise CharterError(f"{path}: {e.strerror}") from None
 
