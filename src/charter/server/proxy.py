@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Hashable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -17,7 +18,7 @@ from charter.classifiers.streaming import tokens
 from charter.guard.guard import OutputMonitor, Verdict
 from charter.server.context import Exchange, Services
 from charter.server.errors import ProxyError, upstream_error
-from charter.server.schema import DONE, ChatRequest, charter_field, refusal_completion, sse
+from charter.server.schema import DONE, TEXT_FIELDS, ChatRequest, charter_field, extra_texts, refusal_completion, sse
 
 MAX_ERROR_BODY = 64_000
 
@@ -117,17 +118,19 @@ async def complete(ex: Exchange, req: ChatRequest, raw: bytes) -> Response:
         content = msg.get("content") or ""
         if not isinstance(content, str):
             raise TypeError("content")
+        # the whole reply is scored: content plus reasoning, refusal and tool-call text
+        text = "\n".join(t for t in (content, *extra_texts(msg)) if t)
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         svc.metrics.upstream_errors.labels("malformed").inc()
         ex.finish("error", status=200, error="upstream_malformed")
         return upstream_error(502, "upstream returned a malformed completion", "upstream_malformed").response()
-    ex.response_text.append(content)
+    ex.response_text.append(text)
     assert ex.messages is not None
     gs = svc.config.guard
     try:
         mon = svc.guard.output_monitor(ex.messages, hold_back=0)
         t = time.perf_counter()
-        v = await to_thread.run_sync(_scan, mon, content) if content else None
+        v = await to_thread.run_sync(_scan, mon, text) if text else None
         ex.annotate(output_check=(time.perf_counter() - t) * 1000)
     except Exception:
         svc.metrics.guard_errors.labels("exchange", "open" if gs.fail_open else "closed").inc()
@@ -204,20 +207,126 @@ async def open_stream(ex: Exchange, req: ChatRequest, raw: bytes, headers: dict[
                              headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
 
 
+#: delta fields streamed with the hold-back, in the order a delta's fragments are scored
+_STREAMED = ("reasoning_content", "reasoning", "content", "refusal")
+assert set(_STREAMED) == {"content", *TEXT_FIELDS}
+#: tool-call text held per allowed output token (limits.max_output_tokens) before the stream fails
+HELD_CHARS_PER_TOKEN = 8
+
+
+def _str(v: Any) -> str:
+    """A streamed text fragment: a string or null; anything else is a malformed event (ValueError)."""
+    if v is not None and not isinstance(v, str):
+        raise ValueError(type(v).__name__)
+    return v or ""
+
+
+@dataclass
+class _Call:
+    id: str = ""
+    type: str | None = None
+    name: str = ""
+    arguments: str = ""
+
+
+class _Held:
+    """A stream's tool-call (and legacy function_call) deltas: scored as they arrive, but held whole
+    until the stream ends unflagged, never released piecemeal."""
+
+    def __init__(self, limit: int) -> None:
+        self.calls: dict[int, _Call] = {}
+        self.fn: _Call | None = None
+        self.size, self.limit = 0, limit
+
+    def __bool__(self) -> bool:
+        return bool(self.calls) or self.fn is not None
+
+    def add(self, delta: dict[str, Any]) -> list[tuple[Hashable, str]]:
+        """Take the delta's call fragments; their text to score as (slot, text). ValueError: malformed."""
+        parts: list[tuple[Hashable, str]] = []
+        tcs = delta.get("tool_calls")
+        if tcs is not None and not isinstance(tcs, list):
+            raise ValueError("tool_calls")
+        for pos, tc in enumerate(tcs or []):
+            if not isinstance(tc, dict) or not set(tc) <= {"index", "id", "type", "function"}:
+                raise ValueError("tool_calls[]")
+            i = tc.get("index", pos)
+            if not isinstance(i, int) or isinstance(i, bool):
+                raise ValueError("tool_calls[].index")
+            if i not in self.calls:
+                self.size += 16  # so a flood of empty calls is bounded too
+            call = self.calls.setdefault(i, _Call())
+            call.id += _str(tc.get("id"))
+            call.type = _str(tc.get("type")) or call.type
+            self.size += len(_str(tc.get("id")))
+            parts += self._take(call, ("tool", i), tc.get("function"))
+        if delta.get("function_call") is not None:
+            self.fn = self.fn or _Call()
+            parts += self._take(self.fn, "function_call", delta["function_call"])
+        return parts
+
+    def _take(self, call: _Call, slot: Hashable, f: Any) -> list[tuple[Hashable, str]]:
+        if f is None:
+            return []
+        if not isinstance(f, dict) or not set(f) <= {"name", "arguments"}:
+            raise ValueError("function")
+        name, args = _str(f.get("name")), _str(f.get("arguments"))
+        call.name += name
+        call.arguments += args
+        self.size += len(name) + len(args)
+        return [(slot, t) for t in (name, args) if t]
+
+    def chunks(self, base: dict[str, Any]) -> list[dict[str, Any]]:
+        """The held calls as stream chunks like ``base``, one per call (then forgotten)."""
+        deltas: list[dict[str, Any]] = [
+            {"tool_calls": [{"index": i, **({"id": c.id} if c.id else {}), "type": c.type or "function",
+                             "function": {"name": c.name, "arguments": c.arguments}}]}
+            for i, c in sorted(self.calls.items())]
+        if self.fn is not None:
+            deltas.append({"function_call": {"name": self.fn.name, "arguments": self.fn.arguments}})
+        self.calls, self.fn = {}, None
+        return [dict(base, choices=[{"index": 0, "delta": d, "finish_reason": None}]) for d in deltas]
+
+
+def _base(obj: dict[str, Any]) -> dict[str, Any]:
+    """An upstream chunk's envelope, for chunks the proxy writes itself."""
+    return {k: v for k, v in obj.items() if k not in ("choices", "usage", "charter")}
+
+
+def _text_chunk(obj: dict[str, Any], out: dict[str, str]) -> dict[str, Any]:
+    return dict(_base(obj), choices=[{"index": 0, "delta": out, "finish_reason": None}])
+
+
 async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncIterator[bytes]:
-    """Upstream chunks through the output monitor: only scored text outside the hold-back goes out."""
+    """Upstream chunks through the output monitor: only scored text outside the hold-back goes out.
+
+    Every text fragment of the reply (content, reasoning, refusal, tool-call names and arguments) is
+    fed to one monitor in arrival order; text fields go out as the hold-back allows, tool calls only
+    once the stream has ended unflagged."""
     svc, gs = ex.svc, ex.svc.config.guard
     assert ex.messages is not None
     deadline = time.monotonic() + svc.config.upstream.timeouts.total
     mon: OutputMonitor | None = None
-    fed: list[str] = []
-    sent = 0  # characters of ``fed`` already sent
+    # fed fragments not yet released, as (delta field, text); field None: a held tool-call fragment.
+    # Kept in step with the monitor's own pending tokens (one entry per feed) until passthrough.
+    queue: list[tuple[str | None, str]] = []
+    held = _Held(svc.config.limits.max_output_tokens * HELD_CHARS_PER_TOKEN)
+    slot: Hashable = None  # what the last scored fragment belonged to (a field, or a tool call)
     passthrough = False  # after a non-blocking flag, or a classifier error in fail-open mode
     note: dict[str, Any] | None = None
     decision, error = "allowed", None
     finished = done = False
     first = True
     last: dict[str, Any] | None = None  # the last upstream chunk with choices
+
+    def release(n: int) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for f, t in queue[:n]:
+            if f is not None:
+                out[f] = out.get(f, "") + t
+        del queue[:n]
+        return out
+
     try:
         try:
             mon = svc.guard.output_monitor(ex.messages, hold_back=gs.hold_back)
@@ -249,56 +358,77 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
                 continue
             choice = choices[0]
             delta = (choice.get("delta") or {}) if isinstance(choice, dict) else None
-            if not isinstance(delta, dict) or not isinstance(delta.get("content") or "", str):
+            if not isinstance(delta, dict):
                 raise _malformed(svc)
+            try:
+                parts: list[tuple[Hashable, str | None, str]] = [(f, f, _str(delta.get(f))) for f in _STREAMED]
+                parts += [(s, None, t) for s, t in held.add(delta)]
+            except ValueError:
+                raise _malformed(svc) from None
+            if held.size > held.limit:
+                svc.metrics.upstream_errors.labels("too_large").inc()
+                raise ProxyError(502, f"the upstream's tool calls exceed the {held.limit} characters the proxy holds back "
+                                 f"(limits.max_output_tokens x {HELD_CHARS_PER_TOKEN})", "upstream_error", code="upstream_too_large")
             last = obj
-            content = delta.get("content")
             finish = choice.get("finish_reason")
-            out = ""
-            if content:
-                ex.response_text.append(content)
+            for s, field, text in parts:
+                if not text:
+                    continue
+                fed = "\n" + text if slot not in (None, s) else text  # keep fields apart in the scored text
+                slot = s
+                ex.response_text.append(fed)
+                queue.append((field, text))
                 if passthrough:
-                    out = content
-                else:
-                    fed.append(content)
+                    continue
+                assert mon is not None
+                try:
+                    v = mon.feed(fed)
+                except Exception:
+                    svc.metrics.guard_errors.labels("exchange", "open" if gs.fail_open else "closed").inc()
+                    if not gs.fail_open:
+                        raise ProxyError(503, "the output check failed; stream stopped (fail closed)", "server_error", code="guard_error") from None
+                    error, passthrough = "guard_error_fail_open", True
+                    continue
+                if v.flagged:
+                    ex.add_verdict(v, mon.flagged_at)
+                    action = gs.action(v.category)
+                    ex.flagged(v, action)
+                    if action == "block":
+                        await resp.aclose()  # stops the upstream generation
+                        decision = "blocked_output"
+                        cf = charter_field(ex.event.request_id, "blocked", v, action)
+                        yield sse({"id": obj.get("id"), "object": "chat.completion.chunk", "created": obj.get("created"),
+                                   "model": obj.get("model", req.model),
+                                   "choices": [{"index": 0, "delta": {}, "finish_reason": "content_filter", "logprobs": None}],
+                                   "charter": cf})
+                        yield DONE
+                        return
+                    decision, passthrough = "flagged", True
+                    if action == "flag_only":
+                        note = charter_field(ex.event.request_id, "flagged", v, action)
+            if passthrough or finish:
+                if not passthrough:
                     assert mon is not None
-                    try:
-                        v = mon.feed(content)
-                    except Exception:
-                        svc.metrics.guard_errors.labels("exchange", "open" if gs.fail_open else "closed").inc()
-                        if not gs.fail_open:
-                            raise ProxyError(503, "the output check failed; stream stopped (fail closed)", "server_error", code="guard_error") from None
-                        error, passthrough = "guard_error_fail_open", True
-                        out = "".join(fed)[sent:]
-                        v = None
-                    if v is not None and v.flagged:
-                        ex.add_verdict(v, mon.flagged_at)
-                        action = gs.action(v.category)
-                        ex.flagged(v, action)
-                        if action == "block":
-                            await resp.aclose()  # stops the upstream generation
-                            decision = "blocked_output"
-                            cf = charter_field(ex.event.request_id, "blocked", v, action)
-                            yield sse({"id": obj.get("id"), "object": "chat.completion.chunk", "created": obj.get("created"),
-                                       "model": obj.get("model", req.model),
-                                       "choices": [{"index": 0, "delta": {}, "finish_reason": "content_filter", "logprobs": None}],
-                                       "charter": cf})
-                            yield DONE
-                            return
-                        decision, passthrough = "flagged", True
-                        if action == "flag_only":
-                            note = charter_field(ex.event.request_id, "flagged", v, action)
-                        out = "".join(fed)[sent:]
-                    elif v is not None:
-                        out = mon.drain()
-            if finish and mon is not None and not passthrough:
-                out += mon.release()
-            sent += len(out)
-            if out or finish or first or set(delta) - {"content"}:
+                    mon.release()
+                out = release(len(queue))
+            else:
+                assert mon is not None
+                mon.drain()
+                out = release(max(0, len(queue) - mon.hold_back))
+            if finish and held:  # the held calls go out before the finish chunk, after any text released with it
+                if out:
+                    yield sse(_text_chunk(obj, out))
+                    out = {}
+                for c in held.chunks(_base(obj)):
+                    yield sse(c)
+            nd = {k: x for k, x in delta.items() if k not in ("tool_calls", "function_call")}
+            for f in _STREAMED:
+                if f in out:
+                    nd[f] = out[f]
+                elif delta.get(f):  # held back: the field stays, empty
+                    nd[f] = ""
+            if out or finish or first or set(nd) - set(_STREAMED):
                 first = False
-                nd = dict(delta)
-                if out or "content" in delta:
-                    nd["content"] = out
                 oc = dict(choice, delta=nd)
                 chunk = dict(obj, choices=[oc])
                 if finish:
@@ -309,10 +439,15 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
         if not (finished or done):
             svc.metrics.upstream_errors.labels("disconnect").inc()
             raise ProxyError(502, "the upstream stream ended before the completion finished", "upstream_error", code="upstream_disconnect")
-        if not finished and last is not None and mon is not None and not passthrough:
-            tail = mon.release()  # [DONE] without a finish chunk: the scored hold-back still goes out
-            if tail:
-                yield sse(dict(last, choices=[{"index": 0, "delta": {"content": tail}, "finish_reason": None}]))
+        if last is not None and (queue or held):  # [DONE] without a finish chunk: the scored rest still goes out
+            if not passthrough:
+                assert mon is not None
+                mon.release()
+            out = release(len(queue))
+            if out:
+                yield sse(_text_chunk(last, out))
+            for c in held.chunks(_base(last)):
+                yield sse(c)
         if note is not None and not finished:
             yield sse({"id": None, "object": "chat.completion.chunk", "choices": [], "charter": note})
         yield DONE

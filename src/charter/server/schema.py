@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
@@ -50,14 +51,41 @@ class ChatRequest(BaseModel):
         return v
 
     def check_messages(self) -> list[dict[str, str]]:
-        """The conversation as plain role/content text: what the guard scores."""
+        """The conversation as plain role/content text: what the guard scores (content, then the
+        message's other model text: reasoning, refusal, tool calls)."""
         out = []
         for m in self.messages:
             c = m.content
             if isinstance(c, list):
                 c = " ".join(str(p.get("text", "")) for p in c if isinstance(p, dict))
-            out.append({"role": m.role, "content": c or ""})
+            out.append({"role": m.role, "content": "\n".join(t for t in (c, *extra_texts(m.model_extra or {})) if t)})
         return out
+
+
+#: message fields besides content that carry model text (reasoning models, refusals)
+TEXT_FIELDS = ("reasoning_content", "reasoning", "refusal")
+
+
+def _as_text(v: Any) -> str:
+    return v if isinstance(v, str) else "" if v is None else _DUMPS(v)
+
+
+def _call_text(f: Any) -> str:
+    if isinstance(f, dict) and isinstance(f.get("name") or "", str):
+        return f"{f.get('name') or ''}({_as_text(f.get('arguments'))})"
+    return _as_text(f)
+
+
+def extra_texts(m: Mapping[str, Any]) -> list[str]:
+    """A message's model text besides content, as the guard reads it: reasoning and refusal text, then
+    each tool call (and legacy function_call) as ``name(arguments)``. Shapes not known here are read as
+    JSON: forwarded text is never left unread."""
+    out = [_as_text(m.get(k)) for k in TEXT_FIELDS]
+    calls = m.get("tool_calls")
+    for c in calls if isinstance(calls, list) else [calls]:
+        out.append(_call_text(c["function"]) if isinstance(c, dict) and "function" in c else _as_text(c))
+    out.append(_call_text(m.get("function_call")))
+    return [t for t in out if t]
 
 
 def _no_constant(name: str) -> Any:
