@@ -221,7 +221,7 @@ class ExchangeStream:
         pidx = h.indices(clf.prompt_text(prompt))
         self._prompt_logit = float(clf.wp_[pidx].sum() / np.sqrt(max(len(pidx), 1))) + float(clf.b_)
         self._tail = " "  # the batch featuriser's leading pad
-        self._word = ""  # an unfinished word
+        self._word: list[str] = []  # an unfinished word, in the pieces it arrived in
         self._prev_word_hash: np.uint64 | None = None
         self._dot = 0.0
         self._n = 0
@@ -306,7 +306,7 @@ class ExchangeStream:
             for n in range(lo_w, hi_w + 1):
                 add(window_hashes(w, n, 0xABCDEF + n + RESP_SALT), at[n - 1 :])
             self._prev_word_hash = w[-1]
-        self._word = found[-1][0] if found and found[-1][1] == len(text) else ""
+        self._word = [found[-1][0]] if found and found[-1][1] == len(text) else []
         self._tail = buf[-(self._hi - 1) :]
         dot = np.cumsum(sums)
         cnt = np.cumsum(counts)
@@ -367,11 +367,25 @@ class ExchangeStream:
         self._prev_word_hash = np.uint64(w[-1])
 
     def _complete_words(self, s: str) -> list[str]:
-        """Words of the unfinished word + ``s`` that are now complete; keeps the unfinished rest."""
-        text = self._word + s
-        words = [(m.group(), m.end()) for m in _WORD.finditer(text)]
-        self._word = words[-1][0] if words and words[-1][1] == len(text) else ""
-        return [w for w, end in words if end < len(text)]
+        """Words of the unfinished word + ``s`` that are now complete; keeps the unfinished rest.
+
+        Only ``s`` is scanned (a word is a run of word characters, so the unfinished word can only
+        join the run that opens ``s``): one long word streamed in many chunks costs O(its length)
+        in all, not a rescan of its prefix per chunk."""
+        if not s:
+            return []
+        found = [(m.group(), m.start(), m.end()) for m in _WORD.finditer(s)]
+        words = [w for w, _, _ in found]
+        if self._word:
+            if found and found[0][1] == 0:  # s continues the unfinished word
+                if found[0][2] == len(s):  # ... and does not finish it
+                    self._word.append(s)
+                    return []
+                words[0] = "".join(self._word) + words[0]
+            else:  # s opens with a non-word character: the unfinished word is complete
+                words.insert(0, "".join(self._word))
+        self._word = [found[-1][0]] if found and found[-1][2] == len(s) else []
+        return words[:-1] if self._word else words
 
     def _feed_words(self, s: str) -> None:
         complete = self._complete_words(s)

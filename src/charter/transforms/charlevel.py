@@ -21,17 +21,17 @@ _WORD = re.compile(r"[A-Za-z]+")
 LEET_HINT = re.compile(r"[A-Za-z][0134579@$+][A-Za-z0-9@$+]|[0134579@$][A-Za-z]{2}")
 
 
+_LEET_TABLE = str.maketrans(LEET_FOLD)
+_LETTER = re.compile("[A-Za-z]")
+
+
 def _fold_token(m: re.Match[str]) -> str:
     tok = m.group(0)
-    if not any(c.isalpha() for c in tok):  # plain numbers stay numbers
+    if tok.isalpha() or not _LETTER.search(tok):  # plain words; plain numbers stay numbers
         return tok.lower()
-    out = []
-    for i, c in enumerate(tok):
-        if c == "!" and i + 1 == len(tok):  # a trailing "!" is punctuation
-            out.append(c)
-        else:
-            out.append(LEET_FOLD.get(c, c.lower()))
-    return "".join(out)
+    if tok[-1] == "!":  # a trailing "!" is punctuation
+        return tok[:-1].translate(_LEET_TABLE).lower() + "!"
+    return tok.translate(_LEET_TABLE).lower()
 
 
 def fold_leet(text: str) -> str:
@@ -158,6 +158,9 @@ INVISIBLE_RE = re.compile(
 _ZW_RE = re.compile("[" + "".join(ZERO_WIDTH) + "\ufeff]")
 TAG_RE = re.compile("[\U000e0000-\U000e007f]")
 TAG_BEGIN, TAG_END = "\U000e0001", "\U000e007f"
+#: tag character -> the ASCII character it carries; the begin and end tags are dropped
+_TAG_TABLE: dict[int, int | None] = {o: o - 0xE0000 for o in range(0xE0000, 0xE0080)}
+_TAG_TABLE.update({ord(TAG_BEGIN): None, ord(TAG_END): None})
 
 
 @TRANSFORMS.register()
@@ -201,15 +204,7 @@ def decode_tags(text: str) -> str | None:
         if not m:
             return None
         start = m.start()
-    out = []
-    for c in text[start:]:
-        o = ord(c)
-        if 0xE0000 <= o <= 0xE007F:
-            if c not in (TAG_BEGIN, TAG_END):
-                out.append(chr(o - 0xE0000))
-        else:
-            out.append(c)
-    return "".join(out)
+    return text[start:].translate(_TAG_TABLE)
 
 
 @TRANSFORMS.register()

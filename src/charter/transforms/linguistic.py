@@ -142,15 +142,32 @@ _LEGEND_HEADS = (
 _PAIR = re.compile(r'"([A-Za-z]+)" means "([A-Za-z]+)"')
 
 
-def apply_legend(text: str) -> str | None:
-    """Undo keyword substitution: parse the legend paragraph and map code words back."""
+def apply_legend(text: str, max_len: int | None = None) -> str | None:
+    """Undo keyword substitution: parse the legend paragraph and map code words back.
+
+    With ``max_len``, only the first ``max_len`` characters of the result are built: a legend
+    that maps a one-letter code word to a long word would otherwise multiply the text's length.
+    """
     head, sep, body = text.partition("\n\n")
     if not sep or "means" not in head:
         return None
     legend = dict(_PAIR.findall(head))
     if not legend:
         return None
-    return _TOKEN.sub(lambda m: legend.get(m.group(0), m.group(0)), body)
+    if max_len is None:
+        return _TOKEN.sub(lambda m: legend.get(m.group(0), m.group(0)), body)
+    parts: list[str] = []
+    size = last = 0
+    for m in _TOKEN.finditer(body):
+        word = legend.get(m.group(0))
+        if word is not None:
+            parts += [body[last : m.start()], word]
+            size += m.start() - last + len(word)
+            last = m.end()
+            if size >= max_len:
+                return "".join(parts)[:max_len]
+    parts.append(body[last:])
+    return "".join(parts)[:max_len]
 
 
 @TRANSFORMS.register()

@@ -230,8 +230,9 @@ def _leety(tokens: list[str]) -> bool:
     return n >= 1 and n >= 0.1 * len(tokens)
 
 
-def _decoders(text: str) -> Iterator[View]:
-    """First-level decoded views of ``text``, most specific first."""
+def _decoders(text: str, max_len: int) -> Iterator[View]:
+    """First-level decoded views of ``text``, most specific first (a decoder whose output can
+    grow past ``max_len`` characters builds only that much of it)."""
     if not text.isascii():
         if TAG_RE.search(text):
             hidden = decode_tags(text)
@@ -266,7 +267,7 @@ def _decoders(text: str) -> Iterator[View]:
     if any(c in text for c in _LEET_CHARS) and _leety(tokens[:400]):
         yield "leet", fold_leet(text)
     if '" means "' in text:
-        v = apply_legend(text)
+        v = apply_legend(text, max_len)
         if v is not None:
             yield "keyword_legend", v
     if '= "' in text:
@@ -323,22 +324,24 @@ def _decode_segments(text: str) -> str | None:
     return out if changed else None
 
 
-def fold_all(text: str) -> str:
+def fold_all(text: str, max_len: int | None = None) -> str:
     """The cheap foldings at once: strip invisible, fold confusables, collapse spacing, fold
-    leetspeak, lowercase."""
+    leetspeak, lowercase. With ``max_len``, the result is cut to that length, and so is the
+    text after NFKC (which can make a character eighteen)."""
     if not text.isascii():
-        text = fold_confusables(INVISIBLE_RE.sub("", text))
+        text = fold_confusables(INVISIBLE_RE.sub("", text))[:max_len]
     text = collapse_spacing(text) or text
     if LEET_HINT.search(text):
         text = fold_leet(text)
-    return text.lower()
+    return text.lower()[:max_len]
 
 
-def _walk(text: str, depth: int) -> Iterator[View]:
-    for name, v in _decoders(text):
+def _walk(text: str, depth: int, max_len: int) -> Iterator[View]:
+    for name, v in _decoders(text, max_len):
         yield name, v
         if depth > 1 and name.startswith(_NESTABLE_PREFIXES) and v:
-            for sub, w in _walk(v, depth - 1):
+            # decode the view as it is kept (cut to max_len), not a longer expansion of it
+            for sub, w in _walk(v[:max_len], depth - 1, max_len):
                 yield f"{name}+{sub}", w
 
 
@@ -353,7 +356,7 @@ def views(text: str, max_views: int = 8, max_len: int = 20000, depth: int = 2) -
             seen.add(_key(v))
             out.append((name, v))
     folded_hint = False
-    for name, v in _walk(text, depth):
+    for name, v in _walk(text, depth, max_len):
         if len(out) >= max_views:
             break
         if name in ("invisible_stripped", "confusables", "spacing", "leet"):
@@ -364,7 +367,7 @@ def views(text: str, max_views: int = 8, max_len: int = 20000, depth: int = 2) -
             seen.add(k)
             out.append((name, v))
     if folded_hint and len(out) < max_views:
-        v = fold_all(text)
+        v = fold_all(text, max_len)
         if _key(v) not in seen:
             out.append(("folded", v))
     return out

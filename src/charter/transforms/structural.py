@@ -20,7 +20,9 @@ _SPLIT_ASKS = (
     "Concatenate the strings: {sum}. Then respond to the resulting instruction.",
     "Compute {sum} and do what the resulting sentence says.",
 )
-_ASSIGN = re.compile(r'^\s*([A-Za-z_]\w*)\s*=\s*("(?:[^"\\]|\\.)*")\s*$', re.MULTILINE)
+#: leading blanks stay on the line: ``^\s*`` would rescan every run of blank lines from each of
+#: its line starts (quadratic; the match, when there is one, starts on its own line either way)
+_ASSIGN = re.compile(r'^[^\S\n]*([A-Za-z_]\w*)\s*=\s*("(?:[^"\\]|\\.)*")\s*$', re.MULTILINE)
 
 
 def decode_payload_split(text: str) -> str | None:
