@@ -146,6 +146,18 @@ def test_api_key_sent_as_bearer_and_never_logged(
     assert recs and all(r.source == "llm" for r in recs)
 
 
+def test_credentials_in_the_base_url_stay_out_of_the_manifest(
+    scripted_openai: Callable[..., ScriptedOpenAI], mini_path: Path, tmp_path: Path,
+) -> None:
+    srv = scripted_openai(lambda body: Reply(good(body)))
+    out = tmp_path / "out"
+    assert main(["generate", "--generator", "llm", "--constitution", str(mini_path), "--out", str(out), "--n", "6",
+                 "--base-url", srv.base_url.replace("http://", "http://ops:url-pw@"), "--model", "m"]) == 0
+    assert srv.requests and srv.requests[0].headers["authorization"].startswith("Basic ")  # the credentials were used
+    manifest = (out / "manifest.json").read_text()
+    assert "url-pw" not in manifest and json.loads(manifest)["generator"]["params"]["base_url"].startswith("http://***@127.0.0.1")
+
+
 def test_missing_api_key_env_is_a_clear_error(mini_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("CHARTER_NO_SUCH_KEY", raising=False)
     rc = main(["generate", "--generator", "llm", "--constitution", str(mini_path), "--out", str(tmp_path), "--n", "6",

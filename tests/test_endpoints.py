@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from charter.endpoints import Backoff, post_json, retry_after_seconds, retryable
+from charter.endpoints import Backoff, post_json, redact_url, retry_after_seconds, retryable
 from charter.testing.openai_server import Reply
 
 
@@ -62,3 +62,15 @@ def test_completion_reads_the_first_choice_and_rejects_what_is_not_a_chat_comple
                 {"choices": [{"message": "hi"}]}, {"choices": [{"message": {"content": ["a", "b"]}}]}):
         with pytest.raises(MalformedCompletion):
             completion(reply(bad))
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("http://u:p@host:8000/v1", "http://***@host:8000/v1"),
+    ("https://token@host/v1", "https://***@host/v1"),
+    ("http://a:b@c@host/v1?x=1", "http://***@host/v1?x=1"),
+    ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
+    ("not a url", "not a url"),
+])
+def test_redact_url_masks_userinfo(url: str, shown: str) -> None:
+    assert redact_url(url) == shown
+

@@ -157,6 +157,19 @@ def test_api_key_from_env_is_sent_not_logged(scripted_openai, monkeypatch: pytes
             assert "sk-secret-123" not in f.read_text()
 
 
+def test_credentials_in_the_target_url_are_not_written(scripted_openai, tmp_path: Path) -> None:
+    srv = scripted_openai(default="Here is a general answer.")
+    from charter.cli import main
+
+    url = srv.base_url.replace("http://", "http://ops:url-pw@")
+    assert main(["redteam", "--target", f"openai:{url}", "--target-model", "victim", "--out", str(tmp_path),
+                 "--suite", "quick", "--budget", "0", "-c", str(FIXTURES / "mini.yaml")]) == 0
+    assert srv.requests[0].headers["authorization"].startswith("Basic ")
+    written = [f.read_text() for f in tmp_path.iterdir() if f.is_file()]
+    assert written and not any("url-pw" in t for t in written)
+    assert '"openai:http://***@127.0.0.1' in (tmp_path / "results.json").read_text()
+
+
 def test_truncated_reply_and_empty_reply_are_not_counted_as_safe(scripted_openai) -> None:
     """A target that disconnects mid-body is an error (success unknown); an empty reply is ungradable."""
     srv = scripted_openai([Reply(text=COMPLY, disconnect_after=12), "", COMPLY])

@@ -21,6 +21,19 @@ import httpx
 RETRYABLE = frozenset({408, 409, 425, 429})
 
 
+def redact_url(url: str) -> str:
+    """``url`` with any user:password@ part masked, for names, messages, logs and manifests."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        u = urlsplit(url)
+    except ValueError:
+        return url
+    if "@" not in u.netloc:
+        return url
+    return urlunsplit(u._replace(netloc="***@" + u.netloc.rsplit("@", 1)[1]))
+
+
 def retryable(status: int) -> bool:
     return status in RETRYABLE or status >= 500
 

@@ -36,6 +36,7 @@ def generate(
     cache_dir: Path = typer.Option(None, "--cache-dir", help="llm: on-disk reply cache."),
 ) -> None:
     """Generate synthetic training data from a constitution."""
+    from charter.data.llm import LLMGenerator
     from charter.data.pipeline import generate_to_dir
 
     path = constitution or default_constitution_path()
@@ -45,8 +46,6 @@ def generate(
     if generator is GeneratorName.llm:
         if not base_url or not model:
             raise CharterError("--generator llm needs --base-url and --model")
-        from charter.data.llm import LLMGenerator
-
         gen = LLMGenerator(base_url, model, api_key_env=api_key_env, concurrency=concurrency, cache_dir=cache_dir)
     else:
         from charter.data.offline import OfflineGenerator
@@ -58,11 +57,13 @@ def generate(
         console=console, transient=True,
     ) as bar:
         task = bar.add_task(gen.name, total=n)
+        if isinstance(gen, LLMGenerator):  # records come once every request is answered: show the requests
+            gen.on_job = lambda done, total: bar.update(task, description=f"llm: {done}/{total} requests")
         manifest = generate_to_dir(path, c, gen, out, n, seed, holdout, progress=lambda k: bar.advance(task, k))
     bal = manifest["class_balance"]["all"]
     d = manifest["dropped"]
     console.print(
-        f"wrote {manifest['n_records']} records to {out / 'data.jsonl'} "
+        f"wrote {manifest['n_records']}{'' if manifest['n_records'] >= n else f' of the {n} requested'} records to {out / 'data.jsonl'} "
         f"(restricted {bal['restricted_fraction']:.1%}; dropped {d['exact_duplicates']} exact and "
         f"{d['near_duplicates']} near duplicates)",
         highlight=False,

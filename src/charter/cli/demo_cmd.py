@@ -23,7 +23,7 @@ EXAMPLES = [
 @app.command("demo")
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Where the dataset, model and reports go."),
-    n: int = typer.Option(60_000, "--n", help="Synthetic records to generate."),
+    n: int = typer.Option(60_000, "--n", min=1, help="Synthetic records to generate."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Generate data from the default constitution, train a guard, evaluate it and print the report."""

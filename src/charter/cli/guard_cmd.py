@@ -26,7 +26,7 @@ def train(
     constitution: Path = typer.Option(None, "--constitution", "-c", help="Constitution YAML (default: the packaged default)."),
     out: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
     data: Path = typer.Option(None, "--data", help="A dataset from `charter generate` (default: generate one now)."),
-    n: int = typer.Option(60_000, "--n", help="Records to generate when --data is not given."),
+    n: int = typer.Option(60_000, "--n", min=1, help="Records to generate when --data is not given."),
     holdout: str = typer.Option("cipher,homoglyph", "--holdout-families", help="Transform families kept out of training, for evaluation."),
     target_fpr: float = typer.Option(0.01, "--target-fpr", min=0.0001, max=0.5),
     seed: int = typer.Option(0, "--seed"),
@@ -39,6 +39,8 @@ def train(
 
     cpath = constitution or default_constitution_path()
     const = load_constitution(cpath)
+    if out.exists() and not out.is_dir():
+        raise CharterError(f"{out}: exists and is not a directory (--out names the model directory to write)")
     families = [f for f in holdout.split(",") if f]
     with tempfile.TemporaryDirectory() as tmp:
         ddir = data
@@ -46,7 +48,7 @@ def train(
             from charter.guard.calibrate import offline_dataset
 
             ddir = offline_dataset(Path(cpath), const, Path(tmp) / "data", n=n, seed=seed, holdout=families)
-        manifest, records = read_dataset(ddir)
+        manifest, records = read_dataset(ddir, const)
         families = manifest.get("holdout_families", families)
         with _progress() as prog:
             task = prog.add_task("training", total=None)
@@ -59,6 +61,12 @@ def train(
                 progress=lambda s: prog.update(task, description=s),
             )
     cas = guard.manifest["metrics"]["cascade"]
+    if not cas["recall"]["n"] or not cas["fpr"]["n"]:
+        # no test-split records of one label (a small constitution): say so rather than print nan
+        console.print("[yellow]warning:[/] the dataset has no held-out test requests of both labels, so the model is "
+                      "not evaluated; add seeds to the constitution (splits are made by seed)")
+        Console().print(f"wrote {out} (stages: {', '.join(guard.stages)}); not evaluated; see {out / 'MODEL_CARD.md'}")
+        return
     Console().print(
         f"wrote {out} (stages: {', '.join(guard.stages)}); held-out recall {100 * cas['recall']['rate']:.1f}%, "
         f"FPR {100 * cas['fpr']['rate']:.2f}%; see {out / 'MODEL_CARD.md'}"

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 
 from charter.cli import app
+from charter.endpoints import redact_url
 
 console = Console(stderr=True)
 DEFAULT_DB = "sqlite:///charter.db"
@@ -50,22 +51,12 @@ def serve(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request URL at INFO, user:password@ included
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    console.print(f"charter: guarding {_safe_url(cfg.upstream.base_url)} on http://{host}:{port} (stages: {', '.join(guard.stages)}; "
+    console.print(f"charter: guarding {redact_url(cfg.upstream.base_url)} on http://{host}:{port} (stages: {', '.join(guard.stages)}; "
                   f"keys: {len(cfg.keys) or 'none'}; events: {_events_target(cfg.events.db, cfg.events.path)})")
     if cfg.events.db:
         console.print(f"charter: dashboard on http://{host}:{port}/dashboard/ (same client keys); "
                       f"alerts every {cfg.monitor.interval_s:g} s")
     uvicorn.run(create_app(cfg, guard), host=host, port=port, log_level="warning", access_log=False)
-
-
-def _safe_url(url: str) -> str:
-    """``url`` without any user:password@ part."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    u = urlsplit(url)
-    if u.username is None and u.password is None:
-        return url
-    return urlunsplit(u._replace(netloc="***@" + u.netloc.rsplit("@", 1)[1]))
 
 
 def _events_target(db: str | None, path: str) -> str:

@@ -26,7 +26,7 @@ def train(
     spec: Path = typer.Option(None, "--spec", help="Wellbeing spec in the constitution format (default: the packaged wellbeing.yaml)."),
     out: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
     seed: int = typer.Option(0, "--seed"),
-    n: int = typer.Option(6000, "--n", help="Records to generate from the spec's seed exchanges."),
+    n: int = typer.Option(6000, "--n", min=1, help="Records to generate from the spec's seed exchanges."),
     target_fpr: float = typer.Option(0.01, "--target-fpr", min=0.0001, max=0.5, help="Per-pattern FPR on held-out permitted replies."),
     data_out: Path = typer.Option(None, "--data-out", help="Keep the generated dataset here."),
 ) -> None:
@@ -51,6 +51,12 @@ def _line(obj: Any) -> tuple[Any, str]:
         msgs = obj["messages"]
         if not isinstance(msgs, list) or not all(isinstance(m, dict) for m in msgs):
             raise ValueError("'messages' must be a list of {role, content} objects")
+        for j, m in enumerate(msgs):
+            content = m.get("content")
+            parts_ok = isinstance(content, list) and all(
+                isinstance(p, dict) and isinstance(p.get("text", ""), str) for p in content)
+            if not (content is None or isinstance(content, str) or parts_ok):
+                raise ValueError(f"messages[{j}].content must be a string, null or a list of text parts")
         return msgs, reply
     ctx = obj.get("prompt", obj.get("text", ""))
     if not isinstance(ctx, str):

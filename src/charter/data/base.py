@@ -20,6 +20,9 @@ from charter.data.records import Record
 
 class Generator(ABC):
     name: ClassVar[str]
+    #: whether the pipeline may call ``generate`` again with a larger ``n`` when deduplication
+    #: leaves fewer than ``n`` records (cheap offline; paid requests, all made again, for an LLM)
+    regenerate_on_shortfall: ClassVar[bool] = True
 
     def __init__(self) -> None:
         #: counters worth reporting in the manifest (e.g. malformed replies, transform errors)

@@ -29,7 +29,7 @@ from charter.data.base import Generator
 from charter.data.records import Label, Record
 from charter.data.skeleton import render_skeleton
 from charter.data.splits import split_of, sub_seed
-from charter.endpoints import Backoff, MalformedCompletion, completion_text, retry_after_seconds, retryable
+from charter.endpoints import Backoff, MalformedCompletion, completion_text, redact_url, retry_after_seconds, retryable
 from charter.errors import GeneratorError
 
 log = logging.getLogger("charter.data.llm")
@@ -45,6 +45,10 @@ _REFUSAL = re.compile(
 def is_refusal(text: str) -> bool:
     """True for replies that open like an assistant refusal ("I can't help with that")."""
     return bool(_REFUSAL.match(text.strip().replace("\u2019", "'")))
+
+
+#: what --api-key-env must look like: an environment variable's name
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class _Malformed(Exception):
@@ -111,6 +115,18 @@ def _prompt(job: Job, seed: int) -> list[dict[str, str]]:
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
+def _embedded_json(text: str) -> Any:
+    """The JSON list (or object) a chatty reply wraps in prose; raise _Malformed if there is none."""
+    for open_, close in (("[", "]"), ("{", "}")):
+        i, j = text.find(open_), text.rfind(close)
+        if 0 <= i < j:
+            try:
+                return json.loads(text[i : j + 1])
+            except ValueError:
+                continue
+    raise _Malformed("not JSON")
+
+
 def parse_items(content: str, mode: str) -> list[tuple[str, str | None]]:
     """Parse a reply into (request, response) pairs; raise _Malformed on the wrong shape."""
     text = content.strip()
@@ -119,7 +135,7 @@ def parse_items(content: str, mode: str) -> list[tuple[str, str | None]]:
     try:
         data = json.loads(text)
     except ValueError:
-        raise _Malformed("not JSON") from None
+        data = _embedded_json(text)  # "Here are the requests: [...]": the list inside the prose
     if isinstance(data, dict):  # {"requests": [...]} and similar wrappers
         lists = [v for v in data.values() if isinstance(v, list)]
         data = lists[0] if len(lists) == 1 else data
@@ -141,6 +157,7 @@ def parse_items(content: str, mode: str) -> list[tuple[str, str | None]]:
 
 class LLMGenerator(Generator):
     name = "llm"
+    regenerate_on_shortfall = False  # a rerun with a larger n writes new prompts: every request paid again
 
     def __init__(
         self,
@@ -158,8 +175,14 @@ class LLMGenerator(Generator):
         backoff: float = 0.5,
         max_backoff: float = 30.0,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        max_item_chars: int = 20_000,
     ) -> None:
         super().__init__()
+        if not base_url.startswith(("http://", "https://")):
+            raise GeneratorError(f"--base-url must be an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1 (got {base_url!r})")
+        if api_key_env is not None and not _ENV_NAME.fullmatch(api_key_env):
+            # never echo it: a value that is no variable name is most likely the key itself
+            raise GeneratorError("--api-key-env takes the name of an environment variable holding the key, not the key")
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.api_key_env = api_key_env
@@ -173,12 +196,17 @@ class LLMGenerator(Generator):
         self.timeout = timeout
         self._backoff = Backoff(backoff, max_backoff)
         self._sleep = sleep
+        #: a request or response longer than this is dropped (counted as too_long_items)
+        self.max_item_chars = max_item_chars
+        #: called with (jobs done, jobs in all) as each batch request finishes, for a progress display
+        self.on_job: Callable[[int, int], None] | None = None
 
     def params(self) -> dict[str, Any]:
         return {
-            "base_url": self.base_url, "model": self.model, "api_key_env": self.api_key_env,
+            "base_url": redact_url(self.base_url), "model": self.model, "api_key_env": self.api_key_env,
             "concurrency": self.concurrency, "batch_size": self.batch_size, "temperature": self.temperature,
             "exchange_share": self.exchange_share, "cache_dir": str(self.cache_dir) if self.cache_dir else None,
+            "max_item_chars": self.max_item_chars,
         }
 
     # -------------------------------------------------------------- planning
@@ -245,8 +273,13 @@ class LLMGenerator(Generator):
         payload = {"model": self.model, "messages": _prompt(job, seed), "temperature": self.temperature, "seed": seed}
         cache = self._cache_path(payload)
         if cache is not None and cache.exists():
-            self.stats["cache_hits"] += 1
-            return parse_items(json.loads(cache.read_text())["content"], job.mode)
+            try:
+                items = parse_items(json.loads(cache.read_text(encoding="utf-8"))["content"], job.mode)
+            except (ValueError, KeyError, TypeError, _Malformed):  # a damaged entry: ask again, then overwrite it
+                self.stats["bad_cache_entries"] += 1
+            else:
+                self.stats["cache_hits"] += 1
+                return items
         for _ in range(self.malformed_retries + 1):
             async with sem:
                 try:
@@ -275,8 +308,18 @@ class LLMGenerator(Generator):
     async def _run(self, jobs: list[Job], seed: int) -> list[list[tuple[str, str | None]]]:
         sem = asyncio.Semaphore(self.concurrency)
         limits = httpx.Limits(max_connections=self.concurrency)
+        done = 0
+
+        async def one(client: httpx.AsyncClient, job: Job) -> list[tuple[str, str | None]]:
+            nonlocal done
+            items = await self._run_job(client, sem, job, seed)
+            done += 1
+            if self.on_job is not None:
+                self.on_job(done, len(jobs))
+            return items
+
         async with httpx.AsyncClient(headers=self._headers(), timeout=httpx.Timeout(self.timeout), limits=limits) as client:
-            return list(await asyncio.gather(*(self._run_job(client, sem, j, seed) for j in jobs)))
+            return list(await asyncio.gather(*(one(client, j) for j in jobs)))
 
     # -------------------------------------------------------------- records
 
@@ -294,6 +337,9 @@ class LLMGenerator(Generator):
                 request = request.strip()
                 if not request or is_refusal(request) or (response is not None and is_refusal(response)):
                     self.stats["refused_items"] += 1
+                    continue
+                if max(len(request), len(response or "")) > self.max_item_chars:
+                    self.stats["too_long_items"] += 1
                     continue
                 sid = f"{cat.id}:llm:{hashlib.sha256(request.encode()).hexdigest()[:12]}"
                 i = counters.get(sid, 0)

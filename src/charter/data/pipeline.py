@@ -77,7 +77,7 @@ def build_dataset(
         random.Random(sub_seed(seed, "shuffle")).shuffle(raw)
         kept, n_exact = dedup_exact(raw)
         kept, n_near = dedup_near(kept, threshold=near_threshold)
-        if len(kept) >= n or not kept:
+        if len(kept) >= n or not kept or not generator.regenerate_on_shortfall:
             break
         factor *= min(3.0, 1.05 * n / len(kept))
     trimmed = max(0, len(kept) - n)
@@ -173,6 +173,11 @@ def generate_to_dir(
 
         raise CharterError(f"unknown transform families in --holdout-families: {', '.join(unknown)} (known: {', '.join(sorted(set(fam.values())))})")
     ds = build_dataset(constitution, generator, n, seed, holdout, progress=progress, families=fam)
+    if not ds.records:
+        from charter.errors import GeneratorError
+
+        why = ", ".join(f"{k} {v}" for k, v in sorted(generator.stats.items()) if v) or "nothing was generated"
+        raise GeneratorError(f"the {generator.name} generator produced no usable records ({why}); nothing was written to {out_dir}")
     sha = write_dataset(ds, out_dir)
     manifest = build_manifest(ds, constitution, constitution_path, generator, n, seed, holdout, sha, families=fam)
     (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")

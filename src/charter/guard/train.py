@@ -11,16 +11,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from charter import __version__
 from charter.classifiers.artifacts import save_model_dir
 from charter.classifiers.encoder import encoder_available
 from charter.classifiers.linear import NgramClassifier
 from charter.classifiers.streaming import ExchangeClassifier, tokens
+from charter.constitution.model import Constitution
 from charter.data.records import Record
 from charter.errors import CharterError
 from charter.classifiers.features import NgramHasher
-from charter.guard.guard import PERMITTED, Guard, worst_view
+from charter.guard.guard import MAX_INPUT_CHARS, PERMITTED, Guard, worst_view
 from charter.guard.stats import rate, threshold_for_fpr
 
 Progress = Callable[[str], None]
@@ -54,21 +56,87 @@ class TrainConfig:
     max_stage2_eval: int = 1500  # test texts scored by stage 2 alone, for the stage comparison
 
 
-def read_dataset(path: Path) -> tuple[dict[str, Any], list[Record]]:
+#: a dataset line longer than this is refused (the guard reads at most MAX_INPUT_CHARS of a request)
+MAX_RECORD_BYTES = 4 * 1024 * 1024
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    mpath = path / "manifest.json"
+    if not mpath.is_file():
+        return {}
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise CharterError(f"{mpath}: not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise CharterError(f"{mpath}:{e.lineno}: not JSON ({e.msg})") from None
+    except OSError as e:
+        raise CharterError(f"{mpath}: {e.strerror}") from None
+    if not isinstance(manifest, dict):
+        raise CharterError(f"{mpath}: not a dataset manifest (a JSON object from `charter generate`)")
+    fams = manifest.get("holdout_families", [])
+    if not isinstance(fams, list) or not all(isinstance(f, str) for f in fams):
+        raise CharterError(f"{mpath}: holdout_families must be a list of transform family names")
+    return manifest
+
+
+def _validation_message(e: ValidationError) -> str:
+    err = e.errors()[0]
+    where = ".".join(str(x) for x in err["loc"])
+    more = f" (and {len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return f"{where + ': ' if where else ''}{err['msg']}{more}"
+
+
+def read_dataset(path: Path, constitution: Constitution | None = None) -> tuple[dict[str, Any], list[Record]]:
+    """The manifest (``{}`` if the directory has none) and records of a dataset directory.
+
+    Every problem is a :class:`CharterError` naming the file (and line): an unreadable or
+    malformed manifest, a line that is not UTF-8, not JSON, too long or not a valid record, a
+    record with neither ``text`` nor ``messages``, a request longer than the guard reads, or a
+    repeated ``id``. Given ``constitution``, a category it does not define, a ``restricted``
+    record of a permitted category, and a manifest made from another constitution are refused too.
+    """
+    from charter.guard.calibrate import BlankLine, read_jsonl_lines
+
     data = path / "data.jsonl"
     if not data.is_file():
         raise CharterError(f"{path}: no data.jsonl (run `charter generate --out {path}` first)")
-    manifest = {}
-    if (path / "manifest.json").is_file():
-        manifest = json.loads((path / "manifest.json").read_text())
-    records = []
-    with open(data, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    records.append(Record.model_validate_json(line))
-                except ValueError as e:
-                    raise CharterError(f"{data}:{i}: not a valid record: {str(e).splitlines()[0]}") from None
+    manifest = _read_manifest(path)
+    if constitution is not None:
+        made_from = manifest.get("constitution")
+        fp = made_from.get("fingerprint") if isinstance(made_from, dict) else None
+        if fp is not None and fp != constitution.fingerprint():
+            raise CharterError(
+                f"{path / 'manifest.json'}: the dataset was generated from another constitution "
+                f"({made_from.get('name')!r}, {made_from.get('path')}) than --constitution ({constitution.name!r}); "
+                "regenerate it with `charter generate --constitution ...` or train with the constitution it came from")
+    restricted = {c.id: c.restricted for c in constitution.categories} if constitution is not None else {}
+    records: list[Record] = []
+    first_line: dict[str, int] = {}
+    for i, obj in read_jsonl_lines(data, max_line_bytes=MAX_RECORD_BYTES):
+        if isinstance(obj, BlankLine):
+            continue
+        if isinstance(obj, ValueError):
+            raise CharterError(f"{data}:{i}: {obj}")
+        try:
+            r = Record.model_validate(obj)
+        except ValidationError as e:
+            raise CharterError(f"{data}:{i}: not a valid record: {_validation_message(e)}") from None
+        if r.text is None and not r.messages:
+            raise CharterError(f"{data}:{i}: a record needs 'text' or a non-empty 'messages'")
+        if len(r.prompt_text()) > MAX_INPUT_CHARS:
+            raise CharterError(f"{data}:{i}: the request is {len(r.prompt_text())} characters; the guard reads at most {MAX_INPUT_CHARS}")
+        if r.id in first_line:
+            raise CharterError(f"{data}:{i}: id {r.id!r} repeats line {first_line[r.id]}; ids must be unique")
+        first_line[r.id] = i
+        if constitution is not None:
+            is_restricted = restricted.get(r.category)
+            if is_restricted is None:
+                known = ", ".join(sorted(restricted))
+                raise CharterError(f"{data}:{i}: category {r.category!r} is not in the constitution {constitution.name!r} (its categories: {known})")
+            if r.label == "restricted" and not is_restricted:
+                raise CharterError(f"{data}:{i}: label 'restricted' but category {r.category!r} is permitted")
+        records.append(r)
     return manifest, records
 
 
@@ -261,7 +329,7 @@ def calibrate(guard: Guard, calib_in: Sequence[Record], calib_ex: Sequence[Recor
               cache: ScoreCache | None = None) -> dict[str, Any]:
     benign = [r.prompt_text() for r in calib_in if r.label == "permitted"] + list(extra_benign)
     if len(benign) < 50:
-        raise CharterError(f"only {len(benign)} benign calibration requests; need at least 50")
+        raise CharterError(f"only {len(benign)} benign calibration requests (permitted input records of the 'calib' split{' and benign lines' if extra_benign else ''}); need at least 50")
     cache = cache if cache is not None else ScoreCache()
     sc = stage_scores(guard, benign, cache=cache)
     th: dict[str, float] = {"stage1_only": threshold_for_fpr(sc["stage1"], cfg.target_fpr)}
@@ -284,7 +352,7 @@ def calibrate(guard: Guard, calib_in: Sequence[Record], calib_ex: Sequence[Recor
     if calib_ex:
         bex = [(r.prompt_text(), r.response or "") for r in calib_ex if r.label == "permitted"]
         if len(bex) < 50:
-            raise CharterError(f"only {len(bex)} benign calibration exchanges; need at least 50")
+            raise CharterError(f"only {len(bex)} benign calibration exchanges (permitted exchange records of the 'calib' split); need at least 50")
         mx = stream_max_scores(guard, bex)
         th["exchange"] = threshold_for_fpr(mx, cfg.exchange_fpr)
         report["exchange_fpr"] = rate(mx >= th["exchange"]).model_dump()

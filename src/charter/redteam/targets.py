@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import httpx
 
-from charter.endpoints import MalformedCompletion, completion, post_json
+from charter.endpoints import MalformedCompletion, completion, post_json, redact_url
 from charter.errors import CharterError
 
 Prompt = str | list[dict[str, Any]]
@@ -68,7 +68,7 @@ class OpenAITarget:
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
-        self.name = f"openai:{self.base_url}"
+        self.name = f"openai:{redact_url(self.base_url)}"
         self.max_tokens = max_tokens
         self.max_retries = max_retries
         self._sleep = sleep
@@ -83,7 +83,7 @@ class OpenAITarget:
         body = {"model": self.model, "messages": as_messages(prompt), "max_tokens": self.max_tokens, "temperature": 0}
         p = post_json(self._client, f"{self.base_url}/chat/completions", body, retries=self.max_retries, sleep=self._sleep)
         if p.connect_only and not self._reached:
-            raise CharterError(f"cannot connect to the target {self.base_url} (after {p.attempts} attempts)")
+            raise CharterError(f"cannot connect to the target {redact_url(self.base_url)} (after {p.attempts} attempts)")
         self._reached = True
         if not p.ok or p.response is None:
             return TargetResult(error=p.error)
