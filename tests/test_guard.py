@@ -132,6 +132,7 @@ def test_manifest_records_hashes_and_metrics(model_dir):
     assert "Charter guard: model card" in (model_dir / "MODEL_CARD.md").read_text()
 
 
+
 def test_stage1_only_when_stage2_missing(model_dir, tmp_path):
     from charter.classifiers.artifacts import load_model_dir, save_model_dir
 
