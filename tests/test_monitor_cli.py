@@ -14,10 +14,12 @@ from charter.cli import main
 from charter.monitor.content import apply_policy
 from charter.monitor.events import Event, StageVerdict, user_hash
 from charter.monitor.store import AlertRecord, EventStore
+from charter.server import hash_key
 from charter.testing import Reply
 
 NOW = time.time()
-CAROL = user_hash("acme", "carol@example.org")
+ACME = hash_key("sk-charter-acme")[:16]  # a key_id: what events record for a client key
+CAROL = user_hash(ACME, "carol@example.org")
 TOPICS = {
     "glorp": (["disperse", "spray", "release"], ["glorp vapour", "glorp mist"], ["inside a stadium", "across a subway"]),
     "zorbium": (["buy", "order", "source"], ["zorbium precursor", "zorbium feedstock"], ["without paperwork", "by mail"]),
@@ -167,11 +169,24 @@ def test_purge_one_user_and_their_evidence(db: str, capsys: pytest.CaptureFixtur
     finally:
         store.close()
     # by client key and raw user name: the stored id is computed
-    rc, stdout, _ = run(capsys, "purge", "--db", db, "--key", "acme", "--raw-user", "carol@example.org", "--yes",
+    rc, stdout, _ = run(capsys, "purge", "--db", db, "--key", ACME, "--raw-user", "carol@example.org", "--yes",
                         "--json")
     assert rc == 0 and json.loads(stdout) == {"user_id": CAROL, "events": 1, "alerts": 0, "evidence": 0}
-    rc, _, stderr = run(capsys, "purge", "--db", db, "--key", "acme", "--yes")
+    rc, _, stderr = run(capsys, "purge", "--db", db, "--key", ACME, "--yes")
     assert rc == 2 and "--raw-user" in stderr
+    # the key's configured name is not its key_id: a usage error that says what a key_id is, never a silent no-op
+    for wrong in ("acme", ACME.upper(), ACME[:15], hash_key("sk-charter-acme")):
+        rc, stdout, stderr = run(capsys, "purge", "--db", db, "--key", wrong, "--raw-user", "bob", "--yes")
+        flat = " ".join(stderr.split())
+        assert rc == 2 and stdout == "" and "is not a key_id" in flat, stderr
+        assert "first 16 lowercase hex digits" in flat and "charter serve-key" in flat
+    rc, stdout, _ = run(capsys, "purge", "--db", db, "--key", "anonymous", "--raw-user", "bob", "--yes", "--json")
+    assert rc == 0 and json.loads(stdout)["user_id"] == user_hash("anonymous", "bob")  # keyless traffic's key_id
+    store = EventStore.open(db)
+    try:
+        assert store.count() == len(known_events()) - 4  # alice's three and carol's one, nothing else
+    finally:
+        store.close()
 
 
 def test_expire_by_age(db: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -87,6 +87,11 @@ def test_serve_key_prints_a_key_and_only_its_hash(capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     key = out.split("it is not stored): ", 1)[1].split()[0]
     assert f"sha256: {hash_key(key)}" in out and out.count(key) == 1
+    # events record key_id (a sha256 prefix), not the name: the help says so
+    assert main(["serve-key", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "Events record the key as key_id, the first 16 hex digits of the printed sha256" in help_text
+    assert "shown in events" not in help_text
 
 
 def test_charter_serve_runs_as_a_command(mini_model_dir: Path, tmp_path: Path) -> None:

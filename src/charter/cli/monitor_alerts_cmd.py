@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from charter.cli.monitor_cmd import DB_HELP, DEFAULT_DB, monitor_app, open_store
+from charter.cli.monitor_cmd import DB_HELP, DEFAULT_DB, _out, _ts, monitor_app, open_store
 from charter.errors import CharterError
 
 STATUSES = ("open", "acknowledged", "resolved", "all")
-
-
-def _when(ts: float | None) -> str:
-    return dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S") if ts else "-"
 
 
 def _evidence_lines(ev: list[dict[str, Any]], n: int = 6) -> str:
@@ -26,7 +20,7 @@ def _evidence_lines(ev: list[dict[str, Any]], n: int = 6) -> str:
     for e in [x for x in ev if x.get("kind") != "stats"][:n]:
         score = e.get("score")
         rows.append(" ".join(str(x) for x in (
-            e.get("request_id"), _when(e.get("time"))[11:], f"{score:.2f}" if isinstance(score, float) else "-",
+            e.get("request_id"), _ts(e.get("time"))[11:], f"{score:.2f}" if isinstance(score, float) else "-",
             e.get("category") or "-", e.get("view") or "-", e.get("decision") or "-")))
     more = len([x for x in ev if x.get("kind") != "stats"]) - n
     return "\n".join(rows + ([f"... {more} more"] if more > 0 else []))
@@ -62,10 +56,10 @@ def alerts(
     from charter.monitor.rules import MonitorSettings, RuleEngine, load_monitor_settings
 
     if status not in STATUSES:
-        raise CharterError(f"--status must be one of {', '.join(STATUSES)}, got {status!r}")
+        raise typer.BadParameter(f"must be one of {', '.join(STATUSES)}, got {status!r}", param_hint="--status")
     settings = load_monitor_settings(config) if config is not None else MonitorSettings()
     store = open_store(db or _db_from_config(config) or DEFAULT_DB)  # a mistyped path is an error, not a new file
-    out = Console(soft_wrap=False)
+    out = _out()  # UTC times, and 160 columns when piped, like the other monitor commands
     try:
         for alert_id, new in ((ack, "acknowledged"), (resolve, "resolved")):
             if alert_id is not None:
@@ -99,11 +93,12 @@ def alerts(
         out.print(f"no {'' if status == 'all' else status + ' '}alerts")
         return
     t = Table(title=f"alerts ({status})", show_lines=True)
-    for col in ("id", "severity", "rule", "subject", "count", "first / last seen", "summary", "evidence (request, time, score, category, view, decision)"):
+    for col in ("id", "severity", "rule", "subject", "count", "first / last seen (UTC)", "summary",
+                "evidence (request, time UTC, score, category, view, decision)"):
         t.add_column(col, overflow="fold")
     colour = {"high": "red", "medium": "yellow", "low": "cyan"}
     for r in records:
         t.add_row(str(r.id), f"[{colour.get(r.severity, 'white')}]{r.severity}[/]", r.rule,
-                  f"{r.subject_kind}:{r.subject_id}", str(r.count), f"{_when(r.first_seen)}\n{_when(r.last_seen)}",
+                  f"{r.subject_kind}:{r.subject_id}", str(r.count), f"{_ts(r.first_seen)}\n{_ts(r.last_seen)}",
                   r.summary, _evidence_lines(r.evidence))
     out.print(t)

@@ -33,6 +33,8 @@ JSON_HELP = "Machine-readable JSON instead of a table."
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$", re.I)
 MAX_AGE_S = 100 * 365 * 86400
+#: an event's key_id: the first 16 hex digits of the client key's sha256, or 'anonymous' without keys
+KEY_ID = re.compile(r"[0-9a-f]{16}|anonymous")
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -327,7 +329,9 @@ def stats_cmd(
 def purge_cmd(
     db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
     user: str = typer.Option(None, "--user", help="Stored user id (u_…, or a key id for key-level traffic)."),
-    key: str = typer.Option(None, "--key", help="Client key id; with --raw-user, computes the stored user id."),
+    key: str = typer.Option(None, "--key", help="The key_id stored in events: the first 16 hex digits of the client "
+                            "key's sha256 (or 'anonymous' for keyless traffic), not its configured name; with "
+                            "--raw-user, computes the stored user id."),
     raw_user: str = typer.Option(None, "--raw-user", help="The end user's `user` field as the client sent it."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
@@ -340,6 +344,12 @@ def purge_cmd(
     if user is None:
         if key is None or raw_user is None:
             raise typer.BadParameter("give --user ID, or --key KEYID with --raw-user NAME", param_hint="--user")
+        if not KEY_ID.fullmatch(key):
+            raise typer.BadParameter(
+                f"{key!r} is not a key_id: events record a client key as its key_id, the first 16 lowercase hex "
+                "digits of the key's sha256 (the keys[].sha256 entry in charter.yaml, which `charter serve-key` "
+                "prints), not the key's configured name; keyless traffic has key_id 'anonymous'. "
+                "`charter monitor export` shows the key_id of each event", param_hint="--key")
         user = user_hash(key, raw_user)
     if not user.strip() or len(user) > 80:
         raise typer.BadParameter("a user id is 1 to 80 characters", param_hint="--user")

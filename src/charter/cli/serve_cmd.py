@@ -31,7 +31,7 @@ def serve(
 
     from charter.guard import Guard
     from charter.server import check_bind, create_app, load_config
-    from charter.server.config import ConfigError
+    from charter.server.config import ConfigError, check_startup
 
     cfg = load_config(config)
     if upstream:
@@ -47,7 +47,9 @@ def serve(
     check_bind(host, cfg)
     if cfg.upstream.api_key_env and cfg.upstream.api_key() is None:
         console.print(f"[yellow]warning:[/] environment variable {cfg.upstream.api_key_env} is not set; no upstream key sent")
+    check_startup(cfg, None, config)  # an unset webhook variable: fail before loading the guard
     guard = Guard.load(model or cfg.guard.model)
+    check_startup(cfg, list(guard.classes), config)  # guard.categories ids the guard does not flag
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # httpx logs every request URL at INFO, user:password@ included
     logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -69,7 +71,9 @@ def _events_target(db: str | None, path: str) -> str:
 
 @app.command("serve-key")
 def serve_key(
-    key_id: str = typer.Argument(..., help="A name for the key (shown in events and rate limits)."),
+    key_id: str = typer.Argument(..., help="A name for the key: its id in the config, shown in rate-limit errors. "
+                                 "Events record the key as key_id, the first 16 hex digits of the printed sha256 "
+                                 "(what `charter monitor purge --key` takes)."),
 ) -> None:
     """Make a new client API key: prints the key once, and the config entry holding only its hash."""
     from charter.server import hash_key

@@ -134,6 +134,8 @@ class AlertSink(Protocol):
 
 
 class LogSink:
+    name = "log"
+
     def __init__(self, level: str = "warning") -> None:
         self.level = logging.getLevelName(level.upper())
 
@@ -155,6 +157,8 @@ def _safe_url(url: str) -> str:
 class WebhookSink:
     """POSTs :meth:`Alert.payload` as JSON. Never raises: after the retries, the failure is logged."""
 
+    name = "webhook"
+
     def __init__(self, url: str, *, headers: dict[str, str] | None = None, timeout_s: float = 5.0,
                  retries: int = 2, backoff_s: float = 0.5) -> None:
         self.url, self.retries, self.backoff_s = url, retries, backoff_s
@@ -166,9 +170,10 @@ class WebhookSink:
     def from_settings(cls, s: WebhookSinkSettings) -> WebhookSink:
         from charter.errors import CharterError
 
-        url = s.url or os.environ.get(s.url_env or "")
-        if not url:
-            raise CharterError(f"webhook sink: environment variable {s.url_env} is not set")
+        problems = webhook_problems(s)
+        if problems:
+            raise CharterError("; ".join(msg for _, msg in problems))
+        url = s.url or os.environ.get(s.url_env or "", "")
         headers = {h: os.environ.get(env, "") for h, env in s.headers_env.items()}
         return cls(url, headers=headers, timeout_s=s.timeout_s, retries=s.retries, backoff_s=s.backoff_s)
 
@@ -196,12 +201,58 @@ class WebhookSink:
         self.client.close()
 
 
+class UnavailableSink:
+    """Stands in for a sink that could not be built: each emit fails with the reason, which the
+    engine logs once per evaluation while the other sinks still get every alert."""
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name, self.reason = name, reason
+
+    def emit(self, alert: Alert) -> None:
+        from charter.errors import CharterError
+
+        raise CharterError(self.reason)
+
+    def close(self) -> None:
+        return None
+
+
+def webhook_problems(s: WebhookSinkSettings) -> list[tuple[tuple[str, ...], str]]:
+    """(field, message) for each environment variable the webhook sink reads that is not set."""
+    out: list[tuple[tuple[str, ...], str]] = []
+    if s.url_env and not os.environ.get(s.url_env):
+        out.append((("url_env",), f"webhook sink: environment variable {s.url_env} is not set"))
+    for header, env in s.headers_env.items():
+        if not os.environ.get(env):
+            out.append((("headers_env", header), f"webhook sink: environment variable {env} "
+                                                 f"(header {header}) is not set"))
+    return out
+
+
+def sink_problems(settings: list[Any]) -> list[tuple[tuple[str | int, ...], str]]:
+    """(location in the sinks list, message) for each sink that cannot be built in this environment."""
+    return [((i, *loc), msg) for i, s in enumerate(settings) if isinstance(s, WebhookSinkSettings)
+            for loc, msg in webhook_problems(s)]
+
+
 def build_sinks(settings: list[Any]) -> list[AlertSink]:
-    """The notifying sinks (log, webhook) for ``settings``; the store sink is the engine's own."""
+    """The notifying sinks (log, webhook) for ``settings``; the store sink is the engine's own.
+
+    A sink that cannot be built (:func:`sink_problems`; ``charter serve`` refuses to start on
+    those) becomes an :class:`UnavailableSink`, so it never stops the other sinks or the rules.
+    """
     out: list[AlertSink] = []
-    for s in settings:
+    for i, s in enumerate(settings):
         if isinstance(s, LogSinkSettings):
             out.append(LogSink(s.level))
         elif isinstance(s, WebhookSinkSettings):
-            out.append(WebhookSink.from_settings(s))
+            try:
+                out.append(WebhookSink.from_settings(s))
+            except Exception as e:
+                log.error("monitor.sinks[%d] (webhook) disabled: %s", i, e)
+                out.append(UnavailableSink(f"sinks[{i}] (webhook)", f"monitor.sinks[{i}]: {e}"))
     return out
+
+
+def sink_name(sink: AlertSink) -> str:
+    return str(getattr(sink, "name", type(sink).__name__))

@@ -50,6 +50,7 @@ from charter.monitor.alerts import (
     SinkSettings,
     StoreSinkSettings,
     build_sinks,
+    sink_name,
 )
 from charter.registry import Registry
 
@@ -563,7 +564,7 @@ class RunResult:
     alerts: list[Alert]
     #: alerts raised for the first time (or reopened): these went to the sinks
     new: list[Alert]
-    #: rules that failed this run: name -> error (logged; the other rules still ran)
+    #: what failed this run (logged; the rest still ran): rule name, ``store:RULE`` or ``sink:NAME`` -> error
     errors: dict[str, str]
     #: what the rules could not see (logged): e.g. a window holding more than ``monitor.max_events``
     warnings: list[str] = field(default_factory=list)
@@ -593,7 +594,12 @@ class RuleEngine:
     def open(cls, url: str, settings: MonitorSettings | None = None, **kw: Any) -> RuleEngine:
         from charter.monitor.store import EventStore
 
-        return cls(EventStore.open(url), settings, **kw)
+        store = EventStore.open(url)
+        try:
+            return cls(store, settings, **kw)
+        except BaseException:
+            store.close()
+            raise
 
     def close(self) -> None:
         for s in self.sinks:
@@ -648,6 +654,8 @@ class RuleEngine:
         res = self.evaluate(now)
         alerts, errors = res.alerts, res.errors
         new = []
+        #: sink index -> (its first error this run, how many alerts it failed on)
+        failed: dict[int, tuple[str, int]] = {}
         for a in alerts:
             try:
                 is_new = self._persist(a) if self.store_alerts else a.dedupe_key not in self._seen
@@ -658,11 +666,16 @@ class RuleEngine:
             self._seen.add(a.dedupe_key)
             if is_new:
                 new.append(a)
-                for sink in self.sinks:
+                for i, sink in enumerate(self.sinks):
                     try:
                         sink.emit(a)
-                    except Exception:
-                        log.exception("alert sink %s failed", type(sink).__name__)
+                    except Exception as e:  # one failing sink must not stop the others
+                        why, n = failed.get(i, (f"{type(e).__name__}: {e}", 0))
+                        failed[i] = (why, n + 1)
+        for i, (why, n) in failed.items():  # one line per failing sink and run, not a traceback per alert
+            name = sink_name(self.sinks[i])
+            errors[f"sink:{name}"] = why
+            log.warning("alert sink %s failed on %d new alert(s); the other sinks got them: %s", name, n, why)
         return RunResult(alerts, new, errors, res.warnings)
 
     def _persist(self, a: Alert) -> bool:

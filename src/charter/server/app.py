@@ -21,7 +21,7 @@ from charter.guard import Guard
 from charter.monitor.events import Event, EventQueue, EventSink, JsonlSink, user_hash
 from charter.monitor.rules import start_monitor, stop_monitor
 from charter.server.auth import KeyStore, Principal, RateLimiter
-from charter.server.config import EventsSettings, ServerConfig
+from charter.server.config import EventsSettings, ServerConfig, check_startup
 from charter.server.context import Exchange, Services
 from charter.server.errors import ProxyError
 from charter.server.metrics import Metrics
@@ -212,9 +212,14 @@ def _dashboard_routes(config: ServerConfig) -> list[Mount]:
 
 
 def create_app(config: ServerConfig, guard: Guard, sink: EventSink | None = None) -> Starlette:
-    """The guarding proxy as an ASGI app; ``sink`` defaults to a JSONL file (config.events.path)."""
+    """The guarding proxy as an ASGI app; ``sink`` defaults to a JSONL file (config.events.path).
+
+    Raises ConfigError for ``guard.categories`` ids the guard does not flag and for monitor sinks
+    that cannot be built (an unset webhook variable)."""
     if not config.upstream.base_url:
         raise ValueError("config.upstream.base_url is required")
+    classes = getattr(guard, "classes", None)  # test doubles may have none
+    check_startup(config, list(classes) if classes is not None else None)
     p = Proxy(config, guard, sink)
 
     async def internal_error(request: Request, exc: Exception) -> Response:

@@ -12,8 +12,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from charter.errors import CharterError
+from charter.monitor.alerts import sink_problems
 from charter.monitor.rules import MonitorSettings
-from charter.yamlsource import load_optional_mapping, problems_of, read_text, report
+from charter.yamlsource import Loc, format_loc, load_optional_mapping, problems_of, read_text, report
 
 Action = Literal["block", "flag_only", "log_only"]
 DEFAULT_REFUSAL = "I can't help with that request."
@@ -198,3 +199,30 @@ def load_config(path: str | Path | None = None) -> ServerConfig:
         return ServerConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(report(name, root, problems_of(e))) from None
+
+
+def startup_problems(config: ServerConfig, classes: list[str] | None = None) -> list[tuple[Loc, str]]:
+    """What the proxy cannot run with, beyond the file's own validity: ``guard.categories`` ids that
+    are not restricted classes of the loaded guard (``classes``), and monitor sinks that cannot be
+    built in this environment (an unset webhook variable) when the monitor runs."""
+    out: list[tuple[Loc, str]] = []
+    if classes is not None:
+        valid = [str(c) for c in classes if c != "permitted"]
+        for cid in config.guard.categories:
+            if cid not in valid:
+                out.append((("guard", "categories", cid), f"unknown category id {cid!r}; the guard's restricted "
+                            f"categories are: {', '.join(valid)}"))
+    if config.events.db and config.monitor.interval_s > 0:
+        out += [(("monitor", "sinks", *loc), msg) for loc, msg in sink_problems(config.monitor.sinks)]
+    return out
+
+
+def check_startup(config: ServerConfig, classes: list[str] | None = None, path: str | Path | None = None) -> None:
+    """Raise ConfigError listing :func:`startup_problems` (``file:line: field`` when ``path`` is the config)."""
+    problems = startup_problems(config, classes)
+    if not problems:
+        return
+    if path is not None:
+        root, _ = read_config_yaml(path)
+        raise ConfigError(report(str(path), root, problems))
+    raise ConfigError("\n".join(f"{format_loc(loc)}: {msg}" for loc, msg in problems))
