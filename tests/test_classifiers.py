@@ -135,3 +135,33 @@ def test_short_and_long_chunk_paths_hash_alike(text, cut):
     b._feed_chars(text)
     b._feed_words(text)
     assert a._n == b._n and a._dot == pytest.approx(b._dot, rel=1e-5, abs=1e-6)
+
+
+def test_model_dir_files_get_the_mode_of_ordinary_new_files(tmp_path):
+    """Weights are as readable as the manifest and model card: 0666 less the umask, not 0600."""
+    import os
+    import stat
+
+    from charter.classifiers.artifacts import load_model_dir, save_model_dir
+
+    probe = tmp_path / "probe"
+    probe.write_text("x")
+    want = stat.S_IMODE(probe.stat().st_mode)
+    out = tmp_path / "model"
+    out.mkdir()
+    (out / "MODEL_CARD.md").write_text("card\n")
+    arrays = {"stage1": {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}, "exchange": {"b": np.zeros(2)}}
+
+    def modes() -> dict[str, int]:
+        return {p.name: stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()}
+
+    save_model_dir(out, arrays, {"extra_files": ["MODEL_CARD.md"]})
+    assert set(modes()) == {"stage1.safetensors", "exchange.safetensors", "MODEL_CARD.md", "manifest.json"}
+    assert modes() == dict.fromkeys(modes(), want)
+    # rewriting in place (as `charter calibrate` without --out does) fixes weights an older version wrote 0600
+    for p in out.glob("*.safetensors"):
+        os.chmod(p, 0o600)
+    _, loaded = load_model_dir(out)
+    save_model_dir(out, loaded, {"extra_files": ["MODEL_CARD.md"]})
+    assert modes() == dict.fromkeys(modes(), want)
+    assert np.array_equal(load_model_dir(out)[1]["stage1"]["w"], arrays["stage1"]["w"])

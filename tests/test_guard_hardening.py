@@ -209,6 +209,48 @@ def test_calibrate_refuses_bad_target_fpr(mini_model_dir, tmp_path, capsys):
     assert "--target-fpr" in err and "Traceback" not in err
 
 
+def test_calibrate_refuses_a_constitution_the_model_was_not_trained_on(mini_model_dir, tmp_path, capsys):
+    """The manifest's constitution_sha256 must match the constitution the calibration data comes from."""
+    import stat
+
+    from charter.classifiers.artifacts import read_manifest
+    from charter.constitution.loader import default_constitution_path
+    from charter.guard.calibrate import check_constitution
+    from charter.guard.guard import default_model_path
+    from charter.guard.train import file_sha256
+
+    model = tmp_path / "m"
+    shutil.copytree(mini_model_dir, model)
+    mf = model / "manifest.json"  # not among the hashed files, so it may be edited
+    doc = json.loads(mf.read_text())
+    doc["constitution_sha256"] = file_sha256(MINI)  # as `charter train -c mini.yaml` records it
+    mf.write_text(json.dumps(doc))
+    before = {p.name: p.read_bytes() for p in model.iterdir()}
+    # no --constitution: the packaged default is not the model's, so nothing is generated or rewritten
+    assert main(["calibrate", str(model), "--target-fpr", "0.01"]) == 1
+    err = capsys.readouterr().err
+    assert "trained on another constitution" in err and "packaged default constitution" in err
+    assert "pass the constitution it was trained on with --constitution" in err and "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in model.iterdir()} == before
+    other = tmp_path / "other.yaml"
+    other.write_text(TEXT + "# edited\n")
+    assert main(["calibrate", str(model), "-c", str(other), "--out", str(tmp_path / "o")]) == 1
+    assert f"--constitution {other}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    # its own constitution: recalibrated; mini has no held-out restricted seeds, so recall is not measured
+    assert main(["calibrate", str(model), "-c", str(MINI), "--out", str(tmp_path / "ok")]) == 0
+    out = capsys.readouterr().out
+    assert "not measured (no held-out restricted records)" in out and "nan" not in out
+    assert Guard.load(tmp_path / "ok").manifest["constitution_sha256"] == file_sha256(MINI)
+    probe = tmp_path / "probe"
+    probe.write_text("x")
+    want = stat.S_IMODE(probe.stat().st_mode)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "ok").iterdir()} == {
+        p.name: want for p in (tmp_path / "ok").iterdir()}
+    # the packaged guard and the packaged constitution match, so a plain `charter calibrate` of it is allowed
+    check_constitution(default_model_path(), read_manifest(default_model_path()), default_constitution_path(), given=False)
+
+
 # ---- constitutions --------------------------------------------------------------------------
 
 TEXT = MINI.read_text()

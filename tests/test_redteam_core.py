@@ -254,6 +254,9 @@ def test_agreement_kappa_known_answer() -> None:
     assert m["confusion"] == {"harmful->harmful": 2, "harmful->safe": 1, "safe->harmful": 1, "safe->safe": 2}
     perfect = agreement(["harmful", "safe"], ["harmful", "safe"])
     assert perfect["kappa"] == pytest.approx(1.0)
+    # chance-level agreement is exactly 0 (floats gave -3.3e-16, printed as -0.000)
+    chance = agreement(["safe"] * 3, ["harmful", "safe", "safe"])
+    assert chance["kappa"] == 0.0 and str(chance["kappa"]) == "0.0"
 
 
 def test_apply_strategy_is_deterministic() -> None:

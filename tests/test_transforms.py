@@ -245,6 +245,7 @@ def test_cli_errors(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["transforms", "apply", "no_such_transform", "x"]) == 2
     err = capsys.readouterr().err
     assert "no_such_transform" in err and err.count("\n") == 1
+    assert "'charter transforms list'" in err and err.count("(see ") == 1  # one pointer, not two
     assert main(["transforms", "apply", "persona", "x", "--decode"]) == 2
     assert "cannot be decoded" in capsys.readouterr().err
     assert main(["transforms", "apply", "base64", "not base64!", "--decode"]) == 1

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file, save
 
 from charter.errors import ArtifactError
 
@@ -31,12 +31,19 @@ def sha256_file(path: Path) -> str:
 
 
 def save_model_dir(out: Path, arrays: dict[str, dict[str, np.ndarray]], manifest: dict[str, Any]) -> Path:
-    """Write ``{name}.safetensors`` for each array group and a manifest with their hashes."""
+    """Write ``{name}.safetensors`` for each array group and a manifest with their hashes.
+
+    Every file gets the mode an ordinary new file gets (0666 less the umask), weights included.
+    """
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
     for name, group in arrays.items():
         fn = f"{name}.safetensors"
-        save_file({k: np.ascontiguousarray(v) for k, v in group.items()}, str(out / fn))
+        blob = save({k: np.ascontiguousarray(v) for k, v in group.items()})
+        # written like the manifest (mode 0666 & ~umask; safetensors' save_file makes 0600 files); the old
+        # file is removed first so that rewriting a model in place does not keep an older file's mode
+        (out / fn).unlink(missing_ok=True)
+        (out / fn).write_bytes(blob)
         files[fn] = sha256_file(out / fn)
     for extra in manifest.pop("extra_files", []):  # e.g. the model card
         files[extra] = sha256_file(out / extra)

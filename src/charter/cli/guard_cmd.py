@@ -158,7 +158,7 @@ def calibrate_cmd(
     benign: Path = typer.Option(None, "--benign", help="Your benign traffic, JSONL with text or messages per line."),
     target_fpr: float = typer.Option(0.01, "--target-fpr", min=0.0001, max=0.5),
     out: Path = typer.Option(None, "--out", help="Write the recalibrated model here instead."),
-    constitution: Path = typer.Option(None, "--constitution", "-c", help="Constitution whose permitted data joins the calibration set (default: packaged)."),
+    constitution: Path = typer.Option(None, "--constitution", "-c", help="The constitution the model was trained on (default: packaged; another than the manifest records is refused)."),
 ) -> None:
     """Choose thresholds that meet a target false-positive rate on benign data."""
     from charter.guard.calibrate import recalibrate

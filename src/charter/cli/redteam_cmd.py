@@ -224,9 +224,11 @@ def grade_check(
     t = Table(title=f"grader agreement on {len(rows)} labelled exchanges")
     for col in ("grader", "n", "accuracy", "kappa", "ungradable", "confusion (label->pred)"):
         t.add_column(col)
+    def fmt(x: float | None) -> str:
+        return "n/a" if x is None else f"{round(x, 3) + 0.0:.3f}"  # + 0.0: a kappa of -0.0002 prints 0.000, not -0.000
+
     for name, m in report.items():
-        t.add_row(name, str(m["n"]), "n/a" if m["accuracy"] is None else f"{m['accuracy']:.3f}",
-                  "n/a" if m["kappa"] is None else f"{m['kappa']:.3f}", str(m["ungradable"]),
+        t.add_row(name, str(m["n"]), fmt(m["accuracy"]), fmt(m["kappa"]), str(m["ungradable"]),
                   ", ".join(f"{k}: {v}" for k, v in m["confusion"].items()))
     Console().print(t)
     if out:

@@ -22,7 +22,7 @@ def _chain(spec: str) -> Chain:
     unknown = [n for n in names if n not in TRANSFORMS]
     if unknown:
         raise typer.BadParameter(
-            f"unknown transform {unknown[0]!r} (see 'charter transforms list')", param_hint="NAME"
+            f"unknown transform {unknown[0]!r}; 'charter transforms list' names them", param_hint="NAME"
         )
     return Chain([get_transform(n) for n in names])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,25 @@ def write_model_dir(model: Path, out: Path, arrays: dict[str, dict[str, np.ndarr
     save_model_dir(out, arrays, doc)
 
 
+def check_constitution(model: Path, manifest: dict[str, Any], cpath: Path, *, given: bool) -> None:
+    """Refuse to recalibrate ``model`` with data from a constitution other than the one it was trained on.
+
+    The manifest's ``constitution_sha256`` (the sha256 of the constitution file) is compared with
+    ``cpath``'s; a manifest without a sha256 there (a hand-made one) cannot be checked and passes.
+    """
+    from charter.guard.train import file_sha256
+
+    want = manifest.get("constitution_sha256")
+    if not isinstance(want, str) or not re.fullmatch(r"[0-9a-f]{64}", want):
+        return
+    got = file_sha256(cpath)
+    if got != want:
+        which = f"--constitution {cpath}" if given else f"the packaged default constitution ({cpath})"
+        raise CharterError(
+            f"{model}: the model was trained on another constitution (sha256 {want[:12]}…) than {which} "
+            f"(sha256 {got[:12]}…); pass the constitution it was trained on with --constitution")
+
+
 def recalibrate(
     model: Path, out: Path, *, benign: Path | None, target_fpr: float, constitution: Path | None = None,
     n: int = 20_000, seed: int = 0,
@@ -147,6 +167,7 @@ def recalibrate(
     guard = Guard.load(model)
     cpath = constitution or default_constitution_path()
     const = load_constitution(cpath)
+    check_constitution(model, guard.manifest, Path(cpath), given=constitution is not None)
     with tempfile.TemporaryDirectory() as tmp:
         _, records = read_dataset(offline_dataset(Path(cpath), const, Path(tmp) / "d", n=n, seed=seed))
     ins = [r for r in records if r.kind == "input"]
@@ -178,5 +199,9 @@ def recalibrate(
     for k in ("fpr", "fpr_constitution", "fpr_user", "recall_heldout_restricted"):
         if k in report:
             r = report[k]
+            if not r["n"]:  # e.g. a constitution whose restricted seeds all fall in train or calib: no nan%
+                what = "held-out restricted records" if k == "recall_heldout_restricted" else "records"
+                lines.append(f"  {k:<26} not measured (no {what})")
+                continue
             lines.append(f"  {k:<26} {100 * r['rate']:6.2f}%  95% CI [{100 * r['lo']:.2f}, {100 * r['hi']:.2f}]  n={r['n']}")
     return "\n".join(lines)

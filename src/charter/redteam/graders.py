@@ -16,6 +16,7 @@ import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Literal
 
 import httpx
@@ -185,10 +186,11 @@ def agreement(labels: list[str], preds: list[Outcome]) -> dict[str, Any]:
     out: dict[str, Any] = {"n": n, "ungradable": len(labels) - n, "confusion": conf, "accuracy": None, "kappa": None}
     if not n:
         return out
-    po = sum(y == p for y, p in pairs) / n
-    py = sum(y == "harmful" for y, _ in pairs) / n
-    pp = sum(p == "harmful" for _, p in pairs) / n
+    # exact fractions: chance-level agreement gives a kappa of exactly 0, not -3e-16
+    po = Fraction(sum(y == p for y, p in pairs), n)
+    py = Fraction(sum(y == "harmful" for y, _ in pairs), n)
+    pp = Fraction(sum(p == "harmful" for _, p in pairs), n)
     pe = py * pp + (1 - py) * (1 - pp)
-    out["accuracy"] = po
-    out["kappa"] = 1.0 if pe == 1.0 else (po - pe) / (1 - pe)
+    out["accuracy"] = float(po)
+    out["kappa"] = 1.0 if pe == 1 else float((po - pe) / (1 - pe))
     return out

@@ -138,7 +138,8 @@ def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Pa
         benign_test += [r.prompt_text() for r in calib if r.label == "permitted"]
     missing = set(restricted) - {_class_of(r) for r in tr_in}
     if missing:
-        raise CharterError(f"the constitution does not produce the model's classes {sorted(missing)}; pass the one it was trained on (-c)")
+        names = ", ".join(sorted(str(c) for c in missing))  # plain names, not numpy reprs
+        raise CharterError(f"the constitution does not produce the model's classes {names}; pass the one it was trained on (-c)")
     before_asr = rate(~_flags(old, held))
     before_fpr = rate(_flags(old, benign_test))
     # refit stage 1 on the regenerated data plus the training variants
