@@ -60,6 +60,10 @@ class OddUpstream:
             return JSONResponse({"error": {"message": f"Incorrect API key provided: {auth}"}}, status_code=401)
         if mode == "echo-400":
             return JSONResponse({"error": {"message": f"bad request (you sent {auth})"}}, status_code=400)
+        if mode == "huge":  # a non-streamed completion of about 3 MB
+            return JSONResponse({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
+                                 "choices": [{"index": 0, "message": {"role": "assistant", "content": "word " * 600_000},
+                                              "finish_reason": "stop"}]})
         if mode == "parts-content":  # non-streamed content that is not a string
             return JSONResponse({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": [{"type": "text", "text": ANSWER}]},
@@ -81,6 +85,10 @@ class OddUpstream:
                         yield chunk({"content": " " + w})
                     yield b"data: [DONE]\n\n"
                     return
+                elif mode == "endless":  # ignores max_tokens: words until told to stop
+                    for _ in range(1_000_000):
+                        yield chunk({"content": " word"})
+                        await asyncio.sleep(0.001)  # a model's pace: lets the server notice the disconnect
                 elif mode == "keep-alive":
                     yield chunk({"content": "Hello"})
                     for _ in range(2400):  # two minutes of comments, never another event
@@ -240,6 +248,23 @@ def test_keep_alive_comments_do_not_outlive_the_total_timeout(start: Callable[..
     assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "upstream_timeout"
     assert "Hello" not in json.dumps(events)  # held back, never scored past: not released
     assert wait_for(lambda: up.cancelled) == ["keep-alive"]  # the upstream was told to stop
+
+
+def test_upstream_output_is_bounded_by_max_output_tokens(start: Callable[..., Started], odd: tuple[OddUpstream, str]) -> None:
+    """An upstream that never stops is cut at limits.max_output_tokens (the proxy's 4-characters-a-token
+    estimate) like a length stop, and told to stop; a non-streamed completion too large to read is a 502."""
+    up, url = odd
+    http, sink = start(url, limits={"max_output_tokens": 50})
+    events = stream(http, "endless")
+    assert events[-1] == "[DONE]"
+    chunks = [e for e in events[:-1] if e.get("choices")]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    text = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+    assert 150 < len(text) <= 4 * 50 + len(" word")
+    assert wait_for(lambda: up.cancelled) == ["endless"]
+    r = http.post("/v1/chat/completions", json={"model": "huge", "messages": user(BENIGN)})
+    is_openai_error(r, 502, "upstream_too_large")
+    assert wait_for(lambda: len(sink.events) == 2) and sink.events[-1].error == "upstream_too_large"
 
 
 def test_the_upstream_key_never_reaches_the_client(start: Callable[..., Started], odd: tuple[OddUpstream, str],

@@ -214,13 +214,17 @@ def test_benign_reasoning_streams_with_the_hold_back(proxy: Callable[..., Proxy]
     assert "".join(d.get("content") or "" for d in ds).strip() == "It is sunny in Paris."
 
 
-def test_tool_calls_past_the_hold_limit_end_the_stream_well_formed(proxy: Callable[..., Proxy]) -> None:
-    # limits.max_output_tokens = 16: at most 128 characters of tool calls are held
-    p = proxy({"tool_calls": [call(0, "get_weather", json.dumps({"cities": ["Paris"] * 40}))]}, limits={"max_output_tokens": 16})
+def test_tool_calls_past_the_output_limit_end_as_a_length_stop(proxy: Callable[..., Proxy]) -> None:
+    """limits.max_output_tokens = 16 (about 64 characters): the reply is cut there like a length stop,
+    and what of the held call was scored goes out, as OpenAI sends a call cut by max_tokens."""
+    args = json.dumps({"cities": ["Paris"] * 40})
+    p = proxy({"tool_calls": [call(0, "get_weather", args)]}, limits={"max_output_tokens": 16})
     events = p.stream(user("What's the weather?"))
-    assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "upstream_too_large"
-    assert not any("tool_calls" in d for d in deltas(events[:-1]))
-    assert [(e.decision, e.error) for e in p.events()] == [("error", "upstream_too_large")]
+    assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "length"
+    sent = [tc for d in deltas(events) for tc in d.get("tool_calls", [])]
+    assert len(sent) == 1 and sent[0]["function"]["name"] == "get_weather"
+    assert 40 < len(sent[0]["function"]["arguments"]) < len(args) and args.startswith(sent[0]["function"]["arguments"])
+    assert [(e.decision, e.error) for e in p.events()] == [("allowed", "max_output_tokens")]
 
 
 def test_a_request_smuggled_into_a_prior_tool_call_is_blocked_at_input(proxy: Callable[..., Proxy]) -> None:

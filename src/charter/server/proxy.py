@@ -74,14 +74,22 @@ async def get_models(svc: Services) -> Response:
     assert svc.client is not None
     try:
         with anyio.fail_after(svc.config.upstream.timeouts.total):
-            r = await svc.client.get(f"{svc.base_url}/models", headers=svc.upstream_headers, timeout=svc.timeout())
+            request = svc.client.build_request("GET", f"{svc.base_url}/models", headers=svc.upstream_headers,
+                                               timeout=svc.timeout())
+            r = await svc.client.send(request, stream=True)
+            try:
+                body, too_long = await _read_capped(r, MIN_COMPLETION_BYTES)
+            finally:
+                await r.aclose()
     except (httpx.HTTPError, TimeoutError) as e:
         return _upstream_failure(svc, e).response()
     if r.status_code != 200:
-        return _status_error(svc, r.status_code, r.content[:MAX_ERROR_BODY]).response()
+        return _status_error(svc, r.status_code, body[:MAX_ERROR_BODY]).response()
     try:
-        data = r.json()
-    except ValueError:
+        if too_long:
+            raise ValueError("too long")
+        data = json.loads(body)
+    except (ValueError, RecursionError):
         svc.metrics.upstream_errors.labels("malformed").inc()
         return upstream_error(502, "upstream returned a malformed models list", "upstream_malformed").response()
     allowed = svc.config.upstream.models
@@ -95,25 +103,58 @@ def _scan(mon: OutputMonitor, text: str) -> Verdict | None:
     return mon.scan(tokens(text))
 
 
+#: a non-streamed completion is read up to max(MIN_COMPLETION_BYTES, limits.max_output_tokens x BYTES_PER_TOKEN)
+#: bytes (JSON escapes, tool calls and logprobs make a token cost far more than its characters)
+BYTES_PER_TOKEN = 64
+MIN_COMPLETION_BYTES = 1 << 20
+
+
+def completion_byte_cap(svc: Services) -> int:
+    return max(MIN_COMPLETION_BYTES, svc.config.limits.max_output_tokens * BYTES_PER_TOKEN)
+
+
+async def _read_capped(r: httpx.Response, cap: int) -> tuple[bytes, bool]:
+    """(the response body up to ``cap`` bytes, whether it was longer): an upstream must not exhaust memory."""
+    body = bytearray()
+    async for part in r.aiter_bytes():
+        body += part
+        if len(body) > cap:
+            return bytes(body[:cap]), True
+    return bytes(body), False
+
+
 async def complete(ex: Exchange, req: ChatRequest, raw: bytes) -> Response:
     """Non-streaming: fetch the whole completion, check it, return it or a refusal."""
     svc = ex.svc
     assert svc.client is not None
     t = time.perf_counter()
+    cap = completion_byte_cap(svc)
     try:
         with anyio.fail_after(svc.config.upstream.timeouts.total):
-            r = await svc.client.post(f"{svc.base_url}/chat/completions", content=raw, headers=_headers(svc), timeout=svc.timeout())
+            request = svc.client.build_request("POST", f"{svc.base_url}/chat/completions", content=raw,
+                                               headers=_headers(svc), timeout=svc.timeout())
+            r = await svc.client.send(request, stream=True)
+            try:
+                body, too_long = await _read_capped(r, cap)
+            finally:
+                await r.aclose()
     except (httpx.HTTPError, TimeoutError) as e:
         err = _upstream_failure(svc, e)
         ex.finish("error", error=err.code)
         return err.response()
     ex.annotate(upstream=(time.perf_counter() - t) * 1000)
     if r.status_code != 200:
-        err = _status_error(svc, r.status_code, r.content[:MAX_ERROR_BODY])
+        err = _status_error(svc, r.status_code, body[:MAX_ERROR_BODY])
         ex.finish("error", status=r.status_code, error=err.code)
         return err.response()
+    if too_long:
+        svc.metrics.upstream_errors.labels("too_large").inc()
+        ex.finish("error", status=200, error="upstream_too_large")
+        return upstream_error(502, f"the upstream's completion exceeds the {cap} bytes the proxy reads "
+                              f"(limits.max_output_tokens x {BYTES_PER_TOKEN}, at least {MIN_COMPLETION_BYTES})",
+                              "upstream_too_large").response()
     try:
-        data = r.json()
+        data = json.loads(body)
         msg = data["choices"][0]["message"]
         content = msg.get("content") or ""
         if not isinstance(content, str):
@@ -189,7 +230,7 @@ async def open_stream(ex: Exchange, req: ChatRequest, raw: bytes, headers: dict[
     if resp.status_code != 200 or "text/event-stream" not in resp.headers.get("content-type", ""):
         try:
             with anyio.fail_after(svc.config.upstream.timeouts.read):
-                body = await resp.aread()
+                body = (await _read_capped(resp, MAX_ERROR_BODY))[0]
         except (httpx.HTTPError, TimeoutError):
             body = b""
         finally:
@@ -318,6 +359,8 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
     finished = done = False
     first = True
     last: dict[str, Any] | None = None  # the last upstream chunk with choices
+    max_chars = 4 * svc.config.limits.max_output_tokens  # the proxy's token estimate, as for prompts
+    chars = 0
 
     def release(n: int) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -371,9 +414,11 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
                                  f"(limits.max_output_tokens x {HELD_CHARS_PER_TOKEN})", "upstream_error", code="upstream_too_large")
             last = obj
             finish = choice.get("finish_reason")
+            cut = False
             for s, field, text in parts:
                 if not text:
                     continue
+                chars += len(text)
                 fed = "\n" + text if slot not in (None, s) else text  # keep fields apart in the scored text
                 slot = s
                 ex.response_text.append(fed)
@@ -406,6 +451,10 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
                     decision, passthrough = "flagged", True
                     if action == "flag_only":
                         note = charter_field(ex.event.request_id, "flagged", v, action)
+            if chars > max_chars and not finish:  # an upstream that ignores (or was sent no) max_tokens
+                cut, finish = True, "length"
+                error = error or "max_output_tokens"  # recorded on the event; the reply itself is allowed
+                svc.metrics.upstream_errors.labels("too_long").inc()
             if passthrough or finish:
                 if not passthrough:
                     assert mon is not None
@@ -430,12 +479,17 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
             if out or finish or first or set(nd) - set(_STREAMED):
                 first = False
                 oc = dict(choice, delta=nd)
+                if cut:
+                    oc["finish_reason"] = "length"
                 chunk = dict(obj, choices=[oc])
                 if finish:
                     finished = True
                     if note is not None:
                         chunk["charter"] = note
                 yield sse(chunk)
+            if cut:  # the reply reached limits.max_output_tokens: end it like a length stop
+                await resp.aclose()
+                break
         if not (finished or done):
             svc.metrics.upstream_errors.labels("disconnect").inc()
             raise ProxyError(502, "the upstream stream ended before the completion finished", "upstream_error", code="upstream_disconnect")
