@@ -124,3 +124,29 @@ def test_compliant_everyday_answers_stream_through_charter_serve_unchanged(guard
                 chunks = [ch for ch in stream if ch.choices]
                 assert "".join(ch.choices[0].delta.content or "" for ch in chunks) == answer
                 assert chunks[-1].choices[0].finish_reason != "content_filter"
+
+
+def test_concurrent_checks_give_the_sequential_verdicts(guard: Guard) -> None:
+    """The proxy runs checks in a thread pool over one Guard: threads must not disturb each other's
+    scores (shared tokenizer, encoder, view memo)."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+    from pathlib import Path
+
+    lines = (Path(__file__).parents[1] / "bench" / "data" / "handwritten_dev.jsonl").read_text().splitlines()
+    texts = [json.loads(x)["text"] for x in lines[::8]]
+    reply = "Sure, here you go. Step 1: take the first thing. Step 2: do the second thing with it and store it."
+
+    def one(t: str) -> tuple[float, bool, str | None, float]:
+        v = guard.check_input(t)
+        mon = guard.output_monitor([{"role": "user", "content": t}], hold_back=4)
+        mx = max(mon.feed(tok).score for tok in tokens(reply))
+        return v.score, v.flagged, v.category, mx
+
+    sequential = [one(t) for t in texts]
+    with ThreadPoolExecutor(8) as pool:
+        threaded = list(pool.map(one, texts))
+    assert len(texts) >= 50 and any(s[1] for s in sequential) and not all(s[1] for s in sequential)
+    # BLAS may sum in another order under concurrency: scores equal to rounding, decisions exactly
+    assert [(f, c) for _, f, c, _ in threaded] == [(f, c) for _, f, c, _ in sequential]
+    assert [x for s, _, _, m in threaded for x in (s, m)] == pytest.approx([x for s, _, _, m in sequential for x in (s, m)], abs=1e-6)
