@@ -64,6 +64,10 @@ class OddUpstream:
             return JSONResponse({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": "word " * 600_000},
                                               "finish_reason": "stop"}]})
+        if mode == "two-choices":  # more choices than the (refused) n > 1 could ask for
+            return JSONResponse({"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": [
+                {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+                for i, text in enumerate((ANSWER, "UNSCORED SECOND CHOICE"))]})
         if mode == "parts-content":  # non-streamed content that is not a string
             return JSONResponse({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": [{"type": "text", "text": ANSWER}]},
@@ -265,6 +269,14 @@ def test_upstream_output_is_bounded_by_max_output_tokens(start: Callable[..., St
     r = http.post("/v1/chat/completions", json={"model": "huge", "messages": user(BENIGN)})
     is_openai_error(r, 502, "upstream_too_large")
     assert wait_for(lambda: len(sink.events) == 2) and sink.events[-1].error == "upstream_too_large"
+
+
+def test_only_the_scored_choice_is_returned(start: Callable[..., Started], odd: tuple[OddUpstream, str]) -> None:
+    http, _ = start(odd[1])
+    r = http.post("/v1/chat/completions", json={"model": "two-choices", "messages": user(BENIGN)})
+    assert r.status_code == 200 and [c["message"]["content"] for c in r.json()["choices"]] == [ANSWER]
+    assert is_openai_error(http.post("/v1/chat/completions", json={"model": "m", "messages": user(BENIGN), "n": 2}),
+                           400, "unsupported")["param"] == "n"
 
 
 def test_the_upstream_key_never_reaches_the_client(start: Callable[..., Started], odd: tuple[OddUpstream, str],

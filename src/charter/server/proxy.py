@@ -155,6 +155,8 @@ async def complete(ex: Exchange, req: ChatRequest, raw: bytes) -> Response:
                               "upstream_too_large").response()
     try:
         data = json.loads(body)
+        if len(data["choices"]) > 1:  # n > 1 is refused, so more choices are an upstream's doing: only the first is scored
+            data["choices"] = data["choices"][:1]
         msg = data["choices"][0]["message"]
         content = msg.get("content") or ""
         if not isinstance(content, str):
