@@ -72,6 +72,19 @@ def test_registry_loads_plugins_and_names_a_broken_one(tmp_path: Path, monkeypat
     assert reg.names() == ["bad", "good"] and reg.get("good").__name__ == "Good"
 
 
+def test_a_plugin_shadowed_by_a_builtin_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    _plugin(tmp_path, "charter.hardening_shadow", {"base64": "hardening_shadow:Mine"},
+            {"hardening_shadow": "class Mine:\n    name = 'base64'\n"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    reg: Registry[type] = Registry("charter.hardening_shadow")
+    builtin = reg.register("base64")(type("Builtin", (), {}))
+    with caplog.at_level("WARNING", logger="charter.registry"):
+        assert reg.get("base64") is builtin
+    assert "plugin 'base64' (hardening_shadow:Mine)" in caplog.text and "is not used" in caplog.text
+
+
 def test_unauthorised_target_fails_the_run_and_results_are_strict_json(scripted_openai, tmp_path: Path) -> None:
     srv = scripted_openai(default=Reply.error(401))
     out = tmp_path / "r"

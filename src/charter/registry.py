@@ -7,6 +7,7 @@ without forking Charter.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
 from typing import Generic, TypeVar
@@ -14,6 +15,7 @@ from typing import Generic, TypeVar
 from charter.errors import CharterError
 
 T = TypeVar("T")
+log = logging.getLogger("charter.registry")
 
 
 class Registry(Generic[T]):
@@ -39,14 +41,17 @@ class Registry(Generic[T]):
         if self._builtins:
             __import__(self._builtins)
         for ep in entry_points(group=self.group):
-            if ep.name not in self._items:
-                try:
-                    self._items[ep.name] = ep.load()
-                except Exception as e:  # a plugin's import error, missing attribute, ...
-                    dist = f" from package {ep.dist.name!r}" if getattr(ep, "dist", None) else ""
-                    raise CharterError(
-                        f"{self.group} plugin {ep.name!r} ({ep.value}){dist} failed to load: {type(e).__name__}: {e}. "
-                        "Fix or uninstall that package.") from e
+            dist = f" from package {ep.dist.name!r}" if getattr(ep, "dist", None) else ""
+            if ep.name in self._items:  # a built-in (or an earlier plugin) keeps the name
+                log.warning("%s plugin %r (%s)%s is not used: the name is taken by %r; rename the entry point",
+                            self.group, ep.name, ep.value, dist, self._items[ep.name])
+                continue
+            try:
+                self._items[ep.name] = ep.load()
+            except Exception as e:  # a plugin's import error, missing attribute, ...
+                raise CharterError(
+                    f"{self.group} plugin {ep.name!r} ({ep.value}){dist} failed to load: {type(e).__name__}: {e}. "
+                    "Fix or uninstall that package.") from e
         # only now: a failed load must fail every time, never leave a registry that silently lacks the plugin
         self._loaded = True
 

@@ -101,12 +101,14 @@ def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Pa
     from charter.classifiers.linear import NgramClassifier
     from charter.constitution import load_constitution
     from charter.constitution.loader import default_constitution_path
-    from charter.guard.calibrate import _flags, offline_dataset, write_model_dir
+    from charter.guard.calibrate import _flags, check_constitution, offline_dataset, write_model_dir
     from charter.guard.guard import PERMITTED, Guard
     from charter.guard.stats import rate
     from charter.guard.train import TrainConfig, _class_of, calibrate, read_dataset
 
     old = Guard.load(model)
+    cpath = Path(constitution or default_constitution_path())
+    check_constitution(model, old.manifest, cpath, given=constitution is not None)
     restricted = [c for c in old.classes if c != PERMITTED]
     # proliferate
     train_x: list[str] = []
@@ -125,7 +127,6 @@ def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Pa
         raise CharterError("no held-out variants; raise --variants")
     progress(f"{len(examples)} jailbreak(s) -> {len(train_x)} training and {len(held)} held-out variants")
     # regenerate the constitution's data offline
-    cpath = Path(constitution or default_constitution_path())
     const = load_constitution(cpath)
     progress(f"regenerating {n} records from {cpath.name}")
     with tempfile.TemporaryDirectory() as tmp:
