@@ -88,6 +88,23 @@ def test_monitor_alerts_evaluate_notifies_no_sinks_so_an_unset_webhook_variable_
     assert [r["rule"] for r in rows] == ["repeated_flags"]
 
 
+def test_monitor_alerts_evaluate_stores_alerts_even_without_a_store_sink(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--evaluate says it stores new alerts, and the command lists stored ones: a config whose sinks are
+    only [log] must not make the evaluated alerts vanish."""
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    s = EventStore.open(url)
+    now = time.time()
+    s.write([flagged(f"req_{i}", "u1", now - 10 + i) for i in range(6)])
+    s.close()
+    cfg = write_config(tmp_path, "monitor:\n  sinks: [{type: log}]\n")
+    assert main(["monitor", "alerts", "--db", url, "--evaluate", "--config", str(cfg), "--json"]) == 0
+    assert [json.loads(x)["rule"] for x in capsys.readouterr().out.splitlines()] == ["repeated_flags"]
+    s = EventStore.open(url)
+    assert [a.rule for a in s.alerts(status=None)] == ["repeated_flags"]
+    s.close()
+
+
 @pytest.mark.parametrize("bad", ["weapons", "permitted"])
 def test_unknown_guard_category_ids_are_a_config_error(tmp_path: Path, guard: Guard, bad: str,
                                                        capsys: pytest.CaptureFixture[str]) -> None:

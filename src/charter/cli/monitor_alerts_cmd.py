@@ -75,6 +75,7 @@ def alerts(
                 return Guard.load(guard_path)
 
             engine = RuleEngine(store, settings, guard=load_guard, sinks=[])
+            engine.store_alerts = True  # this command lists stored alerts: store them even if the config's sinks don't
             res = engine.run_once()
             for name, why in res.errors.items():
                 typer.echo(f"charter: warning: rule {name} failed: {why}", err=True)
