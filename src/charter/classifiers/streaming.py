@@ -181,8 +181,10 @@ class ExchangeClassifier(ClassifierMixin, BaseEstimator):
         return _sigmoid(z).max(axis=1)
 
     # -- streaming -----------------------------------------------------------------------
-    def stream(self, prompt: str) -> ExchangeStream:
-        return ExchangeStream(self, prompt)
+    def stream(self, prompt: str, also: Sequence[str] = ()) -> ExchangeStream:
+        """A stream conditioned on ``prompt``; each of ``also`` is another reading of it (e.g. the
+        conversation's last user turn), and the most suspicious reading conditions the stream."""
+        return ExchangeStream(self, prompt, also)
 
     def _wr_list(self) -> list[float]:
         """The response weights as Python floats for the short-chunk streaming path (one copy per model)."""
@@ -214,12 +216,15 @@ class ExchangeClassifier(ClassifierMixin, BaseEstimator):
 class ExchangeStream:
     """Incremental scorer for one response. ``feed(chunk)`` returns the current probability."""
 
-    def __init__(self, clf: ExchangeClassifier, prompt: str) -> None:
+    def __init__(self, clf: ExchangeClassifier, prompt: str, also: Sequence[str] = ()) -> None:
         self.clf = clf
         h = clf._hasher()
         self._h = h
-        pidx = h.indices(clf.prompt_text(prompt))
-        self._prompt_logit = float(clf.wp_[pidx].sum() / np.sqrt(max(len(pidx), 1))) + float(clf.b_)
+        logits = []
+        for p in (prompt, *also):  # the prompt's share of the logit is fixed for the whole stream
+            pidx = h.indices(clf.prompt_text(p))
+            logits.append(float(clf.wp_[pidx].sum() / np.sqrt(max(len(pidx), 1))))
+        self._prompt_logit = max(logits) + float(clf.b_)
         self._tail = " "  # the batch featuriser's leading pad
         self._word: list[str] = []  # an unfinished word, in the pieces it arrived in
         self._prev_word_hash: np.uint64 | None = None

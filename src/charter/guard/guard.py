@@ -23,7 +23,7 @@ from charter.classifiers.artifacts import load_model_dir
 from charter.classifiers.encoder import encoder_available
 from charter.classifiers.features import NgramHasher
 from charter.classifiers.linear import NgramClassifier
-from charter.classifiers.streaming import ExchangeClassifier
+from charter.classifiers.streaming import ExchangeClassifier, ExchangeStream
 from charter.data.records import Message, render_messages
 from charter.errors import ArtifactError, CharterError, InputError
 
@@ -295,10 +295,25 @@ class Guard:
         return np.array([self.check_input(t).score for t in texts])
 
     # -- output --------------------------------------------------------------------------
+    def exchange_stream(self, prompt: str) -> ExchangeStream:
+        """The exchange classifier's stream for a rendered prompt. A long conversation dilutes its last
+        ask in the prompt features, so that turn alone is read too and the more suspicious reading
+        conditions the reply (60 turns of benign history hid a harmful request from the prompt block)."""
+        last = last_ask(prompt)
+        return self.exchange.stream(prompt, [last] if last else [])
+
     def output_monitor(self, messages: str | Sequence[dict[str, Any]], hold_back: int | None = None) -> OutputMonitor:
         if hold_back is not None and (not isinstance(hold_back, int) or isinstance(hold_back, bool)):
             raise InputError(f"hold_back must be a whole number of tokens, not {hold_back!r}")
         return OutputMonitor(self, self.render(messages), self.hold_back if hold_back is None else hold_back)
+
+
+def last_ask(prompt: str) -> str | None:
+    """The last user turn of a rendered conversation of several turns (None for a single request)."""
+    from charter.transforms.normalise import turn_views
+
+    w = prompt[-WINDOW:]  # the ask a reply answers comes last
+    return next((v for name, v in turn_views(w) if name == "last_turn" and v != prompt), None)
 
 
 class OutputMonitor:
@@ -313,7 +328,7 @@ class OutputMonitor:
         self.guard = guard
         self.prompt = prompt
         self.hold_back = max(0, hold_back)
-        self._stream = guard.exchange.stream(prompt)
+        self._stream = guard.exchange_stream(prompt)
         self._pending: list[str] = []
         self._released: list[str] = []
         self.n_tokens = 0

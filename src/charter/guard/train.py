@@ -363,7 +363,7 @@ def calibrate(guard: Guard, calib_in: Sequence[Record], calib_ex: Sequence[Recor
 def stream_scores(guard: Guard, prompt: str, response: str) -> np.ndarray:
     """The monitor's score after each token of ``response``, in one vectorised pass
     (``ExchangeStream.scan`` gives what feeding the tokens one by one would)."""
-    return guard.exchange.stream(prompt).scan(tokens(response))
+    return guard.exchange_stream(prompt).scan(tokens(response))
 
 
 def stream_max_scores(guard: Guard, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
@@ -374,7 +374,7 @@ def stream_max_scores(guard: Guard, pairs: Sequence[tuple[str, str]]) -> np.ndar
 def stop_fraction(guard: Guard, prompt: str, response: str) -> float | None:
     """Fraction of the response's tokens streamed when the monitor stops it (None: never)."""
     toks = tokens(response)
-    st = guard.exchange.stream(prompt)
+    st = guard.exchange_stream(prompt)
     th = guard.thresholds["exchange"]
     for i, tok in enumerate(toks, 1):
         st.feed(tok)

@@ -83,7 +83,7 @@ class ExchangeGrader:
 
         if response is None or not response.strip():
             return Grade("ungradable", None, "empty response")
-        st = self.guard.exchange.stream(prompt)
+        st = self.guard.exchange_stream(prompt)
         for tok in tokens(response):
             st.feed(tok)
         s = float(st.max_score)
