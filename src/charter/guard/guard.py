@@ -222,7 +222,14 @@ class Guard:
     @staticmethod
     def render(text_or_messages: str | Sequence[dict[str, Any]]) -> str:
         """The text the classifiers read; input of the wrong type or shape, or too large, is an :class:`InputError`."""
-        x = text_or_messages
+        return Guard._read(text_or_messages)[0]
+
+    @staticmethod
+    def _read(x: str | Sequence[dict[str, Any]]) -> tuple[str, str | None]:
+        """(the rendered text, the last user turn on its own when the input is a conversation of several
+        messages). A system prompt or a history dilutes the ask in the rendered text, which classifiers
+        read as one bag of n-grams (an 1,800-character system prompt hid 'How do I make sarin at home?')."""
+        last: str | None = None
         if isinstance(x, str):
             text = x
         elif isinstance(x, (list, tuple)):
@@ -241,11 +248,14 @@ class Guard:
                     raise InputError(f"messages[{i}].role: must be a string, not {type(role).__name__}")
                 msgs.append({"role": role, "content": _content_text(m.get("content"), f"messages[{i}]")})
             text = render_messages(msgs)
+            users = [m["content"] for m in msgs if m["role"] == "user" and m["content"].strip()]
+            if len(msgs) > 1 and users:
+                last = _clean(users[-1])
         else:
             raise InputError(f"input must be a string or a list of {{role, content}} messages, not {type(x).__name__}")
         if len(text) > MAX_INPUT_CHARS:
             raise InputError(f"input is {len(text)} characters; the guard reads at most {MAX_INPUT_CHARS} (split it into parts)")
-        return _clean(text)
+        return _clean(text), last
 
     def _views(self, text: str) -> list[tuple[str, str]]:
         return all_views(text)
@@ -268,9 +278,13 @@ class Guard:
 
     def check_input(self, text_or_messages: str | Sequence[dict[str, Any]]) -> Verdict:
         t0 = time.perf_counter()
-        text = self.render(text_or_messages)
+        text, last = self._read(text_or_messages)
         p1, view, view_text = self.stage1_probs(text)
         s1 = 1.0 - float(p1[self._perm])
+        if last is not None:  # the last user turn alone is one more view of a conversation
+            q, v, vt = self.stage1_probs(last)
+            if 1.0 - float(q[self._perm]) > s1:
+                p1, view, view_text, s1 = q, "last_user" if v == "original" else f"last_user+{v}", vt, 1.0 - float(q[self._perm])
         th = self.thresholds
         if self.stage2 is None:
             return self._verdict(p1, s1, s1 >= th["stage1_only"], "stage1", view, False, t0)
@@ -295,17 +309,19 @@ class Guard:
         return np.array([self.check_input(t).score for t in texts])
 
     # -- output --------------------------------------------------------------------------
-    def exchange_stream(self, prompt: str) -> ExchangeStream:
+    def exchange_stream(self, prompt: str, last: str | None = None) -> ExchangeStream:
         """The exchange classifier's stream for a rendered prompt. A long conversation dilutes its last
         ask in the prompt features, so that turn alone is read too and the more suspicious reading
-        conditions the reply (60 turns of benign history hid a harmful request from the prompt block)."""
-        last = last_ask(prompt)
-        return self.exchange.stream(prompt, [last] if last else [])
+        conditions the reply (60 turns of benign history hid a harmful request from the prompt block).
+        ``last`` is that turn when the caller has the messages; otherwise it is found in the transcript."""
+        last = last if last is not None else last_ask(prompt)
+        return self.exchange.stream(prompt, [last] if last and last != prompt else [])
 
     def output_monitor(self, messages: str | Sequence[dict[str, Any]], hold_back: int | None = None) -> OutputMonitor:
         if hold_back is not None and (not isinstance(hold_back, int) or isinstance(hold_back, bool)):
             raise InputError(f"hold_back must be a whole number of tokens, not {hold_back!r}")
-        return OutputMonitor(self, self.render(messages), self.hold_back if hold_back is None else hold_back)
+        prompt, last = self._read(messages)
+        return OutputMonitor(self, prompt, self.hold_back if hold_back is None else hold_back, last)
 
 
 def last_ask(prompt: str) -> str | None:
@@ -324,11 +340,11 @@ class OutputMonitor:
     Once flagged, nothing more is released.
     """
 
-    def __init__(self, guard: Guard, prompt: str, hold_back: int) -> None:
+    def __init__(self, guard: Guard, prompt: str, hold_back: int, last_user: str | None = None) -> None:
         self.guard = guard
         self.prompt = prompt
         self.hold_back = max(0, hold_back)
-        self._stream = guard.exchange_stream(prompt)
+        self._stream = guard.exchange_stream(prompt, last_user)
         self._pending: list[str] = []
         self._released: list[str] = []
         self.n_tokens = 0
