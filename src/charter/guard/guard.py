@@ -225,11 +225,11 @@ class Guard:
         return Guard._read(text_or_messages)[0]
 
     @staticmethod
-    def _read(x: str | Sequence[dict[str, Any]]) -> tuple[str, str | None]:
-        """(the rendered text, the last user turn on its own when the input is a conversation of several
-        messages). A system prompt or a history dilutes the ask in the rendered text, which classifiers
+    def _read(x: str | Sequence[dict[str, Any]]) -> tuple[str, list[str]]:
+        """(the rendered text, the user turns on their own when the input is a conversation of several
+        messages; else []). A system prompt or a history dilutes the ask in the rendered text, which classifiers
         read as one bag of n-grams (an 1,800-character system prompt hid 'How do I make sarin at home?')."""
-        last: str | None = None
+        users: list[str] = []
         if isinstance(x, str):
             text = x
         elif isinstance(x, (list, tuple)):
@@ -248,14 +248,13 @@ class Guard:
                     raise InputError(f"messages[{i}].role: must be a string, not {type(role).__name__}")
                 msgs.append({"role": role, "content": _content_text(m.get("content"), f"messages[{i}]")})
             text = render_messages(msgs)
-            users = [m["content"] for m in msgs if m["role"] == "user" and m["content"].strip()]
-            if len(msgs) > 1 and users:
-                last = _clean(users[-1])
+            if len(msgs) > 1:
+                users = [_clean(m["content"]) for m in msgs if m["role"] == "user" and m["content"].strip()]
         else:
             raise InputError(f"input must be a string or a list of {{role, content}} messages, not {type(x).__name__}")
         if len(text) > MAX_INPUT_CHARS:
             raise InputError(f"input is {len(text)} characters; the guard reads at most {MAX_INPUT_CHARS} (split it into parts)")
-        return _clean(text), last
+        return _clean(text), users
 
     def _views(self, text: str) -> list[tuple[str, str]]:
         return all_views(text)
@@ -278,11 +277,11 @@ class Guard:
 
     def check_input(self, text_or_messages: str | Sequence[dict[str, Any]]) -> Verdict:
         t0 = time.perf_counter()
-        text, last = self._read(text_or_messages)
+        text, users = self._read(text_or_messages)
         p1, view, view_text = self.stage1_probs(text)
         s1 = 1.0 - float(p1[self._perm])
-        if last is not None:  # the last user turn alone is one more view of a conversation
-            q, v, vt = self.stage1_probs(last)
+        if users:  # a conversation's last user turn is a view of it too (all asks: the transcript's turn views)
+            q, v, vt = self.stage1_probs(users[-1])
             if 1.0 - float(q[self._perm]) > s1:
                 p1, view, view_text, s1 = q, "last_user" if v == "original" else f"last_user+{v}", vt, 1.0 - float(q[self._perm])
         th = self.thresholds
@@ -320,8 +319,8 @@ class Guard:
     def output_monitor(self, messages: str | Sequence[dict[str, Any]], hold_back: int | None = None) -> OutputMonitor:
         if hold_back is not None and (not isinstance(hold_back, int) or isinstance(hold_back, bool)):
             raise InputError(f"hold_back must be a whole number of tokens, not {hold_back!r}")
-        prompt, last = self._read(messages)
-        return OutputMonitor(self, prompt, self.hold_back if hold_back is None else hold_back, last)
+        prompt, users = self._read(messages)
+        return OutputMonitor(self, prompt, self.hold_back if hold_back is None else hold_back, users[-1] if users else None)
 
 
 def last_ask(prompt: str) -> str | None:
