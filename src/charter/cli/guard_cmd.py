@@ -121,7 +121,7 @@ def classify(
         v = guard.check_input(text)
         Console().print_json(v.model_dump_json())
         return
-    from charter.guard.calibrate import read_jsonl_lines
+    from charter.data.records import read_jsonl_lines
 
     if not file.exists() or file.is_dir():  # checked before --out is created or emptied
         raise CharterError(f"{file}: {'is a directory' if file.is_dir() else 'no such file'}")

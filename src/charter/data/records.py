@@ -39,32 +39,68 @@ def render_messages(messages: list[Message] | list[dict]) -> str:
     return "\n".join(parts)
 
 
-def iter_jsonl(path: str | PathLike[str], *, max_lines: int | None = None) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed JSON) for each non-blank line of a JSONL file, read as it is consumed.
+#: a JSONL line may hold a whole conversation; the guard reads at most 200,000 characters of one
+MAX_LINE_BYTES = 4 * 1024 * 1024
 
-    An unreadable file, a line that is not JSON, or more than ``max_lines`` non-blank lines
-    is a :class:`CharterError` naming the file (and the line).
+
+class BlankLine(ValueError):
+    pass
+
+
+def read_jsonl_lines(path: str | PathLike[str], *, max_line_bytes: int | None = MAX_LINE_BYTES) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON or the :class:`ValueError` that line raised) for every line of a
+    user's JSONL file, blank ones included (:class:`BlankLine`); an unreadable file is a
+    :class:`CharterError`.
+
+    Lines are read in bounded pieces and decoded one by one, so an oversized, non-UTF-8 or too
+    deeply nested line spoils that line only. ``max_line_bytes=None``: no bound.
     """
-    n = 0
+    cap = -1 if max_line_bytes is None else max_line_bytes + 1
     try:
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
+        with open(path, "rb") as f:
+            i = 0
+            while raw := f.readline(cap):
+                i += 1
+                if max_line_bytes is not None and len(raw) > max_line_bytes and not raw.endswith(b"\n"):
+                    while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
+                        pass  # skip the rest of the oversized line
+                    yield i, ValueError(f"line is longer than {max_line_bytes} bytes")
                     continue
-                if max_lines is not None and n >= max_lines:
-                    raise CharterError(f"{path}: more than {max_lines} lines; sample it first")
-                n += 1
                 try:
-                    obj = json.loads(line)
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    yield i, ValueError(f"not UTF-8 (byte {e.start})")
+                    continue
+                if not line.strip():
+                    yield i, BlankLine("blank line")
+                    continue
+                try:
+                    yield i, json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise CharterError(f"{path}:{i}: not JSON ({e.msg})") from None
+                    yield i, ValueError(f"not JSON ({e.msg} at column {e.colno})")
                 except RecursionError:
-                    raise CharterError(f"{path}:{i}: JSON nested too deeply") from None
-                yield i, obj
-    except UnicodeDecodeError as e:
-        raise CharterError(f"{path}: not UTF-8 text (byte {e.start} of a block: {e.reason})") from None
+                    yield i, ValueError("JSON nested too deeply")
     except OSError as e:
         raise CharterError(f"{path}: {e.strerror}") from None
+
+
+def iter_jsonl(path: str | PathLike[str], *, max_lines: int | None = None,
+               max_line_bytes: int | None = None) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) for each non-blank line of a JSONL file, read as it is consumed.
+
+    An unreadable file, a line that is not UTF-8 or not JSON (or longer than ``max_line_bytes``),
+    or more than ``max_lines`` non-blank lines is a :class:`CharterError` naming the file (and the line).
+    """
+    n = 0
+    for i, obj in read_jsonl_lines(path, max_line_bytes=max_line_bytes):
+        if isinstance(obj, BlankLine):
+            continue
+        if max_lines is not None and n >= max_lines:
+            raise CharterError(f"{path}: more than {max_lines} lines; sample it first")
+        n += 1
+        if isinstance(obj, ValueError):
+            raise CharterError(f"{path}:{i}: {obj}")
+        yield i, obj
 
 
 class Record(BaseModel):

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +12,13 @@ import numpy as np
 from charter.classifiers.artifacts import load_model_dir, save_model_dir
 from charter.constitution import Constitution, load_constitution
 from charter.constitution.loader import default_constitution_path
+from charter.data.records import MAX_LINE_BYTES, iter_jsonl
 from charter.errors import CharterError
 from charter.guard.guard import Guard
 from charter.guard.stats import rate
 from charter.guard.train import TrainConfig, _cascade, calibrate, read_dataset, stage_scores
 
 MAX_BENIGN_LINES = 200_000
-MAX_LINE_BYTES = 4 * 1024 * 1024  # a line may hold a whole conversation; the guard reads at most 200,000 chars of it
 
 
 def offline_dataset(cpath: Path, const: Constitution, out: Path, *, n: int, seed: int, holdout: Sequence[str] = ()) -> Path:
@@ -28,45 +27,6 @@ def offline_dataset(cpath: Path, const: Constitution, out: Path, *, n: int, seed
 
     generate_to_dir(cpath, const, OfflineGenerator(), out, n=n, seed=seed, holdout=frozenset(holdout))
     return out
-
-
-class BlankLine(ValueError):
-    pass
-
-
-def read_jsonl_lines(path: Path, *, max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed JSON or the :class:`ValueError` that line raised) for every line of a
-    user's JSONL file, blank ones included; an unreadable file is a :class:`CharterError`.
-
-    Lines are read in bounded pieces and decoded one by one, so an oversized, non-UTF-8 or too
-    deeply nested line spoils that line only.
-    """
-    try:
-        with open(path, "rb") as f:
-            i = 0
-            while raw := f.readline(max_line_bytes + 1):
-                i += 1
-                if len(raw) > max_line_bytes and not raw.endswith(b"\n"):
-                    while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
-                        pass  # skip the rest of the oversized line
-                    yield i, ValueError(f"line is longer than {max_line_bytes} bytes")
-                    continue
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as e:
-                    yield i, ValueError(f"not UTF-8 (byte {e.start})")
-                    continue
-                if not line.strip():
-                    yield i, BlankLine("blank line")
-                    continue
-                try:
-                    yield i, json.loads(line)
-                except json.JSONDecodeError as e:
-                    yield i, ValueError(f"not JSON ({e.msg} at column {e.colno})")
-                except RecursionError:
-                    yield i, ValueError("JSON nested too deeply")
-    except OSError as e:
-        raise CharterError(f"{path}: {e.strerror}") from None
 
 
 def request_of(obj: object) -> str | list[dict[str, Any]]:
@@ -93,14 +53,8 @@ def request_of(obj: object) -> str | list[dict[str, Any]]:
 def read_benign(path: Path) -> list[str]:
     """User benign traffic: JSONL lines with ``text`` or ``messages``. Bad lines are errors."""
     texts: list[str] = []
-    for i, obj in read_jsonl_lines(path):
-        if isinstance(obj, BlankLine):
-            continue
-        if len(texts) >= MAX_BENIGN_LINES:
-            raise CharterError(f"{path}: more than {MAX_BENIGN_LINES} lines; sample it first")
+    for i, obj in iter_jsonl(path, max_lines=MAX_BENIGN_LINES, max_line_bytes=MAX_LINE_BYTES):
         try:
-            if isinstance(obj, ValueError):
-                raise obj
             texts.append(Guard.render(request_of(obj)))
         except ValueError as e:
             raise CharterError(f"{path}:{i}: {e}") from None

@@ -282,8 +282,8 @@ class Guard:
         s1 = 1.0 - float(p1[self._perm])
         if users:  # a conversation's last user turn is a view of it too (all asks: the transcript's turn views)
             q, v, vt = self.stage1_probs(users[-1])
-            if 1.0 - float(q[self._perm]) > s1:
-                p1, view, view_text, s1 = q, "last_user" if v == "original" else f"last_user+{v}", vt, 1.0 - float(q[self._perm])
+            if (sq := 1.0 - float(q[self._perm])) > s1:
+                p1, view, view_text, s1 = q, "last_user" if v == "original" else f"last_user+{v}", vt, sq
         th = self.thresholds
         if self.stage2 is None:
             return self._verdict(p1, s1, s1 >= th["stage1_only"], "stage1", view, False, t0)

@@ -19,7 +19,7 @@ from charter.classifiers.encoder import encoder_available
 from charter.classifiers.linear import NgramClassifier
 from charter.classifiers.streaming import ExchangeClassifier, tokens
 from charter.constitution.model import Constitution
-from charter.data.records import Record
+from charter.data.records import MAX_LINE_BYTES, Record, iter_jsonl
 from charter.errors import CharterError
 from charter.classifiers.features import NgramHasher
 from charter.guard.guard import MAX_INPUT_CHARS, PERMITTED, Guard, worst_view
@@ -54,10 +54,6 @@ class TrainConfig:
     #: for recall 47.6% -> 46.8% (3,000 test requests, probe trained at 128; bench/BENCHMARKS.md)
     stage2_max_tokens: int = 64
     max_stage2_eval: int = 1500  # test texts scored by stage 2 alone, for the stage comparison
-
-
-#: a dataset line longer than this is refused (the guard reads at most MAX_INPUT_CHARS of a request)
-MAX_RECORD_BYTES = 4 * 1024 * 1024
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -96,8 +92,6 @@ def read_dataset(path: Path, constitution: Constitution | None = None) -> tuple[
     repeated ``id``. Given ``constitution``, a category it does not define, a ``restricted``
     record of a permitted category, and a manifest made from another constitution are refused too.
     """
-    from charter.guard.calibrate import BlankLine, read_jsonl_lines
-
     data = path / "data.jsonl"
     if not data.is_file():
         raise CharterError(f"{path}: no data.jsonl (run `charter generate --out {path}` first)")
@@ -113,11 +107,7 @@ def read_dataset(path: Path, constitution: Constitution | None = None) -> tuple[
     restricted = {c.id: c.restricted for c in constitution.categories} if constitution is not None else {}
     records: list[Record] = []
     first_line: dict[str, int] = {}
-    for i, obj in read_jsonl_lines(data, max_line_bytes=MAX_RECORD_BYTES):
-        if isinstance(obj, BlankLine):
-            continue
-        if isinstance(obj, ValueError):
-            raise CharterError(f"{data}:{i}: {obj}")
+    for i, obj in iter_jsonl(data, max_line_bytes=MAX_LINE_BYTES):  # the guard reads at most MAX_INPUT_CHARS of a request
         try:
             r = Record.model_validate(obj)
         except ValidationError as e:
