@@ -9,6 +9,7 @@ They read a reply the same way too (:func:`completion_text`); each keeps its own
 from __future__ import annotations
 
 import email.utils
+import os
 import random
 import threading
 import time
@@ -117,6 +118,32 @@ def post_json(client: httpx.Client, url: str, body: dict[str, Any], *, retries: 
         if attempt < retries:
             sleep(backoff.wait(attempt, retry_after))
     return Posted(None, last, retries + 1, connect_only)
+
+
+class Endpoint:
+    """One OpenAI-compatible URL the red team talks to (target, judge, attacker): its client, with the
+    key from ``api_key`` or ``$key_env`` as a bearer token (never logged or stored), its retries, and
+    the rule that a URL that has never answered stops the run with a clear error (a wrong host or
+    port would otherwise make every attempt of a long run an error)."""
+
+    def __init__(self, url: str, what: str, *, key_env: str, api_key: str | None = None, timeout: float = 60.0,
+                 retries: int = 3, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.url, self.what, self.retries, self._sleep = url, what, retries, sleep
+        key = api_key if api_key is not None else os.environ.get(key_env)
+        self.client = httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {key}"} if key else {})
+        self.reached = False  # some request got an HTTP response
+
+    def post(self, body: dict[str, Any]) -> Posted:
+        from charter.errors import CharterError
+
+        p = post_json(self.client, self.url, body, retries=self.retries, sleep=self._sleep)
+        if p.connect_only and not self.reached:
+            raise CharterError(f"cannot connect to {self.what} {redact_url(self.url)} (after {p.attempts} attempts)")
+        self.reached = True
+        return p
+
+    def close(self) -> None:
+        self.client.close()
 
 
 class MalformedCompletion(ValueError):

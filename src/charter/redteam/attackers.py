@@ -8,7 +8,6 @@ query budget, and returns its attempts in order. Third-party attackers register 
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 import time
@@ -16,11 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 
 from charter.data.splits import sub_seed
-from charter.endpoints import MalformedCompletion, completion_text, post_json
-from charter.errors import CharterError
+from charter.endpoints import Endpoint, MalformedCompletion, completion_text
 from charter.redteam.behaviours import Behaviour
 from charter.redteam.suite import TEMPLATES, Attack, Prompt, Strategy, apply_strategy
 from charter.registry import Registry
@@ -173,21 +170,14 @@ class PairAttacker:
         self.model = model
         self.max_errors = max_errors
         self.max_retries = max_retries
-        self._sleep = sleep
         self.attacker_calls = 0
         self.attacker_errors = 0
-        self._reached = False
-        key = api_key if api_key is not None else os.environ.get(ATTACKER_KEY_ENV)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.Client(timeout=timeout, headers=headers)
+        self._endpoint = Endpoint(self.url, "the attacker LLM", key_env=ATTACKER_KEY_ENV, api_key=api_key,
+                                  timeout=timeout, retries=max_retries, sleep=sleep)
 
     def _propose(self, history: list[dict[str, str]]) -> str | None:
         self.attacker_calls += 1
-        p = post_json(self._client, self.url, {"model": self.model, "messages": history, "temperature": 1.0},
-                      retries=self.max_retries, sleep=self._sleep)
-        if p.connect_only and not self._reached:
-            raise CharterError(f"cannot connect to the attacker LLM {self.url} (after {p.attempts} attempts)")
-        self._reached = True
+        p = self._endpoint.post({"model": self.model, "messages": history, "temperature": 1.0})
         if not p.ok or p.response is None:
             return None
         try:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
 
-from charter.endpoints import MalformedCompletion, completion, post_json, redact_url
+from charter.endpoints import Endpoint, MalformedCompletion, completion, redact_url
 from charter.errors import CharterError
 
 Prompt = str | list[dict[str, Any]]
@@ -71,20 +69,14 @@ class OpenAITarget:
         self.name = f"openai:{redact_url(self.base_url)}"
         self.max_tokens = max_tokens
         self.max_retries = max_retries
-        self._sleep = sleep
-        self._reached = False  # some request got an HTTP response
-        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.Client(timeout=timeout, headers=headers)
+        self._endpoint = Endpoint(f"{self.base_url}/chat/completions", "the target", key_env=API_KEY_ENV,
+                                  api_key=api_key, timeout=timeout, retries=max_retries, sleep=sleep)
 
     def query(self, prompt: Prompt) -> TargetResult:
         """One completion. Raises :class:`CharterError` when the endpoint has never been reachable
         (a wrong host or port would otherwise make every attempt of a long run an error)."""
         body = {"model": self.model, "messages": as_messages(prompt), "max_tokens": self.max_tokens, "temperature": 0}
-        p = post_json(self._client, f"{self.base_url}/chat/completions", body, retries=self.max_retries, sleep=self._sleep)
-        if p.connect_only and not self._reached:
-            raise CharterError(f"cannot connect to the target {redact_url(self.base_url)} (after {p.attempts} attempts)")
-        self._reached = True
+        p = self._endpoint.post(body)
         if not p.ok or p.response is None:
             return TargetResult(error=p.error)
         try:
@@ -96,7 +88,7 @@ class OpenAITarget:
         return TargetResult(text=c.text, flagged=bool(blocked), finish_reason=c.finish_reason)
 
     def close(self) -> None:
-        self._client.close()
+        self._endpoint.close()
 
 
 def parse_target(spec: str, model: str | None = None) -> GuardTarget | OpenAITarget:
