@@ -204,6 +204,10 @@ def test_login_is_throttled_and_refuses_cross_site(sqlite_store: EventStore, ser
     srv = serve(create_dashboard(sqlite_store, keys=KEYS))
     with _client(srv) as c:
         assert c.post("/login", data={"key": KEY}, headers={"origin": "http://evil.example"}).status_code == 403
+        # a sandboxed frame or a data: page posts with Origin: null; the dashboard's own pages send
+        # their origin (Referrer-Policy same-origin; the browser test logs in through the form)
+        assert c.post("/login", data={"key": KEY}, headers={"origin": "null"}).status_code == 403
+        assert c.get("/login").headers["referrer-policy"] == "same-origin"
         for _ in range(10):
             assert c.post("/login", data={"key": "nope"}).status_code == 401
         assert c.post("/login", data={"key": KEY}).status_code == 429  # even the right key, for a minute

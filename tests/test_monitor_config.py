@@ -17,10 +17,19 @@ from charter.cli import main
 from charter.guard import Guard
 from charter.monitor.alerts import Alert
 from charter.monitor.events import Event, StageVerdict
-from charter.monitor.rules import RULES, MonitorSettings, Rule, RuleContext, RuleEngine, start_monitor, stop_monitor
+from charter.monitor.rules import (
+    RULES,
+    MonitorSettings,
+    Rule,
+    RuleContext,
+    RuleEngine,
+    start_monitor,
+    stop_monitor,
+)
 from charter.monitor.store import EventStore
 from charter.server import ConfigError, ServerConfig, create_app, load_config
 from charter.server.config import check_startup
+from charter.server.metrics import Metrics
 
 BUILTIN = ("repeated_flags", "probing", "escalation", "decomposition", "block_rate_spike")
 SINKS = "[{type: log}, {type: store}, {type: webhook, url_env: ALERT_WEBHOOK_URL}]"
@@ -170,9 +179,9 @@ def test_a_failing_sink_never_stops_the_other_sinks_or_the_store(tmp_path: Path,
     assert sum("repeated_flags user:u" in r.getMessage() for r in caplog.records) == 2  # so did the log sink
     failures = [r for r in caplog.records if "alert sink" in r.getMessage()]
     assert len(failures) == 1 and failures[0].exc_info is None  # one line per run, no traceback
-    assert "failed on 2 new alert(s)" in failures[0].getMessage()
+    assert "failed on 2 alert(s) (0 waiting" in failures[0].getMessage()  # it cannot work until a restart
     assert "ALERT_WEBHOOK_URL is not set" in failures[0].getMessage()
-    assert res.errors == {"sink:sinks[2] (webhook)": "CharterError: monitor.sinks[2]: webhook sink: "
+    assert res.errors == {"sink:sinks[2] (webhook)": "AlertDeliveryError: monitor.sinks[2]: webhook sink: "
                                                      "environment variable ALERT_WEBHOOK_URL is not set"}
     # any sink raising: the ones after it still get every alert
     rec = Recording()
@@ -213,8 +222,10 @@ def test_the_background_monitor_opens_its_store_once_and_keeps_alerting_past_a_b
         "interval_s": 0.01, "rules": {n: {"enabled": False} for n in BUILTIN},
         "sinks": [{"type": "log"}, {"type": "store"}, {"type": "webhook", "url_env": "ALERT_WEBHOOK_URL"}]})
 
+    metrics = Metrics()
+
     async def run() -> None:
-        task = start_monitor(url, settings, None)
+        task = start_monitor(url, settings, None, metrics)
         deadline = time.monotonic() + 60
         while tick.runs < 4 and time.monotonic() < deadline:
             await asyncio.sleep(0.01)
@@ -228,6 +239,12 @@ def test_the_background_monitor_opens_its_store_once_and_keeps_alerting_past_a_b
     assert "monitor evaluation" not in caplog.text  # the evaluation itself never failed
     sink_lines = [r for r in caplog.records if "alert sink sinks[2] (webhook) failed" in r.getMessage()]
     assert len(sink_lines) >= 3 and all(r.exc_info is None for r in sink_lines)
+    # the proxy's /metrics shows the broken sink (and what it missed) without reading logs
+    text = metrics.render().decode()
+    sample = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith("charter_")}
+    runs = sample['charter_monitor_runs_total{outcome="errors"}']
+    assert runs >= 3 and sample['charter_alert_sink_failures_total{sink="sinks[2] (webhook)"}'] == runs
+    assert sample["charter_alerts_new_total"] == runs and 'charter_monitor_runs_total{outcome="failed"}' not in sample
     s = EventStore.open(url)
     try:
         assert len(s.alerts()) >= 3  # every interval's alert reached the store

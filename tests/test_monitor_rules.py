@@ -23,9 +23,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+import charter.monitor.rules as rules_mod
 from charter.cli import main
 from charter.guard import Guard
-from charter.monitor.alerts import Alert, WebhookSink
+from charter.monitor.alerts import Alert, AlertDeliveryError, WebhookSink
 from charter.monitor.events import Event, StageVerdict, user_hash
 from charter.monitor.rules import (
     RULES,
@@ -275,8 +276,8 @@ class Receiver:
         self.server.stop()
 
 
-def test_webhook_sink_posts_json_retries_and_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_webhook_sink_posts_json_retries_and_raises_when_undelivered(tmp_path: Path, caplog: pytest.LogCaptureFixture,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     s = EventStore.open(f"sqlite:///{tmp_path / 'w.db'}")
     now = time.time()
     s.write([ev(f"a{i}", "u1", 0.9, t=now - 10 + i) for i in range(5)])
@@ -288,6 +289,7 @@ def test_webhook_sink_posts_json_retries_and_never_raises(tmp_path: Path, caplog
         eng = RuleEngine(s, settings)
         res = eng.run_once(now)
         assert len(res.new) == 1 and len(rx.posts) == 3  # two failures, then delivered
+        assert res.sink_failures == {} and res.undelivered == {}
         body = rx.posts[-1]["json"]
         assert rx.posts[-1]["auth"] == "Bearer hook-secret"
         assert body["rule"] == "repeated_flags" and body["subject_id"] == "u1" and body["id"] == res.new[0].id
@@ -295,16 +297,65 @@ def test_webhook_sink_posts_json_retries_and_never_raises(tmp_path: Path, caplog
         assert [e["request_id"] for e in body["events"]] == [f"a{i}" for i in range(5)]
         assert eng.run_once(now + 1).new == [] and len(rx.posts) == 3  # nothing new: no post
         rx.statuses[:] = [400]
-        with caplog.at_level(logging.WARNING, logger="charter.monitor"):
+        with pytest.raises(AlertDeliveryError) as e:
             WebhookSink(rx.server.url + "/hook/SECRET-TOKEN", retries=3, backoff_s=0.01).emit(res.new[0])
-        assert len(rx.posts) == 4  # a 4xx is not retried
+        assert len(rx.posts) == 4 and not e.value.retry  # a 4xx is not retried, now or later
         port = rx.server.port
-    # the receiver is gone: logged (host only, never the token in the path), the engine carries on
+    # the receiver is gone: the error names the host only, never the token in the path
     dead = WebhookSink(f"http://127.0.0.1:{port}/hook/SECRET-TOKEN", retries=1, backoff_s=0.01, timeout_s=2)
-    with caplog.at_level(logging.WARNING, logger="charter.monitor"):
+    with pytest.raises(AlertDeliveryError) as e:
         dead.emit(res.new[0])
-    assert dead.failed == 1 and f"http://127.0.0.1:{port}" in caplog.text and "SECRET" not in caplog.text
-    assert "hook-secret" not in caplog.text
+    assert dead.failed == 1 and e.value.retry
+    assert f"http://127.0.0.1:{port}" in str(e.value) and "SECRET" not in str(e.value) and "hook-secret" not in str(e.value)
+
+
+def test_an_alert_a_webhook_missed_is_delivered_at_the_next_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                      caplog: pytest.LogCaptureFixture) -> None:
+    s = EventStore.open(f"sqlite:///{tmp_path / 'r.db'}")
+    now = time.time()
+    s.write([ev(f"a{i}", "u1", 0.9, t=now - 10 + i) for i in range(5)])
+    with Receiver([503, 503]) as rx:  # down for the whole first run (two attempts), up afterwards
+        monkeypatch.setenv("HOOK_URL", rx.server.url + "/hook/t")
+        eng = RuleEngine(s, only("repeated_flags", sinks=[{"type": "store"}, {"type": "log"}, {"type": "webhook",
+                         "url_env": "HOOK_URL", "retries": 1, "backoff_s": 0.01}]))
+        with caplog.at_level(logging.WARNING, logger="charter.monitor"):
+            first = eng.run_once(now)
+        assert len(first.new) == 1 and len(rx.posts) == 2
+        assert first.sink_failures == {"sinks[2] (webhook)": 1} and first.undelivered == {"sinks[2] (webhook)": 1}
+        assert "1 waiting for the next evaluation" in caplog.text
+        second = eng.run_once(now + 1)  # nothing new, but the missed alert goes out now, once
+        assert second.new == [] and second.sink_failures == {} and second.undelivered == {}
+        assert len(rx.posts) == 3 and rx.posts[-1]["json"]["id"] == first.new[0].id
+        assert eng.run_once(now + 2).undelivered == {} and len(rx.posts) == 3
+        rx.statuses[:] = [422]  # a receiver that rejects an alert is not asked again
+        s.write([ev(f"b{i}", "u2", 0.9, t=now + i) for i in range(5)])
+        third = eng.run_once(now + 6)
+        assert len(third.new) == 1 and third.sink_failures == {"sinks[2] (webhook)": 1} and third.undelivered == {}
+        assert eng.run_once(now + 7).sink_failures == {} and len(rx.posts) == 4
+
+
+def test_undelivered_alerts_are_bounded_per_sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(rules_mod, "MAX_PENDING_ALERTS", 2)
+    s = EventStore.open(f"sqlite:///{tmp_path / 'b.db'}")
+    now = time.time()
+    s.write([ev(f"{u}{i}", u, 0.9, t=now - 10 + i) for u in ("u1", "u2", "u3") for i in range(5)])
+
+    class Down:
+        name = "down"
+
+        def emit(self, alert: Alert) -> None:
+            raise AlertDeliveryError("receiver down")
+
+        def close(self) -> None:
+            return None
+
+    eng = RuleEngine(s, only("repeated_flags", sinks=[{"type": "store"}]), sinks=[Down()])
+    with caplog.at_level(logging.WARNING, logger="charter.monitor"):
+        res = eng.run_once(now)
+    assert len(res.new) == 3 and res.undelivered == {"down": 2}
+    assert "1 undelivered alert(s) dropped" in caplog.text
+    assert [a.subject_id for a in eng._pending[0]] == [a.subject_id for a in res.new[1:]]  # the oldest went first
 
 
 # ---------------------------------------------------------------------------- plugins and config
@@ -441,7 +492,8 @@ def test_proxy_keeps_serving_when_the_background_evaluation_fails(tmp_path: Path
         with ServerThread(create_app(cfg, guard)) as srv, httpx.Client(base_url=srv.url, timeout=30) as http:
             time.sleep(0.4)
             assert _chat(http, "u", [{"role": "user", "content": BENIGN[1]}]) == "fine"
-    assert "monitor evaluation failed" in caplog.text and "still failing" in caplog.text
+    # said at startup (the store is opened before the first interval), then once per failing run
+    assert "monitor: the event store could not be opened" in caplog.text and "still failing" in caplog.text
 
 
 # ---------------------------------------------------------------------------- the scenario

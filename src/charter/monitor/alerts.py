@@ -154,10 +154,19 @@ def _safe_url(url: str) -> str:
     return f"{p.scheme}://{p.hostname or '?'}" + (f":{p.port}" if p.port else "")
 
 
-class WebhookSink:
-    """POSTs :meth:`Alert.payload` as JSON. Never raises: after the retries, the failure is logged."""
+class AlertDeliveryError(Exception):
+    """A sink could not deliver an alert; ``retry`` says whether a later attempt may succeed."""
 
-    name = "webhook"
+    def __init__(self, message: str, *, retry: bool = True) -> None:
+        super().__init__(message)
+        self.retry = retry
+
+
+class WebhookSink:
+    """POSTs :meth:`Alert.payload` as JSON, retrying with backoff; raises :class:`AlertDeliveryError`
+    when the alert was not delivered (the engine logs it and tries again at its next evaluation)."""
+
+    name = "webhook"  # build_sinks names each one by its place in monitor.sinks
 
     def __init__(self, url: str, *, headers: dict[str, str] | None = None, timeout_s: float = 5.0,
                  retries: int = 2, backoff_s: float = 0.5) -> None:
@@ -179,7 +188,7 @@ class WebhookSink:
 
     def emit(self, alert: Alert) -> None:
         body = alert.payload()
-        why = ""
+        why, retry = "", True
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff_s * 2 ** (attempt - 1))
@@ -190,12 +199,13 @@ class WebhookSink:
                     return
                 why = f"HTTP {r.status_code}"
                 if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
-                    break  # the receiver rejects it: retrying will not help
+                    retry = False  # the receiver rejects it: retrying will not help
+                    break
             except httpx.HTTPError as e:
                 why = type(e).__name__
         self.failed += 1
-        log.warning("webhook %s: alert %s (%s) not delivered after %d attempt(s): %s", _safe_url(self.url),
-                    alert.dedupe_key, alert.rule, attempt + 1, why)
+        raise AlertDeliveryError(f"webhook {_safe_url(self.url)}: alert {alert.dedupe_key} ({alert.rule}) not delivered "
+                                 f"after {attempt + 1} attempt(s): {why}", retry=retry)
 
     def close(self) -> None:
         self.client.close()
@@ -209,9 +219,7 @@ class UnavailableSink:
         self.name, self.reason = name, reason
 
     def emit(self, alert: Alert) -> None:
-        from charter.errors import CharterError
-
-        raise CharterError(self.reason)
+        raise AlertDeliveryError(self.reason, retry=False)  # it stays unbuilt until a restart
 
     def close(self) -> None:
         return None
@@ -247,7 +255,9 @@ def build_sinks(settings: list[Any]) -> list[AlertSink]:
             out.append(LogSink(s.level))
         elif isinstance(s, WebhookSinkSettings):
             try:
-                out.append(WebhookSink.from_settings(s))
+                hook = WebhookSink.from_settings(s)
+                hook.name = f"sinks[{i}] (webhook)"  # two webhooks stay apart in logs and metrics
+                out.append(hook)
             except Exception as e:
                 log.error("monitor.sinks[%d] (webhook) disabled: %s", i, e)
                 out.append(UnavailableSink(f"sinks[{i}] (webhook)", f"monitor.sinks[{i}]: {e}"))

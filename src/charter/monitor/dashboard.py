@@ -328,7 +328,7 @@ class Dashboard:
         return endpoint
 
     def _html(self, body: str, status: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
-        h = {"content-security-policy": _CSP, "x-content-type-options": "nosniff", "referrer-policy": "no-referrer",
+        h = {"content-security-policy": _CSP, "x-content-type-options": "nosniff", "referrer-policy": "same-origin",
              "x-frame-options": "DENY", "cache-control": "no-store", **(headers or {})}
         return HTMLResponse(body, status, headers=h)
 
@@ -356,8 +356,11 @@ class Dashboard:
         if request.method == "GET":
             return self._html(self.templates["login.html"].render(base=base, error=None))
         client = request.client.host if request.client else "?"
+        # Browsers send the page's origin on a same-origin form post (the Referrer-Policy is
+        # same-origin, not no-referrer, which would make them send "null"); "null" comes from
+        # sandboxed frames and data: or file: pages, so it is refused like another site.
         origin = request.headers.get("origin")
-        if origin and origin != "null" and origin.split("://", 1)[-1] != request.headers.get("host"):
+        if origin and origin.split("://", 1)[-1] != request.headers.get("host"):
             return self._html(self.templates["login.html"].render(base=base, error="cross-site login refused"), 403)
         if self.auth.throttle.blocked(client):
             return self._html(self.templates["login.html"].render(

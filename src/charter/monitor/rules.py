@@ -37,7 +37,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, ValidationError, field_validator
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -61,6 +61,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("charter.monitor")
 
 BLOCKED = ("blocked_input", "blocked_output")
+#: alerts kept per sink for redelivery after a failure; beyond it the oldest are dropped (logged)
+MAX_PENDING_ALERTS = 1000
 #: views that are not obfuscations: the text as sent, and the guard's per-turn views of a transcript
 PLAIN_VIEWS = frozenset({"original", "last_turn", "asker_turns", "folded"})
 #: the transform family behind a normalisation view (for evidence; rules count distinct views)
@@ -568,6 +570,10 @@ class RunResult:
     errors: dict[str, str]
     #: what the rules could not see (logged): e.g. a window holding more than ``monitor.max_events``
     warnings: list[str] = field(default_factory=list)
+    #: sink name -> alerts it failed to take this run (retried ones included)
+    sink_failures: dict[str, int] = field(default_factory=dict)
+    #: sink name -> alerts waiting for that sink's next attempt (at the next evaluation)
+    undelivered: dict[str, int] = field(default_factory=dict)
 
 
 class RuleEngine:
@@ -589,6 +595,8 @@ class RuleEngine:
         self.store_alerts = any(isinstance(s, StoreSinkSettings) for s in self.settings.sinks)
         self._seen: set[str] = set()
         self._cache: dict[tuple[str, ...], Any] = {}
+        #: sink index -> alerts it failed to take, retried at the next run (in memory only)
+        self._pending: dict[int, list[Alert]] = {}
 
     @classmethod
     def open(cls, url: str, settings: MonitorSettings | None = None, **kw: Any) -> RuleEngine:
@@ -654,8 +662,6 @@ class RuleEngine:
         res = self.evaluate(now)
         alerts, errors = res.alerts, res.errors
         new = []
-        #: sink index -> (its first error this run, how many alerts it failed on)
-        failed: dict[int, tuple[str, int]] = {}
         for a in alerts:
             try:
                 is_new = self._persist(a) if self.store_alerts else a.dedupe_key not in self._seen
@@ -666,17 +672,33 @@ class RuleEngine:
             self._seen.add(a.dedupe_key)
             if is_new:
                 new.append(a)
-                for i, sink in enumerate(self.sinks):
-                    try:
-                        sink.emit(a)
-                    except Exception as e:  # one failing sink must not stop the others
-                        why, n = failed.get(i, (f"{type(e).__name__}: {e}", 0))
-                        failed[i] = (why, n + 1)
-        for i, (why, n) in failed.items():  # one line per failing sink and run, not a traceback per alert
-            name = sink_name(self.sinks[i])
-            errors[f"sink:{name}"] = why
-            log.warning("alert sink %s failed on %d new alert(s); the other sinks got them: %s", name, n, why)
-        return RunResult(alerts, new, errors, res.warnings)
+        failures: dict[str, int] = {}
+        undelivered: dict[str, int] = {}
+        for i, sink in enumerate(self.sinks):
+            name = sink_name(sink)
+            # alerts this sink failed to take on earlier runs go first, then the new ones
+            todo, self._pending[i] = [*self._pending.get(i, []), *new], []
+            first_error, n_failed = "", 0
+            for a in todo:
+                try:
+                    sink.emit(a)
+                except Exception as e:  # one failing sink must not stop the others
+                    n_failed += 1
+                    first_error = first_error or f"{type(e).__name__}: {e}"
+                    if getattr(e, "retry", True):
+                        self._pending[i].append(a)
+            if dropped := max(0, len(self._pending[i]) - MAX_PENDING_ALERTS):
+                del self._pending[i][:dropped]
+                log.error("alert sink %s: %d undelivered alert(s) dropped (more than %d waiting); the store "
+                          "still holds them if a store sink is configured", name, dropped, MAX_PENDING_ALERTS)
+            if n_failed:  # one line per failing sink and run, not a traceback per alert
+                failures[name] = n_failed
+                errors[f"sink:{name}"] = first_error
+                log.warning("alert sink %s failed on %d alert(s) (%d waiting for the next evaluation); the other "
+                            "sinks got them: %s", name, n_failed, len(self._pending[i]), first_error)
+            if self._pending[i]:
+                undelivered[name] = len(self._pending[i])
+        return RunResult(alerts, new, errors, res.warnings, failures, undelivered)
 
     def _persist(self, a: Alert) -> bool:
         """Upsert ``a`` unless the stored alert already holds all its evidence; True when new (or reopened)."""
@@ -694,23 +716,48 @@ class RuleEngine:
         return is_new
 
 
-async def monitor_loop(url: str, settings: MonitorSettings, guard: Guard | None = None) -> None:
-    """Run the rules every ``settings.interval_s`` seconds until cancelled; failures are logged, not raised."""
+class LoopMetrics(Protocol):
+    """What the background loop reports to (the proxy's :class:`charter.server.metrics.Metrics`)."""
+
+    def monitor_run(self, result: RunResult | None) -> None: ...
+
+
+async def monitor_loop(url: str, settings: MonitorSettings, guard: Guard | None = None,
+                       metrics: LoopMetrics | None = None) -> None:
+    """Run the rules every ``settings.interval_s`` seconds until cancelled; failures are logged, not raised.
+
+    The store is opened (and migrated) at once, so that a database problem shows at startup rather
+    than one interval later; if it fails, each run tries again.
+    """
     import anyio
+
+    def open_engine() -> RuleEngine:
+        return RuleEngine.open(url, settings, guard=guard)
 
     engine: RuleEngine | None = None
     failing = False
     try:
+        try:
+            engine = await anyio.to_thread.run_sync(open_engine)
+        except Exception:
+            log.exception("monitor: the event store could not be opened; trying again every %g s", settings.interval_s)
+            failing = True
+            if metrics is not None:
+                metrics.monitor_run(None)
         while True:
             await asyncio.sleep(settings.interval_s)
             try:
                 if engine is None:
-                    engine = await anyio.to_thread.run_sync(lambda: RuleEngine.open(url, settings, guard=guard))
+                    engine = await anyio.to_thread.run_sync(open_engine)
                 res = await anyio.to_thread.run_sync(engine.run_once)
+                if metrics is not None:
+                    metrics.monitor_run(res)
                 if res.new:
                     log.info("monitor: %d new alert(s)", len(res.new))
                 failing = False
             except Exception as e:
+                if metrics is not None:
+                    metrics.monitor_run(None)
                 if not failing:
                     log.exception("monitor evaluation failed")
                 else:
@@ -721,11 +768,12 @@ async def monitor_loop(url: str, settings: MonitorSettings, guard: Guard | None 
             engine.close()
 
 
-def start_monitor(db: str | None, settings: MonitorSettings, guard: Guard | None) -> asyncio.Task[None] | None:
+def start_monitor(db: str | None, settings: MonitorSettings, guard: Guard | None,
+                  metrics: LoopMetrics | None = None) -> asyncio.Task[None] | None:
     """The proxy's background evaluation task (None without a store or with ``interval_s: 0``)."""
     if not db or settings.interval_s <= 0:
         return None
-    return asyncio.create_task(monitor_loop(db, settings, guard), name="charter-monitor")
+    return asyncio.create_task(monitor_loop(db, settings, guard, metrics), name="charter-monitor")
 
 
 async def stop_monitor(task: asyncio.Task[None] | None) -> None:

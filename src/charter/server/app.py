@@ -79,7 +79,7 @@ class Proxy:
         key = up.api_key()
         self.svc.upstream_headers = {"authorization": f"Bearer {key}"} if key else {}
         await self.svc.events.start()
-        monitor = start_monitor(self.config.events.db, self.config.monitor, self.svc.guard)
+        monitor = start_monitor(self.config.events.db, self.config.monitor, self.svc.guard, self.svc.metrics)
         try:
             yield
         finally:

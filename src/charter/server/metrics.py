@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from charter.monitor.rules import RunResult
 
 LAT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
@@ -30,7 +34,14 @@ class Metrics:
         self.events_written = Gauge("charter_events_written", "Events written to the sink", registry=r)
         self.events_spilled = Gauge("charter_events_spilled", "Events spilled to disk (queue full or sink failed)", registry=r)
         self.events_queued = Gauge("charter_events_queue_depth", "Events waiting for the sink", registry=r)
+        self.monitor_runs = Counter("charter_monitor_runs", "Background rule evaluations by outcome", ["outcome"], registry=r)
+        self.alerts_new = Counter("charter_alerts_new", "Alerts raised for the first time (or reopened)", registry=r)
+        self.alert_sink_failures = Counter("charter_alert_sink_failures", "Alerts a sink failed to take, by sink",
+                                           ["sink"], registry=r)
+        self.alerts_undelivered = Gauge("charter_alerts_undelivered", "Alerts waiting for a sink's next attempt",
+                                        ["sink"], registry=r)
         self._n_checks = self._n_esc = 0
+        self._sinks_seen: set[str] = set()
 
     def input_check(self, seconds: float, stage: str, escalated: bool) -> None:
         self.guard_latency.labels(stage).observe(seconds)
@@ -40,6 +51,19 @@ class Metrics:
             self.escalations.inc()
             self._n_esc += 1
         self.escalation_rate.set(self._n_esc / self._n_checks)
+
+    def monitor_run(self, result: RunResult | None) -> None:
+        """Count one background evaluation (``None``: it failed before the rules ran)."""
+        if result is None:
+            self.monitor_runs.labels("failed").inc()
+            return
+        self.monitor_runs.labels("errors" if result.errors else "ok").inc()
+        self.alerts_new.inc(len(result.new))
+        for sink, n in result.sink_failures.items():
+            self.alert_sink_failures.labels(sink).inc(n)
+        for sink in set(result.sink_failures) | set(result.undelivered) | self._sinks_seen:
+            self.alerts_undelivered.labels(sink).set(result.undelivered.get(sink, 0))
+        self._sinks_seen |= set(result.sink_failures) | set(result.undelivered)
 
     def render(self, refresh: Callable[[], None] | None = None) -> bytes:
         if refresh:
