@@ -372,8 +372,10 @@ def test_http_errors_malformed_and_timeouts_are_counted(scripted_openai: Start) 
 def test_unreachable_and_dead_targets(scripted_openai: Start, tmp_path: Path) -> None:
     from charter.cli.eval_cmd import sycophancy_eval
 
-    with pytest.raises(CharterError, match="cannot connect"):
-        sycophancy_eval("openai:http://127.0.0.1:9/v1", tmp_path / "x", n=2, quiet=True, backoff=0.0, max_retries=1)
+    with pytest.raises(CharterError, match="cannot connect to the model") as e:
+        sycophancy_eval("openai:http://user:pw-secret@127.0.0.1:9/v1", tmp_path / "x", n=2, quiet=True, backoff=0.0,
+                        max_retries=1)
+    assert "pw-secret" not in str(e.value) and "127.0.0.1:9" in str(e.value)  # credentials in the URL are masked
     dead = scripted_openai(default=Reply.error(503))
     with pytest.raises(CharterError, match="every request"):
         sycophancy_eval(f"openai:{dead.base_url}", tmp_path / "d", n=2, tasks="mimicry", quiet=True, backoff=0.0, max_retries=1)

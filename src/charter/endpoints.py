@@ -121,14 +121,15 @@ def post_json(client: httpx.Client, url: str, body: dict[str, Any], *, retries: 
 
 
 class Endpoint:
-    """One OpenAI-compatible URL the red team talks to (target, judge, attacker): its client, with the
+    """One OpenAI-compatible URL Charter talks to (red-team target, judge, attacker; evaluated model): its client, with the
     key from ``api_key`` or ``$key_env`` as a bearer token (never logged or stored), its retries, and
     the rule that a URL that has never answered stops the run with a clear error (a wrong host or
     port would otherwise make every attempt of a long run an error)."""
 
     def __init__(self, url: str, what: str, *, key_env: str, api_key: str | None = None, timeout: float = 60.0,
-                 retries: int = 3, sleep: Callable[[float], None] = time.sleep) -> None:
+                 retries: int = 3, backoff: Backoff | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
         self.url, self.what, self.retries, self._sleep = url, what, retries, sleep
+        self.backoff = backoff or Backoff()
         key = api_key if api_key is not None else os.environ.get(key_env)
         self.client = httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {key}"} if key else {})
         self.reached = False  # some request got an HTTP response
@@ -136,7 +137,7 @@ class Endpoint:
     def post(self, body: dict[str, Any]) -> Posted:
         from charter.errors import CharterError
 
-        p = post_json(self.client, self.url, body, retries=self.retries, sleep=self._sleep)
+        p = post_json(self.client, self.url, body, retries=self.retries, backoff=self.backoff, sleep=self._sleep)
         if p.connect_only and not self.reached:
             raise CharterError(f"cannot connect to {self.what} {redact_url(self.url)} (after {p.attempts} attempts)")
         self.reached = True

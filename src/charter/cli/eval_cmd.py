@@ -43,7 +43,7 @@ def sycophancy_eval(
         raise CharterError(f"--out {out}: exists and is not a directory")
     client = ChatClient(base, model, timeout=timeout, **client_kw)
     jclient = ChatClient(jbase, judge_model or "default", api_key_env=JUDGE_KEY_ENV, timeout=timeout, max_tokens=16,
-                         **client_kw) if jbase else None
+                         what="the judge", **client_kw) if jbase else None
     try:
         total = len(plan(n, seed, chosen))
         with Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -8,7 +8,6 @@ variable and is never logged or stored. Thread-safe: one client serves a worker 
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -17,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from charter.endpoints import Backoff, MalformedCompletion, completion_text, post_json
+from charter.endpoints import Backoff, Endpoint, MalformedCompletion, completion_text
 from charter.errors import CharterError
 
 TARGET_KEY_ENV = "CHARTER_TARGET_API_KEY"
@@ -62,20 +61,17 @@ class ChatClient:
         self, base_url: str, model: str = "default", *, api_key_env: str = TARGET_KEY_ENV,
         timeout: float = 60.0, max_retries: int = 3, backoff: float = 0.5, max_backoff: float = 20.0,
         max_tokens: int = 512, temperature: float = 0.0, sleep: Callable[[float], None] = time.sleep,
+        what: str = "the model",
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
         self.max_retries = max_retries
         self.max_tokens = max_tokens
         self.temperature = temperature
-        self._sleep = sleep
-        self._backoff = Backoff(backoff, max_backoff)
         self._lock = threading.Lock()
         self.calls = self.errors = self.retries = self.successes = 0
-        self._unreachable: str | None = None  # set once the endpoint was never reachable: later calls fail fast
-        key = os.environ.get(api_key_env)
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        self._client = httpx.Client(timeout=httpx.Timeout(timeout), headers=headers)
+        self._endpoint = Endpoint(f"{self.base_url}/chat/completions", what, key_env=api_key_env,
+                                  timeout=timeout, retries=max_retries, backoff=Backoff(backoff, max_backoff), sleep=sleep)
 
     def _count(self, c: Completion) -> Completion:
         with self._lock:
@@ -89,17 +85,11 @@ class ChatClient:
 
     def complete(self, messages: list[dict[str, Any]]) -> Completion:
         """One completion; raises :class:`CharterError` only when the endpoint was never reachable."""
-        if self._unreachable:
-            raise CharterError(self._unreachable)
         body = {"model": self.model, "messages": messages, "max_tokens": self.max_tokens, "temperature": self.temperature}
-        p = post_json(self._client, f"{self.base_url}/chat/completions", body, retries=self.max_retries,
-                      backoff=self._backoff, sleep=self._sleep)
+        p = self._endpoint.post(body)
         if p.ok:
             assert p.response is not None
             return self._count(self._parse(p.response, p.attempts))
-        if p.connect_only and self.successes == 0:
-            self._unreachable = f"cannot connect to {self.base_url} (after {p.attempts} attempts)"
-            raise CharterError(self._unreachable)
         return self._count(Completion(error=p.error, attempts=p.attempts))
 
     @staticmethod
@@ -111,4 +101,4 @@ class ChatClient:
         return Completion(text=content[:MAX_REPLY_CHARS], attempts=attempts)
 
     def close(self) -> None:
-        self._client.close()
+        self._endpoint.close()
