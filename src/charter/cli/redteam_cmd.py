@@ -27,7 +27,7 @@ app.add_typer(redteam_app, name="redteam")
 def campaign(
     target_spec: str, out: Path, *, suite: str = "default", budget: int = 20, seed: int = 0,
     constitution: Path | None = None, benign: Path | None = None, behaviours: int = 2,
-    attacker_url: str | None = None, attacker_model: str | None = None, judge_url: str | None = None,
+    behaviours_file: Path | None = None, attacker_url: str | None = None, attacker_model: str | None = None, judge_url: str | None = None,
     judge_model: str | None = None, target_model: str | None = None, grader_model: Path | None = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
@@ -35,7 +35,7 @@ def campaign(
     from charter.constitution import load_constitution
     from charter.constitution.loader import default_constitution_path
     from charter.redteam.attackers import ATTACKS
-    from charter.redteam.behaviours import benign_probes, read_benign_prompts, select_behaviours
+    from charter.redteam.behaviours import benign_probes, read_behaviours, read_benign_prompts, select_behaviours
     from charter.redteam.graders import GRADERS
     from charter.redteam.report import write_report
     from charter.redteam.runner import run_redteam
@@ -56,6 +56,8 @@ def campaign(
         raise CharterError(f"--out {out}: exists and is not a directory")
     cpath = constitution or default_constitution_path()
     const = load_constitution(cpath)
+    bs = read_behaviours(behaviours_file, const) if behaviours_file else select_behaviours(const, behaviours, seed)
+    probes = benign_probes(const, read_benign_prompts(benign) if benign else None)
     target = parse_target(target_spec, target_model)
     graders: dict[str, Any] = {}
     if target.kind == "openai":
@@ -65,8 +67,6 @@ def campaign(
             graders["exchange"] = GRADERS.get("exchange")(gm)
         if judge_url:
             graders["judge"] = GRADERS.get("judge")(judge_url, judge_model, const)
-    bs = select_behaviours(const, behaviours, seed)
-    probes = benign_probes(const, read_benign_prompts(benign) if benign else None)
     attackers: list[Any] = []
     if budget > 0:
         attackers.append(ATTACKS.get("search")(seed=seed))
@@ -78,7 +78,13 @@ def campaign(
         task = prog.add_task("attacking", total=total)
         res = run_redteam(target, bs, probes, graders=graders, suite=suite, budget=budget, seed=seed,
                           attackers=attackers, advance=lambda n, d: prog.update(task, advance=n, description=d))
-    res.config.update({"constitution": str(cpath), "graders": sorted(graders), "behaviours_per_category": behaviours})
+    res.config.update({"constitution": str(cpath), "graders": sorted(graders), "behaviours": len(bs)})
+    if behaviours_file:
+        from charter.guard.train import file_sha256
+
+        res.config["behaviours_file"] = {"path": str(behaviours_file), "sha256": file_sha256(behaviours_file)}
+    else:
+        res.config["behaviours_per_category"] = behaviours
     paths = write_report(res, out)
     res.summary["paths"] = {k: str(v) for k, v in paths.items()}
     failure = measured_nothing(res)
@@ -158,6 +164,8 @@ def redteam(
     constitution: Path = typer.Option(None, "--constitution", "-c", help="Constitution YAML (default: packaged)."),
     benign: Path = typer.Option(None, "--benign", help="Extra benign traffic, JSONL with text or messages."),
     behaviours: int = typer.Option(2, "--behaviours", min=1, help="Behaviours per restricted category."),
+    behaviours_file: Path = typer.Option(None, "--behaviours-file", help="Attack these restricted requests instead of "
+                                         "the constitution's (JSONL: text, optional category and id)."),
     attacker_url: str = typer.Option(None, "--attacker-url", help="OpenAI-compatible base URL of a PAIR attacker LLM."),
     attacker_model: str = typer.Option(None, "--attacker-model", help="Model name sent to the attacker (key: $CHARTER_ATTACKER_API_KEY)."),
     judge_url: str = typer.Option(None, "--judge-url", help="OpenAI-compatible base URL of an LLM judge."),
@@ -171,7 +179,7 @@ def redteam(
     if target is None or out is None:
         raise typer.BadParameter("--target and --out are required", param_hint="--target")
     summary = campaign(target, out, suite=suite, budget=budget, seed=seed, constitution=constitution, benign=benign,
-                       behaviours=behaviours, attacker_url=attacker_url, attacker_model=attacker_model,
+                       behaviours=behaviours, behaviours_file=behaviours_file, attacker_url=attacker_url, attacker_model=attacker_model,
                        judge_url=judge_url, judge_model=judge_model, target_model=target_model, grader_model=grader_model)
     print_summary(summary)
     reason = gate(summary, max_asr, max_fpr)

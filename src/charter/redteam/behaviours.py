@@ -10,6 +10,10 @@ from charter.constitution import Constitution
 from charter.data.splits import split_of, sub_seed
 
 _SPLIT_ORDER = {"test": 0, "calib": 1, "train": 2}
+MAX_USER_BEHAVIOURS = 10_000
+MAX_BEHAVIOUR_CHARS = 8_000
+#: what a user behaviour without a category is about (the crescendo openers quote it)
+USER_DESCRIPTION = "Requests for help that would cause serious harm."
 
 
 @dataclass(frozen=True)
@@ -81,4 +85,42 @@ def read_benign_prompts(path: Any) -> list[str | list[dict[str, Any]]]:
             out.append([{"role": m.get("role", "user"), "content": m["content"]} for m in obj["messages"]])
         else:
             raise CharterError(f"{path}:{i}: needs a string 'text' or a 'messages' list of {{role, content}}")
+    return out
+
+
+def read_behaviours(path: Any, const: Constitution) -> list[Behaviour]:
+    """``--behaviours-file`` JSONL: one restricted request a line, as ``{"text": ...}`` with an
+    optional ``category`` (a restricted category id of ``const``; default ``user``) and ``id``.
+
+    For evaluating on your own or public data: these are attacked instead of the constitution's
+    seeds. Every problem names the file and line.
+    """
+    from charter.data.records import iter_jsonl
+    from charter.errors import CharterError
+
+    cats = {c.id: c for c in const.restricted}
+    out: list[Behaviour] = []
+    seen: set[str] = set()
+    for i, obj in iter_jsonl(path, max_lines=MAX_USER_BEHAVIOURS, max_line_bytes=4 * MAX_BEHAVIOUR_CHARS + 1024):
+        where = f"{path}:{i}"
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
+            raise CharterError(f"{where}: needs a non-empty string 'text' (optional: 'category', 'id')")
+        if unknown := sorted(set(obj) - {"text", "category", "id"}):
+            raise CharterError(f"{where}: unknown field(s) {', '.join(unknown)}; expected text, category, id")
+        text = obj["text"].strip()
+        if len(text) > MAX_BEHAVIOUR_CHARS:
+            raise CharterError(f"{where}: text is {len(text)} characters; at most {MAX_BEHAVIOUR_CHARS}")
+        cat = obj.get("category", "user")
+        if cat != "user" and cat not in cats:
+            raise CharterError(f"{where}: category {str(cat)[:60]!r} is not a restricted category of {const.name!r} "
+                               f"(one of: {', '.join(cats)}; or leave it out)")
+        bid = obj.get("id", f"user:{i}")
+        if not isinstance(bid, str) or not bid or len(bid) > 200:
+            raise CharterError(f"{where}: id must be a non-empty string of at most 200 characters")
+        if bid in seen:
+            raise CharterError(f"{where}: duplicate id {bid!r}")
+        seen.add(bid)
+        out.append(Behaviour(bid, cat, text, "user", cats[cat].description if cat in cats else USER_DESCRIPTION))
+    if not out:
+        raise CharterError(f"{path}: no behaviours (one JSON object a line, with a 'text')")
     return out
