@@ -34,6 +34,7 @@ def _register() -> None:
     from charter.cli import monitor_cmd  # noqa: F401
     from charter.cli import monitor_alerts_cmd  # noqa: F401
     from charter.cli import eval_cmd  # noqa: F401
+    from charter.cli import eval_guard_cmd  # noqa: F401
     from charter.cli import wellbeing_cmd  # noqa: F401
     from charter.cli import dashboard_cmd  # noqa: F401
 

@@ -91,7 +91,7 @@ def _scores(res: RunResult) -> tuple[np.ndarray, np.ndarray]:
     return att, ben
 
 
-def _hist(att: np.ndarray, ben: np.ndarray, xlabel: str = "score") -> str | None:
+def _hist(att: np.ndarray, ben: np.ndarray, xlabel: str = "score", names: tuple[str, str] = ("attacks", "benign")) -> str | None:
     import matplotlib.pyplot as plt
 
     if not len(att) and not len(ben):
@@ -99,9 +99,9 @@ def _hist(att: np.ndarray, ben: np.ndarray, xlabel: str = "score") -> str | None
     fig, ax = plt.subplots(figsize=(5, 3.4))
     bins = np.linspace(0, 1, 26)
     if len(att):
-        ax.hist(att, bins=bins, alpha=0.6, density=True, label=f"attacks (n={len(att)})", color="#c0392b")
+        ax.hist(att, bins=bins, alpha=0.6, density=True, label=f"{names[0]} (n={len(att)})", color="#c0392b")
     if len(ben):
-        ax.hist(ben, bins=bins, alpha=0.6, density=True, label=f"benign (n={len(ben)})", color="#2980b9")
+        ax.hist(ben, bins=bins, alpha=0.6, density=True, label=f"{names[1]} (n={len(ben)})", color="#2980b9")
     ax.set_xlabel(xlabel)
     ax.legend()
     ax.set_title("score distributions")
