@@ -18,7 +18,18 @@ from charter.classifiers.streaming import tokens
 from charter.guard.guard import OutputMonitor, Verdict
 from charter.server.context import Exchange, Services
 from charter.server.errors import ProxyError, upstream_error
-from charter.server.schema import DONE, TEXT_FIELDS, ChatRequest, charter_field, extra_texts, refusal_completion, sse
+from charter.server.schema import (
+    AUDIO_FIELDS,
+    CALL_TEXT,
+    DONE,
+    TEXT_FIELDS,
+    ChatRequest,
+    charter_field,
+    extra_texts,
+    refusal_completion,
+    sse,
+    unscorable_audio,
+)
 
 MAX_ERROR_BODY = 64_000
 
@@ -64,6 +75,16 @@ def _status_error(svc: Services, status: int, body: bytes) -> ProxyError:
     if 400 <= status < 500:  # the client's problem (bad model, rate limit): pass the status through
         return ProxyError(status, msg, "rate_limit_error" if status == 429 else "invalid_request_error", code="upstream_" + str(status))
     return upstream_error(502, msg)
+
+
+def _unscorable(svc: Services) -> str:
+    """Audio with no transcript to score: a ProxyError (fail closed), or with ``guard.fail_open`` the
+    error an allowed event records."""
+    svc.metrics.upstream_errors.labels("unscorable").inc()
+    if not svc.config.guard.fail_open:
+        raise ProxyError(503, "the reply's audio has no transcript to check; refusing (fail closed)", "server_error",
+                         code="unscorable_output")
+    return "unscorable_output_fail_open"
 
 
 def _headers(svc: Services) -> dict[str, str]:
@@ -161,12 +182,19 @@ async def complete(ex: Exchange, req: ChatRequest, raw: bytes) -> Response:
         content = msg.get("content") or ""
         if not isinstance(content, str):
             raise TypeError("content")
-        # the whole reply is scored: content plus reasoning, refusal and tool-call text
+        # the whole reply is scored: content plus reasoning, refusal, audio transcript and tool-call text
         text = "\n".join(t for t in (content, *extra_texts(msg)) if t)
+        unscorable = unscorable_audio(msg.get("audio"))
     except (ValueError, KeyError, IndexError, TypeError, AttributeError):
         svc.metrics.upstream_errors.labels("malformed").inc()
         ex.finish("error", status=200, error="upstream_malformed")
         return upstream_error(502, "upstream returned a malformed completion", "upstream_malformed").response()
+    if unscorable:
+        try:
+            ex.event.error = _unscorable(svc)
+        except ProxyError as e:
+            ex.finish("error", status=200, error=e.code)
+            return e.response()
     ex.response_text.append(text)
     assert ex.messages is not None
     gs = svc.config.guard
@@ -268,30 +296,47 @@ def _str(v: Any) -> str:
 class _Call:
     id: str = ""
     type: str | None = None
+    kind: str | None = None  # the key its body came under ("function" or "custom": see CALL_TEXT)
     name: str = ""
-    arguments: str = ""
+    arguments: str = ""  # a function's arguments or a custom call's input
 
 
 class _Held:
-    """A stream's tool-call (and legacy function_call) deltas: scored as they arrive, but held whole
-    until the stream ends unflagged, never released piecemeal."""
+    """A stream's tool-call (function, custom and legacy function_call) and audio deltas: scored as
+    they arrive (a call's name and text, the audio's transcript), but held whole until the stream ends
+    unflagged, never released piecemeal. Audio goes out with its transcript, as one delta."""
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, audio_limit: int) -> None:
         self.calls: dict[int, _Call] = {}
         self.fn: _Call | None = None
+        self.audio: dict[str, Any] | None = None
         self.size, self.limit = 0, limit
+        self.audio_size, self.audio_limit = 0, audio_limit
 
     def __bool__(self) -> bool:
-        return bool(self.calls) or self.fn is not None
+        return bool(self.calls) or self.fn is not None or self.audio is not None
+
+    def excess(self) -> str | None:
+        """Why the held deltas are over their bounds, if they are."""
+        if self.size > self.limit:
+            return (f"the upstream's tool calls exceed the {self.limit} characters the proxy holds back "
+                    f"(limits.max_output_tokens x {HELD_CHARS_PER_TOKEN})")
+        if self.audio_size > self.audio_limit:
+            return (f"the upstream's audio exceeds the {self.audio_limit} bytes the proxy holds back (as a non-streamed "
+                    f"completion: limits.max_output_tokens x {BYTES_PER_TOKEN}, at least {MIN_COMPLETION_BYTES})")
+        return None
+
+    def unscorable(self) -> bool:
+        return unscorable_audio(self.audio)
 
     def add(self, delta: dict[str, Any]) -> list[tuple[Hashable, str]]:
-        """Take the delta's call fragments; their text to score as (slot, text). ValueError: malformed."""
+        """Take the delta's call and audio fragments; their text to score as (slot, text). ValueError: malformed."""
         parts: list[tuple[Hashable, str]] = []
         tcs = delta.get("tool_calls")
         if tcs is not None and not isinstance(tcs, list):
             raise ValueError("tool_calls")
         for pos, tc in enumerate(tcs or []):
-            if not isinstance(tc, dict) or not set(tc) <= {"index", "id", "type", "function"}:
+            if not isinstance(tc, dict) or not set(tc) <= {"index", "id", "type", *CALL_TEXT}:
                 raise ValueError("tool_calls[]")
             i = tc.get("index", pos)
             if not isinstance(i, int) or isinstance(i, bool):
@@ -302,32 +347,57 @@ class _Held:
             call.id += _str(tc.get("id"))
             call.type = _str(tc.get("type")) or call.type
             self.size += len(_str(tc.get("id")))
-            parts += self._take(call, ("tool", i), tc.get("function"))
+            kinds = [k for k in CALL_TEXT if tc.get(k) is not None]
+            if len(kinds) > 1 or (kinds and call.kind not in (None, kinds[0])):  # one call, one kind of body
+                raise ValueError("tool_calls[] body")
+            if kinds:
+                call.kind = kinds[0]
+                parts += self._take(call, ("tool", i), tc[call.kind], CALL_TEXT[call.kind])
         if delta.get("function_call") is not None:
             self.fn = self.fn or _Call()
             parts += self._take(self.fn, "function_call", delta["function_call"])
+        if delta.get("audio") is not None:
+            parts += self._audio(delta["audio"])
         return parts
 
-    def _take(self, call: _Call, slot: Hashable, f: Any) -> list[tuple[Hashable, str]]:
+    def _audio(self, a: Any) -> list[tuple[Hashable, str]]:
+        if not isinstance(a, dict) or not set(a) <= set(AUDIO_FIELDS):
+            raise ValueError("audio")
+        held = self.audio = {} if self.audio is None else self.audio
+        for k, v in a.items():
+            if k == "expires_at":
+                if v is not None and (not isinstance(v, int) or isinstance(v, bool)):
+                    raise ValueError("audio.expires_at")
+                if v is not None:
+                    held[k] = v
+            elif v is not None:
+                held[k] = held.get(k, "") + _str(v)
+                self.audio_size += len(v)
+        return [("audio", a["transcript"])] if a.get("transcript") else []
+
+    def _take(self, call: _Call, slot: Hashable, f: Any, text: str = "arguments") -> list[tuple[Hashable, str]]:
         if f is None:
             return []
-        if not isinstance(f, dict) or not set(f) <= {"name", "arguments"}:
+        if not isinstance(f, dict) or not set(f) <= {"name", text}:
             raise ValueError("function")
-        name, args = _str(f.get("name")), _str(f.get("arguments"))
+        name, args = _str(f.get("name")), _str(f.get(text))
         call.name += name
         call.arguments += args
         self.size += len(name) + len(args)
         return [(slot, t) for t in (name, args) if t]
 
     def chunks(self, base: dict[str, Any]) -> list[dict[str, Any]]:
-        """The held calls as stream chunks like ``base``, one per call (then forgotten)."""
-        deltas: list[dict[str, Any]] = [
-            {"tool_calls": [{"index": i, **({"id": c.id} if c.id else {}), "type": c.type or "function",
-                             "function": {"name": c.name, "arguments": c.arguments}}]}
-            for i, c in sorted(self.calls.items())]
+        """The held calls and audio as stream chunks like ``base``, one per call (then forgotten)."""
+        deltas: list[dict[str, Any]] = []
+        for i, c in sorted(self.calls.items()):
+            kind = c.kind or ("custom" if c.type == "custom" else "function")
+            deltas.append({"tool_calls": [{"index": i, **({"id": c.id} if c.id else {}), "type": c.type or kind,
+                                           kind: {"name": c.name, CALL_TEXT[kind]: c.arguments}}]})
         if self.fn is not None:
             deltas.append({"function_call": {"name": self.fn.name, "arguments": self.fn.arguments}})
-        self.calls, self.fn = {}, None
+        if self.audio is not None:
+            deltas.append({"audio": self.audio})
+        self.calls, self.fn, self.audio = {}, None, None
         return [dict(base, choices=[{"index": 0, "delta": d, "finish_reason": None}]) for d in deltas]
 
 
@@ -343,17 +413,17 @@ def _text_chunk(obj: dict[str, Any], out: dict[str, str]) -> dict[str, Any]:
 async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncIterator[bytes]:
     """Upstream chunks through the output monitor: only scored text outside the hold-back goes out.
 
-    Every text fragment of the reply (content, reasoning, refusal, tool-call names and arguments) is
-    fed to one monitor in arrival order; text fields go out as the hold-back allows, tool calls only
-    once the stream has ended unflagged."""
+    Every text fragment of the reply (content, reasoning, refusal, tool-call names and arguments or
+    input, audio transcript) is fed to one monitor in arrival order; text fields go out as the
+    hold-back allows, tool calls and audio only once the stream has ended unflagged."""
     svc, gs = ex.svc, ex.svc.config.guard
     assert ex.messages is not None
     deadline = time.monotonic() + svc.config.upstream.timeouts.total
     mon: OutputMonitor | None = None
-    # fed fragments not yet released, as (delta field, text); field None: a held tool-call fragment.
+    # fed fragments not yet released, as (delta field, text); field None: a held tool-call or audio fragment.
     # Kept in step with the monitor's own pending tokens (one entry per feed) until passthrough.
     queue: list[tuple[str | None, str]] = []
-    held = _Held(svc.config.limits.max_output_tokens * HELD_CHARS_PER_TOKEN)
+    held = _Held(svc.config.limits.max_output_tokens * HELD_CHARS_PER_TOKEN, completion_byte_cap(svc))
     slot: Hashable = None  # what the last scored fragment belonged to (a field, or a tool call)
     passthrough = False  # after a non-blocking flag, or a classifier error in fail-open mode
     note: dict[str, Any] | None = None
@@ -363,6 +433,13 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
     last: dict[str, Any] | None = None  # the last upstream chunk with choices
     max_chars = 4 * svc.config.limits.max_output_tokens  # the proxy's token estimate, as for prompts
     chars = 0
+
+    def release_held(base: dict[str, Any]) -> list[dict[str, Any]]:
+        nonlocal error
+        if held.unscorable():
+            e = _unscorable(svc)
+            error = error or e
+        return held.chunks(base)
 
     def release(n: int) -> dict[str, str]:
         out: dict[str, str] = {}
@@ -410,10 +487,10 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
                 parts += [(s, None, t) for s, t in held.add(delta)]
             except ValueError:
                 raise _malformed(svc) from None
-            if held.size > held.limit:
+            excess = held.excess()
+            if excess:
                 svc.metrics.upstream_errors.labels("too_large").inc()
-                raise ProxyError(502, f"the upstream's tool calls exceed the {held.limit} characters the proxy holds back "
-                                 f"(limits.max_output_tokens x {HELD_CHARS_PER_TOKEN})", "upstream_error", code="upstream_too_large")
+                raise ProxyError(502, excess, "upstream_error", code="upstream_too_large")
             last = obj
             finish = choice.get("finish_reason")
             cut = False
@@ -470,9 +547,9 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
                 if out:
                     yield sse(_text_chunk(obj, out))
                     out = {}
-                for c in held.chunks(_base(obj)):
+                for c in release_held(_base(obj)):
                     yield sse(c)
-            nd = {k: x for k, x in delta.items() if k not in ("tool_calls", "function_call")}
+            nd = {k: x for k, x in delta.items() if k not in ("tool_calls", "function_call", "audio")}
             for f in _STREAMED:
                 if f in out:
                     nd[f] = out[f]
@@ -502,7 +579,7 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
             out = release(len(queue))
             if out:
                 yield sse(_text_chunk(last, out))
-            for c in held.chunks(_base(last)):
+            for c in release_held(_base(last)):
                 yield sse(c)
         if note is not None and not finished:
             yield sse({"id": None, "object": "chat.completion.chunk", "choices": [], "charter": note})

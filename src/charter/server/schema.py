@@ -52,7 +52,7 @@ class ChatRequest(BaseModel):
 
     def check_messages(self) -> list[dict[str, str]]:
         """The conversation as plain role/content text: what the guard scores (content, then the
-        message's other model text: reasoning, refusal, tool calls)."""
+        message's other model text: reasoning, refusal, audio transcript, tool calls)."""
         out = []
         for m in self.messages:
             c = m.content
@@ -70,20 +70,46 @@ def _as_text(v: Any) -> str:
     return v if isinstance(v, str) else "" if v is None else _DUMPS(v)
 
 
-def _call_text(f: Any) -> str:
+#: a tool call's body, by the key it comes under (its type), and the body's text field
+CALL_TEXT = {"function": "arguments", "custom": "input"}
+#: an audio reply's fields (``message.audio``, streamed ``delta.audio``): only the transcript is text
+AUDIO_FIELDS = ("id", "data", "transcript", "expires_at")
+
+
+def _call_text(f: Any, text: str = "arguments") -> str:
     if isinstance(f, dict) and isinstance(f.get("name") or "", str):
-        return f"{f.get('name') or ''}({_as_text(f.get('arguments'))})"
+        return f"{f.get('name') or ''}({_as_text(f.get(text))})"
     return _as_text(f)
 
 
+def _tool_call_text(c: Any) -> str:
+    if not isinstance(c, dict) or not any(k in c for k in CALL_TEXT):
+        return _as_text(c)
+    rest = {k: v for k, v in c.items() if k not in ("index", "id", "type", *CALL_TEXT)}
+    return "\n".join([_call_text(c[k], t) for k, t in CALL_TEXT.items() if k in c] + ([_as_text(rest)] if rest else []))
+
+
+def _audio_text(a: Any) -> str:
+    if not isinstance(a, dict):
+        return _as_text(a)
+    rest = {k: v for k, v in a.items() if k not in AUDIO_FIELDS}
+    return "\n".join(t for t in (_as_text(a.get("transcript")), _as_text(rest) if rest else "") if t)
+
+
+def unscorable_audio(a: Any) -> bool:
+    """Audio data with no transcript: what it says cannot be checked."""
+    return isinstance(a, dict) and bool(a.get("data")) and not _as_text(a.get("transcript")).strip()
+
+
 def extra_texts(m: Mapping[str, Any]) -> list[str]:
-    """A message's model text besides content, as the guard reads it: reasoning and refusal text, then
-    each tool call (and legacy function_call) as ``name(arguments)``. Shapes not known here are read as
-    JSON: forwarded text is never left unread."""
+    """A message's model text besides content, as the guard reads it: reasoning and refusal text, the
+    audio transcript, then each tool call (and legacy function_call) as ``name(arguments)`` (a custom
+    tool call as ``name(input)``). Shapes not known here are read as JSON: forwarded text is never left
+    unread (audio data is not text: see :func:`unscorable_audio`)."""
     out = [_as_text(m.get(k)) for k in TEXT_FIELDS]
+    out.append(_audio_text(m.get("audio")))
     calls = m.get("tool_calls")
-    for c in calls if isinstance(calls, list) else [calls]:
-        out.append(_call_text(c["function"]) if isinstance(c, dict) and "function" in c else _as_text(c))
+    out += [_tool_call_text(c) for c in (calls if isinstance(calls, list) else [calls])]
     out.append(_call_text(m.get("function_call")))
     return [t for t in out if t]
 
