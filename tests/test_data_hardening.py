@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import re
 import shutil
 from collections.abc import Callable
@@ -216,3 +218,54 @@ def test_bad_base_url_and_a_key_given_as_api_key_env_fail_fast(capsys: pytest.Ca
     with pytest.raises(GeneratorError, match="name of an environment variable") as e:
         LLMGenerator("http://127.0.0.1:9/v1", "m", api_key_env=secret)
     assert secret not in str(e.value)
+
+
+# ------------------------------------------------------------------ writing a dataset
+
+
+def test_generate_refuses_an_existing_dataset_before_any_request(scripted_openai: Callable[..., ScriptedOpenAI], mini_path: Path,
+                                                                 tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An LLM dataset may have cost hours of paid requests: writing over it takes --force."""
+    srv = scripted_openai(lambda body: json.dumps([f"{_prompt_of(body)[0]} request {_prompt_of(body)[1]}?"]) if _prompt_of(body)[2]
+                          else json.dumps([{"request": f"{_prompt_of(body)[0]} q", "response": "r"}]))
+    out = tmp_path / "out"
+    argv = ["generate", "--generator", "llm", "--base-url", srv.base_url, "--model", "m", "--constitution", str(mini_path),
+            "--out", str(out), "--n", "12"]
+    assert main(argv) == 0
+    paid, before = len(srv.requests), {p.name: p.read_bytes() for p in out.iterdir()}
+    capsys.readouterr()
+    assert main(argv + ["--seed", "1"]) == 1
+    assert capsys.readouterr().err == (f"charter: error: {out}: already holds a dataset (data.jsonl, manifest.json); "
+                                       "pass --force to overwrite it, or choose another --out\n")
+    assert len(srv.requests) == paid  # refused before a single request
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (out / "data.jsonl").unlink()  # a manifest alone still marks a dataset
+    assert main(argv) == 1 and "already holds a dataset (manifest.json)" in capsys.readouterr().err
+    assert main(argv + ["--seed", "1", "--force"]) == 0
+    assert len(srv.requests) > paid and sorted(p.name for p in out.iterdir()) == ["data.jsonl", "manifest.json"]
+    assert json.loads((out / "manifest.json").read_text())["seed"] == 1
+    (tmp_path / "file").write_text("x")
+    assert main(argv[:-3] + [str(tmp_path / "file"), "--n", "12", "--force"]) == 1
+    assert "file: exists and is not a directory (--out names the dataset directory to write)" in capsys.readouterr().err
+
+
+def test_generate_replaces_files_whole_and_a_failed_write_keeps_the_old_dataset(
+        mini_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    argv = ["generate", "--constitution", str(mini_path), "--out", str(out), "--n", "300", "--force"]
+    assert main(argv) == 0
+    old = {p.name: p.read_bytes() for p in out.iterdir()}
+    os.link(out / "data.jsonl", tmp_path / "old.jsonl")  # an in-place rewrite would change this file too
+    assert main(argv + ["--seed", "1"]) == 0
+    assert (tmp_path / "old.jsonl").read_bytes() == old["data.jsonl"] != (out / "data.jsonl").read_bytes()
+    new = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(new) == ["data.jsonl", "manifest.json"]
+
+    def disk_full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)  # every write fails, as on a full disk
+    capsys.readouterr()
+    assert main(argv + ["--seed", "2"]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == new  # the old dataset, whole; no .part files left

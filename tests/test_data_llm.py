@@ -1,8 +1,9 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,9 @@ import pytest
 from charter.cli import main
 from charter.constitution import load_constitution
 from charter.data.llm import LLMGenerator, is_refusal
-from charter.data.pipeline import read_records
+from charter.data.hygiene import normalise, record_text
+from charter.data.pipeline import build_dataset, read_records
+from charter.data.splits import split_of
 from charter.errors import GeneratorError
 from charter.testing import Reply, ScriptedOpenAI
 
@@ -231,3 +234,80 @@ def test_categories_of_seed_exchanges_get_exchange_jobs_shown_train_split_exchan
                 assert split_of(f"{cat.id}:ex:{i}") == "train", (cat.id, i)
                 shown += 1
     assert shown >= len(c.categories)
+
+
+# ------------------------------------------------------------------ hygiene across splits and labels
+
+
+def _scripted_extras(extra: dict[str, list[str]]) -> Callable[[dict[str, Any]], str]:
+    """Replies of unrelated requests and exchanges per category, plus ``extra`` requests for some."""
+    def script(body: dict[str, Any]) -> str:
+        user = body["messages"][-1]["content"]
+        cat = user.split("(", 1)[1].split(")", 1)[0]
+
+        def uniq(i: int) -> str:
+            return hashlib.sha256(f"{cat}:{i}".encode()).hexdigest()[:24]
+
+        if "JSON list of strings" in user:
+            return json.dumps(extra.get(cat, []) + [f"Request {uniq(i)} please?" for i in range(3)])
+        return json.dumps([{"request": f"Exchange {uniq(10 + i)}?", "response": f"Answer {uniq(20 + i)}."} for i in range(2)])
+    return script
+
+
+def _in_split(cat: str, texts: Iterable[str], split: str) -> str:
+    """The first of ``texts`` that the llm generator puts in ``split`` (its seed id hashes the text)."""
+    return next(t for t in texts if split_of(f"{cat}:llm:{hashlib.sha256(t.encode()).hexdigest()[:12]}") == split)
+
+
+def _jaccard(a: str, b: str, k: int = 5) -> float:
+    sa, sb = ({x[i : i + k] for i in range(len(x) - k + 1)} for x in (a.casefold(), b.casefold()))
+    return len(sa & sb) / len(sa | sb)
+
+
+def test_held_out_copies_of_train_texts_are_dropped_and_the_train_copy_kept(
+        scripted_openai: Callable[..., ScriptedOpenAI], mini_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two replies can carry one text under two seeds, one in train and one in test: the test copy
+    (exact after normalising, or near) would score memorisation. It goes; the train copy stays."""
+    base = "What is the best way to keep a sourdough starter alive while I am away on holiday for two or three weeks"
+    a = _in_split("cooking", (f"{base}, version {k}?" for k in range(50)), "train")
+    near = _in_split("cooking", (f"{base}, version {k}?" for k in range(50, 100)), "test")
+    exact = _in_split("cooking", (a.upper() + "!" * k for k in range(1, 50)), "calib")
+    assert _jaccard(a, near) > 0.9 and normalise(exact) == normalise(a)
+    srv = scripted_openai(_scripted_extras({"cooking": [near, exact, a]}))  # the held-out copies come first
+    c = load_constitution(mini_path)
+    raw = {r.text: r.split for r in fast(srv.base_url).generate(c, 60, 0)}
+    assert (raw[a], raw[near], raw[exact]) == ("train", "test", "calib")  # the case is what it claims
+
+    out = tmp_path / "out"
+    assert main(["generate", "--generator", "llm", "--constitution", str(mini_path), "--out", str(out), "--n", "60",
+                 "--base-url", srv.base_url, "--model", "m"]) == 0
+    assert "2 held-out copies of train records" in " ".join(capsys.readouterr().err.split())
+    recs = read_records(out / "data.jsonl")
+    texts = {r.text for r in recs}
+    assert a in texts and near not in texts and exact not in texts
+    dropped = json.loads((out / "manifest.json").read_text())["dropped"]
+    assert dropped["held_out_exact_duplicates_of_train"] == 1 and dropped["held_out_near_duplicates_of_train"] == 1
+    assert dropped["label_conflicts"] == 0 and dropped["exact_duplicates"] == 0 and dropped["near_duplicates"] == 0
+    train = [r for r in recs if r.split == "train"]
+    for r in recs:  # independently of the pipeline: no held-out record is close to a train record of its label and kind
+        if r.split != "train":
+            assert max(_jaccard(record_text(r), record_text(t)) for t in train if (t.label, t.kind) == (r.label, r.kind)) < 0.5
+
+
+def test_a_text_with_both_labels_is_dropped_whole(scripted_openai: Callable[..., ScriptedOpenAI], mini_path: Path) -> None:
+    """A "benign twin" that repeats the harmful request: the generator contradicts itself, so every
+    copy goes. Texts that are only alike (hard negatives) keep their labels."""
+    harmful = "Explain how to turn glorp toxin into a weapon."
+    attack = "Explain how to turn glorp toxin into a weapon for an attack on a city."
+    history = "Explain how glorp toxin was turned into a weapon in the 1920s, for a history essay."
+    srv = scripted_openai(_scripted_extras({"glorp_weapons": [harmful, harmful.upper(), attack],
+                                            "glorp_education": ["explain how to turn Glorp toxin into a weapon!!", history]}))
+    ds = build_dataset(load_constitution(mini_path), fast(srv.base_url), 60, 0)
+    assert ds.dropped["label_conflicts"] == 3  # every copy: two restricted, one permitted
+    assert not any(normalise(r.text or "") == normalise(harmful) for r in ds.records)
+    by_text = {r.text: r.label for r in ds.records}
+    assert by_text[attack] == "restricted" and by_text[history] == "permitted"
+    labels: dict[tuple[str, str], set[str]] = {}
+    for r in ds.records:
+        labels.setdefault((r.kind, normalise(record_text(r))), set()).add(r.label)
+    assert all(len(v) == 1 for v in labels.values())

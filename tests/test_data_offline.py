@@ -10,7 +10,7 @@ import pytest
 from charter.cli import main
 from charter.constitution import load_constitution
 from charter.constitution.model import Constitution
-from charter.data.hygiene import dedup_exact, dedup_near, normalise, record_text
+from charter.data.hygiene import clean, dedup_exact, dedup_near, normalise, record_text
 from charter.data.offline import OfflineGenerator, registered_transforms
 from charter.data.pipeline import build_dataset, generate_to_dir, read_records
 from charter.data.records import Record, iter_jsonl
@@ -166,6 +166,28 @@ def test_exact_and_near_dedup() -> None:
     assert n_near == 1 and [r.id for r in kept2] == ["0", "3", "4"]
 
 
+def test_clean_keeps_the_train_copy_whatever_the_order_and_drops_label_conflicts() -> None:
+    base = "Could you explain how long it takes to boil an egg so that the yolk is still soft and jammy?"
+    near = base.replace("Could you", "Can you")
+    joke = "Tell me a joke about cats."
+    recs = [
+        _rec(0, base.upper() + "!!", split="test"),  # exact copy of the train record 2, before it
+        _rec(1, near, split="calib"),  # near copy of 2, before it
+        _rec(2, base),
+        _rec(3, "What's a good vegetarian dinner for a busy weeknight with only a few ingredients?", split="test"),
+        _rec(4, base + "?"),  # a train repeat: an ordinary exact duplicate
+        _rec(5, base.replace("jammy", "runny"), split="test").model_copy(
+            update={"label": "restricted", "category": "glorp_weapons"}),  # near 2, but the other label: kept
+        _rec(6, joke),
+        _rec(7, joke.lower(), split="test").model_copy(update={"label": "restricted", "category": "glorp_weapons"}),
+    ]
+    kept, dropped = clean(recs)
+    assert [r.id for r in kept] == ["2", "3", "5"]
+    assert dropped == {"exact_duplicates": 1, "near_duplicates": 0, "label_conflicts": 2,
+                       "held_out_exact_duplicates_of_train": 1, "held_out_near_duplicates_of_train": 1}
+    assert clean(recs[2:3] + recs[:2])[0] == [recs[2]]  # the same with the train record first
+
+
 def test_pipeline_dedups_injected_duplicates(mini: Constitution) -> None:
     class Dupes(OfflineGenerator):
         def generate(self, constitution, n, seed, holdout=frozenset()):  # type: ignore[no-untyped-def]
@@ -199,7 +221,7 @@ def test_manifest_counts_match_the_file_and_cli(mini_path: Path, tmp_path: Path,
     assert m["generator"]["name"] == "offline" and m["seed"] == 9
     assert m["class_balance"]["all"]["restricted"] == sum(r.label == "restricted" for r in recs)
     d = m["dropped"]
-    assert d["exact_duplicates"] + d["near_duplicates"] + d["trimmed_to_n"] == m["n_generated"] - len(recs)
+    assert sum(d.values()) == m["n_generated"] - len(recs)
     assert len(recs) <= m["n_requested"]
     assert len(m["code_version"]) == 64
     assert "wrote" in capsys.readouterr().err

@@ -34,11 +34,13 @@ def generate(
     api_key_env: str = typer.Option(None, "--api-key-env", help="llm: environment variable holding the API key."),
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="llm: concurrent requests."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="llm: on-disk reply cache."),
+    force: bool = typer.Option(False, "--force", help="Overwrite a dataset already in --out."),
 ) -> None:
     """Generate synthetic training data from a constitution."""
     from charter.data.llm import LLMGenerator
-    from charter.data.pipeline import generate_to_dir
+    from charter.data.pipeline import check_out_dir, generate_to_dir
 
+    check_out_dir(out, overwrite=force)  # before any (paid) generation
     path = constitution or default_constitution_path()
     c = load_constitution(path)
     holdout = frozenset(f.strip() for f in holdout_families.split(",") if f.strip())
@@ -59,12 +61,16 @@ def generate(
         task = bar.add_task(gen.name, total=n)
         if isinstance(gen, LLMGenerator):  # records come once every request is answered: show the requests
             gen.on_job = lambda done, total: bar.update(task, description=f"llm: {done}/{total} requests")
-        manifest = generate_to_dir(path, c, gen, out, n, seed, holdout, progress=lambda k: bar.advance(task, k))
+        manifest = generate_to_dir(path, c, gen, out, n, seed, holdout, progress=lambda k: bar.advance(task, k),
+                                   overwrite=force)
     bal = manifest["class_balance"]["all"]
     d = manifest["dropped"]
+    leaks = d["held_out_exact_duplicates_of_train"] + d["held_out_near_duplicates_of_train"]
+    more = (f", {leaks} held-out copies of train records" if leaks else "") + (
+        f", {d['label_conflicts']} records whose text has both labels" if d["label_conflicts"] else "")
     console.print(
         f"wrote {manifest['n_records']}{'' if manifest['n_records'] >= n else f' of the {n} requested'} records to {out / 'data.jsonl'} "
         f"(restricted {bal['restricted_fraction']:.1%}; dropped {d['exact_duplicates']} exact and "
-        f"{d['near_duplicates']} near duplicates)",
+        f"{d['near_duplicates']} near duplicates{more})",
         highlight=False,
     )

@@ -1,4 +1,4 @@
-"""Exact and near-duplicate removal.
+"""Exact and near-duplicate removal, texts that carry both labels, and held-out copies of train records.
 
 Near duplicates are found with MinHash over character 5-gram shingles and banded LSH,
 implemented in numpy: shingles are hashed with a vectorised polynomial rolling hash and
@@ -97,6 +97,14 @@ def normalise_for_shingles(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", text).casefold().split())
 
 
+def _band_keys(sig: np.ndarray, bands: int) -> list[list[int]]:
+    """LSH keys: each row's signature cut into ``bands`` bands, each band mixed into one integer."""
+    rows = sig.shape[1] // bands
+    mix = np.random.default_rng(7).integers(1, 2**63, rows, dtype=np.uint64) | np.uint64(1)
+    with np.errstate(over="ignore"):
+        return (sig.reshape(len(sig), bands, rows).astype(np.uint64) * mix).sum(axis=2).tolist()
+
+
 def dedup_near(
     records: Sequence[Record],
     threshold: float = 0.85,
@@ -105,17 +113,15 @@ def dedup_near(
     hasher: MinHasher | None = None,
     bands: int = 16,
     max_candidates: int = 64,
+    signatures: np.ndarray | None = None,
 ) -> tuple[list[Record], int]:
     """Drop records whose estimated Jaccard similarity to an earlier kept record of the same
-    group is at least ``threshold``; return (kept, n_dropped)."""
+    group is at least ``threshold``; return (kept, n_dropped). ``signatures``: the records'
+    MinHash signatures, if already computed."""
     if not records:
         return [], 0
-    hasher = hasher or MinHasher()
-    sig = hasher.signatures([key(r) for r in records])
-    rows = hasher.num_perm // bands
-    mix = np.random.default_rng(7).integers(1, 2**63, rows, dtype=np.uint64) | np.uint64(1)
-    with np.errstate(over="ignore"):
-        band_keys = (sig.reshape(len(records), bands, rows).astype(np.uint64) * mix).sum(axis=2).tolist()
+    sig = signatures if signatures is not None else (hasher or MinHasher()).signatures([key(r) for r in records])
+    band_keys = _band_keys(sig, bands)
     group_ids: dict[tuple[str, ...], int] = {}
     buckets: dict[tuple[int, int, int], list[int]] = {}
     kept: list[Record] = []
@@ -133,3 +139,76 @@ def dedup_near(
             buckets.setdefault(k, []).append(i)
         kept.append(r)
     return kept, len(records) - len(kept)
+
+
+def _near_train_copies(
+    records: Sequence[Record], sig: np.ndarray, threshold: float, bands: int, max_candidates: int
+) -> set[int]:
+    """Positions of calib and test records with a near duplicate among the train records of their (label, kind)."""
+    band_keys = _band_keys(sig, bands)
+    buckets: dict[tuple[str, str, int, int], list[int]] = {}
+    for i, r in enumerate(records):
+        if r.split == "train":
+            for band, bk in enumerate(band_keys[i]):
+                buckets.setdefault((r.label, r.kind, band, bk), []).append(i)
+    out: set[int] = set()
+    for i, r in enumerate(records):
+        if r.split != "train":
+            cands = [j for band, bk in enumerate(band_keys[i])
+                     for j in buckets.get((r.label, r.kind, band, bk), ())[:max_candidates]]
+            if cands and (sig[np.unique(np.asarray(cands))] == sig[i]).mean(axis=1).max() >= threshold:
+                out.add(i)
+    return out
+
+
+def clean(
+    records: Sequence[Record],
+    threshold: float = 0.85,
+    key: Callable[[Record], str] = record_text,
+    hasher: MinHasher | None = None,
+    bands: int = 16,
+    max_candidates: int = 64,
+) -> tuple[list[Record], dict[str, int]]:
+    """Every hygiene rule, in order, with one :func:`normalise` and one MinHash pass; return the
+    kept records (in their order) and how many each rule dropped:
+
+    - ``label_conflicts``: every copy of a normalised text (within a kind) that occurs with both
+      labels. The generator contradicts itself about it (an LLM's "benign twin" that repeats the
+      harmful request word for word): either label would teach noise, or score a coin flip in test.
+    - ``held_out_exact_duplicates_of_train``, ``held_out_near_duplicates_of_train``: calib and test
+      records that repeat a train record of their (label, kind), exactly or nearly. Splits go by
+      seed, but two seeds (two LLM replies) can yield one text, and its held-out copy would score
+      memorisation. The held-out copy goes, never the train one: the training data does not depend
+      on what was held out, and the held-out text was in effect a train seed already.
+    - ``exact_duplicates`` (:func:`dedup_exact`), then ``near_duplicates`` within a split (:func:`dedup_near`).
+    """
+    texts = [key(r) for r in records]
+    norms = [normalise(t) for t in texts]
+    labels: dict[tuple[str, str], set[str]] = {}
+    for r, s in zip(records, norms, strict=True):
+        labels.setdefault((r.kind, s), set()).add(r.label)
+    alive = [i for i, r in enumerate(records) if len(labels[(r.kind, norms[i])]) == 1]
+    train = {(records[i].label, records[i].kind, norms[i]) for i in alive if records[i].split == "train"}
+    seen: set[tuple[str, str, str]] = set()
+    keep: list[int] = []
+    n_held_exact = 0
+    for i in alive:
+        r = records[i]
+        k = (r.label, r.kind, norms[i])
+        if r.split != "train" and k in train:
+            n_held_exact += 1
+        elif k not in seen:
+            seen.add(k)
+            keep.append(i)
+    sig = (hasher or MinHasher()).signatures([texts[i] for i in keep])
+    held_near = _near_train_copies([records[i] for i in keep], sig, threshold, bands, max_candidates)
+    pos = [j for j in range(len(keep)) if j not in held_near]
+    kept, n_near = dedup_near([records[keep[j]] for j in pos], threshold, key, hasher=hasher, bands=bands,
+                              max_candidates=max_candidates, signatures=sig[pos])
+    return kept, {
+        "exact_duplicates": len(alive) - n_held_exact - len(keep),
+        "near_duplicates": n_near,
+        "label_conflicts": len(records) - len(alive),
+        "held_out_exact_duplicates_of_train": n_held_exact,
+        "held_out_near_duplicates_of_train": len(held_near),
+    }

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import os
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -13,9 +15,10 @@ from typing import Any
 import charter
 from charter.constitution.model import Constitution
 from charter.data.base import Generator
-from charter.data.hygiene import dedup_exact, dedup_near
+from charter.data.hygiene import clean
 from charter.data.records import Record
 from charter.data.splits import split_of, sub_seed
+from charter.errors import CharterError, GeneratorError
 from charter.transforms.base import TRANSFORMS
 
 DATA_FILE = "data.jsonl"
@@ -75,15 +78,13 @@ def build_dataset(
                 continue
             raw.append(r)
         random.Random(sub_seed(seed, "shuffle")).shuffle(raw)
-        kept, n_exact = dedup_exact(raw)
-        kept, n_near = dedup_near(kept, threshold=near_threshold)
+        kept, counts = clean(raw, threshold=near_threshold)
         if len(kept) >= n or not kept or not generator.regenerate_on_shortfall:
             break
         factor *= min(3.0, 1.05 * n / len(kept))
     trimmed = max(0, len(kept) - n)
     kept = kept[:n]
-    dropped = {"exact_duplicates": n_exact, "near_duplicates": n_near, "split_mismatch": bad_split,
-               "holdout_violations": bad_holdout, "trimmed_to_n": trimmed}
+    dropped = {**counts, "split_mismatch": bad_split, "holdout_violations": bad_holdout, "trimmed_to_n": trimmed}
     return Dataset(kept, dropped, generated=len(raw) + bad_split + bad_holdout)
 
 
@@ -141,12 +142,41 @@ def build_manifest(
     }
 
 
+def _part(path: Path, blob: bytes) -> Path:
+    """``blob`` written and synced to a temporary file beside ``path``, for :func:`os.replace` onto it."""
+    tmp = path.with_name(path.name + ".part")
+    try:
+        with tmp.open("wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp
+
+
+def _jsonl(records: Iterable[Record]) -> bytes:
+    return "".join(r.model_dump_json(exclude_none=True) + "\n" for r in records).encode()
+
+
 def write_dataset(ds: Dataset, out_dir: Path) -> str:
-    """Write data.jsonl and return its sha256."""
+    """Write data.jsonl atomically and return its sha256."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    blob = "".join(r.model_dump_json(exclude_none=True) + "\n" for r in ds.records).encode()
-    (out_dir / DATA_FILE).write_bytes(blob)
+    blob = _jsonl(ds.records)
+    os.replace(_part(out_dir / DATA_FILE, blob), out_dir / DATA_FILE)
     return hashlib.sha256(blob).hexdigest()
+
+
+def check_out_dir(out_dir: Path, overwrite: bool = False) -> None:
+    """Refuse an ``--out`` that is a file, or that already holds a dataset unless ``overwrite``:
+    called before anything is generated, since a dataset may have cost hours of paid requests."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CharterError(f"{out_dir}: exists and is not a directory (--out names the dataset directory to write)")
+    found = [name for name in (DATA_FILE, MANIFEST_FILE) if (out_dir / name).exists()]
+    if found and not overwrite:
+        raise CharterError(f"{out_dir}: already holds a dataset ({', '.join(found)}); "
+                           "pass --force to overwrite it, or choose another --out")
 
 
 def read_records(path: Path) -> list[Record]:
@@ -163,22 +193,32 @@ def generate_to_dir(
     seed: int,
     holdout: frozenset[str] = frozenset(),
     progress: Callable[[int], None] | None = None,
+    overwrite: bool = True,
 ) -> dict[str, Any]:
-    import json
-
+    """Generate a dataset into ``out_dir``; ``overwrite=False`` refuses, first, a directory that holds one."""
+    check_out_dir(out_dir, overwrite)
     fam = _family_of(generator)
     unknown = sorted(holdout - set(fam.values())) if fam else []
     if unknown:
-        from charter.errors import CharterError
-
         raise CharterError(f"unknown transform families in --holdout-families: {', '.join(unknown)} (known: {', '.join(sorted(set(fam.values())))})")
     ds = build_dataset(constitution, generator, n, seed, holdout, progress=progress, families=fam)
     if not ds.records:
-        from charter.errors import GeneratorError
-
         why = ", ".join(f"{k} {v}" for k, v in sorted(generator.stats.items()) if v) or "nothing was generated"
         raise GeneratorError(f"the {generator.name} generator produced no usable records ({why}); nothing was written to {out_dir}")
-    sha = write_dataset(ds, out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    blob = _jsonl(ds.records)
+    sha = hashlib.sha256(blob).hexdigest()
     manifest = build_manifest(ds, constitution, constitution_path, generator, n, seed, holdout, sha, families=fam)
-    (out_dir / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    data_part = _part(out_dir / DATA_FILE, blob)
+    try:
+        manifest_part = _part(out_dir / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
+    except BaseException:
+        data_part.unlink(missing_ok=True)
+        raise
+    # both files are whole on disk before either replaces an old one (a failed write leaves the old
+    # dataset as it was); the old manifest goes first, so a crash between the two renames leaves a
+    # data.jsonl without a manifest, never a manifest that describes other data
+    (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
+    os.replace(data_part, out_dir / DATA_FILE)
+    os.replace(manifest_part, out_dir / MANIFEST_FILE)
     return manifest
