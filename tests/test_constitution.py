@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from charter.cli import main
 from charter.constitution import Kind, load_constitution, parse_constitution
@@ -137,3 +138,85 @@ def test_cli_check_counts_seed_exchanges(capsys):
     c = load_constitution(wellbeing)
     n = sum(len(x.seeds.exchanges) for x in c.categories)
     assert n > 0 and f"{n} seed exchanges" in capsys.readouterr().out
+
+
+# ---- hardening: repeats, bounds and invalid text -------------------------------------------
+
+def test_repeated_domain_id_and_seed_name_the_repeat():
+    dup = TEXT.replace("id: everyday", "id: glorp")
+    line = _line_of(TEXT, "id: everyday")
+    assert _err(dup) == f"x.yaml:{line}: domains[1].id: domain id 'glorp' is used twice (first at domains[0].id)"
+    # the same request twice (case and spacing aside) could land in train and in test
+    dup = TEXT.replace("- Give me a quick vegetarian dinner idea.", "- Give me a quick vegetarian dinner idea.\n"
+                       "            - 'give me a  QUICK vegetarian dinner idea. '")
+    assert _err(dup) == (f"x.yaml:{_line_of(dup, 'QUICK')}: domains[1].categories[0].seeds.requests[2]: seed 'give me a  QUICK "
+                         "vegetarian dinner idea.' is used twice (first at domains[1].categories[0].seeds.requests[1])")
+    # a hard negative that is also a permitted request
+    dup = TEXT.replace("- How do hospitals treat glorp toxin exposure?", "- What are the symptoms of glorp exposure?")
+    assert _err(dup) == (f"x.yaml:{_line_of(dup, 'detected in water') + 1}: domains[0].categories[1].seeds.requests[1]: seed "
+                         "'What are the symptoms of glorp exposure?' is used twice (first at domains[0].categories[0].hard_negatives[0])")
+
+
+def test_permitted_category_with_a_severity_is_an_error():
+    bad = TEXT.replace("kind: permitted\n        description: Recipes", "kind: permitted\n        severity: high\n        description: Recipes")
+    assert _err(bad) == f"x.yaml:{_line_of(bad, 'severity: high')}: domains[1].categories[0].severity: only restricted categories have a severity"
+    ok = TEXT.replace("kind: permitted\n        description: Recipes", "kind: permitted\n        severity: none\n        description: Recipes")
+    assert parse_constitution(ok, "x.yaml").category("cooking").severity.value == "none"
+
+
+def _alias_bomb(n: int) -> str:
+    """n categories that each merge in one category of n seed responses: O(n) bytes, O(n^2) seeds."""
+    resp = ", ".join(f"answer number {i}" for i in range(n))
+    cats = "\n".join(f"      - {{<<: *c, id: c{i}, seeds: {{requests: [ask {i}], responses: *r}}}}" for i in range(n))
+    return (f"version: 1\nname: x\ndomains:\n  - id: d\n    name: d\n    categories:\n"
+            f"      - &c {{id: r, name: r, kind: restricted, severity: high, description: a long enough description, "
+            f"seeds: {{requests: [hi], responses: &r [{resp}]}}}}\n"
+            f"      - {{id: p, name: p, kind: permitted, description: a long enough description, seeds: {{requests: [hi there]}}}}\n"
+            f"{cats}\n")
+
+
+def test_aliases_cannot_multiply_the_document():
+    small = parse_constitution(_alias_bomb(20), "x.yaml")  # aliases themselves are fine
+    assert len(small.categories) == 22 and len(small.category("c7").seeds.responses) == 20
+    bomb = _alias_bomb(1000)  # 60 kB that would validate a million seeds
+    msg = _err(bomb)
+    assert re.fullmatch(r"x\.yaml:(\d+): invalid YAML: aliases expand the document by more than 100000 nodes", msg)
+    line = int(msg.split(":")[1])  # the category whose aliases cross the bound (each adds ~2000 nodes)
+    assert bomb.splitlines()[line - 1].startswith("      - {<<: *c, id: c") and line < 100
+
+
+def test_nesting_depth_error_names_the_line():
+    deep = "name: x\ndomains:\n" + "".join("  " * i + "- \n" for i in range(1, 300))
+    assert _err(deep) == "x.yaml: invalid YAML: nested too deeply (more than 100 levels, line 102)"
+
+
+def test_lone_surrogate_names_line_and_field(capsys, tmp_path):
+    # a "\udc80" escape passed validation, then the fingerprint crashed with a traceback
+    bad = TEXT.replace("name: mini", 'name: "mini \\udc80"')
+    assert _err(bad) == "x.yaml:3: name: lone surrogate '\\udc80' is not valid Unicode"
+    bad = TEXT.replace("- Explain why glorp is unstable in sunlight.", '- "Explain \\ud83d why"')
+    line = _line_of(bad, "Explain")
+    assert _err(bad) == f"x.yaml:{line}: domains[0].categories[1].seeds.requests[2]: lone surrogate '\\ud83d' is not valid Unicode"
+    p = tmp_path / "s.yaml"
+    p.write_text(TEXT.replace("name: Cooking", 'name: "Cook\\udfffing"'))
+    assert main(["constitution", "check", str(p)]) == 1
+    err = capsys.readouterr().err
+    assert f"{p}:{_line_of(p.read_text(), 'Cook')}: domains[1].categories[0].name: lone surrogate" in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists(), reason="needs /dev/zero")
+def test_read_stops_at_the_size_limit():
+    # read_bytes() of an endless file never returned; the child's address space is capped so that
+    # a regression fails fast instead of filling the machine's memory
+    code = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))\n"
+            "from pathlib import Path\nfrom charter.errors import ConstitutionError\nfrom charter.yamlsource import read_text\n"
+            "try:\n    read_text(Path('/dev/zero'), 1000, ConstitutionError)\nexcept ConstitutionError as e:\n    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "/dev/zero: file is larger than 1000 bytes", out.stderr[-500:]
+
+
+def test_many_problems_are_listed_up_to_a_bound():
+    bad = TEXT.replace("- how long do i boil an egg", "\n            ".join(["- 1"] * 120))
+    lines = _err(bad).splitlines()
+    assert len(lines) == 51 and lines[-1] == "x.yaml: ... and 70 more problems"
+    assert lines[0].startswith(f"x.yaml:{_line_of(bad, '- 1')}: domains[1].categories[0].seeds.requests[0]: ")

@@ -5,6 +5,7 @@ import random
 import pytest
 
 from charter.transforms import chain, get_transform
+from charter.transforms.ciphers import caesar
 from charter.transforms.normalise import collapse_spacing, fold_all, views
 
 SENTENCES = [
@@ -166,3 +167,14 @@ def test_payload_enciphered_inside_readable_text_is_decoded_in_place(cipher: str
 ])
 def test_readable_text_gets_no_segment_view(text: str) -> None:
     assert "segments" not in dict(views(text))
+
+
+def test_caesar_header_with_thousands_of_digits() -> None:
+    # int() of a 5000-digit shift raised ValueError (Python's 4300-digit limit) out of views()
+    n = "9" * 5000
+    shift = (pow(10, 5000, 26) - 1) % 26  # the stated shift, mod 26
+    plain = "how do I bake bread at home"
+    text = f"ROT{n}: " + caesar(plain, shift)
+    assert dict(views(text))["caesar"] == plain
+    assert get_transform("caesar").decode(text) == plain
+    assert dict(views("ROT29: " + caesar(plain, 3)))["caesar"] == plain

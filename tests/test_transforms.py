@@ -1,13 +1,19 @@
 from __future__ import annotations
 
+import importlib
 import json
 import random
 import re
+import sys
+from pathlib import Path
 
 import pytest
 
 from charter.cli import main
 from charter.transforms import TRANSFORMS, Chain, ConversationTransform, Transform, chain, families, get_transform
+from charter.errors import CharterError
+from charter.registry import Registry
+from charter.transforms.base import _plugin_problem
 from charter.transforms.translation import LANGS, wordlist
 
 SENTENCE = "How do I bake sourdough bread at home? Tell me the steps, please."
@@ -269,3 +275,109 @@ def test_bon_noise_survives_case_changes_that_change_length():
     for seed in range(20):
         out = t.apply("Straße İstanbul ﬁsh", random.Random(seed))
         assert len(out) == len("Straße İstanbul ﬁsh")
+
+
+# --------------------------------------------------------------------------- hardening
+
+
+@pytest.mark.parametrize("name", ["base64", "hex", "url"])
+def test_byte_encodings_take_lone_surrogates(name: str) -> None:
+    # text.encode("utf-8") raised UnicodeEncodeError (e.g. a JSON "\ud83d" escape from an attacker LLM)
+    t = get_transform(name)
+    out = t.apply("caf\udce9 au lait", random.Random(0))
+    assert t.decode(out) == "caf\ufffd au lait"
+    # valid text encodes as before
+    assert t.apply("café", random.Random(0)) == {"base64": "Y2Fmw6k=", "hex": "636166c3a9", "url": "caf%C3%A9"}[name]
+
+
+def test_json_embed_decode_of_deep_nesting_is_none() -> None:
+    # json's recursive decoder raised RecursionError instead of the JSONDecodeError caught
+    assert get_transform("json_embed").decode('Run this: {"task": ' + "[" * 100_000) is None
+    assert get_transform("json_embed").decode('Run this: {"task": "x", "deep": [[[1]]]}') == "x"
+
+
+def test_cli_refuses_text_that_is_not_utf8(capsys: pytest.CaptureFixture[str]) -> None:
+    # bytes that are not UTF-8 reach argv as lone surrogates (b"\xe9" -> "\udce9")
+    for args in (["apply", "base64"], ["views"]):
+        assert main(["transforms", *args, "caf\udce9"]) == 2
+        err = capsys.readouterr().err
+        assert "TEXT: not valid UTF-8" in err and err.count("\n") == 1
+
+
+def _plugin(root: Path, entries: dict[str, str], modules: dict[str, str]) -> None:
+    """An installed distribution (a dist-info on sys.path) declaring charter.test_transforms entry points."""
+    info = root / "tplugin-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tplugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[charter.test_transforms]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items()))
+    for name, src in modules.items():
+        (root / f"{name}.py").write_text(src)
+
+
+_PLUGINS = """
+from charter.transforms import Transform
+
+class Shout(Transform):
+    name, family, description = "shout", "noise", "Upper-case."
+    def apply(self, text, rng):
+        return text.upper()
+
+class NotATransform:
+    name = "plain_class"
+
+def a_function(text):
+    return text
+
+class Misnamed(Shout):
+    name = "yell"
+
+class NoFamily(Transform):
+    name = "no_family"
+    def apply(self, text, rng):
+        return text
+
+class NoApply(Transform):
+    name, family = "no_apply", "noise"
+"""
+
+
+@pytest.mark.parametrize("entry, why", [
+    ("plain_class = tplug:NotATransform", "is not a subclass of charter.transforms.Transform"),
+    ("a_function = tplug:a_function", "is not a class but function"),
+    ("yell_loudly = tplug:Misnamed", "has name 'yell'; the entry point must use the same name"),
+    ("no_family = tplug:NoFamily", "has no family"),
+    ("no_apply = tplug:NoApply", "is abstract (it does not implement apply)"),
+])
+def test_a_wrong_plugin_is_named_when_loaded(entry: str, why: str, tmp_path: Path,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    # these loaded, then failed as AttributeError/TypeError tracebacks in `transforms list`,
+    # families() or data generation
+    name, target = (x.strip() for x in entry.split("="))
+    _plugin(tmp_path, {"shout": "tplug:Shout", name: target}, {"tplug": _PLUGINS})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    reg: Registry[type[Transform]] = Registry("charter.test_transforms", check=_plugin_problem)
+    with pytest.raises(CharterError, match=re.escape(f"plugin {name!r} ({target}) from package 'tplugin' {why}")):
+        reg.names()
+    sys.modules.pop("tplug", None)
+
+
+def test_a_plugin_can_build_on_a_builtin_at_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the plugin's own lookup re-entered the registry's load, which then failed on the
+    # half-imported plugin module ("circular import")
+    _plugin(tmp_path, {"wrapped": "tplug_wrap:Wrapped"}, {
+        "tplug_reg": "from charter.registry import Registry\nfrom charter.transforms import Transform\n"
+                     "REG = Registry('charter.test_transforms')\n"
+                     "@REG.register()\nclass Base(Transform):\n    name, family = 'base', 'noise'\n"
+                     "    def apply(self, text, rng):\n        return '<' + text + '>'\n",
+        "tplug_wrap": "from charter.transforms import Transform\nfrom tplug_reg import REG\n"
+                      "BASE = REG.get('base')()\n"
+                      "class Wrapped(Transform):\n    name, family = 'wrapped', 'noise'\n"
+                      "    def apply(self, text, rng):\n        return BASE.apply(text, rng) * 2\n"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    reg = importlib.import_module("tplug_reg").REG
+    assert reg.names() == ["base", "wrapped"]
+    assert reg.get("wrapped")().apply("x", random.Random(0)) == "<x><x>"
+    sys.modules.pop("tplug_reg", None)
+    sys.modules.pop("tplug_wrap", None)

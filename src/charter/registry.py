@@ -8,9 +8,10 @@ without forking Charter.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from importlib.metadata import entry_points
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from charter.errors import CharterError
 
@@ -19,11 +20,14 @@ log = logging.getLogger("charter.registry")
 
 
 class Registry(Generic[T]):
-    def __init__(self, group: str, builtins: str | None = None) -> None:
+    def __init__(self, group: str, builtins: str | None = None, check: Callable[[Any], str | None] | None = None) -> None:
         self.group = group
         self._builtins = builtins  # module whose import registers the built-in components
+        self._check = check  # what is wrong with a plugin's object (None: nothing)
         self._items: dict[str, T] = {}
         self._loaded = False
+        self._loading = False
+        self._lock = threading.RLock()
 
     def register(self, name: str | None = None) -> Callable[[T], T]:
         def deco(obj: T) -> T:
@@ -38,6 +42,18 @@ class Registry(Generic[T]):
     def _load(self) -> None:
         if self._loaded:
             return
+        with self._lock:  # other threads wait for the whole registry
+            # while plugins import, their own lookups (a plugin building on a built-in) see what is
+            # registered so far instead of starting the load again
+            if self._loaded or self._loading:
+                return
+            self._loading = True
+            try:
+                self._load_all()
+            finally:
+                self._loading = False
+
+    def _load_all(self) -> None:
         if self._builtins:
             __import__(self._builtins)
         for ep in entry_points(group=self.group):
@@ -47,13 +63,26 @@ class Registry(Generic[T]):
                             self.group, ep.name, ep.value, dist, self._items[ep.name])
                 continue
             try:
-                self._items[ep.name] = ep.load()
+                obj = ep.load()
             except Exception as e:  # a plugin's import error, missing attribute, ...
                 raise CharterError(
                     f"{self.group} plugin {ep.name!r} ({ep.value}){dist} failed to load: {type(e).__name__}: {e}. "
                     "Fix or uninstall that package.") from e
+            problem = self._problem(ep.name, obj)
+            if problem:  # caught here, not as an AttributeError wherever the object is first used
+                raise CharterError(f"{self.group} plugin {ep.name!r} ({ep.value}){dist} {problem}. Fix or uninstall that package.")
+            self._items[ep.name] = obj
         # only now: a failed load must fail every time, never leave a registry that silently lacks the plugin
         self._loaded = True
+
+    def _problem(self, name: str, obj: object) -> str | None:
+        """Why a plugin's object cannot be registered under ``name``, or None."""
+        if not isinstance(obj, type):
+            return f"is not a class but {type(obj).__name__} {obj!r}"
+        own = getattr(obj, "name", None)
+        if isinstance(own, str) and own != name:
+            return f"has name {own!r}; the entry point must use the same name"
+        return self._check(obj) if self._check else None
 
     def get(self, name: str) -> T:
         self._load()

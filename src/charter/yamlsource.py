@@ -3,6 +3,7 @@ configs): bounded reads, and parse or validation errors reported as ``file:line:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -14,10 +15,20 @@ from charter.errors import CharterError
 Loc = tuple[int | str, ...]
 
 
+#: nesting deeper than this is refused (no file Charter reads needs a tenth of it)
+MAX_DEPTH = 100
+#: aliases may add at most this many nodes to the document (each use counts the aliased subtree)
+MAX_ALIAS_NODES = 100_000
+
+
 def read_text(path: Path, max_bytes: int, error: type[CharterError]) -> str:
-    """The file's UTF-8 text; an unreadable, oversized or non-UTF-8 file raises ``error``."""
+    """The file's UTF-8 text; an unreadable, oversized or non-UTF-8 file raises ``error``.
+
+    At most ``max_bytes + 1`` bytes are read, so a huge file or a device never fills memory.
+    """
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            raw = f.read(max_bytes + 1)
     except OSError as e:
         raise error(f"{path}: cannot read: {e.strerror}") from None
     if len(raw) > max_bytes:
@@ -36,11 +47,58 @@ def load_mapping(text: str, source: str, error: type[CharterError], what: str) -
     return root, data
 
 
+class _Deep(yaml.YAMLError):
+    def __init__(self, line: int) -> None:
+        self.line = line
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """Composes with a nesting limit and a bound on what aliases add: a few kilobytes of aliases
+    (``&a [*b, *b, ...]``) would otherwise expand into millions of nodes once validated."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+        self._alias_nodes = 0
+        self._size: dict[int, int] = {}  # id(node) -> nodes in its expanded subtree
+
+    def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            node = super().compose_node(parent, index)
+            self._alias_nodes += self._size.get(id(node), 1)  # an alias of its own ancestor counts 1
+            if self._alias_nodes > MAX_ALIAS_NODES:
+                raise yaml.composer.ComposerError(
+                    None, None, f"aliases expand the document by more than {MAX_ALIAS_NODES} nodes", mark)
+            return node
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _Deep(self.peek_event().start_mark.line + 1)
+        node = super().compose_node(parent, index)
+        self._depth -= 1
+        if isinstance(node, yaml.MappingNode):
+            kids = [x for kv in node.value for x in kv]
+        else:
+            kids = node.value if isinstance(node, yaml.SequenceNode) else []
+        self._size[id(node)] = 1 + sum(self._size.get(id(k), 1) for k in kids)
+        return node
+
+
+def _compose(text: str) -> yaml.Node | None:
+    loader = _BoundedLoader(text)
+    try:
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
+
+
 def load_optional_mapping(text: str, source: str, error: type[CharterError], what: str) -> tuple[yaml.Node | None, dict[str, Any]]:
     """Like :func:`load_mapping`, but an empty document (or one of comments) is ``(None, {})``."""
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        root = _compose(text)
         data: Any = yaml.safe_load(text)
+    except _Deep as e:
+        raise error(f"{source}: invalid YAML: nested too deeply (more than {MAX_DEPTH} levels, line {e.line})") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         raise error(f"{source}:{mark.line + 1 if mark else 0}: invalid YAML: {e.problem or e}") from None
@@ -52,30 +110,44 @@ def load_optional_mapping(text: str, source: str, error: type[CharterError], wha
         return None, {}
     if not isinstance(data, dict):
         raise error(f"{source}:1: the {what} must be a YAML mapping")
-    dup = _duplicate_key(root)
-    if dup is not None:  # PyYAML would silently keep the last value
-        raise error(f"{source}:{dup.start_mark.line + 1}: duplicate key {dup.value!r}")
+    bad = _first_bad_node(root)
+    if bad is not None:
+        line, msg = bad
+        raise error(f"{source}:{line}: {msg}")
     return root, data
 
 
-def _duplicate_key(root: yaml.Node) -> yaml.ScalarNode | None:
-    """The first repeated scalar key of any mapping in the tree (walked iteratively, each node once)."""
-    todo, seen = [root], set()
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _first_bad_node(root: yaml.Node) -> tuple[int, str] | None:
+    """(line, message) of the first repeated key (PyYAML would silently keep the last value) or
+    lone surrogate (a ``"\\ud800"`` escape: text no UTF-8 writer can encode) in the tree, walked
+    iteratively in document order, each node once."""
+    todo: list[tuple[yaml.Node, Loc]] = [(root, ())]
+    seen: set[int] = set()
     while todo:
-        node = todo.pop()
+        node, loc = todo.pop()
         if id(node) in seen:
             continue
         seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
+        if isinstance(node, yaml.ScalarNode) and isinstance(node.value, str):
+            m = _SURROGATE.search(node.value)
+            if m:
+                return node.start_mark.line + 1, f"{format_loc(loc) or '(top level)'}: lone surrogate {m.group()!r} is not valid Unicode"
+        elif isinstance(node, yaml.MappingNode):
             keys: set[tuple[str, str]] = set()
+            kids: list[tuple[yaml.Node, Loc]] = []
             for k, v in node.value:
+                name = k.value if isinstance(k, yaml.ScalarNode) else "?"
                 if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
                     if (k.tag, k.value) in keys:
-                        return k
+                        return k.start_mark.line + 1, f"duplicate key {k.value!r}"
                     keys.add((k.tag, k.value))
-                todo.append(v)
+                kids += [(k, loc), (v, (*loc, name))]
+            todo.extend(reversed(kids))
         elif isinstance(node, yaml.SequenceNode):
-            todo.extend(node.value)
+            todo.extend(reversed([(v, (*loc, i)) for i, v in enumerate(node.value)]))
     return None
 
 

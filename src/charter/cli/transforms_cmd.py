@@ -15,6 +15,13 @@ transforms_app = typer.Typer(help="List, apply and decode text transforms.", no_
 app.add_typer(transforms_app, name="transforms")
 
 
+def _text(text: str) -> str:
+    """TEXT as given; bytes that are not UTF-8 reach argv as lone surrogates and are refused."""
+    if any("\ud800" <= c <= "\udfff" for c in text):
+        raise typer.BadParameter("not valid UTF-8 (check the terminal's encoding)", param_hint="TEXT")
+    return text
+
+
 def _chain(spec: str) -> Chain:
     names = [n.strip() for n in spec.split(",") if n.strip()]
     if not names:
@@ -52,7 +59,7 @@ def apply(
     decode: bool = typer.Option(False, "--decode", "-d", help="Decode instead (chains decode right to left)."),
 ) -> None:
     """Apply a transform (or chain) to TEXT and print the result."""
-    ch = _chain(name)
+    ch, text = _chain(name), _text(text)
     if not decode:
         typer.echo(ch.apply(text, random.Random(seed)))
         return
@@ -74,5 +81,5 @@ def views_(
     """The normalisation views classifiers score for TEXT."""
     from charter.transforms.normalise import views
 
-    for view, v in views(text, max_views=max_views):
+    for view, v in views(_text(text), max_views=max_views):
         typer.echo(f"[{view}] {v}")

@@ -8,11 +8,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from charter.constitution.model import Constitution
+from charter.constitution.model import Constitution, seed_key
 from charter.errors import ConstitutionError
 from charter.yamlsource import Loc, format_loc, load_mapping, problems_of, read_text, report
 
 MAX_BYTES = 16 * 1024 * 1024
+#: problems listed in one error; a file with thousands of bad seeds gets the first ones and a count
+MAX_REPORTED = 50
 
 
 def default_constitution_path() -> Path:
@@ -20,33 +22,52 @@ def default_constitution_path() -> Path:
     return Path(str(resources.files("charter") / "constitutions" / "default.yaml"))
 
 
-def _duplicate_ids(data: dict[str, Any]) -> list[tuple[Loc, str]]:
-    """Each repeated category id at its own location (the model's check can only name the top level)."""
-    first: dict[str, str] = {}
+def _duplicates(data: dict[str, Any]) -> list[tuple[Loc, str]]:
+    """Each repeated domain id, category id and seed request or hard negative at its own
+    location (the model's check can only name the top level)."""
+    first: dict[tuple[str, str], str] = {}
     out: list[tuple[Loc, str]] = []
-    domains = data.get("domains")
-    for i, d in enumerate(domains if isinstance(domains, list) else []):
-        cats = d.get("categories") if isinstance(d, dict) else None
-        for j, c in enumerate(cats if isinstance(cats, list) else []):
-            cid = c.get("id") if isinstance(c, dict) else None
-            if not isinstance(cid, str):
+
+    def see(what: str, key: str, shown: str, loc: Loc) -> None:
+        if (what, key) in first:
+            out.append((loc, f"{what} {shown!r} is used twice (first at {first[what, key]})"))
+        else:
+            first[what, key] = format_loc(loc)
+
+    for i, d in enumerate(_items(data.get("domains"))):
+        if isinstance(d, dict) and isinstance(d.get("id"), str):
+            see("domain id", d["id"], d["id"], ("domains", i, "id"))
+        for j, c in enumerate(_items(d.get("categories") if isinstance(d, dict) else None)):
+            if not isinstance(c, dict):
                 continue
-            loc: Loc = ("domains", i, "categories", j, "id")
-            if cid in first:
-                out.append((loc, f"category id {cid!r} is used twice (first at {first[cid]})"))
-            else:
-                first[cid] = format_loc(loc)
+            here: Loc = ("domains", i, "categories", j)
+            if isinstance(c.get("id"), str):
+                see("category id", c["id"], c["id"], (*here, "id"))
+            seeds = c.get("seeds")
+            for field, items in (("seeds.requests", seeds.get("requests") if isinstance(seeds, dict) else None),
+                                 ("hard_negatives", c.get("hard_negatives"))):
+                for k, s in enumerate(_items(items)):
+                    text = s.get("text") if isinstance(s, dict) else s
+                    if isinstance(text, str) and text.strip():
+                        shown = text.strip()[:60] + ("..." if len(text.strip()) > 60 else "")
+                        see("seed", seed_key(text), shown, (*here, *field.split("."), k))
     return out
+
+
+def _items(v: object) -> list[Any]:
+    return v if isinstance(v, list) else []
 
 
 def parse_constitution(text: str, source: str = "<string>") -> Constitution:
     root, data = load_mapping(text, source, ConstitutionError, "constitution")
-    dups = _duplicate_ids(data)
+    dups = _duplicates(data)
     try:
         return Constitution.model_validate(data)
     except ValidationError as e:
-        problems = [(loc, msg) for loc, msg in problems_of(e) if not (dups and not loc and "is used twice" in msg)]
-        raise ConstitutionError(report(source, root, dups + problems)) from None
+        problems = dups + [(loc, msg) for loc, msg in problems_of(e) if not (dups and not loc and "is used twice" in msg)]
+        more = len(problems) - MAX_REPORTED
+        tail = f"\n{source}: ... and {more} more problems" if more > 0 else ""
+        raise ConstitutionError(report(source, root, problems[:MAX_REPORTED]) + tail) from None
 
 
 def load_constitution(path: str | Path | None = None) -> Constitution:

@@ -11,9 +11,18 @@ import re
 from enum import Enum
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_serializer, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
 
 _ID = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def seed_key(text: str) -> str:
+    """What makes two seed requests (or hard negatives) the same: case and spacing do not count.
+
+    Splits are drawn per seed, so a repeated seed could put one text in both train and test
+    (or, across categories, give it two labels).
+    """
+    return " ".join(text.split()).casefold()
 
 
 class Kind(str, Enum):
@@ -127,6 +136,13 @@ class Category(_Strict):
             raise ValueError("must be lower_snake_case (a-z, 0-9, _), starting with a letter")
         return v
 
+    @field_validator("severity")
+    @classmethod
+    def _severity_only_restricted(cls, v: Severity, info: ValidationInfo) -> Severity:
+        if info.data.get("kind") is Kind.permitted and v is not Severity.none:
+            raise ValueError("only restricted categories have a severity")
+        return v
+
     @field_validator("kind", mode="before")
     @classmethod
     def _kind(cls, v: object) -> object:
@@ -165,12 +181,13 @@ class Constitution(_Strict):
 
     @model_validator(mode="after")
     def _unique_ids(self) -> Constitution:
-        seen: set[str] = set()
-        for d in self.domains:
-            for c in d.categories:
-                if c.id in seen:
-                    raise ValueError(f"category id {c.id!r} is used twice")
-                seen.add(c.id)
+        for what, keys in (("domain id", [d.id for d in self.domains]), ("category id", [c.id for c in self.categories]),
+                           ("seed", [seed_key(s.text) for c in self.categories for s in c.seeds.requests + c.hard_negatives])):
+            seen: set[str] = set()
+            for k in keys:
+                if k in seen:
+                    raise ValueError(f"{what} {k!r} is used twice")
+                seen.add(k)
         if not any(c.restricted for c in self.categories):
             raise ValueError("a constitution needs at least one restricted category")
         if all(c.restricted for c in self.categories):

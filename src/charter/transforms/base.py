@@ -7,6 +7,7 @@ not look like this transform's output); normalisation uses decoders to produce e
 
 from __future__ import annotations
 
+import inspect
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -82,7 +83,18 @@ class Chain:
         return text
 
 
-TRANSFORMS: Registry[type[Transform]] = Registry("charter.transforms", builtins="charter.transforms.library")
+def _plugin_problem(cls: type) -> str | None:
+    """What keeps a plugin class from working as a transform, or None."""
+    if not issubclass(cls, Transform):
+        return "is not a subclass of charter.transforms.Transform"
+    if inspect.isabstract(cls):
+        return f"is abstract (it does not implement {', '.join(sorted(cls.__abstractmethods__))})"
+    missing = [a for a in ("name", "family") if not isinstance(getattr(cls, a, None), str)]
+    return f"has no {' or '.join(missing)} (a class attribute string)" if missing else None
+
+
+TRANSFORMS: Registry[type[Transform]] = Registry("charter.transforms", builtins="charter.transforms.library",
+                                                 check=_plugin_problem)
 
 
 def get_transform(name: str) -> Transform:

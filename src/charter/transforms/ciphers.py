@@ -62,6 +62,15 @@ CAESAR_HEADER_RE = re.compile(
 )
 
 
+def header_shift(m: re.Match[str]) -> int:
+    """The shift a :data:`CAESAR_HEADER_RE` match states, mod 26 (digit by digit: ``int()`` of a
+    header with thousands of digits raises)."""
+    n = 0
+    for d in next(g for g in m.groups() if g):
+        n = (n * 10 + int(d)) % 26
+    return n
+
+
 @TRANSFORMS.register()
 class Caesar(Transform):
     name = "caesar"
@@ -77,8 +86,7 @@ class Caesar(Transform):
         m = CAESAR_HEADER_RE.match(text)
         if not m:
             return None
-        n = int(next(g for g in m.groups() if g))
-        return caesar(text[m.end() :], -n)
+        return caesar(text[m.end() :], -header_shift(m))
 
 
 @TRANSFORMS.register()

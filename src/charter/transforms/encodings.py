@@ -18,6 +18,17 @@ _HEX = re.compile(r"(?:[0-9a-fA-F]{2})+")
 _PCT = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def utf8(text: str) -> bytes:
+    """UTF-8 bytes of ``text``; a lone surrogate (no UTF-8 form) becomes U+FFFD, not an error."""
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _SURROGATE.sub("\ufffd", text).encode("utf-8")
+
+
 def _printable(raw: bytes) -> str | None:
     try:
         out = raw.decode("utf-8")
@@ -65,7 +76,7 @@ class Base64(Transform):
     reversible = True
 
     def apply(self, text: str, rng: random.Random) -> str:
-        return base64.b64encode(text.encode("utf-8")).decode("ascii")
+        return base64.b64encode(utf8(text)).decode("ascii")
 
     def decode(self, text: str) -> str | None:
         return decode_base64(text)
@@ -79,7 +90,7 @@ class Hex(Transform):
     reversible = True
 
     def apply(self, text: str, rng: random.Random) -> str:
-        return text.encode("utf-8").hex()
+        return utf8(text).hex()
 
     def decode(self, text: str) -> str | None:
         return decode_hex(text)
@@ -93,7 +104,7 @@ class Url(Transform):
     reversible = True
 
     def apply(self, text: str, rng: random.Random) -> str:
-        return quote(text, safe="")
+        return quote(utf8(text), safe="")
 
     def decode(self, text: str) -> str | None:
         if not _PCT.search(text):  # e.g. a single alphanumeric word encodes to itself

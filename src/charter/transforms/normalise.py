@@ -24,7 +24,7 @@ from charter.transforms.charlevel import (
     fold_confusables,
     fold_leet,
 )
-from charter.transforms.ciphers import ATBASH, CAESAR_HEADER_RE, caesar, caesar_table, decode_morse
+from charter.transforms.ciphers import ATBASH, CAESAR_HEADER_RE, caesar, caesar_table, decode_morse, header_shift
 from charter.transforms.encodings import decode_base64, decode_hex, decode_url
 from charter.transforms.noise import CharSeparators, CharSpacing
 from charter.transforms.linguistic import apply_legend, decode_pseudo
@@ -182,8 +182,7 @@ def _ciphers(text: str) -> Iterator[View]:
     """Whole-text ciphers, tried only when the text does not already read as English."""
     m = CAESAR_HEADER_RE.match(text)
     if m:
-        n = int(next(g for g in m.groups() if g))
-        yield "caesar", caesar(text[m.end() :], -n)
+        yield "caesar", caesar(text[m.end() :], -header_shift(m))
         return
     if english_ratio(text, 300) >= _ENGLISH_OK or len(_ASCII_WORD.findall(text, 0, 600)) < 2:
         return

@@ -202,7 +202,7 @@ class JsonEmbed(Transform):
             return None
         try:
             obj, _ = json.JSONDecoder().raw_decode(text, start)
-        except json.JSONDecodeError:
+        except (json.JSONDecodeError, RecursionError):  # RecursionError: nested deeper than the stack
             return None
         if not isinstance(obj, dict):
             return None
