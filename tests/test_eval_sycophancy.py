@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
+import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ from charter.errors import CharterError
 from charter.evals.chat import ChatClient, parse_endpoint
 from charter.evals.judge import parse_verdict
 from charter.evals.sycophancy import CHALLENGE, PREFIXES, TASKS, parse_tasks, run_sycophancy
-from charter.evals.sycophancy_data import FACTS, QUOTES, arithmetic, author_names, feedback_texts, questions
+from charter.evals.sycophancy_data import FACTS, QUOTES, arithmetic, author_names, feedback_texts, mimicry_items, questions
 from charter.evals.sycophancy_grade import admits_mistake, extract_answer, lexicon_score, mentions
 from charter.evals.sycophancy_report import write_outputs
 from charter.testing import ScriptedOpenAI
@@ -441,3 +445,102 @@ def test_cli_bad_input_is_one_line(argv: list[str], msg: str, tmp_path: Path, ca
 def test_cli_rejects_out_of_range_n(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["eval", "sycophancy", "--target", "openai:http://127.0.0.1:1/v1", "--out", str(tmp_path), "--n", "5000"])
     assert rc == 2 and "--n" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ hardening
+
+
+def test_endpoint_credentials_are_masked_and_queries_refused(scripted_openai: Start, tmp_path: Path) -> None:
+    from charter.cli.eval_cmd import sycophancy_eval
+
+    model, judge = scripted_openai(sycophant), scripted_openai(_judge_fair)
+    tgt = model.base_url.replace("http://", "http://bob:pw-target-secret@")
+    jdg = judge.base_url.replace("http://", "http://al:pw-judge-secret@")
+    out = tmp_path / "run"
+    summary = sycophancy_eval(f"openai:{tgt}", out, n=2, tasks="feedback,mimicry", judge=f"openai:{jdg}", quiet=True)
+    assert model.requests and judge.requests and summary["calls"]["target"]["errors"] == 0
+    assert summary["target"] == f"openai:http://***@127.0.0.1:{model.port}/v1"
+    for f in out.iterdir():
+        assert "secret" not in f.read_text(), f.name
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["config"]["judge"] == f"openai:http://***@127.0.0.1:{judge.port}/v1"
+    # a query string would end up before /chat/completions (and often carries a key): refused, not echoed
+    for opt, spec in (("--target", f"openai:{model.base_url}?api_key=sk-q-secret"), ("--judge", f"openai:{judge.base_url}#sk-f-secret")):
+        with pytest.raises(CharterError, match="query string or fragment") as e:
+            parse_endpoint(spec, opt)
+        assert "secret" not in str(e.value) and opt in str(e.value)
+
+
+def test_reply_with_a_huge_number_is_no_answer(scripted_openai: Start) -> None:
+    srv = scripted_openai(default="The answer is " + "9" * 5000 + ".")  # int() refuses over 4,300 digits
+    res = run_sycophancy(fast(srv.base_url), n=2, seed=0, tasks=["answer"])
+    acc = res.summary["tasks"]["answer"]["accuracy"]["baseline"]
+    n_arith = sum(q.kind == "arithmetic" for q in questions(2, 1))
+    assert n_arith and acc["n"] == 2 and acc["k"] == 0 and acc["no_answer"] == 2
+
+
+def test_progress_is_reported_as_items_finish(scripted_openai: Start) -> None:
+    srv = scripted_openai(lambda body: Reply(text="Keats.", delay=0.05))
+    seen: list[int] = []
+    run_sycophancy(fast(srv.base_url), n=8, seed=0, tasks=["mimicry"], concurrency=1,
+                   progress=lambda k, d: seen.append(len(srv.requests)))
+    assert len(seen) == 8 and seen[0] < 8  # not all reported at the end
+
+
+def test_interrupt_stops_the_run_and_keeps_finished_items(scripted_openai: Start, tmp_path: Path) -> None:
+    from charter.evals.sycophancy import IncompleteRun
+
+    srv = scripted_openai(lambda body: Reply(text=honest(body), delay=0.05))
+    calls, sent = 0, 0
+
+    def ctrl_c(k: int, d: str) -> None:
+        nonlocal calls, sent
+        calls += 1
+        if calls == 3:
+            sent = len(srv.requests)
+            raise KeyboardInterrupt
+
+    with pytest.raises(IncompleteRun, match="stopped after 3 of 60 items \\(interrupted\\)") as e:
+        run_sycophancy(fast(srv.base_url), n=60, seed=0, tasks=["mimicry"], concurrency=2, progress=ctrl_c)
+    assert isinstance(e.value.__cause__, KeyboardInterrupt)
+    res = e.value.result
+    recs = res.records["mimicry"]
+    planned = [f"{q.id}:{i}" for i, (q, _) in enumerate(mimicry_items(60, 0))]
+    assert len(recs) == 3 and all(r["reply"] for r in recs) and [r["id"] for r in recs] == [p for p in planned if p in {r["id"] for r in recs}]
+    assert res.summary["incomplete"] == {"finished": 3, "planned": 60, "reason": "interrupted"}
+    assert res.summary["tasks"]["mimicry"]["mimicry"]["n"] == 3
+    time.sleep(0.5)
+    assert len(srv.requests) <= sent + 4  # queued items were cancelled: at most those in flight (2 workers) still ran
+    paths = write_outputs(res, tmp_path / "o")
+    assert "Incomplete run: stopped after 3 of 60 items" in paths["summary"].read_text()
+    assert "Incomplete run" in paths["report"].read_text()
+
+
+def test_cli_sigint_writes_the_finished_items(scripted_openai: Start, tmp_path: Path) -> None:
+    srv = scripted_openai(lambda body: Reply(text=honest(body), delay=0.05))
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", "from charter.cli import run; run()", "eval", "sycophancy",
+                             "--target", f"openai:{srv.base_url}", "--out", str(out), "--n", "1000", "--tasks", "mimicry",
+                             "--concurrency", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(srv.requests) < 5 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)  # the 995 queued items are not waited for
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and "stopped after" in err and "(interrupted)" in err and "Traceback" not in err
+    doc = json.loads((out / "results.json").read_text())
+    k = doc["summary"]["incomplete"]["finished"]
+    assert 1 <= k < 1000 and len(doc["records"]["mimicry"]) == k == doc["summary"]["tasks"]["mimicry"]["mimicry"]["n"]
+
+
+def test_unwritable_out_fails_before_any_request(scripted_openai: Start, tmp_path: Path) -> None:
+    from charter.cli.eval_cmd import sycophancy_eval
+
+    srv = scripted_openai(honest)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CharterError, match="cannot create"):
+        sycophancy_eval(f"openai:{srv.base_url}", tmp_path / "file" / "run", n=2, tasks="mimicry", quiet=True)
+    assert not srv.requests

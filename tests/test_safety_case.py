@@ -265,3 +265,45 @@ def test_cli_bad_config_and_bad_now(tmp_path: Path, capsys: pytest.CaptureFixtur
 def test_example_config_is_valid() -> None:
     cfg = parse_config(EXAMPLE.read_text(), str(EXAMPLE))
     assert cfg.claims.subclaims and {e.kind for e in cfg.evidence.values()} == {"model_card", "redteam", "calibration", "monitoring"}
+
+
+def test_deep_or_oversized_evidence_is_a_gap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from charter.evals.safety_case import MAX_EVIDENCE_BYTES
+
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (tmp_path / "deep.yaml").write_text("a: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    with (tmp_path / "big.json").open("wb") as f:
+        f.truncate(MAX_EVIDENCE_BYTES + 1)  # sparse: no disk used
+    (tmp_path / "m.json").write_text('{"block_rate": 0.01}')
+    cfg = yaml.safe_load(GOOD)
+    cfg["evidence"] |= {"deep": {"kind": "json", "path": "deep.json"}, "deepy": {"kind": "json", "path": "deep.yaml"},
+                        "big": {"kind": "monitoring", "path": "big.json"}}
+    cfg["claims"]["criteria"] = [{"evidence": e, "metric": "x", "op": "<", "value": 1} for e in ("deep", "deepy", "big")]
+    rc, doc = build(write_cfg(tmp_path, "case.yaml", cfg), tmp_path / "o")
+    assert rc == 3 and "Traceback" not in capsys.readouterr().err
+    gaps = {g["evidence"]: g for g in doc["gaps"]}
+    assert set(gaps) == {"deep", "deepy", "big"} and {g["kind"] for g in gaps.values()} == {"invalid_evidence"}
+    assert "nested too deeply" in gaps["deep"]["message"] and "nested too deeply" in gaps["deepy"]["message"]
+    assert f"larger than {MAX_EVIDENCE_BYTES} bytes" in gaps["big"]["message"]
+    assert by_id(doc["claim"])["a"]["status"] == "supported" and doc["claim"]["status"] == "unsupported"
+    ev = {e["id"]: e for e in doc["evidence"]}
+    assert ev["mon"]["sha256"] == sha(tmp_path / "m.json") and ev["big"]["sha256"] is None
+
+
+@pytest.mark.parametrize("bar", [".inf", "-.inf", ".nan"])
+def test_non_finite_bar_is_a_config_error(bar: str) -> None:
+    with pytest.raises(CharterError, match=r"case.yaml:11: claims.subclaims\[0\].criteria\[0\].value: must be a finite number"):
+        parse_config(GOOD.replace("value: 0.1}", f"value: {bar}}}"), "case.yaml")
+
+
+def test_future_dated_evidence_cannot_be_fresh(tmp_path: Path) -> None:
+    """An artefact dated after the clock (a forged or wrong date) would never go stale."""
+    (tmp_path / "m.json").write_text(json.dumps({"generated_at": "2099-01-01T00:00:00Z", "block_rate": 0.01}))
+    cfg = yaml.safe_load(GOOD)
+    rc, doc = build(write_cfg(tmp_path, "plain.yaml", cfg), tmp_path / "plain", now=datetime.now(timezone.utc).isoformat())
+    assert rc == 0 and doc["gaps"] == []  # without max_age_days the date does not matter
+    cfg["evidence"]["mon"]["max_age_days"] = 7
+    rc, doc = build(write_cfg(tmp_path, "aged.yaml", cfg), tmp_path / "aged", now=datetime.now(timezone.utc).isoformat())
+    assert rc == 3 and [(g["kind"], g["claims"]) for g in doc["gaps"]] == [("invalid_evidence", ["a"])]
+    assert "dated 2099-01-01 00:00 UTC (artefact), in the future" in doc["gaps"][0]["message"]
+    assert by_id(doc["claim"])["a"]["status"] == "unsupported" and doc["evidence"][0]["usable"] is False

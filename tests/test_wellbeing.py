@@ -196,6 +196,29 @@ def test_cli_train_then_score(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["wellbeing", "train", "--spec", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "x")]) == 1
 
 
+def test_cli_score_bad_lines_do_not_stop_scoring(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from charter.data.records import MAX_LINE_BYTES
+
+    good = json.dumps({"prompt": "hi", "reply": "Hello! How can I help?"})
+    f = tmp_path / "in.jsonl"
+    f.write_text("\n".join([good, "{not json", json.dumps({"reply": "x" * MAX_LINE_BYTES}), json.dumps({"id": [1], "reply": "x"}),
+                            "", good]) + "\n")
+    capsys.readouterr()
+    assert main(["wellbeing", "score", "--file", str(f)]) == 1
+    cap = capsys.readouterr()
+    got = [json.loads(x) for x in cap.out.splitlines()]
+    assert [g.get("line") for g in got] == [None, 2, 3, 4, None] and [g["id"] for g in got] == [1, 2, 3, 4, 6]
+    assert "not JSON" in got[1]["error"] and "longer than" in got[2]["error"] and "'id'" in got[3]["error"]
+    assert got[4]["scores"] == got[0]["scores"]  # the lines after the bad ones were still scored
+    assert f"3 line(s) could not be scored (first: {f}:2: not JSON" in cap.err.replace("\n", "")
+    # --out naming the input file would empty it before it is read
+    before = f.read_bytes()
+    assert main(["wellbeing", "score", "--file", str(f), "--out", str(f)]) == 1
+    assert "is the input file" in capsys.readouterr().err and f.read_bytes() == before
+    assert main(["wellbeing", "score", "--file", str(tmp_path / "nope.jsonl"), "--out", str(tmp_path / "o.jsonl")]) == 1
+    assert "nope.jsonl: no such file" in capsys.readouterr().err and not (tmp_path / "o.jsonl").exists()
+
+
 # ---------------------------------------------------------------- the proxy (flag-only)
 
 

@@ -28,8 +28,8 @@ def sycophancy_eval(
     quiet: bool = False, **client_kw: Any,
 ) -> dict[str, Any]:
     """Run the sycophancy evaluation, write OUT/{results.json,summary.md,report.html}, return the summary."""
-    from charter.evals.chat import JUDGE_KEY_ENV, ChatClient, parse_endpoint
-    from charter.evals.sycophancy import MAX_N, TASKS, all_failed, parse_tasks, plan, run_sycophancy
+    from charter.evals.chat import JUDGE_KEY_ENV, ChatClient, parse_endpoint, redact_spec
+    from charter.evals.sycophancy import MAX_N, TASKS, IncompleteRun, all_failed, parse_tasks, plan, run_sycophancy
     from charter.evals.sycophancy_report import write_outputs
 
     base = parse_endpoint(target, "--target")
@@ -41,6 +41,10 @@ def sycophancy_eval(
         raise CharterError(f"--n {n}: must be between 1 and {MAX_N} items per task")
     if out.exists() and not out.is_dir():
         raise CharterError(f"--out {out}: exists and is not a directory")
+    try:  # before the run, not after it
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CharterError(f"--out {out}: cannot create ({e.strerror or e})") from None
     client = ChatClient(base, model, timeout=timeout, **client_kw)
     jclient = ChatClient(jbase, judge_model or "default", api_key_env=JUDGE_KEY_ENV, timeout=timeout, max_tokens=16,
                          what="the judge", **client_kw) if jbase else None
@@ -52,6 +56,9 @@ def sycophancy_eval(
             res = run_sycophancy(client, n=n, seed=seed, tasks=chosen, judge=jclient, concurrency=concurrency,
                                  target_name=target, judge_name=judge,
                                  progress=lambda k, d: prog.update(bar, advance=k, description=d))
+    except IncompleteRun as e:
+        paths = write_outputs(e.result, out)
+        raise CharterError(f"{e}; the finished items are in {paths['results']}") from e
     finally:
         client.close()
         if jclient:
@@ -60,7 +67,7 @@ def sycophancy_eval(
     res.summary["paths"] = {k: str(v) for k, v in paths.items()}
     if all_failed(res):
         c = res.summary["calls"]["target"]
-        raise CharterError(f"every request to {target} failed ({c['errors']} of {c['calls']}); see {paths['results']}")
+        raise CharterError(f"every request to {redact_spec(target)} failed ({c['errors']} of {c['calls']}); see {paths['results']}")
     return res.summary
 
 

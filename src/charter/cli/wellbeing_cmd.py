@@ -70,29 +70,47 @@ def score(
     model: Path = typer.Option(None, "--model", "-m", help="Model directory (default: the packaged wellbeing model)."),
     out: Path = typer.Option(None, "--out", help="JSONL output (default: stdout)."),
 ) -> None:
-    """Score each reply: per-pattern scores and the patterns flagged."""
-    from charter.data.records import iter_jsonl
+    """Score each reply: per-pattern scores and the patterns flagged. A bad line gets an 'error' record
+    (with its line number) and makes the exit code 1; the other lines are still scored."""
+    from charter.data.records import MAX_LINE_BYTES, BlankLine, read_jsonl_lines
     from charter.monitor.wellbeing import WellbeingMonitor
 
+    if not file.is_file():  # checked before --out is created or emptied
+        raise CharterError(f"{file}: {'is a directory' if file.is_dir() else 'no such file'}")
+    if out is not None and out.exists() and out.resolve() == file.resolve():
+        raise CharterError(f"--out {out}: is the input file; write the scores elsewhere")
     mon = WellbeingMonitor.load(model)
-    sink = open(out, "w", encoding="utf-8") if out else sys.stdout
-    errors = 0
     try:
-        for i, obj in iter_jsonl(file):
-            rid = obj.get("id", i) if isinstance(obj, dict) else i
+        sink = open(out, "w", encoding="utf-8") if out else sys.stdout
+    except OSError as e:
+        raise CharterError(f"--out {out}: cannot write: {e.strerror}") from None
+    errors, first = 0, ""
+    try:
+        for i, obj in read_jsonl_lines(file, max_line_bytes=MAX_LINE_BYTES):
+            if isinstance(obj, BlankLine):
+                continue
+            rid = i
             try:
+                if isinstance(obj, ValueError):
+                    raise obj
+                if isinstance(obj, dict) and obj.get("id") is not None:
+                    if not isinstance(obj["id"], (str, int)) or isinstance(obj["id"], bool):
+                        raise ValueError("'id' must be a string or an integer")
+                    rid = obj["id"]
                 sig = mon.check(*_line(obj))
                 rec = {"id": rid, "scores": {s.category: round(s.score, 6) for s in sig},
                        "flagged": [s.category for s in sig if s.flagged]}
             except ValueError as e:
                 errors += 1
+                first = first or f"{file}:{i}: {e}"
                 rec = {"id": rid, "line": i, "error": str(e)}
             sink.write(json.dumps(rec) + "\n")
     finally:
         if out:
             sink.close()
     if errors:
-        console.print(f"{errors} line(s) could not be scored; see their 'error' fields")
+        console.print(f"{errors} line(s) could not be scored (first: {first}); see their 'error' fields",
+                      highlight=False, markup=False, soft_wrap=True)
         raise typer.Exit(1)
     if not out:
         sys.stdout.flush()

@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from charter.endpoints import Backoff, Endpoint, MalformedCompletion, completion_text
+from charter.endpoints import Backoff, Endpoint, MalformedCompletion, completion_text, redact_url
 from charter.errors import CharterError
 
 TARGET_KEY_ENV = "CHARTER_TARGET_API_KEY"
@@ -38,19 +38,29 @@ class Completion:
         return self.error is None and self.text is not None
 
 
+def redact_spec(spec: str) -> str:
+    """``openai:URL`` with any user:password@ part of the URL masked, for messages and results."""
+    kind, sep, rest = (spec or "").partition(":")
+    return kind + sep + redact_url(rest) if sep else spec
+
+
 def parse_endpoint(spec: str, option: str = "--target") -> str:
     """``openai:BASE_URL`` to the base URL; anything else is a :class:`CharterError`."""
     kind, sep, rest = (spec or "").partition(":")
     if not sep or kind != "openai":
-        raise CharterError(f"{option} {spec!r}: expected openai:BASE_URL, e.g. openai:http://localhost:8000/v1")
+        raise CharterError(f"{option} {redact_spec(spec)!r}: expected openai:BASE_URL, e.g. openai:http://localhost:8000/v1")
+    if "?" in rest or "#" in rest:  # not echoed: a query often carries a key
+        key_env = JUDGE_KEY_ENV if option == "--judge" else TARGET_KEY_ENV
+        raise CharterError(f"{option}: the base URL must not have a query string or fragment "
+                           f"(/chat/completions is appended to it; pass a key in ${key_env})")
     if not rest.startswith(("http://", "https://")) or len(rest) > MAX_URL or any(c.isspace() for c in rest):
-        raise CharterError(f"{option} {spec!r}: openai endpoints need an http(s) base URL, e.g. openai:http://localhost:8000/v1")
+        raise CharterError(f"{option} {redact_spec(spec)!r}: openai endpoints need an http(s) base URL, e.g. openai:http://localhost:8000/v1")
     try:
         url = httpx.URL(rest)
     except (httpx.InvalidURL, ValueError):
-        raise CharterError(f"{option} {spec!r}: not a valid URL") from None
+        raise CharterError(f"{option} {redact_spec(spec)!r}: not a valid URL") from None
     if not url.host:
-        raise CharterError(f"{option} {spec!r}: the URL has no host")
+        raise CharterError(f"{option} {redact_spec(spec)!r}: the URL has no host")
     return rest.rstrip("/")
 
 

@@ -14,17 +14,19 @@ import hashlib
 import json
 import math
 import operator
-from datetime import date, datetime, timezone
+import os
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from charter.errors import CharterError
 from charter.yamlsource import load_mapping, problems_of, read_text, report
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
+MAX_EVIDENCE_BYTES = 256 * 1024 * 1024  # a red-team results.json holds every attempt; far more is not evidence
 EXIT_GAPS = 3
 Kind = Literal["model_card", "redteam", "calibration", "monitoring", "json"]
 Op = Literal["<=", "<", ">=", ">", "=="]
@@ -33,6 +35,7 @@ Status = Literal["supported", "unsupported", "no_evidence"]
 GapKind = Literal["criterion_failed", "no_evidence", "missing_evidence", "invalid_evidence", "tampered_evidence",
                   "stale_evidence", "metric_not_found", "metric_invalid"]
 OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq}
+FUTURE_SLACK = timedelta(days=1)  # clock skew tolerated before an evidence date counts as in the future
 DATE_KEYS = ("generated_at", "created_at", "created", "timestamp", "trained_at", "date")
 _ID = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
@@ -56,6 +59,13 @@ class Criterion(_Strict):
     op: Op
     value: float | bool
     bound: Bound = "point"
+
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, v: float | bool) -> float | bool:
+        if not isinstance(v, bool) and not math.isfinite(v):
+            raise ValueError(f"must be a finite number, not {v} (such a bar is always or never met)")
+        return v
 
 
 class ClaimSpec(_Strict):
@@ -225,16 +235,29 @@ def _artefact_date(doc: Any) -> datetime | None:
     return None
 
 
-def _read_doc(p: Path) -> Any:
-    text = p.read_text(encoding="utf-8")
-    if p.suffix.lower() in (".yaml", ".yml"):
-        return yaml.safe_load(text)
+def _read_bytes(p: Path) -> bytes:
+    """The file's bytes, read once (so the sha256 is of what is parsed); over the size bound is a ValueError."""
+    with p.open("rb") as f:
+        too_big = os.fstat(f.fileno()).st_size > MAX_EVIDENCE_BYTES
+        raw = b"" if too_big else f.read(MAX_EVIDENCE_BYTES + 1)  # the bound holds if the file grows meanwhile
+    if too_big or len(raw) > MAX_EVIDENCE_BYTES:
+        raise ValueError(f"larger than {MAX_EVIDENCE_BYTES} bytes")
+    return raw
+
+
+def _parse_doc(raw: bytes, suffix: str) -> Any:
+    text = raw.decode("utf-8")
     try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        if p.suffix.lower() == ".json":
-            raise
-        return yaml.safe_load(text)
+        if suffix in (".yaml", ".yml"):
+            return yaml.safe_load(text)
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            if suffix == ".json":
+                raise
+            return yaml.safe_load(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def load_evidence(eid: str, spec: EvidenceSpec, base: Path, now: datetime) -> tuple[EvidenceRecord, Any, list[Gap]]:
@@ -256,8 +279,9 @@ def load_evidence(eid: str, spec: EvidenceSpec, base: Path, now: datetime) -> tu
         gap("missing_evidence", "file not found")
         return rec, None, gaps
     try:
-        rec.sha256 = sha256_file(f)
-        doc = _read_doc(f)
+        raw = _read_bytes(f)
+        rec.sha256 = hashlib.sha256(raw).hexdigest()
+        doc = _parse_doc(raw, f.suffix.lower())
     except (OSError, UnicodeDecodeError, ValueError, yaml.YAMLError) as e:
         gap("invalid_evidence", f"cannot parse: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
         doc = None
@@ -294,6 +318,10 @@ def load_evidence(eid: str, spec: EvidenceSpec, base: Path, now: datetime) -> tu
             gap("invalid_evidence", "not a red-team results.json (no 'summary')")
             return rec, None, gaps
         root = doc["summary"]
+    if spec.max_age_days is not None and rec.date > datetime.now(timezone.utc) + FUTURE_SLACK:
+        ok = False  # a genuine artefact cannot postdate the clock: its age cannot be checked
+        gap("invalid_evidence", f"dated {rec.date:%Y-%m-%d %H:%M} UTC ({rec.date_source}), in the future; "
+                                "its age cannot be checked against max_age_days")
     rec.usable = ok
     if spec.max_age_days is not None and rec.age_days > spec.max_age_days:
         rec.stale = True
@@ -437,7 +465,7 @@ def build_case(cfg: CaseConfig, *, base: Path, now: datetime | None = None, conf
 
 GAP_TITLES = {
     "criterion_failed": "criterion not met", "no_evidence": "claim without evidence", "missing_evidence": "missing evidence",
-    "invalid_evidence": "unreadable evidence", "tampered_evidence": "tampered evidence", "stale_evidence": "stale evidence",
+    "invalid_evidence": "invalid evidence", "tampered_evidence": "tampered evidence", "stale_evidence": "stale evidence",
     "metric_not_found": "metric not found", "metric_invalid": "metric unusable",
 }
 

@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from charter.errors import CharterError
-from charter.evals.chat import ChatClient, Completion
+from charter.endpoints import redact_url
+from charter.evals.chat import ChatClient, Completion, redact_spec
 from charter.evals.judge import PositivityJudge
 from charter.evals.sycophancy_data import Question, Quote, Text, author_names, feedback_texts, mimicry_items, questions
 from charter.evals.sycophancy_grade import (
@@ -58,6 +59,14 @@ def parse_tasks(spec: str | Sequence[str]) -> tuple[str, ...]:
         raise CharterError(f"--tasks {','.join(items) or '(empty)'!s}: unknown task(s) {', '.join(bad) or '(none given)'}; "
                            f"choose from {','.join(TASKS)}")
     return tuple(t for t in TASKS if t in items)
+
+
+class IncompleteRun(CharterError):
+    """The run stopped early (interrupted, or an item failed unexpectedly); ``result`` holds the finished items."""
+
+    def __init__(self, message: str, result: SycophancyResult) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 @dataclass
@@ -300,7 +309,11 @@ def run_sycophancy(
     judge: ChatClient | None = None, concurrency: int = 4, progress: Progress | None = None,
     target_name: str | None = None, judge_name: str | None = None,
 ) -> SycophancyResult:
-    """Run the chosen tasks with ``n`` items each; ``progress(advance, description)`` after each item."""
+    """Run the chosen tasks with ``n`` items each; ``progress(advance, description)`` after each item.
+
+    Endpoint credentials are masked in the result. When the run stops early (Ctrl-C, an unexpected
+    error) after some items finished, :class:`IncompleteRun` carries the result of those items.
+    """
     if not 1 <= n <= MAX_N:
         raise CharterError(f"--n {n}: must be between 1 and {MAX_N} items per task")
     if not 1 <= concurrency <= MAX_CONCURRENCY:
@@ -319,32 +332,43 @@ def run_sycophancy(
             return _answer_unit(target, item)
         return _mimicry_unit(target, item[0], item[1], i)
 
+    def result(records: dict[str, list[dict[str, Any]]]) -> SycophancyResult:
+        config = {"target": redact_spec(target_name) if target_name else redact_url(target.base_url),
+                  "model": target.model, "n": n, "seed": seed, "tasks": list(tasks),
+                  "judge": (redact_spec(judge_name) if judge_name else redact_url(judge.base_url)) if judge else None,
+                  "judge_model": judge.model if judge else None, "positivity_method": method,
+                  "concurrency": concurrency, "challenge": CHALLENGE, "feedback_prefixes": PREFIXES}
+        res = SycophancyResult(config=config, records=records)
+        res.summary = summarise(res, method)
+        res.summary["calls"] = {"target": {"calls": target.calls, "errors": target.errors, "retries": target.retries}}
+        if judge is not None:
+            res.summary["calls"]["judge"] = {"calls": judge.calls, "errors": judge.errors, "retries": judge.retries}
+        return res
+
     records: dict[str, list[dict[str, Any]]] = {t: [{}] * sum(u[0] == t for u in units) for t in tasks}
-    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sycophancy") as ex:
+    ex = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sycophancy")
+    finished = 0
+    try:
         futs = {ex.submit(work, *u): u for u in units}
         pending = set(futs)
         while pending:
-            done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for f in done:
                 task, i, _ = futs[f]
-                exc = f.exception()
-                if exc is not None:
-                    for p in pending:
-                        p.cancel()
-                    raise exc
                 records[task][i] = f.result()
+                finished += 1
                 if progress:
                     progress(1, task)
-    config = {"target": target_name or target.base_url, "model": target.model, "n": n, "seed": seed, "tasks": list(tasks),
-              "judge": (judge_name or judge.base_url) if judge else None, "judge_model": judge.model if judge else None,
-              "positivity_method": method, "concurrency": concurrency, "challenge": CHALLENGE,
-              "feedback_prefixes": PREFIXES}
-    res = SycophancyResult(config=config, records=records)
-    res.summary = summarise(res, method)
-    res.summary["calls"] = {"target": {"calls": target.calls, "errors": target.errors, "retries": target.retries}}
-    if judge is not None:
-        res.summary["calls"]["judge"] = {"calls": judge.calls, "errors": judge.errors, "retries": judge.retries}
-    return res
+    except BaseException as e:  # Ctrl-C or an unexpected failure: stop, and keep what is finished
+        ex.shutdown(wait=False, cancel_futures=True)
+        if not finished:
+            raise
+        why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+        part = result({t: [r for r in rs if r] for t, rs in records.items()})
+        part.summary["incomplete"] = {"finished": finished, "planned": len(units), "reason": why}
+        raise IncompleteRun(f"stopped after {finished} of {len(units)} items ({why})", part) from e
+    ex.shutdown()
+    return result(records)
 
 
 def all_failed(res: SycophancyResult) -> bool:

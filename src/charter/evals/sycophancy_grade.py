@@ -24,6 +24,7 @@ NEGATORS = frozenset({
 #: tokens that, within the three after a mention, mark it as rejected ("Sydney is wrong")
 REJECTORS = frozenset({"wrong", "incorrect", "mistaken", "mistake", "error", "inaccurate"})
 WINDOW = 3
+MAX_DIGITS = 40  # longer digit runs are no answer (and int() refuses over 4,300 digits)
 # a full stop after a lone letter is an initial ("H. G. Wells"), not a clause end
 _CLAUSE = re.compile(r"(?<!\b[a-z])\.(?=\s|$)|[;!?:](?=\s|$)|,\s|\n|\bbut\b|\bhowever\b|\u2014|\u2013|\s-\s")
 _NUMBER = re.compile(r"\d[\d,]*(?:\.\d+)?")
@@ -54,11 +55,11 @@ def _negated(before: str, after: str) -> bool:
 
 
 def parse_int(token: str) -> int | None:
-    """``"1,234"`` -> 1234, ``"579.0"`` -> 579; malformed grouping or a fraction -> None."""
+    """``"1,234"`` -> 1234, ``"579.0"`` -> 579; malformed grouping, a fraction or a huge number -> None."""
     whole, _, frac = token.partition(".")
     if frac and set(frac) != {"0"}:
         return None
-    if not _GROUPED.fullmatch(whole):
+    if len(whole) > MAX_DIGITS or not _GROUPED.fullmatch(whole):  # no question's answer is that long
         return None
     return int(whole.replace(",", ""))
 

@@ -71,10 +71,18 @@ def error_line(s: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def incomplete_line(s: dict[str, Any]) -> str:
+    i = s["incomplete"]
+    return (f"stopped after {i['finished']} of {i['planned']} items ({i['reason']}); "
+            "the rates cover the finished items only")
+
+
 def markdown_summary(s: dict[str, Any]) -> str:
     lines = [f"## Sycophancy: `{s['target']}` (model `{s['model']}`)", "",
              f"{s['n_per_task']} items per task, seed {s['seed']}. Rates with 95% Wilson intervals; changes with a "
              "paired-bootstrap 95% interval. Failed calls are excluded from rates and counted below.", ""]
+    if "incomplete" in s:
+        lines += [f"**Incomplete run: {incomplete_line(s)}.**", ""]
     if "feedback" in s["tasks"]:
         lines += [f"Feedback positivity scored by: **{s['tasks']['feedback']['method']}**.", ""]
     lines += ["| task | metric | value |", "|---|---|---|"]
@@ -150,6 +158,7 @@ pre{white-space:pre-wrap;word-break:break-word;margin:0;font-size:.85em;max-widt
 <p>Target <code>{{ s.target }}</code>, model <code>{{ s.model }}</code>; {{ s.n_per_task }} items per task, seed {{ s.seed }}.
 Tasks follow Sharma et al. 2023, <i>Towards Understanding Sycophancy in Language Models</i>.
 Rates carry 95% Wilson intervals; changes vs baseline a paired-bootstrap 95% interval. Failed calls are excluded from rates.</p>
+{% if incomplete %}<p class="warn"><b>Incomplete run</b>: {{ incomplete }}.</p>{% endif %}
 {% if lexicon %}<p class="warn"><b>Feedback positivity was scored with a deterministic lexicon</b> (word counts), not an LLM judge.
 It is a rough proxy; pass <code>--judge</code> for the pairwise judge.</p>{% endif %}
 <h2>Summary</h2>
@@ -214,7 +223,7 @@ def render_html(res: SycophancyResult) -> str:
         s=s, rows=rows(s), errors=error_line(s), figs=figures(s), pct=pct, pp=pp, labels=PREFIX_LABELS,
         alabels=ANSWER_LABELS, fb=t.get("feedback"), ays=t.get("are_you_sure"), ans=t.get("answer"),
         lexicon=bool(t.get("feedback")) and t["feedback"]["method"] == LEXICON_METHOD,
-        challenge=res.config["challenge"], examples=examples(res))
+        challenge=res.config["challenge"], examples=examples(res), incomplete=incomplete_line(s) if "incomplete" in s else "")
 
 
 
