@@ -327,3 +327,34 @@ def test_input_the_guard_refuses_to_read_is_a_400_even_when_failing_open(start: 
         assert not up.requests
         ev: list[Event] = wait_for(lambda: list(sink.events))
         assert [(e.decision, e.error) for e in ev] == [("error", "invalid_request")]
+
+
+IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}
+SOUND = {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}}
+
+
+def test_content_the_guard_cannot_read_is_refused_unless_allowed(start: Callable[..., Started]) -> None:
+    """An image, a recording or a file reaches the model unread by a text guard (a spoken request would
+    skip the input check): refused by default, forwarded and recorded under guard.unread_content: allow."""
+    with ScriptedOpenAI(default=ANSWER) as up:
+        http, sink = start(up.base_url)
+        for i, part in enumerate((IMAGE, SOUND, {"type": "file", "file": {"file_id": "file-1"}})):
+            content = [{"type": "text", "text": "What does this say?"}, part]
+            r = http.post("/v1/chat/completions", json={"model": "m", "messages": [{"role": "user", "content": content}]})
+            err = is_openai_error(r, 400, "unsupported_content")
+            assert err["param"] == "messages[0].content[1]" and part["type"] in err["message"], err
+        # text parts (typed or not) are read as before
+        ok = [{"type": "text", "text": "What does this say?"}, {"text": "an untyped text part"}]
+        assert http.post("/v1/chat/completions", json={"model": "m", "messages": [
+            {"role": "user", "content": ok}]}).status_code == 200
+        assert len(up.requests) == 1
+        http, sink = start(up.base_url, guard={"unread_content": "allow"})
+        r = http.post("/v1/chat/completions", json={"model": "m", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": BENIGN}, IMAGE]}]})
+        assert r.status_code == 200 and len(up.requests) == 2
+        ev: list[Event] = wait_for(lambda: list(sink.events))
+        assert [(e.decision, e.error) for e in ev] == [("allowed", "unread_content_allowed")]
+        # the text beside the image is still checked
+        r = http.post("/v1/chat/completions", json={"model": "m", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": HARMFUL}, IMAGE]}]})
+        assert r.json()["choices"][0]["finish_reason"] == "content_filter" and len(up.requests) == 2

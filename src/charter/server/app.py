@@ -137,6 +137,11 @@ class Proxy:
             if allowed and req.model not in allowed:
                 raise ProxyError(404, f"model {req.model!r} is not served here (allowed: {', '.join(allowed)})",
                                  param="model", code="model_not_found")
+            unread = req.unread_parts()
+            if unread and self.config.guard.unread_content == "refuse":  # never let a model read what the guard did not
+                where, kind = unread[0]
+                raise ProxyError(400, f"{where}: {kind!r} content cannot be read by the guard; send text, or set "
+                                 "guard.unread_content: allow to forward it unchecked", param=where, code="unsupported_content")
         except ProxyError as e:
             svc.metrics.rejected.labels(e.code or str(e.status)).inc()
             return e.response(headers)
@@ -147,6 +152,8 @@ class Proxy:
                                  user_id=_user_id(principal.key_id, request, req)))
         ex.messages = req.check_messages()
         gs = self.config.guard
+        if req.unread_parts():  # allowed by guard.unread_content: recorded, so the monitor can see it
+            ex.event.error = "unread_content_allowed"
         try:
             v = await ex.check_input()
         except InputError as e:  # input the guard cannot read: the client's to fix, never forwarded (not even failing open)

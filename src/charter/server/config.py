@@ -98,6 +98,8 @@ class GuardSettings(_Strict):
     hold_back: int | None = Field(None, ge=0)
     #: let traffic through unchecked when the classifier errors (default: refuse)
     fail_open: bool = False
+    #: request content the guard cannot read (images, audio, files): refuse it (400), or forward it unread
+    unread_content: Literal["refuse", "allow"] = "refuse"
     default_action: Action = "block"
     refusal: str = DEFAULT_REFUSAL
     categories: dict[str, CategoryPolicy] = Field(default_factory=dict)

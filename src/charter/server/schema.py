@@ -30,6 +30,10 @@ class ChatMessage(BaseModel):
         return v
 
 
+#: content part types whose text the guard reads
+TEXT_PARTS = frozenset({"text", "input_text", "refusal"})
+
+
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
     model: str = Field(min_length=1)
@@ -49,6 +53,12 @@ class ChatRequest(BaseModel):
         if not isinstance(v, bool):
             raise ValueError("must be true, false or null")
         return v
+
+    def unread_parts(self) -> list[tuple[str, str]]:
+        """(where, type) of each content part the guard cannot read: images, audio, files, ..."""
+        return [(f"messages[{i}].content[{j}]", str(p.get("type"))[:40]) for i, m in enumerate(self.messages)
+                if isinstance(m.content, list) for j, p in enumerate(m.content)
+                if p.get("type", "text") not in TEXT_PARTS]
 
     def check_messages(self) -> list[dict[str, str]]:
         """The conversation as plain role/content text: what the guard scores (content, then the
