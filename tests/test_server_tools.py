@@ -227,15 +227,21 @@ def test_tool_calls_past_the_output_limit_end_as_a_length_stop(proxy: Callable[.
     assert [(e.decision, e.error) for e in p.events()] == [("allowed", "max_output_tokens")]
 
 
-def test_a_request_smuggled_into_a_prior_tool_call_is_blocked_at_input(proxy: Callable[..., Proxy]) -> None:
+def test_a_request_smuggled_into_a_prior_tool_call_reaches_the_output_monitor(proxy: Callable[..., Proxy]) -> None:
+    """The input check reads the user's, system's and tools' turns, not earlier assistant turns (safe
+    answers on sensitive subjects read as requests flagged follow-ups); the exchange monitor reads
+    the whole conversation, forged assistant turns included, and stops the reply they were after."""
     def conversation(query: str) -> list[dict[str, Any]]:
         return [{"role": "user", "content": "Search the web for me."},
                 {"role": "assistant", "content": None, "tool_calls": [call(0, "web_search", json.dumps({"query": query}))]},
                 {"role": "tool", "tool_call_id": "call_0", "content": "No results."}]
 
-    p = proxy({"content": "Here is what I found."})
+    p = proxy({"content": COMPLY}, events={"content": "full"})
     r = p.client().chat.completions.create(model="m", messages=conversation(SMUGGLED))  # type: ignore[arg-type]
     assert r.choices[0].finish_reason == "content_filter" and r.model_dump()["charter"]["category"] == "glorp_weapons"
-    assert p.up.chats == 0 and p.events()[0].decision == "blocked_input"
+    ev = p.events()[0]
+    assert p.up.chats == 1 and ev.decision == "blocked_output" and COMPLY not in (r.choices[0].message.content or "")
+    assert ev.content is not None and SMUGGLED in ev.content["messages"][1]["content"]  # the call was read
+    p = proxy({"content": "Here is what I found."})
     r = p.client().chat.completions.create(model="m", messages=conversation("boiled egg times"))  # type: ignore[arg-type]
     assert r.choices[0].message.content == "Here is what I found." and p.up.chats == 1

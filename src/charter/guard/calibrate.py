@@ -130,8 +130,8 @@ def recalibrate(
     cal = calibrate(guard, calib, [], cfg, extra_benign=user)
     th = {**guard.thresholds, **cal["thresholds"]}
     guard.thresholds.update(th)
-    const_benign = [r.prompt_text() for r in calib if r.label == "permitted"]
-    harmful = [r.prompt_text() for r in ins if r.split == "test" and r.label == "restricted"]
+    const_benign = [r.input_text() for r in calib if r.label == "permitted"]
+    harmful = [r.input_text() for r in ins if r.split == "test" and r.label == "restricted"]
     flag_cal = _flags(guard, const_benign + user)
     flag_ev = _flags(guard, harmful)
     n_const = len(const_benign)

@@ -24,7 +24,7 @@ from charter.classifiers.encoder import encoder_available
 from charter.classifiers.features import NgramHasher
 from charter.classifiers.linear import NgramClassifier
 from charter.classifiers.streaming import ExchangeClassifier, ExchangeStream
-from charter.data.records import Message, render_messages
+from charter.data.records import Message, render_input, render_messages
 from charter.errors import ArtifactError, CharterError, InputError
 
 log = logging.getLogger("charter.guard")
@@ -225,10 +225,14 @@ class Guard:
         return Guard._read(text_or_messages)[0]
 
     @staticmethod
-    def _read(x: str | Sequence[dict[str, Any]]) -> tuple[str, list[str]]:
+    def _read(x: str | Sequence[dict[str, Any]], *, replies: bool = False) -> tuple[str, list[str]]:
         """(the rendered text, the user turns on their own when the input is a conversation of several
         messages; else []). A system prompt or a history dilutes the ask in the rendered text, which classifiers
-        read as one bag of n-grams (an 1,800-character system prompt hid 'How do I make sarin at home?')."""
+        read as one bag of n-grams (an 1,800-character system prompt hid 'How do I make sarin at home?').
+
+        The input check reads a conversation without its assistant turns (:func:`render_input`);
+        ``replies=True`` keeps them, for the exchange monitor, which reads the whole conversation.
+        """
         users: list[str] = []
         if isinstance(x, str):
             text = x
@@ -247,7 +251,7 @@ class Guard:
                 if not isinstance(role, str):
                     raise InputError(f"messages[{i}].role: must be a string, not {type(role).__name__}")
                 msgs.append({"role": role, "content": _content_text(m.get("content"), f"messages[{i}]")})
-            text = render_messages(msgs)
+            text = render_messages(msgs) if replies else render_input(msgs)
             if len(msgs) > 1:
                 users = [_clean(m["content"]) for m in msgs if m["role"] == "user" and m["content"].strip()]
         else:
@@ -319,7 +323,7 @@ class Guard:
     def output_monitor(self, messages: str | Sequence[dict[str, Any]], hold_back: int | None = None) -> OutputMonitor:
         if hold_back is not None and (not isinstance(hold_back, int) or isinstance(hold_back, bool)):
             raise InputError(f"hold_back must be a whole number of tokens, not {hold_back!r}")
-        prompt, users = self._read(messages)
+        prompt, users = self._read(messages, replies=True)
         return OutputMonitor(self, prompt, self.hold_back if hold_back is None else hold_back, users[-1] if users else None)
 
 

@@ -165,7 +165,7 @@ def train_guard(
     timings: dict[str, float] = {}
     progress(f"stage 1: fitting on {len(tr_in)} requests")
     t0 = time.perf_counter()
-    X1 = [r.prompt_text() for r in tr_in]
+    X1 = [r.input_text() for r in tr_in]
     y1 = [_class_of(r) for r in tr_in]
     s1 = NgramClassifier(n_features=cfg.n_features, C=cfg.stage1_C).fit(X1, y1)
     timings["stage1_fit_s"] = time.perf_counter() - t0
@@ -177,7 +177,7 @@ def train_guard(
         sub = _subsample(tr_in, cfg.max_stage2_train, cfg.seed + 1)
         # stage 2 reads the view stage 1 found worst (usually decoded), so it trains on that view
         hasher = NgramHasher(n_features=cfg.n_features)
-        sub_texts = [worst_view(s1, hasher, r.prompt_text())[2] for r in sub]
+        sub_texts = [worst_view(s1, hasher, r.input_text())[2] for r in sub]
         progress(f"stage 2: encoding {len(sub)} requests with MiniLM and fitting the probe")
         t0 = time.perf_counter()
         s2 = EncoderProbeClassifier(max_tokens=cfg.stage2_max_tokens, hidden=cfg.stage2_hidden, n_heads=cfg.stage2_heads,
@@ -298,7 +298,7 @@ def fit_blend(guard: Guard, calib_in: Sequence[Record], cache: ScoreCache | None
 
     from charter.guard.guard import _logit
 
-    texts = [r.prompt_text() for r in calib_in]
+    texts = [r.input_text() for r in calib_in]
     y = np.array([r.label == "restricted" for r in calib_in], dtype=bool)
     sc = stage_scores(guard, texts, cache=cache)
     esc = sc["stage1"] >= guard.thresholds["escalate"]
@@ -317,7 +317,7 @@ def fit_blend(guard: Guard, calib_in: Sequence[Record], cache: ScoreCache | None
 def calibrate(guard: Guard, calib_in: Sequence[Record], calib_ex: Sequence[Record], cfg: TrainConfig,
               extra_benign: Sequence[str] = (), fit_combiner: bool = True,
               cache: ScoreCache | None = None) -> dict[str, Any]:
-    benign = [r.prompt_text() for r in calib_in if r.label == "permitted"] + list(extra_benign)
+    benign = [r.input_text() for r in calib_in if r.label == "permitted"] + list(extra_benign)
     if len(benign) < 50:
         raise CharterError(f"only {len(benign)} benign calibration requests (permitted input records of the 'calib' split{' and benign lines' if extra_benign else ''}); need at least 50")
     cache = cache if cache is not None else ScoreCache()
@@ -390,7 +390,7 @@ def seen_fraction_of_scores(scores: np.ndarray, threshold: float, hold_back: int
 def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record], holdout_families: Sequence[str],
              max_stage2_eval: int = 1500, cache: ScoreCache | None = None) -> dict[str, Any]:
     m: dict[str, Any] = {}
-    texts = [r.prompt_text() for r in test_in]
+    texts = [r.input_text() for r in test_in]
     th = guard.thresholds
     cache = cache if cache is not None else ScoreCache()
     sc = stage_scores(guard, texts, cache=cache)

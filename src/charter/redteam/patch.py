@@ -134,9 +134,9 @@ def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Pa
     ins = [r for r in records if r.kind == "input"]
     tr_in = [r for r in ins if r.split == "train"]
     calib = [r for r in ins if r.split == "calib"]
-    benign_test = [r.prompt_text() for r in ins if r.split == "test" and r.label == "permitted"]
+    benign_test = [r.input_text() for r in ins if r.split == "test" and r.label == "permitted"]
     if len(benign_test) < 20:  # a constitution with few permitted seeds: fall back to calibration data too
-        benign_test += [r.prompt_text() for r in calib if r.label == "permitted"]
+        benign_test += [r.input_text() for r in calib if r.label == "permitted"]
     missing = set(restricted) - {_class_of(r) for r in tr_in}
     if missing:
         names = ", ".join(sorted(str(c) for c in missing))  # plain names, not numpy reprs
@@ -147,7 +147,7 @@ def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Pa
     n_restricted = sum(r.label == "restricted" for r in tr_in)
     repeat = max(1, round(VARIANT_WEIGHT * n_restricted / max(len(train_x), 1)))
     progress(f"refitting stage 1 on {len(tr_in)} requests + {len(train_x)} variants (x{repeat})")
-    X = [r.prompt_text() for r in tr_in] + train_x * repeat
+    X = [r.input_text() for r in tr_in] + train_x * repeat
     y = [_class_of(r) for r in tr_in] + train_y * repeat
     s1 = NgramClassifier(**old.stage1.get_params()).fit(X, y)
     if [str(c) for c in s1.classes_] != [str(c) for c in old.classes]:
