@@ -116,6 +116,17 @@ def test_unreachable_endpoint_raises_generator_error(mini_path: Path) -> None:
         list(g.generate(load_constitution(mini_path), 6, 0))
 
 
+def test_a_flooding_endpoint_is_an_error_not_a_memory_hog(scripted_openai: Callable[..., ScriptedOpenAI],
+                                                         mini_path: Path) -> None:
+    from charter.endpoints import MAX_REPLY_BYTES
+
+    srv = scripted_openai(default="[" + '"a", ' * (MAX_REPLY_BYTES // 5) + '"b"]')
+    g = fast("http://user:pw-secret@" + srv.base_url.split("://", 1)[1], concurrency=1)
+    with pytest.raises(GeneratorError, match="over the") as e:
+        list(g.generate(load_constitution(mini_path), 6, 0))
+    assert "pw-secret" not in str(e.value) and g.waits == []  # not retried; credentials masked
+
+
 def test_timeout_and_disconnect_are_retried(scripted_openai: Callable[..., ScriptedOpenAI], mini_path: Path) -> None:
     queue = [Reply("late", delay=3.0), Reply("[1,2]", disconnect_after=0)]
     srv = scripted_openai(lambda body: queue.pop(0) if queue else Reply(good(body)))

@@ -74,3 +74,36 @@ def test_completion_reads_the_first_choice_and_rejects_what_is_not_a_chat_comple
 def test_redact_url_masks_userinfo(url: str, shown: str) -> None:
     assert redact_url(url) == shown
 
+
+
+def test_a_reply_past_the_cap_is_an_error_read_no_further(scripted_openai) -> None:
+    """A runaway or hostile endpoint cannot fill memory: every client reads at most MAX_REPLY_BYTES."""
+    import gzip
+
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from charter.endpoints import completion_text
+    from charter.server import ServerThread
+
+    srv = scripted_openai(["x" * 5000, "short"])
+    sleeps: list[float] = []
+    with httpx.Client() as c:
+        p = post_json(c, srv.base_url + "/chat/completions", {"messages": []}, retries=3, sleep=sleeps.append, max_bytes=1000)
+        assert not p.ok and p.response is None and p.attempts == 1 and not sleeps  # not retried
+        assert p.error is not None and "over the 1000" in p.error
+        p = post_json(c, srv.base_url + "/chat/completions", {"messages": []}, max_bytes=1000)
+        assert p.ok and p.response is not None and completion_text(p.response) == "short"
+
+    # a gzip-encoded reply is read decoded, once: the bound is on what the client holds
+    body = ('{"choices": [{"index": 0, "message": {"role": "assistant", "content": "' + "y" * 3000 + '"}}]}').encode()
+
+    async def zipped(request: object) -> Response:
+        return Response(gzip.compress(body), media_type="application/json", headers={"content-encoding": "gzip"})
+
+    with ServerThread(Starlette(routes=[Route("/c", zipped, methods=["POST"])])) as z, httpx.Client() as c:
+        p = post_json(c, z.url + "/c", {}, max_bytes=len(body))
+        assert p.ok and p.response is not None and completion_text(p.response) == "y" * 3000
+        p = post_json(c, z.url + "/c", {}, max_bytes=len(body) - 1)  # the compressed body is far smaller
+        assert not p.ok and "over the" in (p.error or "")

@@ -20,6 +20,49 @@ from typing import Any
 import httpx
 
 RETRYABLE = frozenset({408, 409, 425, 429})
+#: the most of a reply any client reads (decoded): a runaway or hostile endpoint cannot fill memory
+MAX_REPLY_BYTES = 8 * 1024 * 1024
+
+
+class ReplyTooLarge(ValueError):
+    """An endpoint's reply was longer than :data:`MAX_REPLY_BYTES`."""
+
+
+def _whole(r: httpx.Response, data: bytes) -> httpx.Response:
+    # the bytes are already decoded: drop the headers that would make httpx decode them again
+    drop = {"content-encoding", "content-length", "transfer-encoding"}
+    return httpx.Response(r.status_code, headers=[(k, v) for k, v in r.headers.multi_items() if k.lower() not in drop],
+                          content=data, request=r.request)
+
+
+def _too_long(r: httpx.Response, cap: int) -> bool:
+    n = r.headers.get("content-length", "")
+    return n.isdigit() and int(n) > cap
+
+
+def read_capped(r: httpx.Response, cap: int = MAX_REPLY_BYTES) -> httpx.Response:
+    """A reply opened with ``client.stream(...)``, read into an ordinary response if it holds at most
+    ``cap`` bytes; else :class:`ReplyTooLarge`, having read no more than ``cap`` of it."""
+    if _too_long(r, cap):
+        raise ReplyTooLarge(f"reply of {r.headers['content-length']} bytes, over the {cap} read")
+    data = bytearray()
+    for chunk in r.iter_bytes():
+        data += chunk
+        if len(data) > cap:
+            raise ReplyTooLarge(f"reply over the {cap} bytes read")
+    return _whole(r, bytes(data))
+
+
+async def aread_capped(r: httpx.Response, cap: int = MAX_REPLY_BYTES) -> httpx.Response:
+    """:func:`read_capped` for an ``httpx.AsyncClient`` stream."""
+    if _too_long(r, cap):
+        raise ReplyTooLarge(f"reply of {r.headers['content-length']} bytes, over the {cap} read")
+    data = bytearray()
+    async for chunk in r.aiter_bytes():
+        data += chunk
+        if len(data) > cap:
+            raise ReplyTooLarge(f"reply over the {cap} bytes read")
+    return _whole(r, bytes(data))
 
 
 def redact_url(url: str) -> str:
@@ -91,14 +134,19 @@ class Posted:
 
 
 def post_json(client: httpx.Client, url: str, body: dict[str, Any], *, retries: int = 3,
-              backoff: Backoff | None = None, sleep: Callable[[float], None] = time.sleep) -> Posted:
-    """POST ``body`` to ``url``, retrying what :func:`retryable` allows up to ``retries`` times."""
+              backoff: Backoff | None = None, sleep: Callable[[float], None] = time.sleep,
+              max_bytes: int = MAX_REPLY_BYTES) -> Posted:
+    """POST ``body`` to ``url``, retrying what :func:`retryable` allows up to ``retries`` times; a
+    reply over ``max_bytes`` is an error, read no further."""
     backoff = backoff or Backoff()
     last, connect_only = "", True
     for attempt in range(retries + 1):
         retry_after = None
         try:
-            r = client.post(url, json=body)
+            with client.stream("POST", url, json=body) as raw:
+                r = read_capped(raw, max_bytes)
+        except ReplyTooLarge as e:  # not transient: asking again brings the same flood
+            return Posted(None, str(e), attempt + 1)
         except httpx.TimeoutException:
             last, connect_only = "timeout", False
         except httpx.ConnectError:

@@ -29,7 +29,16 @@ from charter.data.base import Generator
 from charter.data.records import Label, Record
 from charter.data.skeleton import render_skeleton
 from charter.data.splits import split_of, sub_seed
-from charter.endpoints import Backoff, MalformedCompletion, completion_text, redact_url, retry_after_seconds, retryable
+from charter.endpoints import (
+    Backoff,
+    MalformedCompletion,
+    ReplyTooLarge,
+    aread_capped,
+    completion_text,
+    redact_url,
+    retry_after_seconds,
+    retryable,
+)
 from charter.errors import GeneratorError
 
 log = logging.getLogger("charter.data.llm")
@@ -240,7 +249,10 @@ class LLMGenerator(Generator):
         for attempt in range(self.max_retries + 1):
             retry_after = None
             try:
-                r = await client.post(url, json=payload)
+                async with client.stream("POST", url, json=payload) as raw:
+                    r = await aread_capped(raw)
+            except ReplyTooLarge as e:
+                raise GeneratorError(f"LLM endpoint {redact_url(url)}: {e}") from None
             except httpx.TimeoutException:
                 last = "timed out"
             except httpx.TransportError as e:
@@ -252,7 +264,7 @@ class LLMGenerator(Generator):
                     except MalformedCompletion as e:
                         raise _Malformed(str(e)) from None
                 if not retryable(r.status_code):
-                    raise GeneratorError(f"LLM endpoint {url} returned HTTP {r.status_code}: {r.text[:200]}")
+                    raise GeneratorError(f"LLM endpoint {redact_url(url)} returned HTTP {r.status_code}: {r.text[:200]}")
                 last = f"HTTP {r.status_code}"
                 retry_after = retry_after_seconds(r.headers.get("retry-after"))
             if attempt == self.max_retries:
@@ -261,7 +273,7 @@ class LLMGenerator(Generator):
             self.stats["retries"] += 1
             log.info("LLM request failed (%s); retry %d/%d in %.2fs", last, attempt + 1, self.max_retries, wait)
             await self._sleep(wait)
-        raise GeneratorError(f"LLM endpoint {url} failed after {self.max_retries + 1} attempts (last error: {last})")
+        raise GeneratorError(f"LLM endpoint {redact_url(url)} failed after {self.max_retries + 1} attempts (last error: {last})")
 
     def _cache_path(self, payload: dict[str, Any]) -> Path | None:
         if self.cache_dir is None:
