@@ -41,7 +41,7 @@ def main() -> None:
     te = [r for r in recs if r.kind == "input" and r.split == "test"]
     tx = [r for r in recs if r.kind == "exchange" and r.split == "test" and r.response]
     yx = np.array([r.label == "restricted" for r in tx])
-    texts = [r.prompt_text() for r in te]
+    texts = [r.input_text() for r in te]
     y = np.array([r.label == "restricted" for r in te])
     plain = np.array([not r.transforms for r in te])
     fams = [_families(r.transforms)[0] if r.transforms else None for r in te]

@@ -49,7 +49,7 @@ def prepare(out: Path) -> None:
     tok = Tokenizer.from_file(str(root / "tokenizer.json"))
     tok.enable_truncation(64)
     tok.no_padding()
-    encs = tok.encode_batch([r.prompt_text() for r in ins])
+    encs = tok.encode_batch([r.input_text() for r in ins])
     used = sorted({i for e in encs for i in e.ids} | {0, 100, 101, 102})
     remap = np.zeros(max(used) + 1, dtype=np.int64)
     remap[used] = np.arange(len(used))

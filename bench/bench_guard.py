@@ -37,7 +37,7 @@ def test_texts(n: int) -> list[str]:
     cp = default_constitution_path()
     with tempfile.TemporaryDirectory() as tmp:
         _, recs = read_dataset(offline_dataset(cp, load_constitution(cp), Path(tmp) / "d", n=20_000, seed=1))
-    texts = [r.prompt_text() for r in recs if r.kind == "input" and r.split == "test"]
+    texts = [r.input_text() for r in recs if r.kind == "input" and r.split == "test"]
     rng = np.random.default_rng(0)
     return [texts[i] for i in rng.choice(len(texts), min(n, len(texts)), replace=False)]
 

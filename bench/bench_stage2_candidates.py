@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from charter.classifiers.linear import NgramClassifier
@@ -55,7 +54,7 @@ def main() -> None:
     te_all = [r for r in ins if r.split == "test"]
     tr = [tr_all[i] for i in rng.choice(len(tr_all), min(args.train, len(tr_all)), replace=False)]
     te = [te_all[i] for i in rng.choice(len(te_all), min(args.test, len(te_all)), replace=False)]
-    Xtr, Xte = [r.prompt_text() for r in tr], [r.prompt_text() for r in te]
+    Xtr, Xte = [r.input_text() for r in tr], [r.input_text() for r in te]
     ytr = [_class_of(r) for r in tr]
     yb = np.array([r.label == "restricted" for r in te])
     plain = np.array([not r.transforms for r in te])

@@ -63,8 +63,8 @@ def main() -> None:
     view = lambda t: worst_view(s1, hasher, t)[2]  # noqa: E731
     probe = EncoderProbeClassifier(max_tokens=cfg.stage2_max_tokens)
     t0 = time.perf_counter()
-    E = probe.features([view(r.prompt_text()) for r in sub])
-    sets = {"test": (probe.features([view(r.prompt_text()) for r in test]), np.array([r.label == "restricted" for r in test])),
+    E = probe.features([view(r.input_text()) for r in sub])
+    sets = {"test": (probe.features([view(r.input_text()) for r in test]), np.array([r.label == "restricted" for r in test])),
             "dev": (probe.features([view(d["text"]) for d in dev]), np.array([d["label"] == "restricted" for d in dev]))}
     Ep = probe.features([view(t) for t in PLAIN])
     print(f"embedded {len(sub) + len(test) + len(dev) + len(PLAIN)} texts in {time.perf_counter() - t0:.0f} s", flush=True)
