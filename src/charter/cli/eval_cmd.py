@@ -15,7 +15,7 @@ from charter.errors import CharterError
 
 console = Console(stderr=True)
 eval_app = typer.Typer(
-    help="Behavioural evaluations of an LLM endpoint (sycophancy, ...).",
+    help="Evaluations: a guard on labelled requests (guard), an LLM endpoint's behaviour (sycophancy).",
     no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
