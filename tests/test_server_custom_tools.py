@@ -283,8 +283,9 @@ def test_custom_calls_and_transcripts_are_scored_as_text(proxy: Callable[..., Pr
     assert p.complete(user("What's the weather?")).status_code == 200
     p.stream(user("What's the weather?"))
     got = [e.content["response"] if e.content else None for e in p.events(2)]
-    # streamed, a call's name and text are fed as they come (as for function calls), then the transcript
-    assert got == [f"{SUNNY}\nrun_sql({SQL})", f"run_sql{SQL}\n{SUNNY}"]
+    # streamed, a call's name and text are fed as they come, read as name(text like a whole call (the
+    # closing parenthesis never comes), then the transcript
+    assert got == [f"{SUNNY}\nrun_sql({SQL})", f"run_sql({SQL}\n{SUNNY}"]
 
 
 def test_a_prior_custom_tool_call_is_read_as_name_and_input(proxy: Callable[..., Proxy]) -> None:

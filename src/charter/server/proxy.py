@@ -381,10 +381,13 @@ class _Held:
         if not isinstance(f, dict) or not set(f) <= {"name", text}:
             raise ValueError("function")
         name, args = _str(f.get("name")), _str(f.get(text))
+        scored = args
+        if args and not call.arguments:  # read as name(text), as a non-streamed call is (the ")" never comes)
+            scored = "(" + args
         call.name += name
         call.arguments += args
         self.size += len(name) + len(args)
-        return [(slot, t) for t in (name, args) if t]
+        return [(slot, t) for t in (name, scored) if t]
 
     def chunks(self, base: dict[str, Any]) -> list[dict[str, Any]]:
         """The held calls and audio as stream chunks like ``base``, one per call (then forgotten)."""
