@@ -160,6 +160,19 @@ def test_api_key_sent_as_bearer_and_never_logged(
     assert recs and all(r.source == "llm" for r in recs)
 
 
+def test_an_error_that_echoes_the_api_key_does_not_carry_it_into_the_message(
+    scripted_openai: Callable[..., ScriptedOpenAI], mini_path: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    secret = "sk-test-ECHOED-0123456789"
+    monkeypatch.setenv("CHARTER_TEST_KEY", secret)
+    srv = scripted_openai(lambda body: Reply.error(401, f"Incorrect API key provided: {secret}."))
+    g = fast(srv.base_url, concurrency=1, api_key_env="CHARTER_TEST_KEY")
+    with pytest.raises(GeneratorError, match="HTTP 401") as e:
+        list(g.generate(load_constitution(mini_path), 6, 0))
+    assert srv.requests[0].headers["authorization"] == f"Bearer {secret}"
+    assert secret not in str(e.value) and "Incorrect API key provided: [redacted]" in str(e.value)
+
+
 def test_credentials_in_the_base_url_stay_out_of_the_manifest(
     scripted_openai: Callable[..., ScriptedOpenAI], mini_path: Path, tmp_path: Path,
 ) -> None:

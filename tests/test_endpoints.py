@@ -70,6 +70,7 @@ def test_completion_reads_the_first_choice_and_rejects_what_is_not_a_chat_comple
     ("http://a:b@c@host/v1?x=1", "http://***@host/v1?x=1"),
     ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
     ("not a url", "not a url"),
+    ("bob:hunter2@db/x", "***@db/x"),  # no scheme: still masked
 ])
 def test_redact_url_masks_userinfo(url: str, shown: str) -> None:
     assert redact_url(url) == shown

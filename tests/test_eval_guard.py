@@ -82,6 +82,10 @@ def test_gates_exit_1_with_a_reason(mini_model_dir: Path, tmp_path: Path, capsys
     ('{"text": "x", "label": "safe", "id": "a"}', "2: duplicate id 'a'"),
     ("[1, 2]", "2: expected a JSON object"),
     ("{not json", "2:"),
+    # what check_input cannot read fails while reading the file, not after the lines before it ran
+    ('{"messages": [], "label": "safe"}', "2: messages: the list is empty"),
+    ('{"messages": [{"role": "user", "content": 5}], "label": "safe", "id": "b"}', "2: messages[0].content: must be"),
+    ('{"text": "' + "x" * 200_001 + '", "label": "safe"}', "2: input is 200001 characters"),
 ])
 def test_bad_lines_name_the_file_and_line(mini_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                           line: str, msg: str) -> None:
@@ -91,3 +95,6 @@ def test_bad_lines_name_the_file_and_line(mini_model_dir: Path, tmp_path: Path, 
     err = capsys.readouterr().err.replace("\n", "")
     assert f"{data}:{msg}" in err, err
     assert not out.exists()
+    # a bad file is refused before the model loads
+    assert main(["eval", "guard", str(data), "-m", str(tmp_path / "no-such-model")]) == 1
+    assert f"{data}:{msg}" in capsys.readouterr().err.replace("\n", "")

@@ -54,6 +54,10 @@ def test_multimodal_and_null_content_are_read_as_text(guard):
     assert not guard.check_input(tool_turn).flagged
     for empty in ("", "  \n\t"):
         assert not guard.check_input(empty).flagged
+    # a refusal part keeps its text under "refusal": read, not skipped
+    assert guard.check_input([{"role": "user", "content": [{"type": "refusal", "refusal": HARMFUL}]}]).flagged
+    with pytest.raises(InputError, match=r"content\[0\]\.refusal: must be a string"):
+        guard.check_input([{"role": "user", "content": [{"type": "refusal", "refusal": 5}]}])
 
 
 def test_oversized_input_is_refused_not_silently_cut(guard):

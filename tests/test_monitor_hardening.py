@@ -16,7 +16,7 @@ import pytest
 from charter.cli import main
 from charter.monitor.dashboard import create_dashboard
 from charter.monitor.events import Event, EventQueue, StageVerdict
-from charter.monitor.store import AlertRecord, EventStore, SqlSink
+from charter.monitor.store import AlertRecord, EventStore, SqlSink, StoreError
 from charter.server import ServerThread
 
 
@@ -151,3 +151,11 @@ def test_api_bad_limits_and_alert_ids_are_4xx(store_url: str, serve: Callable[..
             assert c.get("/api/events", params={"user_id": "\x00"}).json()["events"] == []
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("url", ["postgresql+nosuchdriver://bob:hunter2@db/x", "bob:hunter2@db/x"])
+def test_a_store_that_cannot_open_never_shows_the_password(url: str) -> None:
+    """The error is logged by the background monitor and printed by the CLI: the URL's password stays out."""
+    with pytest.raises(StoreError) as e:
+        EventStore.open(url)
+    assert "hunter2" not in str(e.value) and "***@db/x" in str(e.value)

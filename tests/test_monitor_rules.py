@@ -358,6 +358,40 @@ def test_undelivered_alerts_are_bounded_per_sink(tmp_path: Path, monkeypatch: py
     assert [a.subject_id for a in eng._pending[0]] == [a.subject_id for a in res.new[1:]]  # the oldest went first
 
 
+def test_a_sink_that_is_down_is_tried_once_per_evaluation_not_once_per_alert(tmp_path: Path) -> None:
+    """Each webhook attempt can wait out its retries and timeouts: trying every waiting alert
+    against a receiver that is down would hold the evaluation (and the proxy's shutdown) for hours."""
+    s = EventStore.open(f"sqlite:///{tmp_path / 'd.db'}")
+    now = time.time()
+    s.write([ev(f"{u}{i}", u, 0.9, t=now - 10 + i) for u in ("u1", "u2", "u3") for i in range(5)])
+
+    class Flaky:
+        name = "flaky"
+
+        def __init__(self) -> None:
+            self.up, self.tried, self.got = False, 0, []  # type: bool, int, list[str]
+
+        def emit(self, alert: Alert) -> None:
+            self.tried += 1
+            if not self.up:
+                raise AlertDeliveryError("receiver down")
+            self.got.append(alert.subject_id)
+
+        def close(self) -> None:
+            return None
+
+    sink = Flaky()
+    eng = RuleEngine(s, only("repeated_flags", sinks=[{"type": "store"}]), sinks=[sink])
+    first = eng.run_once(now)
+    assert len(first.new) == 3 and sink.tried == 1  # the rest were held back, not each tried in turn
+    assert first.sink_failures == {"flaky": 3} and first.undelivered == {"flaky": 3}
+    assert eng.run_once(now + 1).undelivered == {"flaky": 3} and sink.tried == 2
+    sink.up = True
+    third = eng.run_once(now + 2)
+    assert third.undelivered == {} and third.sink_failures == {}
+    assert sink.got == [a.subject_id for a in first.new] and sink.tried == 5  # in order, each once
+
+
 # ---------------------------------------------------------------------------- plugins and config
 
 

@@ -117,6 +117,8 @@ def test_behaviours_file_is_attacked_instead_of_the_constitutions_seeds(mini_mod
     assert all("Building on everything" in v for v in crescendo.values())
     bad = {
         '{"text": "x", "category": "cooking"}': "1: category 'cooking' is not a restricted category",
+        '{"text": "x", "category": ["glorp_weapons"]}': "1: category \"['glorp_weapons']\" is not a restricted",
+        '{"text": "x", "category": {"a": 1}}': "1: category \"{'a': 1}\" is not a restricted",
         '{"text": "  "}': "1: needs a non-empty string 'text'",
         '{"text": "x", "label": "restricted"}': "1: unknown field(s) label",
         '{"text": "x", "id": "a"}\n{"text": "y", "id": "a"}': "2: duplicate id 'a'",
@@ -132,6 +134,18 @@ def test_behaviours_file_is_attacked_instead_of_the_constitutions_seeds(mini_mod
         err = capsys.readouterr()
         assert f"{g}:" in err.out + err.err and msg in (err.out + err.err).replace("\n", ""), (msg, err)
         assert not (tmp_path / f"o{i}").exists()  # refused before any attack ran
+
+
+def test_a_behaviour_within_the_character_limit_is_read_however_json_escapes_it(tmp_path: Path) -> None:
+    """json.dumps writes each emoji as a 12-byte surrogate-pair escape: a text under the character
+    limit must not be refused for the length of its line."""
+    from charter.constitution import load_constitution
+    from charter.redteam.behaviours import MAX_BEHAVIOUR_CHARS, read_behaviours
+
+    text = "\U0001F9EA" * (MAX_BEHAVIOUR_CHARS - 1)
+    f = tmp_path / "emoji.jsonl"
+    f.write_text(json.dumps({"text": text}) + "\n", encoding="utf-8")
+    assert [b.text for b in read_behaviours(f, load_constitution(MINI))] == [text]
 
 
 def test_grade_check_kappa(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -358,3 +358,21 @@ def test_content_the_guard_cannot_read_is_refused_unless_allowed(start: Callable
         r = http.post("/v1/chat/completions", json={"model": "m", "messages": [
             {"role": "user", "content": [{"type": "text", "text": HARMFUL}, IMAGE]}]})
         assert r.json()["choices"][0]["finish_reason"] == "content_filter" and len(up.requests) == 2
+
+
+def test_a_refusal_part_is_read_and_an_odd_part_type_is_a_400(start: Callable[..., Started]) -> None:
+    """A refusal content part carries its text under 'refusal', not 'text': the guard reads it too;
+    a part whose type is not a string is refused as unreadable, not a 500."""
+    with ScriptedOpenAI(default=ANSWER) as up:
+        http, _ = start(up.base_url)
+        r = http.post("/v1/chat/completions", json={"model": "m", "messages": [
+            {"role": "user", "content": [{"type": "refusal", "refusal": HARMFUL}]}]})
+        assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "content_filter", r.text
+        for kind in (["text"], {"t": 1}):
+            r = http.post("/v1/chat/completions", json={"model": "m", "messages": [
+                {"role": "user", "content": [{"type": kind, "text": BENIGN}]}]})
+            assert is_openai_error(r, 400, "unsupported_content")["param"] == "messages[0].content[0]"
+        r = http.post("/v1/chat/completions", json={"model": "m", "messages": [
+            {"role": "user", "content": [{"type": "refusal", "refusal": 5}]}]})
+        is_openai_error(r, 400, "invalid_request")
+        assert not up.requests

@@ -69,6 +69,8 @@ def redact_url(url: str) -> str:
     """``url`` with any user:password@ part masked, for names, messages, logs and manifests."""
     from urllib.parse import urlsplit, urlunsplit
 
+    if "@" in url and "://" not in url:  # not a URL at all, but may still carry user:password@
+        return "***@" + url.rsplit("@", 1)[1]
     try:
         u = urlsplit(url)
     except ValueError:

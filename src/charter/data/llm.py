@@ -164,6 +164,12 @@ def parse_items(content: str, mode: str) -> list[tuple[str, str | None]]:
     return out
 
 
+def _without_key(text: str, client: httpx.AsyncClient) -> str:
+    """``text`` with the bearer key the client sends masked (some servers echo it in their errors)."""
+    key = client.headers.get("authorization", "").partition(" ")[2].strip()
+    return text.replace(key, "[redacted]") if key else text
+
+
 class LLMGenerator(Generator):
     name = "llm"
     regenerate_on_shortfall = False  # a rerun with a larger n writes new prompts: every request paid again
@@ -264,7 +270,8 @@ class LLMGenerator(Generator):
                     except MalformedCompletion as e:
                         raise _Malformed(str(e)) from None
                 if not retryable(r.status_code):
-                    raise GeneratorError(f"LLM endpoint {redact_url(url)} returned HTTP {r.status_code}: {r.text[:200]}")
+                    raise GeneratorError(f"LLM endpoint {redact_url(url)} returned HTTP {r.status_code}: "
+                                         f"{_without_key(r.text, client)[:200]}")
                 last = f"HTTP {r.status_code}"
                 retry_after = retry_after_seconds(r.headers.get("retry-after"))
             if attempt == self.max_retries:

@@ -64,7 +64,12 @@ def read_labelled(path: Path) -> list[Item]:
         if iid in ids:
             raise CharterError(f"{where}: duplicate id {iid!r}")
         ids.add(iid)
-        out.append(Item(iid, obj["text"] if has_text else obj["messages"], label in RESTRICTED,
+        prompt = obj["text"] if has_text else obj["messages"]
+        try:  # shape and size as check_input reads them: a bad line fails here, not mid-run
+            Guard.render(prompt)
+        except InputError as e:
+            raise CharterError(f"{where}: {e}") from None
+        out.append(Item(iid, prompt, label in RESTRICTED,
                         extra.get("category") or "-", extra.get("source") or "-"))
     if not out:
         raise CharterError(f"{path}: no labelled lines")

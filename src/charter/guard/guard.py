@@ -101,9 +101,9 @@ def _content_text(content: object, where: str) -> str:
         for j, part in enumerate(content):
             if not isinstance(part, Mapping):
                 raise InputError(f"{where}.content[{j}]: a content part must be an object, not {type(part).__name__}")
-            t = part.get("text", "")  # image or audio parts carry no text to read
+            t = part.get("text", part.get("refusal", ""))  # a refusal part keeps its text under "refusal"; image or audio parts carry none
             if not isinstance(t, str):
-                raise InputError(f"{where}.content[{j}].text: must be a string, not {type(t).__name__}")
+                raise InputError(f"{where}.content[{j}].{'text' if 'text' in part else 'refusal'}: must be a string, not {type(t).__name__}")
             parts.append(t)
         return " ".join(parts)
     raise InputError(f"{where}.content: must be a string or a list of content parts, not {type(content).__name__}")

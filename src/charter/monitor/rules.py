@@ -570,7 +570,7 @@ class RunResult:
     errors: dict[str, str]
     #: what the rules could not see (logged): e.g. a window holding more than ``monitor.max_events``
     warnings: list[str] = field(default_factory=list)
-    #: sink name -> alerts it failed to take this run (retried ones included)
+    #: sink name -> alerts it failed to take this run (retried ones, and those held back once it failed, included)
     sink_failures: dict[str, int] = field(default_factory=dict)
     #: sink name -> alerts waiting for that sink's next attempt (at the next evaluation)
     undelivered: dict[str, int] = field(default_factory=dict)
@@ -679,14 +679,18 @@ class RuleEngine:
             # alerts this sink failed to take on earlier runs go first, then the new ones
             todo, self._pending[i] = [*self._pending.get(i, []), *new], []
             first_error, n_failed = "", 0
-            for a in todo:
+            for j, a in enumerate(todo):
                 try:
                     sink.emit(a)
                 except Exception as e:  # one failing sink must not stop the others
                     n_failed += 1
                     first_error = first_error or f"{type(e).__name__}: {e}"
                     if getattr(e, "retry", True):
-                        self._pending[i].append(a)
+                        # the sink is down (its own retries are spent): the rest wait for the next run too,
+                        # rather than each waiting out its retries and timeouts while the rules do not run
+                        self._pending[i] += todo[j:]
+                        n_failed += len(todo) - j - 1
+                        break
             if dropped := max(0, len(self._pending[i]) - MAX_PENDING_ALERTS):
                 del self._pending[i][:dropped]
                 log.error("alert sink %s: %d undelivered alert(s) dropped (more than %d waiting); the store "

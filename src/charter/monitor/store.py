@@ -25,6 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from charter.endpoints import redact_url
 from charter.errors import CharterError
 from charter.monitor.content import ContentPolicy, apply_policy, last_user_text, text_hash
 from charter.monitor.events import Event
@@ -339,7 +340,7 @@ class EventStore:
     @classmethod
     def open(cls, url: str, *, policy: ContentPolicy | None = None, migrate_schema: bool = True) -> EventStore:
         if "://" not in url:
-            raise StoreError(f"--db {url!r}: expected a database URL such as sqlite:///charter.db "
+            raise StoreError(f"--db {redact_url(url)!r}: expected a database URL such as sqlite:///charter.db "
                              "or postgresql+psycopg://user@host/dbname")
         if url.startswith("postgresql://"):
             url = "postgresql+psycopg://" + url[len("postgresql://"):]
@@ -348,7 +349,7 @@ class EventStore:
             # the events' content or ids into the log
             engine = sa.create_engine(url, pool_pre_ping=True, future=True, hide_parameters=True)
         except Exception as e:  # bad dialect, missing driver
-            raise StoreError(f"cannot open monitoring store {url!r}: {e}") from None
+            raise StoreError(f"cannot open monitoring store {redact_url(url)!r}: {e}") from None
         if engine.dialect.name == "sqlite":
             sa.event.listen(engine, "connect", _sqlite_pragmas)
         store = cls(engine, policy=policy)

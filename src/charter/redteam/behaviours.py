@@ -101,7 +101,8 @@ def read_behaviours(path: Any, const: Constitution) -> list[Behaviour]:
     cats = {c.id: c for c in const.restricted}
     out: list[Behaviour] = []
     seen: set[str] = set()
-    for i, obj in iter_jsonl(path, max_lines=MAX_USER_BEHAVIOURS, max_line_bytes=4 * MAX_BEHAVIOUR_CHARS + 1024):
+    # a character may take 12 bytes as JSON (a \u-escaped surrogate pair, json.dumps' default for an emoji)
+    for i, obj in iter_jsonl(path, max_lines=MAX_USER_BEHAVIOURS, max_line_bytes=12 * MAX_BEHAVIOUR_CHARS + 1024):
         where = f"{path}:{i}"
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
             raise CharterError(f"{where}: needs a non-empty string 'text' (optional: 'category', 'id')")
@@ -111,7 +112,7 @@ def read_behaviours(path: Any, const: Constitution) -> list[Behaviour]:
         if len(text) > MAX_BEHAVIOUR_CHARS:
             raise CharterError(f"{where}: text is {len(text)} characters; at most {MAX_BEHAVIOUR_CHARS}")
         cat = obj.get("category", "user")
-        if cat != "user" and cat not in cats:
+        if not isinstance(cat, str) or (cat != "user" and cat not in cats):
             raise CharterError(f"{where}: category {str(cat)[:60]!r} is not a restricted category of {const.name!r} "
                                f"(one of: {', '.join(cats)}; or leave it out)")
         bid = obj.get("id", f"user:{i}")

@@ -25,9 +25,18 @@ class ChatMessage(BaseModel):
     @field_validator("content")
     @classmethod
     def _text_parts(cls, v: str | list[dict[str, Any]] | None) -> str | list[dict[str, Any]] | None:
-        if isinstance(v, list) and any(not isinstance(p.get("text", ""), str) for p in v):
-            raise ValueError("a content part's 'text' must be a string")
+        if isinstance(v, list) and any(not isinstance(p.get(k, ""), str) for p in v for k in PART_TEXT):
+            raise ValueError("a content part's 'text' (or 'refusal') must be a string")
         return v
+
+
+#: the fields of a content part that hold its text (a refusal part carries it under 'refusal')
+PART_TEXT = ("text", "refusal")
+
+
+def part_text(p: Mapping[str, Any]) -> str:
+    """What the guard reads of a content part: its text, and a refusal part's refusal."""
+    return "\n".join(t for t in (p.get(k) for k in PART_TEXT) if isinstance(t, str) and t)
 
 
 #: content part types whose text the guard reads
@@ -58,7 +67,7 @@ class ChatRequest(BaseModel):
         """(where, type) of each content part the guard cannot read: images, audio, files, ..."""
         return [(f"messages[{i}].content[{j}]", str(p.get("type"))[:40]) for i, m in enumerate(self.messages)
                 if isinstance(m.content, list) for j, p in enumerate(m.content)
-                if p.get("type", "text") not in TEXT_PARTS]
+                if not isinstance(p.get("type", "text"), str) or p.get("type", "text") not in TEXT_PARTS]
 
     def check_messages(self) -> list[dict[str, str]]:
         """The conversation as plain role/content text: what the guard scores (content, then the
@@ -67,7 +76,7 @@ class ChatRequest(BaseModel):
         for m in self.messages:
             c = m.content
             if isinstance(c, list):
-                c = " ".join(str(p.get("text", "")) for p in c if isinstance(p, dict))
+                c = " ".join(part_text(p) for p in c if isinstance(p, dict))
             out.append({"role": m.role, "content": "\n".join(t for t in (c, *extra_texts(m.model_extra or {})) if t)})
         return out
 
