@@ -98,3 +98,13 @@ def test_bad_lines_name_the_file_and_line(mini_model_dir: Path, tmp_path: Path, 
     # a bad file is refused before the model loads
     assert main(["eval", "guard", str(data), "-m", str(tmp_path / "no-such-model")]) == 1
     assert f"{data}:{msg}" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_a_file_past_the_size_bound_is_refused_before_reading(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from charter.evals.guard_eval import MAX_FILE_BYTES
+
+    big = tmp_path / "big.jsonl"
+    with big.open("wb") as f:  # sparse: no disk space used
+        f.truncate(MAX_FILE_BYTES + 1)
+    assert main(["eval", "guard", str(big), "-m", str(tmp_path / "no-model")]) == 1
+    assert f"{big}: {MAX_FILE_BYTES + 1} bytes; at most" in capsys.readouterr().err.replace("\n", "")

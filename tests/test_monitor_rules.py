@@ -615,3 +615,34 @@ def test_abuse_scenario_through_the_real_proxy_raises_the_expected_alerts(
     assert res.new == [] and {(a.rule, a.subject_id) for a in res.alerts} <= got
     assert [(r.id, r.count) for r in store.alerts(status=None)] == before
     store.close()
+
+
+def test_a_reopened_alert_replaces_its_waiting_copy(tmp_path: Path) -> None:
+    s = EventStore.open(f"sqlite:///{tmp_path / 'd.db'}")
+    now = time.time()
+    s.write([ev(f"a{i}", "u1", 0.9, t=now - 10 + i) for i in range(5)])
+
+    class Flaky:
+        name = "flaky"
+
+        def __init__(self) -> None:
+            self.down, self.got = True, []  # type: bool, list[Alert]
+
+        def emit(self, alert: Alert) -> None:
+            if self.down:
+                raise AlertDeliveryError("receiver down")
+            self.got.append(alert)
+
+        def close(self) -> None:
+            return None
+
+    sink = Flaky()
+    eng = RuleEngine(s, only("repeated_flags", sinks=[{"type": "store"}]), sinks=[sink])
+    first = eng.run_once(now)
+    assert len(first.new) == 1 and first.undelivered == {"flaky": 1}
+    s.set_alert_status(first.new[0].id, "resolved")
+    s.write([ev("a5", "u1", 0.9, t=now + 1)])  # new evidence reopens it while the first copy still waits
+    sink.down = False
+    second = eng.run_once(now + 2)
+    assert len(second.new) == 1 and second.undelivered == {}
+    assert len(sink.got) == 1 and "a5" in {e["request_id"] for e in sink.got[0].events}

@@ -25,6 +25,7 @@ from charter.guard.stats import finite, rate, threshold_for_fpr
 
 MAX_LINES = 200_000
 MAX_LINE_BYTES = 1_000_000
+MAX_FILE_BYTES = 512 * 1024 * 1024  # every prompt is held in memory while the guard reads them
 RESTRICTED = frozenset({"restricted", "harmful", "unsafe", "1", "true"})
 PERMITTED = frozenset({"permitted", "benign", "safe", "0", "false"})
 FPR_POINTS = (0.01, 0.05)
@@ -44,6 +45,8 @@ def read_labelled(path: Path) -> list[Item]:
     permitted/benign/safe/0/false) and optional ``category``, ``source`` and ``id``; file:line on errors."""
     from charter.data.records import iter_jsonl
 
+    if path.is_file() and (size := path.stat().st_size) > MAX_FILE_BYTES:
+        raise CharterError(f"{path}: {size} bytes; at most {MAX_FILE_BYTES} are read (split or sample it)")
     out: list[Item] = []
     ids: set[str] = set()
     for i, obj in iter_jsonl(path, max_lines=MAX_LINES, max_line_bytes=MAX_LINE_BYTES):

@@ -412,12 +412,15 @@ class OpenAISummariser:
     def _default_model(self) -> str:
         import httpx
 
+        from charter.endpoints import read_capped, redact_url
+
         try:
-            r = self._client.get(f"{self.base_url}/models")
+            with self._client.stream("GET", f"{self.base_url}/models") as raw:
+                r = read_capped(raw)  # a model list, not a flood (ReplyTooLarge is a ValueError)
             r.raise_for_status()
             return str(r.json()["data"][0]["id"])[:200]
         except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:
-            raise CharterError(f"--summarise {self.base_url}: cannot list models ({type(e).__name__}); "
+            raise CharterError(f"--summarise {redact_url(self.base_url)}: cannot list models ({type(e).__name__}); "
                                "give --summarise-model") from None
 
     def prompt(self, terms: list[str], examples: list[str]) -> str:

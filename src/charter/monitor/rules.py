@@ -677,7 +677,9 @@ class RuleEngine:
         for i, sink in enumerate(self.sinks):
             name = sink_name(sink)
             # alerts this sink failed to take on earlier runs go first, then the new ones
-            todo, self._pending[i] = [*self._pending.get(i, []), *new], []
+            # (a reopened alert replaces its own waiting copy: one delivery, with the newest evidence)
+            todo = list({a.dedupe_key: a for a in [*self._pending.get(i, []), *new]}.values())
+            self._pending[i] = []
             first_error, n_failed = "", 0
             for j, a in enumerate(todo):
                 try:
