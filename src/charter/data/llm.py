@@ -338,7 +338,16 @@ class LLMGenerator(Generator):
             return items
 
         async with httpx.AsyncClient(headers=self._headers(), timeout=httpx.Timeout(self.timeout), limits=limits) as client:
-            return list(await asyncio.gather(*(one(client, j) for j in jobs)))
+            tasks = [asyncio.ensure_future(one(client, j)) for j in jobs]
+            try:
+                return list(await asyncio.gather(*tasks))
+            except BaseException:
+                # one job failed for good: stop the others (no more paid requests) and let them
+                # finish cancelling before the client closes under them
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
 
     # -------------------------------------------------------------- records
 
