@@ -283,3 +283,33 @@ def test_alerts_table_is_wide_when_piped_and_shows_utc(tmp_path: Path, capsys: p
     assert "first / last seen (UTC)" in out and "time UTC" in out
     assert "2023-11-14 22:13:20" in out and "2023-11-14 22:14:20" in out and "22:13:20 0.91 cyber_offense" in out
     assert "17:13:20" not in out
+
+
+def test_stopping_the_monitor_while_it_opens_its_store_still_closes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store is opened in a worker thread that a cancel cannot interrupt: what it opened is closed."""
+    events: list[str] = []
+    real_open, real_close = RuleEngine.open.__func__, RuleEngine.close  # type: ignore[attr-defined]
+
+    def spy_open(cls: type[RuleEngine], *a: Any, **kw: Any) -> RuleEngine:
+        time.sleep(0.3)  # the cancel lands while the thread is here
+        events.append("open")
+        return real_open(cls, *a, **kw)
+
+    def spy_close(self: RuleEngine) -> None:
+        events.append("close")
+        real_close(self)
+
+    monkeypatch.setattr(RuleEngine, "open", classmethod(spy_open))
+    monkeypatch.setattr(RuleEngine, "close", spy_close)
+    settings = MonitorSettings.model_validate({"interval_s": 60})
+
+    async def run() -> None:
+        task = start_monitor(f"sqlite:///{tmp_path / 'c.db'}", settings, None)
+        await asyncio.sleep(0.05)
+        await stop_monitor(task)
+
+    asyncio.run(run())
+    deadline = time.monotonic() + 10
+    while events != ["open", "close"] and time.monotonic() < deadline:  # closed when the thread finishes
+        time.sleep(0.05)
+    assert events == ["open", "close"]

@@ -722,6 +722,11 @@ class RuleEngine:
         return is_new
 
 
+def _close_opened(f: Any) -> None:
+    if not f.cancelled() and f.exception() is None:
+        f.result().close()
+
+
 class LoopMetrics(Protocol):
     """What the background loop reports to (the proxy's :class:`charter.server.metrics.Metrics`)."""
 
@@ -735,16 +740,27 @@ async def monitor_loop(url: str, settings: MonitorSettings, guard: Guard | None 
     The store is opened (and migrated) at once, so that a database problem shows at startup rather
     than one interval later; if it fails, each run tries again.
     """
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     import anyio
 
-    def open_engine() -> RuleEngine:
-        return RuleEngine.open(url, settings, guard=guard)
+    # the store is opened in a thread that a cancel cannot stop: whatever it opens gets closed,
+    # now or (if the loop is stopped meanwhile) when the thread finishes
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="charter-monitor-open")
+    opening: Future[RuleEngine] | None = None
+
+    async def open_engine() -> RuleEngine:
+        nonlocal opening
+        opening = pool.submit(RuleEngine.open, url, settings, guard=guard)
+        e = await asyncio.wrap_future(opening)
+        opening = None
+        return e
 
     engine: RuleEngine | None = None
     failing = False
     try:
         try:
-            engine = await anyio.to_thread.run_sync(open_engine)
+            engine = await open_engine()
         except Exception:
             log.exception("monitor: the event store could not be opened; trying again every %g s", settings.interval_s)
             failing = True
@@ -754,7 +770,7 @@ async def monitor_loop(url: str, settings: MonitorSettings, guard: Guard | None 
             await asyncio.sleep(settings.interval_s)
             try:
                 if engine is None:
-                    engine = await anyio.to_thread.run_sync(open_engine)
+                    engine = await open_engine()
                 res = await anyio.to_thread.run_sync(engine.run_once)
                 if metrics is not None:
                     metrics.monitor_run(res)
@@ -772,6 +788,9 @@ async def monitor_loop(url: str, settings: MonitorSettings, guard: Guard | None 
     finally:
         if engine is not None:
             engine.close()
+        if opening is not None:
+            opening.add_done_callback(_close_opened)
+        pool.shutdown(wait=False)
 
 
 def start_monitor(db: str | None, settings: MonitorSettings, guard: Guard | None,
