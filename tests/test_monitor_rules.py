@@ -617,26 +617,27 @@ def test_abuse_scenario_through_the_real_proxy_raises_the_expected_alerts(
     store.close()
 
 
+class Switchable:
+    """A notifying sink whose receiver is down (each emit raises a retryable error) or up (it keeps the alert)."""
+
+    def __init__(self, name: str, down: bool) -> None:
+        self.name, self.down, self.got = name, down, []  # type: str, bool, list[Alert]
+
+    def emit(self, alert: Alert) -> None:
+        if self.down:
+            raise AlertDeliveryError("receiver down")
+        self.got.append(alert)
+
+    def close(self) -> None:
+        return None
+
+
 def test_a_reopened_alert_replaces_its_waiting_copy(tmp_path: Path) -> None:
     s = EventStore.open(f"sqlite:///{tmp_path / 'd.db'}")
     now = time.time()
     s.write([ev(f"a{i}", "u1", 0.9, t=now - 10 + i) for i in range(5)])
 
-    class Flaky:
-        name = "flaky"
-
-        def __init__(self) -> None:
-            self.down, self.got = True, []  # type: bool, list[Alert]
-
-        def emit(self, alert: Alert) -> None:
-            if self.down:
-                raise AlertDeliveryError("receiver down")
-            self.got.append(alert)
-
-        def close(self) -> None:
-            return None
-
-    sink = Flaky()
+    sink = Switchable("flaky", down=True)
     eng = RuleEngine(s, only("repeated_flags", sinks=[{"type": "store"}]), sinks=[sink])
     first = eng.run_once(now)
     assert len(first.new) == 1 and first.undelivered == {"flaky": 1}
@@ -646,3 +647,21 @@ def test_a_reopened_alert_replaces_its_waiting_copy(tmp_path: Path) -> None:
     second = eng.run_once(now + 2)
     assert len(second.new) == 1 and second.undelivered == {}
     assert len(sink.got) == 1 and "a5" in {e["request_id"] for e in sink.got[0].events}
+
+
+def test_alerts_a_sink_missed_are_offered_again_after_a_restart(store_url: str) -> None:
+    """With a store sink, what a webhook has yet to take is kept in the database, not only in memory."""
+    s = EventStore.open(store_url)
+    now = time.time()
+    s.write([ev(f"a{i}", "u1", 0.9, t=now - 10 + i) for i in range(5)])
+
+    settings = only("repeated_flags", sinks=[{"type": "store"}])
+    first = RuleEngine(s, settings, sinks=[Switchable("sinks[1] (webhook)", down=True)]).run_once(now)
+    assert len(first.new) == 1 and first.undelivered == {"sinks[1] (webhook)": 1}
+    assert [a.id for a in s.undelivered("sinks[1] (webhook)")] == [first.new[0].id]
+    # the proxy restarts: a new engine over the same database, the receiver is back
+    hook = Switchable("sinks[1] (webhook)", down=False)
+    again = RuleEngine(EventStore.open(store_url), settings, sinks=[hook]).run_once(now + 1)
+    assert again.new == [] and again.undelivered == {}  # nothing new, but the missed alert went out, once
+    assert [a.id for a in hook.got] == [first.new[0].id] and hook.got[0].events[0]["request_id"] == "a0"
+    assert s.undelivered("sinks[1] (webhook)") == []

@@ -38,7 +38,7 @@ def test_schema_is_alembic_head_and_reopening_is_a_no_op(store_url: str) -> None
     s.close()
     s = EventStore.open(store_url)  # migrate again: nothing changes, nothing is lost
     with s.engine.connect() as c:
-        assert c.execute(sa.text("select version_num from alembic_version")).scalar_one() == "0003"
+        assert c.execute(sa.text("select version_num from alembic_version")).scalar_one() == "0004"
         names = set(sa.inspect(c).get_table_names())
     assert {"events", "alerts", "alembic_version"} <= names
     assert s.count() == 1

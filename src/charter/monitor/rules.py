@@ -595,7 +595,8 @@ class RuleEngine:
         self.store_alerts = any(isinstance(s, StoreSinkSettings) for s in self.settings.sinks)
         self._seen: set[str] = set()
         self._cache: dict[tuple[str, ...], Any] = {}
-        #: sink index -> alerts it failed to take, retried at the next run (in memory only)
+        #: sink index -> alerts it failed to take, retried at the next run (kept in the store too, with a
+        #: store sink, so that a restart offers them again)
         self._pending: dict[int, list[Alert]] = {}
 
     @classmethod
@@ -676,9 +677,12 @@ class RuleEngine:
         undelivered: dict[str, int] = {}
         for i, sink in enumerate(self.sinks):
             name = sink_name(sink)
+            if i not in self._pending:  # first run: what this sink missed before a restart (store sink only)
+                self._pending[i] = self._load_undelivered(name, errors)
+            waiting_before = [a.id for a in self._pending[i]]
             # alerts this sink failed to take on earlier runs go first, then the new ones
             # (a reopened alert replaces its own waiting copy: one delivery, with the newest evidence)
-            todo = list({a.dedupe_key: a for a in [*self._pending.get(i, []), *new]}.values())
+            todo = list({a.dedupe_key: a for a in [*self._pending[i], *new]}.values())
             self._pending[i] = []
             first_error, n_failed = "", 0
             for j, a in enumerate(todo):
@@ -704,7 +708,23 @@ class RuleEngine:
                             "sinks got them: %s", name, n_failed, len(self._pending[i]), first_error)
             if self._pending[i]:
                 undelivered[name] = len(self._pending[i])
+            if self.store_alerts and [a.id for a in self._pending[i]] != waiting_before:
+                try:
+                    self.store.set_undelivered(name, [a.id for a in self._pending[i] if a.id is not None], first_error)
+                except Exception as e:
+                    errors[f"store:undelivered:{name}"] = f"{type(e).__name__}: {e}"
+                    log.exception("recording the alerts sink %s has yet to take failed", name)
         return RunResult(alerts, new, errors, res.warnings, failures, undelivered)
+
+    def _load_undelivered(self, name: str, errors: dict[str, str]) -> list[Alert]:
+        if not self.store_alerts:
+            return []
+        try:
+            return [Alert.from_record(r) for r in self.store.undelivered(name, MAX_PENDING_ALERTS)]
+        except Exception as e:
+            errors[f"store:undelivered:{name}"] = f"{type(e).__name__}: {e}"
+            log.exception("reading the alerts sink %s has yet to take failed", name)
+            return []
 
     def _persist(self, a: Alert) -> bool:
         """Upsert ``a`` unless the stored alert already holds all its evidence; True when new (or reopened)."""

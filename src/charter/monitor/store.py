@@ -86,6 +86,16 @@ alerts_table = sa.Table(
     sa.Index("ix_alerts_subject", "subject_kind", "subject_id"),
 )
 
+#: alerts a notifying sink failed to take, offered to it again at the next evaluation (and after a restart)
+deliveries_table = sa.Table(
+    "alert_deliveries", metadata,
+    sa.Column("alert_id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False),
+    sa.Column("sink", sa.String(200), nullable=False),
+    sa.Column("since", sa.Float, nullable=False),
+    sa.Column("error", sa.String(500), nullable=False),
+    sa.PrimaryKeyConstraint("alert_id", "sink"),
+)
+
 #: hourly counts kept in step with ``events`` by every write and delete, so that totals over days
 #: of traffic read a few thousand rows instead of millions; ``category`` is '' unless flagged
 rollups_table = sa.Table(
@@ -803,6 +813,25 @@ class EventStore:
             q = q.where(t.c.last_seen >= since)
         with self.engine.connect() as conn:
             return [AlertRecord.from_row(r) for r in conn.execute(q)]
+
+    def undelivered(self, sink: str, limit: int = 1000) -> list[AlertRecord]:
+        """The alerts ``sink`` has yet to take, oldest first (at most ``limit``)."""
+        d, t = deliveries_table, alerts_table
+        q = (sa.select(t).join(d, d.c.alert_id == t.c.id).where(d.c.sink == sink[:200])
+             .order_by(d.c.since, d.c.alert_id).limit(limit))
+        with self.engine.connect() as conn:
+            return [AlertRecord.from_row(r) for r in conn.execute(q)]
+
+    def set_undelivered(self, sink: str, waiting: Sequence[int], error: str = "") -> None:
+        """Make ``waiting`` (alert ids) the alerts ``sink`` has yet to take."""
+        d = deliveries_table
+        with self.engine.begin() as conn:
+            have = {r.alert_id: r.since for r in conn.execute(sa.select(d.c.alert_id, d.c.since).where(d.c.sink == sink[:200]))}
+            conn.execute(d.delete().where(d.c.sink == sink[:200]))
+            now = time.time()
+            if waiting:
+                conn.execute(d.insert(), [{"alert_id": i, "sink": sink[:200], "since": have.get(i, now), "error": error[:500]}
+                                          for i in dict.fromkeys(waiting)])
 
     def set_alert_status(self, alert_id: int, status: str) -> bool:
         if status not in ALERT_STATUSES:
