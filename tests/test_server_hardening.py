@@ -376,3 +376,29 @@ def test_a_refusal_part_is_read_and_an_odd_part_type_is_a_400(start: Callable[..
             {"role": "user", "content": [{"type": "refusal", "refusal": 5}]}]})
         is_openai_error(r, 400, "invalid_request")
         assert not up.requests
+
+
+def test_input_roles_choose_which_turns_the_input_check_reads(start: Callable[..., Started]) -> None:
+    """By default a tool result or system prompt is read as part of the request (every message comes
+    from the client); an application that writes those itself can have only user turns read, so that
+    retrieved text on sensitive subjects is not taken for the user's ask."""
+    from pydantic import ValidationError
+
+    tool = [{"role": "user", "content": "Summarise this page."}, {"role": "tool", "tool_call_id": "c", "content": HARMFUL}]
+    system = [{"role": "system", "content": HARMFUL}, {"role": "user", "content": "Summarise this page."}]
+    with ScriptedOpenAI(default=ANSWER) as up:
+        http, _ = start(up.base_url)
+        for msgs in (tool, system):
+            r = http.post("/v1/chat/completions", json={"model": "m", "messages": msgs})
+            assert r.json()["choices"][0]["finish_reason"] == "content_filter"
+        assert not up.requests
+        http, sink = start(up.base_url, guard={"input_roles": ["user"]})
+        for msgs in (tool, system):
+            r = http.post("/v1/chat/completions", json={"model": "m", "messages": msgs})
+            assert r.json()["choices"][0]["message"]["content"] == ANSWER
+        assert len(up.requests) == 2
+        # the user's own ask is still read
+        r = http.post("/v1/chat/completions", json={"model": "m", "messages": [*system[:1], {"role": "user", "content": HARMFUL}]})
+        assert r.json()["choices"][0]["finish_reason"] == "content_filter" and len(up.requests) == 2
+    with pytest.raises(ValidationError, match="must include 'user'"):
+        ServerConfig.model_validate({"upstream": {"base_url": "http://127.0.0.1:9/v1"}, "guard": {"input_roles": ["system"]}})

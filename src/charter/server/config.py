@@ -17,6 +17,8 @@ from charter.monitor.rules import MonitorSettings
 from charter.yamlsource import Loc, format_loc, load_optional_mapping, problems_of, read_text, report
 
 Action = Literal["block", "flag_only", "log_only"]
+InputRole = Literal["system", "developer", "user", "tool", "function"]
+INPUT_ROLES: tuple[InputRole, ...] = ("system", "developer", "user", "tool", "function")
 DEFAULT_REFUSAL = "I can't help with that request."
 MAX_CONFIG_BYTES = 1 << 20
 
@@ -100,6 +102,17 @@ class GuardSettings(_Strict):
     fail_open: bool = False
     #: request content the guard cannot read (images, audio, files): refuse it (400), or forward it unread
     unread_content: Literal["refuse", "allow"] = "refuse"
+    #: the turns the input check reads as the request (earlier assistant turns never: the output monitor
+    #: reads the whole conversation); [user] for an application whose system prompt and tool results it
+    #: writes itself, where their sensitive-but-harmless text would otherwise be read as a request
+    input_roles: list[InputRole] = Field(default_factory=lambda: list(INPUT_ROLES), min_length=1)
+
+    @field_validator("input_roles")
+    @classmethod
+    def _reads_the_user(cls, v: list[str]) -> list[str]:
+        if "user" not in v:
+            raise ValueError("must include 'user'")
+        return v
     default_action: Action = "block"
     refusal: str = DEFAULT_REFUSAL
     categories: dict[str, CategoryPolicy] = Field(default_factory=dict)

@@ -76,7 +76,9 @@ class Exchange:
     async def check_input(self) -> Verdict:
         assert self.messages is not None
         t = time.perf_counter()
-        v = await to_thread.run_sync(self.svc.guard.check_input, self.messages)
+        roles = self.svc.config.guard.input_roles
+        asked = [m for m in self.messages if m["role"] in roles] or self.messages
+        v = await to_thread.run_sync(self.svc.guard.check_input, asked)
         self.event.latency_ms["input_check"] = round((time.perf_counter() - t) * 1000, 3)
         self.svc.metrics.input_check(v.latency_ms / 1000, v.stage, v.escalated)
         self.add_verdict(v)
