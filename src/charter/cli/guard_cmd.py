@@ -121,7 +121,7 @@ def classify(
         v = guard.check_input(text)
         Console().print_json(v.model_dump_json())
         return
-    from charter.data.records import read_jsonl_lines
+    from charter.data.records import line_id, read_jsonl_lines
 
     if not file.exists() or file.is_dir():  # checked before --out is created or emptied
         raise CharterError(f"{file}: {'is a directory' if file.is_dir() else 'no such file'}")
@@ -136,10 +136,7 @@ def classify(
             try:
                 if isinstance(obj, ValueError):
                     raise obj
-                if isinstance(obj, dict) and obj.get("id") is not None:
-                    if not isinstance(obj["id"], (str, int)) or isinstance(obj["id"], bool):
-                        raise ValueError("'id' must be a string or an integer")
-                    rid = obj["id"]
+                rid = line_id(i, obj)
                 rec = {"id": rid, **_score_line(guard, obj)}
             except ValueError as e:
                 errors += 1

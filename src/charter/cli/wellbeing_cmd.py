@@ -72,7 +72,7 @@ def score(
 ) -> None:
     """Score each reply: per-pattern scores and the patterns flagged. A bad line gets an 'error' record
     (with its line number) and makes the exit code 1; the other lines are still scored."""
-    from charter.data.records import MAX_LINE_BYTES, BlankLine, read_jsonl_lines
+    from charter.data.records import MAX_LINE_BYTES, BlankLine, line_id, read_jsonl_lines
     from charter.monitor.wellbeing import WellbeingMonitor
 
     if not file.is_file():  # checked before --out is created or emptied
@@ -93,10 +93,7 @@ def score(
             try:
                 if isinstance(obj, ValueError):
                     raise obj
-                if isinstance(obj, dict) and obj.get("id") is not None:
-                    if not isinstance(obj["id"], (str, int)) or isinstance(obj["id"], bool):
-                        raise ValueError("'id' must be a string or an integer")
-                    rid = obj["id"]
+                rid = line_id(i, obj)
                 sig = mon.check(*_line(obj))
                 rec = {"id": rid, "scores": {s.category: round(s.score, 6) for s in sig},
                        "flagged": [s.category for s in sig if s.flagged]}

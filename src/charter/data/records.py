@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from os import PathLike
 from typing import Any, Literal
 
@@ -22,6 +22,16 @@ class Message(BaseModel):
     content: str
 
 
+#: the fields of an OpenAI content part that hold its text (a refusal part carries it under 'refusal')
+PART_TEXT = ("text", "refusal")
+
+
+def part_text(p: Mapping[str, Any]) -> str:
+    """What the classifiers read of a content part: its text, and a refusal part's refusal (image,
+    audio and file parts carry none)."""
+    return "\n".join(t for t in (p.get(k) for k in PART_TEXT) if isinstance(t, str) and t)
+
+
 def render_messages(messages: list[Message] | list[dict]) -> str:
     """A conversation as one string, the form every classifier sees.
 
@@ -32,7 +42,7 @@ def render_messages(messages: list[Message] | list[dict]) -> str:
     for m in messages:
         role, content = (m.role, m.content) if isinstance(m, Message) else (m.get("role", "user"), m.get("content", ""))
         if not isinstance(content, str):  # OpenAI content parts: keep the text ones
-            content = " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+            content = " ".join(part_text(p) for p in content if isinstance(p, dict))
         parts.append(f"{role}: {content}")
     if len(messages) == 1 and parts[0].startswith("user: "):
         return parts[0][len("user: "):]
@@ -93,6 +103,15 @@ def read_jsonl_lines(path: str | PathLike[str], *, max_line_bytes: int | None = 
                     yield i, ValueError("JSON nested too deeply")
     except OSError as e:
         raise CharterError(f"{path}: {e.strerror}") from None
+
+
+def line_id(line: int, obj: Any) -> str | int:
+    """A JSONL line's ``id`` when it has one (a string or an integer; else ValueError), or its line number."""
+    if isinstance(obj, dict) and obj.get("id") is not None:
+        if not isinstance(obj["id"], (str, int)) or isinstance(obj["id"], bool):
+            raise ValueError("'id' must be a string or an integer")
+        return obj["id"]
+    return line
 
 
 def iter_jsonl(path: str | PathLike[str], *, max_lines: int | None = None,

@@ -24,7 +24,7 @@ from charter.classifiers.encoder import encoder_available
 from charter.classifiers.features import NgramHasher
 from charter.classifiers.linear import NgramClassifier
 from charter.classifiers.streaming import ExchangeClassifier, ExchangeStream
-from charter.data.records import Message, render_input, render_messages
+from charter.data.records import PART_TEXT, Message, part_text, render_input, render_messages
 from charter.errors import ArtifactError, CharterError, InputError
 
 log = logging.getLogger("charter.guard")
@@ -101,10 +101,10 @@ def _content_text(content: object, where: str) -> str:
         for j, part in enumerate(content):
             if not isinstance(part, Mapping):
                 raise InputError(f"{where}.content[{j}]: a content part must be an object, not {type(part).__name__}")
-            t = part.get("text", part.get("refusal", ""))  # a refusal part keeps its text under "refusal"; image or audio parts carry none
-            if not isinstance(t, str):
-                raise InputError(f"{where}.content[{j}].{'text' if 'text' in part else 'refusal'}: must be a string, not {type(t).__name__}")
-            parts.append(t)
+            for k in PART_TEXT:
+                if not isinstance(t := part.get(k, ""), str):
+                    raise InputError(f"{where}.content[{j}].{k}: must be a string, not {type(t).__name__}")
+            parts.append(part_text(part))
         return " ".join(parts)
     raise InputError(f"{where}.content: must be a string or a list of content parts, not {type(content).__name__}")
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
 
-from charter.data.records import render_messages
+from charter.data.records import PART_TEXT, part_text, render_messages
 from charter.guard.guard import MAX_INPUT_CHARS
 from charter.server.config import Limits
 from charter.server.errors import ProxyError
@@ -28,15 +28,6 @@ class ChatMessage(BaseModel):
         if isinstance(v, list) and any(not isinstance(p.get(k, ""), str) for p in v for k in PART_TEXT):
             raise ValueError("a content part's 'text' (or 'refusal') must be a string")
         return v
-
-
-#: the fields of a content part that hold its text (a refusal part carries it under 'refusal')
-PART_TEXT = ("text", "refusal")
-
-
-def part_text(p: Mapping[str, Any]) -> str:
-    """What the guard reads of a content part: its text, and a refusal part's refusal."""
-    return "\n".join(t for t in (p.get(k) for k in PART_TEXT) if isinstance(t, str) and t)
 
 
 #: content part types whose text the guard reads
