@@ -340,17 +340,7 @@ def test_undelivered_alerts_are_bounded_per_sink(tmp_path: Path, monkeypatch: py
     s = EventStore.open(f"sqlite:///{tmp_path / 'b.db'}")
     now = time.time()
     s.write([ev(f"{u}{i}", u, 0.9, t=now - 10 + i) for u in ("u1", "u2", "u3") for i in range(5)])
-
-    class Down:
-        name = "down"
-
-        def emit(self, alert: Alert) -> None:
-            raise AlertDeliveryError("receiver down")
-
-        def close(self) -> None:
-            return None
-
-    eng = RuleEngine(s, only("repeated_flags", sinks=[{"type": "store"}]), sinks=[Down()])
+    eng = RuleEngine(s, only("repeated_flags", sinks=[{"type": "store"}]), sinks=[Switchable("down", down=True)])
     with caplog.at_level(logging.WARNING, logger="charter.monitor"):
         res = eng.run_once(now)
     assert len(res.new) == 3 and res.undelivered == {"down": 2}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -35,25 +34,21 @@ def guard_eval(data: Path, out: Path | None = None, *, model: Path | None = None
     return result
 
 
-def _pct(r: dict[str, Any] | None) -> str:
-    if not r or not r.get("n") or r.get("rate") is None:
-        return "-"
-    return f"{100 * r['rate']:.1f}% [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}] n={r['n']}"
-
-
 def print_summary(result: dict[str, Any]) -> None:
+    from charter.redteam.report import pct
+
     s = result["summary"]
     t = Table(title=f"Guard on {result['config']['data']['path']}", show_lines=False)
     t.add_column("metric")
     t.add_column("value (95% Wilson)")
-    t.add_row("recall, restricted", _pct(s["recall"]))
-    t.add_row("FPR, permitted", _pct(s["fpr"]))
-    t.add_row("escalated, permitted", _pct(s["escalation_rate_permitted"]))
+    t.add_row("recall, restricted", pct(s["recall"]))
+    t.add_row("FPR, permitted", pct(s["fpr"]))
+    t.add_row("escalated, permitted", pct(s["escalation_rate_permitted"]))
     t.add_row("AUC", "n/a" if s["auc"] is None else f"{s['auc']:.4f}")
     for k, v in s["recall_at_fpr_on_this_file"].items():
-        t.add_row(f"recall at {100 * float(k):g}% FPR (threshold set on this file)", _pct(v["recall"]))
+        t.add_row(f"recall at {100 * float(k):g}% FPR (threshold set on this file)", pct(v["recall"]))
     for src in sorted(set(s["recall_by_source"]) | set(s["fpr_by_source"])) if len(s["recall_by_source"]) > 1 or len(s["fpr_by_source"]) > 1 else []:
-        t.add_row(f"  {src}", f"recall {_pct(s['recall_by_source'].get(src))}; FPR {_pct(s['fpr_by_source'].get(src))}")
+        t.add_row(f"  {src}", f"recall {pct(s['recall_by_source'].get(src))}; FPR {pct(s['fpr_by_source'].get(src))}")
     console.print(t)
     for k, v in result.get("paths", {}).items():
         console.print(f"{k}: {v}", highlight=False, markup=False)
@@ -73,8 +68,8 @@ def guard_cmd(
     s = result["summary"]
     reasons = []
     if min_recall is not None:
-        r = s["recall"]["rate"]
-        if r is None or (isinstance(r, float) and math.isnan(r)):
+        r = s["recall"]["rate"]  # None where there was nothing to measure (the summary holds no NaN)
+        if r is None:
             reasons.append("--min-recall cannot be checked: no restricted lines")
         elif r < min_recall:
             reasons.append(f"recall {100 * r:.2f}% is below --min-recall {100 * min_recall:.2f}%")

@@ -9,8 +9,6 @@ file's permitted lines, so it says what recalibrating on this traffic would give
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -122,17 +120,10 @@ def evaluate_guard(guard: Guard, items: Sequence[Item], advance: Callable[[int],
     return {"summary": finite(summary), "items": rows}
 
 
-def _png(fig: Any) -> str:
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
 def _group_bars(recall: dict[str, Any], fpr: dict[str, Any], title: str) -> str | None:
     import matplotlib.pyplot as plt
+
+    from charter.redteam.report import _png
 
     names = sorted(set(recall) | set(fpr))
     if len(names) < 2:
@@ -176,18 +167,12 @@ img{max-width:100%}</style></head><body>
 """
 
 
-def _pct(r: dict[str, Any] | None) -> str:
-    if not r or not r.get("n"):
-        return "-"
-    return f"{100 * r['rate']:.1f}% [{100 * r['lo']:.1f}, {100 * r['hi']:.1f}] (n={r['n']})"
-
-
 def render_html(result: dict[str, Any]) -> str:
     import jinja2
     import matplotlib
 
     matplotlib.use("Agg", force=True)
-    from charter.redteam.report import _hist, _roc_det
+    from charter.redteam.report import _hist, _roc_det, pct
 
     s, items = result["summary"], result["items"]
     pos = np.array([r["score"] for r in items if r["label"] == "restricted"])
@@ -198,7 +183,7 @@ def render_html(result: dict[str, Any]) -> str:
             ("Recall and FPR by source", _group_bars(s["recall_by_source"], s["fpr_by_source"], "by source")),
             ("Recall and FPR by category", _group_bars(s["recall_by_category"], s["fpr_by_category"], "by category"))]
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
-    return env.from_string(TEMPLATE).render(s=s, cfg=result["config"], pct=_pct, figs=[f for f in figs if f[1]])
+    return env.from_string(TEMPLATE).render(s=s, cfg=result["config"], pct=pct, figs=[f for f in figs if f[1]])
 
 
 def write_outputs(result: dict[str, Any], out: Path) -> dict[str, Path]:
