@@ -96,6 +96,16 @@ deliveries_table = sa.Table(
     sa.PrimaryKeyConstraint("alert_id", "sink"),
 )
 
+#: one token bucket per client key, shared by every proxy replica that uses this store
+#: (``limits.shared_rate``): ``tokens`` as of ``updated`` (unix seconds)
+rate_buckets_table = sa.Table(
+    "rate_buckets", metadata,
+    sa.Column("key_id", sa.String(80), primary_key=True),
+    sa.Column("tokens", sa.Float, nullable=False),
+    sa.Column("updated", sa.Float, nullable=False),
+    sa.Column("allowed", sa.Boolean, nullable=False),
+)
+
 #: hourly counts kept in step with ``events`` by every write and delete, so that totals over days
 #: of traffic read a few thousand rows instead of millions; ``category`` is '' unless flagged
 rollups_table = sa.Table(
@@ -153,6 +163,10 @@ def _counts_select(bucket: Any) -> Any:
 def _greatest(a: Any, b: Any) -> Any:
     # GREATEST is PostgreSQL's, MAX(a, b) SQLite's: a CASE is both
     return sa.case((a >= b, a), else_=b)
+
+
+def _least(a: Any, b: Any) -> Any:
+    return sa.case((a <= b, a), else_=b)
 
 
 def _hour() -> Any:
@@ -346,6 +360,7 @@ class EventStore:
         self.engine = engine
         self.policy = policy
         self.url = engine.url.render_as_string(hide_password=True)
+        self._take_stmt: Any = None
 
     @classmethod
     def open(cls, url: str, *, policy: ContentPolicy | None = None, migrate_schema: bool = True) -> EventStore:
@@ -502,6 +517,38 @@ class EventStore:
             conn.execute(user_rollups_table.insert().from_select(ucols, self._user_rollup_select(sa.true())))
             conn.execute(user_conversations_table.delete())
             conn.execute(user_conversations_table.insert().from_select(["user_id", "conversation_id", "last_ts"], _conv_select()))
+
+    def _take_token_stmt(self) -> Any:
+        # built once with bound parameters: building it per call cost more than the database (~1 ms)
+        t = rate_buckets_table
+        now, rate, burst = sa.bindparam("now", type_=sa.Float), sa.bindparam("rate", type_=sa.Float), sa.bindparam("burst", type_=sa.Float)
+        refill = _least(burst, t.c.tokens + _greatest(now - t.c.updated, sa.literal(0.0)) * rate)
+        ok = refill >= 1.0
+        ins = self._dialect_insert(t).values(key_id=sa.bindparam("key_id"), tokens=sa.bindparam("start", type_=sa.Float),
+                                             updated=now, allowed=sa.true())
+        return ins.on_conflict_do_update(index_elements=["key_id"], set_={
+            "tokens": sa.case((ok, refill - 1.0), else_=refill),
+            "updated": _greatest(t.c.updated, now),
+            "allowed": ok,
+        }).returning(t.c.tokens, t.c.allowed)
+
+    def take_token(self, key_id: str, rate: float, burst: int, now: float | None = None) -> float:
+        """Take one request from ``key_id``'s token bucket (``rate`` a second, up to ``burst``) in one
+        atomic statement, so that every process sharing this store draws on the same bucket: 0.0 when
+        the request may go, else the seconds until one may. ``now`` is unix time; a replica whose clock
+        is behind the bucket's refills nothing rather than going back in time."""
+        now = time.time() if now is None else now
+        if self._take_stmt is None:
+            self._take_stmt = self._take_token_stmt()
+        params = {"key_id": key_id, "now": now, "rate": float(rate), "burst": float(burst), "start": float(burst) - 1.0}
+        # one statement, atomic on its own: on PostgreSQL autocommit saves the BEGIN and COMMIT round
+        # trips (on SQLite, switching the connection's mode costs more than the transaction)
+        conn = self.engine.connect()
+        if self.dialect == "postgresql":
+            conn = conn.execution_options(isolation_level="AUTOCOMMIT")
+        with conn, conn.begin():
+            tokens, allowed = conn.execute(self._take_stmt, params).one()
+        return 0.0 if allowed else max(0.0, 1.0 - tokens) / rate
 
     def expire(self, older_than_s: float, now: float | None = None) -> int:
         """Retention: delete events, and alerts last seen, more than ``older_than_s`` seconds ago."""

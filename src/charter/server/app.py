@@ -20,7 +20,7 @@ from charter.errors import InputError
 from charter.guard import Guard
 from charter.monitor.events import Event, EventQueue, EventSink, JsonlSink, user_hash
 from charter.monitor.rules import start_monitor, stop_monitor
-from charter.server.auth import KeyStore, Principal, RateLimiter
+from charter.server.auth import KeyStore, Principal, RateLimiter, SharedRateLimiter
 from charter.server.config import EventsSettings, ServerConfig, check_startup
 from charter.server.context import Exchange, Services
 from charter.server.errors import ProxyError
@@ -69,7 +69,9 @@ class Proxy:
         if config.guard.hold_back is None:
             config.guard.hold_back = guard.hold_back
         self.keys = KeyStore(config.keys, config.limits.rate, config.require_keys)
-        self.limiter = RateLimiter()
+        self.limiter: RateLimiter | SharedRateLimiter = RateLimiter()
+        if config.limits.shared_rate and ev.db:
+            self.limiter = SharedRateLimiter(ev.db, on_error=self.svc.metrics.rate_store_errors.inc)
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -88,16 +90,17 @@ class Proxy:
                 await asyncio.wait(set(self.svc.pending), timeout=5)
             await self.svc.events.close()
             await self.svc.client.aclose()
+            self.limiter.close()
 
     # -- helpers -------------------------------------------------------------------------
-    def _admit(self, request: Request, endpoint: str) -> Principal:
+    async def _admit(self, request: Request, endpoint: str) -> Principal:
         p = self.keys.authenticate(request.headers.get("authorization"))
         m = self.svc.metrics
         if p is None:
             m.rejected.labels("auth").inc()
             raise ProxyError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
                              "invalid_request_error", code="invalid_api_key")
-        wait = self.limiter.check(p)
+        wait = await self.limiter.take(p)
         if wait > 0:
             m.rejected.labels("rate_limit").inc()
             raise ProxyError(429, f"rate limit exceeded for key {p.name!r}; retry in {wait:.2f} s", "rate_limit_error",
@@ -120,7 +123,7 @@ class Proxy:
 
     async def models(self, request: Request) -> Response:
         try:
-            self._admit(request, "/v1/models")
+            await self._admit(request, "/v1/models")
         except ProxyError as e:
             return e.response()
         return await get_models(self.svc)
@@ -130,7 +133,7 @@ class Proxy:
         headers = {"x-request-id": rid}
         svc = self.svc
         try:
-            principal = self._admit(request, "/v1/chat/completions")
+            principal = await self._admit(request, "/v1/chat/completions")
             raw = await _read_body(request, self.config.limits.max_body_bytes)
             req = parse_request(raw, self.config.limits)
             allowed = self.config.upstream.models

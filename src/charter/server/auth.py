@@ -1,12 +1,22 @@
-"""Client keys (stored as sha256) and a per-key token-bucket rate limit."""
+"""Client keys (stored as sha256) and a per-key token-bucket rate limit, per replica or shared."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from charter.server.config import ClientKey, Rate, hash_key
+
+if TYPE_CHECKING:
+    from charter.monitor.store import EventStore
+
+log = logging.getLogger("charter.server")
 
 
 @dataclass
@@ -55,11 +65,66 @@ class TokenBucket:
 
 
 class RateLimiter:
+    """Each key's bucket in this process: with N replicas a key gets N times its rate."""
+
     def __init__(self) -> None:
         self._buckets: dict[str, TokenBucket] = {}
+        self._lock = threading.Lock()
 
     def check(self, p: Principal) -> float:
-        b = self._buckets.get(p.key_id)
-        if b is None:
-            b = self._buckets[p.key_id] = TokenBucket(p.rate.per_second, p.rate.burst)
-        return b.take()
+        """0.0 if ``p`` may send a request now, else the seconds until it may."""
+        with self._lock:
+            b = self._buckets.get(p.key_id)
+            if b is None:
+                b = self._buckets[p.key_id] = TokenBucket(p.rate.per_second, p.rate.burst)
+            return b.take()
+
+    async def take(self, p: Principal) -> float:
+        return self.check(p)
+
+    def close(self) -> None:
+        pass
+
+
+class SharedRateLimiter:
+    """Each key's bucket in the monitoring store, drawn on by every replica that shares it.
+
+    While the store cannot be reached, each replica counts on its own buckets (the limit degrades to
+    per-replica, never to none) and tries the store again ``retry_s`` later; ``on_error`` counts those
+    failures. The store call runs in a worker thread, off the event loop."""
+
+    def __init__(self, url: str, *, retry_s: float = 5.0, on_error: Callable[[], None] | None = None) -> None:
+        self.url, self.retry_s, self.on_error = url, retry_s, on_error
+        self.local = RateLimiter()
+        self._store: EventStore | None = None
+        self._down_until = 0.0
+        self._lock = threading.Lock()
+
+    def _open(self) -> EventStore:
+        with self._lock:
+            if self._store is None:
+                from charter.monitor.store import EventStore
+
+                self._store = EventStore.open(self.url)
+            return self._store
+
+    def check(self, p: Principal) -> float:
+        if time.monotonic() >= self._down_until:
+            try:
+                return self._open().take_token(p.key_id, p.rate.per_second, p.rate.burst)
+            except Exception as e:  # the type only: a driver's message may carry the database's address
+                self._down_until = time.monotonic() + self.retry_s
+                log.warning("shared rate limit: store unavailable (%s); counting per replica for %.0f s",
+                            type(e).__name__, self.retry_s)
+                if self.on_error:
+                    self.on_error()
+        return self.local.check(p)
+
+    async def take(self, p: Principal) -> float:
+        return await asyncio.to_thread(self.check, p)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._store is not None:
+                self._store.close()
+                self._store = None

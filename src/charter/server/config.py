@@ -87,6 +87,9 @@ class Limits(_Strict):
     #: the largest max_tokens / max_completion_tokens a client may ask for
     max_output_tokens: int = Field(8_192, ge=1)
     rate: Rate = Field(default_factory=Rate)
+    #: count each key's rate in ``events.db``, across every replica that shares it (one UPSERT a
+    #: request); otherwise each replica counts its own, so N replicas let a key through at N times its rate
+    shared_rate: bool = False
 
 
 class CategoryPolicy(_Strict):
@@ -227,6 +230,8 @@ def startup_problems(config: ServerConfig, classes: list[str] | None = None) -> 
             if cid not in valid:
                 out.append((("guard", "categories", cid), f"unknown category id {cid!r}; the guard's restricted "
                             f"categories are: {', '.join(valid)}"))
+    if config.limits.shared_rate and not config.events.db:
+        out.append((("limits", "shared_rate"), "needs events.db: the shared rate is counted in the monitoring store"))
     if config.events.db and config.monitor.interval_s > 0:
         out += [(("monitor", "sinks", *loc), msg) for loc, msg in sink_problems(config.monitor.sinks)]
     return out

@@ -29,6 +29,8 @@ class Metrics:
         self.escalation_rate = Gauge("charter_escalation_rate", "Share of input checks escalated to stage 2", registry=r)
         self.upstream_errors = Counter("charter_upstream_errors", "Upstream failures by kind", ["kind"], registry=r)
         self.guard_errors = Counter("charter_guard_errors", "Classifier errors by stage and fail mode", ["stage", "mode"], registry=r)
+        self.rate_store_errors = Counter("charter_rate_store_errors", "Shared rate limit store failures (rates counted per replica meanwhile)",
+                                         registry=r)
         self.rejected = Counter("charter_rejected", "Requests rejected before the guard, by reason", ["reason"], registry=r)
         self.active_streams = Gauge("charter_active_streams", "Streams in flight", registry=r)
         self.events_written = Gauge("charter_events_written", "Events written to the sink", registry=r)
