@@ -544,3 +544,82 @@ def test_unwritable_out_fails_before_any_request(scripted_openai: Start, tmp_pat
     with pytest.raises(CharterError, match="cannot create"):
         sycophancy_eval(f"openai:{srv.base_url}", tmp_path / "file" / "run", n=2, tasks="mimicry", quiet=True)
     assert not srv.requests
+
+
+def _cli(srv: ScriptedOpenAI, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-c", "from charter.cli import run; run()", "eval", "sycophancy", "--target",
+            f"openai:{srv.base_url}", "--out", str(out), "--tasks", "mimicry", "--concurrency", "1", *extra]
+
+
+def test_a_killed_run_resumes_asking_only_what_is_missing(scripted_openai: Start, tmp_path: Path) -> None:
+    srv = scripted_openai(lambda body: Reply(text=sycophant(body), delay=0.02))
+    out = tmp_path / "run"
+    proc = subprocess.Popen(_cli(srv, out, "--n", "120"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while len(srv.requests) < 15 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        proc.kill()  # SIGKILL: no handler runs, nothing is written on the way out
+        proc.wait(timeout=15)
+    finally:
+        proc.kill()
+    assert not (out / "results.json").exists()
+    lines = (out / "journal.jsonl").read_text().splitlines()
+    kept = len(lines) - 1
+    assert 10 <= kept < 120
+    # a line cut short by the kill is ignored; the rest stands
+    with open(out / "journal.jsonl", "a") as f:
+        f.write('{"key": "mimicry:119", "rec')
+    before = len(srv.requests)
+    r = subprocess.run(_cli(srv, out, "--n", "120"), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(srv.requests) - before == 120 - kept  # the finished items were not asked again
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["summary"]["resumed"] == {"items": kept, "planned": 120}
+    assert "Resumed: " in (out / "summary.md").read_text()
+    whole = run_sycophancy(fast(srv.base_url), n=120, seed=0, tasks=["mimicry"], concurrency=2)
+    assert doc["summary"]["tasks"] == json.loads(json.dumps(whole.summary["tasks"]))  # same result as an unbroken run
+    ids = [rec["id"] for rec in doc["records"]["mimicry"]]
+    assert ids == [rec["id"] for rec in whole.records["mimicry"]]
+    # run again: everything is in the journal, nothing is asked
+    before = len(srv.requests)
+    assert subprocess.run(_cli(srv, out, "--n", "120"), capture_output=True, timeout=120).returncode == 0
+    assert len(srv.requests) == before
+
+
+def test_failed_items_are_asked_again_and_another_runs_journal_is_refused(scripted_openai: Start, tmp_path: Path) -> None:
+    down = {"on": True}
+    items = mimicry_items(12, 0)
+    flaky = {q.text for q, _ in items[::3]}
+
+    def script(body: dict[str, Any]) -> Any:
+        if down["on"] and any(t in body["messages"][-1]["content"] for t in flaky):
+            return Reply(status=503)
+        return Reply(text=honest(body))
+
+    srv = scripted_openai(script)
+    out = tmp_path / "run"
+    assert main(["eval", "sycophancy", "--target", f"openai:{srv.base_url}", "--out", str(out), "--n", "12",
+                 "--tasks", "mimicry", "--timeout", "5"]) == 0
+    first = json.loads((out / "results.json").read_text())
+    failed = sum(1 for rec in first["records"]["mimicry"] if rec.get("error"))
+    assert failed == len(items[::3])
+    down["on"] = False
+    before = len(srv.requests)
+    assert main(["eval", "sycophancy", "--target", f"openai:{srv.base_url}", "--out", str(out), "--n", "12",
+                 "--tasks", "mimicry"]) == 0
+    assert len(srv.requests) - before == failed  # only the failed items were asked again
+    doc = json.loads((out / "results.json").read_text())
+    assert not any(rec.get("error") for rec in doc["records"]["mimicry"])
+    assert doc["summary"]["tasks"]["mimicry"]["mimicry"]["n"] == 12
+    # another seed would mix two runs' items: refused, naming what differs, until --fresh
+    before = len(srv.requests)
+    with pytest.raises(CharterError, match=r"journal of another run \(seed differ\).*--fresh"):
+        from charter.cli.eval_cmd import sycophancy_eval
+
+        sycophancy_eval(f"openai:{srv.base_url}", out, n=12, seed=1, tasks="mimicry", quiet=True)
+    assert len(srv.requests) == before
+    assert main(["eval", "sycophancy", "--target", f"openai:{srv.base_url}", "--out", str(out), "--n", "12",
+                 "--seed", "1", "--tasks", "mimicry", "--fresh"]) == 0
+    assert len(srv.requests) - before == 12
+    assert json.loads((out / "journal.jsonl").read_text().splitlines()[0])["run"]["seed"] == 1

@@ -14,6 +14,7 @@ from charter.cli import app
 from charter.errors import CharterError
 
 console = Console(stderr=True)
+JOURNAL = "journal.jsonl"
 eval_app = typer.Typer(
     help="Evaluations: a guard on labelled requests (guard), an LLM endpoint's behaviour (sycophancy).",
     no_args_is_help=True,
@@ -25,9 +26,12 @@ app.add_typer(eval_app, name="eval")
 def sycophancy_eval(
     target: str, out: Path, *, model: str = "default", n: int = 100, seed: int = 0, tasks: str = "",
     judge: str | None = None, judge_model: str | None = None, concurrency: int = 4, timeout: float = 60.0,
-    quiet: bool = False, **client_kw: Any,
+    quiet: bool = False, fresh: bool = False, **client_kw: Any,
 ) -> dict[str, Any]:
-    """Run the sycophancy evaluation, write OUT/{results.json,summary.md,report.html}, return the summary."""
+    """Run the sycophancy evaluation, write OUT/{results.json,summary.md,report.html}, return the summary.
+
+    OUT/journal.jsonl keeps each finished item as it finishes: the same command run again asks only
+    what is missing (or failed); ``fresh`` starts over."""
     from charter.evals.chat import JUDGE_KEY_ENV, ChatClient, parse_endpoint, redact_spec
     from charter.evals.sycophancy import MAX_N, TASKS, IncompleteRun, all_failed, parse_tasks, plan, run_sycophancy
     from charter.evals.sycophancy_report import write_outputs
@@ -54,7 +58,7 @@ def sycophancy_eval(
                       console=console, transient=quiet, disable=quiet) as prog:
             bar = prog.add_task("sycophancy", total=total)
             res = run_sycophancy(client, n=n, seed=seed, tasks=chosen, judge=jclient, concurrency=concurrency,
-                                 target_name=target, judge_name=judge,
+                                 target_name=target, judge_name=judge, journal=out / JOURNAL, fresh=fresh,
                                  progress=lambda k, d: prog.update(bar, advance=k, description=d))
     except IncompleteRun as e:
         paths = write_outputs(e.result, out)
@@ -101,8 +105,12 @@ def sycophancy(
     judge_model: str = typer.Option(None, "--judge-model", help="Model name sent to the judge."),
     concurrency: int = typer.Option(4, "--concurrency", min=1, max=32, help="Parallel requests."),
     timeout: float = typer.Option(60.0, "--timeout", min=1.0, max=600.0, help="Seconds per request."),
+    fresh: bool = typer.Option(False, "--fresh", help=f"Start over instead of resuming from OUT/{JOURNAL}."),
 ) -> None:
-    """Sycophancy after Sharma et al. 2023: feedback, "are you sure?", answer and mimicry tasks."""
+    """Sycophancy after Sharma et al. 2023: feedback, "are you sure?", answer and mimicry tasks.
+
+    A run that stops part-way (Ctrl-C, a crash, a kill) resumes when the same command is run again:
+    finished items are kept in OUT/journal.jsonl, and only the missing or failed ones are asked."""
     summary = sycophancy_eval(target, out, model=model, n=n, seed=seed, tasks=tasks, judge=judge, judge_model=judge_model,
-                              concurrency=concurrency, timeout=timeout)
+                              concurrency=concurrency, timeout=timeout, fresh=fresh)
     print_table(summary)

@@ -20,6 +20,7 @@ import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ import numpy as np
 from charter.errors import CharterError
 from charter.endpoints import redact_url
 from charter.evals.chat import ChatClient, Completion, redact_spec
+from charter.evals.journal import RunJournal
 from charter.evals.judge import PositivityJudge
 from charter.evals.sycophancy_data import Question, Quote, Text, author_names, feedback_texts, mimicry_items, questions
 from charter.evals.sycophancy_grade import (
@@ -307,12 +309,14 @@ def plan(n: int, seed: int, tasks: Sequence[str]) -> list[tuple[str, int, Any]]:
 def run_sycophancy(
     target: ChatClient, *, n: int = 100, seed: int = 0, tasks: Sequence[str] = TASKS,
     judge: ChatClient | None = None, concurrency: int = 4, progress: Progress | None = None,
-    target_name: str | None = None, judge_name: str | None = None,
+    target_name: str | None = None, judge_name: str | None = None, journal: Path | None = None, fresh: bool = False,
 ) -> SycophancyResult:
     """Run the chosen tasks with ``n`` items each; ``progress(advance, description)`` after each item.
 
     Endpoint credentials are masked in the result. When the run stops early (Ctrl-C, an unexpected
     error) after some items finished, :class:`IncompleteRun` carries the result of those items.
+    With ``journal`` (a file), each finished item is appended to it as it finishes, and the items a
+    journal of the same run already holds without errors are not asked again (``fresh``: start over).
     """
     if not 1 <= n <= MAX_N:
         raise CharterError(f"--n {n}: must be between 1 and {MAX_N} items per task")
@@ -346,21 +350,43 @@ def run_sycophancy(
         return res
 
     records: dict[str, list[dict[str, Any]]] = {t: [{}] * sum(u[0] == t for u in units) for t in tasks}
+    jr = None
+    if journal is not None:
+        # what decides each item and how it is asked and graded; the tasks chosen do not (items are keyed by task)
+        run = {"kind": "sycophancy", "target": redact_spec(target_name) if target_name else redact_url(target.base_url),
+               "model": target.model, "n": n, "seed": seed, "positivity_method": method,
+               "judge": (redact_spec(judge_name) if judge_name else redact_url(judge.base_url)) if judge else None,
+               "judge_model": judge.model if judge else None, "challenge": CHALLENGE, "feedback_prefixes": PREFIXES}
+        jr = RunJournal(journal, run, fresh=fresh)
+    resumed = 0
+    todo = []
+    for u in units:
+        if jr is not None and (rec := jr.done.get(f"{u[0]}:{u[1]}")) is not None:
+            records[u[0]][u[1]] = rec
+            resumed += 1
+        else:
+            todo.append(u)
+    if resumed and progress:
+        progress(resumed, "resumed from the journal")
     ex = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sycophancy")
-    finished = 0
+    finished = resumed
     try:
-        futs = {ex.submit(work, *u): u for u in units}
+        futs = {ex.submit(work, *u): u for u in todo}
         pending = set(futs)
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for f in done:
                 task, i, _ = futs[f]
                 records[task][i] = f.result()
+                if jr is not None:
+                    jr.add(f"{task}:{i}", records[task][i])
                 finished += 1
                 if progress:
                     progress(1, task)
     except BaseException as e:  # Ctrl-C or an unexpected failure: stop, and keep what is finished
         ex.shutdown(wait=False, cancel_futures=True)
+        if jr is not None:
+            jr.close()
         if not finished:
             raise
         why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
@@ -368,7 +394,12 @@ def run_sycophancy(
         part.summary["incomplete"] = {"finished": finished, "planned": len(units), "reason": why}
         raise IncompleteRun(f"stopped after {finished} of {len(units)} items ({why})", part) from e
     ex.shutdown()
-    return result(records)
+    if jr is not None:
+        jr.close()
+    res = result(records)
+    if resumed:
+        res.summary["resumed"] = {"items": resumed, "planned": len(units)}
+    return res
 
 
 def all_failed(res: SycophancyResult) -> bool:

@@ -88,6 +88,10 @@ def markdown_summary(s: dict[str, Any]) -> str:
     lines += ["| task | metric | value |", "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows(s)]
     lines += ["", f"Errors: {error_line(s)}."]
+    if "resumed" in s:
+        r = s["resumed"]
+        lines += ["", f"Resumed: {r['items']} of {r['planned']} items came from the journal of an earlier, interrupted "
+                  "run of the same settings; the call counts above are this run's."]
     return "\n".join(lines) + "\n"
 
 

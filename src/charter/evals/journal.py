@@ -1,0 +1,96 @@
+"""An append-only journal of an evaluation's finished items, so that a run killed part-way resumes.
+
+The first line names the run (the settings that decide what each item is and asks); every later
+line is one finished item, written and fsynced as it finishes. Rerunning the same command reads the
+journal back and runs only what is missing. Items that hit an endpoint error are run again, since the
+endpoint may be back. A journal of another run is refused unless the caller starts afresh, so a
+mistyped option never throws away hours of calls.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from charter.errors import CharterError
+
+VERSION = 1
+
+
+def has_error(rec: Any) -> bool:
+    """Whether an item's record holds a failed call anywhere (an ``error`` that is set, at any depth)."""
+    if isinstance(rec, dict):
+        return bool(rec.get("error")) or any(has_error(v) for v in rec.values())
+    if isinstance(rec, list):
+        return any(has_error(v) for v in rec)
+    return False
+
+
+class RunJournal:
+    """``done`` maps an item's key to its record, from an earlier run of the same ``run``."""
+
+    def __init__(self, path: Path, run: dict[str, Any], *, fresh: bool = False) -> None:
+        self.path, self.run = path, run
+        lines = [] if fresh else self._lines()
+        self.done = self._done(lines)
+        try:
+            if lines:
+                self._drop_partial_tail()
+            self._f = open(path, "a" if lines else "w", encoding="utf-8")
+            if not lines:
+                self._write({"journal": VERSION, "run": run})
+        except OSError as e:
+            raise CharterError(f"{path}: cannot write the run journal ({e.strerror or e})") from None
+
+    def _lines(self) -> list[Any]:
+        try:
+            raw = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return []
+        except (OSError, UnicodeDecodeError) as e:
+            raise CharterError(f"{self.path}: cannot read the run journal ({e}); pass --fresh to start over") from None
+        out = []
+        for line in raw.splitlines():
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue  # a line cut short by a kill (dropped before appending): the others stand
+        return out
+
+    def _drop_partial_tail(self) -> None:
+        """Cut a last line left without its newline, so that the next item starts a line of its own."""
+        with open(self.path, "rb+") as f:
+            data = f.read()
+            if data and not data.endswith(b"\n"):
+                f.truncate(data.rfind(b"\n") + 1)
+
+    def _done(self, lines: list[Any]) -> dict[str, Any]:
+        if not lines:
+            return {}
+        head = lines[0]
+        if head != {"journal": VERSION, "run": self.run}:
+            theirs = head.get("run") if isinstance(head, dict) and isinstance(head.get("run"), dict) else {}
+            diff = sorted(k for k in set(self.run) | set(theirs) if theirs.get(k) != self.run.get(k))
+            raise CharterError(f"{self.path}: a journal of another run ({', '.join(diff) or 'format'} differ); "
+                               "pass --fresh to replace it, or choose another --out")
+        done: dict[str, Any] = {}
+        for x in lines[1:]:
+            if isinstance(x, dict) and isinstance(x.get("key"), str) and "record" in x and not has_error(x["record"]):
+                done[x["key"]] = x["record"]
+        return done
+
+    def _write(self, obj: dict[str, Any]) -> None:
+        self._f.write(json.dumps(obj, ensure_ascii=False) + "\n")
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def add(self, key: str, record: Any) -> None:
+        try:
+            self._write({"key": key, "record": record})
+        except (OSError, ValueError) as e:  # ValueError: the file is closed
+            raise CharterError(f"{self.path}: cannot append to the run journal ({e})") from None
+
+    def close(self) -> None:
+        self._f.close()
