@@ -571,7 +571,7 @@ def test_a_killed_run_resumes_asking_only_what_is_missing(scripted_openai: Start
     with open(out / "journal.jsonl", "a") as f:
         f.write('{"key": "mimicry:119", "rec')
     before = len(srv.requests)
-    r = subprocess.run(_cli(srv, out, "--n", "120"), capture_output=True, text=True, timeout=120)
+    r = subprocess.run(_cli(srv, out, "--n", "120", "--resume"), capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert len(srv.requests) - before == 120 - kept  # the finished items were not asked again
     doc = json.loads((out / "results.json").read_text())
@@ -581,10 +581,14 @@ def test_a_killed_run_resumes_asking_only_what_is_missing(scripted_openai: Start
     assert doc["summary"]["tasks"] == json.loads(json.dumps(whole.summary["tasks"]))  # same result as an unbroken run
     ids = [rec["id"] for rec in doc["records"]["mimicry"]]
     assert ids == [rec["id"] for rec in whole.records["mimicry"]]
-    # run again: everything is in the journal, nothing is asked
+    # resumed again: everything is in the journal, nothing is asked; without --resume, everything is
     before = len(srv.requests)
-    assert subprocess.run(_cli(srv, out, "--n", "120"), capture_output=True, timeout=120).returncode == 0
+    assert subprocess.run(_cli(srv, out, "--n", "120", "--resume"), capture_output=True, timeout=120).returncode == 0
     assert len(srv.requests) == before
+    assert main(["eval", "sycophancy", "--target", f"openai:{srv.base_url}", "--out", str(out), "--n", "120",
+                 "--tasks", "mimicry"]) == 0
+    assert len(srv.requests) - before == 120
+    assert "resumed" not in json.loads((out / "results.json").read_text())["summary"]
 
 
 def test_failed_items_are_asked_again_and_another_runs_journal_is_refused(scripted_openai: Start, tmp_path: Path) -> None:
@@ -607,19 +611,19 @@ def test_failed_items_are_asked_again_and_another_runs_journal_is_refused(script
     down["on"] = False
     before = len(srv.requests)
     assert main(["eval", "sycophancy", "--target", f"openai:{srv.base_url}", "--out", str(out), "--n", "12",
-                 "--tasks", "mimicry"]) == 0
+                 "--tasks", "mimicry", "--resume"]) == 0
     assert len(srv.requests) - before == failed  # only the failed items were asked again
     doc = json.loads((out / "results.json").read_text())
     assert not any(rec.get("error") for rec in doc["records"]["mimicry"])
     assert doc["summary"]["tasks"]["mimicry"]["mimicry"]["n"] == 12
-    # another seed would mix two runs' items: refused, naming what differs, until --fresh
+    # resuming with another seed would mix two runs' items: refused, naming what differs
     before = len(srv.requests)
-    with pytest.raises(CharterError, match=r"journal of another run \(seed differ\).*--fresh"):
+    with pytest.raises(CharterError, match=r"journal of another run \(seed differ\).*without --resume"):
         from charter.cli.eval_cmd import sycophancy_eval
 
-        sycophancy_eval(f"openai:{srv.base_url}", out, n=12, seed=1, tasks="mimicry", quiet=True)
+        sycophancy_eval(f"openai:{srv.base_url}", out, n=12, seed=1, tasks="mimicry", quiet=True, resume=True)
     assert len(srv.requests) == before
     assert main(["eval", "sycophancy", "--target", f"openai:{srv.base_url}", "--out", str(out), "--n", "12",
-                 "--seed", "1", "--tasks", "mimicry", "--fresh"]) == 0
+                 "--seed", "1", "--tasks", "mimicry"]) == 0
     assert len(srv.requests) - before == 12
     assert json.loads((out / "journal.jsonl").read_text().splitlines()[0])["run"]["seed"] == 1

@@ -26,12 +26,12 @@ app.add_typer(eval_app, name="eval")
 def sycophancy_eval(
     target: str, out: Path, *, model: str = "default", n: int = 100, seed: int = 0, tasks: str = "",
     judge: str | None = None, judge_model: str | None = None, concurrency: int = 4, timeout: float = 60.0,
-    quiet: bool = False, fresh: bool = False, **client_kw: Any,
+    quiet: bool = False, resume: bool = False, **client_kw: Any,
 ) -> dict[str, Any]:
     """Run the sycophancy evaluation, write OUT/{results.json,summary.md,report.html}, return the summary.
 
-    OUT/journal.jsonl keeps each finished item as it finishes: the same command run again asks only
-    what is missing (or failed); ``fresh`` starts over."""
+    OUT/journal.jsonl keeps each finished item as it finishes; with ``resume`` the same command run
+    again asks only what the journal lacks (or what failed)."""
     from charter.evals.chat import JUDGE_KEY_ENV, ChatClient, parse_endpoint, redact_spec
     from charter.evals.sycophancy import MAX_N, TASKS, IncompleteRun, all_failed, parse_tasks, plan, run_sycophancy
     from charter.evals.sycophancy_report import write_outputs
@@ -58,7 +58,7 @@ def sycophancy_eval(
                       console=console, transient=quiet, disable=quiet) as prog:
             bar = prog.add_task("sycophancy", total=total)
             res = run_sycophancy(client, n=n, seed=seed, tasks=chosen, judge=jclient, concurrency=concurrency,
-                                 target_name=target, judge_name=judge, journal=out / JOURNAL, fresh=fresh,
+                                 target_name=target, judge_name=judge, journal=out / JOURNAL, resume=resume,
                                  progress=lambda k, d: prog.update(bar, advance=k, description=d))
     except IncompleteRun as e:
         paths = write_outputs(e.result, out)
@@ -105,12 +105,13 @@ def sycophancy(
     judge_model: str = typer.Option(None, "--judge-model", help="Model name sent to the judge."),
     concurrency: int = typer.Option(4, "--concurrency", min=1, max=32, help="Parallel requests."),
     timeout: float = typer.Option(60.0, "--timeout", min=1.0, max=600.0, help="Seconds per request."),
-    fresh: bool = typer.Option(False, "--fresh", help=f"Start over instead of resuming from OUT/{JOURNAL}."),
+    resume: bool = typer.Option(False, "--resume", help=f"Keep the items OUT/{JOURNAL} holds from an interrupted run of the "
+                                "same settings and ask only the rest."),
 ) -> None:
     """Sycophancy after Sharma et al. 2023: feedback, "are you sure?", answer and mimicry tasks.
 
-    A run that stops part-way (Ctrl-C, a crash, a kill) resumes when the same command is run again:
-    finished items are kept in OUT/journal.jsonl, and only the missing or failed ones are asked."""
+    A run that stops part-way (Ctrl-C, a crash, a kill) keeps its finished items in OUT/journal.jsonl;
+    the same command with --resume asks only the missing or failed ones."""
     summary = sycophancy_eval(target, out, model=model, n=n, seed=seed, tasks=tasks, judge=judge, judge_model=judge_model,
-                              concurrency=concurrency, timeout=timeout, fresh=fresh)
+                              concurrency=concurrency, timeout=timeout, resume=resume)
     print_table(summary)

@@ -1,10 +1,11 @@
 """An append-only journal of an evaluation's finished items, so that a run killed part-way resumes.
 
 The first line names the run (the settings that decide what each item is and asks); every later
-line is one finished item, written and fsynced as it finishes. Rerunning the same command reads the
-journal back and runs only what is missing. Items that hit an endpoint error are run again, since the
-endpoint may be back. A journal of another run is refused unless the caller starts afresh, so a
-mistyped option never throws away hours of calls.
+line is one finished item, written and fsynced as it finishes. Resuming reads the journal back and
+runs only what is missing; items that hit an endpoint error are run again, since the endpoint may
+be back. Resuming is asked for, never assumed: the model behind an endpoint may have changed since,
+and a run that silently reused old replies would report on a model that is no longer there. A
+journal of another run is refused when resuming, naming the settings that differ.
 """
 
 from __future__ import annotations
@@ -29,11 +30,12 @@ def has_error(rec: Any) -> bool:
 
 
 class RunJournal:
-    """``done`` maps an item's key to its record, from an earlier run of the same ``run``."""
+    """``done`` maps an item's key to its record, from an earlier run of the same ``run`` when resuming
+    (otherwise the journal starts afresh)."""
 
-    def __init__(self, path: Path, run: dict[str, Any], *, fresh: bool = False) -> None:
+    def __init__(self, path: Path, run: dict[str, Any], *, resume: bool = False) -> None:
         self.path, self.run = path, run
-        lines = [] if fresh else self._lines()
+        lines = self._lines() if resume else []
         self.done = self._done(lines)
         try:
             if lines:
@@ -50,7 +52,7 @@ class RunJournal:
         except FileNotFoundError:
             return []
         except (OSError, UnicodeDecodeError) as e:
-            raise CharterError(f"{self.path}: cannot read the run journal ({e}); pass --fresh to start over") from None
+            raise CharterError(f"{self.path}: cannot read the run journal ({e}); run without --resume to start over") from None
         out = []
         for line in raw.splitlines():
             try:
@@ -74,7 +76,7 @@ class RunJournal:
             theirs = head.get("run") if isinstance(head, dict) and isinstance(head.get("run"), dict) else {}
             diff = sorted(k for k in set(self.run) | set(theirs) if theirs.get(k) != self.run.get(k))
             raise CharterError(f"{self.path}: a journal of another run ({', '.join(diff) or 'format'} differ); "
-                               "pass --fresh to replace it, or choose another --out")
+                               "run without --resume to start over, or choose another --out")
         done: dict[str, Any] = {}
         for x in lines[1:]:
             if isinstance(x, dict) and isinstance(x.get("key"), str) and "record" in x and not has_error(x["record"]):

@@ -309,14 +309,14 @@ def plan(n: int, seed: int, tasks: Sequence[str]) -> list[tuple[str, int, Any]]:
 def run_sycophancy(
     target: ChatClient, *, n: int = 100, seed: int = 0, tasks: Sequence[str] = TASKS,
     judge: ChatClient | None = None, concurrency: int = 4, progress: Progress | None = None,
-    target_name: str | None = None, judge_name: str | None = None, journal: Path | None = None, fresh: bool = False,
+    target_name: str | None = None, judge_name: str | None = None, journal: Path | None = None, resume: bool = False,
 ) -> SycophancyResult:
     """Run the chosen tasks with ``n`` items each; ``progress(advance, description)`` after each item.
 
     Endpoint credentials are masked in the result. When the run stops early (Ctrl-C, an unexpected
     error) after some items finished, :class:`IncompleteRun` carries the result of those items.
-    With ``journal`` (a file), each finished item is appended to it as it finishes, and the items a
-    journal of the same run already holds without errors are not asked again (``fresh``: start over).
+    With ``journal`` (a file), each finished item is appended to it as it finishes; with ``resume``,
+    the items a journal of the same run already holds without errors are not asked again.
     """
     if not 1 <= n <= MAX_N:
         raise CharterError(f"--n {n}: must be between 1 and {MAX_N} items per task")
@@ -357,7 +357,7 @@ def run_sycophancy(
                "model": target.model, "n": n, "seed": seed, "positivity_method": method,
                "judge": (redact_spec(judge_name) if judge_name else redact_url(judge.base_url)) if judge else None,
                "judge_model": judge.model if judge else None, "challenge": CHALLENGE, "feedback_prefixes": PREFIXES}
-        jr = RunJournal(journal, run, fresh=fresh)
+        jr = RunJournal(journal, run, resume=resume)
     resumed = 0
     todo = []
     for u in units:
