@@ -203,3 +203,58 @@ def test_endpoint_clients_retry_transient_failures(scripted_openai) -> None:
     r = OpenAITarget(down.base_url, max_retries=2, sleep=sleeps.append).query("x")
     assert r.error == "HTTP 503" and len(down.requests) == 3
 
+
+
+def test_a_killed_endpoint_campaign_resumes_asking_only_what_is_missing(scripted_openai, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import time
+
+    from charter.cli import main
+
+    def target(body: dict[str, Any]) -> Reply:
+        text = _last_user(body)
+        return Reply(text=REFUSE if "egg" in text or len(text) % 3 == 0 else COMPLY, delay=0.01)
+
+    srv = scripted_openai(target)
+    args = ["redteam", "--target", f"openai:{srv.base_url}", "--target-model", "victim", "--suite", "quick",
+            "--budget", "0", "-c", str(FIXTURES / "mini.yaml")]
+    whole = tmp_path / "whole"
+    assert main([*args, "--out", str(whole)]) == 0  # 4 queries at once by default
+    total = len(srv.requests)
+    seq = tmp_path / "seq"
+    assert main([*args, "--out", str(seq), "--concurrency", "1"]) == 0
+    assert len(srv.requests) == 2 * total
+    sent_together = [json.loads((d / "results.json").read_text()) for d in (whole, seq)]
+    # concurrent queries finish in any order; the results keep the suite's order
+    assert [(a["prompt"], a["success"]) for a in sent_together[0]["attempts"]] == \
+        [(a["prompt"], a["success"]) for a in sent_together[1]["attempts"]]
+    assert [b["score"] for b in sent_together[0]["benign"]] == [b["score"] for b in sent_together[1]["benign"]]
+    total = len(srv.requests) // 2
+    assert (whole / "journal.jsonl").read_text().count("\n") == total + 1  # a head, then one line a query
+    out = tmp_path / "run"
+    start = len(srv.requests)
+    proc = subprocess.Popen([sys.executable, "-c", "from charter.cli import run; run()", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(srv.requests) < start + total // 3 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        proc.kill()  # SIGKILL part-way through the static suite
+        proc.wait(timeout=15)
+    finally:
+        proc.kill()
+    kept = (out / "journal.jsonl").read_text().count("\n") - 1
+    assert 0 < kept < total and not (out / "results.json").exists()
+    before = len(srv.requests)
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    assert len(srv.requests) - before == total - kept  # only what the journal lacked was asked
+    a, b = (json.loads((d / "results.json").read_text())["summary"] for d in (whole, out))
+    assert b["resumed"] == {"items": kept, "planned": total}
+    assert (a["asr"], a["fpr"], a["asr_by_family"]) == (b["asr"], b["fpr"], b["asr_by_family"])  # as if never killed
+    assert "Resumed: " in (out / "summary.md").read_text()
+    # another seed cannot resume this journal; without --resume the campaign starts afresh
+    assert main([*args, "--out", str(out), "--resume", "--seed", "1"]) == 1
+    before = len(srv.requests)
+    assert main([*args, "--out", str(out)]) == 0
+    assert len(srv.requests) - before == total

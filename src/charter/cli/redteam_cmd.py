@@ -29,9 +29,12 @@ def campaign(
     constitution: Path | None = None, benign: Path | None = None, behaviours: int = 2,
     behaviours_file: Path | None = None, attacker_url: str | None = None, attacker_model: str | None = None, judge_url: str | None = None,
     judge_model: str | None = None, target_model: str | None = None, grader_model: Path | None = None,
-    quiet: bool = False,
+    quiet: bool = False, resume: bool = False, concurrency: int = 4,
 ) -> dict[str, Any]:
-    """Run a campaign end to end, write OUT/results.json and OUT/report.html, return the summary."""
+    """Run a campaign end to end, write OUT/results.json and OUT/report.html, return the summary.
+
+    Against an endpoint, OUT/journal.jsonl keeps each graded static attempt and benign probe as it
+    finishes; with ``resume`` a campaign that was interrupted asks only what the journal lacks."""
     from charter.constitution import load_constitution
     from charter.constitution.loader import default_constitution_path
     from charter.redteam.attackers import ATTACKS
@@ -73,11 +76,36 @@ def campaign(
         if attacker_url:
             attackers.append(ATTACKS.get("pair")(attacker_url, attacker_model, seed=seed))
     total = len(static_suite(bs, suite, seed)) + len(attackers) * len(bs) * budget + len(probes)
+    journal = None
+    if target.kind == "openai":  # a guard target is local and fast: nothing worth resuming
+        import hashlib
+        import json
+
+        from charter.evals.journal import RunJournal
+        from charter.guard.train import file_sha256
+
+        # what decides each static attempt and benign probe, and how its reply is graded
+        from charter.endpoints import redact_url
+
+        run = {"kind": "redteam", "target": target.name, "target_model": getattr(target, "model", None), "suite": suite,
+               "seed": seed, "constitution": file_sha256(Path(cpath)), "graders": sorted(graders),
+               "grader_model": str(grader_model) if grader_model else None,
+               "judge": [redact_url(judge_url), judge_model] if judge_url else None,
+               "behaviours": hashlib.sha256(json.dumps([[b.id, b.text] for b in bs]).encode()).hexdigest(),
+               "probes": hashlib.sha256(json.dumps([[p.id, p.prompt] for p in probes]).encode()).hexdigest()}
+        out.mkdir(parents=True, exist_ok=True)
+        journal = RunJournal(out / "journal.jsonl", run, resume=resume)
     with Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=quiet, disable=quiet) as prog:
         task = prog.add_task("attacking", total=total)
-        res = run_redteam(target, bs, probes, graders=graders, suite=suite, budget=budget, seed=seed,
-                          attackers=attackers, advance=lambda n, d: prog.update(task, advance=n, description=d))
+        try:
+            # a guard target is local and CPU-bound: threads would only contend for the cores
+            res = run_redteam(target, bs, probes, graders=graders, suite=suite, budget=budget, seed=seed, journal=journal,
+                              concurrency=concurrency if target.kind == "openai" else 1,
+                              attackers=attackers, advance=lambda n, d: prog.update(task, advance=n, description=d))
+        finally:
+            if journal is not None:
+                journal.close()
     res.config.update({"constitution": str(cpath), "graders": sorted(graders), "behaviours": len(bs)})
     if behaviours_file:
         from charter.guard.train import file_sha256
@@ -172,6 +200,10 @@ def redteam(
     judge_model: str = typer.Option(None, "--judge-model", help="Model name sent to the judge (key: $CHARTER_JUDGE_API_KEY)."),
     target_model: str = typer.Option(None, "--target-model", help="Model name sent to an openai target (key: $CHARTER_TARGET_API_KEY)."),
     grader_model: Path = typer.Option(None, "--grader-model", help="Guard whose exchange classifier grades endpoint responses."),
+    resume: bool = typer.Option(False, "--resume", help="Endpoint targets: keep what OUT/journal.jsonl holds from an "
+                                "interrupted campaign of the same settings and ask only the rest."),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, max=32, help="Endpoint targets: static attacks and "
+                                    "benign probes sent at once (adaptive attackers go one query at a time)."),
 ) -> None:
     """Red-team a guard or an OpenAI-compatible endpoint and write an HTML report."""
     if ctx.invoked_subcommand is not None:
@@ -180,7 +212,8 @@ def redteam(
         raise typer.BadParameter("--target and --out are required", param_hint="--target")
     summary = campaign(target, out, suite=suite, budget=budget, seed=seed, constitution=constitution, benign=benign,
                        behaviours=behaviours, behaviours_file=behaviours_file, attacker_url=attacker_url, attacker_model=attacker_model,
-                       judge_url=judge_url, judge_model=judge_model, target_model=target_model, grader_model=grader_model)
+                       judge_url=judge_url, judge_model=judge_model, target_model=target_model, grader_model=grader_model,
+                       resume=resume, concurrency=concurrency)
     print_summary(summary)
     reason = gate(summary, max_asr, max_fpr)
     if reason:

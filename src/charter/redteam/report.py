@@ -267,4 +267,8 @@ def markdown_summary(s: dict[str, Any]) -> str:
               (f"**Universal jailbreak: {_names(u['universal'])}** succeeded on all {u['n_behaviours']} behaviours."
                if u["found"] else f"No universal jailbreak; best strategy `{u['best_strategy']}` covers "
                f"{u['best_hits']}/{u['n_behaviours']} behaviours.")]
+    if "resumed" in s:
+        r = s["resumed"]
+        lines += ["", f"Resumed: {r['items']} of {r['planned']} static attempts and benign probes came from the journal "
+                  "of an earlier, interrupted campaign of the same settings."]
     return "\n".join(lines) + "\n"

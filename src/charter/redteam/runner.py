@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -16,7 +18,12 @@ from charter.redteam.behaviours import Behaviour, BenignProbe
 from charter.redteam.graders import Grade, decide, is_refusal
 from charter.redteam.suite import Prompt, family_of, static_suite
 
+if TYPE_CHECKING:
+    from charter.evals.journal import RunJournal
+
 Advance = Callable[[int, str], None]
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
@@ -69,28 +76,73 @@ def make_oracle(target: Any, graders: dict[str, Any]) -> Oracle:
     return oracle
 
 
-def probe_benign(target: Any, probes: Sequence[BenignProbe], advance: Advance) -> list[BenignResult]:
-    out: list[BenignResult] = []
-    for p in probes:
+def _key(kind: str, i: int, prompt: Prompt) -> str:
+    """A journal key: the item's place in the run and its text (a changed suite never matches)."""
+    return f"{kind}:{i}:{hashlib.sha256(_text(prompt).encode()).hexdigest()[:16]}"
+
+
+def ask_all(items: Sequence[T], ask: Callable[[T], R], concurrency: int = 1) -> Iterator[tuple[int, R]]:
+    """``(index, ask(item))`` for every item as it finishes: in order with one worker, else from a
+    thread pool (independent queries to an endpoint). Stopping early cancels what has not started."""
+    if concurrency <= 1:
+        for i, x in enumerate(items):
+            yield i, ask(x)
+        return
+    ex = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="redteam")
+    try:
+        futs = {ex.submit(ask, x): i for i, x in enumerate(items)}
+        for f in as_completed(futs):
+            yield futs[f], f.result()
+    finally:
+        ex.shutdown(wait=False, cancel_futures=True)
+
+
+def _resumed(journal: RunJournal | None, keys: Sequence[str]) -> dict[int, Any]:
+    if journal is None:
+        return {}
+    return {i: rec for i, k in enumerate(keys) if (rec := journal.done.get(k)) is not None}
+
+
+def probe_benign(target: Any, probes: Sequence[BenignProbe], advance: Advance,
+                 journal: RunJournal | None = None, concurrency: int = 1) -> list[BenignResult]:
+    def ask(p: BenignProbe) -> BenignResult:
         r = target.query(p.prompt)
         if target.kind == "guard":
-            out.append(BenignResult(p, bool(r.flagged), r.score))
-        elif r.error:
-            out.append(BenignResult(p, None, None, error=r.error))
-        else:
-            refused = bool(r.flagged) or is_refusal(r.text or "")
-            out.append(BenignResult(p, refused, 1.0 if refused else 0.0, response=r.text))
+            return BenignResult(p, bool(r.flagged), r.score)
+        if r.error:
+            return BenignResult(p, None, None, error=r.error)
+        refused = bool(r.flagged) or is_refusal(r.text or "")
+        return BenignResult(p, refused, 1.0 if refused else 0.0, response=r.text)
+
+    keys = [_key("benign", i, p.prompt) for i, p in enumerate(probes)]
+    done = _resumed(journal, keys)
+    out: list[BenignResult | None] = [None] * len(probes)
+    for i, rec in done.items():
+        out[i] = BenignResult(probes[i], **rec)
+    if done:
+        advance(len(done), "over-refusal probes (resumed)")
+    todo = [i for i in range(len(probes)) if i not in done]
+    for j, b in ask_all([probes[i] for i in todo], ask, concurrency):
+        out[todo[j]] = b
+        if journal is not None:
+            journal.add(keys[todo[j]], {"refused": b.refused, "score": b.score, "response": b.response, "error": b.error})
         advance(1, "over-refusal probes")
-    return out
+    assert all(b is not None for b in out)
+    return out  # type: ignore[return-value]
 
 
 def run_redteam(
     target: Any, behaviours: Sequence[Behaviour], probes: Sequence[BenignProbe], *, graders: dict[str, Any] | None = None,
     suite: str = "default", budget: int = 20, seed: int = 0, attackers: Sequence[Any] = (),
-    advance: Advance = lambda n, s: None,
+    advance: Advance = lambda n, s: None, journal: RunJournal | None = None, concurrency: int = 1,
 ) -> RunResult:
     """Every static attack, then each adaptive attacker with ``budget`` queries per behaviour, then the
     benign probes, all through the same ``target``.
+
+    With ``journal``, each static attempt and benign probe is appended to it as it is graded, and
+    those it already holds (without an error) are not asked again. Static attempts and probes are
+    independent queries: ``concurrency`` of them run at once. Adaptive attackers run afresh and one
+    query at a time: each step depends on the replies before it.
 
     BLAS runs single-threaded here: one query at a time gains nothing from threads, and on a
     busy machine OpenBLAS's spinning threads make each stage-2 call ~40x slower.
@@ -99,17 +151,31 @@ def run_redteam(
 
     with threadpool_limits(limits=1):
         return _run(target, behaviours, probes, graders=graders, suite=suite, budget=budget, seed=seed,
-                    attackers=attackers, advance=advance)
+                    attackers=attackers, advance=advance, journal=journal, concurrency=concurrency)
 
 
 def _run(target: Any, behaviours: Sequence[Behaviour], probes: Sequence[BenignProbe], *, graders: dict[str, Any] | None,
-         suite: str, budget: int, seed: int, attackers: Sequence[Any], advance: Advance) -> RunResult:
+         suite: str, budget: int, seed: int, attackers: Sequence[Any], advance: Advance,
+         journal: RunJournal | None = None, concurrency: int = 1) -> RunResult:
     oracle = make_oracle(target, graders or {})
     res = RunResult(target.name, target.kind, list(behaviours), [], [], budget,
                     config={"suite": suite, "budget": budget, "seed": seed, "attackers": [a.name for a in attackers]})
-    for a in static_suite(behaviours, suite, seed):
-        res.attempts.append(Attempt(a, oracle(a.prompt)))
-        advance(1, f"static suite: {a.behaviour.category}")
+    static = static_suite(behaviours, suite, seed)
+    keys = [_key("static", i, a.prompt) for i, a in enumerate(static)]
+    done = _resumed(journal, keys)
+    evs: list[Evaluation | None] = [None] * len(static)
+    for i, rec in done.items():
+        evs[i] = Evaluation(**rec)
+    if done:
+        advance(len(done), "static suite (resumed)")
+    todo = [i for i in range(len(static)) if i not in done]
+    for j, ev in ask_all([static[i].prompt for i in todo], oracle, concurrency):
+        evs[todo[j]] = ev
+        if journal is not None:
+            journal.add(keys[todo[j]], asdict(ev))
+        advance(1, f"static suite: {static[todo[j]].behaviour.category}")
+    res.attempts.extend(Attempt(a, ev) for a, ev in zip(static, evs, strict=True) if ev is not None)
+    resumed = len(done)
     for atk in attackers:
         res.traces[atk.name] = {}
         for b in behaviours:
@@ -122,8 +188,12 @@ def _run(target: Any, behaviours: Sequence[Behaviour], probes: Sequence[BenignPr
                 trace.append(best)
             res.traces[atk.name][b.id] = trace
             advance(budget, f"{atk.name} attacker: {b.category}")
-    res.benign = probe_benign(target, probes, advance)
+    res.benign = probe_benign(target, probes, advance, journal, concurrency)
     res.summary = summarise(res)
+    if journal is not None:
+        resumed += sum(1 for i, p in enumerate(probes) if _key("benign", i, p.prompt) in journal.done)
+        if resumed:
+            res.summary["resumed"] = {"items": resumed, "planned": len(static) + len(probes)}
     return res
 
 
