@@ -294,3 +294,27 @@ def test_cli_path_errors_exit_1_without_traceback(tmp_path, capsys):
     assert main(["generate", "--out", str(f), "--n", "10", "--constitution", str(MINI)]) == 1
     err = capsys.readouterr().err
     assert str(f) in err and "Traceback" not in err
+
+
+def test_a_model_is_never_written_among_someone_elses_files(mini_model_dir, tmp_path, capsys):
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep me\n")
+    for argv in (["train", "--out", str(notes), "--n", "50"],
+                 ["calibrate", str(mini_model_dir), "--out", str(notes)],
+                 ["wellbeing", "train", "--out", str(notes), "--n", "50"]):
+        assert main(argv) == 1
+        err = capsys.readouterr().err
+        assert f"--out {notes}: holds files but no Charter model" in err and "Traceback" not in err
+    assert sorted(p.name for p in notes.iterdir()) == ["todo.txt"]  # refused before anything was written
+    (tmp_path / "file").write_text("x")
+    assert main(["train", "--out", str(tmp_path / "file"), "--n", "50"]) == 1
+    assert "exists and is not a directory" in capsys.readouterr().err
+    # a model directory is rewritten in place; an empty one is filled
+    copy = tmp_path / "copy"
+    shutil.copytree(mini_model_dir, copy)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for out in (copy, empty):
+        assert main(["calibrate", str(mini_model_dir), "-c", str(MINI), "--out", str(out)]) == 0
+        assert Guard.load(out).thresholds

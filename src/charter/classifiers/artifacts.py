@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import numpy as np
 from safetensors.numpy import load_file, save
 
 from charter.errors import ArtifactError
+from charter.fileio import sync_dir, synced_part
 
 MANIFEST = "manifest.json"
 FORMAT = "charter-model/1"
@@ -30,26 +32,52 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_model_dir(out: Path, arrays: dict[str, dict[str, np.ndarray]], manifest: dict[str, Any]) -> Path:
-    """Write ``{name}.safetensors`` for each array group and a manifest with their hashes.
+def save_model_dir(out: Path, arrays: dict[str, dict[str, np.ndarray]], manifest: dict[str, Any],
+                   texts: dict[str, str] | None = None) -> Path:
+    """Write ``{name}.safetensors`` for each array group, each of ``texts`` (name -> content, e.g.
+    the model card) and a manifest with their hashes (and those of ``manifest["extra_files"]``,
+    files already in ``out``).
 
-    Every file gets the mode an ordinary new file gets (0666 less the umask), weights included.
+    Rewriting a model in place (``charter calibrate``, a retrain) is crash-safe while it writes:
+    every file is written and synced beside its destination, and only then renamed onto it, the
+    manifest last. A crash while writing leaves the old model whole; one within the renames (a few
+    microseconds) leaves files the manifest does not match, which loading refuses. Every file gets
+    the mode an ordinary new file gets (0666 less the umask), weights included.
     """
     out.mkdir(parents=True, exist_ok=True)
     files: dict[str, str] = {}
-    for name, group in arrays.items():
-        fn = f"{name}.safetensors"
-        blob = save({k: np.ascontiguousarray(v) for k, v in group.items()})
-        # written like the manifest (mode 0666 & ~umask; safetensors' save_file makes 0600 files); the old
-        # file is removed first so that rewriting a model in place does not keep an older file's mode
-        (out / fn).unlink(missing_ok=True)
-        (out / fn).write_bytes(blob)
-        files[fn] = sha256_file(out / fn)
-    for extra in manifest.pop("extra_files", []):  # e.g. the model card
-        files[extra] = sha256_file(out / extra)
-    doc = {"format": FORMAT, **manifest, "files": files}
-    (out / MANIFEST).write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    parts: list[tuple[Path, Path]] = []
+    try:
+        blobs = {f"{name}.safetensors": save({k: np.ascontiguousarray(v) for k, v in group.items()})
+                 for name, group in arrays.items()}
+        blobs.update({fn: text.encode() for fn, text in (texts or {}).items()})
+        for fn, blob in blobs.items():
+            parts.append((synced_part(out / fn, blob), out / fn))
+            files[fn] = hashlib.sha256(blob).hexdigest()
+        for extra in manifest.pop("extra_files", []):  # e.g. the model card
+            files[extra] = sha256_file(out / extra)
+        doc = {"format": FORMAT, **manifest, "files": files}
+        blob = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+        parts.append((synced_part(out / MANIFEST, blob), out / MANIFEST))
+    except BaseException:
+        for tmp, _ in parts:
+            tmp.unlink(missing_ok=True)
+        raise
+    for tmp, dst in parts:  # the manifest last
+        os.replace(tmp, dst)
+    sync_dir(out)
     return out
+
+
+def check_model_out(out: Path, option: str = "--out") -> None:
+    """Refuse, before any work, a destination that is a file, or a directory holding files but no
+    Charter model: writing a model there would scatter its files among someone else's. An empty
+    directory, a new path and an existing model directory (rewritten in place) are fine."""
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"{option} {out}: exists and is not a directory ({option} names the model directory to write)")
+    if out.is_dir() and not (out / MANIFEST).is_file() and any(out.iterdir()):
+        raise ArtifactError(f"{option} {out}: holds files but no Charter model ({MANIFEST}); choose a new or empty "
+                            "directory, or a model directory to rewrite")
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

@@ -35,12 +35,12 @@ def train(
     """Train a guard (stage 1, stage 2, streaming exchange classifier) from a constitution."""
     from charter.constitution import load_constitution
     from charter.constitution.loader import default_constitution_path
+    from charter.classifiers.artifacts import check_model_out
     from charter.guard.train import TrainConfig, file_sha256, read_dataset, train_guard
 
     cpath = constitution or default_constitution_path()
     const = load_constitution(cpath)
-    if out.exists() and not out.is_dir():
-        raise CharterError(f"{out}: exists and is not a directory (--out names the model directory to write)")
+    check_model_out(out)
     families = [f for f in holdout.split(",") if f]
     with tempfile.TemporaryDirectory() as tmp:
         ddir = data
@@ -158,7 +158,10 @@ def calibrate_cmd(
     constitution: Path = typer.Option(None, "--constitution", "-c", help="The constitution the model was trained on (default: packaged; another than the manifest records is refused)."),
 ) -> None:
     """Choose thresholds that meet a target false-positive rate on benign data."""
+    from charter.classifiers.artifacts import check_model_out
     from charter.guard.calibrate import recalibrate
 
+    if out is not None:
+        check_model_out(out)
     rep = recalibrate(model, out or model, benign=benign, target_fpr=target_fpr, constitution=constitution)
     Console().print(rep)

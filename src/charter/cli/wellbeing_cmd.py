@@ -31,8 +31,10 @@ def train(
     data_out: Path = typer.Option(None, "--data-out", help="Keep the generated dataset here."),
 ) -> None:
     """Generate data from the spec, train one head per pattern, calibrate, evaluate on held-out seeds."""
+    from charter.classifiers.artifacts import check_model_out
     from charter.monitor.wellbeing import default_spec_path, train_from_spec
 
+    check_model_out(out)
     mon = train_from_spec(spec or default_spec_path(), out, n=n, seed=seed, target_fpr=target_fpr, data_out=data_out)
     met = mon.manifest["metrics"]
     for p, d in met["patterns"].items():

@@ -18,6 +18,7 @@ from charter.data.base import Generator
 from charter.data.hygiene import clean
 from charter.data.records import Record
 from charter.data.splits import split_of, sub_seed
+from charter.fileio import synced_part
 from charter.errors import CharterError, GeneratorError
 from charter.transforms.base import TRANSFORMS
 
@@ -142,20 +143,6 @@ def build_manifest(
     }
 
 
-def _part(path: Path, blob: bytes) -> Path:
-    """``blob`` written and synced to a temporary file beside ``path``, for :func:`os.replace` onto it."""
-    tmp = path.with_name(path.name + ".part")
-    try:
-        with tmp.open("wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return tmp
-
-
 def _jsonl(records: Iterable[Record]) -> bytes:
     return "".join(r.model_dump_json(exclude_none=True) + "\n" for r in records).encode()
 
@@ -164,7 +151,7 @@ def write_dataset(ds: Dataset, out_dir: Path) -> str:
     """Write data.jsonl atomically and return its sha256."""
     out_dir.mkdir(parents=True, exist_ok=True)
     blob = _jsonl(ds.records)
-    os.replace(_part(out_dir / DATA_FILE, blob), out_dir / DATA_FILE)
+    os.replace(synced_part(out_dir / DATA_FILE, blob), out_dir / DATA_FILE)
     return hashlib.sha256(blob).hexdigest()
 
 
@@ -209,9 +196,9 @@ def generate_to_dir(
     blob = _jsonl(ds.records)
     sha = hashlib.sha256(blob).hexdigest()
     manifest = build_manifest(ds, constitution, constitution_path, generator, n, seed, holdout, sha, families=fam)
-    data_part = _part(out_dir / DATA_FILE, blob)
+    data_part = synced_part(out_dir / DATA_FILE, blob)
     try:
-        manifest_part = _part(out_dir / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
+        manifest_part = synced_part(out_dir / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
     except BaseException:
         data_part.unlink(missing_ok=True)
         raise

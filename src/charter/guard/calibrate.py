@@ -81,13 +81,9 @@ def write_model_dir(model: Path, out: Path, arrays: dict[str, dict[str, np.ndarr
     """
     for k in ("format", "files"):
         doc.pop(k, None)
-    out.mkdir(parents=True, exist_ok=True)
     card = model / "MODEL_CARD.md"
-    if card.is_file():
-        if out.resolve() != model.resolve():
-            (out / "MODEL_CARD.md").write_text(card.read_text())
-        doc["extra_files"] = ["MODEL_CARD.md"]
-    save_model_dir(out, arrays, doc)
+    texts = {"MODEL_CARD.md": card.read_text()} if card.is_file() else None
+    save_model_dir(out, arrays, doc, texts=texts)
 
 
 def check_constitution(model: Path, manifest: dict[str, Any], cpath: Path, *, given: bool) -> None:

