@@ -627,3 +627,24 @@ def test_failed_items_are_asked_again_and_another_runs_journal_is_refused(script
                  "--seed", "1", "--tasks", "mimicry"]) == 0
     assert len(srv.requests) - before == 12
     assert json.loads((out / "journal.jsonl").read_text().splitlines()[0])["run"]["seed"] == 1
+
+
+def test_the_journal_survives_odd_text_and_a_cut_multibyte_character(tmp_path: Path) -> None:
+    from charter.evals.journal import RunJournal
+
+    p = tmp_path / "journal.jsonl"
+    j = RunJournal(p, {"run": 1})
+    j.add("a", {"reply": "line\u2028separator and \u0085 next-line, é"})  # kept unescaped: not line breaks here
+    j.add("b", {"reply": "fine"})
+    j.close()
+    with open(p, "ab") as f:
+        f.write('{"key": "c", "record": {"reply": "caf\u00e9'.encode()[:-1])  # killed inside a two-byte character
+    j = RunJournal(p, {"run": 1}, resume=True)
+    assert sorted(j.done) == ["a", "b"] and j.done["a"]["reply"].startswith("line\u2028")
+    j.add("c", {"reply": "again"})
+    j.close()
+    assert sorted(RunJournal(p, {"run": 1}, resume=True).done) == ["a", "b", "c"]
+    p.write_bytes(b'{"journal": 1, "ru')  # killed while writing the head: nothing to resume, a fresh head
+    j = RunJournal(p, {"run": 1}, resume=True)
+    j.close()
+    assert j.done == {} and json.loads(p.read_text().splitlines()[0]) == {"journal": 1, "run": {"run": 1}}

@@ -307,6 +307,12 @@ def test_a_model_is_never_written_among_someone_elses_files(mini_model_dir, tmp_
         err = capsys.readouterr().err
         assert f"--out {notes}: holds files but no Charter model" in err and "Traceback" not in err
     assert sorted(p.name for p in notes.iterdir()) == ["todo.txt"]  # refused before anything was written
+    data = tmp_path / "data"  # a dataset's manifest.json is not a model's
+    data.mkdir()
+    (data / "manifest.json").write_text(json.dumps({"generator": "offline", "n_records": 0}))
+    (data / "data.jsonl").write_text("")
+    assert main(["train", "--out", str(data), "--data", str(data)]) == 1
+    assert f"--out {data}: holds files but no Charter model" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
     assert main(["train", "--out", str(tmp_path / "file"), "--n", "50"]) == 1
     assert "exists and is not a directory" in capsys.readouterr().err
@@ -315,6 +321,7 @@ def test_a_model_is_never_written_among_someone_elses_files(mini_model_dir, tmp_
     shutil.copytree(mini_model_dir, copy)
     empty = tmp_path / "empty"
     empty.mkdir()
+    (empty / "stage1.safetensors.part").write_bytes(b"cut short")  # left by a write that was killed: no model, no files
     for out in (copy, empty):
         assert main(["calibrate", str(mini_model_dir), "-c", str(MINI), "--out", str(out)]) == 0
         assert Guard.load(out).thresholds

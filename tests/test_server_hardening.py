@@ -191,12 +191,13 @@ def test_malformed_client_requests_get_openai_4xx_and_are_not_forwarded(start: C
         parts = [{"type": "text", "text": ["How do I make", "glorp toxin"]}]
         assert is_openai_error(post(json={"model": "m", "messages": [{"role": "user", "content": parts}]}), 400)["param"] == "messages.0.content"
         # a participant's name reaches the model unread by the guard: text that could hold a request is refused
-        for bad in ("please explain how to make glorp toxin", "n" * 65, "", 7):
+        for bad in ("please explain how to make glorp toxin", "a<|b", "n" * 65, "", 7):
             named = {"model": "m", "messages": [{"role": "user", "name": bad, "content": BENIGN}]}
             assert is_openai_error(post(json=named), 400, "invalid_request")["param"] == "messages.0.name"
         assert len(up.requests) == 1
-        assert post(json={"model": "m", "messages": [{"role": "user", "name": "alice_2-b", "content": BENIGN}]}).status_code == 200
-        assert up.requests[-1].json["messages"][0]["name"] == "alice_2-b"  # forwarded as sent
+        for good in ("alice_2-b", "José.M"):
+            assert post(json={"model": "m", "messages": [{"role": "user", "name": good, "content": BENIGN}]}).status_code == 200
+            assert up.requests[-1].json["messages"][0]["name"] == good  # forwarded as sent
         # the OpenAI API accepts "stream": null (not streamed)
         r = post(json={**ok, "stream": None})
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == ANSWER

@@ -134,3 +134,17 @@ def test_shared_rate_without_a_store_is_refused_naming_the_line(tmp_path: Path) 
     with pytest.raises(ConfigError) as e:
         check_startup(cfg, None, p)
     assert f"{p}:3" in str(e.value) and "limits.shared_rate" in str(e.value) and "events.db" in str(e.value)
+
+
+def test_a_store_that_stops_answering_does_not_hold_requests(replicas: Callable[..., list[httpx.Client]],
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    # a host that takes the connection and then says nothing: the database client would wait on it
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"postgresql+psycopg://charter@127.0.0.1:{silent.getsockname()[1]}/nowhere"
+        (client,) = replicas(1, url, shared=True, burst=2)
+        with caplog.at_level(logging.WARNING, logger="charter.server"):
+            codes = send([client], 4)  # each within the client's 30 s timeout, or send raises
+        assert codes == [200, 200, 429, 429]  # counted per replica meanwhile
+        assert "no answer within 1 s" in caplog.text

@@ -75,9 +75,13 @@ def check_model_out(out: Path, option: str = "--out") -> None:
     directory, a new path and an existing model directory (rewritten in place) are fine."""
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"{option} {out}: exists and is not a directory ({option} names the model directory to write)")
-    if out.is_dir() and not (out / MANIFEST).is_file() and any(out.iterdir()):
-        raise ArtifactError(f"{option} {out}: holds files but no Charter model ({MANIFEST}); choose a new or empty "
-                            "directory, or a model directory to rewrite")
+    if not out.is_dir() or not any(p for p in out.iterdir() if not p.name.endswith(".part")):  # .part: a write cut short
+        return
+    try:
+        read_manifest(out)  # a dataset directory has a manifest.json too, of another format
+    except ArtifactError:
+        raise ArtifactError(f"{option} {out}: holds files but no Charter model; choose a new or empty directory, "
+                            "or a model directory to rewrite") from None
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

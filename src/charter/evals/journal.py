@@ -38,8 +38,6 @@ class RunJournal:
         lines = self._lines() if resume else []
         self.done = self._done(lines)
         try:
-            if lines:
-                self._drop_partial_tail()
             self._f = open(path, "a" if lines else "w", encoding="utf-8")
             if not lines:
                 self._write({"journal": VERSION, "run": run})
@@ -47,26 +45,25 @@ class RunJournal:
             raise CharterError(f"{path}: cannot write the run journal ({e.strerror or e})") from None
 
     def _lines(self) -> list[Any]:
+        """The journal's lines, parsed; a last line cut short by a kill is cut from the file first."""
         try:
-            raw = self.path.read_text(encoding="utf-8")
+            with open(self.path, "rb+") as f:
+                raw = f.read()
+                if raw and not raw.endswith(b"\n"):
+                    raw = raw[: raw.rfind(b"\n") + 1]
+                    f.truncate(len(raw))
         except FileNotFoundError:
             return []
-        except (OSError, UnicodeDecodeError) as e:
+        except OSError as e:
             raise CharterError(f"{self.path}: cannot read the run journal ({e}); run without --resume to start over") from None
         out = []
-        for line in raw.splitlines():
+        # split on newlines only, and decode line by line: records keep U+2028 and non-ASCII unescaped
+        for line in raw.split(b"\n")[:-1]:
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill (dropped before appending): the others stand
+                out.append(json.loads(line.decode("utf-8")))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                continue
         return out
-
-    def _drop_partial_tail(self) -> None:
-        """Cut a last line left without its newline, so that the next item starts a line of its own."""
-        with open(self.path, "rb+") as f:
-            data = f.read()
-            if data and not data.endswith(b"\n"):
-                f.truncate(data.rfind(b"\n") + 1)
 
     def _done(self, lines: list[Any]) -> dict[str, Any]:
         if not lines:

@@ -16,6 +16,7 @@ Failed model calls are counted as errors and excluded from rates; nothing is gue
 
 from __future__ import annotations
 
+import hashlib
 import random
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
@@ -306,6 +307,11 @@ def plan(n: int, seed: int, tasks: Sequence[str]) -> list[tuple[str, int, Any]]:
     return units
 
 
+def item_key(task: str, i: int, item: Any) -> str:
+    """A journal key: the item's place and its content, so that a changed question set never matches."""
+    return f"{task}:{i}:{hashlib.sha256(repr(item).encode()).hexdigest()[:16]}"
+
+
 def run_sycophancy(
     target: ChatClient, *, n: int = 100, seed: int = 0, tasks: Sequence[str] = TASKS,
     judge: ChatClient | None = None, concurrency: int = 4, progress: Progress | None = None,
@@ -361,7 +367,7 @@ def run_sycophancy(
     resumed = 0
     todo = []
     for u in units:
-        if jr is not None and (rec := jr.done.get(f"{u[0]}:{u[1]}")) is not None:
+        if jr is not None and (rec := jr.done.get(item_key(*u))) is not None:
             records[u[0]][u[1]] = rec
             resumed += 1
         else:
@@ -379,7 +385,7 @@ def run_sycophancy(
                 task, i, _ = futs[f]
                 records[task][i] = f.result()
                 if jr is not None:
-                    jr.add(f"{task}:{i}", records[task][i])
+                    jr.add(item_key(*futs[f]), records[task][i])
                 finished += 1
                 if progress:
                     progress(1, task)

@@ -363,7 +363,10 @@ class EventStore:
         self._take_stmt: Any = None
 
     @classmethod
-    def open(cls, url: str, *, policy: ContentPolicy | None = None, migrate_schema: bool = True) -> EventStore:
+    def open(cls, url: str, *, policy: ContentPolicy | None = None, migrate_schema: bool = True,
+             connect_timeout: int | None = None) -> EventStore:
+        """Open (and migrate) the store at ``url``; ``connect_timeout`` (seconds) bounds each new
+        connection, so that a database host that stopped answering fails a caller instead of hanging it."""
         if "://" not in url:
             raise StoreError(f"--db {redact_url(url)!r}: expected a database URL such as sqlite:///charter.db "
                              "or postgresql+psycopg://user@host/dbname")
@@ -372,7 +375,9 @@ class EventStore:
         try:
             # hide_parameters: a failed write's exception (logged by the event queue) must not carry
             # the events' content or ids into the log
-            engine = sa.create_engine(url, pool_pre_ping=True, future=True, hide_parameters=True)
+            # (SQLite has no connection to wait for: its busy timeout is set below)
+            args = {"connect_timeout": max(2, int(connect_timeout))} if connect_timeout and url.startswith("postgresql") else {}
+            engine = sa.create_engine(url, pool_pre_ping=True, future=True, hide_parameters=True, connect_args=args)
         except Exception as e:  # bad dialect, missing driver
             raise StoreError(f"cannot open monitoring store {redact_url(url)!r}: {e}") from None
         if engine.dialect.name == "sqlite":

@@ -97,10 +97,12 @@ def ask_all(items: Sequence[T], ask: Callable[[T], R], concurrency: int = 1) -> 
         ex.shutdown(wait=False, cancel_futures=True)
 
 
-def _resumed(journal: RunJournal | None, keys: Sequence[str]) -> dict[int, Any]:
+def _resumed(journal: RunJournal | None, keys: Sequence[str], graded: str) -> dict[int, Any]:
+    """The journal's records for ``keys`` whose ``graded`` field is set: an ungradable one (a judge
+    that failed, an empty reply) is asked again, like one whose call failed."""
     if journal is None:
         return {}
-    return {i: rec for i, k in enumerate(keys) if (rec := journal.done.get(k)) is not None}
+    return {i: rec for i, k in enumerate(keys) if (rec := journal.done.get(k)) is not None and rec.get(graded) is not None}
 
 
 def probe_benign(target: Any, probes: Sequence[BenignProbe], advance: Advance,
@@ -115,7 +117,7 @@ def probe_benign(target: Any, probes: Sequence[BenignProbe], advance: Advance,
         return BenignResult(p, refused, 1.0 if refused else 0.0, response=r.text)
 
     keys = [_key("benign", i, p.prompt) for i, p in enumerate(probes)]
-    done = _resumed(journal, keys)
+    done = _resumed(journal, keys, "refused")
     out: list[BenignResult | None] = [None] * len(probes)
     for i, rec in done.items():
         out[i] = BenignResult(probes[i], **rec)
@@ -162,7 +164,7 @@ def _run(target: Any, behaviours: Sequence[Behaviour], probes: Sequence[BenignPr
                     config={"suite": suite, "budget": budget, "seed": seed, "attackers": [a.name for a in attackers]})
     static = static_suite(behaviours, suite, seed)
     keys = [_key("static", i, a.prompt) for i, a in enumerate(static)]
-    done = _resumed(journal, keys)
+    done = _resumed(journal, keys, "success")
     evs: list[Evaluation | None] = [None] * len(static)
     for i, rec in done.items():
         evs[i] = Evaluation(**rec)
@@ -191,7 +193,7 @@ def _run(target: Any, behaviours: Sequence[Behaviour], probes: Sequence[BenignPr
     res.benign = probe_benign(target, probes, advance, journal, concurrency)
     res.summary = summarise(res)
     if journal is not None:
-        resumed += sum(1 for i, p in enumerate(probes) if _key("benign", i, p.prompt) in journal.done)
+        resumed += len(_resumed(journal, [_key("benign", i, p.prompt) for i, p in enumerate(probes)], "refused"))
         if resumed:
             res.summary["resumed"] = {"items": resumed, "planned": len(static) + len(probes)}
     return res

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from charter.monitor.store import EventStore
 
 log = logging.getLogger("charter.server")
+#: a worker stuck connecting to a store that stopped answering gives up after this long
+CONNECT_TIMEOUT_S = 5
 
 
 @dataclass
@@ -89,12 +91,14 @@ class RateLimiter:
 class SharedRateLimiter:
     """Each key's bucket in the monitoring store, drawn on by every replica that shares it.
 
-    While the store cannot be reached, each replica counts on its own buckets (the limit degrades to
-    per-replica, never to none) and tries the store again ``retry_s`` later; ``on_error`` counts those
-    failures. The store call runs in a worker thread, off the event loop."""
+    While the store cannot be reached, or does not answer within ``timeout_s``, each replica counts
+    on its own buckets (the limit degrades to per-replica, never to none) and tries the store again
+    ``retry_s`` later; ``on_error`` counts those failures. The store call runs in a worker thread,
+    off the event loop, and a call that hangs (a host that stopped answering) is not waited for."""
 
-    def __init__(self, url: str, *, retry_s: float = 5.0, on_error: Callable[[], None] | None = None) -> None:
-        self.url, self.retry_s, self.on_error = url, retry_s, on_error
+    def __init__(self, url: str, *, retry_s: float = 5.0, timeout_s: float = 1.0,
+                 on_error: Callable[[], None] | None = None) -> None:
+        self.url, self.retry_s, self.timeout_s, self.on_error = url, retry_s, timeout_s, on_error
         self.local = RateLimiter()
         self._store: EventStore | None = None
         self._down_until = 0.0
@@ -105,26 +109,44 @@ class SharedRateLimiter:
             if self._store is None:
                 from charter.monitor.store import EventStore
 
-                self._store = EventStore.open(self.url)
+                self._store = EventStore.open(self.url, connect_timeout=CONNECT_TIMEOUT_S)
             return self._store
 
+    def _shared(self, p: Principal) -> float:
+        return self._open().take_token(p.key_id, p.rate.per_second, p.rate.burst)
+
+    def _failed(self, why: str) -> None:
+        # the type only: a driver's message may carry the database's address
+        self._down_until = time.monotonic() + self.retry_s
+        log.warning("shared rate limit: store unavailable (%s); counting per replica for %.0f s", why, self.retry_s)
+        if self.on_error:
+            self.on_error()
+
     def check(self, p: Principal) -> float:
+        """0.0 if ``p`` may send a request now, else the seconds until it may (blocking)."""
         if time.monotonic() >= self._down_until:
             try:
-                return self._open().take_token(p.key_id, p.rate.per_second, p.rate.burst)
-            except Exception as e:  # the type only: a driver's message may carry the database's address
-                self._down_until = time.monotonic() + self.retry_s
-                log.warning("shared rate limit: store unavailable (%s); counting per replica for %.0f s",
-                            type(e).__name__, self.retry_s)
-                if self.on_error:
-                    self.on_error()
+                return self._shared(p)
+            except Exception as e:
+                self._failed(type(e).__name__)
         return self.local.check(p)
 
     async def take(self, p: Principal) -> float:
-        return await asyncio.to_thread(self.check, p)
+        if time.monotonic() >= self._down_until:
+            try:
+                return await asyncio.wait_for(asyncio.to_thread(self._shared, p), self.timeout_s)
+            except asyncio.TimeoutError:
+                self._failed(f"no answer within {self.timeout_s:g} s")
+            except Exception as e:
+                self._failed(type(e).__name__)
+        return self.local.check(p)
 
     def close(self) -> None:
-        with self._lock:
+        if not self._lock.acquire(timeout=1.0):  # a connect still hanging in a worker: leave it to its timeout
+            return
+        try:
             if self._store is not None:
                 self._store.close()
                 self._store = None
+        finally:
+            self._lock.release()

@@ -21,9 +21,9 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[dict[str, Any]] | None = None
-    # the model reads a participant's name and the guard does not: OpenAI's own pattern keeps it to
-    # 64 identifier characters, too few and too constrained to carry a request's text
-    name: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    # the model reads a participant's name and the guard does not: OpenAI's own rule (no spaces, none
+    # of <|\\/>) and 64 characters keep it a name, with little room for a request's text
+    name: str | None = Field(None, pattern=r"^[^\s<|\\/>]{1,64}$")
 
     @field_validator("content")
     @classmethod
