@@ -46,19 +46,21 @@ def _stage1_time(guard: Guard, text: str) -> float:
     return best_of(run)
 
 
-@pytest.mark.parametrize("name,text", [
+@pytest.mark.parametrize("name,text,bound", [
     # `^\s*` in the payload-split regex rescanned every run of blank lines from each line start
-    ("blank_lines_assign", '= "' + "\n" * (N - 3)),
+    ("blank_lines_assign", '= "' + "\n" * (N - 3), 10),
     # a legend mapping a one-letter code word to a 1,000-letter word multiplied the text 500-fold
-    ("legend_expansion", rep('"a" means "' + "b" * 1000 + '"\n\n' + "a " * 9000)),
-    # NFKC turns U+FDFA into 18 characters; the folded view was not cut to the window
-    ("nfkc_expansion", rep("\ufdfa\uff41")),
+    ("legend_expansion", rep('"a" means "' + "b" * 1000 + '"\n\n' + "a " * 9000), 10),
+    # NFKC turns U+FDFA into 18 characters; the folded view was not cut to the window. Normalising
+    # the whole input is linear but makes 9.5 times as much text, so about 10 times the prose's
+    # time is expected here (measured 9-11 on the 2-core machine): the bug was hundreds of times
+    ("nfkc_expansion", rep("\ufdfa\uff41"), 30),
 ])
-def test_adversarial_input_is_not_much_slower_than_prose(guard: Guard, name: str, text: str) -> None:
+def test_adversarial_input_is_not_much_slower_than_prose(guard: Guard, name: str, text: str, bound: float) -> None:
     _stage1_time(guard, rep(PROSE))  # warm up (word lists, regexes)
     base = _stage1_time(guard, rep(PROSE))
     t = _stage1_time(guard, text)
-    assert t / base < 10, f"{name}: {t * 1000:.1f} ms against {base * 1000:.1f} ms for prose"
+    assert t / base < bound, f"{name}: {t * 1000:.1f} ms against {base * 1000:.1f} ms for prose"
 
 
 def test_payload_split_regex_is_linear_in_blank_lines() -> None:
