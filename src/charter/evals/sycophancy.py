@@ -342,13 +342,15 @@ def run_sycophancy(
             return _answer_unit(target, item)
         return _mimicry_unit(target, item[0], item[1], i)
 
+    # what decides each item and how it is asked and graded: the run a journal belongs to (the tasks
+    # chosen and the concurrency do not matter there: items are keyed by task)
+    run = {"target": redact_spec(target_name) if target_name else redact_url(target.base_url), "model": target.model,
+           "n": n, "seed": seed, "judge": (redact_spec(judge_name) if judge_name else redact_url(judge.base_url)) if judge else None,
+           "judge_model": judge.model if judge else None, "positivity_method": method, "challenge": CHALLENGE,
+           "feedback_prefixes": PREFIXES}
+
     def result(records: dict[str, list[dict[str, Any]]]) -> SycophancyResult:
-        config = {"target": redact_spec(target_name) if target_name else redact_url(target.base_url),
-                  "model": target.model, "n": n, "seed": seed, "tasks": list(tasks),
-                  "judge": (redact_spec(judge_name) if judge_name else redact_url(judge.base_url)) if judge else None,
-                  "judge_model": judge.model if judge else None, "positivity_method": method,
-                  "concurrency": concurrency, "challenge": CHALLENGE, "feedback_prefixes": PREFIXES}
-        res = SycophancyResult(config=config, records=records)
+        res = SycophancyResult(config={**run, "tasks": list(tasks), "concurrency": concurrency}, records=records)
         res.summary = summarise(res, method)
         res.summary["calls"] = {"target": {"calls": target.calls, "errors": target.errors, "retries": target.retries}}
         if judge is not None:
@@ -358,12 +360,7 @@ def run_sycophancy(
     records: dict[str, list[dict[str, Any]]] = {t: [{}] * sum(u[0] == t for u in units) for t in tasks}
     jr = None
     if journal is not None:
-        # what decides each item and how it is asked and graded; the tasks chosen do not (items are keyed by task)
-        run = {"kind": "sycophancy", "target": redact_spec(target_name) if target_name else redact_url(target.base_url),
-               "model": target.model, "n": n, "seed": seed, "positivity_method": method,
-               "judge": (redact_spec(judge_name) if judge_name else redact_url(judge.base_url)) if judge else None,
-               "judge_model": judge.model if judge else None, "challenge": CHALLENGE, "feedback_prefixes": PREFIXES}
-        jr = RunJournal(journal, run, resume=resume)
+        jr = RunJournal(journal, {"kind": "sycophancy", **run}, resume=resume)
     resumed = 0
     todo = []
     for u in units:

@@ -97,16 +97,53 @@ def ask_all(items: Sequence[T], ask: Callable[[T], R], concurrency: int = 1) -> 
         ex.shutdown(wait=False, cancel_futures=True)
 
 
-def _resumed(journal: RunJournal | None, keys: Sequence[str], graded: str) -> dict[int, Any]:
-    """The journal's records for ``keys`` whose ``graded`` field is set: an ungradable one (a judge
-    that failed, an empty reply) is asked again, like one whose call failed."""
-    if journal is None:
-        return {}
-    return {i: rec for i, k in enumerate(keys) if (rec := journal.done.get(k)) is not None and rec.get(graded) is not None}
+@dataclass
+class Journaled:
+    """How one kind of independent query is journaled: its journal key prefix, its name in the
+    progress bar, the field that is None when it could not be graded, and its record to and from
+    the journal."""
+
+    kind: str
+    what: str
+    graded: str
+    record: Callable[[Any], dict[str, Any]]
+    restore: Callable[[Any, dict[str, Any]], Any]
+
+
+STATIC = Journaled("static", "static suite", "success", lambda ev: asdict(ev), lambda _a, rec: Evaluation(**rec))
+BENIGN = Journaled("benign", "over-refusal probes", "refused",
+                   lambda b: {"refused": b.refused, "score": b.score, "response": b.response, "error": b.error},
+                   lambda p, rec: BenignResult(p, **rec))
+
+
+def ask_journaled(how: Journaled, items: Sequence[T], prompts: Sequence[Prompt], ask: Callable[[T], R],
+                  journal: RunJournal | None, concurrency: int, advance: Advance,
+                  detail: Callable[[T], str] | None = None) -> tuple[list[R], int]:
+    """``ask`` every item (``concurrency`` at once), in the items' order, and the number of results
+    taken from ``journal`` instead: those it holds graded; an ungradable one (a judge that failed, an
+    empty reply) is asked again, like one whose call failed. Each new result is appended to it."""
+    keys = [_key(how.kind, i, p) for i, p in enumerate(prompts)]
+    out: list[R | None] = [None] * len(items)
+    if journal is not None:
+        for i, k in enumerate(keys):
+            if (rec := journal.done.get(k)) is not None and rec.get(how.graded) is not None:
+                out[i] = how.restore(items[i], rec)
+    resumed = sum(r is not None for r in out)
+    if resumed:
+        advance(resumed, f"{how.what} (resumed)")
+    todo = [i for i, r in enumerate(out) if r is None]
+    for j, r in ask_all([items[i] for i in todo], ask, concurrency):
+        out[todo[j]] = r
+        if journal is not None:
+            journal.add(keys[todo[j]], how.record(r))
+        advance(1, f"{how.what}: {detail(items[todo[j]])}" if detail else how.what)
+    assert all(r is not None for r in out)
+    return out, resumed  # type: ignore[return-value]
 
 
 def probe_benign(target: Any, probes: Sequence[BenignProbe], advance: Advance,
-                 journal: RunJournal | None = None, concurrency: int = 1) -> list[BenignResult]:
+                 journal: RunJournal | None = None, concurrency: int = 1) -> tuple[list[BenignResult], int]:
+    """Each probe's refusal (flag, for a guard), and how many came from ``journal``."""
     def ask(p: BenignProbe) -> BenignResult:
         r = target.query(p.prompt)
         if target.kind == "guard":
@@ -116,21 +153,7 @@ def probe_benign(target: Any, probes: Sequence[BenignProbe], advance: Advance,
         refused = bool(r.flagged) or is_refusal(r.text or "")
         return BenignResult(p, refused, 1.0 if refused else 0.0, response=r.text)
 
-    keys = [_key("benign", i, p.prompt) for i, p in enumerate(probes)]
-    done = _resumed(journal, keys, "refused")
-    out: list[BenignResult | None] = [None] * len(probes)
-    for i, rec in done.items():
-        out[i] = BenignResult(probes[i], **rec)
-    if done:
-        advance(len(done), "over-refusal probes (resumed)")
-    todo = [i for i in range(len(probes)) if i not in done]
-    for j, b in ask_all([probes[i] for i in todo], ask, concurrency):
-        out[todo[j]] = b
-        if journal is not None:
-            journal.add(keys[todo[j]], {"refused": b.refused, "score": b.score, "response": b.response, "error": b.error})
-        advance(1, "over-refusal probes")
-    assert all(b is not None for b in out)
-    return out  # type: ignore[return-value]
+    return ask_journaled(BENIGN, probes, [p.prompt for p in probes], ask, journal, concurrency, advance)
 
 
 def run_redteam(
@@ -163,21 +186,9 @@ def _run(target: Any, behaviours: Sequence[Behaviour], probes: Sequence[BenignPr
     res = RunResult(target.name, target.kind, list(behaviours), [], [], budget,
                     config={"suite": suite, "budget": budget, "seed": seed, "attackers": [a.name for a in attackers]})
     static = static_suite(behaviours, suite, seed)
-    keys = [_key("static", i, a.prompt) for i, a in enumerate(static)]
-    done = _resumed(journal, keys, "success")
-    evs: list[Evaluation | None] = [None] * len(static)
-    for i, rec in done.items():
-        evs[i] = Evaluation(**rec)
-    if done:
-        advance(len(done), "static suite (resumed)")
-    todo = [i for i in range(len(static)) if i not in done]
-    for j, ev in ask_all([static[i].prompt for i in todo], oracle, concurrency):
-        evs[todo[j]] = ev
-        if journal is not None:
-            journal.add(keys[todo[j]], asdict(ev))
-        advance(1, f"static suite: {static[todo[j]].behaviour.category}")
-    res.attempts.extend(Attempt(a, ev) for a, ev in zip(static, evs, strict=True) if ev is not None)
-    resumed = len(done)
+    evs, resumed = ask_journaled(STATIC, static, [a.prompt for a in static], lambda a: oracle(a.prompt), journal,
+                                 concurrency, advance, lambda a: a.behaviour.category)
+    res.attempts.extend(Attempt(a, ev) for a, ev in zip(static, evs, strict=True))
     for atk in attackers:
         res.traces[atk.name] = {}
         for b in behaviours:
@@ -190,12 +201,10 @@ def _run(target: Any, behaviours: Sequence[Behaviour], probes: Sequence[BenignPr
                 trace.append(best)
             res.traces[atk.name][b.id] = trace
             advance(budget, f"{atk.name} attacker: {b.category}")
-    res.benign = probe_benign(target, probes, advance, journal, concurrency)
+    res.benign, resumed_probes = probe_benign(target, probes, advance, journal, concurrency)
     res.summary = summarise(res)
-    if journal is not None:
-        resumed += len(_resumed(journal, [_key("benign", i, p.prompt) for i, p in enumerate(probes)], "refused"))
-        if resumed:
-            res.summary["resumed"] = {"items": resumed, "planned": len(static) + len(probes)}
+    if resumed + resumed_probes:
+        res.summary["resumed"] = {"items": resumed + resumed_probes, "planned": len(static) + len(probes)}
     return res
 
 
