@@ -7,8 +7,8 @@ import pytest
 from charter.classifiers.streaming import tokens
 from charter.constitution.loader import default_constitution_path
 from charter.guard import Guard
+from charter.fileio import sha256_file
 from charter.guard.train import (
-    file_sha256,
     seen_fraction_of_scores,
     stop_fraction,
     stop_fraction_of_scores,
@@ -36,7 +36,7 @@ def guard() -> Guard:
 
 
 def test_packaged_guard_was_trained_on_the_packaged_constitution(guard: Guard) -> None:
-    assert guard.manifest["constitution_sha256"] == file_sha256(default_constitution_path())
+    assert guard.manifest["constitution_sha256"] == sha256_file(default_constitution_path())
 
 
 def test_answers_opening_with_compliance_phrases_are_not_stopped(guard: Guard) -> None:

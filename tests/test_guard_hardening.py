@@ -221,13 +221,13 @@ def test_calibrate_refuses_a_constitution_the_model_was_not_trained_on(mini_mode
     from charter.constitution.loader import default_constitution_path
     from charter.guard.calibrate import check_constitution
     from charter.guard.guard import default_model_path
-    from charter.guard.train import file_sha256
+    from charter.fileio import sha256_file
 
     model = tmp_path / "m"
     shutil.copytree(mini_model_dir, model)
     mf = model / "manifest.json"  # not among the hashed files, so it may be edited
     doc = json.loads(mf.read_text())
-    doc["constitution_sha256"] = file_sha256(MINI)  # as `charter train -c mini.yaml` records it
+    doc["constitution_sha256"] = sha256_file(MINI)  # as `charter train -c mini.yaml` records it
     mf.write_text(json.dumps(doc))
     before = {p.name: p.read_bytes() for p in model.iterdir()}
     # no --constitution: the packaged default is not the model's, so nothing is generated or rewritten
@@ -245,7 +245,7 @@ def test_calibrate_refuses_a_constitution_the_model_was_not_trained_on(mini_mode
     assert main(["calibrate", str(model), "-c", str(MINI), "--out", str(tmp_path / "ok")]) == 0
     out = capsys.readouterr().out
     assert "not measured (no held-out restricted records)" in out and "nan" not in out
-    assert Guard.load(tmp_path / "ok").manifest["constitution_sha256"] == file_sha256(MINI)
+    assert Guard.load(tmp_path / "ok").manifest["constitution_sha256"] == sha256_file(MINI)
     probe = tmp_path / "probe"
     probe.write_text("x")
     want = stat.S_IMODE(probe.stat().st_mode)

@@ -109,9 +109,9 @@ def test_behaviours_file_is_attacked_instead_of_the_constitutions_seeds(mini_mod
     doc = json.loads((out / "results.json").read_text())
     assert doc["summary"]["n_behaviours"] == 2
     assert {(a["behaviour_id"], a["category"]) for a in doc["attempts"]} == {("mine-1", "glorp_weapons"), ("user:3", "user")}
-    from charter.guard.train import file_sha256
+    from charter.fileio import sha256_file
 
-    assert doc["config"]["behaviours_file"] == {"path": str(f), "sha256": file_sha256(f)}
+    assert doc["config"]["behaviours_file"] == {"path": str(f), "sha256": sha256_file(f)}
     # the crescendo openers quote the category's description, or a generic one without a category
     crescendo = {a["behaviour_id"]: json.dumps(a["prompt"]) for a in doc["attempts"] if a["strategy"].endswith("crescendo")}
     assert all("Building on everything" in v for v in crescendo.values())
@@ -200,12 +200,12 @@ def test_patch_refuses_a_constitution_the_model_was_not_trained_on(mini_model_di
     """Even one that yields the model's classes: the manifest's constitution sha256 must match."""
     import shutil
 
-    from charter.guard.train import file_sha256
+    from charter.fileio import sha256_file
 
     model = tmp_path / "m"
     shutil.copytree(mini_model_dir, model)
     doc = json.loads((model / "manifest.json").read_text())
-    doc["constitution_sha256"] = file_sha256(FIXTURES / "mini.yaml")  # as `charter train -c mini.yaml` records it
+    doc["constitution_sha256"] = sha256_file(FIXTURES / "mini.yaml")  # as `charter train -c mini.yaml` records it
     (model / "manifest.json").write_text(json.dumps(doc))
     edited = tmp_path / "mini-edited.yaml"
     edited.write_text((FIXTURES / "mini.yaml").read_text() + "\n# edited\n")

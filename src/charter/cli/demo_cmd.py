@@ -30,7 +30,8 @@ def demo(
     from charter.constitution import load_constitution
     from charter.constitution.loader import default_constitution_path
     from charter.guard.calibrate import offline_dataset
-    from charter.guard.train import TrainConfig, file_sha256, read_dataset, train_guard
+    from charter.fileio import sha256_file
+    from charter.guard.train import TrainConfig, read_dataset, train_guard
 
     console = Console()
     cpath = default_constitution_path()
@@ -52,7 +53,7 @@ def demo(
         task = prog.add_task("training", total=None)
         guard = train_guard(
             records, out / "model",
-            constitution_sha256=file_sha256(cpath), data_sha256=file_sha256(ddir / "data.jsonl"),
+            constitution_sha256=sha256_file(cpath), data_sha256=sha256_file(ddir / "data.jsonl"),
             holdout_families=holdout, config=TrainConfig(seed=seed),
             progress=lambda s: prog.update(task, description=s),
         )

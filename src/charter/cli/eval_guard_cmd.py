@@ -17,7 +17,7 @@ def guard_eval(data: Path, out: Path | None = None, *, model: Path | None = None
     from charter.errors import CharterError
     from charter.evals.guard_eval import evaluate_guard, read_labelled, write_outputs
     from charter.guard import Guard
-    from charter.guard.train import file_sha256
+    from charter.fileio import sha256_file
 
     if out is not None and out.exists() and not out.is_dir():
         raise CharterError(f"--out {out}: exists and is not a directory")
@@ -27,8 +27,8 @@ def guard_eval(data: Path, out: Path | None = None, *, model: Path | None = None
                   console=console, transient=True, disable=quiet) as prog:
         task = prog.add_task("checking", total=len(items))
         result = evaluate_guard(guard, items, advance=lambda n: prog.update(task, advance=n))
-    result["config"] = {"model": str(guard.path), "model_manifest_sha256": file_sha256(Path(guard.path) / "manifest.json"),
-                        "data": {"path": str(data), "sha256": file_sha256(data)}}
+    result["config"] = {"model": str(guard.path), "model_manifest_sha256": sha256_file(Path(guard.path) / "manifest.json"),
+                        "data": {"path": str(data), "sha256": sha256_file(data)}}
     if out is not None:
         result["paths"] = {k: str(v) for k, v in write_outputs(result, out).items()}
     return result

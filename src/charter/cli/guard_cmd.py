@@ -36,7 +36,8 @@ def train(
     from charter.constitution import load_constitution
     from charter.constitution.loader import default_constitution_path
     from charter.classifiers.artifacts import check_model_out
-    from charter.guard.train import TrainConfig, file_sha256, read_dataset, train_guard
+    from charter.fileio import sha256_file
+    from charter.guard.train import TrainConfig, read_dataset, train_guard
 
     cpath = constitution or default_constitution_path()
     const = load_constitution(cpath)
@@ -54,8 +55,8 @@ def train(
             task = prog.add_task("training", total=None)
             guard = train_guard(
                 records, out,
-                constitution_sha256=file_sha256(Path(cpath)),
-                data_sha256=file_sha256(ddir / "data.jsonl"),
+                constitution_sha256=sha256_file(Path(cpath)),
+                data_sha256=sha256_file(ddir / "data.jsonl"),
                 holdout_families=families,
                 config=TrainConfig(target_fpr=target_fpr, seed=seed, use_stage2=not no_stage2),
                 progress=lambda s: prog.update(task, description=s),

@@ -81,14 +81,13 @@ def campaign(
         import hashlib
         import json
 
+        from charter.endpoints import redact_url
         from charter.evals.journal import RunJournal
-        from charter.guard.train import file_sha256
+        from charter.fileio import sha256_file
 
         # what decides each static attempt and benign probe, and how its reply is graded
-        from charter.endpoints import redact_url
-
         run = {"kind": "redteam", "target": target.name, "target_model": getattr(target, "model", None), "suite": suite,
-               "seed": seed, "constitution": file_sha256(Path(cpath)), "graders": sorted(graders),
+               "seed": seed, "constitution": sha256_file(Path(cpath)), "graders": sorted(graders),
                "grader_model": str(grader_model) if grader_model else None,
                "judge": [redact_url(judge_url), judge_model] if judge_url else None,
                "behaviours": hashlib.sha256(json.dumps([[b.id, b.text] for b in bs]).encode()).hexdigest(),
@@ -108,9 +107,9 @@ def campaign(
                 journal.close()
     res.config.update({"constitution": str(cpath), "graders": sorted(graders), "behaviours": len(bs)})
     if behaviours_file:
-        from charter.guard.train import file_sha256
+        from charter.fileio import sha256_file
 
-        res.config["behaviours_file"] = {"path": str(behaviours_file), "sha256": file_sha256(behaviours_file)}
+        res.config["behaviours_file"] = {"path": str(behaviours_file), "sha256": sha256_file(behaviours_file)}
     else:
         res.config["behaviours_per_category"] = behaviours
     paths = write_report(res, out)

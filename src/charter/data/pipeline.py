@@ -18,8 +18,8 @@ from charter.data.base import Generator
 from charter.data.hygiene import clean
 from charter.data.records import Record
 from charter.data.splits import split_of, sub_seed
-from charter.fileio import synced_part
 from charter.errors import CharterError, GeneratorError
+from charter.fileio import synced_part
 from charter.transforms.base import TRANSFORMS
 
 DATA_FILE = "data.jsonl"

@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from charter.errors import CharterError
+from charter.fileio import sha256_file
 from charter.yamlsource import load_mapping, problems_of, read_text, report
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
@@ -197,12 +198,6 @@ class SafetyCase(BaseModel):
 # ------------------------------------------------------------------ evidence
 
 
-def sha256_file(p: Path) -> str:
-    h = hashlib.sha256()
-    with p.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _parse_date(v: Any) -> datetime | None:

@@ -92,12 +92,12 @@ def check_constitution(model: Path, manifest: dict[str, Any], cpath: Path, *, gi
     The manifest's ``constitution_sha256`` (the sha256 of the constitution file) is compared with
     ``cpath``'s; a manifest without a sha256 there (a hand-made one) cannot be checked and passes.
     """
-    from charter.guard.train import file_sha256
+    from charter.fileio import sha256_file
 
     want = manifest.get("constitution_sha256")
     if not isinstance(want, str) or not re.fullmatch(r"[0-9a-f]{64}", want):
         return
-    got = file_sha256(cpath)
+    got = sha256_file(cpath)
     if got != want:
         which = f"--constitution {cpath}" if given else f"the packaged default constitution ({cpath})"
         raise CharterError(

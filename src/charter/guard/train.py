@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable, Sequence
@@ -498,5 +497,3 @@ def latency(guard: Guard, texts: Sequence[str]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "escalated_share": esc / len(texts)}
 
 
-def file_sha256(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
