@@ -172,12 +172,12 @@ def test_model_dir_files_get_the_mode_of_ordinary_new_files(tmp_path):
 
 
 def test_a_rewrite_that_dies_while_writing_leaves_the_old_model_whole(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import charter.classifiers.artifacts as art
+    import charter.fileio as fileio
 
     out = tmp_path / "model"
     old = {"stage1": {"w": np.zeros((2, 3), np.float32)}, "exchange": {"b": np.zeros(2)}}
     save_model_dir(out, old, {"kind": "old"}, texts={"MODEL_CARD.md": "old card\n"})
-    real, calls = art.synced_part, {"n": 0}
+    real, calls = fileio.synced_part, {"n": 0}
 
     def dies_on_the_second_file(path: Path, blob: bytes) -> Path:
         calls["n"] += 1
@@ -185,7 +185,7 @@ def test_a_rewrite_that_dies_while_writing_leaves_the_old_model_whole(tmp_path: 
             raise OSError(28, "No space left on device")
         return real(path, blob)
 
-    monkeypatch.setattr(art, "synced_part", dies_on_the_second_file)
+    monkeypatch.setattr(fileio, "synced_part", dies_on_the_second_file)
     new = {"stage1": {"w": np.ones((2, 3), np.float32)}, "exchange": {"b": np.ones(2)}}
     with pytest.raises(OSError, match="No space"):
         save_model_dir(out, new, {"kind": "new"}, texts={"MODEL_CARD.md": "new card\n"})
@@ -193,7 +193,7 @@ def test_a_rewrite_that_dies_while_writing_leaves_the_old_model_whole(tmp_path: 
     assert doc["kind"] == "old" and (out / "MODEL_CARD.md").read_text() == "old card\n"
     assert np.array_equal(arrays["stage1"]["w"], old["stage1"]["w"])
     assert not list(out.glob("*.part"))  # the new files written so far are removed
-    monkeypatch.setattr(art, "synced_part", real)
+    monkeypatch.setattr(fileio, "synced_part", real)
     save_model_dir(out, new, {"kind": "new"}, texts={"MODEL_CARD.md": "new card\n"})
     doc, arrays = load_model_dir(out)
     assert doc["kind"] == "new" and np.array_equal(arrays["exchange"]["b"], new["exchange"]["b"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -30,6 +31,28 @@ def synced_part(path: Path, blob: bytes) -> Path:
         tmp.unlink(missing_ok=True)
         raise
     return tmp
+
+
+def replace_files(out: Path, blobs: dict[str, bytes], *, stale_first: Sequence[str] = ()) -> None:
+    """Write each blob to its name in ``out``: every one synced beside its destination first (all
+    removed again if one fails), then each renamed onto it in ``blobs``' order, so put the file that
+    describes the others (a manifest) last. A crash while writing leaves the old files whole.
+    ``stale_first`` names old files removed before any rename, so that a crash between renames never
+    leaves one of them describing new neighbours."""
+    out.mkdir(parents=True, exist_ok=True)
+    parts: list[tuple[Path, Path]] = []
+    try:
+        for name, blob in blobs.items():
+            parts.append((synced_part(out / name, blob), out / name))
+    except BaseException:
+        for tmp, _ in parts:
+            tmp.unlink(missing_ok=True)
+        raise
+    for name in stale_first:
+        (out / name).unlink(missing_ok=True)
+    for tmp, dst in parts:
+        os.replace(tmp, dst)
+    sync_dir(out)
 
 
 def sync_dir(path: Path) -> None:

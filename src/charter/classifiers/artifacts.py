@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import numpy as np
 from safetensors.numpy import load_file, save
 
 from charter.errors import ArtifactError
-from charter.fileio import sha256_file, sync_dir, synced_part
+from charter.fileio import replace_files, sha256_file
 
 MANIFEST = "manifest.json"
 FORMAT = "charter-model/1"
@@ -38,28 +37,15 @@ def save_model_dir(out: Path, arrays: dict[str, dict[str, np.ndarray]], manifest
     microseconds) leaves files the manifest does not match, which loading refuses. Every file gets
     the mode an ordinary new file gets (0666 less the umask), weights included.
     """
-    out.mkdir(parents=True, exist_ok=True)
-    files: dict[str, str] = {}
-    parts: list[tuple[Path, Path]] = []
-    try:
-        blobs = {f"{name}.safetensors": save({k: np.ascontiguousarray(v) for k, v in group.items()})
-                 for name, group in arrays.items()}
-        blobs.update({fn: text.encode() for fn, text in (texts or {}).items()})
-        for fn, blob in blobs.items():
-            parts.append((synced_part(out / fn, blob), out / fn))
-            files[fn] = hashlib.sha256(blob).hexdigest()
-        for extra in manifest.pop("extra_files", []):  # e.g. the model card
-            files[extra] = sha256_file(out / extra)
-        doc = {"format": FORMAT, **manifest, "files": files}
-        blob = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
-        parts.append((synced_part(out / MANIFEST, blob), out / MANIFEST))
-    except BaseException:
-        for tmp, _ in parts:
-            tmp.unlink(missing_ok=True)
-        raise
-    for tmp, dst in parts:  # the manifest last
-        os.replace(tmp, dst)
-    sync_dir(out)
+    blobs = {f"{name}.safetensors": save({k: np.ascontiguousarray(v) for k, v in group.items()})
+             for name, group in arrays.items()}
+    blobs.update({fn: text.encode() for fn, text in (texts or {}).items()})
+    files = {fn: hashlib.sha256(blob).hexdigest() for fn, blob in blobs.items()}
+    for extra in manifest.pop("extra_files", []):  # e.g. the model card
+        files[extra] = sha256_file(out / extra)
+    doc = {"format": FORMAT, **manifest, "files": files}
+    blobs[MANIFEST] = (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()  # renamed last
+    replace_files(out, blobs)
     return out
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
@@ -19,7 +18,7 @@ from charter.data.hygiene import clean
 from charter.data.records import Record
 from charter.data.splits import split_of, sub_seed
 from charter.errors import CharterError, GeneratorError
-from charter.fileio import synced_part
+from charter.fileio import replace_files
 from charter.transforms.base import TRANSFORMS
 
 DATA_FILE = "data.jsonl"
@@ -149,9 +148,8 @@ def _jsonl(records: Iterable[Record]) -> bytes:
 
 def write_dataset(ds: Dataset, out_dir: Path) -> str:
     """Write data.jsonl atomically and return its sha256."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     blob = _jsonl(ds.records)
-    os.replace(synced_part(out_dir / DATA_FILE, blob), out_dir / DATA_FILE)
+    replace_files(out_dir, {DATA_FILE: blob})
     return hashlib.sha256(blob).hexdigest()
 
 
@@ -192,20 +190,11 @@ def generate_to_dir(
     if not ds.records:
         why = ", ".join(f"{k} {v}" for k, v in sorted(generator.stats.items()) if v) or "nothing was generated"
         raise GeneratorError(f"the {generator.name} generator produced no usable records ({why}); nothing was written to {out_dir}")
-    out_dir.mkdir(parents=True, exist_ok=True)
     blob = _jsonl(ds.records)
     sha = hashlib.sha256(blob).hexdigest()
     manifest = build_manifest(ds, constitution, constitution_path, generator, n, seed, holdout, sha, families=fam)
-    data_part = synced_part(out_dir / DATA_FILE, blob)
-    try:
-        manifest_part = synced_part(out_dir / MANIFEST_FILE, (json.dumps(manifest, indent=2) + "\n").encode())
-    except BaseException:
-        data_part.unlink(missing_ok=True)
-        raise
-    # both files are whole on disk before either replaces an old one (a failed write leaves the old
-    # dataset as it was); the old manifest goes first, so a crash between the two renames leaves a
-    # data.jsonl without a manifest, never a manifest that describes other data
-    (out_dir / MANIFEST_FILE).unlink(missing_ok=True)
-    os.replace(data_part, out_dir / DATA_FILE)
-    os.replace(manifest_part, out_dir / MANIFEST_FILE)
+    # the old manifest goes before either rename: a crash between them leaves a data.jsonl without
+    # a manifest, never a manifest that describes other data
+    replace_files(out_dir, {DATA_FILE: blob, MANIFEST_FILE: (json.dumps(manifest, indent=2) + "\n").encode()},
+                  stale_first=[MANIFEST_FILE])
     return manifest
