@@ -95,6 +95,23 @@ def test_train_refuses_a_dataset_made_from_another_constitution(dataset: Path, t
     assert not (tmp_path / "m").exists()
 
 
+def test_train_refuses_data_its_manifest_does_not_describe(dataset: Path, mini_path: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """A record edited after `charter generate` (still valid): the manifest's counts and splits describe other data."""
+    def edit(lines: list[str]) -> list[str]:
+        i = next(i for i, ln in enumerate(lines) if json.loads(ln).get("text"))
+        return lines[:i] + [_set(lines[i], text=json.loads(lines[i])["text"] + " (edited)")] + lines[i + 1:]
+
+    d = _copy(dataset, tmp_path / "edited", edit)
+    out = tmp_path / "m"
+    assert main(["train", "--constitution", str(mini_path), "--data", str(d), "--out", str(out), "--no-stage2"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "edited/data.jsonl: does not match the sha256 recorded in" in err, err
+    assert "delete manifest.json" in err and not out.exists()
+    (d / "manifest.json").unlink()  # the documented way to train on the edited file
+    assert main(["train", "--constitution", str(mini_path), "--data", str(d), "--out", str(out), "--no-stage2"]) == 0
+
+
 def test_train_without_test_split_says_not_evaluated(dataset: Path, mini_path: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """mini's few seeds give no test split: the run says the model is unevaluated instead of 'recall nan%'."""

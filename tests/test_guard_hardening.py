@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from charter.cli import main
-from charter.constitution import parse_constitution
+from charter.constitution import load_constitution, parse_constitution
 from charter.errors import ArtifactError, CharterError, ConstitutionError, InputError
 from charter.guard import Guard
 from charter.guard.guard import MAX_INPUT_CHARS, MAX_MESSAGES
@@ -237,9 +237,24 @@ def test_calibrate_refuses_a_constitution_the_model_was_not_trained_on(mini_mode
     assert "pass the constitution it was trained on with --constitution" in err and "Traceback" not in err
     assert {p.name: p.read_bytes() for p in model.iterdir()} == before
     other = tmp_path / "other.yaml"
-    other.write_text(TEXT + "# edited\n")
+    other.write_text(TEXT + "# edited\n")  # a model without a fingerprint is checked by the file's bytes
     assert main(["calibrate", str(model), "-c", str(other), "--out", str(tmp_path / "o")]) == 1
     assert f"--constitution {other}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+    # with the parsed constitution's fingerprint recorded, as `charter train` now does, a comment is
+    # not another constitution, but a changed description is
+    const = load_constitution(MINI)
+    doc["constitution_fingerprint"] = const.fingerprint()
+    mf.write_text(json.dumps(doc))
+    check_constitution(model, doc, other, load_constitution(other), given=True)
+    changed = tmp_path / "changed.yaml"
+    desc = const.categories[0].description
+    assert TEXT.count(desc) == 1
+    changed.write_text(TEXT.replace(desc, desc + " Changed."))
+    assert load_constitution(changed).fingerprint() != const.fingerprint()
+    assert main(["calibrate", str(model), "-c", str(changed), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "trained on another constitution (fingerprint" in err and f"--constitution {changed}" in err
     assert not (tmp_path / "o").exists()
     # its own constitution: recalibrated; mini has no held-out restricted seeds, so recall is not measured
     assert main(["calibrate", str(model), "-c", str(MINI), "--out", str(tmp_path / "ok")]) == 0
@@ -252,7 +267,8 @@ def test_calibrate_refuses_a_constitution_the_model_was_not_trained_on(mini_mode
     assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "ok").iterdir()} == {
         p.name: want for p in (tmp_path / "ok").iterdir()}
     # the packaged guard and the packaged constitution match, so a plain `charter calibrate` of it is allowed
-    check_constitution(default_model_path(), read_manifest(default_model_path()), default_constitution_path(), given=False)
+    check_constitution(default_model_path(), read_manifest(default_model_path()), default_constitution_path(),
+                       load_constitution(default_constitution_path()), given=False)
 
 
 # ---- constitutions --------------------------------------------------------------------------

@@ -172,7 +172,10 @@ def test_stale_evidence_with_fixed_now(art: dict[str, Any]) -> None:
     assert [(g["kind"], g["evidence"]) for g in doc["gaps"]] == [("stale_evidence", "monitoring")]
     assert by_id(doc["claim"])["C2"]["status"] == "unsupported" and by_id(doc["claim"])["C1"]["status"] == "supported"
     rc, doc = build(cfg, d / "fresh2", now="2025-01-05")
-    assert rc == 0 and doc["gaps"] == []  # both fresh: the run's mtime is "in the future", never stale
+    # monitoring is 4 days old then; the red-team run did not exist yet, so it supports nothing as of that date
+    assert rc == 3 and [(g["kind"], g["evidence"]) for g in doc["gaps"]] == [("invalid_evidence", "redteam")]
+    assert "after the assessment time 2025-01-05 00:00 UTC" in doc["gaps"][0]["message"]
+    assert by_id(doc["claim"])["C2"]["status"] == "supported" and by_id(doc["claim"])["C1"]["status"] == "unsupported"
     later = (mtime.replace(microsecond=0).timestamp() + 3 * 86400)
     rc, doc = build(cfg, d / "stale", now=datetime.fromtimestamp(later, tz=timezone.utc).isoformat())
     stale = {g["evidence"]: g for g in doc["gaps"] if g["kind"] == "stale_evidence"}

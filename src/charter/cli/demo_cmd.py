@@ -53,7 +53,8 @@ def demo(
         task = prog.add_task("training", total=None)
         guard = train_guard(
             records, out / "model",
-            constitution_sha256=sha256_file(cpath), data_sha256=sha256_file(ddir / "data.jsonl"),
+            constitution_sha256=sha256_file(cpath), constitution_fingerprint=const.fingerprint(),
+            data_sha256=sha256_file(ddir / "data.jsonl"),
             holdout_families=holdout, config=TrainConfig(seed=seed),
             progress=lambda s: prog.update(task, description=s),
         )

@@ -55,7 +55,7 @@ def train(
             task = prog.add_task("training", total=None)
             guard = train_guard(
                 records, out,
-                constitution_sha256=sha256_file(Path(cpath)),
+                constitution_sha256=sha256_file(Path(cpath)), constitution_fingerprint=const.fingerprint(),
                 data_sha256=sha256_file(ddir / "data.jsonl"),
                 holdout_families=families,
                 config=TrainConfig(target_fpr=target_fpr, seed=seed, use_stage2=not no_stage2),

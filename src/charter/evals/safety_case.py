@@ -313,9 +313,12 @@ def load_evidence(eid: str, spec: EvidenceSpec, base: Path, now: datetime) -> tu
             gap("invalid_evidence", "not a red-team results.json (no 'summary')")
             return rec, None, gaps
         root = doc["summary"]
-    if spec.max_age_days is not None and rec.date > datetime.now(timezone.utc) + FUTURE_SLACK:
-        ok = False  # a genuine artefact cannot postdate the clock: its age cannot be checked
-        gap("invalid_evidence", f"dated {rec.date:%Y-%m-%d %H:%M} UTC ({rec.date_source}), in the future; "
+    clock = datetime.now(timezone.utc)
+    if spec.max_age_days is not None and rec.date > min(now, clock) + FUTURE_SLACK:
+        # a genuine artefact cannot postdate the clock, nor support a case assessed as of an earlier time
+        ok = False
+        when = "in the future" if rec.date > clock + FUTURE_SLACK else f"after the assessment time {now:%Y-%m-%d %H:%M} UTC"
+        gap("invalid_evidence", f"dated {rec.date:%Y-%m-%d %H:%M} UTC ({rec.date_source}), {when}; "
                                 "its age cannot be checked against max_age_days")
     rec.usable = ok
     if spec.max_age_days is not None and rec.age_days > spec.max_age_days:

@@ -86,23 +86,32 @@ def write_model_dir(model: Path, out: Path, arrays: dict[str, dict[str, np.ndarr
     save_model_dir(out, arrays, doc, texts=texts)
 
 
-def check_constitution(model: Path, manifest: dict[str, Any], cpath: Path, *, given: bool) -> None:
+def check_constitution(model: Path, manifest: dict[str, Any], cpath: Path, const: Constitution, *, given: bool) -> None:
     """Refuse to recalibrate ``model`` with data from a constitution other than the one it was trained on.
 
-    The manifest's ``constitution_sha256`` (the sha256 of the constitution file) is compared with
-    ``cpath``'s; a manifest without a sha256 there (a hand-made one) cannot be checked and passes.
+    The manifest's ``constitution_fingerprint`` (of the parsed constitution, so a reformatted or
+    commented file still matches) is compared with ``const``'s; a model trained before fingerprints
+    were recorded is checked by ``constitution_sha256``, the file's bytes. A manifest with neither
+    (a hand-made one) cannot be checked and passes.
     """
     from charter.fileio import sha256_file
 
+    which = f"--constitution {cpath}" if given else f"the packaged default constitution ({cpath})"
+    fix = "pass the constitution it was trained on with --constitution"
+    fp = manifest.get("constitution_fingerprint")
+    if isinstance(fp, str) and re.fullmatch(r"[0-9a-f]{64}", fp):
+        if fp != const.fingerprint():
+            raise CharterError(f"{model}: the model was trained on another constitution (fingerprint {fp[:12]}…) than {which} "
+                               f"({const.name!r}, fingerprint {const.fingerprint()[:12]}…); {fix}")
+        return
     want = manifest.get("constitution_sha256")
     if not isinstance(want, str) or not re.fullmatch(r"[0-9a-f]{64}", want):
         return
     got = sha256_file(cpath)
     if got != want:
-        which = f"--constitution {cpath}" if given else f"the packaged default constitution ({cpath})"
         raise CharterError(
             f"{model}: the model was trained on another constitution (sha256 {want[:12]}…) than {which} "
-            f"(sha256 {got[:12]}…); pass the constitution it was trained on with --constitution")
+            f"(sha256 {got[:12]}…); {fix}")
 
 
 def recalibrate(
@@ -117,7 +126,7 @@ def recalibrate(
     guard = Guard.load(model)
     cpath = constitution or default_constitution_path()
     const = load_constitution(cpath)
-    check_constitution(model, guard.manifest, Path(cpath), given=constitution is not None)
+    check_constitution(model, guard.manifest, Path(cpath), const, given=constitution is not None)
     with tempfile.TemporaryDirectory() as tmp:
         _, records = read_dataset(offline_dataset(Path(cpath), const, Path(tmp) / "d", n=n, seed=seed))
     ins = [r for r in records if r.kind == "input"]

@@ -20,6 +20,7 @@ from charter.classifiers.streaming import ExchangeClassifier, tokens
 from charter.constitution.model import Constitution
 from charter.data.records import MAX_LINE_BYTES, Record, iter_jsonl
 from charter.errors import CharterError
+from charter.fileio import sha256_file
 from charter.classifiers.features import NgramHasher
 from charter.guard.guard import MAX_INPUT_CHARS, PERMITTED, Guard, worst_view
 from charter.guard.stats import rate, threshold_for_fpr
@@ -87,9 +88,10 @@ def read_dataset(path: Path, constitution: Constitution | None = None) -> tuple[
 
     Every problem is a :class:`CharterError` naming the file (and line): an unreadable or
     malformed manifest, a line that is not UTF-8, not JSON, too long or not a valid record, a
-    record with neither ``text`` nor ``messages``, a request longer than the guard reads, or a
-    repeated ``id``. Given ``constitution``, a category it does not define, a ``restricted``
-    record of a permitted category, and a manifest made from another constitution are refused too.
+    record with neither ``text`` nor ``messages``, a request longer than the guard reads, a
+    repeated ``id``, or a ``data.jsonl`` whose sha256 is not the one its manifest records. Given
+    ``constitution``, a category it does not define, a ``restricted`` record of a permitted
+    category, and a manifest made from another constitution are refused too.
     """
     data = path / "data.jsonl"
     if not data.is_file():
@@ -126,6 +128,14 @@ def read_dataset(path: Path, constitution: Constitution | None = None) -> tuple[
             if r.label == "restricted" and not is_restricted:
                 raise CharterError(f"{data}:{i}: label 'restricted' but category {r.category!r} is permitted")
         records.append(r)
+    # after the lines: a line's own error is the more useful message
+    made = manifest.get("data")
+    want = made.get("sha256") if isinstance(made, dict) else None
+    if isinstance(want, str) and sha256_file(data) != want:
+        # the manifest's counts, splits and held-out families describe other data
+        raise CharterError(
+            f"{data}: does not match the sha256 recorded in {path / 'manifest.json'} (it changed after `charter generate`); "
+            "regenerate the dataset, or delete manifest.json to train on the edited file without the generator's record")
     return manifest, records
 
 
@@ -146,6 +156,7 @@ def train_guard(
     *,
     constitution_sha256: str,
     data_sha256: str,
+    constitution_fingerprint: str | None = None,
     holdout_families: Sequence[str] = (),
     config: TrainConfig | None = None,
     progress: Progress = lambda s: None,
@@ -230,6 +241,7 @@ def train_guard(
         "target_fpr": cfg.target_fpr,
         "escalation_target": cfg.escalation_rate,
         "constitution_sha256": constitution_sha256,
+        **({"constitution_fingerprint": constitution_fingerprint} if constitution_fingerprint else {}),
         "data_sha256": data_sha256,
         "holdout_families": list(holdout_families),
         "seed": cfg.seed,
