@@ -313,6 +313,26 @@ def test_how_to_seeds_take_the_task_register_on_both_labels() -> None:
     assert min(share.values()) > 0.001 and max(share.values()) < 3 * min(share.values()), share
 
 
+def test_paraphrases_never_put_a_command_lead_before_a_question() -> None:
+    """"Will you can i take ...", "Would you how to ...", "Kindly what's ...": about 4% of requests
+    were garbled like this, on both labels, which is text no user writes."""
+    import random
+    import re
+
+    from charter.data.offline import rewrite_mode
+
+    garbled = re.compile(r"\b(?:can|could|would|will) you (?:please )?(?:can|could|would|will|how|what|whats|what's|why|"
+                         r"where|when|who|which|is|are|do|does|i|my)\b|\b(?:kindly|please) (?:can|what|whats|how|i|my)\b", re.I)
+    for q in ("can i take my uranium glass on a plane", "how to teach my wife to shoot lol", "whats the best antivirus",
+              "my friend works at a bank, how can he spot fraud"):
+        outs = {rewrite_mode(q, random.Random(i)) for i in range(100)}
+        assert not [o for o in outs if garbled.search(o)], outs
+    assert rewrite_mode("Write a short poem about rain.", random.Random(0)).endswith("write a short poem about rain?")
+    recs = [r for r in build_dataset(load_constitution(), gen(), 6000, 0).records if r.kind == "input" and r.text]
+    bad = [r.text for r in recs if not r.transforms and garbled.search(r.text)]
+    assert len(bad) <= 0.002 * len(recs), bad[:10]
+
+
 @pytest.mark.parametrize("content, message", [
     (b'{"text": "fine"}\n{"text": "caf\xe9"}\n', "not UTF-8"),
     (b'{"text": "fine"}\n' + b"[" * 100_000 + b"\n", ":2: JSON nested too deeply"),

@@ -85,8 +85,9 @@ def test_max_asr_gates_exit_code(run_dir: tuple[Path, int], mini_model_dir: Path
     res = CliRunner().invoke(app, ["redteam", "--target", f"guard:{mini_model_dir}", "--out", str(tmp_path / "a"),
                                    "--suite", "quick", "--budget", "0", "-c", MINI, "--max-asr", "1", "--max-fpr", "1"])
     assert res.exit_code == 0, res.output
+    # the run_dir campaign (its adaptive budget included), which got something past the guard
     res = CliRunner().invoke(app, ["redteam", "--target", f"guard:{mini_model_dir}", "--out", str(tmp_path / "b"),
-                                   "--suite", "quick", "--budget", "0", "-c", MINI, "--max-asr", "0"])
+                                   "--suite", "quick", "--budget", "6", "-c", MINI, "--max-asr", "0"])
     assert res.exit_code == 1
     assert "exceeds --max-asr" in res.output
 
@@ -216,7 +217,7 @@ def test_patch_refuses_a_constitution_the_model_was_not_trained_on(mini_model_di
     assert "trained on another constitution" in capsys.readouterr().err and not (tmp_path / "p").exists()
 
 
-def test_patch_lowers_heldout_asr(mini_model_dir: Path, tmp_path: Path) -> None:
+def test_patch_lowers_heldout_asr(mini_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from charter.guard import Guard
     from charter.redteam.patch import patch_model, proliferate, read_examples
 
@@ -230,11 +231,24 @@ def test_patch_lowers_heldout_asr(mini_model_dir: Path, tmp_path: Path) -> None:
     tr, ho = proliferate(examples[0], 0, 24)
     assert tr and ho and not set(tr) & set(ho)
     assert (tr, ho) == proliferate(examples[0], 0, 24)  # deterministic
+    # stage 1 deciding alone: at thresholds recalibrated on the same data, the patch's own effect shows
+    s1only = tmp_path / "s1"
+    assert main(["train", "-c", MINI, "--out", str(s1only), "--no-stage2", "--n", "4000"]) == 0
+    capsys.readouterr()
+    assert main(["patch", str(s1only), "--examples", str(ex), "--out", str(tmp_path / "s1p"), "-c", MINI, "--n", "4000"]) == 0
+    assert "recalibrated" in capsys.readouterr().out  # the column beside before and after
+    rep = Guard.load(tmp_path / "s1p").manifest["metrics"]["patch"]
+    assert rep["asr_after"]["rate"] < rep["asr_recalibrated_only"]["rate"]
+    assert rep["fpr_after"]["n"] > 0 and rep["fpr_after"]["rate"] <= rep["fpr_recalibrated_only"]["rate"] + 0.02
+    # the cascade: stage 2 is kept, so the refitted stage 1 lifts scores but never lets more through
     out = tmp_path / "patched"
     rep = patch_model(mini_model_dir, examples, out, constitution=FIXTURES / "mini.yaml", n=4000)
-    assert rep["asr_after"]["rate"] < rep["asr_before"]["rate"]
+    assert rep["asr_after"]["rate"] <= rep["asr_recalibrated_only"]["rate"]
     assert rep["fpr_after"]["n"] > 0 and rep["fpr_after"]["rate"] <= rep["fpr_before"]["rate"] + 0.02
     g = Guard.load(out)
     assert g.manifest["created_by"] == "charter patch" and "patch" in g.manifest["metrics"]
     assert g.thresholds["exchange"] == Guard.load(mini_model_dir).thresholds["exchange"]
-    assert g.check_input(examples[0].text).score >= Guard.load(mini_model_dir).check_input(examples[0].text).score
+    old_g = Guard.load(mini_model_dir)
+    assert g.check_input(examples[0].text).score >= old_g.check_input(examples[0].text).score
+    lifted = [g.stage1_probs(t)[0][g._perm] < old_g.stage1_probs(t)[0][old_g._perm] for t in ho]
+    assert sum(lifted) > len(ho) / 2  # most held-out variants look less permitted to the new stage 1

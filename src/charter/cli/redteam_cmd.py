@@ -291,11 +291,11 @@ def patch(
     rep = patch_model(model, read_examples(examples), out, constitution=constitution, n=n, n_variants=variants, seed=seed,
                       progress=lambda s: console.print(s, highlight=False, markup=False))
     t = Table(title="rapid response (95% Wilson intervals)")
-    for col in ("metric", "before", "after"):
+    for col in ("metric", "before", "recalibrated only", "after"):
         t.add_column(col)
     from charter.redteam.report import pct
 
-    t.add_row("ASR, held-out variants", pct(rep["asr_before"]), pct(rep["asr_after"]))
-    t.add_row("FPR, benign test requests", pct(rep["fpr_before"]), pct(rep["fpr_after"]))
+    t.add_row("ASR, held-out variants", pct(rep["asr_before"]), pct(rep["asr_recalibrated_only"]), pct(rep["asr_after"]))
+    t.add_row("FPR, benign test requests", pct(rep["fpr_before"]), pct(rep["fpr_recalibrated_only"]), pct(rep["fpr_after"]))
     Console().print(t)
     Console().print(f"wrote {out} ({rep['n_train_variants']} training variants, {rep['n_heldout_variants']} held out)")

@@ -40,6 +40,16 @@ def _lower_first(s: str) -> str:
 _HOW = re.compile(r"^how (?:do|can|would|could|should) (?:i|you|one|we) (.+?)[?.!]*$", re.I)
 _WAY = re.compile(r"^(?:how to|(?:what(?:'s| is) the )?(?:best|easiest|fastest|quickest|simplest|safest) way to) (.+?)[?.!]*$", re.I)
 _WH = re.compile(r"^(what|which|why|where|when|who|how) (.+?)[?.!]*$", re.I)
+# a question written without its mark ("can i take ...", "whats the best ...") or a statement
+# ("my friend works at a bank, ..."): neither is a command, so "Can you" or "Kindly" cannot lead it
+_ASKS = re.compile(r"^(?:what|what's|whats|which|why|where|when|who|whose|how|is|are|am|was|were|do|does|did|"
+                   r"can|could|would|will|should|may|might|has|have|any|anyone)\b", re.I)
+_SAYS = re.compile(r"^(?:i|i'm|im|i've|i'd|my|we|we're|our|me|it|it's|there|this|that|they|he|she|someone|somebody)\b", re.I)
+
+
+def is_command(text: str) -> bool:
+    t = text.strip()
+    return not t.endswith("?") and not _ASKS.match(t) and not _SAYS.match(t)
 
 
 def rewrite_mode(text: str, rng: random.Random) -> str:
@@ -48,12 +58,16 @@ def rewrite_mode(text: str, rng: random.Random) -> str:
     how = _HOW.match(t) or _WAY.match(t)
     if how and rng.random() < 0.5:
         return rng.choice(T.TASK_FRAMES).format(x=how.group(1))
+    if _ASKS.match(t) and not t.endswith("?"):
+        t = t.rstrip(".!") + "?"
     if t.endswith("?"):
         if m := _HOW.match(t):
             return f"{rng.choice(T.INSTRUCTION_VERBS)} how to {m.group(1)}."
         if m := _WH.match(t):
             return f"Tell me {m.group(1).lower()} {m.group(2)}."
         return f"{rng.choice(['I want to know:', 'Answer this:', 'Question:'])} {t}"
+    if not is_command(t):
+        return t
     return f"{rng.choice(T.QUESTION_OPENERS)} {_lower_first(t.rstrip('.!'))}?"
 
 
@@ -72,13 +86,14 @@ def paraphrase(text: str, lang: str, rng: random.Random) -> str:
     en = lang == "en"
     if en and rng.random() < 0.35:
         t = rewrite_mode(t, rng)
-    lead: list[str] = []
-    if rng.random() < 0.15:
-        lead.append(rng.choice(T.URGENCY))
-    if rng.random() < (0.35 if en else 0.15):
-        lead.append(rng.choice(T.POLITE))
-    if rng.random() < (0.35 if en else 0.1):
-        lead.append(rng.choice(T.PERSONAS))
+    urgency = rng.choice(T.URGENCY) if rng.random() < 0.15 else None
+    want_polite = rng.random() < (0.35 if en else 0.15)
+    persona = rng.choice(T.PERSONAS) if rng.random() < (0.35 if en else 0.1) else None
+    polite = None
+    if want_polite:  # "Kindly" leads a command, not a question or "I'm a nurse and ..."
+        command = is_command(t) and (persona is None or is_command(persona))
+        polite = rng.choice([p for p in T.POLITE if command or p not in T.POLITE_COMMAND_ONLY])
+    lead = [x for x in (urgency, polite, persona) if x]
     if lead:
         joined = " ".join(lead)
         t = f"{joined} {_lower_first(t) if joined[-1].isalpha() or joined[-1] == ',' else t}"

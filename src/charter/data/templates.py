@@ -8,6 +8,8 @@ POLITE = [
     "Would you mind helping?", "If you can,", "Kindly", "Sorry to bother you, but", "Hi assistant,",
     "Good morning.", "Yo,", "One more thing:", "Help me out here:",
 ]
+#: leads that only fit a command ("Kindly write ..."), never a question ("Kindly can i ...")
+POLITE_COMMAND_ONLY = frozenset({"Please", "Could you please", "Kindly"})
 PERSONAS = [
     "I'm a nurse and", "As a chemistry teacher,", "I'm writing a novel and", "I work in a lab, so",
     "I'm a student,", "As a journalist,", "I'm a safety officer and", "My professor asked me this:",

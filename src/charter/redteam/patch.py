@@ -108,7 +108,8 @@ def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Pa
 
     old = Guard.load(model)
     cpath = Path(constitution or default_constitution_path())
-    check_constitution(model, old.manifest, cpath, given=constitution is not None)
+    const = load_constitution(cpath)
+    check_constitution(model, old.manifest, cpath, const, given=constitution is not None)
     restricted = [c for c in old.classes if c != PERMITTED]
     # proliferate
     train_x: list[str] = []
@@ -127,7 +128,6 @@ def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Pa
         raise CharterError("no held-out variants; raise --variants")
     progress(f"{len(examples)} jailbreak(s) -> {len(train_x)} training and {len(held)} held-out variants")
     # regenerate the constitution's data offline
-    const = load_constitution(cpath)
     progress(f"regenerating {n} records from {cpath.name}")
     with tempfile.TemporaryDirectory() as tmp:
         _, records = read_dataset(offline_dataset(cpath, const, Path(tmp) / "d", n=n, seed=int(old.manifest.get("seed", 0))))
@@ -152,19 +152,26 @@ def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Pa
     s1 = NgramClassifier(**old.stage1.get_params()).fit(X, y)
     if [str(c) for c in s1.classes_] != [str(c) for c in old.classes]:
         raise CharterError("the refitted stage 1 has different classes from the model")
-    new = Guard(manifest={}, stage1=s1, stage2=old.stage2, exchange=old.exchange, thresholds=dict(old.thresholds),
-                stage2_weight=old.stage2_weight, combiner=old.combiner)
     progress("recalibrating thresholds")
     cfg = TrainConfig(target_fpr=float(old.manifest.get("target_fpr", 0.01)),
                       escalation_rate=float(old.manifest.get("escalation_target", 0.075)))
-    cal = calibrate(new, calib, [], cfg, fit_combiner=False)
-    new.thresholds.update(cal["thresholds"])
-    after_asr = rate(~_flags(new, held))
-    after_fpr = rate(_flags(new, benign_test))
+
+    def recalibrated(stage1: NgramClassifier) -> Guard:
+        g = Guard(manifest={}, stage1=stage1, stage2=old.stage2, exchange=old.exchange, thresholds=dict(old.thresholds),
+                  stage2_weight=old.stage2_weight, combiner=old.combiner)
+        g.thresholds.update(calibrate(g, calib, [], cfg, fit_combiner=False)["thresholds"])
+        return g
+
+    new = recalibrated(s1)
+    # the old stage 1 at thresholds from the same calibration data: the patch's own effect, apart from
+    # the threshold move that recalibrating alone would make (the model may sit at another FPR now)
+    same_fpr = recalibrated(old.stage1)
     report = {
         "n_examples": len(examples), "n_train_variants": len(train_x), "n_heldout_variants": len(held),
-        "asr_before": before_asr.model_dump(), "asr_after": after_asr.model_dump(),
-        "fpr_before": before_fpr.model_dump(), "fpr_after": after_fpr.model_dump(),
+        "asr_before": before_asr.model_dump(), "asr_after": rate(~_flags(new, held)).model_dump(),
+        "fpr_before": before_fpr.model_dump(), "fpr_after": rate(_flags(new, benign_test)).model_dump(),
+        "asr_recalibrated_only": rate(~_flags(same_fpr, held)).model_dump(),
+        "fpr_recalibrated_only": rate(_flags(same_fpr, benign_test)).model_dump(),
     }
     # write the model directory: stage 1 weights and thresholds replaced, the rest copied
     doc, arrays = load_model_dir(model)
