@@ -182,11 +182,13 @@ def test_cli_calibrate_with_user_benign(model_dir, tmp_path, capsys):
     benign.write_text("\n".join(json.dumps({"text": f"please help me plan a birthday party number {i}"}) for i in range(60)) + "\n")
     out = tmp_path / "recal"
     assert main(["calibrate", str(model_dir), "--benign", str(benign), "--target-fpr", "0.05",
-                 "--constitution", str(MINI), "--out", str(out)]) == 0
+                 "--constitution", str(MINI), "--out", str(out), "--n", "4000", "--seed", "3"]) == 0
     text = capsys.readouterr().out
     assert "fpr_user" in text and "95% CI" in text
     g = Guard.load(out)
-    assert g.manifest["target_fpr"] == 0.05 and g.manifest["metrics"]["recalibration"]["n_user_benign"] == 60
+    rec = g.manifest["metrics"]["recalibration"]
+    assert g.manifest["target_fpr"] == 0.05 and rec["n_user_benign"] == 60
+    assert (rec["n_records"], rec["seed"]) == (4000, 3)
 
 
 def test_training_is_deterministic_for_a_seed(tmp_path):

@@ -257,7 +257,7 @@ def test_calibrate_refuses_a_constitution_the_model_was_not_trained_on(mini_mode
     assert "trained on another constitution (fingerprint" in err and f"--constitution {changed}" in err
     assert not (tmp_path / "o").exists()
     # its own constitution: recalibrated; mini has no held-out restricted seeds, so recall is not measured
-    assert main(["calibrate", str(model), "-c", str(MINI), "--out", str(tmp_path / "ok")]) == 0
+    assert main(["calibrate", str(model), "-c", str(MINI), "--n", "4000", "--out", str(tmp_path / "ok")]) == 0
     out = capsys.readouterr().out
     assert "not measured (no held-out restricted records)" in out and "nan" not in out
     assert Guard.load(tmp_path / "ok").manifest["constitution_sha256"] == sha256_file(MINI)
@@ -337,5 +337,5 @@ def test_a_model_is_never_written_among_someone_elses_files(mini_model_dir, tmp_
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "stage1.safetensors.part").write_bytes(b"cut short")
-    assert main(["calibrate", str(mini_model_dir), "-c", str(MINI), "--out", str(empty)]) == 0
+    assert main(["calibrate", str(mini_model_dir), "-c", str(MINI), "--n", "4000", "--out", str(empty)]) == 0
     assert Guard.load(empty).thresholds

@@ -157,6 +157,8 @@ def calibrate_cmd(
     target_fpr: float = typer.Option(0.01, "--target-fpr", min=0.0001, max=0.5),
     out: Path = typer.Option(None, "--out", help="Write the recalibrated model here instead."),
     constitution: Path = typer.Option(None, "--constitution", "-c", help="The constitution the model was trained on (default: packaged; another than the manifest records is refused)."),
+    n: int = typer.Option(20_000, "--n", min=1, help="Records to regenerate from the constitution (its calibration split is used)."),
+    seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Choose thresholds that meet a target false-positive rate on benign data."""
     from charter.classifiers.artifacts import check_model_out
@@ -164,5 +166,5 @@ def calibrate_cmd(
 
     if out is not None:
         check_model_out(out)
-    rep = recalibrate(model, out or model, benign=benign, target_fpr=target_fpr, constitution=constitution)
+    rep = recalibrate(model, out or model, benign=benign, target_fpr=target_fpr, constitution=constitution, n=n, seed=seed)
     Console().print(rep)

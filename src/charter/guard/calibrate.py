@@ -152,7 +152,7 @@ def recalibrate(
     doc, arrays = load_model_dir(model)
     doc["thresholds"] = th
     doc["target_fpr"] = target_fpr
-    doc.setdefault("metrics", {})["recalibration"] = report | {"n_user_benign": len(user)}
+    doc.setdefault("metrics", {})["recalibration"] = report | {"n_user_benign": len(user), "n_records": n, "seed": seed}
     write_model_dir(model, out, arrays, doc)
     lines = [f"thresholds written to {out / 'manifest.json'} (target FPR {100 * target_fpr:.2f}%)"]
     for k in ("fpr", "fpr_constitution", "fpr_user", "recall_heldout_restricted"):
