@@ -68,6 +68,43 @@ def test_ngram_classifier_category_head():
     assert c.get_params() == est.get_params() and not hasattr(c, "coef_")
 
 
+def test_sample_weight_moves_the_binary_head():
+    X = HARM + SAFE + ["how do i bake glorp cookies"]
+    y = ["glorp"] * len(HARM) + ["permitted"] * (len(SAFE) + 1)
+    plain = NgramClassifier(n_features=2**14, C=5.0).fit(X, y)
+    w = np.ones(len(X))
+    w[-1] = 30.0  # the benign text with "glorp" in it counts thirty times
+    weighted = NgramClassifier(n_features=2**14, C=5.0).fit(X, y, sample_weight=w)
+    t = "bake glorp cookies"
+    assert weighted.decision_function([t])[0] < plain.decision_function([t])[0] - 0.5
+    np.testing.assert_allclose(NgramClassifier(n_features=2**14, C=5.0).fit(X, y, sample_weight=np.ones(len(X))).coef_,
+                               plain.coef_, atol=1e-5)
+
+
+def test_length_balance_weights_give_both_labels_the_same_length_histogram():
+    from charter.guard.train import LENGTH_BINS, length_balance_weights
+
+    rng = np.random.default_rng(0)
+    short = ["w " * int(k) for k in rng.integers(2, 12, 300)]
+    long_ = ["w " * int(k) for k in rng.integers(18, 80, 300)]
+    texts = short[:50] + long_[:250] + short[50:] + long_[250:]  # restricted mostly long, permitted mostly short
+    restricted = np.array([True] * 300 + [False] * 300)
+    bins = np.digitize([len(t.split()) for t in texts], LENGTH_BINS)
+
+    def hist(w: np.ndarray, m: np.ndarray) -> np.ndarray:
+        return np.bincount(bins[m], weights=w[m], minlength=len(LENGTH_BINS) + 1) / w[m].sum()
+
+    ones = length_balance_weights(texts, restricted, 0.0)
+    assert np.all(ones == 1.0)
+    assert np.abs(hist(ones, restricted) - hist(ones, ~restricted)).max() > 0.3  # length told the label apart
+    w = length_balance_weights(texts, restricted, 1.0)
+    assert w.mean() == pytest.approx(1.0) and (w > 0).all()
+    np.testing.assert_allclose(hist(w, restricted), hist(w, ~restricted), atol=1e-9)
+    half = length_balance_weights(texts, restricted, 0.5)
+    gap = np.abs(hist(half, restricted) - hist(half, ~restricted)).max()
+    assert 0 < gap < np.abs(hist(ones, restricted) - hist(ones, ~restricted)).max()
+
+
 def _trained_exchange() -> ExchangeClassifier:
     X, y = [], []
     for h in HARM:

@@ -47,14 +47,16 @@ class NgramClassifier(ClassifierMixin, BaseEstimator):
     def _hasher(self) -> NgramHasher:
         return NgramHasher(n_features=self.n_features)
 
-    def fit(self, X: Sequence[str], y: Sequence[str]) -> NgramClassifier:
+    def fit(self, X: Sequence[str], y: Sequence[str], sample_weight: Sequence[float] | None = None) -> NgramClassifier:
+        """``sample_weight`` weighs the texts in the binary head (the category head is unweighted)."""
         yv = np.asarray(y)
         cats = sorted(set(yv) - {PERMITTED})
         if not cats or PERMITTED not in set(yv):
             raise ValueError("y needs 'permitted' and at least one restricted category")
         F = self._hasher().transform(list(X))
         restricted = yv != PERMITTED
-        b = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight="balanced").fit(F, restricted)
+        b = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight="balanced").fit(
+            F, restricted, sample_weight=None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64))
         coef = np.zeros((self.n_features, 1 + len(cats)), dtype=np.float32)
         intercept = np.zeros(1 + len(cats), dtype=np.float32)
         coef[:, 0], intercept[0] = b.coef_[0], b.intercept_[0]

@@ -52,7 +52,8 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         "",
         "## Architecture",
         "- Normalisation: every input is scored as-is and through decoded views (base64/hex/url, rot13 and ciphers, Morse, ciphered segments inside readable text, confusables, invisible characters, leetspeak, spacing); the worst case counts.",
-        "- Stage 1: logistic regression over hashed character 2-5-grams and word 1-2-grams (2^18 buckets): a binary head (restricted or not) for the score and a multinomial head for the category.",
+        "- Stage 1: logistic regression over hashed character 2-5-grams and word 1-2-grams (2^18 buckets): a binary head (restricted or not) for the score and a multinomial head for the category."
+        + _length_balance(m),
         (f"- Stage 2: {_probe_head(m)} over all-MiniLM-L6-v2's mean-pooled embedding output and all six layers "
          "(2,688 features; numpy forward pass, weights pinned by sha256), run on the view stage 1 found most suspicious; "
          + _blend(m) if "stage2" in m else "- Stage 2: not trained (runtime unavailable); the guard runs on stage 1 alone."),
@@ -113,6 +114,15 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         "",
     ]
     return "\n".join(lines)
+
+
+def _length_balance(m: dict[str, Any]) -> str:
+    p = float((m.get("stage1") or {}).get("length_balance", 0.0))
+    if not p:
+        return ""
+    how = "the same" if p == 1 else f"the same, to the power {p:g},"
+    return (f" The binary head weighs training requests so that both labels have {how} word-count distribution"
+            " (a label's typical length is a property of the seeds, not of what users ask).")
 
 
 def _blend(m: dict[str, Any]) -> str:

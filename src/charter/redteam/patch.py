@@ -104,7 +104,7 @@ def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Pa
     from charter.guard.calibrate import _flags, check_constitution, offline_dataset, write_model_dir
     from charter.guard.guard import PERMITTED, Guard
     from charter.guard.stats import rate
-    from charter.guard.train import TrainConfig, _class_of, calibrate, read_dataset
+    from charter.guard.train import TrainConfig, _class_of, calibrate, length_balance_weights, read_dataset
 
     old = Guard.load(model)
     cpath = Path(constitution or default_constitution_path())
@@ -149,7 +149,12 @@ def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Pa
     progress(f"refitting stage 1 on {len(tr_in)} requests + {len(train_x)} variants (x{repeat})")
     X = [r.input_text() for r in tr_in] + train_x * repeat
     y = [_class_of(r) for r in tr_in] + train_y * repeat
-    s1 = NgramClassifier(**old.stage1.get_params()).fit(X, y)
+    # the model's own training policy on the constitution's data (older manifests: unweighted); the
+    # variants keep weight 1 each, their repeat being the patch's own weighting
+    power = float((old.manifest.get("stage1") or {}).get("length_balance", 0.0))
+    w = np.concatenate([length_balance_weights([r.input_text() for r in tr_in], [r.label == "restricted" for r in tr_in], power),
+                        np.ones(len(train_x) * repeat)])
+    s1 = NgramClassifier(**old.stage1.get_params()).fit(X, y, sample_weight=w)
     if [str(c) for c in s1.classes_] != [str(c) for c in old.classes]:
         raise CharterError("the refitted stage 1 has different classes from the model")
     progress("recalibrating thresholds")
@@ -177,7 +182,7 @@ def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Pa
     doc, arrays = load_model_dir(model)
     arrays["stage1"] = s1.to_arrays()
     doc["thresholds"] = dict(new.thresholds)
-    doc["stage1"] = {"kind": "NgramClassifier", "params": s1.get_params()}
+    doc["stage1"] = {"kind": "NgramClassifier", "params": s1.get_params(), "length_balance": power}
     doc["created_by"] = "charter patch"
     doc.setdefault("metrics", {})["patch"] = report
     write_model_dir(model, out, arrays, doc)
