@@ -23,8 +23,6 @@ FORMAT = "charter-model/1"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-
-
 def save_model_dir(out: Path, arrays: dict[str, dict[str, np.ndarray]], manifest: dict[str, Any],
                    texts: dict[str, str] | None = None) -> Path:
     """Write ``{name}.safetensors`` for each array group, each of ``texts`` (name -> content, e.g.

@@ -108,8 +108,6 @@ WORDLLAMA_FILES = {
 }
 
 
-
-
 def wordllama_available() -> bool:
     try:
         return resources.files("wordllama").joinpath(next(iter(WORDLLAMA_FILES))).is_file()

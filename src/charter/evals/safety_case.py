@@ -198,8 +198,6 @@ class SafetyCase(BaseModel):
 # ------------------------------------------------------------------ evidence
 
 
-
-
 def _parse_date(v: Any) -> datetime | None:
     try:
         if isinstance(v, bool):

@@ -41,8 +41,8 @@ class TrainConfig:
     #: stage 1's binary head weighs training requests so that both labels have the training set's
     #: length distribution, to this power (0: unweighted, 1: equal). The default constitution's
     #: restricted seeds are longer (median 20 words against 14), so short meant "permitted" and
-    #: short blunt requests were never escalated; on the hand-written dev set 1 took recall
-    #: 74.2% -> 77.9% at 0 FPR, the synthetic test 54.4% -> 55.1% (BENCHMARKS.md)
+    #: short blunt requests were never escalated; refitting stage 1 alone on the sixth session's data,
+    #: 1 took hand-written dev recall 74.2% -> 77.9% at 0 FPR, the synthetic test 54.4% -> 55.1% (BENCHMARKS.md)
     stage1_length_balance: float = 1.0
     seed: int = 0
     use_stage2: bool = True
@@ -534,5 +534,3 @@ def latency(guard: Guard, texts: Sequence[str]) -> dict[str, float]:
         esc += v.escalated
     a = np.array(lat)
     return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "escalated_share": esc / len(texts)}
-
-

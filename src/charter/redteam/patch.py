@@ -147,12 +147,13 @@ def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Pa
     n_restricted = sum(r.label == "restricted" for r in tr_in)
     repeat = max(1, round(VARIANT_WEIGHT * n_restricted / max(len(train_x), 1)))
     progress(f"refitting stage 1 on {len(tr_in)} requests + {len(train_x)} variants (x{repeat})")
-    X = [r.input_text() for r in tr_in] + train_x * repeat
+    texts = [r.input_text() for r in tr_in]
+    X = texts + train_x * repeat
     y = [_class_of(r) for r in tr_in] + train_y * repeat
     # the model's own training policy on the constitution's data (older manifests: unweighted); the
     # variants keep weight 1 each, their repeat being the patch's own weighting
     power = float((old.manifest.get("stage1") or {}).get("length_balance", 0.0))
-    w = np.concatenate([length_balance_weights([r.input_text() for r in tr_in], [r.label == "restricted" for r in tr_in], power),
+    w = np.concatenate([length_balance_weights(texts, [r.label == "restricted" for r in tr_in], power),
                         np.ones(len(train_x) * repeat)])
     s1 = NgramClassifier(**old.stage1.get_params()).fit(X, y, sample_weight=w)
     if [str(c) for c in s1.classes_] != [str(c) for c in old.classes]:
