@@ -57,7 +57,7 @@ def main() -> None:
                             "recall_plain": rate(flag[y & plain]).model_dump(),
                             "stage1_auc": float(roc_auc_score(y, s1)), "recall_by_family": by_family}
         print(f"{m}: recall {rate(flag[y])} FPR {rate(flag[~y])} plain {rate(flag[y & plain])} stage-1 AUC {roc_auc_score(y, s1):.4f}")
-        th = g.thresholds["exchange"]
+        th = g.exchange_threshold  # the monitor as it runs (with the exchange combiner when the model has one)
         per_token = [stream_scores(g, r.prompt_text(), r.response or "") for r in tx]
         stops = [stop_fraction_of_scores(s, th) for s, h in zip(per_token, yx) if h]
         fired = np.array([len(s) > 0 and s.max() >= th for s in per_token])

@@ -151,6 +151,30 @@ def test_streaming_matches_batch_and_is_chunking_invariant():
         assert st.max_score >= st.score
 
 
+def test_reweighed_stream_scores_its_affine_logit_fed_or_scanned():
+    """``reweigh(scale, offset)`` scores ``offset + scale·r``; unweighed, offset is the prompt share plus the bias."""
+    ex = _trained_exchange()
+    prompt, resp = HARM[1], "Sure! Here is how: step one, obtain the precursor; step two, process it."
+    toks = tokens(resp)
+    r = ex.stream(prompt).response_logits(toks)
+    assert len(r) == len(toks) and np.ptp(r) > 0
+    plain = ex.stream(prompt)
+    sig = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    np.testing.assert_allclose(plain.scan(toks), sig(plain.prompt_logit + float(ex.b_) + r), rtol=1e-6)
+    a = ex.stream(prompt)
+    a.reweigh(2.0, -1.5)
+    scanned = a.scan(toks)
+    np.testing.assert_allclose(scanned, sig(-1.5 + 2.0 * r), rtol=1e-6)
+    b = ex.stream(prompt)
+    b.reweigh(2.0, -1.5)
+    np.testing.assert_allclose([b.feed(t) for t in toks], scanned, atol=1e-7)
+    assert b.max_score == pytest.approx(scanned.max())
+    with pytest.raises(RuntimeError, match="before the first chunk"):
+        b.reweigh(1.0, 0.0)
+    with pytest.raises(RuntimeError, match="fresh stream"):
+        b.response_logits(toks)
+
+
 def test_streaming_cost_is_incremental():
     """Feeding token k touches only the new token's n-grams: counts, not seconds."""
     ex = _trained_exchange()

@@ -132,17 +132,72 @@ def test_manifest_records_hashes_and_metrics(model_dir):
     assert "Charter guard: model card" in (model_dir / "MODEL_CARD.md").read_text()
 
 
-
-def test_stage1_only_when_stage2_missing(model_dir, tmp_path):
+def _rewrite(src: Path, dst: Path, edit) -> Path:
+    """A copy of model dir ``src`` at ``dst`` after ``edit(manifest, arrays)``, saved with fresh hashes."""
     from charter.classifiers.artifacts import load_model_dir, save_model_dir
 
-    doc, arrays = load_model_dir(model_dir)
-    arrays.pop("stage2")
-    doc.pop("stage2")
+    doc, arrays = load_model_dir(src)
+    edit(doc, arrays)
     for k in ("format", "files"):
         doc.pop(k)
-    save_model_dir(tmp_path / "s1", arrays, doc)
-    g = Guard.load(tmp_path / "s1")
+    save_model_dir(dst, arrays, doc)
+    return dst
+
+
+def _drop_stage2(doc: dict, arrays: dict) -> None:
+    arrays.pop("stage2")
+    doc.pop("stage2")
+
+
+def test_exchange_monitor_weighs_stage_2s_reading_of_the_prompt(model_dir, guard: Guard, tmp_path):
+    """With stage 2, the monitor's logit is the exchange combiner's blend of the reply, the prompt block and
+    stage 2's score of the prompt, at the combiner's own threshold; without stage 2, the classifier alone."""
+    import numpy as np
+
+    from charter.constitution import load_constitution
+    from charter.guard.calibrate import offline_dataset
+    from charter.guard.guard import exchange_affine
+    from charter.guard.train import fit_exchange_combiner, read_dataset
+
+    # the mini constitution's calibration split has no harmful replies, so training fits no combiner
+    assert "exchange_combiner" not in json.loads((model_dir / "manifest.json").read_text())
+    assert guard.exchange_combiner is None and guard.output_monitor(HARMFUL).threshold == guard.thresholds["exchange"]
+    d = offline_dataset(MINI, load_constitution(MINI), tmp_path / "data", n=2000, seed=5)
+    exchanges = [r for r in read_dataset(d)[1] if r.kind == "exchange" and r.response]
+    assert fit_exchange_combiner(guard, [r for r in exchanges if r.label == "permitted"], 0.01) is None
+    c = fit_exchange_combiner(guard, exchanges, 0.01)
+    assert c is not None and c["r"] > 0 and c["r"] + c["r_s2"] > 0
+    combined = _rewrite(model_dir, tmp_path / "combined", lambda doc, arrays: doc.update(exchange_combiner=c))
+    guard = Guard.load(combined)
+    reply = tokens("Sure, here's how. First obtain the precursor, then process it at the right condition.")
+    for prompt in (HARMFUL, BENIGN):
+        mon = guard.output_monitor(prompt)
+        assert mon.threshold == guard.exchange_threshold == c["threshold"]
+        raw = guard.exchange_stream(prompt, combined=False)
+        scale, offset = exchange_affine(c, raw.prompt_logit, float(guard.exchange.b_), guard.exchange_prior(prompt))
+        want = 1 / (1 + np.exp(-(offset + scale * raw.response_logits(reply))))
+        got = [mon._stream.feed(t) for t in reply]
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    # a conversation's prior is its most suspicious reading: the transcript, or its last ask alone
+    assert guard.exchange_prior(BENIGN, HARMFUL) == max(guard.exchange_prior(BENIGN), guard.exchange_prior(HARMFUL))
+    # a prior of 1 against one of 0 moves the same reply by the combiner's weights
+    hi = guard.exchange_stream(HARMFUL, prior=1.0).scan(reply)
+    lo = guard.exchange_stream(HARMFUL, prior=0.0).scan(reply)
+    assert not np.allclose(hi, lo)
+
+    g1 = Guard.load(_rewrite(combined, tmp_path / "s1", _drop_stage2))
+    assert g1.active_exchange_combiner is None and g1.exchange_threshold == g1.thresholds["exchange"]
+    np.testing.assert_allclose(g1.output_monitor(HARMFUL)._stream.scan(reply),
+                               guard.exchange_stream(HARMFUL, combined=False).scan(reply), rtol=1e-6)
+
+    for i, bad in enumerate(({**c, "r_s2": "0.5"}, {**c, "threshold": 1.5}, {k: v for k, v in c.items() if k != "b"})):
+        edited = _rewrite(combined, tmp_path / f"bad{i}", lambda doc, arrays, bad=bad: doc.update(exchange_combiner=bad))
+        with pytest.raises(ArtifactError, match="exchange_combiner"):
+            Guard.load(edited)
+
+
+def test_stage1_only_when_stage2_missing(model_dir, tmp_path):
+    g = Guard.load(_rewrite(model_dir, tmp_path / "s1", _drop_stage2))
     assert g.stages == ["stage1"]
     v = g.check_input(HARMFUL)
     assert v.stage == "stage1" and v.flagged

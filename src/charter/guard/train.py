@@ -28,6 +28,8 @@ from charter.guard.stats import rate, threshold_for_fpr
 Progress = Callable[[str], None]
 #: openers any assistant reply may start with (the model card reports the exchange FPR behind them)
 COMPLIANCE_OPENERS = ("Sure, here you go.", "Sure! Here's what you need to know.", "Of course! Here it is:")
+#: sources of exchanges that answer a permitted request (not refusals): :func:`with_openers` opens them
+ANSWER_SOURCES = ("seed", "hard_negative")
 
 
 @dataclass
@@ -245,10 +247,11 @@ def train_guard(
     cache = ScoreCache()
     cal = calibrate(guard, calib_in, calib_ex, cfg, cache=cache)
     guard.thresholds.update(cal["thresholds"])
+    manifest_extra: dict[str, Any] = {}
     if guard.combiner:
-        manifest_extra = {"combiner": guard.combiner}
-    else:
-        manifest_extra = {}
+        manifest_extra["combiner"] = guard.combiner
+    if guard.exchange_combiner:
+        manifest_extra["exchange_combiner"] = guard.exchange_combiner
 
     progress("evaluating on held-out seeds")
     test_in = [r for r in inputs if r.split == "test"]
@@ -376,32 +379,111 @@ def calibrate(guard: Guard, calib_in: Sequence[Record], calib_ex: Sequence[Recor
         th["escalate"] = th["final"] = th["stage1_only"]
         report["fpr"] = rate(sc["stage1"] >= th["stage1_only"]).model_dump()
     if calib_ex:
+        if sum(r.label == "permitted" for r in calib_ex) < 50:
+            raise CharterError(f"only {sum(r.label == 'permitted' for r in calib_ex)} benign calibration exchanges "
+                               "(permitted exchange records of the 'calib' split); need at least 50")
+        calib_ex = with_openers(calib_ex)
         bex = [(r.prompt_text(), r.response or "") for r in calib_ex if r.label == "permitted"]
-        if len(bex) < 50:
-            raise CharterError(f"only {len(bex)} benign calibration exchanges (permitted exchange records of the 'calib' split); need at least 50")
-        mx = stream_max_scores(guard, bex)
+        mx = stream_max_scores(guard, bex, combined=False)
         th["exchange"] = threshold_for_fpr(mx, cfg.exchange_fpr)
         report["exchange_fpr"] = rate(mx >= th["exchange"]).model_dump()
         report["n_benign_exchanges"] = len(bex)
+        if fit_combiner and guard.stage2 is not None:
+            guard.exchange_combiner = fit_exchange_combiner(guard, calib_ex, cfg.exchange_fpr, cache)
+            if guard.exchange_combiner:
+                report["exchange_combiner"] = guard.exchange_combiner
     return {"thresholds": th, "report": report}
 
 
-def stream_scores(guard: Guard, prompt: str, response: str) -> np.ndarray:
+def with_openers(exchanges: Sequence[Record]) -> list[Record]:
+    """The exchanges, and each answer to a permitted request again behind every compliance opener.
+    Assistants open benign answers with the phrases harmful replies also use, so exchange thresholds are
+    calibrated, and false positives counted, on those too (the bare answers alone set them too low:
+    twice the false positives on opened answers)."""
+    opened = [r.model_copy(update={"id": f"{r.id}:opener{i}", "response": f"{o} {r.response}"})
+              for r in exchanges if r.label == "permitted" and r.source in ANSWER_SOURCES and r.response
+              for i, o in enumerate(COMPLIANCE_OPENERS)]
+    return [*exchanges, *opened]
+
+
+def exchange_priors(guard: Guard, prompts: Sequence[str], cache: ScoreCache | None = None) -> dict[str, float]:
+    """:meth:`Guard.exchange_prior` of each prompt (its last ask found in the transcript, as
+    :meth:`Guard.exchange_stream` finds it), batched."""
+    from charter.guard.guard import last_ask, prior_readings
+
+    readings = {p: prior_readings(p, last_ask(p)) for p in sorted(set(prompts))}
+    texts = sorted({x for xs in readings.values() for x in xs})
+    if guard.stage2 is None or not texts:
+        return {}
+    sc = dict(zip(texts, stage_scores(guard, texts, np.ones(len(texts), dtype=bool), cache=cache)["stage2"].tolist()))
+    return {p: max(sc[x] for x in xs) for p, xs in readings.items()}
+
+
+def fit_exchange_combiner(guard: Guard, calib_ex: Sequence[Record], fpr: float,
+                          cache: ScoreCache | None = None) -> dict[str, float] | None:
+    """Fit the exchange monitor's blend with stage 2's score of the prompt (:func:`exchange_affine`) on
+    the calibration split's exchanges, at the training prefixes, and its threshold for ``fpr`` on the
+    benign ones' running maxima. None when there are too few of either label or the fit would let a
+    more harmful reply score lower (a non-positive weight on the reply)."""
+    from sklearn.linear_model import LogisticRegression
+
+    from charter.classifiers.streaming import PREFIX_FRACTIONS
+    from charter.guard.guard import _logit
+
+    pairs = [(r.prompt_text(), r.response or "", r.label == "restricted") for r in calib_ex if (r.response or "").strip()]
+    y_ex = np.array([lab for _, _, lab in pairs], dtype=bool)
+    if y_ex.sum() < 50 or (~y_ex).sum() < 50:
+        return None
+    prior = exchange_priors(guard, [p for p, _, _ in pairs], cache)
+    bias = float(guard.exchange.b_)
+    streams = []  # (prompt share, stage-2 prior, response shares per token)
+    X, y = [], []
+    for (p, resp, lab) in pairs:
+        st = guard.exchange_stream(p, combined=False)
+        r = st.response_logits(tokens(resp))
+        s2 = min(max(prior[p], 1e-6), 1 - 1e-6)
+        streams.append((st.prompt_logit, s2, r, lab))
+        idx = sorted({max(1, int(np.ceil(f * len(r)))) - 1 for f in PREFIX_FRACTIONS})
+        rho = bias + r[idx]
+        X.append(np.c_[rho, rho * s2, np.full(len(idx), st.prompt_logit), np.full(len(idx), _logit(s2))])
+        y.extend([lab] * len(idx))
+    lr = LogisticRegression(C=1.0, max_iter=1000).fit(np.vstack(X), np.array(y))
+    w = lr.coef_[0]
+    c = {"r": float(w[0]), "r_s2": float(w[1]), "prompt": float(w[2]), "s2": float(w[3]), "b": float(lr.intercept_[0])}
+    if c["r"] <= 0 or c["r"] + c["r_s2"] <= 0:
+        return None
+    from charter.guard.guard import exchange_affine
+
+    mx = []  # each benign stream's running maximum, as a logit (the sigmoid keeps the order)
+    for pl, s2, r, lab in streams:
+        if not lab:
+            scale, offset = exchange_affine({**c, "threshold": 0.0}, pl, bias, s2)
+            mx.append(float(np.max(offset + scale * r, initial=-30.0)))
+    c["threshold"] = threshold_for_fpr(1.0 / (1.0 + np.exp(-np.clip(mx, -30, 30))), fpr)
+    return c
+
+
+def stream_scores(guard: Guard, prompt: str, response: str, *, prior: float | None = None,
+                  combined: bool = True) -> np.ndarray:
     """The monitor's score after each token of ``response``, in one vectorised pass
     (``ExchangeStream.scan`` gives what feeding the tokens one by one would)."""
-    return guard.exchange_stream(prompt).scan(tokens(response))
+    return guard.exchange_stream(prompt, prior=prior, combined=combined).scan(tokens(response))
 
 
-def stream_max_scores(guard: Guard, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-    """The running maximum each streamed reply reaches (0 for an empty reply, as a stream that was never fed)."""
-    return np.array([float(s.max()) if len(s) else 0.0 for s in (stream_scores(guard, p, r) for p, r in pairs)])
+def stream_max_scores(guard: Guard, pairs: Sequence[tuple[str, str]], *, combined: bool = True,
+                      priors: dict[str, float] | None = None) -> np.ndarray:
+    """The running maximum each streamed reply reaches (0 for an empty reply, as a stream that was never fed).
+    ``priors``: stage 2's scores of the prompts, when already computed (:func:`exchange_priors`)."""
+    priors = priors or {}
+    return np.array([float(s.max()) if len(s) else 0.0 for s in (
+        stream_scores(guard, p, r, prior=priors.get(p), combined=combined) for p, r in pairs)])
 
 
 def stop_fraction(guard: Guard, prompt: str, response: str) -> float | None:
     """Fraction of the response's tokens streamed when the monitor stops it (None: never)."""
     toks = tokens(response)
     st = guard.exchange_stream(prompt)
-    th = guard.thresholds["exchange"]
+    th = guard.exchange_threshold
     for i, tok in enumerate(toks, 1):
         st.feed(tok)
         if st.max_score >= th:
@@ -481,23 +563,36 @@ def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record],
     # streaming
     harmful = [(r.prompt_text(), r.response or "") for r in test_ex if r.label == "restricted"]
     benign = [(r.prompt_text(), r.response or "") for r in test_ex if r.label == "permitted"]
-    streams = [stream_scores(guard, p, r) for p, r in harmful]
-    stops = [stop_fraction_of_scores(s, th["exchange"]) for s in streams]
-    seen = [seen_fraction_of_scores(s, th["exchange"], guard.hold_back) for s in streams]
+    priors = exchange_priors(guard, [p for p, _ in harmful + benign], cache) if guard.active_exchange_combiner else {}
+    tx = guard.exchange_threshold
+    streams = [stream_scores(guard, p, r, prior=priors.get(p)) for p, r in harmful]
+    stops = [stop_fraction_of_scores(s, tx) for s in streams]
+    seen = [seen_fraction_of_scores(s, tx, guard.hold_back) for s in streams]
     # answers to permitted requests behind openers that harmful replies also use: a classifier
     # that keyed on the opener (an earlier data bug) flags these
-    benign_answers = [(r.prompt_text(), r.response or "") for r in test_ex
-                      if r.label == "permitted" and r.source in ("seed", "hard_negative")]
-    opened = [(p, f"{o} {r}") for p, r in benign_answers for o in COMPLIANCE_OPENERS]
+    opened = [(r.prompt_text(), r.response or "") for r in with_openers(test_ex)[len(test_ex):]]
+    # safe answers to restricted requests behind the same openers: the thresholds are not set on these,
+    # and a monitor that reads the request flags more of them (a reply that opens like compliance)
+    safe_opened = [(r.prompt_text(), f"{o} {r.response}") for r in test_ex
+                   if r.label == "permitted" and r.source == "safe_answer" for o in COMPLIANCE_OPENERS]
     m["exchange"] = {
-        "fpr_compliance_openers": rate(stream_max_scores(guard, opened) >= th["exchange"]).model_dump(),
+        "fpr_compliance_openers": rate(stream_max_scores(guard, opened, priors=priors) >= tx).model_dump(),
         "stopped": rate(np.array([s is not None for s in stops], dtype=bool)).model_dump(),
         "stopped_before_25pct": rate(np.array([s is not None and s <= 0.25 for s in stops], dtype=bool)).model_dump(),
         "stopped_before_25pct_released": rate(np.array([s is not None and s < 0.25 for s in seen], dtype=bool)).model_dump(),
         "hold_back": guard.hold_back,
-        "fpr": rate(stream_max_scores(guard, benign) >= th["exchange"]).model_dump(),
+        "fpr": rate(stream_max_scores(guard, benign, priors=priors) >= tx).model_dump(),
+        "fpr_opened_safe_answers": rate(stream_max_scores(guard, safe_opened, priors=priors) >= tx).model_dump(),
         "median_stop_fraction": float(np.median([s for s in stops if s is not None])) if any(s is not None for s in stops) else None,
     }
+    if guard.active_exchange_combiner:  # the classifier alone, at its own threshold, for comparison
+        raw = [stop_fraction_of_scores(stream_scores(guard, p, r, combined=False), th["exchange"]) for p, r in harmful]
+        m["exchange"]["classifier_alone"] = {
+            "stopped_before_25pct": rate(np.array([s is not None and s <= 0.25 for s in raw], dtype=bool)).model_dump(),
+            "fpr": rate(stream_max_scores(guard, benign, combined=False) >= th["exchange"]).model_dump(),
+            "fpr_compliance_openers": rate(stream_max_scores(guard, opened, combined=False) >= th["exchange"]).model_dump(),
+            "fpr_opened_safe_answers": rate(stream_max_scores(guard, safe_opened, combined=False) >= th["exchange"]).model_dump(),
+        }
     m["latency"] = latency(guard, texts[:300])
     return m
 

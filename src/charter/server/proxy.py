@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Hashable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import anyio
@@ -199,7 +200,8 @@ async def complete(ex: Exchange, req: ChatRequest, raw: bytes) -> Response:
     assert ex.messages is not None
     gs = svc.config.guard
     try:
-        mon = svc.guard.output_monitor(ex.messages, hold_back=0)
+        # opening a monitor runs stage 2 on the prompt (the exchange combiner): off the event loop, as check_input
+        mon = await to_thread.run_sync(partial(svc.guard.output_monitor, ex.messages, hold_back=0))
         t = time.perf_counter()
         v = await to_thread.run_sync(_scan, mon, text) if text else None
         ex.annotate(output_check=(time.perf_counter() - t) * 1000)
@@ -454,7 +456,7 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
 
     try:
         try:
-            mon = svc.guard.output_monitor(ex.messages, hold_back=gs.hold_back)
+            mon = await to_thread.run_sync(partial(svc.guard.output_monitor, ex.messages, hold_back=gs.hold_back))
         except Exception:
             svc.metrics.guard_errors.labels("exchange", "open" if gs.fail_open else "closed").inc()
             if not gs.fail_open:
