@@ -134,13 +134,12 @@ def test_manifest_records_hashes_and_metrics(model_dir):
 
 def _rewrite(src: Path, dst: Path, edit) -> Path:
     """A copy of model dir ``src`` at ``dst`` after ``edit(manifest, arrays)``, saved with fresh hashes."""
-    from charter.classifiers.artifacts import load_model_dir, save_model_dir
+    from charter.classifiers.artifacts import load_model_dir
+    from charter.guard.calibrate import write_model_dir
 
     doc, arrays = load_model_dir(src)
     edit(doc, arrays)
-    for k in ("format", "files"):
-        doc.pop(k)
-    save_model_dir(dst, arrays, doc)
+    write_model_dir(src, dst, arrays, doc)
     return dst
 
 

@@ -245,9 +245,14 @@ class ExchangeStream:
         self._F = np.uint64(h.n_features)
         self._wr = clf._wr_list()
 
+    @property
+    def _fresh(self) -> bool:
+        """No chunk has been fed yet."""
+        return not (self._n or self._word or self._tail != " " or self._prev_word_hash is not None)
+
     def reweigh(self, scale: float, offset: float) -> None:
         """Score with the logit ``offset + scale·r`` from now on; only before the first chunk."""
-        if self._n or self._word or self._tail != " ":
+        if not self._fresh:
             raise RuntimeError("reweigh() must come before the first chunk")
         self._scale, self._offset = float(scale), float(offset)
 
@@ -285,7 +290,7 @@ class ExchangeStream:
         """The score after each of ``chunks``, as ``feed`` would give them one by one, in one
         vectorised pass (for a complete, non-streamed response). Starts from a fresh stream;
         afterwards the stream stands where feeding every chunk leaves it."""
-        if self._n or self._word or self._tail != " " or self._prev_word_hash is not None:
+        if not self._fresh:
             return np.array([self.feed(c) for c in chunks])
         if not chunks:
             return np.zeros(0)
@@ -298,7 +303,7 @@ class ExchangeStream:
         """The response block's share of the logit after each of ``chunks`` (``r`` in the class
         docstring), in one vectorised pass over a fresh stream, which it leaves where feeding every
         chunk would (its scores unset: :meth:`scan` sets them)."""
-        if self._n or self._word or self._tail != " " or self._prev_word_hash is not None:
+        if not self._fresh:
             raise RuntimeError("response_logits() reads a fresh stream")
         cf = [c.casefold() for c in chunks]
         if not cf:

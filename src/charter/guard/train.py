@@ -379,8 +379,8 @@ def calibrate(guard: Guard, calib_in: Sequence[Record], calib_ex: Sequence[Recor
         th["escalate"] = th["final"] = th["stage1_only"]
         report["fpr"] = rate(sc["stage1"] >= th["stage1_only"]).model_dump()
     if calib_ex:
-        if sum(r.label == "permitted" for r in calib_ex) < 50:
-            raise CharterError(f"only {sum(r.label == 'permitted' for r in calib_ex)} benign calibration exchanges "
+        if (n_benign := sum(r.label == "permitted" for r in calib_ex)) < 50:
+            raise CharterError(f"only {n_benign} benign calibration exchanges "
                                "(permitted exchange records of the 'calib' split); need at least 50")
         calib_ex = with_openers(calib_ex)
         bex = [(r.prompt_text(), r.response or "") for r in calib_ex if r.label == "permitted"]
@@ -428,7 +428,7 @@ def fit_exchange_combiner(guard: Guard, calib_ex: Sequence[Record], fpr: float,
     from sklearn.linear_model import LogisticRegression
 
     from charter.classifiers.streaming import PREFIX_FRACTIONS
-    from charter.guard.guard import _logit
+    from charter.guard.guard import _logit, exchange_affine
 
     pairs = [(r.prompt_text(), r.response or "", r.label == "restricted") for r in calib_ex if (r.response or "").strip()]
     y_ex = np.array([lab for _, _, lab in pairs], dtype=bool)
@@ -452,12 +452,10 @@ def fit_exchange_combiner(guard: Guard, calib_ex: Sequence[Record], fpr: float,
     c = {"r": float(w[0]), "r_s2": float(w[1]), "prompt": float(w[2]), "s2": float(w[3]), "b": float(lr.intercept_[0])}
     if c["r"] <= 0 or c["r"] + c["r_s2"] <= 0:
         return None
-    from charter.guard.guard import exchange_affine
-
     mx = []  # each benign stream's running maximum, as a logit (the sigmoid keeps the order)
     for pl, s2, r, lab in streams:
         if not lab:
-            scale, offset = exchange_affine({**c, "threshold": 0.0}, pl, bias, s2)
+            scale, offset = exchange_affine(c, pl, bias, s2)
             mx.append(float(np.max(offset + scale * r, initial=-30.0)))
     c["threshold"] = threshold_for_fpr(1.0 / (1.0 + np.exp(-np.clip(mx, -30, 30))), fpr)
     return c
