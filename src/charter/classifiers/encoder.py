@@ -38,12 +38,18 @@ def _ln(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float = 1e-12) -> np.n
 
 
 class MiniLMEncoder:
-    """Features: the masked mean of the embedding output and of each layer (7 x 384 = 2688)."""
+    """Features: the masked mean of the embedding output and of each layer (7 x 384 = 2688).
+
+    A text longer than ``max_tokens`` is cut to its first ``max_tokens`` tokens, or, with
+    ``head_tokens``, to that many first tokens and as many last ones as fit: a jailbreak wrapper
+    or a conversation puts the ask at the end, and the head alone lost it.
+    """
 
     dim = (N_LAYERS + 1) * HIDDEN
 
-    def __init__(self, max_tokens: int = 128) -> None:
+    def __init__(self, max_tokens: int = 128, head_tokens: int | None = None) -> None:
         self.max_tokens = max_tokens
+        self.head_tokens = head_tokens
         self._w: dict[str, np.ndarray] | None = None
 
     def _load(self) -> None:
@@ -67,7 +73,10 @@ class MiniLMEncoder:
             self._w[f"L{i}.qkv.w"] = np.concatenate([self._w[p + n + ".weight"] for n in ("query", "key", "value")], axis=1)
             self._w[f"L{i}.qkv.b"] = np.concatenate([self._w[p + n + ".bias"] for n in ("query", "key", "value")])
         tok = Tokenizer.from_file(str(root / "tokenizer.json"))
-        tok.enable_truncation(self.max_tokens)
+        if self.head_tokens is None:
+            tok.enable_truncation(self.max_tokens)
+        else:
+            tok.no_truncation()  # cut in _ids, head and tail
         tok.no_padding()
         self._tok = tok
 
@@ -100,19 +109,32 @@ class MiniLMEncoder:
             pooled.append((x * m).sum(1) / denom)
         return np.concatenate(pooled, axis=1).astype(np.float32)
 
+    def _clip(self, text: str) -> str:
+        """Bound the tokenizer's work: 4,000 characters, from the head (and tail) that are kept."""
+        if len(text) <= 4000 or self.head_tokens is None:
+            return text[:4000]
+        return text[:1000] + " " + text[-3000:]
+
+    def _ids(self, ids: list[int]) -> list[int]:
+        if self.head_tokens is None or len(ids) <= self.max_tokens:
+            return ids
+        keep = self.max_tokens - 2  # between [CLS] and [SEP]
+        head = min(self.head_tokens, keep)
+        return [ids[0], *ids[1 : 1 + head], *ids[len(ids) - 1 - (keep - head) : -1], ids[-1]]
+
     def transform(self, texts: list[str], batch_size: int = 16) -> np.ndarray:
         self._load()
-        encs = self._tok.encode_batch([t[:4000] for t in texts])
-        order = np.argsort([len(e.ids) for e in encs])  # batch by length: little padding
+        seqs = [self._ids(e.ids) for e in self._tok.encode_batch([self._clip(t) for t in texts])]
+        order = np.argsort([len(s) for s in seqs])  # batch by length: little padding
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         for s in range(0, len(texts), batch_size):
             idx = order[s : s + batch_size]
-            T = max(len(encs[i].ids) for i in idx)
+            T = max(len(seqs[i]) for i in idx)
             ids = np.zeros((len(idx), T), dtype=np.int64)
             mask = np.zeros((len(idx), T), dtype=np.float32)
             for r, i in enumerate(idx):
-                n = len(encs[i].ids)
-                ids[r, :n] = encs[i].ids
+                n = len(seqs[i])
+                ids[r, :n] = seqs[i]
                 mask[r, :n] = 1
             out[idx] = self._forward(ids, mask)
         return out

@@ -32,7 +32,8 @@ class EncoderProbeClassifier(ClassifierMixin, BaseEstimator):
     """
 
     def __init__(self, C: float = 0.05, C_category: float = 0.5, max_tokens: int = 128, max_iter: int = 2000,
-                 hidden: int = 0, alpha: float = 0.01, random_state: int = 0, n_heads: int = 1) -> None:
+                 hidden: int = 0, alpha: float = 0.01, random_state: int = 0, n_heads: int = 1,
+                 head_tokens: int | None = None) -> None:
         self.C = C
         self.C_category = C_category
         self.max_tokens = max_tokens
@@ -41,10 +42,11 @@ class EncoderProbeClassifier(ClassifierMixin, BaseEstimator):
         self.alpha = alpha
         self.random_state = random_state
         self.n_heads = n_heads
+        self.head_tokens = head_tokens
 
     def _encoder(self) -> MiniLMEncoder:
         if not hasattr(self, "_enc"):
-            self._enc = MiniLMEncoder(max_tokens=self.max_tokens)
+            self._enc = MiniLMEncoder(max_tokens=self.max_tokens, head_tokens=self.head_tokens)
         return self._enc
 
     def features(self, X: Sequence[str]) -> np.ndarray:

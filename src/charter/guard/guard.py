@@ -358,7 +358,7 @@ class Guard:
     def exchange_prior(self, prompt: str, last: str | None = None) -> float:
         """Stage 2's restricted score for a prompt, on the view stage 1 finds most suspicious; with ``last``
         (the last user turn of a conversation), the higher of the two readings, as the prompt block reads it
-        (stage 2 reads a text's first 64 tokens, which in a long conversation are its oldest turns)."""
+        (stage 2 reads at most 64 tokens of a text, so a long conversation's last ask can fall outside them)."""
         if self.stage2 is None:
             raise CharterError(STAGE2_MISSING)
         return max(1.0 - float(self._stage2_proba(self.stage1_probs(x)[2])[self._perm]) for x in prior_readings(prompt, last))

@@ -61,6 +61,11 @@ class TrainConfig:
     #: stage 2 reads at most this many tokens: at 128 the cascade's p99 was 40 ms on one core, at 64 23 ms,
     #: for recall 47.6% -> 46.8% (3,000 test requests, probe trained at 128; bench/BENCHMARKS.md)
     stage2_max_tokens: int = 64
+    #: of those, this many from the text's head and the rest from its tail (None: the head only). The
+    #: ask of a wrapped or many-turn request sits at the end; with the eighth session's probe (trained on
+    #: heads), at its own 1% test FPR, 8 lifted transformed restricted requests 45.0% -> 51.4% and
+    #: plain ones 61.0% -> 64.2%; 16 gave 48.9% / 63.6%, 96 tokens no more (BENCHMARKS.md)
+    stage2_head_tokens: int | None = 8
     max_stage2_eval: int = 1500  # test texts scored by stage 2 alone, for the stage comparison
 
 
@@ -219,8 +224,8 @@ def train_guard(
         sub_texts = [worst_view(s1, hasher, r.input_text())[2] for r in sub]
         progress(f"stage 2: encoding {len(sub)} requests with MiniLM and fitting the probe")
         t0 = time.perf_counter()
-        s2 = EncoderProbeClassifier(max_tokens=cfg.stage2_max_tokens, hidden=cfg.stage2_hidden, n_heads=cfg.stage2_heads,
-                                    random_state=cfg.seed)
+        s2 = EncoderProbeClassifier(max_tokens=cfg.stage2_max_tokens, head_tokens=cfg.stage2_head_tokens,
+                                    hidden=cfg.stage2_hidden, n_heads=cfg.stage2_heads, random_state=cfg.seed)
         s2.fit(sub_texts, [_class_of(r) for r in sub])
         timings["stage2_fit_s"] = time.perf_counter() - t0
         if list(s2.classes_) != list(s1.classes_):
