@@ -26,7 +26,7 @@ from charter.transforms.charlevel import (
 )
 from charter.transforms.ciphers import ATBASH, CAESAR_HEADER_RE, caesar, caesar_table, decode_morse, header_shift
 from charter.transforms.encodings import decode_base64, decode_hex, decode_url
-from charter.transforms.noise import CharSeparators, CharSpacing
+from charter.transforms.noise import CharSeparators, CharSpacing, unscramble
 from charter.transforms.linguistic import apply_legend, decode_pseudo
 from charter.transforms.structural import decode_payload_split
 
@@ -265,6 +265,10 @@ def _decoders(text: str, max_len: int) -> Iterator[View]:
             yield "morse", v
     if any(c in text for c in _LEET_CHARS) and _leety(tokens[:400]):
         yield "leet", fold_leet(text)
+    if not text.islower():
+        v = unscramble(text)
+        if v is not None:
+            yield "unscrambled", v
     if '" means "' in text:
         v = apply_legend(text, max_len)
         if v is not None:
