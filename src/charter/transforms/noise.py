@@ -237,5 +237,6 @@ def unscramble(text: str) -> str | None:
     words = _LETTERS.findall(text, 0, 2000)[:60]
     if len(words) < 3 or sum(not (w.islower() or w.istitle()) for w in words) < _MIN_MIXED * len(words):
         return None
-    out = _LETTERS.sub(lambda m: _correct(m.group()), text.lower())
-    return out if out != text.lower() else None
+    low = text.lower()
+    out = _LETTERS.sub(lambda m: _correct(m.group()), low)
+    return out if out != low else None
