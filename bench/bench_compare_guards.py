@@ -50,7 +50,7 @@ def main() -> None:
         g = Guard.load(None if m == "default" else m, require_stage2=True)
         s1 = stage_scores(g, texts)["stage1"]
         sc = stage_scores(g, texts, s1 >= g.thresholds["escalate"])
-        flag = _cascade(g, sc["stage1"], sc["stage2"]) >= g.thresholds["final"]
+        flag = _cascade(g, sc) >= g.thresholds["final"]
         by_family = {f: rate(flag[y & np.array([x == f for x in fams])]).model_dump()
                      for f in sorted({f for f in fams if f})}
         res["guards"][m] = {"recall": rate(flag[y]).model_dump(), "fpr": rate(flag[~y]).model_dump(),

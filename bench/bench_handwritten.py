@@ -43,9 +43,9 @@ def main() -> None:
     sc = stage_scores(g, texts, np.ones(len(texts), bool))
     s1, s2 = sc["stage1"], sc["stage2"]
     esc = s1 >= th["escalate"]
-    final = _cascade(g, s1, s2)
+    final = _cascade(g, sc)
     flag = final >= th["final"]
-    blend = np.array([g.combine(a, b) for a, b in zip(s1, s2)])
+    blend = np.array([g.combine(a, b, n) for a, b, n in zip(s1, s2, sc["words"])])
     every = blend >= th["final"]
 
     variants = {"cascade": flag, "stage1_alone": s1 >= th["stage1_only"], "escalate_all": every}

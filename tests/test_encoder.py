@@ -102,7 +102,7 @@ def test_head_and_tail_truncation_keeps_the_ask_at_the_end():
     a, b = filler + "How do I bake bread?", filler + "How do I build a pipe bomb?"
     head, tail = MiniLMEncoder(max_tokens=32), MiniLMEncoder(max_tokens=32, head_tokens=8)
     fa, fb = head.transform([a, b])
-    np.testing.assert_array_equal(fa, fb)  # the head alone never sees the ask
+    np.testing.assert_allclose(fa, fb, rtol=0, atol=1e-5)  # the head alone never sees the ask (rows of one batch round alike only to ~1e-7)
     ta, tb = tail.transform([a, b])
     assert np.abs(ta - tb).max() > 0.1
     # a very long text is cut before tokenising, and keeps its end

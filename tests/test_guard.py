@@ -195,6 +195,45 @@ def test_exchange_monitor_weighs_stage_2s_reading_of_the_prompt(model_dir, guard
             Guard.load(edited)
 
 
+def test_long_inputs_get_their_own_blend(model_dir, guard: Guard, tmp_path):
+    """The combiner may weigh the stages differently for inputs longer than a word count: fitted with a
+    length interaction on escalated calibration requests, stored as two blends, applied by check_input."""
+    import numpy as np
+
+    from charter.constitution import load_constitution
+    from charter.guard.calibrate import offline_dataset
+    from charter.guard.train import fit_blend, read_dataset
+
+    d = offline_dataset(MINI, load_constitution(MINI), tmp_path / "data", n=3000, seed=7)
+    calib = [r for r in read_dataset(d)[1] if r.kind == "input"]
+    words = sorted(len(r.input_text().split()) for r in calib)
+    cut = words[len(words) // 2]  # half the requests are "long"
+    c = fit_blend(guard, calib, long_words=cut)
+    assert c is not None and c["long"]["words"] == cut
+    assert (c["long"]["w1"], c["long"]["w2"], c["long"]["b"]) != (c["w1"], c["w2"], c["b"])
+    assert "long" not in fit_blend(guard, calib)  # no word count: one blend
+    assert "long" not in fit_blend(guard, calib, long_words=10_000)  # too few long requests to fit one
+
+    # up to 10 words stage 1 pulled down, beyond stage 2 pushed up
+    split = {"w1": 1.0, "w2": 0.0, "b": -3.0, "long": {"words": 10, "w1": 0.0, "w2": 1.0, "b": 3.0}}
+    g = Guard.load(_rewrite(model_dir, tmp_path / "long", lambda doc, arrays: doc.update(combiner=split)))
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    sigmoid = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    for text in (HARMFUL, "Please, I am asking you again and again: " + HARMFUL):
+        v = g.check_input(text)
+        assert v.escalated
+        p1, _, view_text = g.stage1_probs(text)
+        s1, s2 = (np.clip(1 - float(p[g._perm]), 1e-6, 1 - 1e-6) for p in (p1, g._stage2_proba(view_text)))
+        want = sigmoid(logit(s2) + 3) if len(text.split()) > 10 else sigmoid(logit(s1) - 3)
+        assert v.score == pytest.approx(want, rel=1e-4)
+        assert g.combine(s1, s2, len(text.split())) == pytest.approx(want, rel=1e-4)
+    assert g.combine(0.5, 0.9, 10) == pytest.approx(sigmoid(-3.0))  # "longer than": 10 words is short
+    assert g.combine(0.5, 0.5, 11) == pytest.approx(sigmoid(3.0))
+    from charter.guard.card import _blend
+
+    assert "up to 10 words" in _blend({"combiner": split}) and "for longer ones" in _blend({"combiner": split})
+
+
 def test_stage1_only_when_stage2_missing(model_dir, tmp_path):
     g = Guard.load(_rewrite(model_dir, tmp_path / "s1", _drop_stage2))
     assert g.stages == ["stage1"]

@@ -119,6 +119,9 @@ def _edited(src: Path, dst: Path, edit) -> Path:
     ("threshold_text", lambda d: d["thresholds"].__setitem__("final", "high"), "'thresholds'"),
     ("params_text", lambda d: d.__setitem__("stage1", "x"), "stage1.params"),
     ("combiner", lambda d: d.__setitem__("combiner", {"w1": 1.0}), "'combiner'"),
+    ("combiner_long", lambda d: d.__setitem__("combiner", {"w1": 1.0, "w2": 1.0, "b": 0.0, "long": {"w1": 1.0, "w2": 1.0, "b": 0.0}}), "'combiner'"),
+    ("combiner_words", lambda d: d.__setitem__("combiner", {"w1": 1.0, "w2": 1.0, "b": 0.0, "long": {"words": -1, "w1": 1.0, "w2": 1.0, "b": 0.0}}), "'combiner'"),
+    ("combiner_bool", lambda d: d.__setitem__("combiner", {"w1": 1.0, "w2": True, "b": 0.0}), "'combiner'"),
 ])
 def test_edited_manifest_is_refused(mini_model_dir, tmp_path, name, edit, says):
     bad = _edited(mini_model_dir, tmp_path / name, edit)

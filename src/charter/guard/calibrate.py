@@ -70,7 +70,7 @@ def _flags(guard: Guard, texts: Sequence[str]) -> np.ndarray:
     if guard.stage2 is None:
         return sc["stage1"] >= th["stage1_only"]
     sc = stage_scores(guard, texts, sc["stage1"] >= th["escalate"])
-    return _cascade(guard, sc["stage1"], sc["stage2"]) >= th["final"]
+    return _cascade(guard, sc) >= th["final"]
 
 
 def write_model_dir(model: Path, out: Path, arrays: dict[str, dict[str, np.ndarray]], doc: dict[str, Any]) -> None:

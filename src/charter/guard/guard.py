@@ -114,6 +114,11 @@ def _content_text(content: object, where: str) -> str:
     raise InputError(f"{where}.content: must be a string or a list of content parts, not {type(content).__name__}")
 
 
+def _is_blend(c: Any) -> bool:
+    return isinstance(c, dict) and all(isinstance(c.get(k), (int, float)) and not isinstance(c.get(k), bool)
+                                       and math.isfinite(c[k]) for k in ("w1", "w2", "b"))
+
+
 def _check_manifest(p: Path, doc: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]]) -> list[str]:
     """The manifest's classes, after checking the fields the guard reads (the manifest holds the hashes, so
     nothing else pins it) and that the weights have the shapes those classes imply."""
@@ -130,9 +135,11 @@ def _check_manifest(p: Path, doc: dict[str, Any], arrays: dict[str, dict[str, np
         if name in arrays and not (isinstance(doc.get(name), dict) and isinstance(doc[name].get("params"), dict)):
             raise ArtifactError(f"{p}: manifest '{name}.params' is missing or not an object")
     c = doc.get("combiner")
-    if c is not None and not (isinstance(c, dict) and all(
-            isinstance(c.get(k), (int, float)) and math.isfinite(c[k]) for k in ("w1", "w2", "b"))):
-        raise ArtifactError(f"{p}: manifest 'combiner' must give w1, w2 and b as numbers")
+    long = c.get("long") if isinstance(c, dict) else None
+    if c is not None and not (_is_blend(c) and (long is None or (
+            _is_blend(long) and isinstance(long.get("words"), int) and not isinstance(long["words"], bool) and long["words"] >= 0))):
+        raise ArtifactError(f"{p}: manifest 'combiner' must give w1, w2 and b as numbers (and, for long inputs, "
+                            "'long' with words, a count, and its own w1, w2 and b)")
     e = doc.get("exchange_combiner")
     if e is not None and not (isinstance(e, dict) and all(
             isinstance(e.get(k), (int, float)) and not isinstance(e.get(k), bool) and math.isfinite(e[k]) for k in EXCHANGE_COMBINER_KEYS)
@@ -280,14 +287,19 @@ class Guard:
         """Worst-case stage-1 class probabilities over the views of ``text``: (probs, view, view text)."""
         return worst_view(self.stage1, self._hasher, text)
 
-    def combine(self, s1: float, s2: float) -> float:
-        """The cascade's final score for an escalated input: a logistic blend of both stages' logits.
+    def combine(self, s1: float, s2: float, words: int = 0) -> float:
+        """The cascade's final score for an escalated input of ``words`` words: a logistic blend of
+        both stages' logits.
 
-        The blend is fitted on the calibration split at train time; without one, a fixed weight
-        (CC++'s 0.55 on the stronger stage) is used.
+        The blend is fitted on the calibration split at train time, with its own weights for inputs
+        longer than ``combiner['long']['words']`` words when the manifest has them: a wrapper or a
+        conversation dilutes stage 1's n-grams, while stage 2 reads the ask at the end. Without a
+        fitted blend, a fixed weight (CC++'s 0.55 on the stronger stage) is used.
         """
         c = self.combiner
         if c:
+            if (long := c.get("long")) and words > long["words"]:
+                c = long
             return _sigmoid(c["w1"] * _logit(s1) + c["w2"] * _logit(s2) + c["b"])
         w = self.stage2_weight
         return _sigmoid(w * _logit(s2) + (1 - w) * _logit(s1))
@@ -297,10 +309,11 @@ class Guard:
         text, users = self._read(text_or_messages)
         p1, view, view_text = self.stage1_probs(text)
         s1 = 1.0 - float(p1[self._perm])
+        read = text  # the text whose views were scored: its length picks the blend
         if users:  # a conversation's last user turn is a view of it too (all asks: the transcript's turn views)
             q, v, vt = self.stage1_probs(users[-1])
             if (sq := 1.0 - float(q[self._perm])) > s1:
-                p1, view, view_text, s1 = q, "last_user" if v == "original" else f"last_user+{v}", vt, sq
+                p1, view, view_text, s1, read = q, "last_user" if v == "original" else f"last_user+{v}", vt, sq, users[-1]
         th = self.thresholds
         if self.stage2 is None:
             return self._verdict(p1, s1, s1 >= th["stage1_only"], "stage1", view, False, t0)
@@ -309,7 +322,7 @@ class Guard:
         # escalate: stage 2 reads the view that stage 1 found most suspicious
         p2 = self._stage2_proba(view_text)
         s2 = 1.0 - float(p2[self._perm])
-        final = self.combine(s1, s2)
+        final = self.combine(s1, s2, len(read.split()))
         return self._verdict(0.5 * (p1 + p2), final, final >= th["final"], "stage2", view, True, t0)
 
     def _verdict(self, probs: np.ndarray, score: float, flagged: bool, stage: Stage, view: str, esc: bool, t0: float) -> Verdict:
@@ -358,7 +371,8 @@ class Guard:
     def exchange_prior(self, prompt: str, last: str | None = None) -> float:
         """Stage 2's restricted score for a prompt, on the view stage 1 finds most suspicious; with ``last``
         (the last user turn of a conversation), the higher of the two readings, as the prompt block reads it
-        (stage 2 reads at most 64 tokens of a text, so a long conversation's last ask can fall outside them)."""
+        (stage 2 reads at most 64 tokens, a long text's head and tail, so a long conversation's last ask can
+        be cut short)."""
         if self.stage2 is None:
             raise CharterError(STAGE2_MISSING)
         return max(1.0 - float(self._stage2_proba(self.stage1_probs(x)[2])[self._perm]) for x in prior_readings(prompt, last))

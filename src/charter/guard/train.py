@@ -49,7 +49,10 @@ class TrainConfig:
     seed: int = 0
     use_stage2: bool = True
     max_train: int | None = None  # cap training records (tests)
-    max_stage2_train: int = 16000  # texts embedded for the stage-2 probe (the encoder dominates training time)
+    #: texts embedded for the stage-2 probe (the encoder dominates training time). It learns from each
+    #: more: on the default constitution's held-out seeds, recall at 1% test FPR of stage 2 alone was
+    #: 38.5% from 4,000 texts, 49.1% from 8,000, 51.8% from 16,000 and 55.0% from all 29,169 (BENCHMARKS.md)
+    max_stage2_train: int = 30000
     #: stage 2's binary head: an MLP with this many hidden units (0: logistic regression). On the
     #: default constitution's held-out seeds (16,000 training texts), 512 units: AUC 0.931 and recall
     #: 53% at 1% test FPR, against 0.919 and 41% for the logistic probe (bench/BENCHMARKS.md)
@@ -66,6 +69,7 @@ class TrainConfig:
     #: heads), at its own 1% test FPR, 8 lifted transformed restricted requests 45.0% -> 51.4% and
     #: plain ones 61.0% -> 64.2%; 16 gave 48.9% / 63.6%, 96 tokens no more (BENCHMARKS.md)
     stage2_head_tokens: int | None = 8
+    blend_long_words: int | None = 45  # inputs longer than this get their own blend weights (None: one blend)
     max_stage2_eval: int = 1500  # test texts scored by stage 2 alone, for the stage comparison
 
 
@@ -306,7 +310,7 @@ class ScoreCache:
 
 def stage_scores(guard: Guard, texts: Sequence[str], stage2_mask: np.ndarray | None = None,
                  cache: ScoreCache | None = None) -> dict[str, np.ndarray]:
-    """Stage-1 scores (worst view) and, where ``stage2_mask`` is set, stage-2 scores of that view."""
+    """Stage-1 scores (worst view), where ``stage2_mask`` is set stage-2 scores of that view, and word counts."""
     cache = cache if cache is not None else ScoreCache()
     s1 = np.empty(len(texts))
     worst: list[str] = []
@@ -324,20 +328,26 @@ def stage_scores(guard: Guard, texts: Sequence[str], stage2_mask: np.ndarray | N
             E = guard.stage2.features(todo)
             cache.stage2.update(zip(todo, (1 - guard.stage2.proba_from_features(E)[:, guard._perm]).tolist()))
         s2[idx] = [cache.stage2[worst[i]] for i in idx]
-    return {"stage1": s1, "stage2": s2}
+    return {"stage1": s1, "stage2": s2, "words": np.array([len(t.split()) for t in texts], dtype=int)}
 
 
-def _cascade(guard: Guard, s1: np.ndarray, s2: np.ndarray) -> np.ndarray:
-    """Final scores: escalated inputs combine both stages; the rest cannot be flagged (0)."""
+def _cascade(guard: Guard, sc: dict[str, np.ndarray]) -> np.ndarray:
+    """Final scores from :func:`stage_scores`: escalated inputs combine both stages; the rest cannot be flagged (0)."""
+    s1 = sc["stage1"]
     out = np.zeros_like(s1)
     for i in np.flatnonzero(s1 >= guard.thresholds["escalate"]):
-        out[i] = guard.combine(s1[i], s2[i])
+        out[i] = guard.combine(s1[i], sc["stage2"][i], int(sc["words"][i]))
     return out
 
 
 def fit_blend(guard: Guard, calib_in: Sequence[Record], cache: ScoreCache | None = None,
-              max_escalated: int = 2000) -> dict[str, float] | None:
-    """Fit the stage blend on escalated calibration requests of both labels (None if too few)."""
+              max_escalated: int = 2000, long_words: int | None = None) -> dict[str, Any] | None:
+    """Fit the stage blend on escalated calibration requests of both labels (None if too few).
+
+    With ``long_words``, inputs longer than that many words get their own weights (a logistic
+    regression with a length interaction, stored as two blends), if at least 50 escalated
+    requests of each kind, long and not, are there to fit them.
+    """
     from sklearn.linear_model import LogisticRegression
 
     from charter.guard.guard import _logit
@@ -346,7 +356,7 @@ def fit_blend(guard: Guard, calib_in: Sequence[Record], cache: ScoreCache | None
     y = np.array([r.label == "restricted" for r in calib_in], dtype=bool)
     sc = stage_scores(guard, texts, cache=cache)
     esc = sc["stage1"] >= guard.thresholds["escalate"]
-    if esc.sum() > max_escalated:  # the blend has three parameters; a sample fits it as well
+    if esc.sum() > max_escalated:  # the blend has few parameters; a sample fits it as well
         keep = np.random.default_rng(0).choice(np.flatnonzero(esc), max_escalated, replace=False)
         esc = np.zeros_like(esc)
         esc[keep] = True
@@ -354,8 +364,15 @@ def fit_blend(guard: Guard, calib_in: Sequence[Record], cache: ScoreCache | None
         return None
     sc = stage_scores(guard, texts, esc, cache=cache)
     Z = np.array([[_logit(a), _logit(b)] for a, b in zip(sc["stage1"][esc], sc["stage2"][esc])])
-    lr = LogisticRegression(C=1.0, class_weight="balanced").fit(Z, y[esc])
-    return {"w1": float(lr.coef_[0, 0]), "w2": float(lr.coef_[0, 1]), "b": float(lr.intercept_[0])}
+    long = sc["words"][esc] > long_words if long_words is not None else np.zeros(len(Z), dtype=bool)
+    if min(long.sum(), (~long).sum()) < 50 or y[esc][long].all() or not y[esc][long].any():
+        lr = LogisticRegression(C=1.0, class_weight="balanced").fit(Z, y[esc])
+        return {"w1": float(lr.coef_[0, 0]), "w2": float(lr.coef_[0, 1]), "b": float(lr.intercept_[0])}
+    L = long[:, None].astype(float)
+    lr = LogisticRegression(C=1.0, class_weight="balanced").fit(np.hstack([Z, L * Z, L]), y[esc])
+    w, b = lr.coef_[0], float(lr.intercept_[0])
+    return {"w1": float(w[0]), "w2": float(w[1]), "b": b,
+            "long": {"words": int(long_words), "w1": float(w[0] + w[2]), "w2": float(w[1] + w[3]), "b": b + float(w[4])}}
 
 
 def calibrate(guard: Guard, calib_in: Sequence[Record], calib_ex: Sequence[Record], cfg: TrainConfig,
@@ -372,11 +389,11 @@ def calibrate(guard: Guard, calib_in: Sequence[Record], calib_ex: Sequence[Recor
         th["escalate"] = threshold_for_fpr(sc["stage1"], cfg.escalation_rate)
         guard.thresholds["escalate"] = th["escalate"]
         if fit_combiner:
-            guard.combiner = fit_blend(guard, calib_in, cache)
+            guard.combiner = fit_blend(guard, calib_in, cache, long_words=cfg.blend_long_words)
             report["combiner"] = guard.combiner
         esc = sc["stage1"] >= th["escalate"]
         sc = stage_scores(guard, benign, esc, cache=cache)
-        final = _cascade(guard, sc["stage1"], sc["stage2"])
+        final = _cascade(guard, sc)
         th["final"] = max(threshold_for_fpr(final, cfg.target_fpr), 1e-6)
         report["escalation_rate"] = rate(esc).model_dump()
         report["fpr"] = rate(final >= th["final"]).model_dump()
@@ -526,7 +543,7 @@ def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record],
     held = np.array([any(f in holdout_families for f in _families(r.transforms)) for r in test_in], dtype=bool)
     hard = np.array([r.source == "hard_negative" for r in test_in], dtype=bool)
     if guard.stage2 is not None:
-        final = _cascade(guard, sc["stage1"], sc["stage2"])
+        final = _cascade(guard, sc)
         flagged = final >= th["final"]
         m["escalation_rate_test_benign"] = rate((sc["stage1"] >= th["escalate"])[~restricted]).model_dump()
     else:
