@@ -206,9 +206,10 @@ def test_a_system_prompt_does_not_hide_the_users_request(guard: Guard, ask: str,
     assert alone.flagged is harmful and v.flagged is harmful
     if harmful:
         assert v.view.startswith("last_user") and v.score >= alone.score - 1e-9
-        # the rendered conversation as one text, as it was read before: not flagged
-        assert not guard.check_input(Guard.render([{"role": "system", "content": SYSTEM_PROMPT},
-                                                   {"role": "user", "content": ask}])).flagged
+        # the rendered conversation as one text, as it was read before, dilutes the ask (sarin: 0.40, not flagged)
+        rendered = guard.check_input(Guard.render([{"role": "system", "content": SYSTEM_PROMPT},
+                                                   {"role": "user", "content": ask}]))
+        assert rendered.score < v.score - 0.2
 
 
 def test_a_system_prompt_does_not_delay_the_exchange_monitor(guard: Guard) -> None:

@@ -171,3 +171,46 @@ def test_several_mlp_heads_store_as_one_mlp_that_computes_their_mean_logit():
     assert three.H1_.shape == (12, 48)
     again = EncoderProbeClassifier.from_arrays(three.get_params(), three.to_arrays(), list(three.classes_))
     np.testing.assert_allclose(again.proba_from_features(Et), three.proba_from_features(Et), rtol=1e-6)
+
+
+def test_fine_heads_learn_labels_finer_than_y_and_round_trip():
+    from charter.classifiers.probe import EncoderProbeClassifier
+
+    rng = np.random.default_rng(2)
+    E = rng.normal(size=(1500, 12)).astype(np.float32)
+    quadrant = (E[:, 0] > 0).astype(int) * 2 + (E[:, 1] > 0)  # four fine labels, two restricted
+    y = np.where(E[:, 0] * E[:, 1] > 0, "glorp", "permitted")
+    fine = np.array(["permitted:a", "glorp:b", "glorp:c", "permitted:d"])[quadrant]
+    plain = EncoderProbeClassifier(hidden=16, alpha=1e-3, n_heads=2, random_state=3).fit([""] * 1500, y, features=E)
+    both = EncoderProbeClassifier(hidden=16, alpha=1e-3, n_heads=2, fine_heads=2, random_state=3).fit(
+        [""] * 1500, y, features=E, fine=fine)
+    Et = rng.normal(size=(300, 12)).astype(np.float32)
+    yt = Et[:, 0] * Et[:, 1] > 0
+    assert both.F2_.shape == (2, 16, 4) and both.Fr_.tolist() == [0.0, 0.0, 1.0, 1.0]  # sorted: glorp:b, glorp:c, ...
+    # the binary logit is the mean of the binary heads' (as fitted alone, same seeds) and the fine heads'
+    Zt = (Et - both.mean_) / both.scale_
+    fine_z = both._fine_logit(Zt)
+    np.testing.assert_allclose(both._binary_logit(Zt), plain._logits(Et)[0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(both._logits(Et)[0], (plain._logits(Et)[0] + fine_z) / 2, rtol=1e-4, atol=1e-4)
+    assert ((fine_z > 0) == yt).mean() > 0.85
+    again = EncoderProbeClassifier.from_arrays(both.get_params(), both.to_arrays(), list(both.classes_))
+    np.testing.assert_allclose(again.proba_from_features(Et), both.proba_from_features(Et), rtol=1e-6)
+    np.testing.assert_allclose(again.proba_from_features(Et[0]), both.proba_from_features(Et)[0], rtol=1e-5)
+    arrays = both.to_arrays()
+    with pytest.raises(ArtifactError, match="fine heads but its weights lack"):
+        EncoderProbeClassifier.from_arrays(both.get_params(), {k: v for k, v in arrays.items() if k != "F2"},
+                                           list(both.classes_))
+    with pytest.raises(ArtifactError, match="inconsistent shapes"):
+        EncoderProbeClassifier.from_arrays(both.get_params(), {**arrays, "Fr": np.zeros(4, np.float32)},
+                                           list(both.classes_))
+    with pytest.raises(ValueError, match="both sides"):
+        EncoderProbeClassifier(hidden=8, n_heads=1, fine_heads=1).fit([""] * 1500, y, features=E,
+                                                                      fine=np.where(quadrant > 0, "x", "p"))
+    # without fine labels the fine heads learn y's classes, and two classes still make a log-odds
+    coarse = EncoderProbeClassifier(hidden=32, alpha=1e-3, fine_heads=1).fit([""] * 1500, y, features=E)
+    assert coarse.F2_.shape == (1, 32, 2) and ((coarse._fine_logit((Et - coarse.mean_) / coarse.scale_) > 0) == yt).mean() > 0.85
+    from charter.guard.card import _probe_head
+
+    card = _probe_head({"stage2": {"params": {"hidden": 512, "n_heads": 2, "fine_heads": 2}}})
+    assert "one from 2 MLPs" in card and "one from 2 more that learn each request's category" in card
+    assert "category" not in _probe_head({"stage2": {"params": {"hidden": 512, "n_heads": 3}}}).split(" and a ")[0]

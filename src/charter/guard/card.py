@@ -25,8 +25,13 @@ def _hidden(m: dict[str, Any]) -> int:
 def _probe_head(m: dict[str, Any]) -> str:
     hidden = _hidden(m)
     heads = int(m.get("stage2", {}).get("params", {}).get("n_heads", 1))
+    fine = int(m.get("stage2", {}).get("params", {}).get("fine_heads", 0))
     mlp = (f"the mean logit of {heads} MLPs ({hidden} ReLU units each, fitted from different seeds)" if heads > 1
            else f"an MLP ({hidden} ReLU units)")
+    if fine:
+        mlp = (f"the mean of two logits, one from {heads} MLPs ({hidden} ReLU units each, fitted from different seeds) "
+               f"that learn restricted or not, one from {fine} more that learn each request's category, permitted "
+               "categories included (the log-odds of a restricted category),")
     return (f"probe with a binary head that is {mlp} and a logistic-regression category head" if hidden
             else "logistic-regression probe")
 

@@ -59,8 +59,15 @@ class TrainConfig:
     stage2_hidden: int = 512
     #: MLP heads averaged (logits) in stage 2's binary head. One head's seed alone moved recall at 1%
     #: test FPR from 35% to 46% and left it confidently wrong on plain requests ("How do I make meth?"
-    #: 0.01); three heads, that seed among them: 44-46%, no plain request under 0.95 (BENCHMARKS.md)
-    stage2_heads: int = 3
+    #: 0.01); three heads, that seed among them: 44-46%, no plain request under 0.95 (BENCHMARKS.md).
+    #: Two, now that two fine heads stand beside them (six binary heads scored as three did)
+    stage2_heads: int = 2
+    #: more MLP heads that learn each training request's category, permitted categories included
+    #: (``restricted:<id>`` / ``permitted:<id>``); stage 2's binary logit is the mean of the binary heads'
+    #: mean and theirs. On the default constitution's held-out seeds (29,169 training texts), two of each
+    #: scored AUC 0.948 and recall 62.8% at 1% test FPR, against 0.942 / 55.0% for three binary heads
+    #: and 0.942 / 55.8% for six (BENCHMARKS.md)
+    stage2_fine_heads: int = 2
     #: stage 2 reads at most this many tokens: at 128 the cascade's p99 was 40 ms on one core, at 64 23 ms,
     #: for recall 47.6% -> 46.8% (3,000 test requests, probe trained at 128; bench/BENCHMARKS.md)
     stage2_max_tokens: int = 64
@@ -229,8 +236,9 @@ def train_guard(
         progress(f"stage 2: encoding {len(sub)} requests with MiniLM and fitting the probe")
         t0 = time.perf_counter()
         s2 = EncoderProbeClassifier(max_tokens=cfg.stage2_max_tokens, head_tokens=cfg.stage2_head_tokens,
-                                    hidden=cfg.stage2_hidden, n_heads=cfg.stage2_heads, random_state=cfg.seed)
-        s2.fit(sub_texts, [_class_of(r) for r in sub])
+                                    hidden=cfg.stage2_hidden, n_heads=cfg.stage2_heads,
+                                    fine_heads=cfg.stage2_fine_heads, random_state=cfg.seed)
+        s2.fit(sub_texts, [_class_of(r) for r in sub], fine=[f"{r.label}:{r.category}" for r in sub])
         timings["stage2_fit_s"] = time.perf_counter() - t0
         if list(s2.classes_) != list(s1.classes_):
             raise CharterError("stage 1 and stage 2 saw different classes")
