@@ -4,9 +4,9 @@
 
 Rebuilds the packaged guard's stage-2 training set as `charter train` does (the default
 constitution's offline dataset, 60,000 records, seed 0; every training request, each read
-through the view the packaged stage 1 finds worst), embeds it once with MiniLM, and fits from
-seeds 0..N-1 both a binary MLP head (restricted or not) and a fine head (the request's category,
-permitted categories included: `EncoderProbeClassifier(fine_heads=...)`). Reports, for each head
+through the view the packaged stage 1 finds worst), embeds it once with MiniLM, and fits N times
+both a binary MLP head (restricted or not; seed i) and a fine head (the request's category,
+permitted categories included: `EncoderProbeClassifier(fine_heads=...)`; seed i + 1). Reports, for each head
 alone, for the mean logit of the binary heads and of the fine heads, and for the mean of those two
 means (what `n_heads` + `fine_heads` store): AUC and recall at 1% FPR (threshold set on the same
 split) on test requests (unseen seeds) and on the hand-written dev set, and the lowest score any
