@@ -203,6 +203,12 @@ def test_fine_heads_learn_labels_finer_than_y_and_round_trip():
     with pytest.raises(ArtifactError, match="inconsistent shapes"):
         EncoderProbeClassifier.from_arrays(both.get_params(), {**arrays, "Fr": np.zeros(4, np.float32)},
                                            list(both.classes_))
+    with pytest.raises(ArtifactError, match=r"do not fit its 12 features: F1 \(11, 32\)"):
+        EncoderProbeClassifier.from_arrays(both.get_params(), {**arrays, "F1": arrays["F1"][:11]},
+                                           list(both.classes_))
+    with pytest.raises(ArtifactError, match=r"H1 \(12, 16\) \(expected \(12, 32\)\)"):
+        EncoderProbeClassifier.from_arrays(both.get_params(), {**arrays, "H1": arrays["H1"][:, :16]},
+                                           list(both.classes_))
     with pytest.raises(ValueError, match="both sides"):
         EncoderProbeClassifier(hidden=8, n_heads=1, fine_heads=1).fit([""] * 1500, y, features=E,
                                                                       fine=np.where(quadrant > 0, "x", "p"))

@@ -199,5 +199,19 @@ class EncoderProbeClassifier(ClassifierMixin, BaseEstimator):
                 if (est.F1_.shape[1:] != (k * hid,) or est.F2_.shape != (k, hid, n) or est.f2_.shape != (k, n)
                         or not 0 < est.Fr_.sum() < n):
                     raise ArtifactError("stage 2's fine heads have inconsistent shapes")
+        est._check_widths(len(classes))
         est.classes_ = np.asarray(classes)
         return est
+
+    def _check_widths(self, n_classes: int) -> None:
+        """Refuse at load, not at the first score, weights that do not fit the feature width."""
+        d = self.mean_.shape[0] if self.mean_.ndim == 1 else -1
+        want = {"scale": (self.scale_, (d,)), "W": (self.W_, (d, n_classes)), "b": (self.b_, (n_classes,))}
+        if self.hidden:
+            h = max(1, self.n_heads) * self.hidden
+            want.update(H1=(self.H1_, (d, h)), h1=(self.h1_, (h,)), H2=(self.H2_, (h,)), h2=(self.h2_, (1,)))
+            if self.F1_ is not None:
+                want["F1"] = (self.F1_, (d, self.fine_heads * self.hidden))
+        bad = [f"{k} {a.shape} (expected {s})" for k, (a, s) in want.items() if a.shape != s]
+        if bad:
+            raise ArtifactError(f"stage 2's weights do not fit its {d} features: {', '.join(bad)}")
