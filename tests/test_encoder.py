@@ -220,3 +220,14 @@ def test_fine_heads_learn_labels_finer_than_y_and_round_trip():
     card = _probe_head({"stage2": {"params": {"hidden": 512, "n_heads": 2, "fine_heads": 2}}})
     assert "one from 2 MLPs" in card and "one from 2 more that learn each request's category" in card
     assert "category" not in _probe_head({"stage2": {"params": {"hidden": 512, "n_heads": 3}}}).split(" and a ")[0]
+
+
+def test_mlp_heads_take_larger_minibatches_only_on_large_training_sets():
+    from charter.classifiers.probe import EncoderProbeClassifier
+
+    auto = EncoderProbeClassifier(hidden=8)
+    big, small = auto._mlp(0, 29169), auto._mlp(0, 1500)
+    assert (big.batch_size, big.learning_rate_init) == (1000, 0.002)
+    assert (small.batch_size, small.learning_rate_init) == (200, 0.001)  # 1,000 would give 2 steps an epoch
+    fixed = EncoderProbeClassifier(hidden=8, batch_size=500, learning_rate_init=0.0005)._mlp(0, 1500)
+    assert (fixed.batch_size, fixed.learning_rate_init) == (500, 0.0005)
