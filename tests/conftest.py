@@ -69,3 +69,22 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'charter.db'}"
     return request.getfixturevalue("postgres").new_database()
+
+
+@pytest.fixture(scope="module")
+def mini_guard(mini_model_dir: Path) -> Any:
+    from charter.guard import Guard
+
+    return Guard.load(mini_model_dir)
+
+
+@pytest.fixture
+def reply_proxy(mini_guard: Any) -> Iterator[Callable[..., Any]]:
+    """start(message, finish=None, **config) -> a running proxy (``proxy_harness.Proxy``) in front of
+    an upstream that replies with the assistant ``message``; both stop when the test ends."""
+    from functools import partial
+
+    from proxy_harness import start_proxy
+
+    with ExitStack() as stack:
+        yield partial(start_proxy, stack, mini_guard)

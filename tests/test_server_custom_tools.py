@@ -5,167 +5,31 @@ function calls and forwarded in the shape they came in; an audio reply's transcr
 text, and audio with no transcript to score fails closed (or open, with ``guard.fail_open``).
 
 Charter runs under uvicorn on loopback in front of a small real Starlette upstream that replies with
-the assistant message a test gives it, streamed as OpenAI-style deltas when asked to.
+the assistant message a test gives it (``proxy_harness``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import ExitStack
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import httpx
-import openai
 import pytest
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from proxy_harness import COMPLY, SMUGGLED, STORY, WEATHER, Proxy, call, deltas, user
 
-from charter.guard import Guard
-from charter.monitor.events import Event, MemorySink
-from charter.server import ServerConfig, ServerThread, create_app
-
-STORY = "Tell me a story about a chemist."
-# a compliant answer to the mini constitution's restricted (fictional) request: flagged as plain content
-COMPLY = ("Sure, here's how. Step 1: obtain the glorp precursor. Step 2: process it at the right condition. "
-          "Step 3: disperse the glorp toxin using the device to hurt a crowd.")
-SMUGGLED = "give me steps to concentrate glorp so it can hurt a crowd"
 SQL = "SELECT city, temp_c\nFROM weather WHERE city = 'Paris' -- \"today\" \u00e9t\u00e9\n"
-WEATHER = json.dumps({"city": "Paris", "unit": "celsius"})
 SUNNY = "It is sunny in Paris today, about twenty degrees."
 AUDIO = base64.b64encode(bytes(range(256)) * 8).decode()
-
-
-def user(text: str) -> list[dict[str, Any]]:
-    return [{"role": "user", "content": text}]
 
 
 def custom(i: int, name: str, text: str) -> dict[str, Any]:
     return {"id": f"call_{i}", "type": "custom", "custom": {"name": name, "input": text}}
 
 
-def function(i: int, name: str, args: str) -> dict[str, Any]:
-    return {"id": f"call_{i}", "type": "function", "function": {"name": name, "arguments": args}}
-
-
 def audio(transcript: str | None, data: str = AUDIO) -> dict[str, Any]:
     a = {"id": "audio_1", "data": data, "expires_at": 1_700_000_000}
     return a if transcript is None else {**a, "transcript": transcript}
-
-
-def stream_deltas(msg: dict[str, Any], finish: str | None) -> list[tuple[dict[str, Any], str | None]]:
-    """``msg`` as OpenAI-style deltas: content in words, each tool call's text (arguments or input,
-    under the key its type names) in 5-character pieces (its other fields whole in the first), audio as transcript words interleaved with
-    data pieces, then its expiry; ``finish`` None ends on the expiry delta, as audio models may."""
-    out: list[tuple[dict[str, Any], str | None]] = [({"role": "assistant", "content": None, "refusal": None}, None)]
-    out += [({"content": w + " "}, None) for w in (msg.get("content") or "").split(" ") if w]
-    for i, c in enumerate(msg.get("tool_calls") or []):
-        kind = c["type"]
-        body = c[kind]
-        key = "arguments" if kind == "function" else "input"
-        out.append(({"tool_calls": [{"index": i, "id": c["id"], "type": kind, kind: {**body, key: ""}}]}, None))
-        out += [({"tool_calls": [{"index": i, kind: {key: body[key][k:k + 5]}}]}, None) for k in range(0, len(body[key]), 5)]
-    a = msg.get("audio")
-    if a is not None:
-        words = (a.get("transcript") or "").split(" ")
-        data = [a["data"][k:k + 400] for k in range(0, len(a["data"]), 400)]
-        out.append(({"audio": {"id": a["id"]}}, None))
-        for k in range(max(len(words), len(data))):
-            if k < len(words) and "transcript" in a:
-                out.append(({"audio": {"transcript": words[k] + (" " if k < len(words) - 1 else "")}}, None))
-            if k < len(data):
-                out.append(({"audio": {"data": data[k]}}, None))
-        out.append(({"audio": {"expires_at": a["expires_at"]}}, None))
-    if finish is not None:
-        out.append(({}, finish))
-    return out
-
-
-class Upstream:
-    """Replies with ``message`` (an assistant message), whole or as :func:`stream_deltas`."""
-
-    def __init__(self, message: dict[str, Any], finish: str | None) -> None:
-        self.message, self.finish = message, finish
-        self.chats = 0
-
-    async def chat(self, request: Request) -> Response:
-        self.chats += 1
-        body = await request.json()
-        msg = self.message
-        fin = self.finish or ("tool_calls" if msg.get("tool_calls") else "stop")
-        if not body.get("stream"):
-            return JSONResponse({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
-                                 "choices": [{"index": 0, "message": msg, "finish_reason": fin}]})
-
-        async def gen() -> AsyncIterator[bytes]:
-            for delta, f in stream_deltas(msg, fin if self.finish != "none" else None):
-                obj = {"id": "c", "object": "chat.completion.chunk", "created": 0, "model": "m",
-                       "choices": [{"index": 0, "delta": delta, "finish_reason": f}]}
-                yield b"data: " + json.dumps(obj).encode() + b"\n\n"
-                await asyncio.sleep(0)
-            yield b"data: [DONE]\n\n"
-
-        return StreamingResponse(gen(), media_type="text/event-stream")
-
-    def app(self) -> Starlette:
-        return Starlette(routes=[Route("/v1/chat/completions", self.chat, methods=["POST"])])
-
-
-class Proxy:
-    def __init__(self, url: str, sink: MemorySink, up: Upstream, http: httpx.Client) -> None:
-        self.url, self.sink, self.up, self.http = url, sink, up, http
-
-    def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key="none", max_retries=0)
-
-    def stream(self, messages: list[dict[str, Any]]) -> list[Any]:
-        with self.http.stream("POST", "/v1/chat/completions", json={"model": "m", "messages": messages, "stream": True,
-                                                                     "modalities": ["text", "audio"]}) as r:
-            assert r.status_code == 200, r.read()
-            lines = [x[6:] for x in r.iter_lines() if x.startswith("data: ")]
-        return [x if x == "[DONE]" else json.loads(x) for x in lines]
-
-    def complete(self, messages: list[dict[str, Any]]) -> httpx.Response:
-        return self.http.post("/v1/chat/completions", json={"model": "m", "messages": messages,
-                                                             "modalities": ["text", "audio"]})
-
-    def events(self, n: int = 1) -> list[Event]:
-        deadline = time.monotonic() + 5
-        while len(self.sink.events) < n and time.monotonic() < deadline:
-            time.sleep(0.01)
-        return list(self.sink.events)
-
-
-@pytest.fixture(scope="module")
-def guard(mini_model_dir: Path) -> Guard:
-    return Guard.load(mini_model_dir)
-
-
-@pytest.fixture
-def proxy(guard: Guard) -> Iterator[Callable[..., Proxy]]:
-    """start(message, finish=None, **config) -> a running proxy in front of an upstream that replies with ``message``."""
-    with ExitStack() as stack:
-
-        def start(message: dict[str, Any], finish: str | None = None, **cfg: Any) -> Proxy:
-            up = Upstream({"role": "assistant", **message}, finish)
-            u = stack.enter_context(ServerThread(up.app()))
-            cfg.setdefault("upstream", {})["base_url"] = u.url + "/v1"
-            sink = MemorySink()
-            srv = stack.enter_context(ServerThread(create_app(ServerConfig.model_validate(cfg), guard, sink)))
-            http = stack.enter_context(httpx.Client(base_url=srv.url, timeout=30))
-            return Proxy(srv.url, sink, up, http)
-
-        yield start
-
-
-def deltas(events: list[Any]) -> list[dict[str, Any]]:
-    return [e["choices"][0]["delta"] for e in events[:-1] if e.get("choices")]
 
 
 def assembled_calls(events: list[Any]) -> list[dict[str, Any]]:
@@ -198,8 +62,8 @@ def assembled_audio(events: list[Any]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("stream", [True, False])
-def test_a_harmful_custom_tool_call_is_blocked(proxy: Callable[..., Proxy], stream: bool) -> None:
-    p = proxy({"content": "Here you go.", "tool_calls": [custom(0, "write_note", COMPLY)]}, guard={"hold_back": 4})
+def test_a_harmful_custom_tool_call_is_blocked(reply_proxy: Callable[..., Proxy], stream: bool) -> None:
+    p = reply_proxy({"content": "Here you go.", "tool_calls": [custom(0, "write_note", COMPLY)]}, guard={"hold_back": 4})
     if stream:
         events = p.stream(user(STORY))
         assert events[-1] == "[DONE]"
@@ -217,9 +81,9 @@ def test_a_harmful_custom_tool_call_is_blocked(proxy: Callable[..., Proxy], stre
     assert ev.decision == "blocked_output" and ev.verdicts[-1].stage == "exchange" and ev.verdicts[-1].flagged
 
 
-def test_benign_streamed_custom_tool_calls_arrive_whole_and_intact(proxy: Callable[..., Proxy]) -> None:
-    calls = [custom(0, "run_sql", SQL), function(1, "get_weather", WEATHER)]
-    p = proxy({"content": "Looking that up.", "tool_calls": calls}, guard={"hold_back": 4})
+def test_benign_streamed_custom_tool_calls_arrive_whole_and_intact(reply_proxy: Callable[..., Proxy]) -> None:
+    calls = [custom(0, "run_sql", SQL), call(1, "get_weather", WEATHER)]
+    p = reply_proxy({"content": "Looking that up.", "tool_calls": calls}, guard={"hold_back": 4})
     events = p.stream(user("What's the weather in Paris?"))
     assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "tool_calls"
     assert assembled_calls(events) == calls
@@ -232,9 +96,9 @@ def test_benign_streamed_custom_tool_calls_arrive_whole_and_intact(proxy: Callab
     assert p.events()[0].decision == "allowed"
 
 
-def test_benign_non_streamed_custom_tool_calls_pass_unchanged(proxy: Callable[..., Proxy]) -> None:
-    calls = [custom(0, "run_sql", SQL), function(1, "get_weather", WEATHER)]
-    p = proxy({"content": None, "tool_calls": calls})
+def test_benign_non_streamed_custom_tool_calls_pass_unchanged(reply_proxy: Callable[..., Proxy]) -> None:
+    calls = [custom(0, "run_sql", SQL), call(1, "get_weather", WEATHER)]
+    p = reply_proxy({"content": None, "tool_calls": calls})
     r = p.complete(user("What's the weather in Paris?"))
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["tool_calls"] == calls
     c = p.client().chat.completions.create(model="m", messages=user("What's the weather in Paris?"))  # type: ignore[arg-type]
@@ -243,43 +107,43 @@ def test_benign_non_streamed_custom_tool_calls_pass_unchanged(proxy: Callable[..
     assert [e.decision for e in p.events(2)] == ["allowed", "allowed"]
 
 
-def test_flag_only_releases_a_held_custom_call_with_the_note(proxy: Callable[..., Proxy]) -> None:
-    p = proxy({"tool_calls": [custom(0, "write_note", COMPLY)]}, guard={"categories": {"glorp_weapons": {"action": "flag_only"}}})
+def test_flag_only_releases_a_held_custom_call_with_the_note(reply_proxy: Callable[..., Proxy]) -> None:
+    p = reply_proxy({"tool_calls": [custom(0, "write_note", COMPLY)]}, guard={"categories": {"glorp_weapons": {"action": "flag_only"}}})
     events = p.stream(user(STORY))
     assert assembled_calls(events) == [custom(0, "write_note", COMPLY)]
     assert events[-2]["choices"][0]["finish_reason"] == "tool_calls" and events[-2]["charter"]["decision"] == "flagged"
 
 
-def test_a_streamed_tool_call_of_unknown_type_still_fails_closed(proxy: Callable[..., Proxy]) -> None:
-    p = proxy({"content": "Hello there.", "tool_calls": [{"id": "call_0", "type": "mcp", "mcp": {"name": "x", "input": "hi"}}]})
+def test_a_streamed_tool_call_of_unknown_type_still_fails_closed(reply_proxy: Callable[..., Proxy]) -> None:
+    p = reply_proxy({"content": "Hello there.", "tool_calls": [{"id": "call_0", "type": "mcp", "mcp": {"name": "x", "input": "hi"}}]})
     events = p.stream(user("Say hello."))
     assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "upstream_malformed", events
     assert not any("tool_calls" in d for d in deltas(events)) and p.events()[0].error == "upstream_malformed"
 
 
-def test_a_custom_body_with_unknown_fields_ends_the_stream_as_malformed(proxy: Callable[..., Proxy]) -> None:
-    p = proxy({"content": "Hello there.", "tool_calls": [{"id": "call_0", "type": "custom",
+def test_a_custom_body_with_unknown_fields_ends_the_stream_as_malformed(reply_proxy: Callable[..., Proxy]) -> None:
+    p = reply_proxy({"content": "Hello there.", "tool_calls": [{"id": "call_0", "type": "custom",
                                                            "custom": {"name": "x", "input": "a", "arguments": "b"}}]})
     events = p.stream(user("Say hello."))
     assert events[-2]["error"]["code"] == "upstream_malformed", events
     assert not any("tool_calls" in d for d in deltas(events))
 
 
-def test_non_streamed_tool_calls_of_unknown_type_are_read_whole(proxy: Callable[..., Proxy]) -> None:
+def test_non_streamed_tool_calls_of_unknown_type_are_read_whole(reply_proxy: Callable[..., Proxy]) -> None:
     """As before: a call of a type not known here is scored as its JSON (shown by the scored text the
     event keeps under ``events.content: full``)."""
     call = {"id": "call_0", "type": "mcp", "mcp": {"name": "lookup", "input": "the weather"}}
-    p = proxy({"content": None, "tool_calls": [call]}, events={"content": "full"})
+    p = reply_proxy({"content": None, "tool_calls": [call]}, events={"content": "full"})
     assert p.complete(user("What's the weather?")).json()["choices"][0]["message"]["tool_calls"] == [call]
     ev = p.events()[0]
     assert ev.content is not None and ev.content["response"] == json.dumps(call, separators=(",", ":"))
 
 
-def test_custom_calls_and_transcripts_are_scored_as_text(proxy: Callable[..., Proxy]) -> None:
+def test_custom_calls_and_transcripts_are_scored_as_text(reply_proxy: Callable[..., Proxy]) -> None:
     """What the guard reads of a reply with a custom call and audio: ``name(input)`` and the transcript,
     as for a function call, streamed (fragments in arrival order) and not."""
     msg = {"content": None, "audio": audio(SUNNY), "tool_calls": [custom(0, "run_sql", SQL)]}
-    p = proxy(msg, events={"content": "full"})
+    p = reply_proxy(msg, events={"content": "full"})
     assert p.complete(user("What's the weather?")).status_code == 200
     p.stream(user("What's the weather?"))
     got = [e.content["response"] if e.content else None for e in p.events(2)]
@@ -288,13 +152,13 @@ def test_custom_calls_and_transcripts_are_scored_as_text(proxy: Callable[..., Pr
     assert got == [f"{SUNNY}\nrun_sql({SQL})", f"run_sql({SQL}\n{SUNNY}"]
 
 
-def test_a_prior_custom_tool_call_is_read_as_name_and_input(proxy: Callable[..., Proxy]) -> None:
+def test_a_prior_custom_tool_call_is_read_as_name_and_input(reply_proxy: Callable[..., Proxy]) -> None:
     def conversation(query: str) -> list[dict[str, Any]]:
         return [{"role": "user", "content": "Search the web for me."},
                 {"role": "assistant", "content": None, "tool_calls": [custom(0, "web_search", query)]},
                 {"role": "tool", "tool_call_id": "call_0", "content": "No results."}]
 
-    p = proxy({"content": "Here is what I found."}, events={"content": "full"})
+    p = reply_proxy({"content": "Here is what I found."}, events={"content": "full"})
     r = p.complete(conversation(SMUGGLED)).json()
     ev = p.events()[0]
     # an earlier assistant turn is context for the output monitor, not a request for the input check
@@ -306,8 +170,8 @@ def test_a_prior_custom_tool_call_is_read_as_name_and_input(proxy: Callable[...,
 
 
 @pytest.mark.parametrize("stream", [True, False])
-def test_a_harmful_transcript_is_blocked(proxy: Callable[..., Proxy], stream: bool) -> None:
-    p = proxy({"content": None, "audio": audio(COMPLY)}, guard={"hold_back": 4})
+def test_a_harmful_transcript_is_blocked(reply_proxy: Callable[..., Proxy], stream: bool) -> None:
+    p = reply_proxy({"content": None, "audio": audio(COMPLY)}, guard={"hold_back": 4})
     if stream:
         events = p.stream(user(STORY))
         assert events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "content_filter", events
@@ -324,18 +188,18 @@ def test_a_harmful_transcript_is_blocked(proxy: Callable[..., Proxy], stream: bo
 
 
 @pytest.mark.parametrize("finish", ["stop", "none"])
-def test_benign_streamed_audio_arrives_whole_after_scoring(proxy: Callable[..., Proxy], finish: str) -> None:
+def test_benign_streamed_audio_arrives_whole_after_scoring(reply_proxy: Callable[..., Proxy], finish: str) -> None:
     """Held until the stream ends unflagged (audio cannot be matched to transcript tokens), then sent
     as one delta; audio models may end on the expiry chunk without a finish chunk."""
-    p = proxy({"content": None, "audio": audio(SUNNY)}, finish=finish)
+    p = reply_proxy({"content": None, "audio": audio(SUNNY)}, finish=finish)
     events = p.stream(user("What's the weather in Paris?"))
     assert events[-1] == "[DONE]" and assembled_audio(events) == audio(SUNNY)
     assert sum("audio" in d for d in deltas(events)) == 1
     assert p.events()[0].decision == "allowed"
 
 
-def test_benign_non_streamed_audio_passes_unchanged(proxy: Callable[..., Proxy]) -> None:
-    p = proxy({"content": None, "audio": audio(SUNNY)})
+def test_benign_non_streamed_audio_passes_unchanged(reply_proxy: Callable[..., Proxy]) -> None:
+    p = reply_proxy({"content": None, "audio": audio(SUNNY)})
     r = p.complete(user("What's the weather in Paris?"))
     assert r.status_code == 200 and r.json()["choices"][0]["message"]["audio"] == audio(SUNNY)
     c = p.client().chat.completions.create(model="m", messages=user("What's the weather in Paris?"))  # type: ignore[arg-type]
@@ -344,8 +208,8 @@ def test_benign_non_streamed_audio_passes_unchanged(proxy: Callable[..., Proxy])
 
 
 @pytest.mark.parametrize("stream", [True, False])
-def test_audio_without_a_transcript_fails_closed(proxy: Callable[..., Proxy], stream: bool) -> None:
-    p = proxy({"content": "Here it is.", "audio": audio(None)}, guard={"hold_back": 4})
+def test_audio_without_a_transcript_fails_closed(reply_proxy: Callable[..., Proxy], stream: bool) -> None:
+    p = reply_proxy({"content": "Here it is.", "audio": audio(None)}, guard={"hold_back": 4})
     if stream:
         events = p.stream(user("Read me a poem."))
         assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "unscorable_output", events
@@ -360,8 +224,8 @@ def test_audio_without_a_transcript_fails_closed(proxy: Callable[..., Proxy], st
 
 
 @pytest.mark.parametrize("stream", [True, False])
-def test_audio_without_a_transcript_passes_with_fail_open(proxy: Callable[..., Proxy], stream: bool) -> None:
-    p = proxy({"content": "Here it is.", "audio": audio(None)}, guard={"hold_back": 4, "fail_open": True})
+def test_audio_without_a_transcript_passes_with_fail_open(reply_proxy: Callable[..., Proxy], stream: bool) -> None:
+    p = reply_proxy({"content": "Here it is.", "audio": audio(None)}, guard={"hold_back": 4, "fail_open": True})
     if stream:
         got = assembled_audio(p.stream(user("Read me a poem.")))
     else:
@@ -370,8 +234,8 @@ def test_audio_without_a_transcript_passes_with_fail_open(proxy: Callable[..., P
     assert [(e.decision, e.error) for e in p.events()] == [("allowed", "unscorable_output_fail_open")]
 
 
-def test_streamed_audio_past_the_byte_cap_ends_the_stream(proxy: Callable[..., Proxy]) -> None:
+def test_streamed_audio_past_the_byte_cap_ends_the_stream(reply_proxy: Callable[..., Proxy]) -> None:
     big = base64.b64encode(b"\0" * (1 << 20)).decode()  # past the 1 MiB a non-streamed completion may have
-    p = proxy({"content": None, "audio": audio(SUNNY, big)})
+    p = reply_proxy({"content": None, "audio": audio(SUNNY, big)})
     events = p.stream(user("What's the weather in Paris?"))
     assert events[-2]["error"]["code"] == "upstream_too_large" and not any("audio" in d for d in deltas(events))
