@@ -146,10 +146,11 @@ class FailingSink:
         return None
 
 
-def test_a_full_queue_spills_to_disk_and_counts_never_dropping(tmp_path: Path) -> None:
+def _overflow(spill: Path, replay: bool) -> tuple[EventQueue, SlowSink]:
+    """50 events put into a queue of 5 whose sink accepts nothing until all are put."""
     async def run() -> tuple[EventQueue, SlowSink]:
         sink = SlowSink()
-        q = EventQueue(sink, tmp_path / "spill.jsonl", maxsize=5, batch=2)
+        q = EventQueue(sink, spill, maxsize=5, batch=2, replay=replay)
         await q.start()
         for i in range(50):
             q.put(Event(request_id=f"r{i}"))
@@ -157,7 +158,11 @@ def test_a_full_queue_spills_to_disk_and_counts_never_dropping(tmp_path: Path) -
         await q.close()
         return q, sink
 
-    q, sink = asyncio.run(run())
+    return asyncio.run(run())
+
+
+def test_a_full_queue_spills_to_disk_and_counts_never_dropping(tmp_path: Path) -> None:
+    q, sink = _overflow(tmp_path / "spill.jsonl", replay=True)
     # the overflow spilled to disk, then was replayed into the sink once it accepted writes again
     assert q.spilled > 0 and q.replayed == q.spilled and q.written == len(sink.events) == 50
     assert not (tmp_path / "spill.jsonl").exists() and not (tmp_path / "spill.jsonl.replaying").exists()
@@ -166,17 +171,7 @@ def test_a_full_queue_spills_to_disk_and_counts_never_dropping(tmp_path: Path) -
 
 
 def test_without_replay_the_overflow_stays_in_the_spill_file(tmp_path: Path) -> None:
-    async def run() -> tuple[EventQueue, SlowSink]:
-        sink = SlowSink()
-        q = EventQueue(sink, tmp_path / "spill.jsonl", maxsize=5, batch=2, replay=False)
-        await q.start()
-        for i in range(50):
-            q.put(Event(request_id=f"r{i}"))
-        sink.gate.set()
-        await q.close()
-        return q, sink
-
-    q, sink = asyncio.run(run())
+    q, sink = _overflow(tmp_path / "spill.jsonl", replay=False)
     spilled = read_events(tmp_path / "spill.jsonl")
     assert q.spilled == len(spilled) > 0 and q.written == len(sink.events) and q.replayed == 0
     ids = sorted([e.request_id for e in sink.events] + [e.request_id for e in spilled], key=lambda s: int(s[1:]))
