@@ -45,9 +45,10 @@ class EncoderProbeClassifier(ClassifierMixin, BaseEstimator):
     55.8% for six (BENCHMARKS.md).
 
     The MLPs train with Adam on minibatches of ``batch_size`` at ``learning_rate_init``. By default
-    (None) that is 1,000 at 0.002 from 20,000 training texts, else scikit-learn's 200 at 0.001 (fewer
-    than 20 steps an epoch underfit). On the default guard's 29,169 texts the four heads fit in 183 s
-    at 1,000 against 440 s at 200 and ranked as well (AUC 0.949 against 0.948; BENCHMARKS.md).
+    (None) that is 1,000 at 0.002 from 20,000 training texts, else scikit-learn's 200 at 0.001: on a
+    small set, 1,000 leaves a few steps an epoch and early stopping quits before the heads learn. On
+    the default guard's 29,169 texts the four heads fit in 183 s at 1,000 against 440 s at 200 and
+    ranked as well (AUC 0.949 against 0.948; BENCHMARKS.md).
     """
 
     def __init__(self, C: float = 0.05, C_category: float = 0.5, max_tokens: int = 128, max_iter: int = 2000,
