@@ -135,7 +135,8 @@ class Proxy:
 def start_proxy(stack: ExitStack, guard: Guard, message: dict[str, Any], /, finish: str | None = None,
                 **cfg: Any) -> Proxy:
     """A running proxy (``cfg`` its config, where ``guard`` is a section) in front of an upstream that
-    replies with ``message``; both stop when ``stack`` closes. The ``reply_proxy`` fixture (conftest.py) binds the first two."""
+    replies with ``message``; both stop when ``stack`` closes. The ``reply_proxy`` fixture
+    (conftest.py) binds the first two."""
     up = Upstream({"role": "assistant", **message}, finish)
     u = stack.enter_context(ServerThread(up.app()))
     cfg.setdefault("upstream", {})["base_url"] = u.url + "/v1"

@@ -207,8 +207,7 @@ class EncoderProbeClassifier(ClassifierMixin, BaseEstimator):
                     raise ArtifactError(f"stage 2 declares fine heads but its weights lack {e}") from None
                 k, hid = est.fine_heads, est.hidden
                 n = est.Fr_.shape[0] if est.Fr_.ndim == 1 else -1
-                if (est.F1_.shape[1:] != (k * hid,) or est.F2_.shape != (k, hid, n) or est.f2_.shape != (k, n)
-                        or not 0 < est.Fr_.sum() < n):
+                if est.F2_.shape != (k, hid, n) or est.f2_.shape != (k, n) or not 0 < est.Fr_.sum() < n:
                     raise ArtifactError("stage 2's fine heads have inconsistent shapes")
         est._check_widths(len(classes))
         est.classes_ = np.asarray(classes)
@@ -222,7 +221,8 @@ class EncoderProbeClassifier(ClassifierMixin, BaseEstimator):
             h = max(1, self.n_heads) * self.hidden
             want.update(H1=(self.H1_, (d, h)), h1=(self.h1_, (h,)), H2=(self.H2_, (h,)), h2=(self.h2_, (1,)))
             if self.F1_ is not None:
-                want["F1"] = (self.F1_, (d, self.fine_heads * self.hidden))
+                hf = self.fine_heads * self.hidden
+                want.update(F1=(self.F1_, (d, hf)), f1=(self.f1_, (hf,)))
         bad = [f"{k} {a.shape} (expected {s})" for k, (a, s) in want.items() if a.shape != s]
         if bad:
             raise ArtifactError(f"stage 2's weights do not fit its {d} features: {', '.join(bad)}")
