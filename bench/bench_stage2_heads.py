@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from charter.classifiers.features import NgramHasher
 from charter.classifiers.probe import EncoderProbeClassifier
 from charter.constitution import load_constitution
 from charter.constitution.loader import default_constitution_path
@@ -61,7 +60,8 @@ def main() -> None:
     test = [r for r in inputs if r.split == "test"]
     test = [test[i] for i in np.random.default_rng(0).choice(len(test), min(args.test, len(test)), replace=False)]
     dev = [json.loads(x) for x in (Path(__file__).parent / "data" / "handwritten_dev.jsonl").read_text().splitlines() if x.strip()]
-    s1, hasher = Guard.load().stage1, NgramHasher(n_features=cfg.n_features)
+    s1 = Guard.load().stage1
+    hasher = s1.hasher()
     view = lambda t: worst_view(s1, hasher, t)[2]  # noqa: E731
     probe = EncoderProbeClassifier(max_tokens=cfg.stage2_max_tokens)
     t0 = time.perf_counter()

@@ -81,6 +81,29 @@ def test_sample_weight_moves_the_binary_head():
                                plain.coef_, atol=1e-5)
 
 
+def test_word_weight_scales_word_ngrams_in_both_paths():
+    """``word_weight`` multiplies word n-grams' values (character n-grams keep 1/sqrt(n)); the batch path and
+    the single-text fast path apply it alike, and at 1 the features are the unweighted ones."""
+    text = "glorp toxin at home"
+    plain, heavy = NgramHasher(n_features=2**14), NgramHasher(n_features=2**14, word_weight=3.0)
+    idx, val = heavy.weighted(text)
+    assert np.array_equal(idx, plain.indices(text))
+    n_words = 4 + 3  # unigrams and bigrams, after the character n-grams
+    np.testing.assert_allclose(val[:-n_words], 1 / np.sqrt(len(idx)), rtol=1e-6)
+    np.testing.assert_allclose(val[-n_words:], 3 / np.sqrt(len(idx)), rtol=1e-6)
+    assert np.allclose(plain.weighted(text)[1], 1 / np.sqrt(len(idx)))
+    X = HARM + SAFE
+    y = ["glorp"] * len(HARM) + ["permitted"] * len(SAFE)
+    est = NgramClassifier(n_features=2**14, C=5.0, word_weight=3.0).fit(X, y)
+    assert clone(est).get_params()["word_weight"] == 3.0 and est.hasher().word_weight == 3.0
+    for t in ("glorp toxin at home", "bake some bread", ""):
+        np.testing.assert_allclose(est.proba_one(t), est.predict_proba([t])[0], rtol=1e-4, atol=1e-6)
+    i, v = est.hasher().weighted(text)
+    assert est.decision_function([text])[0] == pytest.approx(float(v @ est.coef_[i, 0] + est.intercept_[0]), rel=1e-4)
+    # the weight changes the fit: word evidence counts for more
+    assert not np.allclose(est.coef_, NgramClassifier(n_features=2**14, C=5.0).fit(X, y).coef_)
+
+
 def test_length_balance_weights_give_both_labels_the_same_length_histogram():
     from charter.guard.train import LENGTH_BINS, length_balance_weights
 

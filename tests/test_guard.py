@@ -234,6 +234,24 @@ def test_long_inputs_get_their_own_blend(model_dir, guard: Guard, tmp_path):
     assert "up to 10 words" in _blend({"combiner": split}) and "for longer ones" in _blend({"combiner": split})
 
 
+def test_stage1_reads_words_at_its_trained_weight(model_dir, guard: Guard, tmp_path):
+    """Training records stage 1's word weight; the guard's stage 1 scores with it (its fast path equals the
+    batch path on the worst view), and a model trained before the weight existed loads at 1."""
+    import numpy as np
+
+    from charter.guard.train import TrainConfig
+
+    doc = json.loads((model_dir / "manifest.json").read_text())
+    assert doc["stage1"]["params"]["word_weight"] == TrainConfig().stage1_word_weight == guard._hasher.word_weight != 1.0
+    assert f"Word n-grams weigh {TrainConfig().stage1_word_weight:g} times" in (model_dir / "MODEL_CARD.md").read_text()
+    for text in (HARMFUL, BENIGN, "aGVsbG8gZ2xvcnA="):
+        p, _, view = guard.stage1_probs(text)
+        np.testing.assert_allclose(p, guard.stage1.predict_proba([view])[0], rtol=1e-4, atol=1e-6)
+    old = Guard.load(_rewrite(model_dir, tmp_path / "old", lambda doc, arrays: doc["stage1"]["params"].pop("word_weight")))
+    assert old.stage1.word_weight == 1.0 and old._hasher.word_weight == 1.0
+    assert old.stage1_probs(HARMFUL)[0][1] != pytest.approx(guard.stage1_probs(HARMFUL)[0][1], rel=1e-3)
+
+
 def test_stage1_only_when_stage2_missing(model_dir, tmp_path):
     g = Guard.load(_rewrite(model_dir, tmp_path / "s1", _drop_stage2))
     assert g.stages == ["stage1"]

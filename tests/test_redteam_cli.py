@@ -76,18 +76,23 @@ def test_results_hold_every_attempt(run_dir: tuple[Path, int]) -> None:
     assert "universal" in s and "best_coverage" in s["universal"]
 
 
-def test_max_asr_gates_exit_code(run_dir: tuple[Path, int], mini_model_dir: Path, tmp_path: Path) -> None:
-    out, rc = run_dir
-    doc = json.loads((out / "results.json").read_text())
-    assert doc["summary"]["asr"]["k"] > 0  # the quick suite gets something past the mini guard
-    assert rc == 1  # --max-asr 0 was exceeded
+def test_max_asr_gates_exit_code(mini_model_dir: Path, tmp_path: Path) -> None:
+    from charter.classifiers.artifacts import load_model_dir
+    from charter.guard.calibrate import write_model_dir
+
+    # the mini guard with its escalation gate shut: stage 2 never runs, so nothing is flagged (the mini
+    # guard itself now stops every attack of the quick suite)
+    doc, arrays = load_model_dir(mini_model_dir)
+    doc["thresholds"]["escalate"] = 1.0
+    leaky = tmp_path / "leaky"
+    write_model_dir(mini_model_dir, leaky, arrays, doc)
     _register()
-    res = CliRunner().invoke(app, ["redteam", "--target", f"guard:{mini_model_dir}", "--out", str(tmp_path / "a"),
+    res = CliRunner().invoke(app, ["redteam", "--target", f"guard:{leaky}", "--out", str(tmp_path / "a"),
                                    "--suite", "quick", "--budget", "0", "-c", MINI, "--max-asr", "1", "--max-fpr", "1"])
     assert res.exit_code == 0, res.output
-    # the run_dir campaign (its adaptive budget included), which got something past the guard
-    res = CliRunner().invoke(app, ["redteam", "--target", f"guard:{mini_model_dir}", "--out", str(tmp_path / "b"),
-                                   "--suite", "quick", "--budget", "6", "-c", MINI, "--max-asr", "0"])
+    assert json.loads((tmp_path / "a" / "results.json").read_text())["summary"]["asr"]["k"] > 0
+    res = CliRunner().invoke(app, ["redteam", "--target", f"guard:{leaky}", "--out", str(tmp_path / "b"),
+                                   "--suite", "quick", "--budget", "0", "-c", MINI, "--max-asr", "0"])
     assert res.exit_code == 1
     assert "exceeds --max-asr" in res.output
 

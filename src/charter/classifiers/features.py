@@ -46,7 +46,8 @@ def _mix(h: np.ndarray) -> np.ndarray:
 
 
 class NgramHasher:
-    """Bag of hashed character and word n-grams; each occurrence weighs 1/sqrt(n_occurrences).
+    """Bag of hashed character and word n-grams; each occurrence weighs 1/sqrt(n_occurrences),
+    a word n-gram ``word_weight`` times that.
 
     Indices are not de-duplicated (``np.unique`` would double the cost): a repeated n-gram
     counts again, and training and inference share this exact scheme.
@@ -60,20 +61,33 @@ class NgramHasher:
         char_ngrams: tuple[int, int] = (2, 5),
         word_ngrams: tuple[int, int] = (1, 2),
         max_chars: int = 20_000,
+        word_weight: float = 1.0,
     ) -> None:
         self.n_features = n_features
         self.char_ngrams = char_ngrams
         self.word_ngrams = word_ngrams
         self.max_chars = max_chars
+        self.word_weight = word_weight
 
     def indices(self, text: str, salt: int = 0, pad_end: bool = True) -> np.ndarray:
-        """Feature indices of ``text`` (with repeats)."""
+        """Feature indices of ``text`` (with repeats): its character n-grams', then its word n-grams'."""
+        return self._indices(text, salt, pad_end)[0]
+
+    def weighted(self, text: str, salt: int = 0, pad_end: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Feature indices of ``text`` and their values (float32), as :meth:`transform` sets them."""
+        idx, n_char = self._indices(text, salt, pad_end)
+        val = np.full(len(idx), 1.0 / np.sqrt(max(len(idx), 1)), dtype=np.float32)
+        val[n_char:] *= self.word_weight
+        return idx, val
+
+    def _indices(self, text: str, salt: int, pad_end: bool) -> tuple[np.ndarray, int]:
         s = " " + text[: self.max_chars].casefold() + (" " if pad_end else "")
         parts: list[np.ndarray] = []
         codes = np.frombuffer(s.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
         lo, hi = self.char_ngrams
         with np.errstate(over="ignore"):
             parts += [window_hashes(codes, n, n * 1_000_003 + salt) for n in range(lo, hi + 1)]
+            n_char = sum(len(p) for p in parts)
             words = _WORD.findall(s)
             if words:
                 w = np.fromiter((zlib.crc32(x.encode()) for x in words), dtype=np.uint64, count=len(words))
@@ -82,18 +96,16 @@ class NgramHasher:
                 parts += [window_hashes(w, n, 0xABCDEF + n + salt) for n in range(lo_w, hi_w + 1)]
             parts = [p for p in parts if len(p)]
             if not parts:
-                return np.zeros(0, dtype=np.int64)
+                return np.zeros(0, dtype=np.int64), 0
             allh = _mix(np.concatenate(parts))
-        return (allh % np.uint64(self.n_features)).astype(np.int64)
+        return (allh % np.uint64(self.n_features)).astype(np.int64), n_char
 
     def transform(self, texts: list[str], salt: int = 0, pad_end: bool = True) -> sp.csr_matrix:
-        rows = [self.indices(t, salt, pad_end) for t in texts]
+        rows = [self.weighted(t, salt, pad_end) for t in texts]
         indptr = np.zeros(len(rows) + 1, dtype=np.int64)
-        indptr[1:] = np.cumsum([len(r) for r in rows])
-        idx = np.concatenate(rows) if rows else np.zeros(0, dtype=np.int64)
-        data = np.concatenate(
-            [np.full(len(r), 1.0 / np.sqrt(max(len(r), 1)), dtype=np.float32) for r in rows]
-        ) if rows else np.zeros(0, dtype=np.float32)
+        indptr[1:] = np.cumsum([len(r) for r, _ in rows])
+        idx = np.concatenate([r for r, _ in rows]) if rows else np.zeros(0, dtype=np.int64)
+        data = np.concatenate([v for _, v in rows]) if rows else np.zeros(0, dtype=np.float32)
         X = sp.csr_matrix((data, idx, indptr), shape=(len(rows), self.n_features))
         X.sum_duplicates()
         return X

@@ -68,7 +68,7 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         "## Architecture",
         "- Normalisation: every input is scored as-is and through decoded views (base64/hex/url, rot13 and ciphers, Morse, ciphered segments inside readable text, confusables, invisible characters, leetspeak, spacing, and Best-of-N noise: text with random capitals has its words corrected to the commonest vocabulary word with their letters); the worst case counts.",
         "- Stage 1: logistic regression over hashed character 2-5-grams and word 1-2-grams (2^18 buckets): a binary head (restricted or not) for the score and a multinomial head for the category."
-        + _length_balance(m),
+        + _length_balance(m) + _word_weight(m),
         (f"- Stage 2: {_probe_head(m)} over all-MiniLM-L6-v2's mean-pooled embedding output and all six layers "
          "(2,688 features; numpy forward pass, weights pinned by sha256), run on the view stage 1 found most suspicious"
          + _stage2_reads(m) + "; "
@@ -140,6 +140,14 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         "",
     ]
     return "\n".join(lines)
+
+
+def _word_weight(m: dict[str, Any]) -> str:
+    w = float(((m.get("stage1") or {}).get("params") or {}).get("word_weight", 1.0))
+    if w == 1.0:
+        return ""
+    return (f" Word n-grams weigh {w:g} times a character n-gram: a short text has about ten character n-grams"
+            " a word, and its few telling words would barely move the score.")
 
 
 def _length_balance(m: dict[str, Any]) -> str:

@@ -188,7 +188,7 @@ class Guard:
     _stage2_memo: dict[bytes, np.ndarray] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        self._hasher = NgramHasher(n_features=self.stage1.n_features)
+        self._hasher = self.stage1.hasher()
         self.classes = list(self.stage1.classes_)
         self._perm = self.classes.index(PERMITTED)
         if self.stage2 is not None and list(self.stage2.classes_) != self.classes:

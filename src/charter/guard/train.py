@@ -21,7 +21,6 @@ from charter.constitution.model import Constitution
 from charter.data.records import MAX_LINE_BYTES, Record, iter_jsonl
 from charter.errors import CharterError
 from charter.fileio import sha256_file
-from charter.classifiers.features import NgramHasher
 from charter.guard.guard import MAX_INPUT_CHARS, PERMITTED, Guard, worst_view
 from charter.guard.stats import rate, threshold_for_fpr
 
@@ -46,6 +45,12 @@ class TrainConfig:
     #: short blunt requests were never escalated; refitting stage 1 alone on the sixth session's data,
     #: 1 took hand-written dev recall 74.2% -> 77.9% at 0 FPR, the synthetic test 54.4% -> 55.1% (BENCHMARKS.md)
     stage1_length_balance: float = 1.0
+    #: stage 1's word n-grams count this many times a character n-gram. A short text has about ten
+    #: character n-grams a word, so at 1 "Write a speech saying immigrants are vermin..." scored 0.24 and
+    #: stage 2 (1.00) never read it. Refitting stage 1 alone on the thirteenth session's data, 4 took its
+    #: held-out AUC from 0.934 to 0.942 and the restricted requests it escalates at the same 9% benign
+    #: budget from 78.0% to 80.9% (hand-written dev set: 87.9% -> 92.1%); 2: 0.939, 6: 0.941, 12: 0.936
+    stage1_word_weight: float = 4.0
     seed: int = 0
     use_stage2: bool = True
     max_train: int | None = None  # cap training records (tests)
@@ -222,7 +227,8 @@ def train_guard(
     X1 = [r.input_text() for r in tr_in]
     y1 = [_class_of(r) for r in tr_in]
     w1 = length_balance_weights(X1, [r.label == "restricted" for r in tr_in], cfg.stage1_length_balance)
-    s1 = NgramClassifier(n_features=cfg.n_features, C=cfg.stage1_C).fit(X1, y1, sample_weight=w1)
+    s1 = NgramClassifier(n_features=cfg.n_features, C=cfg.stage1_C, word_weight=cfg.stage1_word_weight).fit(
+        X1, y1, sample_weight=w1)
     timings["stage1_fit_s"] = time.perf_counter() - t0
 
     s2 = None
@@ -231,7 +237,7 @@ def train_guard(
 
         sub = _subsample(tr_in, cfg.max_stage2_train, cfg.seed + 1)
         # stage 2 reads the view stage 1 found worst (usually decoded), so it trains on that view
-        hasher = NgramHasher(n_features=cfg.n_features)
+        hasher = s1.hasher()
         sub_texts = [worst_view(s1, hasher, r.input_text())[2] for r in sub]
         progress(f"stage 2: encoding {len(sub)} requests with MiniLM and fitting the probe")
         t0 = time.perf_counter()
