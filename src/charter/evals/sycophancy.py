@@ -17,9 +17,10 @@ Failed model calls are counted as errors and excluded from rates; nothing is gue
 from __future__ import annotations
 
 import hashlib
+import queue
 import random
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -373,19 +374,32 @@ def run_sycophancy(
         progress(resumed, "resumed from the journal")
     ex = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sycophancy")
     finished = resumed
+    # A few items in flight at a time, each reporting to a queue the main thread blocks on. Ctrl-C
+    # used to land, now and then, inside concurrent.futures.wait() over all the queued items while it
+    # held their locks one by one; the lock it left held kept the running worker from finishing,
+    # and the interpreter waited on that worker forever.
+    left, inflight, finished_q = iter(todo), {}, queue.SimpleQueue()
+
+    def submit_next() -> None:
+        if (u := next(left, None)) is not None:
+            f = ex.submit(work, *u)
+            inflight[f] = u
+            f.add_done_callback(finished_q.put)
+
     try:
-        futs = {ex.submit(work, *u): u for u in todo}
-        pending = set(futs)
-        while pending:
-            done, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in done:
-                task, i, _ = futs[f]
-                records[task][i] = f.result()
-                if jr is not None:
-                    jr.add(item_key(*futs[f]), records[task][i])
-                finished += 1
-                if progress:
-                    progress(1, task)
+        for _ in range(2 * concurrency):
+            submit_next()
+        while inflight:
+            f = finished_q.get()
+            u = inflight.pop(f)
+            task, i, _ = u
+            records[task][i] = f.result()
+            if jr is not None:
+                jr.add(item_key(*u), records[task][i])
+            finished += 1
+            if progress:
+                progress(1, task)
+            submit_next()
     except BaseException as e:  # Ctrl-C or an unexpected failure: stop, and keep what is finished
         ex.shutdown(wait=False, cancel_futures=True)
         if jr is not None:
