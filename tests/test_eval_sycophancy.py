@@ -519,7 +519,7 @@ def test_interrupt_stops_the_run_and_keeps_finished_items(scripted_openai: Start
 def test_cli_sigint_writes_the_finished_items(scripted_openai: Start, tmp_path: Path) -> None:
     srv = scripted_openai(lambda body: Reply(text=honest(body), delay=0.05))
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-c", "from charter.cli import run; run()", "eval", "sycophancy",
+    proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", "from charter.cli import run; run()", "eval", "sycophancy",
                              "--target", f"openai:{srv.base_url}", "--out", str(out), "--n", "1000", "--tasks", "mimicry",
                              "--concurrency", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -527,7 +527,13 @@ def test_cli_sigint_writes_the_finished_items(scripted_openai: Start, tmp_path: 
         while len(srv.requests) < 5 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=15)  # the 995 queued items are not waited for
+        try:
+            # generous: the 995 queued items are not waited for (k < 1000 below), but on a loaded machine
+            # writing the partial results and report takes a while
+            _, err = proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:  # show where it hangs: faulthandler dumps every thread on SIGABRT
+            proc.send_signal(signal.SIGABRT)
+            raise AssertionError(f"no exit 60 s after SIGINT; the child's threads:\n{proc.communicate(timeout=15)[1][-6000:]}") from None
     finally:
         proc.kill()
     assert proc.returncode == 1 and "stopped after" in err and "(interrupted)" in err and "Traceback" not in err
