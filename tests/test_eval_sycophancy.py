@@ -516,12 +516,21 @@ def test_interrupt_stops_the_run_and_keeps_finished_items(scripted_openai: Start
     assert "Incomplete run" in paths["report"].read_text()
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """In the child before exec: SIGINT at its default and unblocked, as a shell starts a command. In full-suite
+    runs the child finished all 1,000 items with exit 0 after SIGINT: it had inherited SIGINT ignored or blocked
+    from the test process (so Python installs no KeyboardInterrupt handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_cli_sigint_writes_the_finished_items(scripted_openai: Start, tmp_path: Path) -> None:
     srv = scripted_openai(lambda body: Reply(text=honest(body), delay=0.05))
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", "from charter.cli import run; run()", "eval", "sycophancy",
                              "--target", f"openai:{srv.base_url}", "--out", str(out), "--n", "1000", "--tasks", "mimicry",
-                             "--concurrency", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--concurrency", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_ctrl_c_as_in_a_terminal)
     try:
         deadline = time.monotonic() + 60
         while len(srv.requests) < 5 and time.monotonic() < deadline and proc.poll() is None:
