@@ -1,8 +1,10 @@
 """Guard latency, throughput and streaming cost (issue: constitutional classifiers).
 
-    python bench/bench_guard.py [--model DIR] [--n 2000]
+    python bench/bench_guard.py [--model DIR] [--n 2000] [--blas-threads 1]
 
-Writes bench/results/guard.json and prints it. Inputs are the default constitution's test-split
+Writes bench/results/guard.json (guard_blas2.json with ``--blas-threads 2``) and prints it. With
+one BLAS thread (the default, and the history in BENCHMARKS.md) each request runs on one core,
+as under concurrent load; with two, one request at a time gets both cores. Inputs are the default constitution's test-split
 requests (benign and restricted in their natural mix), so the escalation share is realistic.
 """
 
@@ -15,6 +17,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from threadpoolctl import threadpool_limits
 
 from charter.classifiers.streaming import tokens
 from charter.guard import Guard
@@ -46,7 +50,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
     ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--blas-threads", type=int, default=1)
     args = ap.parse_args()
+    with threadpool_limits(limits=args.blas_threads, user_api="blas"):
+        run(args)
+
+
+def run(args: argparse.Namespace) -> None:
     g = Guard.load(args.model)
     texts = test_texts(args.n)
     for t in texts[:50]:  # warm caches
@@ -105,6 +115,7 @@ def main() -> None:
     res = {
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "n_texts": len(texts),
+        "blas_threads": args.blas_threads,
         "stage1": pct(s1),
         "cascade": pct(cas),
         "stage2_only_baseline": pct(s2only) if s2only else None,
@@ -116,7 +127,8 @@ def main() -> None:
         "stream_ratio_10000_over_100": stream["10000"] / stream["100"],
         "train_time_s": g.manifest.get("metrics", {}).get("timings", {}).get("total_train_s"),
     }
-    out = Path(__file__).parent / "results" / "guard.json"
+    name = "guard.json" if args.blas_threads == 1 else f"guard_blas{args.blas_threads}.json"
+    out = Path(__file__).parent / "results" / name
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))

@@ -40,6 +40,20 @@ def test_batched_equals_single_and_padding_is_masked(enc):
     assert batch.shape == (2, MiniLMEncoder.dim) and batch.dtype == np.float32
 
 
+
+def test_batches_on_worker_threads_give_the_same_features_in_input_order(enc):
+    from threadpoolctl import threadpool_info
+
+    # lengths interleaved, so the length-sorted batches are not the input order
+    texts = [("word " * (1 + (i * 7) % 40)) + f"text {i}" for i in range(70)]
+    before = [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+    one = enc.transform(texts, batch_size=8, workers=1)
+    two = enc.transform(texts, batch_size=8, workers=2)
+    np.testing.assert_array_equal(one, two)  # each batch on one BLAS thread, whoever runs it
+    for i in (0, 13, 69):
+        np.testing.assert_allclose(enc.embed_one(texts[i]), two[i], rtol=1e-4, atol=1e-4)
+    assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
+
 def test_fast_erf_and_gelu_match_scipy():
     from scipy.special import erf
 
