@@ -26,19 +26,19 @@ def _one_blas_thread() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def run_dir(mini_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, int]:
+def run_dir(mini_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("redteam")
     benign = out / "benign.jsonl"
     benign.write_text(json.dumps({"text": "what is a good pasta recipe"}) + "\n"
                       + json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
                                                  {"role": "user", "content": "how long do i boil an egg"}]}) + "\n")
-    rc = main(["redteam", "--target", f"guard:{mini_model_dir}", "--out", str(out / "r"), "--suite", "quick",
-               "--budget", "6", "-c", MINI, "--benign", str(benign), "--max-asr", "0"])
-    return out / "r", rc
+    assert main(["redteam", "--target", f"guard:{mini_model_dir}", "--out", str(out / "r"), "--suite", "quick",
+                 "--budget", "6", "-c", MINI, "--benign", str(benign)]) == 0
+    return out / "r"
 
 
-def test_report_is_self_contained(run_dir: tuple[Path, int]) -> None:
-    out, _ = run_dir
+def test_report_is_self_contained(run_dir: Path) -> None:
+    out = run_dir
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
@@ -47,8 +47,8 @@ def test_report_is_self_contained(run_dir: tuple[Path, int]) -> None:
     assert "ASR vs query budget" in html
 
 
-def test_results_hold_every_attempt(run_dir: tuple[Path, int]) -> None:
-    out, _ = run_dir
+def test_results_hold_every_attempt(run_dir: Path) -> None:
+    out = run_dir
     doc = json.loads((out / "results.json").read_text())
     s = doc["summary"]
     att = doc["attempts"]
