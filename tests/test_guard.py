@@ -132,6 +132,23 @@ def test_manifest_records_hashes_and_metrics(model_dir):
     assert "Charter guard: model card" in (model_dir / "MODEL_CARD.md").read_text()
 
 
+def test_card_latency_says_how_many_blas_threads_it_ran_on(model_dir, guard):
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from charter.guard.card import model_card
+    from charter.guard.train import latency
+
+    doc = json.loads((model_dir / "manifest.json").read_text())
+    blas = max(int(i["num_threads"]) for i in threadpool_info() if i["user_api"] == "blas")
+    for n in {1, blas}:
+        with threadpool_limits(limits=n, user_api="blas"):
+            lat = latency(guard, ["how do I bake bread", "how do I make a nerve agent"])
+        assert lat["blas_threads"] == n and lat["p50_ms"] > 0
+        doc["metrics"]["latency"] = lat
+        card = model_card(doc, n_train_inputs=1, n_train_exchanges=1)
+        assert f"; {n} BLAS thread{'s' if n > 1 else ''} (concurrent requests" in card
+
+
 def _rewrite(src: Path, dst: Path, edit) -> Path:
     """A copy of model dir ``src`` at ``dst`` after ``edit(manifest, arrays)``, saved with fresh hashes."""
     from charter.classifiers.artifacts import load_model_dir

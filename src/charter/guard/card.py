@@ -134,8 +134,9 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
     lines += ["", "## Recall by transform family", "", "| family | recall |", "|---|---|"]
     lines += [f"| {f}{' (held out)' if f in m['holdout_families'] else ''} | {_r(v)} |" for f, v in met["recall_by_family"].items()]
     lines += [
-        "", "## Latency (this machine, batch size 1, one thread)", "",
-        f"- check_input p50 {lat.get('p50_ms', float('nan')):.3f} ms, p99 {lat.get('p99_ms', float('nan')):.3f} ms; share escalated {100 * lat.get('escalated_share', 0):.1f}%.",
+        "", "## Latency (this machine, batch size 1, one request at a time)", "",
+        f"- check_input p50 {lat.get('p50_ms', float('nan')):.3f} ms, p99 {lat.get('p99_ms', float('nan')):.3f} ms; share escalated {100 * lat.get('escalated_share', 0):.1f}%"
+        + (f"; {lat['blas_threads']} BLAS thread{'s' if lat['blas_threads'] != 1 else ''} (concurrent requests share the cores)." if lat.get("blas_threads") else "."),
         f"- Training time: {met['timings'].get('total_train_s', 0):.0f} s.",
         "",
     ]

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
+from threadpoolctl import threadpool_info
 
 from charter import __version__
 from charter.classifiers.artifacts import save_model_dir
@@ -662,4 +663,6 @@ def latency(guard: Guard, texts: Sequence[str]) -> dict[str, float]:
         lat.append(v.latency_ms)
         esc += v.escalated
     a = np.array(lat)
-    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()), "escalated_share": esc / len(texts)}
+    blas = [int(i["num_threads"]) for i in threadpool_info() if i.get("user_api") == "blas"]
+    return {"p50_ms": float(np.percentile(a, 50)), "p99_ms": float(np.percentile(a, 99)), "mean_ms": float(a.mean()),
+            "escalated_share": esc / len(texts), **({"blas_threads": max(blas)} if blas else {})}
