@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from threadpoolctl import threadpool_limits
 
 from charter.classifiers.streaming import tokens

@@ -40,7 +40,6 @@ def test_batched_equals_single_and_padding_is_masked(enc):
     assert batch.shape == (2, MiniLMEncoder.dim) and batch.dtype == np.float32
 
 
-
 def test_batches_on_worker_threads_give_the_same_features_in_input_order(enc):
     from threadpoolctl import threadpool_info
 
@@ -53,6 +52,7 @@ def test_batches_on_worker_threads_give_the_same_features_in_input_order(enc):
     for i in (0, 13, 69):
         np.testing.assert_allclose(enc.embed_one(texts[i]), two[i], rtol=1e-4, atol=1e-4)
     assert [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"] == before
+
 
 def test_fast_erf_and_gelu_match_scipy():
     from scipy.special import erf

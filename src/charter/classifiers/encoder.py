@@ -210,18 +210,13 @@ class MiniLMEncoder:
             out[idx] = self._forward(ids, mask)
 
         batches = [order[s : s + batch_size] for s in range(0, len(texts), batch_size)]
-        if len(batches) <= 1:  # one request: BLAS may use every core for it (latency)
-            for idx in batches:
-                run(idx)
+        if len(batches) == 1:  # one request: BLAS may use every core for it (latency)
+            run(batches[0])
             return out
         n_workers = max(1, min(workers or _cpus(), len(batches)))
-        with _BATCH_LOCK, threadpool_limits(limits=1, user_api="blas"):
-            if n_workers == 1:
-                for idx in batches:
-                    run(idx)
-            else:
-                with ThreadPoolExecutor(n_workers, thread_name_prefix="charter-encoder") as pool:
-                    list(pool.map(run, batches))
+        with (_BATCH_LOCK, threadpool_limits(limits=1, user_api="blas"),
+              ThreadPoolExecutor(n_workers, thread_name_prefix="charter-encoder") as pool):
+            list(pool.map(run, batches))
         return out
 
     def embed_one(self, text: str) -> np.ndarray:

@@ -95,14 +95,8 @@ class NgramClassifier(ClassifierMixin, BaseEstimator):
 
     def proba_one(self, text: str, hasher: NgramHasher | None = None) -> np.ndarray:
         """Fast path for one text (no sparse matrix)."""
-        h = hasher or self.hasher()
-        if h.word_weight == 1.0:  # every value is 1/sqrt(n): a sum, and no value array
-            idx = h.indices(text)
-            z = self.coef_[idx].sum(axis=0) / np.sqrt(len(idx)) + self.intercept_ if len(idx) else self.intercept_
-        else:
-            idx, val = h.weighted(text)
-            z = val @ self.coef_[idx] + self.intercept_
-        return self._proba(z)
+        idx, val = (hasher or self.hasher()).weighted(text)
+        return self._proba(val @ self.coef_[idx] + self.intercept_)
 
     # persistence (plain arrays; see charter.classifiers.artifacts)
     def to_arrays(self) -> dict[str, np.ndarray]:
