@@ -1,8 +1,9 @@
 """Guard latency, throughput and streaming cost (issue: constitutional classifiers).
 
-    python bench/bench_guard.py [--model DIR] [--n 2000] [--blas-threads 1]
+    python bench/bench_guard.py [--model DIR] [--n 2000] [--blas-threads 1] [--out FILE]
 
-Writes bench/results/guard.json (guard_blas2.json with ``--blas-threads 2``) and prints it. With
+Writes bench/results/guard.json (guard_blas2.json with ``--blas-threads 2``; ``--out`` names another
+file, for a second machine) and prints it, with the CPU it ran on. With
 one BLAS thread (the default, and the history in BENCHMARKS.md) each request runs on one core,
 as under concurrent load; with two, one request at a time gets both cores. Inputs are the default constitution's test-split
 requests (benign and restricted in their natural mix), so the escalation share is realistic.
@@ -21,6 +22,7 @@ from threadpoolctl import threadpool_limits
 
 from charter.classifiers.streaming import tokens
 from charter.guard import Guard
+from charter.guard.train import machine
 from charter.transforms.normalise import _views_memo
 
 
@@ -50,6 +52,7 @@ def main() -> None:
     ap.add_argument("--model", default=None)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--blas-threads", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
     with threadpool_limits(limits=args.blas_threads, user_api="blas"):
         run(args)
@@ -112,7 +115,8 @@ def run(args: argparse.Namespace) -> None:
             best = min(best, (time.perf_counter() - t0) / n * 1e6)
         stream[str(n)] = best
     res = {
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "machine": f"{platform.machine()} {machine()['cpu']}".strip(),
+        "cores": machine()["cores"],
         "n_texts": len(texts),
         "blas_threads": args.blas_threads,
         "stage1": pct(s1),
@@ -127,7 +131,7 @@ def run(args: argparse.Namespace) -> None:
         "train_time_s": g.manifest.get("metrics", {}).get("timings", {}).get("total_train_s"),
     }
     name = "guard.json" if args.blas_threads == 1 else f"guard_blas{args.blas_threads}.json"
-    out = Path(__file__).parent / "results" / name
+    out = args.out or Path(__file__).parent / "results" / name
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
     print(json.dumps(res, indent=2))

@@ -149,6 +149,27 @@ def test_card_latency_says_how_many_blas_threads_it_ran_on(model_dir, guard):
         assert f"; {n} BLAS thread{'s' if n > 1 else ''} (concurrent requests" in card
 
 
+def test_card_names_the_training_machine_and_where_training_time_went(model_dir):
+    from charter.classifiers.encoder import _cpus
+    from charter.guard.card import model_card
+
+    doc = json.loads((model_dir / "manifest.json").read_text())
+    m, t = doc["metrics"]["machine"], doc["metrics"]["timings"]
+    assert m["cores"] == _cpus() and m["cpu"]
+    steps = ("stage1_fit_s", "exchange_fit_s", "calibrate_s", "evaluate_s")
+    assert all(0 < t[k] < t["total_train_s"] for k in steps)
+    assert sum(t.get(k, 0) for k in (*steps, "stage2_fit_s")) <= t["total_train_s"]
+    card = (model_dir / "MODEL_CARD.md").read_text()
+    assert f"## Latency ({m['cores']} core{'s' if m['cores'] > 1 else ''} of {m['cpu']}, batch size 1" in card
+    assert f"- Training time: {t['total_train_s']:.0f} s (stage 1 {t['stage1_fit_s']:.0f} s, " in card
+    assert f"calibration {t['calibrate_s']:.0f} s, evaluation {t['evaluate_s']:.0f} s)." in card
+    # a manifest from before the machine and the breakdown were recorded still renders
+    del doc["metrics"]["machine"]
+    doc["metrics"]["timings"] = {"total_train_s": 473.2}
+    old = model_card(doc, n_train_inputs=1, n_train_exchanges=1)
+    assert "## Latency (the training machine, batch size 1" in old and "- Training time: 473 s.\n" in old
+
+
 def _rewrite(src: Path, dst: Path, edit) -> Path:
     """A copy of model dir ``src`` at ``dst`` after ``edit(manifest, arrays)``, saved with fresh hashes."""
     from charter.classifiers.artifacts import load_model_dir

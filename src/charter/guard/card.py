@@ -134,13 +134,29 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
     lines += ["", "## Recall by transform family", "", "| family | recall |", "|---|---|"]
     lines += [f"| {f}{' (held out)' if f in m['holdout_families'] else ''} | {_r(v)} |" for f, v in met["recall_by_family"].items()]
     lines += [
-        "", "## Latency (this machine, batch size 1, one request at a time)", "",
+        "", f"## Latency ({_machine(met)}, batch size 1, one request at a time)", "",
         f"- check_input p50 {lat.get('p50_ms', float('nan')):.3f} ms, p99 {lat.get('p99_ms', float('nan')):.3f} ms; share escalated {100 * lat.get('escalated_share', 0):.1f}%"
         + (f"; {lat['blas_threads']} BLAS thread{'s' if lat['blas_threads'] != 1 else ''} (concurrent requests share the cores)." if lat.get("blas_threads") else "."),
-        f"- Training time: {met['timings'].get('total_train_s', 0):.0f} s.",
+        f"- Training time: {_training_time(met['timings'])}",
         "",
     ]
     return "\n".join(lines)
+
+
+def _machine(met: dict[str, Any]) -> str:
+    m = met.get("machine")
+    if not isinstance(m, dict):
+        return "the training machine"
+    n = m.get("cores")
+    return f"{n} core{'' if n == 1 else 's'} of {m.get('cpu')}"
+
+
+def _training_time(t: dict[str, float]) -> str:
+    parts = [(label, t[k]) for k, label in (("stage1_fit_s", "stage 1"), ("stage2_fit_s", "stage 2"),
+             ("exchange_fit_s", "exchange classifier"), ("calibrate_s", "calibration"), ("evaluate_s", "evaluation"))
+             if k in t]
+    detail = f" ({', '.join(f'{label} {v:.0f} s' for label, v in parts)})" if parts else ""
+    return f"{t.get('total_train_s', 0):.0f} s{detail}."
 
 
 def _word_weight(m: dict[str, Any]) -> str:

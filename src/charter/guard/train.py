@@ -86,6 +86,24 @@ class TrainConfig:
     max_stage2_eval: int = 1500  # test texts scored by stage 2 alone, for the stage comparison
 
 
+def machine() -> dict[str, Any]:
+    """The CPU model and the cores this process may use: training time and latency depend on both
+    (the same training run took 465 s on one 2-core host and 777 s on another)."""
+    import platform
+
+    from charter.classifiers.encoder import _cpus
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:  # not Linux
+        pass
+    return {"cpu": cpu, "cores": _cpus()}
+
+
 def _read_manifest(path: Path) -> dict[str, Any]:
     mpath = path / "manifest.json"
     if not mpath.is_file():
@@ -269,7 +287,9 @@ def train_guard(
     calib_in = [r for r in inputs if r.split == "calib"]
     calib_ex = [r for r in exchanges if r.split == "calib"]
     cache = ScoreCache()
+    t0 = time.perf_counter()
     cal = calibrate(guard, calib_in, calib_ex, cfg, cache=cache)
+    timings["calibrate_s"] = time.perf_counter() - t0
     guard.thresholds.update(cal["thresholds"])
     manifest_extra: dict[str, Any] = {}
     if guard.combiner:
@@ -280,10 +300,13 @@ def train_guard(
     progress("evaluating on held-out seeds")
     test_in = [r for r in inputs if r.split == "test"]
     test_ex = [r for r in exchanges if r.split == "test"]
+    t0 = time.perf_counter()
     metrics = evaluate(guard, test_in, test_ex, holdout_families, cfg.max_stage2_eval, cache)
+    timings["evaluate_s"] = time.perf_counter() - t0
     metrics["calibration"] = cal["report"]
     timings["total_train_s"] = time.perf_counter() - t_start
     metrics["timings"] = timings
+    metrics["machine"] = machine()
 
     arrays: dict[str, dict[str, np.ndarray]] = {"stage1": s1.to_arrays(), "exchange": ex.to_arrays()}
     manifest: dict[str, Any] = {
