@@ -517,9 +517,11 @@ def test_interrupt_stops_the_run_and_keeps_finished_items(scripted_openai: Start
 
 
 def _ctrl_c_as_in_a_terminal() -> None:
-    """In the child before exec: SIGINT at its default and unblocked, as a shell starts a command. In full-suite
-    runs the child finished all 1,000 items with exit 0 after SIGINT: it had inherited SIGINT ignored or blocked
-    from the test process (so Python installs no KeyboardInterrupt handler)."""
+    """In the child before exec: SIGINT at its default and unblocked, as an interactive shell starts a command.
+    A shell without job control starts a background command (``pytest &``, as CI harnesses run it) with SIGINT
+    ignored, and the child inherits that: Python then installs no KeyboardInterrupt handler, and the child
+    finished all 1,000 items with exit 0 after SIGINT. (No test changes SIGINT's handler or mask: a full-suite
+    run that compared both before and after every test found none.)"""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
