@@ -526,7 +526,9 @@ def _ctrl_c_as_in_a_terminal() -> None:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
-def test_cli_sigint_writes_the_finished_items(scripted_openai: Start, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_cli_interrupted_writes_the_finished_items(sig: signal.Signals, scripted_openai: Start, tmp_path: Path) -> None:
+    """Ctrl-C, and SIGTERM as `docker stop` or systemd sends it, stop the run and keep what finished."""
     srv = scripted_openai(lambda body: Reply(text=honest(body), delay=0.05))
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-X", "faulthandler", "-c", "from charter.cli import run; run()", "eval", "sycophancy",
@@ -537,14 +539,14 @@ def test_cli_sigint_writes_the_finished_items(scripted_openai: Start, tmp_path: 
         deadline = time.monotonic() + 60
         while len(srv.requests) < 5 and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         try:
             # generous: the 995 queued items are not waited for (k < 1000 below), but on a loaded machine
             # writing the partial results and report takes a while
             _, err = proc.communicate(timeout=60)
         except subprocess.TimeoutExpired:  # show where it hangs: faulthandler dumps every thread on SIGABRT
             proc.send_signal(signal.SIGABRT)
-            raise AssertionError(f"no exit 60 s after SIGINT; the child's threads:\n{proc.communicate(timeout=15)[1][-6000:]}") from None
+            raise AssertionError(f"no exit 60 s after {sig.name}; the child's threads:\n{proc.communicate(timeout=15)[1][-6000:]}") from None
     finally:
         proc.kill()
     assert proc.returncode == 1 and "stopped after" in err and "(interrupted)" in err and "Traceback" not in err

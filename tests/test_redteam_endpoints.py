@@ -291,3 +291,39 @@ def test_resuming_asks_again_what_the_judge_could_not_grade(scripted_openai, tmp
     assert len(tsrv.requests) - sent == len(first.attempts)  # every ungradable attempt asked again; probes kept
     assert all(a.ev.success is True for a in again.attempts)
     assert again.summary["resumed"] == {"items": len(probes), "planned": len(first.attempts) + len(probes)}
+
+
+def test_sigterm_stops_an_endpoint_campaign_cleanly_and_it_resumes(scripted_openai, tmp_path: Path) -> None:
+    """`docker stop` or systemd sends SIGTERM: the campaign stops as after Ctrl-C (exit 130, no traceback),
+    its journal closed on whole lines, and --resume asks only the rest."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from charter.cli import main
+
+    srv = scripted_openai(lambda body: Reply(text=REFUSE if "egg" in _last_user(body) else COMPLY, delay=0.02))
+    args = ["redteam", "--target", f"openai:{srv.base_url}", "--target-model", "victim", "--suite", "quick",
+            "--budget", "0", "-c", str(FIXTURES / "mini.yaml"), "--concurrency", "1"]
+    whole = tmp_path / "whole"
+    assert main([*args, "--out", str(whole)]) == 0
+    total = len(srv.requests)
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-c", "from charter.cli import run; run()", *args, "--out", str(out)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(srv.requests) < total + total // 3 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err
+    lines = (out / "journal.jsonl").read_text().splitlines()
+    assert all(json.loads(line) for line in lines) and 0 < len(lines) - 1 < total
+    assert not (out / "results.json").exists()
+    before = len(srv.requests)
+    assert main([*args, "--out", str(out), "--resume"]) == 0
+    assert len(srv.requests) - before == total - (len(lines) - 1)

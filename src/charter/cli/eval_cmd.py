@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from charter.cli import app
+from charter.cli import app, sigterm_as_interrupt
 from charter.errors import CharterError
 
 console = Console(stderr=True)
@@ -54,7 +54,7 @@ def sycophancy_eval(
                          what="the judge", **client_kw) if jbase else None
     try:
         total = len(plan(n, seed, chosen))
-        with Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        with sigterm_as_interrupt(), Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                       console=console, transient=quiet, disable=quiet) as prog:
             bar = prog.add_task("sycophancy", total=total)
             res = run_sycophancy(client, n=n, seed=seed, tasks=chosen, judge=jclient, concurrency=concurrency,

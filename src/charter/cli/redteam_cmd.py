@@ -13,7 +13,7 @@ from rich.markdown import Markdown
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from charter.cli import app
+from charter.cli import app, sigterm_as_interrupt
 from charter.errors import CharterError
 
 console = Console(stderr=True)
@@ -94,8 +94,8 @@ def campaign(
                "probes": hashlib.sha256(json.dumps([[p.id, p.prompt] for p in probes]).encode()).hexdigest()}
         out.mkdir(parents=True, exist_ok=True)
         journal = RunJournal(out / "journal.jsonl", run, resume=resume)
-    with Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=quiet, disable=quiet) as prog:
+    with sigterm_as_interrupt(), Progress(TextColumn("{task.description:<40}"), BarColumn(), MofNCompleteColumn(),
+                                          TimeElapsedColumn(), console=console, transient=quiet, disable=quiet) as prog:
         task = prog.add_task("attacking", total=total)
         try:
             # a guard target is local and CPU-bound: threads would only contend for the cores
