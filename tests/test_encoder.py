@@ -245,3 +245,24 @@ def test_mlp_heads_take_larger_minibatches_only_on_large_training_sets():
     assert (small.batch_size, small.learning_rate_init) == (200, 0.001)  # 1,000 would give 2 steps an epoch
     fixed = EncoderProbeClassifier(hidden=8, batch_size=500, learning_rate_init=0.0005)._mlp(0, 1500)
     assert (fixed.batch_size, fixed.learning_rate_init) == (500, 0.0005)
+
+
+def test_a_failing_batch_cancels_the_batches_not_started(enc, monkeypatch):
+    """An error (or Ctrl-C) in a multi-batch call stops it: ``Executor.map`` cancels the queued batches,
+    so they are not run to the end before the error surfaces (training embeds 29,000 texts in 1,800)."""
+    calls = []
+    real = enc._forward
+
+    def forward(ids, mask):
+        calls.append(len(ids))
+        if len(calls) == 3:
+            raise MemoryError("simulated")
+        return real(ids, mask)
+
+    monkeypatch.setattr(enc, "_forward", forward)
+    texts = [f"text number {i}" for i in range(200)]
+    with pytest.raises(MemoryError, match="simulated"):
+        enc.transform(texts, batch_size=1, workers=2)
+    assert len(calls) < 20  # the 200 batches were queued; those not started when it failed never ran
+    monkeypatch.setattr(enc, "_forward", real)
+    assert enc.transform(texts[:5], batch_size=1, workers=2).shape == (5, enc.dim)  # lock and limits released
