@@ -114,9 +114,10 @@ def run(args: argparse.Namespace) -> None:
                 mon.drain()
             best = min(best, (time.perf_counter() - t0) / n * 1e6)
         stream[str(n)] = best
+    host = machine()
     res = {
-        "machine": f"{platform.machine()} {machine()['cpu']}".strip(),
-        "cores": machine()["cores"],
+        "machine": f"{platform.machine()} {host['cpu']}".strip(),
+        "cores": host["cores"],
         "n_texts": len(texts),
         "blas_threads": args.blas_threads,
         "stage1": pct(s1),

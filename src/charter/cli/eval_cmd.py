@@ -54,8 +54,8 @@ def sycophancy_eval(
                          what="the judge", **client_kw) if jbase else None
     try:
         total = len(plan(n, seed, chosen))
-        with sigterm_as_interrupt(), Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console, transient=quiet, disable=quiet) as prog:
+        with sigterm_as_interrupt(), Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+                                              TimeElapsedColumn(), console=console, transient=quiet, disable=quiet) as prog:
             bar = prog.add_task("sycophancy", total=total)
             res = run_sycophancy(client, n=n, seed=seed, tasks=chosen, judge=jclient, concurrency=concurrency,
                                  target_name=target, judge_name=judge, journal=out / JOURNAL, resume=resume,
