@@ -150,12 +150,12 @@ def test_card_latency_says_how_many_blas_threads_it_ran_on(model_dir, guard):
 
 
 def test_card_names_the_training_machine_and_where_training_time_went(model_dir):
-    from charter.classifiers.encoder import _cpus
+    from charter.classifiers.encoder import usable_cores
     from charter.guard.card import model_card
 
     doc = json.loads((model_dir / "manifest.json").read_text())
     m, t = doc["metrics"]["machine"], doc["metrics"]["timings"]
-    assert m["cores"] == _cpus() and m["cpu"]
+    assert m["cores"] == usable_cores() and m["cpu"]
     steps = ("stage1_fit_s", "exchange_fit_s", "calibrate_s", "evaluate_s")
     assert all(0 < t[k] < t["total_train_s"] for k in steps)
     assert sum(t.get(k, 0) for k in (*steps, "stage2_fit_s")) <= t["total_train_s"]

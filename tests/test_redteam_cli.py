@@ -38,8 +38,7 @@ def run_dir(mini_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
 
 
 def test_report_is_self_contained(run_dir: Path) -> None:
-    out = run_dir
-    html = (out / "report.html").read_text()
+    html = (run_dir / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", html)
     assert "<script" not in html
@@ -48,8 +47,7 @@ def test_report_is_self_contained(run_dir: Path) -> None:
 
 
 def test_results_hold_every_attempt(run_dir: Path) -> None:
-    out = run_dir
-    doc = json.loads((out / "results.json").read_text())
+    doc = json.loads((run_dir / "results.json").read_text())
     s = doc["summary"]
     att = doc["attempts"]
     assert len(att) == s["n_attempts"]

@@ -32,7 +32,8 @@ _AS_A = (1.061405429, -1.453152027, 1.421413741, -0.284496736, 0.254829592)
 _BATCH_LOCK = threading.Lock()
 
 
-def _cpus() -> int:
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), not every core the machine has."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -213,7 +214,7 @@ class MiniLMEncoder:
         if len(batches) == 1:  # one request: BLAS may use every core for it (latency)
             run(batches[0])
             return out
-        n_workers = max(1, min(workers or _cpus(), len(batches)))
+        n_workers = max(1, min(workers or usable_cores(), len(batches)))
         with (_BATCH_LOCK, threadpool_limits(limits=1, user_api="blas"),
               ThreadPoolExecutor(n_workers, thread_name_prefix="charter-encoder") as pool):
             list(pool.map(run, batches))

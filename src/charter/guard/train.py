@@ -91,7 +91,7 @@ def machine() -> dict[str, Any]:
     (the same training run took 465 s on one 2-core host and 777 s on another)."""
     import platform
 
-    from charter.classifiers.encoder import _cpus
+    from charter.classifiers.encoder import usable_cores
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -101,7 +101,7 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:  # not Linux
         pass
-    return {"cpu": cpu, "cores": _cpus()}
+    return {"cpu": cpu, "cores": usable_cores()}
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
