@@ -78,6 +78,28 @@ def mini_guard(mini_model_dir: Path) -> Any:
     return Guard.load(mini_model_dir)
 
 
+@pytest.fixture(scope="module")
+def mini_guard_exchange_margin(mini_model_dir: Path) -> Any:
+    """The mini guard with its exchange thresholds one logit lower, for tests of which text the proxy
+    scores (tool calls, reasoning). The mini constitution has one harmful reply skeleton, and after a
+    benign prompt ("Tell me a story about a chemist.") a harmful reply clears the calibrated threshold
+    by 0.1-0.3 logits, which a retrain's noise can undo (a normalisation change once did); the
+    benign replies those tests send sit 5-8 logits below it."""
+    import math
+
+    from charter.guard import Guard
+
+    g = Guard.load(mini_model_dir)
+
+    def lower(p: float) -> float:
+        return 1 / (1 + math.exp(1 - math.log(p / (1 - p))))
+
+    g.thresholds = {**g.thresholds, "exchange": lower(g.thresholds["exchange"])}
+    if g.exchange_combiner:
+        g.exchange_combiner = {**g.exchange_combiner, "threshold": lower(g.exchange_combiner["threshold"])}
+    return g
+
+
 @pytest.fixture
 def reply_proxy(mini_guard: Any) -> Iterator[Callable[..., Any]]:
     """start(message, finish=None, **config) -> a running proxy (``proxy_harness.Proxy``) in front of

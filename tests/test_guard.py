@@ -170,6 +170,27 @@ def test_card_names_the_training_machine_and_where_training_time_went(model_dir)
     assert "## Latency (the training machine, batch size 1" in old and "- Training time: 473 s.\n" in old
 
 
+def test_card_reports_recall_and_fpr_by_language(model_dir, guard: Guard):
+    from charter.guard.card import _r, model_card
+    from charter.guard.train import evaluate, read_dataset
+
+    _, recs = read_dataset(model_dir.parent / "data")  # the mini guard's data has no test split: read its train split
+    ins = [r for r in recs if r.kind == "input"][:400]
+    met = evaluate(guard, ins, [r for r in recs if r.kind == "exchange"][:60], [], 100)
+    by = met["by_language"]
+    assert list(by)[0] == "en" and {"es", "de"} <= by.keys()  # English first, then the others
+    # the languages partition the requests: their counts add up to the whole
+    for key, whole in (("recall", met["cascade"]["recall"]), ("fpr", met["cascade"]["fpr"])):
+        assert sum(v[key]["n"] for v in by.values() if key in v) == whole["n"]
+        assert sum(v[key]["k"] for v in by.values() if key in v) == whole["k"]
+    doc = json.loads((model_dir / "manifest.json").read_text())
+    doc["metrics"] = {**doc["metrics"], **met}
+    card = model_card(doc, n_train_inputs=1, n_train_exchanges=1)
+    assert "## By language of the request" in card and f"\n| es | {_r(by['es']['recall'])} |" in card
+    del doc["metrics"]["by_language"]  # a manifest from before: no section
+    assert "By language" not in model_card(doc, n_train_inputs=1, n_train_exchanges=1)
+
+
 def _rewrite(src: Path, dst: Path, edit) -> Path:
     """A copy of model dir ``src`` at ``dst`` after ``edit(manifest, arrays)``, saved with fresh hashes."""
     from charter.classifiers.artifacts import load_model_dir

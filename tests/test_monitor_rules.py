@@ -187,10 +187,12 @@ def test_decomposition_rescores_joined_text_or_falls_back_to_category_mass(store
     now = time.time()
     parts = [guard.check_input(t) for t in DECOMPOSE]
     assert not any(v.flagged for v in parts) and guard.check_input("\n".join(DECOMPOSE)).flagged
-    s.write([ev(f"d{i}", "decomposer", v.score, t=now - 60 + i, text=t, scores=v.scores)
+    # the events record the guard's own decisions (its threshold, not ev's default of 0.6)
+    s.write([ev(f"d{i}", "decomposer", v.score, t=now - 60 + i, text=t, scores=v.scores, flagged=v.flagged)
              for i, (t, v) in enumerate(zip(DECOMPOSE, parts))])
     benign = [(t, guard.check_input(t)) for t in BENIGN]
-    s.write([ev(f"b{i}", "benign", v.score, t=now - 60 + i, text=t, scores=v.scores) for i, (t, v) in enumerate(benign)])
+    s.write([ev(f"b{i}", "benign", v.score, t=now - 60 + i, text=t, scores=v.scores, flagged=v.flagged)
+             for i, (t, v) in enumerate(benign)])
     # without text: only the stored per-category scores
     s.write([ev(f"m{i}", "massive", 0.1, t=now - 60 + i, scores={CHEM: 0.27, "violent_crime": 0.02}) for i in range(4)])
     s.write([ev(f"n{i}", "thin", 0.1, t=now - 60 + i, scores={CHEM: 0.1, "violent_crime": 0.02}) for i in range(6)])

@@ -66,7 +66,7 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         f"- Classes: {', '.join(m['classes'])}.",
         "",
         "## Architecture",
-        "- Normalisation: every input is scored as-is and through decoded views (base64/hex/url, rot13 and ciphers, Morse, ciphered segments inside readable text, confusables, invisible characters, leetspeak, spacing, and Best-of-N noise: text with random capitals has its words corrected to the commonest vocabulary word with their letters); the worst case counts.",
+        "- Normalisation: every input is scored as-is and through decoded views (base64/hex/url, rot13 and ciphers, Morse, ciphered segments inside readable text, confusables, invisible characters, leetspeak, spacing, Best-of-N noise: text with random capitals has its words corrected to the commonest vocabulary word with their letters, and word-for-word English glosses of Spanish, French, German, Portuguese and Italian, whole or inside English text, for stage 2's English-only encoder); the worst case counts.",
         "- Stage 1: logistic regression over hashed character 2-5-grams and word 1-2-grams (2^18 buckets): a binary head (restricted or not) for the score and a multinomial head for the category."
         + _length_balance(m) + _word_weight(m),
         (f"- Stage 2: {_probe_head(m)} over all-MiniLM-L6-v2's mean-pooled embedding output and all six layers "
@@ -131,6 +131,10 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
                      "`python bench/bench_stage2_candidates.py`; see BENCHMARKS.md.")
     lines += ["", "## Recall by category", "", "| category | recall |", "|---|---|"]
     lines += [f"| {c} | {_r(v)} |" for c, v in met["recall_by_category"].items()]
+    if by_lang := met.get("by_language"):
+        lines += ["", "## By language of the request", "", "| language | recall | FPR |", "|---|---|---|"]
+        lines += [f"| {lang} | {_r(v['recall']) if v.get('recall') else '-'} | {_r(v['fpr']) if v.get('fpr') else '-'} |"
+                  for lang, v in by_lang.items()]
     lines += ["", "## Recall by transform family", "", "| family | recall |", "|---|---|"]
     lines += [f"| {f}{' (held out)' if f in m['holdout_families'] else ''} | {_r(v)} |" for f, v in met["recall_by_family"].items()]
     lines += [

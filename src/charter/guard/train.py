@@ -613,6 +613,10 @@ def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record],
         mask = np.array([r.category == c and r.label == "restricted" for r in test_in], dtype=bool)
         per_cat[c] = rate(flagged[mask]).model_dump()
     m["recall_by_category"] = per_cat
+    langs = np.array([r.lang for r in test_in])
+    m["by_language"] = {lang: {k: rate(flagged[mask & (langs == lang)]).model_dump()
+                               for k, mask in (("recall", restricted), ("fpr", ~restricted)) if (mask & (langs == lang)).any()}
+                        for lang in sorted(set(langs), key=lambda lg: (lg != "en", -int((langs == lg).sum()), lg))}
     fam: dict[str, Any] = {}
     for f in sorted({f for r in test_in for f in _families(r.transforms)}):
         mask = restricted & np.array([f in _families(r.transforms) for r in test_in], dtype=bool)

@@ -208,12 +208,12 @@ def _letter_ciphers(text: str, base: float, need: float) -> Iterator[View]:
 
 
 def _translation(text: str, need: float) -> Iterator[View]:
-    from charter.transforms.translation import LANGS, gloss, hit_ratio
+    from charter.transforms.translation import gloss, language_ratios
 
     sample = text[:2000]
     if len(sample.split()) < 3:
         return
-    ratio, lang = max((hit_ratio(sample, lang), lang) for lang in LANGS)
+    ratio, lang = language_ratios(sample)[0]
     if ratio >= 0.5:
         v = gloss(text, lang)
         if v is not None and english_ratio(v) >= need:
@@ -277,7 +277,15 @@ def _decoders(text: str, max_len: int) -> Iterator[View]:
         v = decode_payload_split(text)
         if v is not None:
             yield "payload_split", v
-    yield from _ciphers(text)
+    glossed = False
+    for name, v in _ciphers(text):
+        glossed |= name.startswith("translation_")
+        yield name, v
+    if not glossed:
+        from charter.transforms.translation import gloss_mixed
+
+        if (g := gloss_mixed(text)) is not None:
+            yield f"translation_{g[0]}", g[1]
     v = _decode_segments(text)
     if v is not None:
         yield "segments", v

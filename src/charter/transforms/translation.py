@@ -1,7 +1,10 @@
-"""Word-for-word "translation" through shipped word lists (wordlists/{lang}.json).
+"""Word-for-word "translation" through shipped word lists (wordlists/{lang}.json), and its reverse.
 
 Not real translation (no grammar, no morphology): it is a cheap, deterministic stand-in for the
-low-resource-language augmentation, and its decode is a best-effort, lossy English gloss.
+low-resource-language augmentation, and its decode is a best-effort, lossy English gloss. The gloss
+reads real text too: besides the transforms' own lists reversed, it looks words up, accents folded,
+in hand-written lexicons of inflected forms (wordlists/gloss_{lang}.tsv, also for Italian), since
+stage 2's encoder reads English only.
 """
 
 from __future__ import annotations
@@ -9,12 +12,16 @@ from __future__ import annotations
 import json
 import random
 import re
+import unicodedata
+from collections.abc import Callable
 from functools import cache
 from importlib import resources
+from itertools import islice
 
 from charter.transforms.base import TRANSFORMS, Transform
 
-LANGS = ("es", "fr", "de", "pt")
+LANGS = ("es", "fr", "de", "pt")  # the translate_* transforms
+GLOSS_LANGS = (*LANGS, "it")  # the languages normalisation glosses into English
 _TOK = re.compile(r"[^\W\d_]+(?:['-][^\W\d_]+)*")
 MAX_PHRASE = 3
 
@@ -35,6 +42,39 @@ def reverse_wordlist(lang: str) -> dict[str, str]:
     return out
 
 
+def fold(word: str) -> str:
+    """Lowercase without accents, as many people type: 'Ubicación' -> 'ubicacion', 'Straße' -> 'strasse'."""
+    w = unicodedata.normalize("NFKD", word.lower().replace("ß", "ss"))
+    return "".join(c for c in w if not unicodedata.combining(c))
+
+
+@cache
+def gloss_table(lang: str) -> dict[str, str]:
+    """Foreign word or phrase (lowercase, and again with accents folded) -> English: the transform's own
+    list reversed first (so that its output decodes as it was made), then the hand-written lexicon
+    ``wordlists/gloss_{lang}.tsv``. Exact spellings come before folded ones, so that Portuguese "e"
+    (and) and "é" (is) both keep their sense while "ubicacion" still finds "ubicación"."""
+    exact: dict[str, str] = {}
+    if lang in LANGS:
+        exact.update(reverse_wordlist(lang))
+    raw = resources.files("charter.transforms").joinpath(f"wordlists/gloss_{lang}.tsv").read_text("utf-8")
+    for line in raw.splitlines():
+        if line and not line.startswith("#"):
+            foreign, en = line.split("\t")
+            exact.setdefault(foreign.lower(), en)
+    out = dict(exact)
+    for k, en in exact.items():
+        out.setdefault(fold(k), en)
+    return out
+
+
+def _lookup_key(table: dict[str, str]) -> Callable[[str], str]:
+    def key(word: str) -> str:
+        w = word.lower()
+        return w if w in table or w.isascii() else fold(w)  # an ASCII word folds to itself
+    return key
+
+
 def _match_case(src: str, out: str) -> str:
     if len(src) > 1 and src.isupper():
         return out.upper()
@@ -43,10 +83,10 @@ def _match_case(src: str, out: str) -> str:
     return out
 
 
-def translate_words(text: str, table: dict[str, str]) -> tuple[str, int, int]:
-    """Greedy longest-phrase lookup; returns (text, tokens translated, tokens seen)."""
+def translate_words(text: str, table: dict[str, str], key: Callable[[str], str] = str.lower) -> tuple[str, int, int]:
+    """Greedy longest-phrase lookup of ``key(word)``; returns (text, tokens translated, tokens seen)."""
     matches = list(_TOK.finditer(text))
-    words = [m.group(0).lower() for m in matches]
+    words = [key(m.group(0)) for m in matches]
     heads = _heads(table)
     out: list[str] = []
     pos = i = hits = 0
@@ -86,18 +126,85 @@ def _heads(table: dict[str, str]) -> frozenset[str]:
 
 
 def hit_ratio(text: str, lang: str) -> float:
-    """Cheap detector: fraction of words that are single-word entries of ``lang``'s list."""
+    """Cheap detector: fraction of words that are single-word entries of ``lang``'s gloss table."""
+    return language_ratios(text, (lang,))[0][0] if _TOK.search(text) else 0.0
+
+
+def language_ratios(text: str, langs: tuple[str, ...] = GLOSS_LANGS) -> list[tuple[float, str]]:
+    """(hit ratio, language) for each of ``langs``, best first; the words are folded once."""
     words = [w.lower() for w in _TOK.findall(text)]
     if not words:
-        return 0.0
-    rev = reverse_wordlist(lang)
-    return sum(map(rev.__contains__, words)) / len(words)
+        return [(0.0, lang) for lang in langs]
+    folded = [None if w.isascii() else fold(w) for w in words]  # an ASCII word folds to itself
+
+    def ratio(table: dict[str, str]) -> float:
+        return sum(w in table or (f is not None and f in table) for w, f in zip(words, folded)) / len(words)
+
+    return sorted(((ratio(gloss_table(lang)), lang) for lang in langs), key=lambda r: -r[0])
 
 
 def gloss(text: str, lang: str, min_ratio: float = 0.3) -> str | None:
-    """Best-effort English for ``lang`` text; ``None`` when too few words are in the list."""
-    out, hits, seen = translate_words(text, reverse_wordlist(lang))
+    """Best-effort English for ``lang`` text; ``None`` when too few words are in the tables."""
+    table = gloss_table(lang)
+    out, hits, seen = translate_words(text, table, _lookup_key(table))
     return out if seen and hits / seen >= min_ratio else None
+
+
+@cache
+def _english_words() -> frozenset[str]:
+    """Words the tables give as English, and common English words: a foreign entry that is one of
+    these ("die", "come", "no") says nothing about the language of the text it is in."""
+    from charter.transforms._text import COMMON_WORDS
+
+    words = set(COMMON_WORDS)
+    for lang in GLOSS_LANGS:
+        for en in gloss_table(lang).values():
+            words.update(en.lower().split())
+        if lang in LANGS:
+            for k in wordlist(lang):
+                words.update(k.split())
+    return frozenset(words)
+
+
+@cache
+def _foreign_only(lang: str) -> frozenset[str]:
+    return frozenset(k for k in gloss_table(lang) if " " not in k) - _english_words()
+
+
+@cache
+def _any_foreign_only() -> frozenset[str]:
+    return frozenset().union(*map(_foreign_only, GLOSS_LANGS))
+
+
+MIN_FOREIGN = 3  # words that only a foreign language has, for a gloss of mixed text
+
+
+def gloss_mixed(text: str, min_foreign: int = MIN_FOREIGN) -> tuple[str, str] | None:
+    """(language, text with its foreign words glossed) for text that mixes English and another
+    language: an English wrapper around a Spanish request, a German question with an English
+    greeting. A word is glossed when only the foreign language has it, or when the tables give it
+    in both languages ("die", "no") and a foreign-only word stands next to it; English stays as
+    it is. None when fewer than ``min_foreign`` foreign-only words of one language are there."""
+    head = [m.group(0).lower() for m in islice(_TOK.finditer(text), 400)]
+    anyf = _any_foreign_only()
+    if sum(w in anyf for w in head) < min_foreign:  # the cheap test every English text takes
+        return None
+    n, lang = max((sum(w in _foreign_only(lg) for w in head), lg) for lg in GLOSS_LANGS)
+    if n < min_foreign:
+        return None
+    matches = list(_TOK.finditer(text[:20000]))
+    low = [m.group(0).lower() for m in matches]
+    table, only = gloss_table(lang), _foreign_only(lang)
+    key = _lookup_key(table)
+    keys = [key(w) for w in low]
+    f = [k in only for k in keys]
+    out, pos = [], 0
+    for i, m in enumerate(matches):
+        if f[i] or (keys[i] in table and ((i and f[i - 1]) or (i + 1 < len(f) and f[i + 1]))):
+            out += [text[pos : m.start()], _match_case(m.group(0), table[keys[i]])]
+            pos = m.end()
+    out.append(text[pos:])
+    return lang, "".join(out)
 
 
 class _Translate(Transform):
