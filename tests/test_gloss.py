@@ -62,6 +62,8 @@ def test_a_request_inside_an_english_wrapper_is_glossed_and_the_english_kept() -
     "No, I will not die on this hill, but I do want a second opinion on the plan.",
     "Can you recommend a good book about the history of Rome and its emperors?",
     "The band played a set at the local pub and the crowd sang along to every song.",
+    "derive the taylor series for e^x and show why it converges for all x",  # single letters are no language
+    "Mon: bench 5x5, OHP 3x8, dips. Wed: squat 5x5, RDL 3x8. Fri: bench 3x3 heavy, d/dx of sin(3x^2 + 1)",
 ])  # fmt: skip
 def test_english_text_gets_no_gloss(text: str) -> None:
     assert _translation(text) is None

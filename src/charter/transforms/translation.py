@@ -168,7 +168,9 @@ def _english_words() -> frozenset[str]:
 
 @cache
 def _foreign_only(lang: str) -> frozenset[str]:
-    return frozenset(k for k in gloss_table(lang) if " " not in k) - _english_words()
+    """Words of ``lang`` that English does not have; single letters ("e", "x", "d") are left out, as
+    formulas and abbreviations are full of them."""
+    return frozenset(k for k in gloss_table(lang) if " " not in k and len(k) > 1) - _english_words()
 
 
 @cache
