@@ -101,7 +101,13 @@ def mini_guard_exchange_margin(mini_model_dir: Path) -> Any:
 
 
 @pytest.fixture
-def reply_proxy(mini_guard: Any) -> Iterator[Callable[..., Any]]:
+def reply_guard(mini_guard: Any) -> Any:
+    """The guard ``reply_proxy`` runs; a test module overrides this fixture to run another."""
+    return mini_guard
+
+
+@pytest.fixture
+def reply_proxy(reply_guard: Any) -> Iterator[Callable[..., Any]]:
     """start(message, finish=None, **config) -> a running proxy (``proxy_harness.Proxy``) in front of
     an upstream that replies with the assistant ``message``; both stop when the test ends."""
     from functools import partial
@@ -109,4 +115,4 @@ def reply_proxy(mini_guard: Any) -> Iterator[Callable[..., Any]]:
     from proxy_harness import start_proxy
 
     with ExitStack() as stack:
-        yield partial(start_proxy, stack, mini_guard)
+        yield partial(start_proxy, stack, reply_guard)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -23,17 +23,11 @@ SUNNY = "It is sunny in Paris today, about twenty degrees."
 AUDIO = base64.b64encode(bytes(range(256)) * 8).decode()
 
 
-
 @pytest.fixture
-def reply_proxy(mini_guard_exchange_margin: Any) -> Iterator[Callable[..., Proxy]]:
-    """conftest's reply_proxy over the mini guard with a margin on harmful replies (see its fixture)."""
-    from contextlib import ExitStack
-    from functools import partial
+def reply_guard(mini_guard_exchange_margin: Any) -> Any:
+    """reply_proxy runs the mini guard with a margin on harmful replies (see its fixture in conftest)."""
+    return mini_guard_exchange_margin
 
-    from proxy_harness import start_proxy
-
-    with ExitStack() as stack:
-        yield partial(start_proxy, stack, mini_guard_exchange_margin)
 
 def custom(i: int, name: str, text: str) -> dict[str, Any]:
     return {"id": f"call_{i}", "type": "custom", "custom": {"name": name, "input": text}}

@@ -8,7 +8,7 @@ with the assistant message a test gives it (``proxy_harness``).
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -17,17 +17,11 @@ from proxy_harness import COMPLY, SMUGGLED, STORY, WEATHER, Proxy, call, deltas,
 TIME = json.dumps({"timezone": "Europe/Paris"})
 
 
-
 @pytest.fixture
-def reply_proxy(mini_guard_exchange_margin: Any) -> Iterator[Callable[..., Proxy]]:
-    """conftest's reply_proxy over the mini guard with a margin on harmful replies (see its fixture)."""
-    from contextlib import ExitStack
-    from functools import partial
+def reply_guard(mini_guard_exchange_margin: Any) -> Any:
+    """reply_proxy runs the mini guard with a margin on harmful replies (see its fixture in conftest)."""
+    return mini_guard_exchange_margin
 
-    from proxy_harness import start_proxy
-
-    with ExitStack() as stack:
-        yield partial(start_proxy, stack, mini_guard_exchange_margin)
 
 def test_streamed_tool_call_arguments_are_scored_and_none_reach_the_client(reply_proxy: Callable[..., Proxy]) -> None:
     p = reply_proxy({"content": "Here you go.", "tool_calls": [call(0, "write_note", json.dumps({"text": COMPLY}))]},

@@ -125,11 +125,6 @@ def _heads(table: dict[str, str]) -> frozenset[str]:
     return _HEADS[key]
 
 
-def hit_ratio(text: str, lang: str) -> float:
-    """Cheap detector: fraction of words that are single-word entries of ``lang``'s gloss table."""
-    return language_ratios(text, (lang,))[0][0] if _TOK.search(text) else 0.0
-
-
 def language_ratios(text: str, langs: tuple[str, ...] = GLOSS_LANGS) -> list[tuple[float, str]]:
     """(hit ratio, language) for each of ``langs``, best first; the words are folded once."""
     words = [w.lower() for w in _TOK.findall(text)]
