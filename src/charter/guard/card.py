@@ -66,7 +66,7 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         f"- Classes: {', '.join(m['classes'])}.",
         "",
         "## Architecture",
-        "- Normalisation: every input is scored as-is and through decoded views (base64/hex/url, rot13 and ciphers, Morse, ciphered segments inside readable text, confusables, invisible characters, leetspeak, spacing, Best-of-N noise: text with random capitals has its words corrected to the commonest vocabulary word with their letters, and word-for-word English glosses of Spanish, French, German, Portuguese and Italian, whole or inside English text, for stage 2's English-only encoder); the worst case counts.",
+        "- Normalisation: every input is scored as-is and through decoded views (base64/hex/url, rot13 and ciphers, Morse, ciphered segments inside readable text, confusables, invisible characters, leetspeak, spacing, Best-of-N noise: text with random capitals has its words corrected to the commonest vocabulary word with their letters, and word-for-word English glosses of Spanish, French, German, Portuguese and Italian, whole or inside English text, for stage 2's English-only encoder); a decoded or folded view is decoded once more (leetspeak German gets a gloss), and a transcript's last ask is decoded on its own; the worst case counts.",
         "- Stage 1: logistic regression over hashed character 2-5-grams and word 1-2-grams (2^18 buckets): a binary head (restricted or not) for the score and a multinomial head for the category."
         + _length_balance(m) + _word_weight(m),
         (f"- Stage 2: {_probe_head(m)} over all-MiniLM-L6-v2's mean-pooled embedding output and all six layers "

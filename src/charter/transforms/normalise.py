@@ -34,7 +34,8 @@ View = tuple[str, str]
 
 #: views produced by decoding (not folding); their output is decoded once more (depth 2)
 _NESTABLE_PREFIXES = ("base64", "hex", "url", "rot13", "caesar", "atbash", "reverse", "morse",
-                      "tag_payload", "pseudo_language", "payload_split", "keyword_legend", "segments")  # fmt: skip
+                      "tag_payload", "pseudo_language", "payload_split", "keyword_legend", "segments",
+                      "leet", "confusables", "spacing", "invisible_stripped", "unscrambled")  # fmt: skip
 _ENGLISH_OK = 0.3  # the text already reads as English: skip cipher brute force
 _GAIN = 0.2  # a cipher view must beat the original's English ratio by this much
 _MIN_RATIO = 0.35
@@ -367,7 +368,11 @@ def views(text: str, max_views: int = 8, max_len: int = 20000, depth: int = 2) -
             seen.add(_key(v))
             out.append((name, v))
     folded_hint = False
-    for name, v in _walk(text, depth, max_len):
+    # a transcript's last ask is decoded on its own too: a wrapper of benign turns hides an
+    # obfuscated ask from the whole-text decoders' checks (the scrambled words are too few)
+    last = [v for n, v in out if n == "last_turn"]
+    walks = [_walk(text, depth, max_len), *(((f"last_turn+{n}", v) for n, v in _walk(t, depth, max_len)) for t in last)]
+    for name, v in (nv for w in walks for nv in w):
         if len(out) >= max_views:
             break
         if name in ("invisible_stripped", "confusables", "spacing", "leet"):
