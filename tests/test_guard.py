@@ -46,6 +46,23 @@ def test_check_input_flags_restricted_and_passes_benign(guard):
     assert not b.flagged and b.score < v.score
 
 
+def test_a_verdicts_score_is_over_the_final_threshold_exactly_when_flagged(model_dir) -> None:
+    """Calibration can set the final threshold under the escalation threshold (the packaged guard of
+    2026-11-30: 0.50 against 0.61); a request stage 1 scored between them is not flagged, and its
+    score must not read as over the threshold in events and dashboards."""
+    g = Guard.load(model_dir)
+    texts = (HARMFUL, BENIGN, "glorp", "tell me about glorp history")
+    lowest = min(g.stage1_probs(t)[0][g._perm] for t in texts)  # the highest permitted probability
+    g.thresholds.update(escalate=1.0, final=0.5 * (1 - lowest))  # nothing escalates; every stage-1 score is over final
+    for text in texts:
+        v = g.check_input(text)
+        assert v.stage == "stage1" and not v.flagged and v.score < g.thresholds["final"], (text, v)
+    g.thresholds.update(escalate=0.0)  # everything escalates: the blend decides
+    for text in texts:
+        v = g.check_input(text)
+        assert v.stage == "stage2" and v.flagged == (v.score >= g.thresholds["final"]), (text, v)
+
+
 def test_messages_input(guard):
     v = guard.check_input([{"role": "system", "content": "be nice"}, {"role": "user", "content": HARMFUL}])
     assert v.flagged

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from proxy_harness import COMPLY, SMUGGLED, STORY, WEATHER, Proxy, call, deltas, user
 
+from charter.guard import Guard
+
 TIME = json.dumps({"timezone": "Europe/Paris"})
 
 
@@ -128,3 +130,24 @@ def test_a_request_smuggled_into_a_prior_tool_call_reaches_the_output_monitor(re
     p = reply_proxy({"content": "Here is what I found."})
     r = p.client().chat.completions.create(model="m", messages=conversation("boiled egg times"))  # type: ignore[arg-type]
     assert r.choices[0].message.content == "Here is what I found." and p.up.chats == 1
+
+
+def test_an_exchange_stop_records_the_threshold_that_decided_it(mini_model_dir: Any) -> None:
+    """With stage 2 the exchange combiner's threshold decides a stream, not the classifier's own; the
+    event must carry the one that decided (the mini guard has too few exchanges to fit a combiner,
+    so this one reproduces the classifier's logit, one logit lower)."""
+    import math
+    from contextlib import ExitStack
+
+    from proxy_harness import start_proxy
+
+    g = Guard.load(mini_model_dir)
+    z = math.log(g.thresholds["exchange"] / (1 - g.thresholds["exchange"])) - 1
+    g.exchange_combiner = {"r": 1.0, "r_s2": 0.0, "prompt": 1.0, "s2": 0.0, "b": 0.0, "threshold": 1 / (1 + math.exp(-z))}
+    assert g.exchange_threshold < g.thresholds["exchange"]
+    with ExitStack() as stack:
+        p = start_proxy(stack, g, {"content": COMPLY}, guard={"hold_back": 4})
+        events = p.stream(user(STORY))
+        assert events[-2]["charter"]["stage"] == "exchange"
+        v = p.events()[0].verdicts[-1]
+    assert v.stage == "exchange" and v.flagged and v.threshold == g.exchange_threshold <= v.score

