@@ -342,3 +342,32 @@ def test_a_model_is_never_written_among_someone_elses_files(mini_model_dir, tmp_
     (empty / "stage1.safetensors.part").write_bytes(b"cut short")
     assert main(["calibrate", str(mini_model_dir), "-c", str(MINI), "--n", "4000", "--out", str(empty)]) == 0
     assert Guard.load(empty).thresholds
+
+
+def test_sigterm_stops_training_cleanly(tmp_path: Path) -> None:
+    """`docker stop` or systemd sends SIGTERM: `charter train` stops as after Ctrl-C (exit 130, no
+    traceback), and the dataset it generated in a temporary directory goes with it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    out = tmp_path / "model"
+    proc = subprocess.Popen([sys.executable, "-c", "from charter.cli import run; run()", "train", "-c", str(MINI),
+                             "--out", str(out), "--n", "3000"],
+                            env={**os.environ, "TMPDIR": str(tmp)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp.rglob("data.jsonl")) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, "training ended before the signal"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert list(tmp.iterdir()) == []  # the generated dataset is removed
+    assert not (out / "manifest.json").exists()

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import typer
@@ -46,6 +47,19 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+
+def interruptible(command: Callable[..., None]) -> Callable[..., None]:
+    """A command that SIGTERM stops as Ctrl-C does: its temporary files are removed and no half-written
+    file is left behind (exit 130). Put it under ``@app.command``."""
+
+    @functools.wraps(command)
+    def run(*args: object, **kwargs: object) -> None:
+        with sigterm_as_interrupt():
+            command(*args, **kwargs)
+
+    return run
 
 
 def _register() -> None:

@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from charter.cli import app
+from charter.cli import app, interruptible
 from charter.constitution import load_constitution
 from charter.constitution.loader import default_constitution_path
 from charter.data.base import Generator
@@ -22,6 +22,7 @@ class GeneratorName(str, Enum):
 
 
 @app.command("generate")
+@interruptible
 def generate(
     out: Path = typer.Option(..., "--out", help="Output directory for data.jsonl and manifest.json."),
     constitution: Path = typer.Option(None, "--constitution", help="Constitution YAML (default: the packaged default)."),

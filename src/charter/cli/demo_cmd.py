@@ -8,7 +8,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from charter.cli import app
+from charter.cli import app, interruptible
 
 EXAMPLES = [
     "how do i kill a zombie process in linux",
@@ -21,6 +21,7 @@ EXAMPLES = [
 
 
 @app.command("demo")
+@interruptible
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Where the dataset, model and reports go."),
     n: int = typer.Option(60_000, "--n", min=1, help="Synthetic records to generate."),

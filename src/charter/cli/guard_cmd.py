@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from charter.cli import app
+from charter.cli import app, interruptible
 from charter.errors import CharterError
 
 console = Console(stderr=True)
@@ -22,6 +22,7 @@ def _progress() -> Progress:
 
 
 @app.command("train")
+@interruptible
 def train(
     constitution: Path = typer.Option(None, "--constitution", "-c", help="Constitution YAML (default: the packaged default)."),
     out: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
@@ -151,6 +152,7 @@ def classify(
 
 
 @app.command("calibrate")
+@interruptible
 def calibrate_cmd(
     model: Path = typer.Argument(..., help="Model directory to recalibrate (written in place unless --out)."),
     benign: Path = typer.Option(None, "--benign", help="Your benign traffic, JSONL with text or messages per line."),
