@@ -153,12 +153,24 @@ def test_probing_needs_several_obfuscations_aimed_at_one_category(store_url: str
         *[ev(f"r{i}", "curious", 0.05, t=now - 10 + i, view=v) for i, v in enumerate(["base64", "hex", "morse"])],
         # caesar shifts are one obfuscation
         *[ev(f"s{i}", "shifty", 0.9, t=now - 10 + i, view=v) for i, v in enumerate(["caesar3", "caesar7", "base64"])],
+        # where in a conversation the text sat is no obfuscation: the last user turn read alone, a
+        # transcript's last turn, and leetspeak there and in a plain request are one obfuscation
+        *[ev(f"t{i}", "chatty", 0.9, t=now - 10 + i, view=v)
+          for i, v in enumerate(["last_user", "last_turn+leet", "leet", "last_user+leet"])],
     ])
     alerts = RuleEngine(s, only("probing")).run_once(now).alerts
     assert subjects(alerts) == {("probing", "prober")}
     a = alerts[0]
     assert a.stats["views"] == ["base64", "leet", "rot13"] and a.stats["families"] == ["cipher", "encoding", "leetspeak"]
     assert {e["request_id"] for e in a.events} == {"p1", "p2", "p3"} and a.category == CHEM and a.severity == "high"
+    ba = RuleEngine(s, only("probing", min_views=2)).evaluate(now).alerts
+    assert "chatty" not in {x.subject_id for x in ba}  # one obfuscation (leet) is under any min_views
+    noisy = [ev(f"u{i}", "scrambler", 0.9, t=now - 10 + i, view=v)
+             for i, v in enumerate(["last_turn+unscrambled", "base64", "last_user+rot13"])]
+    s.write(noisy)
+    by = {x.subject_id: x for x in RuleEngine(s, only("probing")).evaluate(now).alerts}
+    assert by["scrambler"].stats["views"] == ["base64", "rot13", "unscrambled"]
+    assert by["scrambler"].stats["families"] == ["cipher", "encoding", "noise"]
 
 
 def test_escalation_follows_one_conversation_up_to_its_peak(store_url: str) -> None:

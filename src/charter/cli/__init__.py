@@ -49,7 +49,6 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, old)
 
 
-
 def interruptible(command: Callable[..., None]) -> Callable[..., None]:
     """A command that SIGTERM stops as Ctrl-C does: its temporary files are removed and no half-written
     file is left behind (exit 130). Put it under ``@app.command``."""

@@ -64,13 +64,15 @@ BLOCKED = ("blocked_input", "blocked_output")
 #: alerts kept per sink for redelivery after a failure; beyond it the oldest are dropped (logged)
 MAX_PENDING_ALERTS = 1000
 #: views that are not obfuscations: the text as sent, and the guard's per-turn views of a transcript
-PLAIN_VIEWS = frozenset({"original", "last_turn", "asker_turns", "folded"})
+#: or a conversation (as a prefix, "last_turn+leet", they say where the obfuscation sat)
+PLAIN_VIEWS = frozenset({"original", "last_turn", "asker_turns", "last_user", "folded"})
 #: the transform family behind a normalisation view (for evidence; rules count distinct views)
 VIEW_FAMILIES = {
     "base64": "encoding", "hex": "encoding", "url": "encoding", "rot13": "cipher", "caesar": "cipher",
     "atbash": "cipher", "reverse": "cipher", "morse": "cipher", "pseudo_language": "cipher", "leet": "leetspeak",
     "confusables": "homoglyph", "invisible_stripped": "invisible", "tag_payload": "invisible",
     "spacing": "spacing", "keyword_legend": "substitution", "payload_split": "structural",
+    "unscrambled": "noise", "segments": "cipher",
 }  # fmt: skip
 
 
@@ -135,11 +137,14 @@ def obfuscation_view(view: str | None) -> str | None:
     """The obfuscation a view names ('caesar7@1' -> 'caesar'), or None for plain views."""
     if not view:
         return None
-    v = view.split("@", 1)[0]
-    head = v.split("+", 1)[0]
-    if head.startswith("caesar"):
-        v = "caesar" + v[len(head):]
-    return None if v in PLAIN_VIEWS else v
+    parts = view.split("@", 1)[0].split("+")
+    while parts and parts[0] in PLAIN_VIEWS:  # "last_turn+leet": leetspeak, wherever it sat
+        parts = parts[1:]
+    if not parts:
+        return None
+    if parts[0].startswith("caesar"):
+        parts[0] = "caesar"
+    return "+".join(parts)
 
 
 def view_family(view: str) -> str:

@@ -32,7 +32,8 @@ from charter.transforms.structural import decode_payload_split
 
 View = tuple[str, str]
 
-#: views produced by decoding (not folding); their output is decoded once more (depth 2)
+#: views whose output is decoded once more (depth 2): decodings, and foldings, so that leetspeak or
+#: look-alike German still gets a gloss
 _NESTABLE_PREFIXES = ("base64", "hex", "url", "rot13", "caesar", "atbash", "reverse", "morse",
                       "tag_payload", "pseudo_language", "payload_split", "keyword_legend", "segments",
                       "leet", "confusables", "spacing", "invisible_stripped", "unscrambled")  # fmt: skip
