@@ -50,18 +50,21 @@ def fold(word: str) -> str:
 
 @cache
 def gloss_table(lang: str) -> dict[str, str]:
-    """Foreign word or phrase (lowercase, and again with accents folded) -> English: the transform's own
-    list reversed first (so that its output decodes as it was made), then the hand-written lexicon
-    ``wordlists/gloss_{lang}.tsv``. Exact spellings come before folded ones, so that Portuguese "e"
-    (and) and "é" (is) both keep their sense while "ubicacion" still finds "ubicación"."""
+    """Foreign word or phrase (lowercase, and again with accents folded) -> English: the hand-written
+    lexicon ``wordlists/gloss_{lang}.tsv`` first, then the ``translate_*`` transform's own list reversed
+    for what the lexicon lacks. The lexicon reads real text: reversed, the transform's list gives 55-83
+    words a language another sense ("clase" from "type", German "sein" from "his"). Exact spellings come
+    before folded ones, so that Portuguese "e" (and) and "é" (is) both keep their sense while
+    "ubicacion" still finds "ubicación"."""
     exact: dict[str, str] = {}
-    if lang in LANGS:
-        exact.update(reverse_wordlist(lang))
     raw = resources.files("charter.transforms").joinpath(f"wordlists/gloss_{lang}.tsv").read_text("utf-8")
     for line in raw.splitlines():
         if line and not line.startswith("#"):
             foreign, en = line.split("\t")
             exact.setdefault(foreign.lower(), en)
+    if lang in LANGS:
+        for foreign, en in reverse_wordlist(lang).items():
+            exact.setdefault(foreign, en)
     out = dict(exact)
     for k, en in exact.items():
         out.setdefault(fold(k), en)
