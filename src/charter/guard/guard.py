@@ -368,6 +368,11 @@ class Guard:
         return self.exchange_combiner if self.stage2 is not None else None
 
     @property
+    def input_threshold(self) -> float:
+        """The threshold an input verdict is flagged at: the cascade's final one, or stage 1's alone."""
+        return float(self.thresholds["final" if self.stage2 is not None else "stage1_only"])
+
+    @property
     def exchange_threshold(self) -> float:
         """The threshold the exchange monitor flags at: the combiner's when it runs, else the classifier's."""
         c = self.active_exchange_combiner

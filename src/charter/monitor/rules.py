@@ -416,7 +416,7 @@ class Decomposition(Rule):
         if best is None:
             return None
         _, v, win = best
-        th = guard.thresholds.get("final" if guard.stage2 is not None else "stage1_only")
+        th = guard.input_threshold
         return (v.category or "unknown", win, {
             "method": "rescore", "joined_score": round(v.score, 4), "threshold": th, "parts": len(win),
             "max_part_score": round(max(float(e.score or 0) for e in win), 4), "view": v.view})

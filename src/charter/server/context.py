@@ -61,7 +61,7 @@ class Exchange:
     def add_verdict(self, v: Verdict, at_token: int | None = None) -> None:
         g = self.svc.guard
         # the threshold that decided the verdict (with stage 2, the exchange combiner's)
-        threshold = g.exchange_threshold if v.stage == "exchange" else g.thresholds.get("final" if g.stage2 is not None else "stage1_only")
+        threshold = g.exchange_threshold if v.stage == "exchange" else g.input_threshold
         top = dict(sorted(v.scores.items(), key=lambda kv: -kv[1])[:5])
         self.event.verdicts.append(StageVerdict(stage=v.stage, score=v.score, flagged=v.flagged, category=v.category,
                                                 latency_ms=v.latency_ms, escalated=v.escalated, at_token=at_token,
