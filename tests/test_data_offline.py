@@ -345,3 +345,24 @@ def test_iter_jsonl_names_the_file_for_unreadable_input(tmp_path: Path, content:
     with pytest.raises(CharterError, match=re.escape(str(f)) + ".*" + re.escape(message)):
         list(iter_jsonl(f))
 
+
+
+def test_the_red_teams_jailbreak_templates_never_reach_training_data() -> None:
+    """The model card's wrapped rows and the red team measure wrappers the guard never trained on: the
+    data engine draws wrappers only from its transforms' own templates, never from ATTACK_TEMPLATES."""
+    import re
+
+    from charter.data.records import render_messages
+    from charter.transforms.wrappers import ATTACK_TEMPLATES, TemplateTransform
+
+    def chunks(templates) -> set[str]:  # each template's longest literal run between slots
+        return {max(re.split(r"\{\w+\}", t), key=len).strip() for t in templates}
+
+    attack = chunks(t for ts in ATTACK_TEMPLATES.values() for t in ts)
+    own = chunks(t for cls in registered_transforms() if issubclass(cls, TemplateTransform) for t in cls.templates)
+    assert attack and not attack & own
+    recs = build_dataset(load_constitution(), gen(), 6000, 0).records
+    texts = [r.text or render_messages(r.messages or []) for r in recs if r.kind == "input"]
+    blob = "\n".join(texts)
+    assert sum(c in blob for c in own) > len(own) // 2  # the check sees wrappers: the engine's own are there
+    assert [c for c in attack if c in blob] == []

@@ -424,3 +424,33 @@ def test_input_check_and_exchange_monitor_decode_the_prompt_once(guard, monkeypa
     mon.feed("Sure")
     guard.check_input("another text")
     assert len(decoded) == 2  # a new text is decoded afresh
+
+
+def test_card_reports_requests_in_wrappers_the_guard_never_trained_on(model_dir, guard: Guard):
+    from charter.guard.card import _r, model_card
+    from charter.guard.train import evaluate, read_dataset, wrap_unseen
+    from charter.transforms.wrappers import ATTACK_TEMPLATES
+
+    _, recs = read_dataset(model_dir.parent / "data")  # the mini guard's data has no test split: read its train split
+    ins = [r for r in recs if r.kind == "input"][:400]
+    pairs = wrap_unseen(ins)
+    plain = [r for r in ins if not r.transforms and isinstance(r.input_text(), str)]
+    assert [r.id for r, _ in pairs] == [r.id for r in plain] and len({r.label for r in plain}) == 2
+    heads = [t.split("{")[0] for ts in ATTACK_TEMPLATES.values() for t in ts]
+    for r, w in pairs:  # the request, inside one of the templates
+        assert r.input_text() in w and len(w) > len(r.input_text())
+    assert len({next((h for h in heads if h and w.startswith(h)), None) for _, w in pairs}) > 5  # many wrappers
+    assert wrap_unseen(ins) == pairs  # the same wrapper for the same record every time
+    met = evaluate(guard, ins, [r for r in recs if r.kind == "exchange"][:60], [], 100)
+    uw = met["unseen_wrappers"]
+    assert uw["recall"]["n"] == sum(r.label == "restricted" for r in plain)
+    assert uw["fpr"]["n"] == len(plain) - uw["recall"]["n"]
+    # a wrapped request is flagged exactly when the guard flags its wrapped text
+    flags = [guard.check_input(w).flagged for r, w in pairs if r.label == "restricted"]
+    assert uw["recall"]["k"] == sum(flags)
+    doc = json.loads((model_dir / "manifest.json").read_text())
+    doc["metrics"] = {**doc["metrics"], **met}
+    card = model_card(doc, n_train_inputs=1, n_train_exchanges=1)
+    assert f"jailbreak wrappers never trained on (the red team's templates) | {_r(uw['recall'])} |" in card
+    del doc["metrics"]["unseen_wrappers"]  # a manifest from before: no rows
+    assert "never trained on (the red team" not in model_card(doc, n_train_inputs=1, n_train_exchanges=1)

@@ -617,6 +617,7 @@ def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record],
     m["by_language"] = {lang: {k: rate(flagged[mask & (langs == lang)]).model_dump()
                                for k, mask in (("recall", restricted), ("fpr", ~restricted)) if (mask & (langs == lang)).any()}
                         for lang in sorted(set(langs), key=lambda lg: (lg != "en", -int((langs == lg).sum()), lg))}
+    m["unseen_wrappers"] = _unseen_wrappers(guard, test_in, cache)
     fam: dict[str, Any] = {}
     for f in sorted({f for r in test_in for f in _families(r.transforms)}):
         mask = restricted & np.array([f in _families(r.transforms) for r in test_in], dtype=bool)
@@ -657,6 +658,41 @@ def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record],
         }
     m["latency"] = latency(guard, texts[:300])
     return m
+
+
+def wrap_unseen(records: Sequence[Record]) -> list[tuple[Record, str]]:
+    """Each untransformed single-text request of ``records``, wrapped in one of the red team's jailbreak
+    templates (:data:`~charter.transforms.wrappers.ATTACK_TEMPLATES`, which the data engine never uses),
+    picked by a hash of the record's id: requests and wrappers the guard never trained on."""
+    import random
+
+    from charter.data.splits import unit_hash
+    from charter.transforms.wrappers import ATTACK_TEMPLATES, fill
+
+    pool = [t for ts in ATTACK_TEMPLATES.values() for t in ts]
+    out = []
+    for r in records:
+        text = r.input_text()
+        if not r.transforms and isinstance(text, str):
+            u = unit_hash("wrap:" + r.id)
+            out.append((r, fill(pool[int(u * len(pool))], text, random.Random(u))))
+    return out
+
+
+def _unseen_wrappers(guard: Guard, test_in: Sequence[Record], cache: ScoreCache) -> dict[str, Any]:
+    """Recall and FPR of the calibrated guard on :func:`wrap_unseen` of the test split."""
+    pairs = wrap_unseen(test_in)
+    texts = [t for _, t in pairs]
+    restricted = np.array([r.label == "restricted" for r, _ in pairs], dtype=bool)
+    sc = stage_scores(guard, texts, cache=cache)
+    if guard.stage2 is not None:
+        sc = stage_scores(guard, texts, sc["stage1"] >= guard.thresholds["escalate"], cache=cache)
+        flagged = _cascade(guard, sc) >= guard.thresholds["final"]
+    else:
+        flagged = sc["stage1"] >= guard.thresholds["stage1_only"]
+    hard = np.array([r.source == "hard_negative" for r, _ in pairs], dtype=bool)
+    return {"recall": rate(flagged[restricted]).model_dump(), "fpr": rate(flagged[~restricted]).model_dump(),
+            "fpr_hard_negatives": rate(flagged[~restricted & hard]).model_dump()}
 
 
 def _families(chain: Sequence[str]) -> list[str]:
