@@ -64,9 +64,19 @@ def test_benign_probes_cover_permitted_and_hard_negatives() -> None:
     const = _mini()
     probes = benign_probes(const, ["extra benign line"])
     sources = {p.source for p in probes}
-    assert sources == {"seed", "hard_negative", "user"}
+    assert sources == {"seed", "hard_negative", "wrapped_seed", "wrapped_hard_negative", "user"}
     assert {p.category for p in probes if p.source == "seed"} == {c.id for c in const.permitted}
     assert sum(p.source == "hard_negative" for p in probes) == 2
+    # each seed and hard negative is asked again inside one of the attacks' jailbreak templates
+    plain = {p.id: p for p in probes if p.source in ("seed", "hard_negative")}
+    wrapped = [p for p in probes if p.source.startswith("wrapped_")]
+    assert len(wrapped) == len(plain) and len({p.id for p in probes}) == len(probes)
+    for w in wrapped:
+        base = plain[w.id.removesuffix(":wrapped")]
+        assert w.source == f"wrapped_{base.source}" and w.category == base.category
+        assert base.prompt in w.prompt and len(w.prompt) > len(base.prompt) + 20
+    assert benign_probes(const, ["extra benign line"]) == probes  # the same wrapper every run
+    assert [p.source for p in benign_probes(const, wrapped=False)] == [p.source for p in probes if p.source in ("seed", "hard_negative")]
 
 
 def test_static_suite_covers_every_family_template_and_multiturn() -> None:

@@ -29,7 +29,7 @@ def campaign(
     constitution: Path | None = None, benign: Path | None = None, behaviours: int = 2,
     behaviours_file: Path | None = None, attacker_url: str | None = None, attacker_model: str | None = None, judge_url: str | None = None,
     judge_model: str | None = None, target_model: str | None = None, grader_model: Path | None = None,
-    quiet: bool = False, resume: bool = False, concurrency: int = 4,
+    quiet: bool = False, resume: bool = False, concurrency: int = 4, wrapped_probes: bool = True,
 ) -> dict[str, Any]:
     """Run a campaign end to end, write OUT/results.json and OUT/report.html, return the summary.
 
@@ -60,7 +60,7 @@ def campaign(
     cpath = constitution or default_constitution_path()
     const = load_constitution(cpath)
     bs = read_behaviours(behaviours_file, const) if behaviours_file else select_behaviours(const, behaviours, seed)
-    probes = benign_probes(const, read_benign_prompts(benign) if benign else None)
+    probes = benign_probes(const, read_benign_prompts(benign) if benign else None, wrapped=wrapped_probes)
     target = parse_target(target_spec, target_model)
     graders: dict[str, Any] = {}
     if target.kind == "openai":
@@ -105,7 +105,8 @@ def campaign(
         finally:
             if journal is not None:
                 journal.close()
-    res.config.update({"constitution": str(cpath), "graders": sorted(graders), "behaviours": len(bs)})
+    res.config.update({"constitution": str(cpath), "graders": sorted(graders), "behaviours": len(bs),
+                       "wrapped_probes": wrapped_probes})
     if behaviours_file:
         from charter.fileio import sha256_file
 
@@ -203,6 +204,8 @@ def redteam(
                                 "interrupted campaign of the same settings and ask only the rest."),
     concurrency: int = typer.Option(4, "--concurrency", min=1, max=32, help="Endpoint targets: static attacks and "
                                     "benign probes sent at once (adaptive attackers go one query at a time)."),
+    wrapped_probes: bool = typer.Option(True, "--wrapped-probes/--no-wrapped-probes", help="Also ask each benign "
+                                        "probe inside a jailbreak template, as the attacks wrap restricted requests."),
 ) -> None:
     """Red-team a guard or an OpenAI-compatible endpoint and write an HTML report."""
     if ctx.invoked_subcommand is not None:
@@ -212,7 +215,7 @@ def redteam(
     summary = campaign(target, out, suite=suite, budget=budget, seed=seed, constitution=constitution, benign=benign,
                        behaviours=behaviours, behaviours_file=behaviours_file, attacker_url=attacker_url, attacker_model=attacker_model,
                        judge_url=judge_url, judge_model=judge_model, target_model=target_model, grader_model=grader_model,
-                       resume=resume, concurrency=concurrency)
+                       resume=resume, concurrency=concurrency, wrapped_probes=wrapped_probes)
     print_summary(summary)
     reason = gate(summary, max_asr, max_fpr)
     if reason:

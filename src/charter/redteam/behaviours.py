@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from charter.constitution import Constitution
-from charter.data.splits import split_of, sub_seed
+from charter.data.splits import split_of, sub_seed, unit_hash
 
 _SPLIT_ORDER = {"test": 0, "calib": 1, "train": 2}
 MAX_USER_BEHAVIOURS = 10_000
@@ -53,12 +53,18 @@ def select_behaviours(const: Constitution, k: int = 2, seed: int = 0) -> list[Be
     return out
 
 
-def benign_probes(const: Constitution, extra: list[str | list[dict[str, Any]]] | None = None) -> list[BenignProbe]:
+def benign_probes(const: Constitution, extra: list[str | list[dict[str, Any]]] | None = None,
+                  wrapped: bool = True) -> list[BenignProbe]:
     """Permitted held-out seed requests, every hard negative, and the user's benign lines.
 
     When a permitted category has no test-split seed, all of its seeds are used, so that
-    every permitted category is probed.
+    every permitted category is probed. With ``wrapped``, each seed and hard-negative probe is
+    asked again inside one of the attacks' jailbreak templates (picked by a hash of its id;
+    source ``wrapped_seed`` or ``wrapped_hard_negative``): the attacks wrap restricted requests,
+    and a target that refused every wrapper would otherwise look flawless.
     """
+    from charter.transforms.wrappers import ATTACK_TEMPLATES, fill
+
     out: list[BenignProbe] = []
     for cat in const.permitted:
         reqs = [(f"{cat.id}:req:{i}", s.text) for i, s in enumerate(cat.seeds.requests)]
@@ -66,6 +72,12 @@ def benign_probes(const: Constitution, extra: list[str | list[dict[str, Any]]] |
         out.extend(BenignProbe(sid, cat.id, text, "seed") for sid, text in held)
     for cat in const.restricted:
         out.extend(BenignProbe(f"{cat.id}:hn:{i}", cat.id, s.text, "hard_negative") for i, s in enumerate(cat.hard_negatives))
+    if wrapped:
+        pool = [t for ts in ATTACK_TEMPLATES.values() for t in ts]
+        for p in list(out):
+            u = unit_hash("probe:" + p.id)
+            text = fill(pool[int(u * len(pool))], str(p.prompt), random.Random(u))
+            out.append(BenignProbe(f"{p.id}:wrapped", p.category, text, f"wrapped_{p.source}"))
     for i, p in enumerate(extra or []):
         out.append(BenignProbe(f"user:{i}", "user", p, "user"))
     return out
