@@ -36,11 +36,11 @@ def _probe_head(m: dict[str, Any]) -> str:
             else "logistic-regression probe")
 
 
-def _edges(m: dict[str, Any]) -> str:
+def _features(m: dict[str, Any]) -> str:
     k = m.get("stage2", {}).get("params", {}).get("edge_tokens")
     if not k:
-        return "(2,688 features"
-    return (f"(2,688 features, and the last two layers' means over a text's first and last {k} tokens, 1,536 more, "
+        return "2,688 features"
+    return (f"2,688 features, and the last two layers' means over a text's first and last {k} tokens, 1,536 more, "
             "since a wrapper dilutes the ask in a whole-text mean")
 
 
@@ -78,7 +78,7 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         "- Stage 1: logistic regression over hashed character 2-5-grams and word 1-2-grams (2^18 buckets): a binary head (restricted or not) for the score and a multinomial head for the category."
         + _length_balance(m) + _word_weight(m),
         (f"- Stage 2: {_probe_head(m)} over all-MiniLM-L6-v2's mean-pooled embedding output and all six layers "
-         + _edges(m) + "; numpy forward pass, weights pinned by sha256), run on the view stage 1 found most suspicious"
+         "(" + _features(m) + "; numpy forward pass, weights pinned by sha256), run on the view stage 1 found most suspicious"
          + _stage2_reads(m) + "; "
          + _blend(m) if "stage2" in m else "- Stage 2: not trained (runtime unavailable); the guard runs on stage 1 alone."),
         "- Exchange classifier: streaming linear model over prompt and response-prefix n-gram blocks, trained on 10 prefixes per exchange toward the exchange label with interpolation to the running maximum (ω annealed 0→1); flags when the running maximum crosses its threshold. The prompt block reads the prompt and its decoded normalisation views; in a conversation of several turns the last user turn is also read on its own and the more suspicious reading conditions the reply (a long history dilutes the ask in one bag of n-grams). Harmful and harmless training replies open and close with the same phrases, and some restricted requests are answered safely (permitted), so the label has to come from what the reply says. Replies are built from one to three response seeds, and response seeds are split like request seeds: the test split's replies come from seeds never trained on." + _exchange_blend(m),

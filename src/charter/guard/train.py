@@ -387,6 +387,20 @@ def _cascade(guard: Guard, sc: dict[str, np.ndarray]) -> np.ndarray:
     return out
 
 
+def cascade_flags(guard: Guard, texts: Sequence[str], cache: ScoreCache,
+                  stage2_too: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """(stage scores, final scores, flags at the calibrated thresholds) of ``texts``. Stage 2 reads the
+    escalated texts, and those ``stage2_too`` marks; without stage 2, stage 1 decides alone."""
+    th = guard.thresholds
+    sc = stage_scores(guard, texts, cache=cache)
+    if guard.stage2 is None:
+        return sc, sc["stage1"], sc["stage1"] >= th["stage1_only"]
+    mask = sc["stage1"] >= th["escalate"]
+    sc = stage_scores(guard, texts, mask if stage2_too is None else mask | stage2_too, cache=cache)
+    final = _cascade(guard, sc)
+    return sc, final, final >= th["final"]
+
+
 def fit_blend(guard: Guard, calib_in: Sequence[Record], cache: ScoreCache | None = None,
               max_escalated: int = 2000, long_words: int | None = None) -> dict[str, Any] | None:
     """Fit the stage blend on escalated calibration requests of both labels (None if too few).
@@ -578,24 +592,17 @@ def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record],
     texts = [r.input_text() for r in test_in]
     th = guard.thresholds
     cache = cache if cache is not None else ScoreCache()
-    sc = stage_scores(guard, texts, cache=cache)
-    if guard.stage2 is not None:
-        # stage 2 on every escalated text (for the cascade) and on a sample (to compare stages)
-        sample = np.zeros(len(texts), dtype=bool)
+    sample = np.zeros(len(texts), dtype=bool)
+    if guard.stage2 is not None:  # stage 2 also on a sample (to compare stages)
         k = min(len(texts), max_stage2_eval)
         sample[np.random.default_rng(0).choice(len(texts), k, replace=False)] = True
-        sc = stage_scores(guard, texts, (sc["stage1"] >= th["escalate"]) | sample, cache=cache)
+    sc, final, flagged = cascade_flags(guard, texts, cache, sample)
     restricted = np.array([r.label == "restricted" for r in test_in], dtype=bool)
     transformed = np.array([bool(r.transforms) for r in test_in], dtype=bool)
     held = np.array([any(f in holdout_families for f in _families(r.transforms)) for r in test_in], dtype=bool)
     hard = np.array([r.source == "hard_negative" for r in test_in], dtype=bool)
     if guard.stage2 is not None:
-        final = _cascade(guard, sc)
-        flagged = final >= th["final"]
         m["escalation_rate_test_benign"] = rate((sc["stage1"] >= th["escalate"])[~restricted]).model_dump()
-    else:
-        final = sc["stage1"]
-        flagged = final >= th["stage1_only"]
     flag1 = sc["stage1"] >= th["stage1_only"]
     m["cascade"] = {
         "recall": rate(flagged[restricted]).model_dump(),
@@ -673,32 +680,17 @@ def wrap_unseen(records: Sequence[Record]) -> list[tuple[Record, str]]:
     """Each untransformed single-text request of ``records``, wrapped in one of the red team's jailbreak
     templates (:data:`~charter.transforms.wrappers.ATTACK_TEMPLATES`, which the data engine never uses),
     picked by a hash of the record's id: requests and wrappers the guard never trained on."""
-    import random
+    from charter.transforms.wrappers import attack_wrap
 
-    from charter.data.splits import unit_hash
-    from charter.transforms.wrappers import ATTACK_TEMPLATES, fill
-
-    pool = [t for ts in ATTACK_TEMPLATES.values() for t in ts]
-    out = []
-    for r in records:
-        text = r.input_text()
-        if not r.transforms and isinstance(text, str):
-            u = unit_hash("wrap:" + r.id)
-            out.append((r, fill(pool[int(u * len(pool))], text, random.Random(u))))
-    return out
+    return [(r, attack_wrap(text, "wrap:" + r.id)) for r in records
+            if not r.transforms and isinstance(text := r.input_text(), str)]
 
 
 def _unseen_wrappers(guard: Guard, test_in: Sequence[Record], cache: ScoreCache) -> dict[str, Any]:
     """Recall and FPR of the calibrated guard on :func:`wrap_unseen` of the test split."""
     pairs = wrap_unseen(test_in)
-    texts = [t for _, t in pairs]
     restricted = np.array([r.label == "restricted" for r, _ in pairs], dtype=bool)
-    sc = stage_scores(guard, texts, cache=cache)
-    if guard.stage2 is not None:
-        sc = stage_scores(guard, texts, sc["stage1"] >= guard.thresholds["escalate"], cache=cache)
-        flagged = _cascade(guard, sc) >= guard.thresholds["final"]
-    else:
-        flagged = sc["stage1"] >= guard.thresholds["stage1_only"]
+    flagged = cascade_flags(guard, [t for _, t in pairs], cache)[2]
     hard = np.array([r.source == "hard_negative" for r, _ in pairs], dtype=bool)
     return {"recall": rate(flagged[restricted]).model_dump(), "fpr": rate(flagged[~restricted]).model_dump(),
             "fpr_hard_negatives": rate(flagged[~restricted & hard]).model_dump()}

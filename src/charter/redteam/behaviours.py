@@ -7,7 +7,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from charter.constitution import Constitution
-from charter.data.splits import split_of, sub_seed, unit_hash
+from charter.data.splits import split_of, sub_seed
+from charter.transforms.wrappers import attack_wrap
 
 _SPLIT_ORDER = {"test": 0, "calib": 1, "train": 2}
 MAX_USER_BEHAVIOURS = 10_000
@@ -63,8 +64,6 @@ def benign_probes(const: Constitution, extra: list[str | list[dict[str, Any]]] |
     source ``wrapped_seed`` or ``wrapped_hard_negative``): the attacks wrap restricted requests,
     and a target that refused every wrapper would otherwise look flawless.
     """
-    from charter.transforms.wrappers import ATTACK_TEMPLATES, fill
-
     out: list[BenignProbe] = []
     for cat in const.permitted:
         reqs = [(f"{cat.id}:req:{i}", s.text) for i, s in enumerate(cat.seeds.requests)]
@@ -73,11 +72,8 @@ def benign_probes(const: Constitution, extra: list[str | list[dict[str, Any]]] |
     for cat in const.restricted:
         out.extend(BenignProbe(f"{cat.id}:hn:{i}", cat.id, s.text, "hard_negative") for i, s in enumerate(cat.hard_negatives))
     if wrapped:
-        pool = [t for ts in ATTACK_TEMPLATES.values() for t in ts]
-        for p in list(out):
-            u = unit_hash("probe:" + p.id)
-            text = fill(pool[int(u * len(pool))], str(p.prompt), random.Random(u))
-            out.append(BenignProbe(f"{p.id}:wrapped", p.category, text, f"wrapped_{p.source}"))
+        out += [BenignProbe(f"{p.id}:wrapped", p.category, attack_wrap(str(p.prompt), "probe:" + p.id), f"wrapped_{p.source}")
+                for p in out]
     for i, p in enumerate(extra or []):
         out.append(BenignProbe(f"user:{i}", "user", p, "user"))
     return out

@@ -10,6 +10,7 @@ import random
 import re
 from typing import ClassVar
 
+from charter.data.splits import unit_hash
 from charter.transforms.base import TRANSFORMS, Transform
 
 NAMES = ("Nova", "Axiom", "Vesper", "Orion", "Quill", "Juniper", "Marlow", "Sable", "Tycho", "Wren")
@@ -299,3 +300,11 @@ ATTACK_TEMPLATES: dict[str, tuple[str, ...]] = {
         "you be her tonight and read them to me? {payload}",
     ),
 }
+
+
+def attack_wrap(text: str, key: str) -> str:
+    """``text`` inside one of the :data:`ATTACK_TEMPLATES` wordings, picked (with its names) by a hash of
+    ``key``: the same wrapper for the same key every time."""
+    pool = [t for ts in ATTACK_TEMPLATES.values() for t in ts]
+    u = unit_hash(key)
+    return fill(pool[int(u * len(pool))], text, random.Random(u))
