@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -79,6 +80,39 @@ class NgramHasher:
         val = np.full(len(idx), 1.0 / np.sqrt(max(len(idx), 1)), dtype=np.float32)
         val[n_char:] *= self.word_weight
         return idx, val
+
+    def weighted_many(self, texts: Sequence[str], salt: int = 0, pad_end: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`weighted` of each of ``texts``, hashed in one pass over their concatenation (a text's
+        clauses are scored beside it, and per-call overhead would dominate short ones)."""
+        if len(texts) <= 1:
+            return [self.weighted(t, salt, pad_end) for t in texts]
+        strs = [" " + t[: self.max_chars].casefold() + (" " if pad_end else "") for t in texts]
+        codes = np.frombuffer("".join(strs).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+        c_len = np.array([len(x) for x in strs])
+        words = [_WORD.findall(x) for x in strs]
+        w_len = np.array([len(w) for w in words])
+        w = np.fromiter((zlib.crc32(x.encode()) for ws in words for x in ws), dtype=np.uint64, count=int(w_len.sum()))
+        lo, hi = self.char_ngrams
+        lo_w, hi_w = self.word_ngrams
+        with np.errstate(over="ignore"):
+            w = w + np.uint64(0x9E3779B97F4A7C15 + salt)
+            runs = [(_mix(window_hashes(codes, n, n * 1_000_003 + salt)), n, c_len) for n in range(lo, hi + 1)]
+            runs += [(_mix(window_hashes(w, n, 0xABCDEF + n + salt)), n, w_len) for n in range(lo_w, hi_w + 1)]
+        out = []
+        ends = [np.cumsum(c_len), np.cumsum(w_len)]
+        for i in range(len(texts)):
+            parts = []
+            n_char = 0
+            for k, (h, n, lens) in enumerate(runs):
+                if lens[i] >= n:  # the windows wholly inside text i
+                    a = ends[k > hi - lo][i] - lens[i]
+                    parts.append(h[a : a + lens[i] - n + 1])
+                    n_char += (lens[i] - n + 1) if k <= hi - lo else 0
+            idx = (np.concatenate(parts) % np.uint64(self.n_features)).astype(np.int64) if parts else np.zeros(0, np.int64)
+            val = np.full(len(idx), 1.0 / np.sqrt(max(len(idx), 1)), dtype=np.float32)
+            val[n_char:] *= self.word_weight
+            out.append((idx, val))
+        return out
 
     def _indices(self, text: str, salt: int, pad_end: bool) -> tuple[np.ndarray, int]:
         s = " " + text[: self.max_chars].casefold() + (" " if pad_end else "")

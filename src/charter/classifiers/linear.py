@@ -2,15 +2,31 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
+import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 
 from charter.classifiers.features import NgramHasher
 
 PERMITTED = "permitted"
+_CLAUSE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+|:\s+")
+#: at most this many clauses of a text are scored (its last ones: wrappers put the ask at the end)
+MAX_CLAUSES = 8
+#: a clause instance's mean weight in the refit, against 1 for a whole text
+CLAUSE_WEIGHT = 0.5
+
+
+def clauses(text: str, min_words: int) -> list[str]:
+    """The sentences, lines and after-colon parts of ``text`` of three words or more (its last
+    :data:`MAX_CLAUSES`), when ``text`` has ``min_words`` words or more and two such parts; else []."""
+    if min_words <= 0 or len(text.split()) < min_words:
+        return []
+    parts = [c.strip() for c in _CLAUSE_BREAK.split(text) if len(c.split()) >= 3]
+    return parts[-MAX_CLAUSES:] if len(parts) >= 2 else []
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -39,15 +55,27 @@ class NgramClassifier(ClassifierMixin, BaseEstimator):
 
     ``word_weight`` scales word n-grams' feature values against character n-grams': a short text has
     ten times as many character n-grams as words, so at 1 its words barely move the score.
+
+    ``clause_words`` > 0 scores a text of that many words or more as the most restricted of itself and
+    its :func:`clauses`, and fits as multiple-instance learning: a first fit on whole texts picks each
+    restricted text's most restricted clause (its witness), then the binary head is refitted with the
+    witnesses as restricted and every clause of a permitted text as permitted, each label's clauses
+    weighing the same in all (most clauses are permitted, and short must not come to mean permitted). A wrapper or a bundle
+    of questions dilutes the ask in a whole text's n-gram vector; a clause alone does not, and a
+    permitted text's clauses teach that a clause out of context is not an ask. ``clause_offset`` is added
+    to a clause's binary logit: the most restricted of several clauses is an extreme, and without an
+    offset long permitted texts score higher than short ones and take the escalation budget.
     """
 
     def __init__(self, n_features: int = 2**18, C: float = 0.3, C_category: float = 1.0, max_iter: int = 200,
-                 word_weight: float = 1.0) -> None:
+                 word_weight: float = 1.0, clause_words: int = 0, clause_offset: float = 0.0) -> None:
         self.n_features = n_features
         self.C = C
         self.C_category = C_category
         self.max_iter = max_iter
         self.word_weight = word_weight
+        self.clause_words = clause_words
+        self.clause_offset = clause_offset
 
     def hasher(self) -> NgramHasher:
         """The featuriser this classifier reads (pass it to :meth:`proba_one` to reuse it)."""
@@ -55,48 +83,115 @@ class NgramClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Sequence[str], y: Sequence[str], sample_weight: Sequence[float] | None = None) -> NgramClassifier:
         """``sample_weight`` weighs the texts in the binary head (the category head is unweighted)."""
-        yv = np.asarray(y)
+        X, yv = list(X), np.asarray(y)
         cats = sorted(set(yv) - {PERMITTED})
         if not cats or PERMITTED not in set(yv):
             raise ValueError("y needs 'permitted' and at least one restricted category")
-        F = self.hasher().transform(list(X))
+        hasher = self.hasher()
+        F = hasher.transform(X)
         restricted = yv != PERMITTED
-        b = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight="balanced").fit(
-            F, restricted, sample_weight=None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64))
+        w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        b = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight="balanced", warm_start=True)
+        b.fit(F, restricted, sample_weight=w)
+        if self.clause_words > 0:
+            extra, extra_y, extra_w = self._clause_instances(b, hasher, X, yv)
+            if extra:
+                b.fit(sp.vstack([F, hasher.transform(extra)], format="csr"),  # warm start from the whole-text fit
+                      np.concatenate([restricted, extra_y != PERMITTED]),
+                      sample_weight=np.concatenate([np.ones(len(X)) if w is None else w, extra_w]))
         coef = np.zeros((self.n_features, 1 + len(cats)), dtype=np.float32)
         intercept = np.zeros(1 + len(cats), dtype=np.float32)
         coef[:, 0], intercept[0] = b.coef_[0], b.intercept_[0]
         if len(cats) > 1:
             c = LogisticRegression(C=self.C_category, max_iter=self.max_iter, tol=1e-3).fit(F[restricted], yv[restricted])
             order = [list(c.classes_).index(k) for k in cats]
-            w, i0 = c.coef_, c.intercept_
-            if w.shape[0] == 1:  # two categories: sklearn keeps one row
-                w, i0 = np.vstack([-w / 2, w / 2]), np.array([-i0[0] / 2, i0[0] / 2])
-            coef[:, 1:], intercept[1:] = w[order].T, i0[order]
+            wc, i0 = c.coef_, c.intercept_
+            if wc.shape[0] == 1:  # two categories: sklearn keeps one row
+                wc, i0 = np.vstack([-wc / 2, wc / 2]), np.array([-i0[0] / 2, i0[0] / 2])
+            coef[:, 1:], intercept[1:] = wc[order].T, i0[order]
         self.classes_ = np.array([PERMITTED, *cats])
         self.coef_ = np.ascontiguousarray(coef)
         self.intercept_ = intercept
         return self
 
+    def _clause_instances(self, b: LogisticRegression, hasher: NgramHasher, X: list[str],
+                          y: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Clause instances for the refit: every clause of a permitted text, and each restricted text's
+        witness (its clause the whole-text fit ``b`` scores highest) when it beats the text. The category
+        head is fitted on whole texts only."""
+        coef = b.coef_[0].astype(np.float32)
+        xs: list[str] = []
+        ys: list[str] = []
+        for t, label in zip(X, y):
+            cs = clauses(t, self.clause_words)
+            if not cs:
+                continue
+            if label == PERMITTED:
+                xs += cs
+                ys += [label] * len(cs)
+                continue
+            z = [float(val @ coef[idx]) for idx, val in hasher.weighted_many([t, *cs])]
+            if (j := int(np.argmax(z))) > 0:  # a clause beats the whole text
+                xs.append(cs[j - 1])
+                ys.append(label)
+        # both labels' clauses carry the same total weight: clauses are short, and short must not mean permitted
+        yv = np.asarray(ys)
+        pos = yv != PERMITTED
+        w = np.full(len(xs), CLAUSE_WEIGHT)
+        if pos.any() and (~pos).any():
+            w[pos] *= len(xs) / (2 * pos.sum())
+            w[~pos] *= len(xs) / (2 * (~pos).sum())
+        return xs, yv, w
+
     def _proba(self, Z: np.ndarray) -> np.ndarray:
         return hierarchical_proba(Z[..., 0], Z[..., 1:])
 
+    def _instances(self, X: Sequence[str]) -> tuple[list[str], np.ndarray]:
+        """Every text and its clauses (when ``clause_words`` > 0), and the index of the text each came from."""
+        texts, owner = [], []
+        for i, t in enumerate(X):
+            for u in (t, *clauses(t, self.clause_words)):
+                texts.append(u)
+                owner.append(i)
+        return texts, np.asarray(owner, dtype=np.int64)
+
+    def _worst_logits(self, X: Sequence[str]) -> np.ndarray:
+        """Each text's logits (binary head first), from its instance the binary head scores highest."""
+        texts, owner = self._instances(X)
+        Z = np.asarray(self.hasher().transform(texts) @ self.coef_) + self.intercept_
+        best = np.full(len(X), -1, dtype=np.int64)
+        for j in range(len(texts)):  # owners are in order: a text, then its clauses
+            i = owner[j]
+            if best[i] < 0:
+                best[i] = j
+            elif (z := Z[j, 0] + self.clause_offset) > Z[best[i], 0]:
+                Z[j, 0] = z
+                best[i] = j
+        return Z[best] if len(X) else Z[:0]
+
     def decision_function(self, X: Sequence[str]) -> np.ndarray:
         """The binary head's logit (restricted vs permitted)."""
-        F = self.hasher().transform(list(X))
-        return np.asarray(F @ self.coef_[:, 0]) + self.intercept_[0]
+        return self._worst_logits(X)[:, 0]
 
     def predict_proba(self, X: Sequence[str]) -> np.ndarray:
-        F = self.hasher().transform(list(X))
-        return self._proba(np.asarray(F @ self.coef_) + self.intercept_)
+        return self._proba(self._worst_logits(X))
 
     def predict(self, X: Sequence[str]) -> np.ndarray:
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
     def proba_one(self, text: str, hasher: NgramHasher | None = None) -> np.ndarray:
         """Fast path for one text (no sparse matrix)."""
-        idx, val = (hasher or self.hasher()).weighted(text)
-        return self._proba(val @ self.coef_[idx] + self.intercept_)
+        h = hasher or self.hasher()
+        if not (cs := clauses(text, self.clause_words)):
+            idx, val = h.weighted(text)
+            return self._proba(val @ self.coef_[idx] + self.intercept_)
+        inst = h.weighted_many([text, *cs])
+        z = [float(v @ self.coef_[i, 0]) + (self.clause_offset if k else 0.0) for k, (i, v) in enumerate(inst)]
+        best = int(np.argmax(z))  # the binary head picks the instance; every head then reads it
+        idx, val = inst[best]
+        out = val @ self.coef_[idx] + self.intercept_
+        out[0] = z[best] + self.intercept_[0]
+        return self._proba(out)
 
     # persistence (plain arrays; see charter.classifiers.artifacts)
     def to_arrays(self) -> dict[str, np.ndarray]:

@@ -76,7 +76,7 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         "## Architecture",
         "- Normalisation: every input is scored as-is and through decoded views (base64/hex/url, rot13 and ciphers, Morse, ciphered segments inside readable text, confusables, invisible characters, leetspeak, spacing, Best-of-N noise: text with random capitals has its words corrected to the commonest vocabulary word with their letters, and word-for-word English glosses of Spanish, French, German, Portuguese and Italian, whole or inside English text, for stage 2's English-only encoder); a decoded or folded view is decoded once more (leetspeak German gets a gloss), and a transcript's last ask is decoded on its own; the worst case counts.",
         "- Stage 1: logistic regression over hashed character 2-5-grams and word 1-2-grams (2^18 buckets): a binary head (restricted or not) for the score and a multinomial head for the category."
-        + _length_balance(m) + _word_weight(m),
+        + _length_balance(m) + _word_weight(m) + _clauses(m),
         (f"- Stage 2: {_probe_head(m)} over all-MiniLM-L6-v2's mean-pooled embedding output and all six layers "
          "(" + _features(m) + "; numpy forward pass, weights pinned by sha256), run on the view stage 1 found most suspicious"
          + _stage2_reads(m) + "; "
@@ -149,7 +149,7 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
     if by_lang := met.get("by_language"):
         lines += ["", "## By language of the request", "", "| language | recall | FPR |", "|---|---|---|"]
         lines += [f"| {lang} | {_r(v['recall']) if v.get('recall') else '-'} | {_r(v['fpr']) if v.get('fpr') else '-'} |"
-                  for lang, v in by_lang.items()]
+                  for lang, v in sorted(by_lang.items(), key=_language_order)]
     lines += ["", "## Recall by transform family", "", "| family | recall |", "|---|---|"]
     lines += [f"| {f}{' (held out)' if f in m['holdout_families'] else ''} | {_r(v)} |" for f, v in met["recall_by_family"].items()]
     lines += [
@@ -160,6 +160,12 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         "",
     ]
     return "\n".join(lines)
+
+
+def _language_order(item: tuple[str, dict[str, Any]]) -> tuple[bool, int, str]:
+    """English first, then by requests scored (a saved manifest's keys come back sorted)."""
+    lang, v = item
+    return lang != "en", -sum(int((v.get(k) or {}).get("n", 0)) for k in ("recall", "fpr")), lang
 
 
 def _machine(met: dict[str, Any]) -> str:
@@ -184,6 +190,17 @@ def _word_weight(m: dict[str, Any]) -> str:
         return ""
     return (f" Word n-grams weigh {w:g} times a character n-gram: a short text has about ten character n-grams"
             " a word, and its few telling words would barely move the score.")
+
+
+def _clauses(m: dict[str, Any]) -> str:
+    params = (m.get("stage1") or {}).get("params") or {}
+    k, off = int(params.get("clause_words", 0)), float(params.get("clause_offset", 0.0))
+    if k <= 0:
+        return ""
+    return (f" A text of {k} words or more scores as the most restricted of itself and its clauses (sentences, lines,"
+            f" after-colon parts; a clause's logit {off:+g}), and the binary head is fitted that way (multiple-instance"
+            " learning: each restricted text's most restricted clause, and every clause of a permitted text): a wrapper"
+            " dilutes an ask in a whole text's n-grams, not in its clause; stage 2 reads the whole view.")
 
 
 def _length_balance(m: dict[str, Any]) -> str:

@@ -52,6 +52,18 @@ class TrainConfig:
     #: held-out AUC from 0.934 to 0.942 and the restricted requests it escalates at the same 9% benign
     #: budget from 78.0% to 80.9% (hand-written dev set: 87.9% -> 92.1%); 2: 0.939, 6: 0.941, 12: 0.936
     stage1_word_weight: float = 4.0
+    #: stage 1 also scores the clauses of a text of this many words or more, and is fitted on them as
+    #: multiple-instance learning (:class:`~charter.classifiers.linear.NgramClassifier`; 0: off). Retrained
+    #: on the default constitution's data, at 12 (offset -1): held-out requests in jailbreak wrappers never
+    #: trained on 45% -> 55% recall at 1% of their own FPR, the test split 69.0% -> 70.5%, red-team attack
+    #: success 44.2% -> 39.3% (over-refusal 1.9% -> 2.6%); stage 1 costs 0.72 ms a text on average instead
+    #: of 0.55 (BENCHMARKS.md, twentieth session)
+    stage1_clause_words: int = 12
+    #: added to a clause's logit (the most restricted of several clauses is an extreme; at 0 long permitted
+    #: texts took the escalation budget). The packaged stage 1 recalibrated at 0 / -1 / -2 / -3: recall at 1%
+    #: test FPR 69.6 / 71.3 / 69.2 / 69.1%, unseen-wrapper recall at 1% of their own FPR 52.0 / 52.7 / 53.5 /
+    #: 50.5%, hand-written dev set at the calibrated thresholds 78.3 / 80.4 / 80.0 / 80.4% (BENCHMARKS.md)
+    stage1_clause_offset: float = -1.0
     seed: int = 0
     use_stage2: bool = True
     max_train: int | None = None  # cap training records (tests)
@@ -253,8 +265,9 @@ def train_guard(
     X1 = [r.input_text() for r in tr_in]
     y1 = [_class_of(r) for r in tr_in]
     w1 = length_balance_weights(X1, [r.label == "restricted" for r in tr_in], cfg.stage1_length_balance)
-    s1 = NgramClassifier(n_features=cfg.n_features, C=cfg.stage1_C, word_weight=cfg.stage1_word_weight).fit(
-        X1, y1, sample_weight=w1)
+    s1 = NgramClassifier(n_features=cfg.n_features, C=cfg.stage1_C, word_weight=cfg.stage1_word_weight,
+                         clause_words=cfg.stage1_clause_words, clause_offset=cfg.stage1_clause_offset,
+                         ).fit(X1, y1, sample_weight=w1)
     timings["stage1_fit_s"] = time.perf_counter() - t0
 
     s2 = None
