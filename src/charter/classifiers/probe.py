@@ -74,6 +74,11 @@ class EncoderProbeClassifier(ClassifierMixin, BaseEstimator):
             self._enc = MiniLMEncoder(max_tokens=self.max_tokens, head_tokens=self.head_tokens, edge_tokens=self.edge_tokens)
         return self._enc
 
+    @property
+    def feature_dim(self) -> int:
+        """The width of the features this probe's encoder settings produce, which its weights must fit."""
+        return self._encoder().dim
+
     def features(self, X: Sequence[str]) -> np.ndarray:
         return self._encoder().transform(list(X))
 

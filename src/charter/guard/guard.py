@@ -160,7 +160,7 @@ def _check_shapes(p: Path, s1: NgramClassifier, ex: ExchangeClassifier, s2: Any 
     if s2 is not None:
         want["stage2 W"] = (s2.W_.shape[1:], (n_classes,))
         want["stage2 b"] = (s2.b_.shape, (n_classes,))
-        want["stage2 features"] = (s2.mean_.shape, (s2._encoder().dim,))  # what its encoder settings produce
+        want["stage2 features"] = (s2.mean_.shape, (s2.feature_dim,))  # what its encoder settings produce
     for what, (got, expected) in want.items():
         if tuple(got) != expected:
             raise ArtifactError(f"{p}: {what} has shape {tuple(got)}, expected {expected} from the manifest; weights and manifest do not match")
