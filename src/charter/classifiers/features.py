@@ -37,6 +37,21 @@ def window_hashes(seq: np.ndarray, n: int, seed: int) -> np.ndarray:
     return h
 
 
+def _char_seed(n: int, salt: int) -> int:
+    return n * 1_000_003 + salt
+
+
+def _word_seed(n: int, salt: int) -> int:
+    return 0xABCDEF + n + salt
+
+
+def _word_codes(words: list[str], salt: int) -> np.ndarray:
+    """Each word's crc32, offset by ``salt``: the items word n-grams are hashed from."""
+    w = np.fromiter((zlib.crc32(x.encode()) for x in words), dtype=np.uint64, count=len(words))
+    with np.errstate(over="ignore"):
+        return w + np.uint64(0x9E3779B97F4A7C15 + salt)
+
+
 def _mix(h: np.ndarray) -> np.ndarray:
     # murmur3 fmix64 finaliser: spreads polynomial hashes over all bits
     h = h ^ (h >> np.uint64(33))
@@ -77,57 +92,55 @@ class NgramHasher:
     def weighted(self, text: str, salt: int = 0, pad_end: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Feature indices of ``text`` and their values (float32), as :meth:`transform` sets them."""
         idx, n_char = self._indices(text, salt, pad_end)
-        val = np.full(len(idx), 1.0 / np.sqrt(max(len(idx), 1)), dtype=np.float32)
+        return idx, self._values(len(idx), n_char)
+
+    def _values(self, n: int, n_char: int) -> np.ndarray:
+        """Feature values of a text with ``n`` n-grams, its first ``n_char`` of them character n-grams."""
+        val = np.full(n, 1.0 / np.sqrt(max(n, 1)), dtype=np.float32)
         val[n_char:] *= self.word_weight
-        return idx, val
+        return val
+
+    def _prepare(self, text: str, pad_end: bool) -> str:
+        return " " + text[: self.max_chars].casefold() + (" " if pad_end else "")
 
     def weighted_many(self, texts: Sequence[str], salt: int = 0, pad_end: bool = True) -> list[tuple[np.ndarray, np.ndarray]]:
         """:meth:`weighted` of each of ``texts``, hashed in one pass over their concatenation (a text's
         clauses are scored beside it, and per-call overhead would dominate short ones)."""
         if len(texts) <= 1:
             return [self.weighted(t, salt, pad_end) for t in texts]
-        strs = [" " + t[: self.max_chars].casefold() + (" " if pad_end else "") for t in texts]
+        strs = [self._prepare(t, pad_end) for t in texts]
         codes = np.frombuffer("".join(strs).encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-        c_len = np.array([len(x) for x in strs])
         words = [_WORD.findall(x) for x in strs]
-        w_len = np.array([len(w) for w in words])
-        w = np.fromiter((zlib.crc32(x.encode()) for ws in words for x in ws), dtype=np.uint64, count=int(w_len.sum()))
+        c_len, w_len = np.array([len(x) for x in strs]), np.array([len(ws) for ws in words])
+        c_start, w_start = np.cumsum(c_len) - c_len, np.cumsum(w_len) - w_len
+        w = _word_codes([x for ws in words for x in ws], salt)
         lo, hi = self.char_ngrams
         lo_w, hi_w = self.word_ngrams
-        with np.errstate(over="ignore"):
-            w = w + np.uint64(0x9E3779B97F4A7C15 + salt)
-            runs = [(_mix(window_hashes(codes, n, n * 1_000_003 + salt)), n, c_len) for n in range(lo, hi + 1)]
-            runs += [(_mix(window_hashes(w, n, 0xABCDEF + n + salt)), n, w_len) for n in range(lo_w, hi_w + 1)]
+        with np.errstate(over="ignore"):  # (hashes, n, each text's start and length in the hashed sequence)
+            char_runs = [(_mix(window_hashes(codes, n, _char_seed(n, salt))), n, c_start, c_len) for n in range(lo, hi + 1)]
+            word_runs = [(_mix(window_hashes(w, n, _word_seed(n, salt))), n, w_start, w_len) for n in range(lo_w, hi_w + 1)]
         out = []
-        ends = [np.cumsum(c_len), np.cumsum(w_len)]
         for i in range(len(texts)):
-            parts = []
-            n_char = 0
-            for k, (h, n, lens) in enumerate(runs):
-                if lens[i] >= n:  # the windows wholly inside text i
-                    a = ends[k > hi - lo][i] - lens[i]
-                    parts.append(h[a : a + lens[i] - n + 1])
-                    n_char += (lens[i] - n + 1) if k <= hi - lo else 0
+            # the windows wholly inside text i, character n-grams first, as _indices orders them
+            chars = [h[a[i] : a[i] + ln[i] - n + 1] for h, n, a, ln in char_runs if ln[i] >= n]
+            parts = chars + [h[a[i] : a[i] + ln[i] - n + 1] for h, n, a, ln in word_runs if ln[i] >= n]
             idx = (np.concatenate(parts) % np.uint64(self.n_features)).astype(np.int64) if parts else np.zeros(0, np.int64)
-            val = np.full(len(idx), 1.0 / np.sqrt(max(len(idx), 1)), dtype=np.float32)
-            val[n_char:] *= self.word_weight
-            out.append((idx, val))
+            out.append((idx, self._values(len(idx), sum(len(c) for c in chars))))
         return out
 
     def _indices(self, text: str, salt: int, pad_end: bool) -> tuple[np.ndarray, int]:
-        s = " " + text[: self.max_chars].casefold() + (" " if pad_end else "")
+        s = self._prepare(text, pad_end)
         parts: list[np.ndarray] = []
         codes = np.frombuffer(s.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
         lo, hi = self.char_ngrams
         with np.errstate(over="ignore"):
-            parts += [window_hashes(codes, n, n * 1_000_003 + salt) for n in range(lo, hi + 1)]
+            parts += [window_hashes(codes, n, _char_seed(n, salt)) for n in range(lo, hi + 1)]
             n_char = sum(len(p) for p in parts)
             words = _WORD.findall(s)
             if words:
-                w = np.fromiter((zlib.crc32(x.encode()) for x in words), dtype=np.uint64, count=len(words))
-                w = w + np.uint64(0x9E3779B97F4A7C15 + salt)
+                w = _word_codes(words, salt)
                 lo_w, hi_w = self.word_ngrams
-                parts += [window_hashes(w, n, 0xABCDEF + n + salt) for n in range(lo_w, hi_w + 1)]
+                parts += [window_hashes(w, n, _word_seed(n, salt)) for n in range(lo_w, hi_w + 1)]
             parts = [p for p in parts if len(p)]
             if not parts:
                 return np.zeros(0, dtype=np.int64), 0

@@ -60,11 +60,12 @@ class NgramClassifier(ClassifierMixin, BaseEstimator):
     its :func:`clauses`, and fits as multiple-instance learning: a first fit on whole texts picks each
     restricted text's most restricted clause (its witness), then the binary head is refitted with the
     witnesses as restricted and every clause of a permitted text as permitted, each label's clauses
-    weighing the same in all (most clauses are permitted, and short must not come to mean permitted). A wrapper or a bundle
-    of questions dilutes the ask in a whole text's n-gram vector; a clause alone does not, and a
-    permitted text's clauses teach that a clause out of context is not an ask. ``clause_offset`` is added
-    to a clause's binary logit: the most restricted of several clauses is an extreme, and without an
-    offset long permitted texts score higher than short ones and take the escalation budget.
+    weighing the same in all (most clauses are permitted, and short must not come to mean permitted).
+    A wrapper or a bundle of questions dilutes the ask in a whole text's n-gram vector; a clause alone
+    does not, and a permitted text's clauses teach that a clause out of context is not an ask.
+    ``clause_offset`` is added to a clause's binary logit: the most restricted of several clauses is
+    an extreme, and without an offset long permitted texts score higher than short ones and take the
+    escalation budget.
     """
 
     def __init__(self, n_features: int = 2**18, C: float = 0.3, C_category: float = 1.0, max_iter: int = 200,
@@ -159,15 +160,13 @@ class NgramClassifier(ClassifierMixin, BaseEstimator):
         """Each text's logits (binary head first), from its instance the binary head scores highest."""
         texts, owner = self._instances(X)
         Z = np.asarray(self.hasher().transform(texts) @ self.coef_) + self.intercept_
-        best = np.full(len(X), -1, dtype=np.int64)
-        for j in range(len(texts)):  # owners are in order: a text, then its clauses
-            i = owner[j]
-            if best[i] < 0:
-                best[i] = j
-            elif (z := Z[j, 0] + self.clause_offset) > Z[best[i], 0]:
-                Z[j, 0] = z
-                best[i] = j
-        return Z[best] if len(X) else Z[:0]
+        if not len(X):
+            return Z
+        text_row = np.r_[True, owner[1:] != owner[:-1]]  # each text's row comes before its clauses'
+        Z[~text_row, 0] += self.clause_offset
+        # per text, the highest binary logit; on a tie the earlier row (the whole text), as np.argmax
+        order = np.lexsort((np.arange(len(owner)), -Z[:, 0], owner))
+        return Z[order[np.r_[True, owner[order][1:] != owner[order][:-1]]]]
 
     def decision_function(self, X: Sequence[str]) -> np.ndarray:
         """The binary head's logit (restricted vs permitted)."""

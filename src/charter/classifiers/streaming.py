@@ -19,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from charter.classifiers.features import _M1, _M2, _WORD, NgramHasher, _mix, _P, window_hashes  # noqa: F401
+from charter.classifiers.features import _M1, _M2, _WORD, NgramHasher, _char_seed, _mix, _P, _word_seed, window_hashes  # noqa: F401
 
 _MASK = (1 << 64) - 1
 _PI, _M1I, _M2I = int(_P), int(_M1), int(_M2)
@@ -327,7 +327,7 @@ class ExchangeStream:
         codes = np.frombuffer(buf.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
         pad = len(self._tail)
         for n in range(self._lo, self._hi + 1):
-            h = window_hashes(codes, n, n * 1_000_003 + RESP_SALT)
+            h = window_hashes(codes, n, _char_seed(n, RESP_SALT))
             end = np.arange(len(h)) + n - 1  # index in buf of each n-gram's last char
             keep = end >= pad
             add(h[keep], end[keep] - pad)
@@ -341,7 +341,7 @@ class ExchangeStream:
             at = np.array([e for _, e in done])
             lo_w, hi_w = self._h.word_ngrams
             for n in range(lo_w, hi_w + 1):
-                add(window_hashes(w, n, 0xABCDEF + n + RESP_SALT), at[n - 1 :])
+                add(window_hashes(w, n, _word_seed(n, RESP_SALT)), at[n - 1 :])
             self._prev_word_hash = w[-1]
         self._word = [found[-1][0]] if found and found[-1][1] == len(text) else []
         self._tail = buf[-(self._hi - 1) :]
@@ -356,7 +356,7 @@ class ExchangeStream:
         codes = np.frombuffer(buf.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
         start_new = len(self._tail)
         # n-grams must end at index >= start_new, i.e. start at or after start_new - n + 1
-        parts = [window_hashes(codes, n, n * 1_000_003 + RESP_SALT)[max(0, start_new - n + 1):]
+        parts = [window_hashes(codes, n, _char_seed(n, RESP_SALT))[max(0, start_new - n + 1):]
                  for n in range(self._lo, self._hi + 1)]
         with np.errstate(over="ignore"):
             self._add(np.concatenate(parts))
@@ -369,7 +369,7 @@ class ExchangeStream:
         start_new = len(self._tail)
         out: list[int] = []
         for n in range(self._lo, self._hi + 1):
-            seed = n * 1_000_003 + RESP_SALT
+            seed = _char_seed(n, RESP_SALT)
             for end in range(max(start_new, n - 1), len(codes)):
                 h = seed
                 for k in range(end - n + 1, end + 1):
@@ -389,7 +389,7 @@ class ExchangeStream:
         out: list[int] = []
         lo_w, hi_w = self._h.word_ngrams
         for n in range(lo_w, hi_w + 1):
-            seed = 0xABCDEF + n + RESP_SALT
+            seed = _word_seed(n, RESP_SALT)
             skip = 1 if (prev is not None and n == 1) else 0  # the old word's unigram is counted
             for i in range(skip, len(seq) - n + 1):
                 h = seed
@@ -430,6 +430,6 @@ class ExchangeStream:
             w = w + np.uint64(_WORD_SEED)
             seq = w if self._prev_word_hash is None else np.concatenate([[self._prev_word_hash], w])
             skip = 0 if self._prev_word_hash is None else 1  # the old word's unigram is already counted
-            out = [window_hashes(seq, n, 0xABCDEF + n + RESP_SALT)[skip if n == 1 else 0:] for n in range(lo_w, hi_w + 1)]
+            out = [window_hashes(seq, n, _word_seed(n, RESP_SALT))[skip if n == 1 else 0:] for n in range(lo_w, hi_w + 1)]
             self._add(np.concatenate(out))
             self._prev_word_hash = w[-1]

@@ -60,7 +60,7 @@ class TrainConfig:
     #: of 0.55 (BENCHMARKS.md, twentieth session)
     stage1_clause_words: int = 12
     #: added to a clause's logit (the most restricted of several clauses is an extreme; at 0 long permitted
-    #: texts took the escalation budget). The packaged stage 1 recalibrated at 0 / -1 / -2 / -3: recall at 1%
+    #: texts took the escalation budget). Stage 1 fitted at 12, recalibrated at 0 / -1 / -2 / -3: recall at 1%
     #: test FPR 69.6 / 71.3 / 69.2 / 69.1%, unseen-wrapper recall at 1% of their own FPR 52.0 / 52.7 / 53.5 /
     #: 50.5%, hand-written dev set at the calibrated thresholds 78.3 / 80.4 / 80.0 / 80.4% (BENCHMARKS.md)
     stage1_clause_offset: float = -1.0
