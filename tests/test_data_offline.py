@@ -92,6 +92,28 @@ def test_coverage_of_categories_labels_kinds_families(mini: Constitution) -> Non
         assert any(r.messages and set(r.transforms) & conv for r in recs)
 
 
+def test_requests_come_behind_system_prompts_of_their_own_split(wide: Constitution) -> None:
+    """With ``system_prompts``, requests are asked behind an operator's system prompt, as deployed models
+    are: both labels come behind them (they say nothing of the user's intent), and the held-out splits'
+    prompts are never trained on. Off by default."""
+    from charter.data.templates import SYSTEM_PROMPTS
+
+    assert not any(r.messages and r.messages[0].role == "system" for r in build_dataset(wide, gen(), 1000, 0).records)
+    recs = build_dataset(wide, OfflineGenerator(transforms=transforms(), system_prompts=0.1), 4000, 0).records
+    behind = [r for r in recs if r.messages and r.messages[0].role == "system"]
+    assert {r.label for r in behind} == {"restricted", "permitted"} and {r.kind for r in behind} == {"input", "exchange"}
+    assert 0.08 <= len(behind) / len(recs) <= 0.25
+    one_turn = [r for r in behind if r.format == "system"]
+    assert one_turn and all([m.role for m in r.messages] == ["system", "user"] for r in one_turn)
+    assert any(len(r.messages) > 2 and r.format == "conversation" for r in behind)
+    by_split = {s: {r.messages[0].content for r in behind if r.split == s} for s in ("train", "calib", "test")}
+    assert all(by_split.values()) and not (by_split["train"] & (by_split["calib"] | by_split["test"]))
+    assert not by_split["calib"] & by_split["test"] and set().union(*by_split.values()) <= set(SYSTEM_PROMPTS)
+    # the user turn is the request itself: the input classifiers read the system prompt and the ask
+    r = one_turn[0]
+    assert r.input_text() == f"system: {r.messages[0].content}\nuser: {r.messages[1].content}"
+
+
 def test_skeletons_are_rendered_without_brackets_and_permitted_answers_have_steps(mini: Constitution) -> None:
     recs = build_dataset(mini, gen(), 3000, 0).records
     skel = [r for r in recs if r.kind == "exchange" and r.label == "restricted"]

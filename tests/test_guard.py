@@ -455,6 +455,17 @@ def test_card_reports_requests_in_wrappers_the_guard_never_trained_on(model_dir,
     assert f"jailbreak wrappers never trained on (the red team's templates) | {_r(uw['recall'])} |" in card
     del doc["metrics"]["unseen_wrappers"]  # a manifest from before: no rows
     assert "never trained on (the red team" not in model_card(doc, n_train_inputs=1, n_train_exchanges=1)
+    # the guard as deployed: a harmful exchange counts as stopped early when the input cascade flags its
+    # request, or the monitor stops the reply before a quarter of it
+    ex, wi = met["exchange"], met["exchange"]["with_input_check"]
+    harmful = [r for r in recs if r.kind == "exchange"][:60]
+    harmful = [r for r in harmful if r.label == "restricted"]
+    assert wi["request_flagged"]["n"] == len(harmful) == ex["stopped_before_25pct"]["n"]
+    assert wi["request_flagged"]["k"] == sum(guard.check_input(r.input_text()).flagged for r in harmful)
+    early, either = ex["stopped_before_25pct"]["k"], wi["stopped_before_25pct"]["k"]
+    assert max(early, wi["request_flagged"]["k"]) <= either <= early + wi["request_flagged"]["k"]
+    assert wi["stopped_before_25pct_released"]["k"] >= ex["stopped_before_25pct_released"]["k"]
+    assert f"the monitor streams the reply): harmful exchanges stopped before 25% of the reply | {_r(wi['stopped_before_25pct'])}; " in card
 
 
 def test_a_stage_2_whose_encoder_settings_do_not_fit_its_weights_is_refused(model_dir, tmp_path):

@@ -178,13 +178,22 @@ class NgramClassifier(ClassifierMixin, BaseEstimator):
     def predict(self, X: Sequence[str]) -> np.ndarray:
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
-    def proba_one(self, text: str, hasher: NgramHasher | None = None) -> np.ndarray:
-        """Fast path for one text (no sparse matrix)."""
+    def proba_one(self, text: str, hasher: NgramHasher | None = None,
+                  memo: dict[str, tuple[np.ndarray, np.ndarray]] | None = None) -> np.ndarray:
+        """Fast path for one text (no sparse matrix).
+
+        ``memo`` keeps each hashed text or clause for the next call: the views of one input (its
+        leetspeak fold, its spacing collapse...) share most of their clauses with it.
+        """
         h = hasher or self.hasher()
-        if not (cs := clauses(text, self.clause_words)):
-            idx, val = h.weighted(text)
+        memo = {} if memo is None else memo
+        insts = [text, *clauses(text, self.clause_words)]
+        if todo := [u for u in dict.fromkeys(insts) if u not in memo]:
+            memo.update(zip(todo, h.weighted_many(todo)))
+        if len(insts) == 1:
+            idx, val = memo[text]
             return self._proba(val @ self.coef_[idx] + self.intercept_)
-        inst = h.weighted_many([text, *cs])
+        inst = [memo[u] for u in insts]
         z = [float(v @ self.coef_[i, 0]) + (self.clause_offset if k else 0.0) for k, (i, v) in enumerate(inst)]
         best = int(np.argmax(z))  # the binary head picks the instance; every head then reads it
         idx, val = inst[best]

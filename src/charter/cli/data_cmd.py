@@ -36,6 +36,9 @@ def generate(
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="llm: concurrent requests."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="llm: on-disk reply cache."),
     force: bool = typer.Option(False, "--force", help="Overwrite a dataset already in --out."),
+    system_prompts: float = typer.Option(0.0, "--system-prompts", min=0.0, max=0.5,
+                                         help="offline: share of requests asked behind an operator's system prompt "
+                                              "(both labels; held-out splits get prompts never trained on)."),
 ) -> None:
     """Generate synthetic training data from a constitution."""
     from charter.data.llm import LLMGenerator
@@ -53,7 +56,7 @@ def generate(
     else:
         from charter.data.offline import OfflineGenerator
 
-        gen = OfflineGenerator()
+        gen = OfflineGenerator(system_prompts=system_prompts)
     console = Console(stderr=True)
     with Progress(
         TextColumn("[bold]generate[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

@@ -147,6 +147,15 @@ def as_code(req: str, rng: random.Random) -> str:
     return rng.choice(["", "Complete this code:\n", "What does this snippet do?\n", "Fix the bug here:\n"]) + f"```{lang}\n{code}\n```"
 
 
+def system_prompt(split: str, rng: random.Random) -> Message:
+    """An operator's system prompt for a request of ``split``: every seventh prompt of
+    :data:`~charter.data.templates.SYSTEM_PROMPTS` is the test split's and every seventh after the
+    fifth the calibration split's, so held-out requests come behind system prompts never trained on."""
+    part = {"calib": 5, "test": 6}.get(split)
+    pool = [p for i, p in enumerate(T.SYSTEM_PROMPTS) if (i % 7 == part if part is not None else i % 7 < 5)]
+    return Message(role="system", content=rng.choice(pool))
+
+
 def benign_prefix(rng: random.Random) -> list[Message]:
     out: list[Message] = []
     for q, a in rng.sample(T.BENIGN_TURNS, rng.randint(1, 3)):
@@ -244,11 +253,15 @@ class OfflineGenerator(Generator):
         exchange_share: float = 0.3,
         floor: int = 4,
         transforms: Sequence[type[Transform]] | None = None,
+        system_prompts: float = 0.0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= system_prompts <= 0.5:
+            raise ValueError(f"system_prompts: {system_prompts} is not a share between 0 and 0.5")
         self.transform_rate = transform_rate
         self.exchange_share = exchange_share
         self.floor = floor
+        self.system_prompts = system_prompts
         classes = list(transforms) if transforms is not None else registered_transforms()
         self._by_family: dict[str, list[Transform]] = {}
         for cls in sorted(classes, key=lambda c: c.name):
@@ -268,6 +281,7 @@ class OfflineGenerator(Generator):
             "floor": self.floor,
             "transform_families": self.families,
             "transforms": sorted(t.name for ts in self._by_family.values() for t in ts),
+            **({"system_prompts": self.system_prompts} if self.system_prompts else {}),
         }
 
     # -- transforms
@@ -330,7 +344,12 @@ class OfflineGenerator(Generator):
         r = rng.random()
         if r < 0.12:
             msgs = benign_prefix(rng) + [Message(role="user", content=body)]
+            if self.system_prompts and rng.random() < min(1.0, 4 * self.system_prompts):
+                msgs.insert(0, system_prompt(split, rng))
             return {"messages": msgs, "format": "conversation", "transforms": names, "lang": lang, "split": split}
+        if r >= 1.0 - self.system_prompts:  # one request behind an operator's system prompt (the guard reads both)
+            msgs = [system_prompt(split, rng), Message(role="user", content=body)]
+            return {"messages": msgs, "format": "system", "transforms": names, "lang": lang, "split": split}
         if r < 0.19:
             body, fmt = as_document(body, rng), "document"
         elif r < 0.26:

@@ -108,6 +108,10 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         *([f"| exchange: harmful responses stopped before the client saw 25% of tokens (hold-back {ex['hold_back']} tokens) | "
            f"{_r(ex['stopped_before_25pct_released'])} | |"] if "stopped_before_25pct_released" in ex else []),
         f"| exchange: harmful responses stopped at all | {_r(ex['stopped'])} | |",
+        *([f"| exchange, the guard as deployed (the input cascade screens the request, the monitor streams the reply): "
+           f"harmful exchanges stopped before 25% of the reply | {_r(wi['stopped_before_25pct'])}; before the client saw 25%: "
+           f"{_r(wi['stopped_before_25pct_released']).split(' (n=')[0]}; requests flagged: {_r(wi['request_flagged']).split(' (n=')[0]} | |"]
+          if (wi := ex.get("with_input_check")) else []),
         f"| exchange: FPR on benign exchanges | {_r(ex['fpr'])} | |",
         *([f"| exchange classifier alone (no stage-2 reading of the prompt): stopped before 25% / FPR | "
            f"{_r(ex['classifier_alone']['stopped_before_25pct'])} / {_r(ex['classifier_alone']['fpr'])} | |"] if "classifier_alone" in ex else []),

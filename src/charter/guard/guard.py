@@ -170,8 +170,9 @@ def worst_view(stage1: NgramClassifier, hasher: NgramHasher, text: str) -> tuple
     """The view stage 1 scores as most restricted: (class probabilities, view name, view text)."""
     perm = list(stage1.classes_).index(PERMITTED)
     best, best_view, best_text, best_score = None, "original", text, -1.0
+    memo: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # views share clauses: hash each once
     for name, v in all_views(text):
-        p = stage1.proba_one(v, hasher)
+        p = stage1.proba_one(v, hasher, memo)
         if 1.0 - p[perm] > best_score:
             best, best_view, best_text, best_score = p, name, v, 1.0 - p[perm]
     assert best is not None

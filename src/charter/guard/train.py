@@ -653,7 +653,8 @@ def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record],
         fam[f] = rate(flagged[mask]).model_dump()
     m["recall_by_family"] = fam
     # streaming
-    harmful = [(r.prompt_text(), r.response or "") for r in test_ex if r.label == "restricted"]
+    harmful_ex = [r for r in test_ex if r.label == "restricted"]
+    harmful = [(r.prompt_text(), r.response or "") for r in harmful_ex]
     benign = [(r.prompt_text(), r.response or "") for r in test_ex if r.label == "permitted"]
     priors = exchange_priors(guard, [p for p, _ in harmful + benign], cache) if guard.active_exchange_combiner else {}
     tx = guard.exchange_threshold
@@ -676,6 +677,14 @@ def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record],
         "fpr": rate(stream_max_scores(guard, benign, priors=priors) >= tx).model_dump(),
         "fpr_opened_safe_answers": rate(stream_max_scores(guard, safe_opened, priors=priors) >= tx).model_dump(),
         "median_stop_fraction": float(np.median([s for s in stops if s is not None])) if any(s is not None for s in stops) else None,
+    }
+    # the guard as deployed: the input cascade screens each request, and the monitor streams only
+    # the replies to requests it let through
+    asked = cascade_flags(guard, [r.input_text() for r in harmful_ex], cache)[2]
+    m["exchange"]["with_input_check"] = {
+        "request_flagged": rate(asked).model_dump(),
+        "stopped_before_25pct": rate(asked | np.array([s is not None and s <= 0.25 for s in stops], dtype=bool)).model_dump(),
+        "stopped_before_25pct_released": rate(asked | np.array([s is not None and s < 0.25 for s in seen], dtype=bool)).model_dump(),
     }
     if guard.active_exchange_combiner:  # the classifier alone, at its own threshold, for comparison
         raw = [stop_fraction_of_scores(stream_scores(guard, p, r, combined=False), th["exchange"]) for p, r in harmful]
