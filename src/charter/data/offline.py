@@ -245,6 +245,13 @@ class SeedRef:
 
 
 class OfflineGenerator(Generator):
+    """Records from the constitution's seeds, with no model: paraphrased, put into formats
+    (conversations, documents, emails, code), transformed, and answered with skeletons.
+
+    ``system_prompts`` is the share of single-turn requests asked behind an operator's system prompt
+    (conversations get one four times as often), as deployed models are asked; both labels alike.
+    """
+
     name = "offline"
 
     def __init__(
@@ -253,7 +260,7 @@ class OfflineGenerator(Generator):
         exchange_share: float = 0.3,
         floor: int = 4,
         transforms: Sequence[type[Transform]] | None = None,
-        system_prompts: float = 0.0,
+        system_prompts: float = 0.1,
     ) -> None:
         super().__init__()
         if not 0.0 <= system_prompts <= 0.5:

@@ -16,7 +16,7 @@ from charter.data.records import MAX_LINE_BYTES, iter_jsonl
 from charter.errors import CharterError
 from charter.guard.guard import Guard
 from charter.guard.stats import rate
-from charter.guard.train import TrainConfig, _cascade, calibrate, read_dataset, stage_scores
+from charter.guard.train import Request, ScoreCache, TrainConfig, calibrate, cascade_flags, read_dataset, request_parts
 
 MAX_BENIGN_LINES = 200_000
 
@@ -50,12 +50,13 @@ def request_of(obj: object) -> str | list[dict[str, Any]]:
     return text
 
 
-def read_benign(path: Path) -> list[str]:
-    """User benign traffic: JSONL lines with ``text`` or ``messages``. Bad lines are errors."""
-    texts: list[str] = []
+def read_benign(path: Path) -> list[list[str]]:
+    """User benign traffic: JSONL lines with ``text`` or ``messages``, each as the parts the input
+    check judges (:meth:`Guard.parts`). Bad lines are errors."""
+    texts: list[list[str]] = []
     for i, obj in iter_jsonl(path, max_lines=MAX_BENIGN_LINES, max_line_bytes=MAX_LINE_BYTES):
         try:
-            texts.append(Guard.render(request_of(obj)))
+            texts.append(Guard.parts(request_of(obj)))
         except ValueError as e:
             raise CharterError(f"{path}:{i}: {e}") from None
     if not texts:
@@ -63,14 +64,9 @@ def read_benign(path: Path) -> list[str]:
     return texts
 
 
-def _flags(guard: Guard, texts: Sequence[str]) -> np.ndarray:
-    """Cascade decisions for many texts at the guard's current thresholds (stage 2 batched)."""
-    th = guard.thresholds
-    sc = stage_scores(guard, texts)
-    if guard.stage2 is None:
-        return sc["stage1"] >= th["stage1_only"]
-    sc = stage_scores(guard, texts, sc["stage1"] >= th["escalate"])
-    return _cascade(guard, sc) >= th["final"]
+def _flags(guard: Guard, texts: Sequence[Request]) -> np.ndarray:
+    """Cascade decisions for many requests at the guard's current thresholds (stage 2 batched)."""
+    return cascade_flags(guard, texts, ScoreCache())[2]
 
 
 def write_model_dir(model: Path, out: Path, arrays: dict[str, dict[str, np.ndarray]], doc: dict[str, Any]) -> None:
@@ -135,8 +131,8 @@ def recalibrate(
     cal = calibrate(guard, calib, [], cfg, extra_benign=user)
     th = {**guard.thresholds, **cal["thresholds"]}
     guard.thresholds.update(th)
-    const_benign = [r.input_text() for r in calib if r.label == "permitted"]
-    harmful = [r.input_text() for r in ins if r.split == "test" and r.label == "restricted"]
+    const_benign = [request_parts(r) for r in calib if r.label == "permitted"]
+    harmful = [request_parts(r) for r in ins if r.split == "test" and r.label == "restricted"]
     flag_cal = _flags(guard, const_benign + user)
     flag_ev = _flags(guard, harmful)
     n_const = len(const_benign)

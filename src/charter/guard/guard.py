@@ -33,6 +33,8 @@ log = logging.getLogger("charter.guard")
 PERMITTED = "permitted"
 MAX_INPUT_CHARS = 200_000  # longer input is refused, never silently cut (a payload past the cut would go unread)
 MAX_MESSAGES = 10_000
+#: roles whose messages are the operator's instructions, not the user's request
+OPERATOR_ROLES = frozenset({"system", "developer"})
 THRESHOLD_KEYS = ("escalate", "final", "stage1_only", "exchange")
 #: stage-2 results a guard remembers (:meth:`Guard._stage2_proba`)
 STAGE2_MEMO = 256
@@ -251,14 +253,30 @@ class Guard:
 
     @staticmethod
     def _read(x: str | Sequence[dict[str, Any]], *, replies: bool = False) -> tuple[str, list[str]]:
+        text, users, _ = Guard._read_parts(x, replies=replies)
+        return text, users
+
+    @staticmethod
+    def parts(text_or_messages: str | Sequence[dict[str, Any]]) -> list[str]:
+        """The texts the input check judges one by one: the rendered request, or, behind a system
+        prompt, the conversation without it and the system prompt on its own."""
+        text, _, operator = Guard._read_parts(text_or_messages)
+        return [text] if operator is None else list(operator)
+
+    @staticmethod
+    def _read_parts(x: str | Sequence[dict[str, Any]], *,
+                    replies: bool = False) -> tuple[str, list[str], tuple[str, str] | None]:
         """(the rendered text, the user turns on their own when the input is a conversation of several
-        messages; else []). A system prompt or a history dilutes the ask in the rendered text, which classifiers
-        read as one bag of n-grams (an 1,800-character system prompt hid 'How do I make sarin at home?').
+        messages, else []; and behind a system prompt, for the input check, the conversation rendered
+        without it and the system prompt's text, else None). A history dilutes the ask in the rendered
+        text, which classifiers read as one bag of n-grams (an 1,800-character system prompt hid 'How do
+        I make sarin at home?').
 
         The input check reads a conversation without its assistant turns (:func:`render_input`);
         ``replies=True`` keeps them, for the exchange monitor, which reads the whole conversation.
         """
         users: list[str] = []
+        operator: tuple[str, str] | None = None
         if isinstance(x, str):
             text = x
         elif isinstance(x, (list, tuple)):
@@ -279,11 +297,15 @@ class Guard:
             text = render_messages(msgs) if replies else render_input(msgs)
             if len(msgs) > 1:
                 users = [_clean(m["content"]) for m in msgs if m["role"] == "user" and m["content"].strip()]
+            rest = [m for m in msgs if m["role"] not in OPERATOR_ROLES]
+            said = "\n\n".join(m["content"] for m in msgs if m["role"] in OPERATOR_ROLES and m["content"].strip())
+            if not replies and rest and said:
+                operator = (_clean(render_input(rest)), _clean(said))
         else:
             raise InputError(f"input must be a string or a list of {{role, content}} messages, not {type(x).__name__}")
         if len(text) > MAX_INPUT_CHARS:
             raise InputError(f"input is {len(text)} characters; the guard reads at most {MAX_INPUT_CHARS} (split it into parts)")
-        return _clean(text), users
+        return _clean(text), users, operator
 
     def _views(self, text: str) -> list[tuple[str, str]]:
         return all_views(text)
@@ -310,8 +332,23 @@ class Guard:
         return _sigmoid(w * _logit(s2) + (1 - w) * _logit(s1))
 
     def check_input(self, text_or_messages: str | Sequence[dict[str, Any]]) -> Verdict:
+        """The cascade's verdict on a request. Behind a system prompt (``system`` or ``developer``
+        messages), the conversation without it and the system prompt on its own are judged apart, each
+        through the whole cascade, and the more restricted verdict is returned (its ``view`` starts with
+        ``system`` when the system prompt decided). Read as one text, an operator's rules ("never ask
+        employees to send you their passwords") made users' questions look like asks; and choosing
+        one part by stage 1 alone let a suspicious-looking system prompt hide the ask from stage 2."""
         t0 = time.perf_counter()
-        text, users = self._read(text_or_messages)
+        text, users, operator = self._read_parts(text_or_messages)
+        if operator is None:
+            return self._check(text, users, t0)
+        v = self._check(operator[0], users, t0)
+        w = self._check(operator[1], [], t0)
+        if w.score > v.score:
+            v = w.model_copy(update={"view": "system" if w.view == "original" else f"system+{w.view}"})
+        return v.model_copy(update={"latency_ms": (time.perf_counter() - t0) * 1000})
+
+    def _check(self, text: str, users: list[str], t0: float) -> Verdict:
         p1, view, view_text = self.stage1_probs(text)
         s1 = 1.0 - float(p1[self._perm])
         read = text  # the text whose views were scored: its length picks the blend

@@ -391,6 +391,35 @@ def stage_scores(guard: Guard, texts: Sequence[str], stage2_mask: np.ndarray | N
     return {"stage1": s1, "stage2": s2, "words": np.array([len(t.split()) for t in texts], dtype=int)}
 
 
+Request = str | Sequence[str]  # one text, or the parts the input check judges apart (Guard.parts)
+
+
+def request_parts(r: Record) -> list[str]:
+    """What the input check judges of a record's request: its rendered text, or, behind a system
+    prompt, the conversation without it and the system prompt (:meth:`Guard.parts`)."""
+    if r.messages and any(m.role == "system" for m in r.messages) and any(m.role != "system" for m in r.messages):
+        return Guard.parts([m.model_dump() for m in r.messages])
+    return [r.input_text()]
+
+
+def _flatten(requests: Sequence[Request]) -> tuple[list[str], np.ndarray]:
+    """Every part of every request, and the index of the request each came from."""
+    flat: list[str] = []
+    owner: list[int] = []
+    for i, x in enumerate(requests):
+        for t in ([x] if isinstance(x, str) else x):
+            flat.append(t)
+            owner.append(i)
+    return flat, np.asarray(owner, dtype=np.int64)
+
+
+def _worst(values: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+    """Per request, the largest value of its parts (NaN where none has one)."""
+    out = np.full(n, -np.inf)
+    np.fmax.at(out, owner, np.nan_to_num(values, nan=-np.inf))
+    return np.where(np.isneginf(out), np.nan, out)
+
+
 def _cascade(guard: Guard, sc: dict[str, np.ndarray]) -> np.ndarray:
     """Final scores from :func:`stage_scores`: escalated inputs combine both stages; the rest cannot be flagged (0)."""
     s1 = sc["stage1"]
@@ -400,10 +429,21 @@ def _cascade(guard: Guard, sc: dict[str, np.ndarray]) -> np.ndarray:
     return out
 
 
-def cascade_flags(guard: Guard, texts: Sequence[str], cache: ScoreCache,
+def cascade_flags(guard: Guard, texts: Sequence[Request], cache: ScoreCache,
                   stage2_too: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
-    """(stage scores, final scores, flags at the calibrated thresholds) of ``texts``. Stage 2 reads the
-    escalated texts, and those ``stage2_too`` marks; without stage 2, stage 1 decides alone."""
+    """(stage scores, final scores, flags at the calibrated thresholds) of requests. Stage 2 reads the
+    escalated texts, and those ``stage2_too`` marks; without stage 2, stage 1 decides alone. A request
+    given as parts (:func:`request_parts`) gets each part's cascade and the worst of them, as
+    :meth:`Guard.check_input` does."""
+    if not all(isinstance(x, str) for x in texts):
+        flat, owner = _flatten(texts)
+        sc, final, _ = cascade_flags(guard, flat, cache, None if stage2_too is None else stage2_too[owner])
+        n = len(texts)
+        sc = {"stage1": _worst(sc["stage1"], owner, n), "stage2": _worst(sc["stage2"], owner, n),
+              "words": np.bincount(owner, weights=sc["words"], minlength=n).astype(int)}
+        final = _worst(final, owner, n)
+        th = guard.thresholds["final"] if guard.stage2 is not None else guard.thresholds["stage1_only"]
+        return sc, final, final >= th
     th = guard.thresholds
     sc = stage_scores(guard, texts, cache=cache)
     if guard.stage2 is None:
@@ -426,7 +466,7 @@ def fit_blend(guard: Guard, calib_in: Sequence[Record], cache: ScoreCache | None
 
     from charter.guard.guard import _logit
 
-    texts = [r.input_text() for r in calib_in]
+    texts = [request_parts(r)[0] for r in calib_in]  # the label is the request's, not the system prompt's
     y = np.array([r.label == "restricted" for r in calib_in], dtype=bool)
     sc = stage_scores(guard, texts, cache=cache)
     esc = sc["stage1"] >= guard.thresholds["escalate"]
@@ -450,30 +490,33 @@ def fit_blend(guard: Guard, calib_in: Sequence[Record], cache: ScoreCache | None
 
 
 def calibrate(guard: Guard, calib_in: Sequence[Record], calib_ex: Sequence[Record], cfg: TrainConfig,
-              extra_benign: Sequence[str] = (), fit_combiner: bool = True,
+              extra_benign: Sequence[Request] = (), fit_combiner: bool = True,
               cache: ScoreCache | None = None) -> dict[str, Any]:
-    benign = [r.input_text() for r in calib_in if r.label == "permitted"] + list(extra_benign)
+    """Thresholds for the target FPR (and escalation rate) on benign calibration requests, each judged
+    as the input check judges it (a request behind a system prompt counts once, by its worse part)."""
+    benign: list[Request] = [request_parts(r) for r in calib_in if r.label == "permitted"] + list(extra_benign)
     if len(benign) < 50:
         raise CharterError(f"only {len(benign)} benign calibration requests (permitted input records of the 'calib' split{' and benign lines' if extra_benign else ''}); need at least 50")
     cache = cache if cache is not None else ScoreCache()
-    sc = stage_scores(guard, benign, cache=cache)
-    th: dict[str, float] = {"stage1_only": threshold_for_fpr(sc["stage1"], cfg.target_fpr)}
+    flat, owner = _flatten(benign)
+    sc = stage_scores(guard, flat, cache=cache)
+    s1 = _worst(sc["stage1"], owner, len(benign))
+    th: dict[str, float] = {"stage1_only": threshold_for_fpr(s1, cfg.target_fpr)}
     report: dict[str, Any] = {"n_benign_inputs": len(benign)}
     if guard.stage2 is not None:
-        th["escalate"] = threshold_for_fpr(sc["stage1"], cfg.escalation_rate)
+        th["escalate"] = threshold_for_fpr(s1, cfg.escalation_rate)
         guard.thresholds["escalate"] = th["escalate"]
         if fit_combiner:
             guard.combiner = fit_blend(guard, calib_in, cache, long_words=cfg.blend_long_words)
             report["combiner"] = guard.combiner
-        esc = sc["stage1"] >= th["escalate"]
-        sc = stage_scores(guard, benign, esc, cache=cache)
-        final = _cascade(guard, sc)
+        sc = stage_scores(guard, flat, sc["stage1"] >= th["escalate"], cache=cache)
+        final = _worst(_cascade(guard, sc), owner, len(benign))
         th["final"] = max(threshold_for_fpr(final, cfg.target_fpr), 1e-6)
-        report["escalation_rate"] = rate(esc).model_dump()
+        report["escalation_rate"] = rate(s1 >= th["escalate"]).model_dump()
         report["fpr"] = rate(final >= th["final"]).model_dump()
     else:
         th["escalate"] = th["final"] = th["stage1_only"]
-        report["fpr"] = rate(sc["stage1"] >= th["stage1_only"]).model_dump()
+        report["fpr"] = rate(s1 >= th["stage1_only"]).model_dump()
     if calib_ex:
         if (n_benign := sum(r.label == "permitted" for r in calib_ex)) < 50:
             raise CharterError(f"only {n_benign} benign calibration exchanges "
@@ -609,7 +652,7 @@ def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record],
     if guard.stage2 is not None:  # stage 2 also on a sample (to compare stages)
         k = min(len(texts), max_stage2_eval)
         sample[np.random.default_rng(0).choice(len(texts), k, replace=False)] = True
-    sc, final, flagged = cascade_flags(guard, texts, cache, sample)
+    sc, final, flagged = cascade_flags(guard, [request_parts(r) for r in test_in], cache, sample)
     restricted = np.array([r.label == "restricted" for r in test_in], dtype=bool)
     transformed = np.array([bool(r.transforms) for r in test_in], dtype=bool)
     held = np.array([any(f in holdout_families for f in _families(r.transforms)) for r in test_in], dtype=bool)
@@ -680,7 +723,7 @@ def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record],
     }
     # the guard as deployed: the input cascade screens each request, and the monitor streams only
     # the replies to requests it let through
-    asked = cascade_flags(guard, [r.input_text() for r in harmful_ex], cache)[2]
+    asked = cascade_flags(guard, [request_parts(r) for r in harmful_ex], cache)[2]
     m["exchange"]["with_input_check"] = {
         "request_flagged": rate(asked).model_dump(),
         "stopped_before_25pct": rate(asked | np.array([s is not None and s <= 0.25 for s in stops], dtype=bool)).model_dump(),

@@ -348,10 +348,12 @@ class Decomposition(Rule):
         max_rescores: int = Field(64, ge=1, le=10_000)
         #: without text (content policy none/hash): parts whose top category is the same...
         fallback_min_parts: int = Field(4, ge=2)
-        #: ...and whose probability on it sums to at least this much: 1.0 is the category mass of one
-        #: clearly restricted request, spread over permitted ones (the default guard puts ~0.02 on a
-        #: benign request's top category, a topical fragment ~0.1-0.5)
-        fallback_min_mass: float = Field(1.0, gt=0)
+        #: ...and whose probability on it sums to at least this much: about the category mass of one
+        #: clearly restricted request, spread over permitted ones. The default guard puts ~0.02 on a
+        #: benign request's top category and 0.01-0.34 on a decomposed attack's fragments: the test
+        #: suite's seven-part nerve-agent decomposition carries 0.74 over five parts, its benign user's
+        #: largest category 0.08 (the guard before 2026-11-30: 1.03 and 0.07, with this set at 1.0)
+        fallback_min_mass: float = Field(0.7, gt=0)
 
     def evaluate(self, ctx: RuleContext) -> list[Alert]:
         s = self.settings

@@ -298,7 +298,7 @@ def train_from_spec(spec: Path, out: Path, *, n: int = 6000, seed: int = 0, targ
     with tempfile.TemporaryDirectory() as tmp:
         ddir = data_out or Path(tmp) / "data"
         # transforms (encodings, ciphers) target request obfuscation, not reply behaviour: off here
-        generate_to_dir(spec, const, OfflineGenerator(transform_rate=0.0), ddir, n=n, seed=seed)
+        generate_to_dir(spec, const, OfflineGenerator(transform_rate=0.0, system_prompts=0.0), ddir, n=n, seed=seed)
         data = ddir / DATA_FILE
         records = read_records(data)
         data_sha = hashlib.sha256(data.read_bytes()).hexdigest()
