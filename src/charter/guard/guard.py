@@ -38,6 +38,8 @@ OPERATOR_ROLES = frozenset({"system", "developer"})
 THRESHOLD_KEYS = ("escalate", "final", "stage1_only", "exchange")
 #: stage-2 results a guard remembers (:meth:`Guard._stage2_proba`)
 STAGE2_MEMO = 256
+#: system prompts whose stage-1 reading a guard remembers (:meth:`Guard._system_stage1`)
+SYSTEM_MEMO = 64
 #: the exchange monitor's blend with stage 2's reading of the prompt (:func:`exchange_affine`)
 EXCHANGE_COMBINER_KEYS = ("r", "r_s2", "prompt", "s2", "b", "threshold")
 BLEND_KEYS = ("w1", "w2", "b")
@@ -195,6 +197,7 @@ class Guard:
     path: Path | None = None
     _hasher: NgramHasher = field(init=False, repr=False)
     _stage2_memo: dict[bytes, np.ndarray] = field(init=False, repr=False, default_factory=dict)
+    _system_memo: dict[bytes, tuple[np.ndarray, str, str]] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self._hasher = self.stage1.hasher()
@@ -343,16 +346,18 @@ class Guard:
         if operator is None:
             return self._check(text, users, t0)
         v = self._check(operator[0], users, t0)
-        w = self._check(operator[1], [], t0)
+        w = self._check(operator[1], [], t0, system=True)
         if w.score > v.score:
             v = w.model_copy(update={"view": "system" if w.view == "original" else f"system+{w.view}"})
         return v.model_copy(update={"latency_ms": (time.perf_counter() - t0) * 1000})
 
-    def _check(self, text: str, users: list[str], t0: float) -> Verdict:
-        p1, view, view_text = self.stage1_probs(text)
+    def _check(self, text: str, users: list[str], t0: float, system: bool = False) -> Verdict:
+        p1, view, view_text = self._system_stage1(text) if system else self.stage1_probs(text)
         s1 = 1.0 - float(p1[self._perm])
         read = text  # the text whose views were scored: its length picks the blend
-        if users:  # a conversation's last user turn is a view of it too (all asks: the transcript's turn views)
+        # a conversation's last user turn is a view of it too (all asks: the transcript's turn views),
+        # unless it is the whole text (one user turn behind a system prompt)
+        if users and users[-1] != text:
             q, v, vt = self.stage1_probs(users[-1])
             if (sq := 1.0 - float(q[self._perm])) > s1:
                 p1, view, view_text, s1, read = q, "last_user" if v == "original" else f"last_user+{v}", vt, sq, users[-1]
@@ -425,6 +430,18 @@ class Guard:
         if self.stage2 is None:
             raise CharterError(STAGE2_MISSING)
         return max(1.0 - float(self._stage2_proba(self.stage1_probs(x)[2])[self._perm]) for x in prior_readings(prompt, last))
+
+    def _system_stage1(self, text: str) -> tuple[np.ndarray, str, str]:
+        """:meth:`stage1_probs` of a system prompt, remembered: a deployment sends the same few with every
+        request, and stage 2's reading of them is remembered too (:meth:`_stage2_proba`)."""
+        key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        r = self._system_memo.get(key)
+        if r is None:
+            r = self.stage1_probs(text)
+            if len(self._system_memo) >= SYSTEM_MEMO:
+                self._system_memo.clear()
+            self._system_memo[key] = r
+        return r
 
     def _stage2_proba(self, text: str) -> np.ndarray:
         """Stage 2's class probabilities, remembered for the last few texts: a proxy checks a request and
