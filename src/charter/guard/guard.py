@@ -11,7 +11,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -183,6 +183,19 @@ def worst_view(stage1: NgramClassifier, hasher: NgramHasher, text: str) -> tuple
     return best, best_view, best_text
 
 
+def _remembered(memo: dict[bytes, Any], limit: int, text: str, compute: Callable[[str], Any]) -> Any:
+    """``compute(text)``, kept in ``memo`` under a digest of ``text`` (no text kept as a key) for the next
+    call; a full memo is emptied, which is simpler than LRU and safe when threads share the guard."""
+    key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+    r = memo.get(key)
+    if r is None:
+        r = compute(text)
+        if len(memo) >= limit:
+            memo.clear()
+        memo[key] = r
+    return r
+
+
 @dataclass
 class Guard:
     manifest: dict[str, Any]
@@ -300,10 +313,11 @@ class Guard:
             text = render_messages(msgs) if replies else render_input(msgs)
             if len(msgs) > 1:
                 users = [_clean(m["content"]) for m in msgs if m["role"] == "user" and m["content"].strip()]
-            rest = [m for m in msgs if m["role"] not in OPERATOR_ROLES]
-            said = "\n\n".join(m["content"] for m in msgs if m["role"] in OPERATOR_ROLES and m["content"].strip())
-            if not replies and rest and said:
-                operator = (_clean(render_input(rest)), _clean(said))
+            if not replies:  # the exchange monitor reads the whole conversation
+                rest = [m for m in msgs if m["role"] not in OPERATOR_ROLES]
+                said = "\n\n".join(m["content"] for m in msgs if m["role"] in OPERATOR_ROLES and m["content"].strip())
+                if rest and said:
+                    operator = (_clean(render_input(rest)), _clean(said))
         else:
             raise InputError(f"input must be a string or a list of {{role, content}} messages, not {type(x).__name__}")
         if len(text) > MAX_INPUT_CHARS:
@@ -434,27 +448,13 @@ class Guard:
     def _system_stage1(self, text: str) -> tuple[np.ndarray, str, str]:
         """:meth:`stage1_probs` of a system prompt, remembered: a deployment sends the same few with every
         request, and stage 2's reading of them is remembered too (:meth:`_stage2_proba`)."""
-        key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-        r = self._system_memo.get(key)
-        if r is None:
-            r = self.stage1_probs(text)
-            if len(self._system_memo) >= SYSTEM_MEMO:
-                self._system_memo.clear()
-            self._system_memo[key] = r
-        return r
+        return _remembered(self._system_memo, SYSTEM_MEMO, text, self.stage1_probs)
 
     def _stage2_proba(self, text: str) -> np.ndarray:
         """Stage 2's class probabilities, remembered for the last few texts: a proxy checks a request and
         then monitors the reply to it, and both read stage 2 on the same view."""
         assert self.stage2 is not None
-        key = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()  # no user text kept
-        p = self._stage2_memo.get(key)
-        if p is None:
-            p = self.stage2.proba_one(text)
-            if len(self._stage2_memo) >= STAGE2_MEMO:
-                self._stage2_memo.clear()  # simpler than LRU, and safe when threads share the guard
-            self._stage2_memo[key] = p
-        return p
+        return _remembered(self._stage2_memo, STAGE2_MEMO, text, self.stage2.proba_one)
 
     def output_monitor(self, messages: str | Sequence[dict[str, Any]], hold_back: int | None = None) -> OutputMonitor:
         if hold_back is not None and (not isinstance(hold_back, int) or isinstance(hold_back, bool)):

@@ -397,9 +397,7 @@ Request = str | Sequence[str]  # one text, or the parts the input check judges a
 def request_parts(r: Record) -> list[str]:
     """What the input check judges of a record's request: its rendered text, or, behind a system
     prompt, the conversation without it and the system prompt (:meth:`Guard.parts`)."""
-    if r.messages and any(m.role == "system" for m in r.messages) and any(m.role != "system" for m in r.messages):
-        return Guard.parts([m.model_dump() for m in r.messages])
-    return [r.input_text()]
+    return Guard.parts([m.model_dump() for m in r.messages]) if r.messages else [r.input_text()]
 
 
 def _flatten(requests: Sequence[Request]) -> tuple[list[str], np.ndarray]:
