@@ -7,6 +7,10 @@ file, for a second machine) and prints it, with the CPU it ran on. With
 one BLAS thread (the default, and the history in BENCHMARKS.md) each request runs on one core,
 as under concurrent load; with two, one request at a time gets both cores. Inputs are the default constitution's test-split
 requests (benign and restricted in their natural mix), so the escalation share is realistic.
+They are timed as rendered strings; ``messages`` times the requests that come as messages (behind a
+system prompt, or with a history) as a deployment sends them, judged part by part: once with every
+memo cleared (each system prompt seen for the first time) and once with the memos kept (a deployment
+sends the same few system prompts with every request).
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ def pct(a: list[float]) -> dict[str, float]:
     return {"p50_ms": float(np.percentile(x, 50)), "p99_ms": float(np.percentile(x, 99)), "mean_ms": float(x.mean())}
 
 
-def test_texts(n: int) -> list[str]:
+def test_requests(n: int) -> list[str | list[dict[str, str]]]:
+    """A sample of the test split's requests: a string, or the messages a deployment would send."""
     import tempfile
 
     from charter.constitution import load_constitution
@@ -42,9 +47,10 @@ def test_texts(n: int) -> list[str]:
     cp = default_constitution_path()
     with tempfile.TemporaryDirectory() as tmp:
         _, recs = read_dataset(offline_dataset(cp, load_constitution(cp), Path(tmp) / "d", n=20_000, seed=1))
-    texts = [r.input_text() for r in recs if r.kind == "input" and r.split == "test"]
+    reqs: list[str | list[dict[str, str]]] = [[m.model_dump() for m in r.messages] if r.messages else r.input_text()
+                                               for r in recs if r.kind == "input" and r.split == "test"]
     rng = np.random.default_rng(0)
-    return [texts[i] for i in rng.choice(len(texts), min(n, len(texts)), replace=False)]
+    return [reqs[i] for i in rng.choice(len(reqs), min(n, len(reqs)), replace=False)]
 
 
 def main() -> None:
@@ -60,7 +66,8 @@ def main() -> None:
 
 def run(args: argparse.Namespace) -> None:
     g = Guard.load(args.model)
-    texts = test_texts(args.n)
+    requests = test_requests(args.n)
+    texts = [Guard.render(x) for x in requests]
     for t in texts[:50]:  # warm caches
         g.check_input(t)
 
@@ -89,6 +96,21 @@ def run(args: argparse.Namespace) -> None:
     for t in texts:
         g.check_input(t)
     thr = len(texts) / (time.perf_counter() - t0)
+
+    sent = [x for x in requests if not isinstance(x, str)]
+    cold, warm, esc_sent = [], [], 0
+    for x in sent:
+        _views_memo.cache_clear()
+        g._stage2_memo.clear()
+        g._system_memo.clear()
+        t0 = time.perf_counter()
+        g.check_input(x)
+        cold.append((time.perf_counter() - t0) * 1000)
+    for x in sent:
+        _views_memo.cache_clear()  # the request's own texts are new; the system prompts' readings are remembered
+        t0 = time.perf_counter()
+        esc_sent += g.check_input(x).escalated
+        warm.append((time.perf_counter() - t0) * 1000)
 
     # starting a monitor: the exchange classifier's prompt block and, with the exchange combiner,
     # stage 2's score of the prompt (once per reply; a proxy that checked the request has it memoised)
@@ -126,6 +148,8 @@ def run(args: argparse.Namespace) -> None:
         "cascade_saving_ratio_mean": (float(np.mean(s2only)) / float(np.mean(cas))) if s2only else None,
         "escalated_share": esc / len(texts),
         "throughput_texts_per_s": thr,
+        "messages": {"n": len(sent), "behind_system_prompt": sum(any(m["role"] == "system" for m in x) for x in sent),
+                     "cold_memos": pct(cold), "warm_memos": pct(warm), "escalated_share": esc_sent / max(len(sent), 1)},
         "monitor_start_ms": pct(start),
         "stream_us_per_token": stream,
         "stream_ratio_10000_over_100": stream["10000"] / stream["100"],

@@ -6,12 +6,14 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from charter.classifiers.streaming import tokens
 from charter.cli import main
 from charter.errors import ArtifactError
 from charter.guard import Guard
+from charter.guard.guard import Part
 from charter.guard.stats import threshold_for_fpr, wilson
 
 MINI = Path(__file__).parent / "fixtures" / "mini.yaml"
@@ -76,13 +78,13 @@ def test_a_system_prompt_is_judged_apart_from_the_conversation(guard):
     """Behind a system prompt, the conversation without it and the system prompt on its own each go
     through the whole cascade, and the worse verdict stands: an operator's rules neither make a user's
     question look like an ask nor hide one, and an ask put in the system prompt is still read."""
-    assert Guard.parts(HARMFUL) == [HARMFUL] == Guard.parts([{"role": "user", "content": HARMFUL}])
-    assert Guard.parts(sys_user("be nice", HARMFUL)) == [HARMFUL, "be nice"]
+    assert Guard.parts(HARMFUL) == [Part(HARMFUL)] == Guard.parts([{"role": "user", "content": HARMFUL}])
+    assert Guard.parts(sys_user("be nice", HARMFUL)) == [Part(HARMFUL), Part("be nice", system=True)]
     convo = [{"role": "developer", "content": "Rule one."}, {"role": "user", "content": "hi"},
              {"role": "assistant", "content": "hello"}, {"role": "system", "content": "Rule two."},
              {"role": "user", "content": BENIGN}]
-    assert Guard.parts(convo) == [f"user: hi\nuser: {BENIGN}", "Rule one.\n\nRule two."]
-    assert Guard.parts([{"role": "system", "content": HARMFUL}]) == [f"system: {HARMFUL}"]  # nothing to split off
+    assert Guard.parts(convo) == [Part(f"user: hi\nuser: {BENIGN}", last_user=BENIGN), Part("Rule one.\n\nRule two.", system=True)]
+    assert Guard.parts([{"role": "system", "content": HARMFUL}]) == [Part(f"system: {HARMFUL}")]  # nothing to split off
     for system, user in ((HARMFUL, BENIGN), (BENIGN, HARMFUL), (BENIGN, BENIGN), ("be nice", BENIGN)):
         v = guard.check_input(sys_user(system, user))
         alone = [guard.check_input(user), guard.check_input(system)]
@@ -99,23 +101,35 @@ def test_a_system_prompt_is_judged_apart_from_the_conversation(guard):
     assert Guard.render(sys_user("be nice", BENIGN)) == f"system: be nice\nuser: {BENIGN}"
 
 
-def test_batch_scoring_judges_requests_behind_system_prompts_as_check_input_does(guard):
+def test_batch_scoring_judges_requests_as_check_input_does(guard):
     """Calibration and evaluation score records through ``cascade_flags``; a request given as parts
-    gets the worst of its parts' cascades, and calibration counts it once."""
+    gets the worst of its parts' cascades, and calibration counts it once. A conversation's last user
+    turn is read as check_input reads it: stage 1 keeps the higher of the two readings."""
     from charter.data.records import Message, Record
     from charter.guard.train import ScoreCache, TrainConfig, calibrate, cascade_flags, request_parts
 
-    reqs = [sys_user(a, b) for a in (HARMFUL, BENIGN, "be nice") for b in (HARMFUL, BENIGN, "glorp")] + [[
-        {"role": "user", "content": BENIGN}, {"role": "assistant", "content": "ok"}, {"role": "user", "content": HARMFUL}]]
+    history = [{"role": "user", "content": "I'm planning a garden party for my neighbours this summer. " * 12},
+               {"role": "assistant", "content": "Lovely! What would you like help with?"}]
+    reqs = [sys_user(a, b) for a in (HARMFUL, BENIGN, "be nice") for b in (HARMFUL, BENIGN, "glorp")] + [
+        [*history, {"role": "user", "content": u}] for u in (HARMFUL, BENIGN)] + [
+        [{"role": "system", "content": "be nice"}, *history, {"role": "user", "content": HARMFUL}]]
     sc, final, flags = cascade_flags(guard, [Guard.parts(m) for m in reqs], ScoreCache())
-    assert list(flags) == [guard.check_input(m).flagged for m in reqs] and flags.any() and not flags.all()
+    verdicts = [guard.check_input(m) for m in reqs]
+    assert list(flags) == [v.flagged for v in verdicts] and flags.any() and not flags.all()
     assert list(flags) == list(final >= guard.thresholds["final"])
-    assert list(sc["stage1"]) == [max(1.0 - float(guard.stage1_probs(t)[0][guard._perm]) for t in Guard.parts(m)) for m in reqs[:-1]] + [sc["stage1"][-1]]
+    assert np.allclose(final[flags], [v.score for v, f in zip(verdicts, flags) if f])
+
+    def s1(t: str) -> float:
+        return 1.0 - float(guard.stage1_probs(t)[0][guard._perm])
+
+    assert list(sc["stage1"]) == [max(max(s1(p.text), s1(p.last_user) if p.last_user else 0.0) for p in Guard.parts(m)) for m in reqs]
+    # the history dilutes the ask: the last user turn's reading is the one that counts
+    assert s1(Guard.parts(reqs[-3])[0].text) < sc["stage1"][-3] == s1(HARMFUL) and verdicts[-3].view.startswith("last_user")
     rec = Record(id="r", messages=[Message(role="system", content="be nice"), Message(role="user", content=BENIGN)],
                  label="permitted", category="permitted", kind="input", seed_id="s")
-    assert request_parts(rec) == [BENIGN, "be nice"]
+    assert request_parts(rec) == [Part(BENIGN), Part("be nice", system=True)]
     plain = rec.model_copy(update={"messages": None, "text": BENIGN})
-    assert request_parts(plain) == [BENIGN]
+    assert request_parts(plain) == [Part(BENIGN)]
     g = Guard.load(guard.path)
     cal = calibrate(g, [rec.model_copy(update={"id": f"r{i}"}) for i in range(60)], [], TrainConfig(), fit_combiner=False)
     assert cal["report"]["n_benign_inputs"] == 60

@@ -14,7 +14,7 @@ from charter.constitution import Constitution, load_constitution
 from charter.constitution.loader import default_constitution_path
 from charter.data.records import MAX_LINE_BYTES, iter_jsonl
 from charter.errors import CharterError
-from charter.guard.guard import Guard
+from charter.guard.guard import Guard, Part
 from charter.guard.stats import rate
 from charter.guard.train import Request, ScoreCache, TrainConfig, calibrate, cascade_flags, read_dataset, request_parts
 
@@ -50,10 +50,10 @@ def request_of(obj: object) -> str | list[dict[str, Any]]:
     return text
 
 
-def read_benign(path: Path) -> list[list[str]]:
+def read_benign(path: Path) -> list[list[Part]]:
     """User benign traffic: JSONL lines with ``text`` or ``messages``, each as the parts the input
     check judges (:meth:`Guard.parts`). Bad lines are errors."""
-    texts: list[list[str]] = []
+    texts: list[list[Part]] = []
     for i, obj in iter_jsonl(path, max_lines=MAX_BENIGN_LINES, max_line_bytes=MAX_LINE_BYTES):
         try:
             texts.append(Guard.parts(request_of(obj)))

@@ -124,6 +124,8 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
            + (f"; classifier alone {_r(ex['classifier_alone']['fpr_opened_safe_answers'])}" if "classifier_alone" in ex else "")
            + " | |"] if "fpr_opened_safe_answers" in ex else []),
         f"| escalation rate, benign test requests | {_r(met.get('escalation_rate_test_benign'))} | 5-10% |",
+        *([f"| escalation rate, benign test requests, their own text (a fixed system prompt's reading is remembered after the first request) | "
+           f"{_r(own)} | |"] if (own := met.get("escalation_rate_test_benign_own_text")) else []),
         "",
         "These are results on synthetic data from the same constitution, so they bound what the guard can do, not how it fares on real traffic; `charter redteam` and independent evaluation on public data measure that."
         + (" The wrapped rows take every untransformed test request, of both labels, and wrap it in one of the red team's jailbreak templates"

