@@ -516,6 +516,28 @@ def test_interrupt_stops_the_run_and_keeps_finished_items(scripted_openai: Start
     assert "Incomplete run" in paths["report"].read_text()
 
 
+def test_an_interrupt_inside_the_journal_write_still_counts_the_item(scripted_openai: Start, tmp_path: Path, monkeypatch) -> None:
+    """Ctrl-C (or SIGTERM) can land after an item's record is kept and before it is counted, while the
+    journal writes it: the summary's count is the records', so results.json agrees with itself."""
+    from charter.evals.journal import RunJournal
+    from charter.evals.sycophancy import IncompleteRun
+
+    srv = scripted_openai(lambda body: Reply(text=honest(body)))
+    add, calls = RunJournal.add, []
+
+    def interrupted_add(self, key: str, rec: dict) -> None:
+        calls.append(key)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        add(self, key, rec)
+
+    monkeypatch.setattr(RunJournal, "add", interrupted_add)
+    with pytest.raises(IncompleteRun, match="stopped after 3 of 20 items") as e:
+        run_sycophancy(fast(srv.base_url), n=20, seed=0, tasks=["mimicry"], concurrency=1, journal=tmp_path / "j.jsonl")
+    res = e.value.result
+    assert len(res.records["mimicry"]) == 3 == res.summary["incomplete"]["finished"] == res.summary["tasks"]["mimicry"]["mimicry"]["n"]
+
+
 def _ctrl_c_as_in_a_terminal() -> None:
     """In the child before exec: SIGINT at its default and unblocked, as an interactive shell starts a command.
     A shell without job control starts a background command (``pytest &``, as CI harnesses run it) with SIGINT

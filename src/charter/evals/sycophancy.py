@@ -404,10 +404,13 @@ def run_sycophancy(
         ex.shutdown(wait=False, cancel_futures=True)
         if jr is not None:
             jr.close()
-        if not finished:
+        # counted from the records, not the loop's counter: the interrupt can land between an item's
+        # record and its count (in the journal's write), and the summary must match results.json
+        done = {t: [r for r in rs if r] for t, rs in records.items()}
+        if not (finished := sum(map(len, done.values()))):
             raise
         why = "interrupted" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
-        part = result({t: [r for r in rs if r] for t, rs in records.items()})
+        part = result(done)
         part.summary["incomplete"] = {"finished": finished, "planned": len(units), "reason": why}
         raise IncompleteRun(f"stopped after {finished} of {len(units)} items ({why})", part) from e
     ex.shutdown()
