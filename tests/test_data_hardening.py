@@ -117,7 +117,9 @@ def test_train_without_test_split_says_not_evaluated(dataset: Path, mini_path: P
     """mini's few seeds give no test split: the run says the model is unevaluated instead of 'recall nan%'."""
     d = _copy(dataset, tmp_path / "nomanifest")
     (d / "manifest.json").unlink()  # user data may come without a manifest
-    assert main(["train", "--constitution", str(mini_path), "--data", str(d), "--out", str(tmp_path / "m"), "--no-stage2"]) == 0
+    assert main(["train", "--constitution", str(mini_path), "--data", str(d), "--out", str(tmp_path / "m"), "--no-stage2",
+                 "--escalation-rate", "0.2"]) == 0
+    assert json.loads((tmp_path / "m" / "manifest.json").read_text())["escalation_target"] == 0.2
     cap = capsys.readouterr()
     assert "nan" not in cap.out + cap.err
     assert "not evaluated" in cap.out and "no held-out test requests" in cap.err

@@ -447,6 +447,32 @@ def test_cli_calibrate_with_user_benign(model_dir, tmp_path, capsys):
     assert (rec["n_records"], rec["seed"]) == (4000, 3)
 
 
+def test_cli_calibrate_sets_the_escalation_budget_and_its_report_holds_for_the_written_model(model_dir, tmp_path, capsys):
+    """``--escalation-rate`` replaces the model's escalation target; the model written back scores the
+    calibration requests exactly as the recalibration that reported its FPR did (same blend, same thresholds)."""
+    from charter.constitution import load_constitution
+    from charter.guard.calibrate import _flags, offline_dataset
+    from charter.guard.train import read_dataset, request_parts
+
+    from charter.classifiers.artifacts import load_model_dir
+    from charter.guard.calibrate import write_model_dir
+
+    src, out = tmp_path / "blended", tmp_path / "recal"
+    doc, arrays = load_model_dir(model_dir)  # a blend like the packaged guard's (the mini data fit none)
+    write_model_dir(model_dir, src, arrays, {**doc, "combiner": {"w1": 0.8, "w2": 0.3, "b": -2.0}})
+    assert main(["calibrate", str(src), "--target-fpr", "0.05", "--escalation-rate", "0.3",
+                 "--constitution", str(MINI), "--out", str(out), "--n", "4000", "--seed", "3"]) == 0
+    assert "escalation_rate" in capsys.readouterr().out
+    g, before = Guard.load(out), Guard.load(src)
+    rec = g.manifest["metrics"]["recalibration"]
+    assert g.manifest["escalation_target"] == 0.3 and abs(rec["escalation_rate"]["rate"] - 0.3) < 0.05
+    assert g.thresholds["escalate"] < before.thresholds["escalate"] and g.combiner == before.combiner
+    _, recs = read_dataset(offline_dataset(MINI, load_constitution(MINI), tmp_path / "d", n=4000, seed=3))
+    benign = [request_parts(r) for r in recs if r.kind == "input" and r.split == "calib" and r.label == "permitted"]
+    assert int(_flags(g, benign).sum()) == rec["fpr"]["k"] and rec["fpr"]["n"] == len(benign)
+    assert main(["calibrate", str(model_dir), "--escalation-rate", "0", "--out", str(tmp_path / "x")]) != 0
+
+
 def test_training_is_deterministic_for_a_seed(tmp_path):
     """Two runs from the same data and seed write identical weights and thresholds; another seed does not."""
     from charter.constitution import load_constitution

@@ -30,6 +30,9 @@ def train(
     n: int = typer.Option(60_000, "--n", min=1, help="Records to generate when --data is not given."),
     holdout: str = typer.Option("cipher,homoglyph", "--holdout-families", help="Transform families kept out of training, for evaluation."),
     target_fpr: float = typer.Option(0.01, "--target-fpr", min=0.0001, max=0.5),
+    escalation_rate: float = typer.Option(None, "--escalation-rate", min=0.001, max=1.0, show_default="0.08",
+                                          help="Share of benign calibration requests stage 1 sends to stage 2: "
+                                               "more costs latency on more traffic."),
     seed: int = typer.Option(0, "--seed"),
     no_stage2: bool = typer.Option(False, "--no-stage2", help="Train stage 1 and the exchange classifier only."),
 ) -> None:
@@ -59,7 +62,8 @@ def train(
                 constitution_sha256=sha256_file(Path(cpath)), constitution_fingerprint=const.fingerprint(),
                 data_sha256=sha256_file(ddir / "data.jsonl"),
                 holdout_families=families,
-                config=TrainConfig(target_fpr=target_fpr, seed=seed, use_stage2=not no_stage2),
+                config=TrainConfig(target_fpr=target_fpr, seed=seed, use_stage2=not no_stage2,
+                                   **({"escalation_rate": escalation_rate} if escalation_rate is not None else {})),
                 progress=lambda s: prog.update(task, description=s),
             )
     cas = guard.manifest["metrics"]["cascade"]
@@ -157,6 +161,9 @@ def calibrate_cmd(
     model: Path = typer.Argument(..., help="Model directory to recalibrate (written in place unless --out)."),
     benign: Path = typer.Option(None, "--benign", help="Your benign traffic, JSONL with text or messages per line."),
     target_fpr: float = typer.Option(0.01, "--target-fpr", min=0.0001, max=0.5),
+    escalation_rate: float = typer.Option(None, "--escalation-rate", min=0.001, max=1.0,
+                                          help="Share of benign calibration requests stage 1 sends to stage 2 "
+                                               "(default: the model's own escalation target)."),
     out: Path = typer.Option(None, "--out", help="Write the recalibrated model here instead."),
     constitution: Path = typer.Option(None, "--constitution", "-c", help="The constitution the model was trained on (default: packaged; another than the manifest records is refused)."),
     n: int = typer.Option(20_000, "--n", min=1, help="Records to regenerate from the constitution (its calibration split is used)."),
@@ -168,5 +175,6 @@ def calibrate_cmd(
 
     if out is not None:
         check_model_out(out)
-    rep = recalibrate(model, out or model, benign=benign, target_fpr=target_fpr, constitution=constitution, n=n, seed=seed)
+    rep = recalibrate(model, out or model, benign=benign, target_fpr=target_fpr, constitution=constitution, n=n, seed=seed,
+                      escalation_rate=escalation_rate)
     Console().print(rep)

@@ -112,12 +112,16 @@ def check_constitution(model: Path, manifest: dict[str, Any], cpath: Path, const
 
 def recalibrate(
     model: Path, out: Path, *, benign: Path | None, target_fpr: float, constitution: Path | None = None,
-    n: int = 20_000, seed: int = 0,
+    n: int = 20_000, seed: int = 0, escalation_rate: float | None = None,
 ) -> str:
+    """Rewrite ``model``'s thresholds (to ``out``) for ``target_fpr`` on the constitution's benign
+    calibration requests and ``benign``; ``escalation_rate`` replaces the model's escalation target."""
     import tempfile
 
     if not 0.0 < target_fpr < 1.0:
         raise CharterError(f"target FPR must be between 0 and 1 (exclusive), not {target_fpr}")
+    if escalation_rate is not None and not 0.0 < escalation_rate <= 1.0:
+        raise CharterError(f"escalation rate must be above 0 and at most 1, not {escalation_rate}")
     user = read_benign(benign) if benign else []  # bad files fail before minutes of data generation
     guard = Guard.load(model)
     cpath = constitution or default_constitution_path()
@@ -127,8 +131,12 @@ def recalibrate(
         _, records = read_dataset(offline_dataset(Path(cpath), const, Path(tmp) / "d", n=n, seed=seed))
     ins = [r for r in records if r.kind == "input"]
     calib = [r for r in ins if r.split == "calib"]
-    cfg = TrainConfig(target_fpr=target_fpr, escalation_rate=float(guard.manifest.get("escalation_target", 0.075)))
-    cal = calibrate(guard, calib, [], cfg, extra_benign=user)
+    if escalation_rate is None:
+        escalation_rate = float(guard.manifest.get("escalation_target", TrainConfig.escalation_rate))
+    cfg = TrainConfig(target_fpr=target_fpr, escalation_rate=escalation_rate)
+    # thresholds only: the stage blend stays as trained. Refitted here it was not written back, and the
+    # thresholds it set did not hold for the model written (5% target FPR reported, 2% delivered)
+    cal = calibrate(guard, calib, [], cfg, extra_benign=user, fit_combiner=False)
     th = {**guard.thresholds, **cal["thresholds"]}
     guard.thresholds.update(th)
     const_benign = [request_parts(r) for r in calib if r.label == "permitted"]
@@ -144,14 +152,17 @@ def recalibrate(
     }
     if user:
         report["fpr_user"] = rate(flag_cal[n_const:]).model_dump()
+    if "escalation_rate" in cal["report"]:  # share of the benign calibration requests (user's included) sent to stage 2
+        report["escalation_rate"] = cal["report"]["escalation_rate"]
     # rewrite the model directory with the new thresholds; weights are copied unchanged
     doc, arrays = load_model_dir(model)
     doc["thresholds"] = th
     doc["target_fpr"] = target_fpr
+    doc["escalation_target"] = escalation_rate
     doc.setdefault("metrics", {})["recalibration"] = report | {"n_user_benign": len(user), "n_records": n, "seed": seed}
     write_model_dir(model, out, arrays, doc)
     lines = [f"thresholds written to {out / 'manifest.json'} (target FPR {100 * target_fpr:.2f}%)"]
-    for k in ("fpr", "fpr_constitution", "fpr_user", "recall_heldout_restricted"):
+    for k in ("fpr", "fpr_constitution", "fpr_user", "recall_heldout_restricted", "escalation_rate"):
         if k in report:
             r = report[k]
             if not r["n"]:  # e.g. a constitution whose restricted seeds all fall in train or calib: no nan%
