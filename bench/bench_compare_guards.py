@@ -27,7 +27,8 @@ from charter.constitution.loader import default_constitution_path
 from charter.guard.calibrate import offline_dataset
 from charter.guard.guard import Guard
 from charter.guard.stats import rate
-from charter.guard.train import _cascade, _families, read_dataset, stage_scores, stop_fraction_of_scores, stream_scores
+from charter.guard.train import (ScoreCache, _families, cascade_flags, read_dataset, request_parts, stop_fraction_of_scores,
+                                 stream_scores)
 
 
 def main() -> None:
@@ -41,16 +42,15 @@ def main() -> None:
     te = [r for r in recs if r.kind == "input" and r.split == "test"]
     tx = [r for r in recs if r.kind == "exchange" and r.split == "test" and r.response]
     yx = np.array([r.label == "restricted" for r in tx])
-    texts = [r.input_text() for r in te]
+    parts = [request_parts(r) for r in te]
     y = np.array([r.label == "restricted" for r in te])
     plain = np.array([not r.transforms for r in te])
     fams = [_families(r.transforms)[0] if r.transforms else None for r in te]
     res: dict = {"n_test": len(te), "n_test_exchanges": len(tx), "guards": {}}
     for m in args.models:
         g = Guard.load(None if m == "default" else m, require_stage2=True)
-        s1 = stage_scores(g, texts)["stage1"]
-        sc = stage_scores(g, texts, s1 >= g.thresholds["escalate"])
-        flag = _cascade(g, sc) >= g.thresholds["final"]
+        sc, _, flag = cascade_flags(g, parts, ScoreCache())  # each request as check_input reads it
+        s1 = sc["stage1"]
         by_family = {f: rate(flag[y & np.array([x == f for x in fams])]).model_dump()
                      for f in sorted({f for f in fams if f})}
         res["guards"][m] = {"recall": rate(flag[y]).model_dump(), "fpr": rate(flag[~y]).model_dump(),

@@ -26,6 +26,7 @@ from threadpoolctl import threadpool_limits
 
 from charter.classifiers.streaming import tokens
 from charter.guard import Guard
+from charter.guard.guard import OPERATOR_ROLES
 from charter.guard.train import machine
 from charter.transforms.normalise import _views_memo
 
@@ -148,8 +149,8 @@ def run(args: argparse.Namespace) -> None:
         "cascade_saving_ratio_mean": (float(np.mean(s2only)) / float(np.mean(cas))) if s2only else None,
         "escalated_share": esc / len(texts),
         "throughput_texts_per_s": thr,
-        "messages": {"n": len(sent), "behind_system_prompt": sum(any(m["role"] == "system" for m in x) for x in sent),
-                     "cold_memos": pct(cold), "warm_memos": pct(warm), "escalated_share": esc_sent / max(len(sent), 1)},
+        "messages": {"n": len(sent), "behind_system_prompt": sum(any(m["role"] in OPERATOR_ROLES for m in x) for x in sent),
+                     "cold_memos": pct(cold), "warm_memos": pct(warm), "escalated_share": esc_sent / len(sent)} if sent else None,
         "monitor_start_ms": pct(start),
         "stream_us_per_token": stream,
         "stream_ratio_10000_over_100": stream["10000"] / stream["100"],

@@ -101,6 +101,23 @@ def test_a_system_prompt_is_judged_apart_from_the_conversation(guard):
     assert Guard.render(sys_user("be nice", BENIGN)) == f"system: be nice\nuser: {BENIGN}"
 
 
+def test_a_verdict_says_stage2_ran_when_a_part_that_did_not_decide_escalated(guard):
+    """Behind a system prompt, stage 2 may read one part while the other part's verdict decides: the
+    verdict still says it escalated (the escalation rate and the latency it explains count it)."""
+    g = Guard.load(guard.path)
+
+    def s1(t: str) -> float:
+        return 1.0 - float(g.stage1_probs(t)[0][g._perm])
+
+    low, high = sorted(("be nice", BENIGN), key=s1)
+    assert s1(low) < s1(high)
+    g.thresholds.update(escalate=(s1(low) + s1(high)) / 2, final=(s1(low) + s1(high)) / 2)
+    g.combine = lambda *a, **k: 0.0  # type: ignore[method-assign]  # stage 2 clears the user's part
+    v = g.check_input(sys_user(low, high))
+    assert v.view.startswith("system") and v.stage == "stage1" and v.escalated and not v.flagged
+    assert not g.check_input(sys_user(low, low)).escalated
+
+
 def test_batch_scoring_judges_requests_as_check_input_does(guard):
     """Calibration and evaluation score records through ``cascade_flags``; a request given as parts
     gets the worst of its parts' cascades, and calibration counts it once. A conversation's last user
@@ -125,6 +142,13 @@ def test_batch_scoring_judges_requests_as_check_input_does(guard):
     assert list(sc["stage1"]) == [max(max(s1(p.text), s1(p.last_user) if p.last_user else 0.0) for p in Guard.parts(m)) for m in reqs]
     # the history dilutes the ask: the last user turn's reading is the one that counts
     assert s1(Guard.parts(reqs[-3])[0].text) < sc["stage1"][-3] == s1(HARMFUL) and verdicts[-3].view.startswith("last_user")
+    # every part escalated, and a blend with its own weights past 30 words: the reading that decided
+    # stage 1 also picks the blend (the last user turn is short, the transcript is not)
+    g = Guard.load(guard.path)
+    g.thresholds["escalate"] = 0.0
+    g.combiner = {"w1": 0.8, "w2": 0.3, "b": -1.0, "long": {"words": 30, "w1": 0.2, "w2": 1.5, "b": 0.5}}
+    _, final, _ = cascade_flags(g, [Guard.parts(m) for m in reqs], ScoreCache())
+    assert np.allclose(final, [g.check_input(m).score for m in reqs], atol=1e-6)
     rec = Record(id="r", messages=[Message(role="system", content="be nice"), Message(role="user", content=BENIGN)],
                  label="permitted", category="permitted", kind="input", seed_id="s")
     assert request_parts(rec) == [Part(BENIGN), Part("be nice", system=True)]

@@ -371,3 +371,11 @@ def test_sigterm_stops_training_cleanly(tmp_path: Path) -> None:
     assert proc.returncode == 130 and "Traceback" not in err, err
     assert list(tmp.iterdir()) == []  # the generated dataset is removed
     assert not (out / "manifest.json").exists()
+
+
+def test_calibrate_refuses_a_stage2_model_without_the_encoder(mini_model_dir, tmp_path, capsys, monkeypatch):
+    """Loaded without the encoder, a model with stage 2 runs on stage 1 alone; recalibrated that way it
+    would get stage-1-only thresholds written over its cascade's, so calibrate refuses and says why."""
+    monkeypatch.setattr("charter.guard.guard.encoder_available", lambda: False)
+    assert main(["calibrate", str(mini_model_dir), "--out", str(tmp_path / "x"), "--n", "2000"]) == 1
+    assert "stage 2 needs the MiniLM encoder" in capsys.readouterr().err and not (tmp_path / "x").exists()

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from charter.classifiers.artifacts import load_model_dir, save_model_dir
+from charter.classifiers.artifacts import load_model_dir, read_manifest, save_model_dir
 from charter.constitution import Constitution, load_constitution
 from charter.constitution.loader import default_constitution_path
 from charter.data.records import MAX_LINE_BYTES, iter_jsonl
@@ -69,6 +69,11 @@ def _flags(guard: Guard, texts: Sequence[Request]) -> np.ndarray:
     return cascade_flags(guard, texts, ScoreCache())[2]
 
 
+def has_stage2(model: Path) -> bool:
+    """Whether a model directory holds stage-2 weights (read from its manifest; nothing is loaded)."""
+    return "stage2.safetensors" in read_manifest(model)["files"]
+
+
 def write_model_dir(model: Path, out: Path, arrays: dict[str, dict[str, np.ndarray]], doc: dict[str, Any]) -> None:
     """Write a model directory derived from ``model`` (its manifest ``doc`` and ``arrays``, edited) to ``out``.
 
@@ -123,7 +128,8 @@ def recalibrate(
     if escalation_rate is not None and not 0.0 < escalation_rate <= 1.0:
         raise CharterError(f"escalation rate must be above 0 and at most 1, not {escalation_rate}")
     user = read_benign(benign) if benign else []  # bad files fail before minutes of data generation
-    guard = Guard.load(model)
+    # a model with stage 2 loaded without the encoder would get stage-1-only thresholds written over its cascade's
+    guard = Guard.load(model, require_stage2=has_stage2(model))
     cpath = constitution or default_constitution_path()
     const = load_constitution(cpath)
     check_constitution(model, guard.manifest, Path(cpath), const, given=constitution is not None)

@@ -235,7 +235,9 @@ class Guard:
     # -- loading -------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path | None = None, *, require_stage2: bool = False) -> Guard:
-        """Load a model directory; with no path, the default guard packaged with Charter."""
+        """Load a model directory; with no path, the default guard packaged with Charter. A model with
+        stage-2 weights runs on stage 1 alone, with a warning, when the encoder is not installed;
+        ``require_stage2=True`` refuses it instead."""
         p = Path(path) if path is not None else default_model_path()
         doc, arrays = load_model_dir(p)
         classes = _check_manifest(p, doc, arrays)
@@ -374,8 +376,12 @@ class Guard:
         t0 = time.perf_counter()
         convo, *system = self.parts(text_or_messages)
         v = self._check(convo, t0)
-        if system and (w := self._check(system[0], t0)).score > v.score:
-            v = w.model_copy(update={"view": "system" if w.view == "original" else f"system+{w.view}"})
+        if system:
+            w = self._check(system[0], t0)
+            esc = v.escalated or w.escalated  # stage 2 ran if either part escalated, whichever decided
+            if w.score > v.score:
+                v = w.model_copy(update={"view": "system" if w.view == "original" else f"system+{w.view}"})
+            v = v.model_copy(update={"escalated": esc})
         return v.model_copy(update={"latency_ms": (time.perf_counter() - t0) * 1000})
 
     def _check(self, part: Part, t0: float) -> Verdict:

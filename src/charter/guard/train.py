@@ -452,8 +452,11 @@ def cascade_flags(guard: Guard, texts: Sequence[Request], cache: ScoreCache,
         flat, owner = _flatten(texts)
         sc, final, _ = cascade_flags(guard, flat, cache, None if stage2_too is None else stage2_too[owner])
         n = len(texts)
+        decided = np.zeros(n, dtype=np.int64)  # per request, the part with the highest final score (the first on ties)
+        for j in np.argsort(-final, kind="stable")[::-1]:
+            decided[owner[j]] = j
         sc = {"stage1": _worst(sc["stage1"], owner, n), "stage2": _worst(sc["stage2"], owner, n),
-              "words": np.bincount(owner, weights=sc["words"], minlength=n).astype(int)}
+              "words": sc["words"][decided]}
         final = _worst(final, owner, n)
         th = guard.thresholds["final"] if guard.stage2 is not None else guard.thresholds["stage1_only"]
         return sc, final, final >= th

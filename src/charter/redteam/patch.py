@@ -101,12 +101,12 @@ def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Pa
     from charter.classifiers.linear import NgramClassifier
     from charter.constitution import load_constitution
     from charter.constitution.loader import default_constitution_path
-    from charter.guard.calibrate import _flags, check_constitution, offline_dataset, write_model_dir
+    from charter.guard.calibrate import _flags, check_constitution, has_stage2, offline_dataset, write_model_dir
     from charter.guard.guard import PERMITTED, Guard
     from charter.guard.stats import rate
-    from charter.guard.train import TrainConfig, _class_of, calibrate, length_balance_weights, read_dataset
+    from charter.guard.train import TrainConfig, _class_of, calibrate, length_balance_weights, read_dataset, request_parts
 
-    old = Guard.load(model)
+    old = Guard.load(model, require_stage2=has_stage2(model))  # its thresholds are recalibrated for both stages
     cpath = Path(constitution or default_constitution_path())
     const = load_constitution(cpath)
     check_constitution(model, old.manifest, cpath, const, given=constitution is not None)
@@ -134,9 +134,9 @@ def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Pa
     ins = [r for r in records if r.kind == "input"]
     tr_in = [r for r in ins if r.split == "train"]
     calib = [r for r in ins if r.split == "calib"]
-    benign_test = [r.input_text() for r in ins if r.split == "test" and r.label == "permitted"]
+    benign_test = [request_parts(r) for r in ins if r.split == "test" and r.label == "permitted"]
     if len(benign_test) < 20:  # a constitution with few permitted seeds: fall back to calibration data too
-        benign_test += [r.input_text() for r in calib if r.label == "permitted"]
+        benign_test += [request_parts(r) for r in calib if r.label == "permitted"]
     missing = set(restricted) - {_class_of(r) for r in tr_in}
     if missing:
         names = ", ".join(sorted(str(c) for c in missing))  # plain names, not numpy reprs
@@ -160,7 +160,7 @@ def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Pa
         raise CharterError("the refitted stage 1 has different classes from the model")
     progress("recalibrating thresholds")
     cfg = TrainConfig(target_fpr=float(old.manifest.get("target_fpr", 0.01)),
-                      escalation_rate=float(old.manifest.get("escalation_target", 0.075)))
+                      escalation_rate=float(old.manifest.get("escalation_target", TrainConfig.escalation_rate)))
 
     def recalibrated(stage1: NgramClassifier) -> Guard:
         g = Guard(manifest={}, stage1=stage1, stage2=old.stage2, exchange=old.exchange, thresholds=dict(old.thresholds),
