@@ -376,13 +376,13 @@ class Guard:
         t0 = time.perf_counter()
         convo, *system = self.parts(text_or_messages)
         v = self._check(convo, t0)
+        update: dict[str, Any] = {}
         if system:
             w = self._check(system[0], t0)
-            esc = v.escalated or w.escalated  # stage 2 ran if either part escalated, whichever decided
+            update["escalated"] = v.escalated or w.escalated  # stage 2 ran if either part escalated, whichever decided
             if w.score > v.score:
-                v = w.model_copy(update={"view": "system" if w.view == "original" else f"system+{w.view}"})
-            v = v.model_copy(update={"escalated": esc})
-        return v.model_copy(update={"latency_ms": (time.perf_counter() - t0) * 1000})
+                v, update["view"] = w, "system" if w.view == "original" else f"system+{w.view}"
+        return v.model_copy(update={**update, "latency_ms": (time.perf_counter() - t0) * 1000})
 
     def _check(self, part: Part, t0: float) -> Verdict:
         p1, view, view_text = self._system_stage1(part.text) if part.system else self.stage1_probs(part.text)

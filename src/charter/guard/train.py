@@ -668,7 +668,8 @@ def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record],
     if guard.stage2 is not None:  # stage 2 also on a sample (to compare stages)
         k = min(len(texts), max_stage2_eval)
         sample[np.random.default_rng(0).choice(len(texts), k, replace=False)] = True
-    sc, final, flagged = cascade_flags(guard, [request_parts(r) for r in test_in], cache, sample)
+    parts = [request_parts(r) for r in test_in]
+    sc, final, flagged = cascade_flags(guard, parts, cache, sample)
     restricted = np.array([r.label == "restricted" for r in test_in], dtype=bool)
     transformed = np.array([bool(r.transforms) for r in test_in], dtype=bool)
     held = np.array([any(f in holdout_families for f in _families(r.transforms)) for r in test_in], dtype=bool)
@@ -676,7 +677,7 @@ def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record],
     if guard.stage2 is not None:
         m["escalation_rate_test_benign"] = rate((sc["stage1"] >= th["escalate"])[~restricted]).model_dump()
         # what a deployment pays per request: a fixed system prompt's reading is remembered after its first
-        own = stage_scores(guard, [request_parts(r)[0] for r in test_in], cache=cache)["stage1"] >= th["escalate"]
+        own = stage_scores(guard, [p[0] for p in parts], cache=cache)["stage1"] >= th["escalate"]
         m["escalation_rate_test_benign_own_text"] = rate(own[~restricted]).model_dump()
     flag1 = sc["stage1"] >= th["stage1_only"]
     m["cascade"] = {
