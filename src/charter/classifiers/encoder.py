@@ -244,3 +244,9 @@ class MiniLMEncoder:
 
     def embed_one(self, text: str) -> np.ndarray:
         return self.transform([text])[0]
+
+    def word_embeddings(self) -> tuple[np.ndarray, dict[str, int]]:
+        """The input embedding table (one row per word piece) and the vocabulary (piece -> row)."""
+        self._load()
+        assert self._w is not None
+        return self._w["embeddings.word_embeddings.weight"], self._tok.get_vocab()

@@ -23,9 +23,10 @@ from charter.transforms.base import TRANSFORMS, Transform
 
 
 def registered_transforms() -> list[type[Transform]]:
-    """Every transform in the registry (empty while the built-in library is not installed)."""
+    """Every transform in the registry but those that need the encoder wheel (a dataset must not depend
+    on which extras are installed); empty while the built-in library is not installed."""
     try:
-        return [cls for _, cls in TRANSFORMS]
+        return [cls for _, cls in TRANSFORMS if not cls.needs_encoder]
     except ImportError:
         return []
 

@@ -22,6 +22,7 @@ from charter.redteam.behaviours import Behaviour
 from charter.redteam.suite import TEMPLATES, Attack, Prompt, Strategy, apply_strategy
 from charter.registry import Registry
 from charter.transforms import TRANSFORMS
+from charter.transforms.base import runnable
 
 ATTACKS: Registry[type] = Registry("charter.attacks", builtins="charter.redteam.attackers")
 ATTACKER_KEY_ENV = "CHARTER_ATTACKER_API_KEY"
@@ -52,8 +53,8 @@ class Attempt:
 
 
 def text_transforms() -> list[str]:
-    """Every registered transform that maps text to text (conversation transforms excluded)."""
-    return [n for n, cls in TRANSFORMS if not hasattr(cls, "apply_messages")]
+    """Every registered transform that maps text to text and can run here (conversation transforms excluded)."""
+    return [n for n, cls in TRANSFORMS if not hasattr(cls, "apply_messages") and runnable(cls)]
 
 
 @ATTACKS.register()

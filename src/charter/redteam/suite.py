@@ -14,6 +14,7 @@ from typing import Any
 from charter.data.splits import sub_seed
 from charter.redteam.behaviours import Behaviour
 from charter.transforms import TRANSFORMS, families
+from charter.transforms.base import runnable
 from charter.transforms.wrappers import ATTACK_TEMPLATES as TEMPLATES
 from charter.transforms.wrappers import fill
 
@@ -67,10 +68,11 @@ class Attack:
 
 
 def representatives() -> dict[str, str]:
-    """One transform per family (skipping conversation transforms, which the multi-turn scripts cover)."""
+    """One transform per family (skipping conversation transforms, which the multi-turn scripts cover, and
+    transforms that cannot run here)."""
     out: dict[str, str] = {}
     for fam, names in families().items():
-        text_only = [n for n in names if not hasattr(TRANSFORMS.get(n), "apply_messages")]
+        text_only = [n for n in names if not hasattr(TRANSFORMS.get(n), "apply_messages") and runnable(TRANSFORMS.get(n))]
         pref = REPRESENTATIVE.get(fam)
         pick = pref if pref in text_only else (text_only[0] if text_only else None)
         if pick:

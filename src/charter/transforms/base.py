@@ -23,6 +23,9 @@ class Transform(ABC):
     description: ClassVar[str] = ""
     #: True when decode() undoes apply()
     reversible: ClassVar[bool] = False
+    #: True when apply() needs the optional encoder wheel (charter[encoder]); the offline data generator
+    #: never draws such a transform, and the red team uses it only where the wheel is installed
+    needs_encoder: ClassVar[bool] = False
 
     @abstractmethod
     def apply(self, text: str, rng: random.Random) -> str: ...
@@ -103,6 +106,15 @@ def get_transform(name: str) -> Transform:
 
 def chain(*names: str) -> Chain:
     return Chain([get_transform(n) for n in names])
+
+
+def runnable(cls: type[Transform]) -> bool:
+    """Whether the transform can run here (one that needs the encoder wheel cannot without it)."""
+    if not getattr(cls, "needs_encoder", False):
+        return True
+    from charter.classifiers.encoder import encoder_available
+
+    return encoder_available()
 
 
 def families() -> dict[str, list[str]]:
