@@ -275,6 +275,9 @@ def test_cli_refuses_public_bind_without_keys(tmp_path: Path, capsys: pytest.Cap
     assert "client API keys are required beyond loopback" in capsys.readouterr().err
     assert main(["dashboard", "--db", "charter.db"]) == 1
     assert "expected a database URL" in capsys.readouterr().err
+    # a mistyped path is refused, as by every `charter monitor` command, not opened as a new empty store
+    assert main(["dashboard", "--db", f"sqlite:///{tmp_path / 'chater.db'}"]) == 1
+    assert "no such database file" in capsys.readouterr().err and not list(tmp_path.glob("chater.db*"))
 
 
 # ---------------------------------------------------------------------------------- browser

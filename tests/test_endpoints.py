@@ -71,6 +71,9 @@ def test_completion_reads_the_first_choice_and_rejects_what_is_not_a_chat_comple
     ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"),
     ("not a url", "not a url"),
     ("bob:hunter2@db/x", "***@db/x"),  # no scheme: still masked
+    # an unencoded /, ? or # in the password (database drivers accept them) does not end the host part
+    ("postgresql://user:hunter2/x#y@db:5432/charter", "postgresql://***@db:5432/charter"),
+    ("postgresql+psycopg://u:pa?ss@db/charter", "postgresql+psycopg://***@db/charter"),
 ])
 def test_redact_url_masks_userinfo(url: str, shown: str) -> None:
     assert redact_url(url) == shown

@@ -158,6 +158,7 @@ def test_classify_file_reports_every_bad_line_and_goes_on(mini_model_dir, tmp_pa
         json.dumps({"id": "huge", "text": "x" * (5 << 20)}).encode(),
         json.dumps({"id": {"nested": 1}, "text": BENIGN}).encode(),
         json.dumps({"id": "parts", "messages": [{"role": "user", "content": [{"type": "text", "text": HARMFUL}]}]}).encode(),
+        b'{"id": "bigint", "n": ' + b"9" * 5000 + b"}",  # more digits than Python converts to an int
         json.dumps({"id": "last", "text": BENIGN}).encode(),
     ]
     inp, outp = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
@@ -165,14 +166,54 @@ def test_classify_file_reports_every_bad_line_and_goes_on(mini_model_dir, tmp_pa
     assert main(["classify", "--model", str(mini_model_dir), "--file", str(inp), "--out", str(outp)]) == 0
     rows = [json.loads(x) for x in outp.read_text().splitlines()]
     assert len(rows) == len(lines)
-    assert [r["id"] for r in rows] == ["ok", 2, "both", "empty", "nomsg", "shape", 7, 8, 9, 10, "parts", "last"]
+    assert [r["id"] for r in rows] == ["ok", 2, "both", "empty", "nomsg", "shape", 7, 8, 9, 10, "parts", 12, "last"]
     errors = {r["line"]: r["error"] for r in rows if "error" in r}
-    assert set(errors) == {2, 3, 4, 5, 6, 7, 8, 9, 10}
+    assert set(errors) == {2, 3, 4, 5, 6, 7, 8, 9, 10, 12}
+    assert errors[12].startswith("not JSON (Exceeds the limit")
     assert "blank" in errors[2] and "not both" in errors[3] and "empty" in errors[4] and "empty" in errors[5]
     assert "content" in errors[6] and "nested too deeply" in errors[7] and "UTF-8" in errors[8]
     assert "longer than" in errors[9] and "'id'" in errors[10]
-    assert rows[0]["flagged"] and rows[10]["flagged"] and not rows[11]["flagged"]
+    assert rows[0]["flagged"] and rows[10]["flagged"] and not rows[12]["flagged"]
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_classify_refuses_to_write_over_its_input(mini_model_dir, tmp_path, capsys):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"text": BENIGN}) + "\n")
+    (tmp_path / "link.jsonl").symlink_to(inp)
+    for out in (inp, tmp_path / "link.jsonl"):
+        assert main(["classify", "--model", str(mini_model_dir), "--file", str(inp), "--out", str(out)]) == 1
+    assert inp.read_text() == json.dumps({"text": BENIGN}) + "\n"  # opening --out would have emptied it
+    assert "is the input file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("manifest", "says"), [
+    (b"[" * 200_000 + b"]" * 200_000, "nested too deeply"),
+    (b'{"format": "charter-model/1", "n": ' + b"9" * 5000 + b"}", "Exceeds the limit"),
+    (b" " * (16 * 1024 * 1024 + 1), "larger than"),
+])
+def test_a_malformed_manifest_is_a_clean_error(mini_model_dir, tmp_path, capsys, manifest, says):
+    from charter.guard.train import read_dataset
+
+    bad = tmp_path / "m"
+    shutil.copytree(mini_model_dir, bad)
+    (bad / "manifest.json").write_bytes(manifest)
+    with pytest.raises(ArtifactError, match=says):
+        Guard.load(bad)
+    assert main(["classify", "--model", str(bad), "hello"]) == 1
+    data = tmp_path / "d"
+    data.mkdir()
+    (data / "manifest.json").write_bytes(manifest)
+    (data / "data.jsonl").write_text(json.dumps({"id": "a", "text": "hi", "label": "permitted", "category": "c"}) + "\n")
+    with pytest.raises(CharterError, match=says):
+        read_dataset(data)
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_train_refuses_a_seed_its_models_cannot_take(capsys):
+    for seed in ("-1", str(2**32)):
+        assert main(["train", "--out", "/nonexistent/never-written", "--seed", seed]) == 2
+    assert "--seed" in capsys.readouterr().err
 
 
 def test_classify_unwritable_out_and_missing_file_are_clean_errors(mini_model_dir, tmp_path, capsys):
@@ -296,6 +337,13 @@ def test_duplicate_yaml_key_is_an_error_not_last_one_wins():
     bad = TEXT.replace("kind: restricted\n", "kind: restricted\n        kind: permitted\n", 1)
     line = next(i for i, x in enumerate(bad.splitlines(), 1) if "kind: permitted" in x)
     assert _err(bad) == f"x.yaml:{line}: duplicate key 'kind'"
+
+
+@pytest.mark.parametrize("value", ["2020-13-45", "!!int abc", "!!float abc", "9" * 5000])
+def test_a_yaml_value_pyyaml_cannot_build_is_an_error_with_its_line(value):
+    bad = TEXT.replace("kind: restricted\n", f"kind: restricted\n        note: {value}\n", 1)
+    line = next(i for i, x in enumerate(bad.splitlines(), 1) if "note:" in x)
+    assert _err(bad).startswith(f"x.yaml:{line}: invalid YAML value: ")
 
 
 def test_deeply_nested_yaml_is_an_error_not_a_crash(tmp_path, capsys):

@@ -15,7 +15,7 @@ import pytest
 
 from charter.cli import main
 from charter.monitor.dashboard import create_dashboard
-from charter.monitor.events import Event, EventQueue, StageVerdict
+from charter.monitor.events import Event, EventQueue, StageVerdict, read_events
 from charter.monitor.store import AlertRecord, EventStore, SqlSink, StoreError
 from charter.server import ServerThread
 
@@ -159,3 +159,61 @@ def test_a_store_that_cannot_open_never_shows_the_password(url: str) -> None:
     with pytest.raises(StoreError) as e:
         EventStore.open(url)
     assert "hunter2" not in str(e.value) and "***@db/x" in str(e.value)
+
+
+def test_closing_during_a_hung_write_spills_the_batch_in_flight(tmp_path: Path) -> None:
+    """Shutdown gives up on a write the database holds (here a real SQLite lock, 5 s busy timeout): the
+    batch the worker took off the queue was never acknowledged, so it is spilled, not dropped; replayed
+    once the lock is gone, every event is stored exactly once."""
+    import sqlite3
+
+    db = tmp_path / "m.db"
+    store = EventStore.open(f"sqlite:///{db}")
+    spill = tmp_path / "spill.jsonl"
+    lock = sqlite3.connect(db, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")  # every write waits for the busy timeout, then fails
+
+    async def hung() -> EventQueue:
+        q = EventQueue(SqlSink(store), spill, replay=False)
+        await q.start()
+        for i in range(10):
+            q.put(Event(request_id=f"r{i}", user_id="u"))
+        await asyncio.sleep(0.3)  # the worker has taken the batch and waits on the database
+        await q.close(timeout=0.2)
+        return q
+
+    try:
+        q = asyncio.run(hung())
+        assert q.written == 0 and q.spilled == 10
+        assert sorted(e.request_id for e in read_events(spill)) == [f"r{i}" for i in range(10)]
+        lock.execute("ROLLBACK")
+
+        async def replay() -> EventQueue:
+            q2 = EventQueue(SqlSink(EventStore.open(f"sqlite:///{db}")), spill)
+            await q2.start()
+            for _ in range(200):  # the worker replays the spill file as it starts
+                if q2.replayed:
+                    break
+                await asyncio.sleep(0.05)
+            await q2.close()
+            return q2
+
+        q2 = asyncio.run(replay())
+        assert q2.replayed == 10 and store.count() == 10
+    finally:
+        lock.close()
+        store.close()
+
+
+def test_login_throttle_memory_is_bounded_by_failures_not_by_checks() -> None:
+    """A login that ends before a wrong key is counted (a 413 body, say) still asks ``blocked``: those
+    checks must not take memory, or a stream of addresses grows the table without bound."""
+    from charter.monitor.dashboard import LoginThrottle
+
+    t = LoginThrottle(max_failures=2, max_clients=100)
+    for i in range(5_000):
+        assert not t.blocked(f"2001:db8::{i:x}")
+    t.fail("10.0.0.1")
+    t.fail("10.0.0.1")
+    assert t.blocked("10.0.0.1") and not t.blocked("10.0.0.2")
+    assert len(t._fails) == 1

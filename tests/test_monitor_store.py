@@ -339,3 +339,18 @@ def test_wellbeing_signals_are_their_own_categories_and_never_guard_flags(store_
         assert sm["flagged"] == sum(e.flagged for e in stored if since is None or e.ts >= since)
     s.rebuild_rollups()
     assert s.summary()["signals"] == s.summary()["signals"] and s.summary()["events"] == len(stored)
+
+
+def test_a_request_id_repeated_in_one_batch_is_stored_and_counted_once(store_url: str) -> None:
+    s = EventStore.open(store_url)
+    try:
+        first = ev(1, flagged=True, decision="blocked_input", score=0.9)
+        assert s.write([first, first, ev(2)]) == 2
+        assert s.count() == 2
+        summary_then = {k: v for k, v in s.summary().items() if k != "generated_at"}
+        top_then = [(u["user_id"], u["events"]) for u in s.top_users()]
+        s.rebuild_rollups()  # the rollups as recomputed from the stored events
+        assert {k: v for k, v in s.summary().items() if k != "generated_at"} == summary_then and summary_then["events"] == 2
+        assert [(u["user_id"], u["events"]) for u in s.top_users()] == top_then == [("u1", 2)]
+    finally:
+        s.close()

@@ -68,6 +68,15 @@ class OddUpstream:
             return JSONResponse({"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": [
                 {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
                 for i, text in enumerate((ANSWER, "UNSCORED SECOND CHOICE"))]})
+        if mode == "odd-json":  # -Infinity (not JSON; Python servers emit it in logprobs) and a field the guard does not read
+            return Response(b'{"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": [{"index": 0, '
+                            b'"message": {"role": "assistant", "content": "' + ANSWER.encode() + b'", "reasoning_details": '
+                            b'[{"type": "reasoning.text", "text": "UNREAD PLAN"}]}, "logprobs": {"content": [{"token": "About", '
+                            b'"logprob": -Infinity}]}, "finish_reason": "stop"}]}', media_type="application/json")
+        if mode == "lone-surrogate":  # an escape no client can be sent as UTF-8
+            return Response(b'{"id": "c", "object": "chat.completion", "created": 0, "model": "m", "choices": [{"index": 0, '
+                            b'"message": {"role": "assistant", "content": "caf\\ud83d"}, "finish_reason": "stop"}]}',
+                            media_type="application/json")
         if mode == "parts-content":  # non-streamed content that is not a string
             return JSONResponse({"id": "c", "object": "chat.completion", "created": 0, "model": "m",
                                  "choices": [{"index": 0, "message": {"role": "assistant", "content": [{"type": "text", "text": ANSWER}]},
@@ -84,6 +93,13 @@ class OddUpstream:
                     yield chunk({"content": 123})
                 elif mode == "echo-in-stream":
                     yield b"data: " + json.dumps({"error": {"message": f"overloaded ({auth})"}}).encode() + b"\n\n"
+                elif mode == "unread-fields":  # a delta field the guard does not read, and logprobs that spell out each token
+                    yield chunk({"reasoning_details": [{"type": "reasoning.text", "text": "UNREAD PLAN"}]})
+                    for w in ANSWER.split(" "):
+                        obj = {"id": "chatcmpl-x", "object": "chat.completion.chunk", "created": 0, "model": "m",
+                               "choices": [{"index": 0, "delta": {"content": " " + w}, "finish_reason": None,
+                                            "logprobs": {"content": [{"token": " " + w, "logprob": -0.1}]}}]}
+                        yield b"data: " + json.dumps(obj).encode() + b"\n\n"
                 elif mode == "done-without-finish":
                     for w in ANSWER.split(" "):
                         yield chunk({"content": " " + w})
@@ -93,6 +109,13 @@ class OddUpstream:
                     for _ in range(1_000_000):
                         yield chunk({"content": " word"})
                         await asyncio.sleep(0.001)  # a model's pace: lets the server notice the disconnect
+                elif mode == "trickle":  # one line that never ends, a byte at a time under the read timeout
+                    yield chunk({"content": "Hello"})
+                    for _ in range(2400):
+                        await asyncio.sleep(0.05)
+                        yield b"x"
+                elif mode == "big-event":  # one content event larger than a whole completion may be
+                    yield chunk({"content": "word " * 600_000})
                 elif mode == "keep-alive":
                     yield chunk({"content": "Hello"})
                     for _ in range(2400):  # two minutes of comments, never another event
@@ -261,6 +284,23 @@ def test_keep_alive_comments_do_not_outlive_the_total_timeout(start: Callable[..
     assert wait_for(lambda: up.cancelled) == ["keep-alive"]  # the upstream was told to stop
 
 
+def test_a_trickled_line_does_not_outlive_the_total_timeout(start: Callable[..., Started], odd: tuple[OddUpstream, str]) -> None:
+    up, url = odd
+    http, _ = start(url, upstream={"timeouts": {"read": 10, "total": 1}})
+    t0 = time.monotonic()
+    events = stream(http, "trickle")
+    assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "upstream_timeout"
+    assert time.monotonic() - t0 < 60  # the line would trickle for two minutes
+    assert wait_for(lambda: up.cancelled) == ["trickle"]
+
+
+def test_one_stream_event_is_bounded_like_a_whole_completion(start: Callable[..., Started], odd: tuple[OddUpstream, str]) -> None:
+    http, _ = start(odd[1])
+    events = stream(http, "big-event")
+    assert events[-1] == "[DONE]" and events[-2]["error"]["code"] == "upstream_too_large"
+    assert "word" not in json.dumps(events)  # nothing of it was released
+
+
 def test_upstream_output_is_bounded_by_max_output_tokens(start: Callable[..., Started], odd: tuple[OddUpstream, str]) -> None:
     """An upstream that never stops is cut at limits.max_output_tokens (the proxy's 4-characters-a-token
     estimate) like a length stop, and told to stop; a non-streamed completion too large to read is a 502."""
@@ -309,12 +349,35 @@ def test_models_lists_only_the_allowed_models(start: Callable[..., Started], odd
     assert [m["id"] for m in http2.get("/v1/models").json()["data"]] == ["m", "other-model"]
 
 
+def test_reply_text_the_guard_does_not_read_never_reaches_the_client(start: Callable[..., Started],
+                                                                    odd: tuple[OddUpstream, str]) -> None:
+    """A provider's extra reply fields (``reasoning_details``) are dropped, not forwarded unscored; a
+    streamed chunk's logprobs, which spell out tokens the monitor may still hold back, are dropped; an
+    upstream's -Infinity becomes null (not a 500) and a lone surrogate is a 502."""
+    http, sink = start(odd[1])
+    r = http.post("/v1/chat/completions", json={"model": "odd-json", "messages": user(BENIGN)})
+    assert r.status_code == 200, r.text
+    choice = r.json()["choices"][0]
+    assert choice["message"] == {"role": "assistant", "content": ANSWER} and choice["logprobs"]["content"][0]["logprob"] is None
+    is_openai_error(http.post("/v1/chat/completions", json={"model": "lone-surrogate", "messages": user(BENIGN)}),
+                    502, "upstream_malformed")
+    events = stream(http, "unread-fields")
+    chunks = [e for e in events if isinstance(e, dict)]
+    assert "UNREAD" not in json.dumps(events)
+    assert all(c["choices"][0].get("logprobs") is None for c in chunks)
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks).strip() == ANSWER
+    assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+
+
 def test_lone_surrogates_are_refused_and_a_pair_is_fine(start: Callable[..., Started]) -> None:
     with ScriptedOpenAI(default=ANSWER) as up:
         # with a content policy, a lone surrogate in the user id or the text used to crash hashing: a 500 after forwarding
         http, sink = start(up.base_url, events={"content": "hash"})
         for raw in (b'{"model":"m","user":"u\\ud800","messages":[{"role":"user","content":"hi"}]}',
-                    b'{"model":"m","messages":[{"role":"user","content":"hi \\uDFFF there"}]}'):
+                    b'{"model":"m","messages":[{"role":"user","content":"hi \\uDFFF there"}]}',
+                    # the bytes of a lone surrogate, unescaped: json.loads takes them, strict UTF-8 does not
+                    b'{"model":"m","user":"u\xed\xa0\xbd","messages":[{"role":"user","content":"hi"}]}',
+                    b'{"model":"m","messages":[{"role":"user","content":"hi \xed\xa0\xbd"}]}'):
             is_openai_error(http.post("/v1/chat/completions", content=raw), 400, "invalid_json")
         assert not up.requests
         r = http.post("/v1/chat/completions", content=b'{"model":"m","messages":[{"role":"user","content":"hi \\ud83d\\ude00"}]}')

@@ -66,18 +66,17 @@ async def aread_capped(r: httpx.Response, cap: int = MAX_REPLY_BYTES) -> httpx.R
 
 
 def redact_url(url: str) -> str:
-    """``url`` with any user:password@ part masked, for names, messages, logs and manifests."""
-    from urllib.parse import urlsplit, urlunsplit
+    """``url`` with any user:password@ part masked, for names, messages, logs and manifests.
 
-    if "@" in url and "://" not in url:  # not a URL at all, but may still carry user:password@
+    Everything before the last ``@`` after the scheme is masked, so a password holding ``/``, ``?``,
+    ``#`` or ``@`` (which database drivers accept unencoded) cannot end the host part early and show.
+    """
+    if "@" not in url:
+        return url
+    scheme, sep, rest = url.partition("://")
+    if not sep:  # not a URL at all, but may still carry user:password@
         return "***@" + url.rsplit("@", 1)[1]
-    try:
-        u = urlsplit(url)
-    except ValueError:
-        return url
-    if "@" not in u.netloc:
-        return url
-    return urlunsplit(u._replace(netloc="***@" + u.netloc.rsplit("@", 1)[1]))
+    return f"{scheme}://***@" + rest.rsplit("@", 1)[1]
 
 
 def retryable(status: int) -> bool:

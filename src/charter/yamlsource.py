@@ -84,6 +84,23 @@ class _BoundedLoader(yaml.SafeLoader):
         return node
 
 
+def _bad_scalar_line(text: str) -> int:
+    """The 1-based line of the first scalar that cannot be built into a value (0 if none is found)."""
+    stack = [_compose(text)]
+    while stack:
+        node = stack.pop(0)
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                yaml.constructor.SafeConstructor().construct_object(node)
+            except (ValueError, OverflowError, yaml.YAMLError):
+                return node.start_mark.line + 1
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(node.value)
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(n for kv in node.value for n in kv)
+    return 0
+
+
 def _compose(text: str) -> yaml.Node | None:
     loader = _BoundedLoader(text)
     try:
@@ -106,6 +123,8 @@ def load_optional_mapping(text: str, source: str, error: type[CharterError], wha
         raise error(f"{source}: invalid YAML: {e}") from None
     except RecursionError:  # PyYAML composes recursively
         raise error(f"{source}: invalid YAML: nested too deeply") from None
+    except (ValueError, OverflowError) as e:  # a scalar PyYAML cannot build: 2020-13-45, !!int abc, a huge integer
+        raise error(f"{source}:{_bad_scalar_line(text)}: invalid YAML value: {str(e).splitlines()[0]}") from None
     if root is None:
         return None, {}
     if not isinstance(data, dict):

@@ -13,12 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save
+from safetensors.numpy import load, save
 
 from charter.errors import ArtifactError
 from charter.fileio import replace_files, sha256_file
+from charter.yamlsource import read_text
 
 MANIFEST = "manifest.json"
+#: a manifest larger than this is refused unread (the packaged guard's is about 20 KB)
+MAX_MANIFEST_BYTES = 16 * 1024 * 1024
 FORMAT = "charter-model/1"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -66,10 +69,13 @@ def read_manifest(path: Path) -> dict[str, Any]:
     mf = path / MANIFEST
     if not mf.is_file():
         raise ArtifactError(f"{path}: not a Charter model directory (no {MANIFEST})")
+    text = read_text(mf, MAX_MANIFEST_BYTES, ArtifactError)
     try:
-        doc = json.loads(mf.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ArtifactError(f"{mf}: not valid JSON ({e})") from None
+        doc = json.loads(text)
+    except RecursionError:
+        raise ArtifactError(f"{mf}: not valid JSON (nested too deeply)") from None
+    except ValueError as e:  # JSONDecodeError, or an integer of more digits than Python converts
+        raise ArtifactError(f"{mf}: not valid JSON ({str(e).splitlines()[0]})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ArtifactError(f"{mf}: unknown format {doc.get('format') if isinstance(doc, dict) else None!r}, expected {FORMAT!r}")
     if not isinstance(doc.get("files"), dict):
@@ -89,12 +95,16 @@ def load_model_dir(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, np.n
             raise ArtifactError(f"{path / MANIFEST}: the hash of {fn!r} is not a sha256 hex digest")
         if not p.is_file():
             raise ArtifactError(f"{p}: listed in the manifest but missing")
-        got = sha256_file(p)
+        if not fn.endswith(".safetensors"):
+            got = sha256_file(p)
+        else:  # one read, hashed and parsed: a file renamed in between (a retrain in place) cannot load unchecked
+            blob = p.read_bytes()
+            got = hashlib.sha256(blob).hexdigest()
         if got != want:
             raise ArtifactError(f"{p}: sha256 {got[:16]}… does not match the manifest ({want[:16]}…); the file was modified")
         if fn.endswith(".safetensors"):
             try:
-                arrays[fn.removesuffix(".safetensors")] = load_file(str(p))
+                arrays[fn.removesuffix(".safetensors")] = load(blob)
             except Exception as e:  # safetensors raises its own error types
                 raise ArtifactError(f"{p}: unreadable safetensors ({e})") from None
     return doc, arrays

@@ -27,13 +27,13 @@ def dashboard(
     """Serve the monitoring dashboard (traffic, block rate, flags, alerts, drill-downs, clusters)."""
     import uvicorn
 
+    from charter.cli.monitor_cmd import open_store
     from charter.monitor.dashboard import create_dashboard
-    from charter.monitor.store import EventStore
     from charter.server import check_bind, load_config
 
     cfg = load_config(config)
     check_bind(host, cfg)
-    store = EventStore.open(db)
+    store = open_store(db)  # a mistyped path is an error, not a new empty database
     keys = f"{len(cfg.keys)} client keys" if cfg.keys else "no keys (loopback only)"
     console.print(f"charter: dashboard for {store.url} on http://{host}:{port}/ ({keys})")
     try:

@@ -25,7 +25,7 @@ EXAMPLES = [
 def demo(
     out: Path = typer.Option(Path("runs/demo"), "--out", "-o", help="Where the dataset, model and reports go."),
     n: int = typer.Option(60_000, "--n", min=1, help="Synthetic records to generate."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1),
 ) -> None:
     """Generate data from the default constitution, train a guard, evaluate it and print the report."""
     from charter.constitution import load_constitution

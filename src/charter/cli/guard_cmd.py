@@ -33,7 +33,7 @@ def train(
     escalation_rate: float = typer.Option(None, "--escalation-rate", min=0.001, max=1.0, show_default="0.08",
                                           help="Share of benign calibration requests stage 1 sends to stage 2: "
                                                "more costs latency on more traffic."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1),
     no_stage2: bool = typer.Option(False, "--no-stage2", help="Train stage 1 and the exchange classifier only."),
 ) -> None:
     """Train a guard (stage 1, stage 2, streaming exchange classifier) from a constitution."""
@@ -131,6 +131,8 @@ def classify(
 
     if not file.exists() or file.is_dir():  # checked before --out is created or emptied
         raise CharterError(f"{file}: {'is a directory' if file.is_dir() else 'no such file'}")
+    if out is not None and out.exists() and out.resolve() == file.resolve():  # opening --out would empty the input
+        raise CharterError(f"--out {out}: is the input file; choose another path")
     try:
         sink = open(out, "w", encoding="utf-8") if out else sys.stdout
     except OSError as e:
@@ -167,7 +169,7 @@ def calibrate_cmd(
     out: Path = typer.Option(None, "--out", help="Write the recalibrated model here instead."),
     constitution: Path = typer.Option(None, "--constitution", "-c", help="The constitution the model was trained on (default: packaged; another than the manifest records is refused)."),
     n: int = typer.Option(20_000, "--n", min=1, help="Records to regenerate from the constitution (its calibration split is used)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1),
 ) -> None:
     """Choose thresholds that meet a target false-positive rate on benign data."""
     from charter.classifiers.artifacts import check_model_out

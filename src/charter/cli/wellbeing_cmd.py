@@ -25,7 +25,7 @@ app.add_typer(wellbeing_app, name="wellbeing")
 def train(
     spec: Path = typer.Option(None, "--spec", help="Wellbeing spec in the constitution format (default: the packaged wellbeing.yaml)."),
     out: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1),
     n: int = typer.Option(6000, "--n", min=1, help="Records to generate from the spec's seed exchanges."),
     target_fpr: float = typer.Option(0.01, "--target-fpr", min=0.0001, max=0.5, help="Per-pattern FPR on held-out permitted replies."),
     data_out: Path = typer.Option(None, "--data-out", help="Keep the generated dataset here."),

@@ -101,6 +101,8 @@ def read_jsonl_lines(path: str | PathLike[str], *, max_line_bytes: int | None = 
                     yield i, ValueError(f"not JSON ({e.msg} at column {e.colno})")
                 except RecursionError:
                     yield i, ValueError("JSON nested too deeply")
+                except ValueError as e:  # e.g. an integer of more digits than Python converts
+                    yield i, ValueError(f"not JSON ({str(e).splitlines()[0]})")
     except OSError as e:
         raise CharterError(f"{path}: {e.strerror}") from None
 

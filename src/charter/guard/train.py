@@ -130,14 +130,18 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     mpath = path / "manifest.json"
     if not mpath.is_file():
         return {}
+    from charter.classifiers.artifacts import MAX_MANIFEST_BYTES
+    from charter.yamlsource import read_text
+
+    text = read_text(mpath, MAX_MANIFEST_BYTES, CharterError)
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except UnicodeDecodeError:
-        raise CharterError(f"{mpath}: not UTF-8 text") from None
+        manifest = json.loads(text)
     except json.JSONDecodeError as e:
         raise CharterError(f"{mpath}:{e.lineno}: not JSON ({e.msg})") from None
-    except OSError as e:
-        raise CharterError(f"{mpath}: {e.strerror}") from None
+    except RecursionError:
+        raise CharterError(f"{mpath}: not JSON (nested too deeply)") from None
+    except ValueError as e:  # an integer of more digits than Python converts
+        raise CharterError(f"{mpath}: not JSON ({str(e).splitlines()[0]})") from None
     if not isinstance(manifest, dict):
         raise CharterError(f"{mpath}: not a dataset manifest (a JSON object from `charter generate`)")
     fams = manifest.get("holdout_families", [])

@@ -182,7 +182,10 @@ class LoginThrottle:
         now = time.monotonic()
         with self._lock:
             recent = [t for t in self._fails.get(client, []) if now - t < self.window_s]
-            self._fails[client] = recent
+            if recent:
+                self._fails[client] = recent
+            else:  # only clients with recent failures take memory (a check alone must not add one)
+                self._fails.pop(client, None)
             return len(recent) >= self.max_failures
 
     def fail(self, client: str) -> None:

@@ -132,6 +132,8 @@ class EventQueue:
         self.replay_interval = replay_interval
         self._q: asyncio.Queue[Event] | None = None
         self._task: asyncio.Task[None] | None = None
+        #: the batch the worker has taken off the queue and not yet written or spilled
+        self._inflight: list[Event] = []
         self._healthy = True
         #: events committed by the sink (from the request path or replayed): the acknowledgement
         self.written = 0
@@ -225,7 +227,9 @@ class EventQueue:
             events = [first]
             while len(events) < self.batch and not q.empty():
                 events.append(q.get_nowait())
+            self._inflight = events
             await self._flush(events)
+            self._inflight = []
             if self.replay and self._healthy and self._pending_replay():
                 await self._replay()
             for _ in events:
@@ -246,7 +250,9 @@ class EventQueue:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        leftover = []
+        # a batch cut off mid-write (a hanging database) was never acknowledged: spill it with the rest.
+        # The sink may have committed it after all; the store skips repeated request ids on replay
+        leftover, self._inflight = self._inflight, []
         while not self._q.empty():
             leftover.append(self._q.get_nowait())
         if leftover:

@@ -431,7 +431,12 @@ class EventStore:
         """
         if not events:
             return 0
-        rows = [event_row(e, self.policy) for e in events]
+        rows: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for r in (event_row(e, self.policy) for e in events):  # a repeated id in the batch: the first counts once
+            if r["request_id"] not in seen:
+                seen.add(r["request_id"])
+                rows.append(r)
         stmt = self._insert(events_table, "request_id").returning(events_table.c.request_id)
         with self.engine.begin() as conn:
             inserted = {r[0] for r in conn.execute(stmt, rows)}  # duplicates skipped

@@ -23,10 +23,12 @@ from charter.server.schema import (
     AUDIO_FIELDS,
     CALL_TEXT,
     DONE,
+    REPLY_FIELDS,
     TEXT_FIELDS,
     ChatRequest,
     charter_field,
     extra_texts,
+    parse_upstream_json,
     refusal_completion,
     sse,
     unscorable_audio,
@@ -110,7 +112,7 @@ async def get_models(svc: Services) -> Response:
     try:
         if too_long:
             raise ValueError("too long")
-        data = json.loads(body)
+        data = parse_upstream_json(body)
     except (ValueError, RecursionError):
         svc.metrics.upstream_errors.labels("malformed").inc()
         return upstream_error(502, "upstream returned a malformed models list", "upstream_malformed").response()
@@ -176,17 +178,19 @@ async def complete(ex: Exchange, req: ChatRequest, raw: bytes) -> Response:
                               f"(limits.max_output_tokens x {BYTES_PER_TOKEN}, at least {MIN_COMPLETION_BYTES})",
                               "upstream_too_large").response()
     try:
-        data = json.loads(body)
+        data = parse_upstream_json(body)
         if len(data["choices"]) > 1:  # n > 1 is refused, so more choices are an upstream's doing: only the first is scored
             data["choices"] = data["choices"][:1]
         msg = data["choices"][0]["message"]
+        for k in set(msg) - REPLY_FIELDS:  # not read by the guard: not sent on
+            del msg[k]
         content = msg.get("content") or ""
         if not isinstance(content, str):
             raise TypeError("content")
         # the whole reply is scored: content plus reasoning, refusal, audio transcript and tool-call text
         text = "\n".join(t for t in (content, *extra_texts(msg)) if t)
         unscorable = unscorable_audio(msg.get("audio"))
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):
         svc.metrics.upstream_errors.labels("malformed").inc()
         ex.finish("error", status=200, error="upstream_malformed")
         return upstream_error(502, "upstream returned a malformed completion", "upstream_malformed").response()
@@ -229,17 +233,40 @@ async def complete(ex: Exchange, req: ChatRequest, raw: bytes) -> Response:
     return JSONResponse(data)
 
 
-async def _sse_data(lines: AsyncIterator[str], deadline: float) -> AsyncIterator[str]:
+class _EventTooLarge(Exception):
+    pass
+
+
+async def _sse_data(chunks: AsyncIterator[bytes], deadline: float, max_bytes: int) -> AsyncIterator[str]:
+    """The data of each server-sent event in ``chunks``. ``deadline`` is checked on every chunk received,
+    so an upstream that trickles one unfinished line cannot outlive timeouts.total; a line or an event
+    over ``max_bytes`` raises :class:`_EventTooLarge` instead of being buffered whole."""
     buf: list[str] = []
-    async for line in lines:
-        if time.monotonic() > deadline:  # checked per line: keep-alive comments must not outlive timeouts.total
+    size = 0
+    pending = bytearray()
+    async for piece in chunks:
+        if time.monotonic() > deadline:  # keep-alive comments and trickled bytes must not outlive timeouts.total
             raise TimeoutError
-        if not line:
-            if buf:
-                yield "\n".join(buf)
-                buf = []
-        elif line.startswith("data:"):
-            buf.append(line[6:] if line.startswith("data: ") else line[5:])
+        scan = len(pending)
+        pending += piece
+        while (i := pending.find(b"\n", scan)) >= 0:
+            line = bytes(pending[:i]).rstrip(b"\r").decode("utf-8", "replace")
+            del pending[: i + 1]
+            scan = 0
+            if not line:
+                if buf:
+                    yield "\n".join(buf)
+                    buf, size = [], 0
+            elif line.startswith("data:"):
+                size += len(line)
+                if size > max_bytes:
+                    raise _EventTooLarge
+                buf.append(line[6:] if line.startswith("data: ") else line[5:])
+        if len(pending) > max_bytes:
+            raise _EventTooLarge
+    tail = bytes(pending).rstrip(b"\r").decode("utf-8", "replace")
+    if tail.startswith("data:"):
+        buf.append(tail[6:] if tail.startswith("data: ") else tail[5:])
     if buf:
         yield "\n".join(buf)
 
@@ -462,7 +489,7 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
             if not gs.fail_open:
                 raise ProxyError(503, "the output check failed; stream stopped (fail closed)", "server_error", code="guard_error") from None
             error, passthrough = "guard_error_fail_open", True
-        async for data in _sse_data(resp.aiter_lines(), deadline):
+        async for data in _sse_data(resp.aiter_bytes(), deadline, completion_byte_cap(svc)):
             if data.strip() == "[DONE]":
                 done = True
                 break
@@ -554,7 +581,8 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
                     out = {}
                 for c in release_held(_base(obj)):
                     yield sse(c)
-            nd = {k: x for k, x in delta.items() if k not in ("tool_calls", "function_call", "audio")}
+            # fields the guard does not read are dropped (REPLY_FIELDS); tool calls and audio go out as held
+            nd = {k: x for k, x in delta.items() if k in REPLY_FIELDS and k not in ("tool_calls", "function_call", "audio")}
             for f in _STREAMED:
                 if f in out:
                     nd[f] = out[f]
@@ -563,6 +591,9 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
             if out or finish or first or set(nd) - set(_STREAMED):
                 first = False
                 oc = dict(choice, delta=nd)
+                if not passthrough and oc.get("logprobs") is not None:
+                    # this chunk's logprobs spell out its tokens, which the monitor may still be holding back
+                    oc["logprobs"] = None
                 if cut:
                     oc["finish_reason"] = "length"
                 chunk = dict(obj, choices=[oc])
@@ -592,6 +623,13 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
     except ProxyError as e:
         decision, error = "error", e.code
         yield e.sse()
+        yield DONE
+    except _EventTooLarge:
+        svc.metrics.upstream_errors.labels("too_large").inc()
+        err = upstream_error(502, f"an upstream stream event exceeds the {completion_byte_cap(svc)} bytes the proxy reads "
+                             f"(limits.max_output_tokens x {BYTES_PER_TOKEN}, at least {MIN_COMPLETION_BYTES})", "upstream_too_large")
+        decision, error = "error", err.code
+        yield err.sse()
         yield DONE
     except (httpx.HTTPError, TimeoutError) as e:
         err = _upstream_failure(svc, e)

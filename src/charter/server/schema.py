@@ -77,6 +77,10 @@ class ChatRequest(BaseModel):
 
 #: message fields besides content that carry model text (reasoning models, refusals)
 TEXT_FIELDS = ("reasoning_content", "reasoning", "refusal")
+#: the reply fields the guard reads (or that carry no text); any other field of a reply message or a
+#: streamed delta is dropped, since text the guard never read must not reach the client
+#: (e.g. a provider's ``reasoning_details``)
+REPLY_FIELDS = frozenset({"role", "content", *TEXT_FIELDS, "tool_calls", "function_call", "audio"})
 
 
 def _as_text(v: Any) -> str:
@@ -131,7 +135,19 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def parse_upstream_json(body: bytes | str) -> Any:
+    """An upstream's JSON reply as the proxy can send it on: NaN and Infinity, which are not JSON (Python
+    servers emit -Infinity logprobs), become null; an unpaired UTF-16 surrogate is a ValueError."""
+    data = json.loads(body, parse_constant=lambda name: None)
+    json.dumps(data, ensure_ascii=False).encode("utf-8")  # UnicodeEncodeError (a ValueError) on a lone surrogate
+    return data
+
+
 def parse_request(raw: bytes, limits: Limits) -> ChatRequest:
+    try:
+        raw.decode("utf-8")  # strict: json.loads would take a raw (non-escaped) lone surrogate's bytes
+    except UnicodeDecodeError as e:
+        raise ProxyError(400, f"request body is not valid UTF-8 (byte {e.start})", code="invalid_json") from None
     try:
         body = json.loads(raw, parse_constant=_no_constant)
     except ValueError as e:
