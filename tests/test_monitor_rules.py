@@ -490,6 +490,9 @@ def test_monitor_config_errors_name_file_line_and_field(tmp_path: Path) -> None:
     cfg.write_text("monitor:\n  rules: {repeated_flags: {min_count: 7}}\n")
     good = load_config(cfg)
     assert good.monitor.rule_settings("repeated_flags").min_count == 7  # type: ignore[attr-defined]
+    # a charter.yaml with no monitor: section is the default settings, not a monitor section with stray keys
+    cfg.write_text("upstream:\n  base_url: http://127.0.0.1:9\nevents:\n  db: sqlite:///ev.db\n")
+    assert load_monitor_settings(cfg) == MonitorSettings()
 
 
 def test_cli_evaluates_lists_acknowledges_and_resolves(tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -126,11 +126,20 @@ def test_expiry_by_age_and_purge_of_one_user(store_url: str) -> None:
                                    evidence=evidence, dedupe_key=f"repeat:{subject}", first_seen=now, last_seen=now))
     s.upsert_alert(AlertRecord(rule="block_rate", subject_kind="global", subject_id="all", severity="medium", summary="s",
                                evidence=evidence, dedupe_key="block_rate", first_seen=now, last_seen=now))
+    # an alert about one of the user's conversations names them in its key ("rule:conversation:user/cid"),
+    # and "gone_too"'s, whose id starts like theirs, must survive the purge
+    conv_alerts = [s.upsert_alert(AlertRecord(
+        rule="escalation", subject_kind="conversation", subject_id="c1", severity="high", summary="s",
+        evidence=[{"request_id": "r1", "user_id": user}], dedupe_key=f"escalation:conversation:{user}/c1",
+        first_seen=now, last_seen=now))[0].id for user in ("gone", "gone_too")]
+    s.set_undelivered("webhook", conv_alerts, "down")  # a notifying sink still owes both
     out = s.purge_user("gone")
-    assert out == {"events": 4, "alerts": 1, "evidence": 2}
+    assert [a.dedupe_key for a in s.undelivered("webhook")] == ["escalation:conversation:gone_too/c1"]
+    assert out == {"events": 4, "alerts": 2, "evidence": 2}
     assert {e.user_id for e in s.events()} == {"stays"}
     assert all(x.get("user_id") != "gone" for a in s.alerts(status=None) for x in a.evidence)
-    assert {a.subject_id for a in s.alerts(status=None)} == {"stays", "all"}
+    assert {a.subject_id for a in s.alerts(status=None)} == {"stays", "all", "c1"}
+    assert not any(":gone/" in a.dedupe_key for a in s.alerts(status=None))
     assert s.expire(older_than_s=5.5 * 86400, now=now) == 2  # r6 and r7 are older than 5.5 days
     assert sorted(e.request_id for e in s.events()) == ["r4", "r5"]
 

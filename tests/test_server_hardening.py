@@ -369,6 +369,25 @@ def test_reply_text_the_guard_does_not_read_never_reaches_the_client(start: Call
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
 
 
+def test_text_the_model_reads_outside_the_messages_is_checked_and_counted(start: Callable[..., Started]) -> None:
+    """Tool descriptions, a response format's schema and a predicted output reach the model: the input
+    check reads them (as operator text) and limits.max_input_tokens counts them."""
+    tools = [{"type": "function", "function": {"name": "lookup", "description": HARMFUL,
+                                               "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}]
+    with ScriptedOpenAI(default=ANSWER) as up:
+        http, sink = start(up.base_url, limits={"max_input_tokens": 200})
+        r = http.post("/v1/chat/completions", json={"model": "m", "messages": user(BENIGN), "tools": tools})
+        assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "content_filter", r.text
+        assert not up.requests  # blocked before the upstream
+        r = http.post("/v1/chat/completions", json={"model": "m", "messages": user(BENIGN),
+                                                     "prediction": {"type": "content", "content": "x " * 1000}})
+        is_openai_error(r, 400, "too_many_tokens")
+        r = http.post("/v1/chat/completions", json={"model": "m", "messages": user(BENIGN), "tools": [
+            {"type": "function", "function": {"name": "weather", "description": "The weather forecast for a city."}}]})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == ANSWER
+        assert len(up.requests) == 1
+
+
 def test_lone_surrogates_are_refused_and_a_pair_is_fine(start: Callable[..., Started]) -> None:
     with ScriptedOpenAI(default=ANSWER) as up:
         # with a content policy, a lone surrogate in the user id or the text used to crash hashing: a 500 after forwarding

@@ -557,8 +557,11 @@ def load_monitor_settings(path: str | Path) -> MonitorSettings:
     name = str(path)
     root, data = read_config_yaml(path)
     prefix: tuple[str, ...] = ()
-    if "monitor" in data:
-        data, prefix = data["monitor"] or {}, ("monitor",)
+    from charter.server.config import ServerConfig
+
+    if "monitor" in data or set(data) & (set(ServerConfig.model_fields) - set(MonitorSettings.model_fields)):
+        # a charter.yaml, with or without a monitor: section (its other sections are the server's business)
+        data, prefix = data.get("monitor") or {}, ("monitor",)
     try:
         return MonitorSettings.model_validate(data)
     except ValidationError as e:

@@ -585,8 +585,13 @@ class EventStore:
             conn.execute(user_rollups_table.delete().where(user_rollups_table.c.user_id == user_id))
             conn.execute(user_conversations_table.delete().where(user_conversations_table.c.user_id == user_id))
             out["events"] = int(conn.execute(events_table.delete().where(events_table.c.user_id == user_id)).rowcount or 0)
-            out["alerts"] = int(conn.execute(alerts_table.delete().where(
-                (alerts_table.c.subject_kind == "user") & (alerts_table.c.subject_id == user_id))).rowcount or 0)
+            # alerts about the user, and about their conversations (whose dedupe keys name them: "rule:conversation:user/cid")
+            about = ((alerts_table.c.subject_kind == "user") & (alerts_table.c.subject_id == user_id)) | (
+                alerts_table.c.dedupe_key.contains(f":{user_id}/", autoescape=True))
+            ids = [r.id for r in conn.execute(sa.select(alerts_table.c.id).where(about))]
+            for i in range(0, len(ids), 500):
+                conn.execute(deliveries_table.delete().where(deliveries_table.c.alert_id.in_(ids[i : i + 500])))
+            out["alerts"] = int(conn.execute(alerts_table.delete().where(about)).rowcount or 0)
             for r in conn.execute(sa.select(alerts_table.c.id, alerts_table.c.evidence)).all():
                 ev = _json(r.evidence) or []
                 keep = [e for e in ev if e.get("user_id") != user_id]

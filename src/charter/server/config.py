@@ -106,7 +106,8 @@ class GuardSettings(_Strict):
     #: request content the guard cannot read (images, audio, files): refuse it (400), or forward it unread
     unread_content: Literal["refuse", "allow"] = "refuse"
     #: the turns the input check reads as the request (earlier assistant turns never: the output monitor
-    #: reads the whole conversation); [user] for an application whose system prompt and tool results it
+    #: reads the whole conversation; tool definitions and other text outside the messages count as system text);
+    #: [user] for an application whose system prompt, tool definitions and tool results it
     #: writes itself, where their sensitive-but-harmless text would otherwise be read as a request
     input_roles: list[InputRole] = Field(default_factory=lambda: list(INPUT_ROLES), min_length=1)
 

@@ -65,14 +65,41 @@ class ChatRequest(BaseModel):
 
     def check_messages(self) -> list[dict[str, str]]:
         """The conversation as plain role/content text: what the guard scores (content, then the
-        message's other model text: reasoning, refusal, audio transcript, tool calls)."""
+        message's other model text: reasoning, refusal, audio transcript, tool calls). Text the model
+        reads outside the messages (tool and function descriptions, a response format's schema, a
+        predicted output) comes first, as a system message: the input check judges it as operator text,
+        and it counts toward limits.max_input_tokens."""
         out = []
+        outside = request_texts(self.model_extra or {})
+        if outside:
+            out.append({"role": "system", "content": outside})
         for m in self.messages:
             c = m.content
             if isinstance(c, list):
                 c = " ".join(part_text(p) for p in c if isinstance(p, dict))
             out.append({"role": m.role, "content": "\n".join(t for t in (c, *extra_texts(m.model_extra or {})) if t)})
         return out
+
+
+#: request fields outside the messages whose text the model reads
+REQUEST_TEXT_FIELDS = ("tools", "functions", "response_format", "prediction")
+
+
+def request_texts(extra: Mapping[str, Any]) -> str:
+    """Every string in the request's :data:`REQUEST_TEXT_FIELDS` (names, descriptions, enum values,
+    predicted text), one a line; JSON schema ``type`` words are left out."""
+    out: list[str] = []
+    stack: list[Any] = [extra.get(k) for k in reversed(REQUEST_TEXT_FIELDS)]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            if v.strip():
+                out.append(v)
+        elif isinstance(v, dict):
+            stack.extend(x for k, x in reversed(v.items()) if k != "type" or not isinstance(x, str))
+        elif isinstance(v, list):
+            stack.extend(reversed(v))
+    return "\n".join(out)
 
 
 #: message fields besides content that carry model text (reasoning models, refusals)
