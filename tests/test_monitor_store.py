@@ -363,3 +363,22 @@ def test_a_request_id_repeated_in_one_batch_is_stored_and_counted_once(store_url
         assert [(u["user_id"], u["events"]) for u in s.top_users()] == top_then == [("u1", 2)]
     finally:
         s.close()
+
+
+def test_top_users_since_inside_an_hour_ranks_only_the_window(store_url: str) -> None:
+    """Users busy earlier in the hour that holds ``since`` must not crowd out those inside the window."""
+    s = EventStore.open(store_url)
+    try:
+        hour = 1000 * 3600.0
+        since = hour + 1800  # half past
+        early = [ev(i, user=f"early{i}", flagged=True, decision="flagged", score=0.99, t=hour + 60 + i) for i in range(40)]
+        late = [ev(100 + i, user=f"late{i}", flagged=True, decision="flagged", score=0.9, t=since + 60 + i) for i in range(5)]
+        quiet = [ev(200, user="quiet", t=since + 120)]
+        s.write(early + late + quiet)
+        got = s.top_users(3, since=since)
+        assert [u["user_id"] for u in got] == ["late0", "late1", "late2"]
+        assert [u["user_id"] for u in s.top_users(20, since=since)] == [f"late{i}" for i in range(5)] + ["quiet"]
+        assert all(u["events"] == 1 for u in s.top_users(20, since=since))
+        assert len(s.top_users(50)) == 46  # no since: everyone
+    finally:
+        s.close()

@@ -776,15 +776,23 @@ class EventStore:
     def top_users(self, n: int = 20, since: float | None = None) -> list[dict[str, Any]]:
         """Users ranked by flagged requests, then by their highest score.
 
-        Candidates come from the per-user hourly rollups (the hour holding ``since`` counts whole);
-        the numbers shown for them are exact, read from their own events.
+        The ranking reads the per-user hourly rollups for whole hours and, for the part-hour after a
+        ``since`` inside an hour, the events themselves: ranking on that whole hour let users busy before
+        ``since`` crowd out those in the window. The numbers shown are exact.
         """
         u, t = user_rollups_table, events_table
-        cand = (sa.select(u.c.user_id).group_by(u.c.user_id)
-                .order_by(sa.func.sum(u.c.flagged).desc(), sa.func.max(u.c.max_score).desc(), u.c.user_id)
+        if since is None:
+            src = sa.select(u.c.user_id, u.c.flagged.label("f"), u.c.max_score.label("m"))
+        else:
+            h1 = int(-(-since // HOUR))  # the first whole hour in the window
+            src = sa.union_all(
+                sa.select(u.c.user_id, u.c.flagged.label("f"), u.c.max_score.label("m")).where(u.c.hour >= h1),
+                sa.select(t.c.user_id, sa.case((t.c.flagged, 1), else_=0).label("f"), sa.func.coalesce(t.c.score, 0.0).label("m"))
+                .where((t.c.ts >= since) & (t.c.ts < h1 * HOUR)))
+        w = src.subquery()
+        cand = (sa.select(w.c.user_id).group_by(w.c.user_id)
+                .order_by(sa.func.sum(w.c.f).desc(), sa.func.max(w.c.m).desc(), w.c.user_id)
                 .limit(max(2 * n, n + 10)))
-        if since is not None:
-            cand = cand.where(u.c.hour >= int(since // HOUR))
         with self.engine.connect() as conn:
             ids = [r[0] for r in conn.execute(cand)]
             if not ids:
