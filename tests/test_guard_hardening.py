@@ -427,3 +427,21 @@ def test_calibrate_refuses_a_stage2_model_without_the_encoder(mini_model_dir, tm
     monkeypatch.setattr("charter.guard.guard.encoder_available", lambda: False)
     assert main(["calibrate", str(mini_model_dir), "--out", str(tmp_path / "x"), "--n", "2000"]) == 1
     assert "stage 2 needs the MiniLM encoder" in capsys.readouterr().err and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(("part", "param", "value"), [
+    ("stage1", "word_weight", "x"), ("stage1", "word_weight", float("nan")), ("stage1", "clause_words", -1),
+    ("exchange", "prompt_views", "no"), ("exchange", "n_features", 0),
+])
+def test_a_mistyped_manifest_parameter_is_refused_at_load(mini_model_dir, tmp_path, capsys, part, param, value):
+    """A parameter the estimators only store would load and then fail on first use with a raw error;
+    each estimator's parameter constraints refuse it at load, naming it."""
+    bad = tmp_path / "m"
+    shutil.copytree(mini_model_dir, bad)
+    doc = json.loads((bad / "manifest.json").read_text())
+    doc[part]["params"][param] = value
+    (bad / "manifest.json").write_text(json.dumps(doc))  # NaN is written as the bare token Python reads back
+    with pytest.raises(ArtifactError, match=f"The '{param}' parameter of"):
+        Guard.load(bad)
+    assert main(["classify", "--model", str(bad), "hello"]) == 1
+    assert "Traceback" not in capsys.readouterr().err

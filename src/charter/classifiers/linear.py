@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from numbers import Integral, Real
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
+from sklearn.utils._param_validation import Interval
 
 from charter.classifiers.features import NgramHasher
 
@@ -68,6 +70,16 @@ class NgramClassifier(ClassifierMixin, BaseEstimator):
     escalation budget.
     """
 
+    _parameter_constraints: dict = {
+        "n_features": [Interval(Integral, 1, None, closed="left")],
+        "C": [Interval(Real, 0, None, closed="neither")],
+        "C_category": [Interval(Real, 0, None, closed="neither")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "word_weight": [Interval(Real, 0, None, closed="neither")],
+        "clause_words": [Interval(Integral, 0, None, closed="left")],
+        "clause_offset": [Interval(Real, None, None, closed="neither")],
+    }
+
     def __init__(self, n_features: int = 2**18, C: float = 0.3, C_category: float = 1.0, max_iter: int = 200,
                  word_weight: float = 1.0, clause_words: int = 0, clause_offset: float = 0.0) -> None:
         self.n_features = n_features
@@ -84,6 +96,7 @@ class NgramClassifier(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: Sequence[str], y: Sequence[str], sample_weight: Sequence[float] | None = None) -> NgramClassifier:
         """``sample_weight`` weighs the texts in the binary head (the category head is unweighted)."""
+        self._validate_params()
         X, yv = list(X), np.asarray(y)
         cats = sorted(set(yv) - {PERMITTED})
         if not cats or PERMITTED not in set(yv):
@@ -208,6 +221,7 @@ class NgramClassifier(ClassifierMixin, BaseEstimator):
     @classmethod
     def from_arrays(cls, params: dict, arrays: dict[str, np.ndarray], classes: list[str]) -> NgramClassifier:
         est = cls(**params)
+        est._validate_params()  # a mistyped or out-of-range manifest parameter fails here, at load
         est.coef_ = np.ascontiguousarray(arrays["coef"].astype(np.float32))
         est.intercept_ = arrays["intercept"].astype(np.float32)
         est.classes_ = np.asarray(classes)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from numbers import Integral, Real
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
+from sklearn.utils._param_validation import Interval
 
 from charter.classifiers.encoder import MiniLMEncoder
 from charter.classifiers.linear import PERMITTED, hierarchical_proba
@@ -51,6 +53,22 @@ class EncoderProbeClassifier(ClassifierMixin, BaseEstimator):
     ranked as well (AUC 0.949 against 0.948; BENCHMARKS.md).
     """
 
+    _parameter_constraints: dict = {
+        "C": [Interval(Real, 0, None, closed="neither")],
+        "C_category": [Interval(Real, 0, None, closed="neither")],
+        "max_tokens": [Interval(Integral, 3, 512, closed="both")],
+        "max_iter": [Interval(Integral, 1, None, closed="left")],
+        "hidden": [Interval(Integral, 0, None, closed="left")],
+        "alpha": [Interval(Real, 0, None, closed="left")],
+        "random_state": ["random_state"],
+        "n_heads": [Interval(Integral, 1, None, closed="left")],
+        "head_tokens": [Interval(Integral, 0, None, closed="left"), None],
+        "fine_heads": [Interval(Integral, 0, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left"), None],
+        "learning_rate_init": [Interval(Real, 0, None, closed="neither"), None],
+        "edge_tokens": [Interval(Integral, 0, None, closed="left")],
+    }
+
     def __init__(self, C: float = 0.05, C_category: float = 0.5, max_tokens: int = 128, max_iter: int = 2000,
                  hidden: int = 0, alpha: float = 0.01, random_state: int = 0, n_heads: int = 1,
                  head_tokens: int | None = None, fine_heads: int = 0, batch_size: int | None = None,
@@ -91,6 +109,7 @@ class EncoderProbeClassifier(ClassifierMixin, BaseEstimator):
     def fit(self, X: Sequence[str], y: Sequence[str], features: np.ndarray | None = None,
             fine: Sequence[str] | None = None) -> EncoderProbeClassifier:
         """``fine`` (one label per text, each under one side of ``y``) is what the fine heads learn."""
+        self._validate_params()
         E = self.features(X) if features is None else features
         yv = np.asarray(y)
         cats = sorted(set(yv) - {PERMITTED})
@@ -198,6 +217,7 @@ class EncoderProbeClassifier(ClassifierMixin, BaseEstimator):
     @classmethod
     def from_arrays(cls, params: dict, arrays: dict[str, np.ndarray], classes: list[str]) -> EncoderProbeClassifier:
         est = cls(**params)
+        est._validate_params()  # a mistyped or out-of-range manifest parameter fails here, at load
         est.mean_, est.scale_, est.W_, est.b_ = (arrays[k].astype(np.float32) for k in ("mean", "scale", "W", "b"))
         if est.hidden:
             try:

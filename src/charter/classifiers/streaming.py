@@ -14,10 +14,12 @@ from __future__ import annotations
 import re
 import zlib
 from collections.abc import Sequence
+from numbers import Integral, Real
 
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils._param_validation import Interval
 
 from charter.classifiers.features import _M1, _M2, _WORD, NgramHasher, _char_seed, _mix, _P, _word_seed, window_hashes  # noqa: F401
 
@@ -48,6 +50,16 @@ class ExchangeClassifier(ClassifierMixin, BaseEstimator):
 
     ``X`` is a sequence of ``(prompt, response)`` pairs; ``y`` is 1 for a harmful exchange.
     """
+
+    _parameter_constraints: dict = {
+        "n_features": [Interval(Integral, 1, None, closed="left")],
+        "epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "lr": [Interval(Real, 0, None, closed="neither")],
+        "l2": [Interval(Real, 0, None, closed="left")],
+        "random_state": ["random_state"],
+        "prompt_views": ["boolean"],
+    }
 
     def __init__(
         self,
@@ -102,6 +114,7 @@ class ExchangeClassifier(ClassifierMixin, BaseEstimator):
 
     # -- training ------------------------------------------------------------------------
     def fit(self, X: Sequence[tuple[str, str]], y: Sequence[int]) -> ExchangeClassifier:
+        self._validate_params()
         yv = np.asarray(y, dtype=np.float64)
         K = len(PREFIX_FRACTIONS)
         P = self._prompt_matrix([p for p, _ in X]).tocsr()
@@ -206,6 +219,7 @@ class ExchangeClassifier(ClassifierMixin, BaseEstimator):
     @classmethod
     def from_arrays(cls, params: dict, arrays: dict[str, np.ndarray]) -> ExchangeClassifier:
         est = cls(**{"prompt_views": False, **params})  # models saved before the option read raw prompts
+        est._validate_params()  # a mistyped or out-of-range manifest parameter fails here, at load
         est.wp_ = arrays["wp"].astype(np.float32)
         est.wr_ = arrays["wr"].astype(np.float32)
         est.b_ = np.float32(arrays["b"][0])
