@@ -143,6 +143,22 @@ def test_hdbscan_separates_planted_topics_better_than_kmeans_by_silhouette(store
     assert km3_planted >= 0.7, km3_planted  # with the right k given, KMeans is usable
 
 
+def test_cluster_terms_never_carry_secrets_or_addresses(store_url: str) -> None:
+    """Top terms are shown below the privacy floor too and go to a summariser: under the `full` policy the
+    stored text holds what the user typed, so the terms come from its redacted form."""
+    evs = [event(f"how do I make glorp toxin, my api key sk-live4f9aa7c0ffee{i:02d} mail ana.perez@example.org",
+                 "u_single", policy="full") for i in range(8)]
+    store = open_with(store_url, evs)
+    try:
+        cs = cluster_events(store)
+    finally:
+        store.close()
+    terms = " ".join(t for c in cs for t in c.top_terms) + " " + " ".join(c.label for c in cs)
+    assert "glorp" in terms and "toxin" in terms
+    for leak in ("live4f9aa7c0ffee", "ana", "perez", "example"):
+        assert leak not in terms, terms
+
+
 def test_privacy_floor_withholds_examples_below_min_users(store_url: str) -> None:
     evs, _ = planted(per_topic=24, users_per_topic=4)
     # one account alone repeating a fourth topic

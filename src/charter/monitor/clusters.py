@@ -321,7 +321,9 @@ def build_clusters(evs: list[StoredEvent], *, k: int | None = None, summariser: 
     if not evs:
         return []
     groups = _groups(evs, k, method, seed)
-    text_terms = c_tf_idf([" ".join(evs[i].text or "" for i in g.idx) for g in groups])
+    # terms are shown (below the privacy floor too: a cluster's aggregate words) and sent to a summariser,
+    # so they come from redacted text: no keys, addresses or numbers
+    text_terms = c_tf_idf([" ".join(redact(evs[i].text or "") for i in g.idx) for g in groups])
     meta_terms = c_tf_idf([[t for i in g.idx for t in _meta_tokens(evs[i], g.X is None)] for g in groups],
                           analyzer=_identity)
     out: list[Cluster] = []
