@@ -217,3 +217,48 @@ def test_login_throttle_memory_is_bounded_by_failures_not_by_checks() -> None:
     t.fail("10.0.0.1")
     assert t.blocked("10.0.0.1") and not t.blocked("10.0.0.2")
     assert len(t._fails) == 1
+
+
+def test_replay_goes_batch_by_batch_and_keeps_exactly_what_did_not_go_in(tmp_path: Path) -> None:
+    """A spill file is replayed a batch at a time (never read whole); when the store fails mid-way, the
+    file keeps the failed batch and the unread rest, and the next replay stores each event once."""
+    store = EventStore.open(f"sqlite:///{tmp_path / 'm.db'}")
+    spill = tmp_path / "spill.jsonl"
+    spill.write_text("".join(Event(request_id=f"r{i:03d}", user_id="u").model_dump_json() + "\n" for i in range(100))
+                     + "{torn line\n")
+
+    class FlakySink(SqlSink):
+        def __init__(self, fail_at: int | None) -> None:
+            super().__init__(store)
+            self.sizes: list[int] = []
+            self.fail_at = fail_at
+
+        async def write(self, events: list[Event]) -> None:
+            if len(self.sizes) == self.fail_at:
+                raise ConnectionError("database went away")
+            self.sizes.append(len(events))
+            await super().write(events)
+
+    async def replay(sink: FlakySink) -> EventQueue:
+        q = EventQueue(sink, spill, batch=16)
+        await q.start()
+        for _ in range(200):
+            if q.replayed + q.sink_errors >= (100 if sink.fail_at is None else 1):
+                break
+            await asyncio.sleep(0.02)
+        await q.close()
+        return q
+
+    try:
+        first = FlakySink(fail_at=3)
+        q = asyncio.run(replay(first))
+        assert first.sizes == [16, 16, 16] and q.replayed == 48 and store.count() == 48
+        lines = q.replay_path.read_text().splitlines()
+        assert lines[-1] == "{torn line"  # the unread rest, kept as it was
+        assert [Event.model_validate_json(x).request_id for x in lines[:-1]] == [f"r{i:03d}" for i in range(48, 100)]
+        second = FlakySink(fail_at=None)
+        q2 = asyncio.run(replay(second))
+        assert max(second.sizes) == 16 and q2.replayed == 52 and store.count() == 100
+        assert not q2.replay_path.exists() and not spill.exists()
+    finally:
+        store.close()

@@ -15,10 +15,11 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, BinaryIO, Literal, Protocol, runtime_checkable
 
 import anyio
 from pydantic import BaseModel, Field
@@ -188,29 +189,30 @@ class EventQueue:
         return self.replay_path.exists() or (self.spill_path.exists() and self.spill_path.stat().st_size > 0)
 
     async def _replay(self) -> None:
-        """Move the spill file aside and write its events to the sink; on failure, leave them for later."""
+        """Move the spill file aside and write its events to the sink, ``batch`` at a time (a long outage's
+        file is never read whole into memory); on failure, leave what did not go in for later."""
         rp = self.replay_path
         if not rp.exists():
             if not (self.spill_path.exists() and self.spill_path.stat().st_size > 0):
                 return
             os.replace(self.spill_path, rp)  # new spills go to a fresh file meanwhile
-        events = await anyio.to_thread.run_sync(_read_tolerant, rp)
-        for i in range(0, len(events), self.batch):
-            chunk = events[i : i + self.batch]
-            try:
-                await self.sink.write(chunk)
-            except Exception as e:
-                self.sink_errors += 1
-                self._healthy = False
-                log.warning("replaying spilled events failed (%s); %d left in %s", type(e).__name__,
-                            len(events) - i, rp)
-                if i:  # keep only what did not go in
-                    await anyio.to_thread.run_sync(_rewrite, rp, events[i:])
-                return
-            self.written += len(chunk)
-            self.replayed += len(chunk)
+        done = 0
+        with rp.open("rb") as f:
+            while chunk := await anyio.to_thread.run_sync(_read_some, f, self.batch, rp):
+                try:
+                    await self.sink.write(chunk)
+                except Exception as e:
+                    self.sink_errors += 1
+                    self._healthy = False
+                    log.warning("replaying spilled events failed (%s); the rest stays in %s", type(e).__name__, rp)
+                    if done:  # keep only what did not go in: this chunk and the unread rest
+                        await anyio.to_thread.run_sync(_rewrite_rest, rp, chunk, f)
+                    return
+                done += len(chunk)
+                self.written += len(chunk)
+                self.replayed += len(chunk)
         rp.unlink(missing_ok=True)
-        log.info("replayed %d spilled events into the sink", len(events))
+        log.info("replayed %d spilled events into the sink", done)
 
     async def _run(self) -> None:
         assert self._q is not None
@@ -261,25 +263,29 @@ class EventQueue:
         await self.sink.close()
 
 
-def _rewrite(path: Path, events: list[Event]) -> None:
+def _rewrite_rest(path: Path, events: list[Event], rest: BinaryIO) -> None:
+    """Replace ``path`` with ``events`` and then the unread rest of its open handle ``rest``."""
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write("".join(e.model_dump_json() + "\n" for e in events))
+    with tmp.open("wb") as f:
+        f.write("".join(e.model_dump_json() + "\n" for e in events).encode("utf-8"))
+        shutil.copyfileobj(rest, f)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
-def _read_tolerant(path: Path) -> list[Event]:
-    """Events of a spill file, skipping a line torn by a crash mid-write (logged, not raised)."""
+def _read_some(f: BinaryIO, n: int, path: Path) -> list[Event]:
+    """Up to ``n`` events from the spill file's open handle, skipping a line torn by a crash mid-write
+    (logged, not raised); [] at the end of the file."""
     out: list[Event] = []
-    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
+    while len(out) < n and (raw := f.readline()):
+        line = raw.decode("utf-8", errors="replace")
         if not line.strip():
             continue
         try:
             out.append(Event.model_validate_json(line))
         except ValueError:
-            log.warning("%s:%d: unreadable spilled event skipped", path, n)
+            log.warning("%s: unreadable spilled event skipped", path)
     return out
 
 
