@@ -3,6 +3,7 @@ configs): bounded reads, and parse or validation errors reported as ``file:line:
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,20 @@ def read_text(path: Path, max_bytes: int, error: type[CharterError]) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise error(f"{path}: not UTF-8 (byte {e.start})") from None
+
+
+def read_json(path: Path, max_bytes: int, error: type[CharterError]) -> Any:
+    """The file's JSON (read as :func:`read_text` reads); malformed, too deeply nested or holding an
+    integer of more digits than Python converts, it raises ``error`` naming the file (and line)."""
+    text = read_text(path, max_bytes, error)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{path}:{e.lineno}: not JSON ({e.msg})") from None
+    except RecursionError:
+        raise error(f"{path}: not JSON (nested too deeply)") from None
+    except ValueError as e:
+        raise error(f"{path}: not JSON ({str(e).splitlines()[0]})") from None
 
 
 def load_mapping(text: str, source: str, error: type[CharterError], what: str) -> tuple[yaml.Node, dict[str, Any]]:

@@ -17,7 +17,7 @@ from safetensors.numpy import load, save
 
 from charter.errors import ArtifactError
 from charter.fileio import replace_files, sha256_file
-from charter.yamlsource import read_text
+from charter.yamlsource import read_json
 
 MANIFEST = "manifest.json"
 #: a manifest larger than this is refused unread (the packaged guard's is about 20 KB)
@@ -69,13 +69,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
     mf = path / MANIFEST
     if not mf.is_file():
         raise ArtifactError(f"{path}: not a Charter model directory (no {MANIFEST})")
-    text = read_text(mf, MAX_MANIFEST_BYTES, ArtifactError)
-    try:
-        doc = json.loads(text)
-    except RecursionError:
-        raise ArtifactError(f"{mf}: not valid JSON (nested too deeply)") from None
-    except ValueError as e:  # JSONDecodeError, or an integer of more digits than Python converts
-        raise ArtifactError(f"{mf}: not valid JSON ({str(e).splitlines()[0]})") from None
+    doc = read_json(mf, MAX_MANIFEST_BYTES, ArtifactError)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ArtifactError(f"{mf}: unknown format {doc.get('format') if isinstance(doc, dict) else None!r}, expected {FORMAT!r}")
     if not isinstance(doc.get("files"), dict):
@@ -95,14 +89,12 @@ def load_model_dir(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, np.n
             raise ArtifactError(f"{path / MANIFEST}: the hash of {fn!r} is not a sha256 hex digest")
         if not p.is_file():
             raise ArtifactError(f"{p}: listed in the manifest but missing")
-        if not fn.endswith(".safetensors"):
-            got = sha256_file(p)
-        else:  # one read, hashed and parsed: a file renamed in between (a retrain in place) cannot load unchecked
-            blob = p.read_bytes()
-            got = hashlib.sha256(blob).hexdigest()
+        # weights are hashed and parsed from one read: a file renamed in between (a retrain in place) cannot load unchecked
+        blob = p.read_bytes() if fn.endswith(".safetensors") else None
+        got = sha256_file(p) if blob is None else hashlib.sha256(blob).hexdigest()
         if got != want:
             raise ArtifactError(f"{p}: sha256 {got[:16]}… does not match the manifest ({want[:16]}…); the file was modified")
-        if fn.endswith(".safetensors"):
+        if blob is not None:
             try:
                 arrays[fn.removesuffix(".safetensors")] = load(blob)
             except Exception as e:  # safetensors raises its own error types

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -131,17 +130,9 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     if not mpath.is_file():
         return {}
     from charter.classifiers.artifacts import MAX_MANIFEST_BYTES
-    from charter.yamlsource import read_text
+    from charter.yamlsource import read_json
 
-    text = read_text(mpath, MAX_MANIFEST_BYTES, CharterError)
-    try:
-        manifest = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise CharterError(f"{mpath}:{e.lineno}: not JSON ({e.msg})") from None
-    except RecursionError:
-        raise CharterError(f"{mpath}: not JSON (nested too deeply)") from None
-    except ValueError as e:  # an integer of more digits than Python converts
-        raise CharterError(f"{mpath}: not JSON ({str(e).splitlines()[0]})") from None
+    manifest = read_json(mpath, MAX_MANIFEST_BYTES, CharterError)
     if not isinstance(manifest, dict):
         raise CharterError(f"{mpath}: not a dataset manifest (a JSON object from `charter generate`)")
     fams = manifest.get("holdout_families", [])

@@ -202,11 +202,11 @@ class EventQueue:
                 try:
                     await self.sink.write(chunk)
                 except Exception as e:
-                    self.sink_errors += 1
                     self._healthy = False
                     log.warning("replaying spilled events failed (%s); the rest stays in %s", type(e).__name__, rp)
                     if done:  # keep only what did not go in: this chunk and the unread rest
                         await anyio.to_thread.run_sync(_rewrite_rest, rp, chunk, f)
+                    self.sink_errors += 1  # counted once the file holds exactly what is left
                     return
                 done += len(chunk)
                 self.written += len(chunk)

@@ -551,14 +551,12 @@ class MonitorSettings(_Strict):
 
 def load_monitor_settings(path: str | Path) -> MonitorSettings:
     """Monitor settings from a YAML file: a charter.yaml (its ``monitor:`` key) or the section alone."""
-    from charter.server.config import ConfigError, read_config_yaml
+    from charter.server.config import ConfigError, ServerConfig, read_config_yaml
     from charter.yamlsource import problems_of, report
 
     name = str(path)
     root, data = read_config_yaml(path)
     prefix: tuple[str, ...] = ()
-    from charter.server.config import ServerConfig
-
     if "monitor" in data or set(data) & (set(ServerConfig.model_fields) - set(MonitorSettings.model_fields)):
         # a charter.yaml, with or without a monitor: section (its other sections are the server's business)
         data, prefix = data.get("monitor") or {}, ("monitor",)

@@ -72,7 +72,7 @@ def representatives() -> dict[str, str]:
     transforms that cannot run here)."""
     out: dict[str, str] = {}
     for fam, names in families().items():
-        text_only = [n for n in names if not hasattr(TRANSFORMS.get(n), "apply_messages") and runnable(TRANSFORMS.get(n))]
+        text_only = [n for n in names if not hasattr(cls := TRANSFORMS.get(n), "apply_messages") and runnable(cls)]
         pref = REPRESENTATIVE.get(fam)
         pick = pref if pref in text_only else (text_only[0] if text_only else None)
         if pick:

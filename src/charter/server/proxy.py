@@ -137,6 +137,14 @@ def completion_byte_cap(svc: Services) -> int:
     return max(MIN_COMPLETION_BYTES, svc.config.limits.max_output_tokens * BYTES_PER_TOKEN)
 
 
+def _too_large(svc: Services, what: str) -> ProxyError:
+    """The 502 for ``what`` (a completion, one stream event) over :func:`completion_byte_cap`, counted."""
+    svc.metrics.upstream_errors.labels("too_large").inc()
+    return upstream_error(502, f"{what} exceeds the {completion_byte_cap(svc)} bytes the proxy reads "
+                          f"(limits.max_output_tokens x {BYTES_PER_TOKEN}, at least {MIN_COMPLETION_BYTES})",
+                          "upstream_too_large")
+
+
 async def _read_capped(r: httpx.Response, cap: int) -> tuple[bytes, bool]:
     """(the response body up to ``cap`` bytes, whether it was longer): an upstream must not exhaust memory."""
     body = bytearray()
@@ -172,11 +180,8 @@ async def complete(ex: Exchange, req: ChatRequest, raw: bytes) -> Response:
         ex.finish("error", status=r.status_code, error=err.code)
         return err.response()
     if too_long:
-        svc.metrics.upstream_errors.labels("too_large").inc()
         ex.finish("error", status=200, error="upstream_too_large")
-        return upstream_error(502, f"the upstream's completion exceeds the {cap} bytes the proxy reads "
-                              f"(limits.max_output_tokens x {BYTES_PER_TOKEN}, at least {MIN_COMPLETION_BYTES})",
-                              "upstream_too_large").response()
+        return _too_large(svc, "the upstream's completion").response()
     try:
         data = parse_upstream_json(body)
         if len(data["choices"]) > 1:  # n > 1 is refused, so more choices are an upstream's doing: only the first is scored
@@ -237,12 +242,10 @@ class _EventTooLarge(Exception):
     pass
 
 
-async def _sse_data(chunks: AsyncIterator[bytes], deadline: float, max_bytes: int) -> AsyncIterator[str]:
-    """The data of each server-sent event in ``chunks``. ``deadline`` is checked on every chunk received,
-    so an upstream that trickles one unfinished line cannot outlive timeouts.total; a line or an event
-    over ``max_bytes`` raises :class:`_EventTooLarge` instead of being buffered whole."""
-    buf: list[str] = []
-    size = 0
+async def _sse_lines(chunks: AsyncIterator[bytes], deadline: float, max_bytes: int) -> AsyncIterator[str]:
+    """The lines of a byte stream. ``deadline`` is checked on every chunk received, so an upstream that
+    trickles one unfinished line cannot outlive timeouts.total; a line over ``max_bytes`` raises
+    :class:`_EventTooLarge` instead of being buffered whole."""
     pending = bytearray()
     async for piece in chunks:
         if time.monotonic() > deadline:  # keep-alive comments and trickled bytes must not outlive timeouts.total
@@ -253,20 +256,28 @@ async def _sse_data(chunks: AsyncIterator[bytes], deadline: float, max_bytes: in
             line = bytes(pending[:i]).rstrip(b"\r").decode("utf-8", "replace")
             del pending[: i + 1]
             scan = 0
-            if not line:
-                if buf:
-                    yield "\n".join(buf)
-                    buf, size = [], 0
-            elif line.startswith("data:"):
-                size += len(line)
-                if size > max_bytes:
-                    raise _EventTooLarge
-                buf.append(line[6:] if line.startswith("data: ") else line[5:])
+            yield line
         if len(pending) > max_bytes:
             raise _EventTooLarge
-    tail = bytes(pending).rstrip(b"\r").decode("utf-8", "replace")
-    if tail.startswith("data:"):
-        buf.append(tail[6:] if tail.startswith("data: ") else tail[5:])
+    if pending:
+        yield bytes(pending).rstrip(b"\r").decode("utf-8", "replace")
+
+
+async def _sse_data(chunks: AsyncIterator[bytes], deadline: float, max_bytes: int) -> AsyncIterator[str]:
+    """The data of each server-sent event in ``chunks`` (:func:`_sse_lines`); an event whose data lines
+    add up to more than ``max_bytes`` raises :class:`_EventTooLarge`."""
+    buf: list[str] = []
+    size = 0
+    async for line in _sse_lines(chunks, deadline, max_bytes):
+        if not line:
+            if buf:
+                yield "\n".join(buf)
+                buf, size = [], 0
+        elif line.startswith("data:"):
+            size += len(line)
+            if size > max_bytes:
+                raise _EventTooLarge
+            buf.append(line[6:] if line.startswith("data: ") else line[5:])
     if buf:
         yield "\n".join(buf)
 
@@ -625,9 +636,7 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
         yield e.sse()
         yield DONE
     except _EventTooLarge:
-        svc.metrics.upstream_errors.labels("too_large").inc()
-        err = upstream_error(502, f"an upstream stream event exceeds the {completion_byte_cap(svc)} bytes the proxy reads "
-                             f"(limits.max_output_tokens x {BYTES_PER_TOKEN}, at least {MIN_COMPLETION_BYTES})", "upstream_too_large")
+        err = _too_large(svc, "an upstream stream event")
         decision, error = "error", err.code
         yield err.sse()
         yield DONE

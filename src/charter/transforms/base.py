@@ -110,7 +110,7 @@ def chain(*names: str) -> Chain:
 
 def runnable(cls: type[Transform]) -> bool:
     """Whether the transform can run here (one that needs the encoder wheel cannot without it)."""
-    if not getattr(cls, "needs_encoder", False):
+    if not cls.needs_encoder:
         return True
     from charter.classifiers.encoder import encoder_available
 
