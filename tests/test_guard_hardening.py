@@ -227,6 +227,42 @@ def test_classify_unwritable_out_and_missing_file_are_clean_errors(mini_model_di
     assert "cannot write" in err and "no such file" in err and "Traceback" not in err
 
 
+def test_interrupted_classify_leaves_the_old_output_whole(mini_model_dir, tmp_path):
+    """SIGTERM (or Ctrl-C) mid-file: the run stops with exit 130 and no traceback, and --out keeps what
+    it held before instead of a half-written file that looks finished; a finished run replaces it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": i, "text": f"{BENIGN} {i}"}) + "\n" for i in range(200_000)))
+    out = tmp_path / "out.jsonl"
+    out.write_text("previous run\n")
+    part = tmp_path / "out.jsonl.part"
+    cmd = [sys.executable, "-c", "from charter.cli import run; run()", "classify", "--model", str(mini_model_dir),
+           "--file", str(inp), "--out", str(out)]
+    proc = subprocess.Popen(cmd, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while (not part.exists() or part.stat().st_size < 10_000) and time.monotonic() < deadline \
+                and proc.poll() is None:
+            time.sleep(0.05)
+        assert proc.poll() is None, "classify ended before the signal"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert out.read_text() == "previous run\n" and not part.exists()
+
+    inp.write_text(json.dumps({"id": "a", "text": BENIGN}) + "\n")
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["a"] and not part.exists()
+
+
 # ---- charter calibrate ----------------------------------------------------------------------
 
 @pytest.mark.parametrize(("content", "says"), [

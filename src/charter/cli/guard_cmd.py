@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -113,6 +114,7 @@ def _score_line(guard, obj: object) -> dict:
 
 
 @app.command("classify")
+@interruptible
 def classify(
     text: str = typer.Argument(None, help="Text to classify."),
     model: Path = typer.Option(None, "--model", "-m", help="Model directory (default: the packaged guard)."),
@@ -133,11 +135,17 @@ def classify(
         raise CharterError(f"{file}: {'is a directory' if file.is_dir() else 'no such file'}")
     if out is not None and out.exists() and out.resolve() == file.resolve():  # opening --out would empty the input
         raise CharterError(f"--out {out}: is the input file; choose another path")
+    # --out is written beside itself and renamed onto it at the end, so an interrupted run leaves no
+    # half-written file that looks like a finished one
+    if out is not None and out.is_dir():
+        raise CharterError(f"{out}: cannot write: Is a directory")
+    part = out.with_name(out.name + ".part") if out else None
     try:
-        sink = open(out, "w", encoding="utf-8") if out else sys.stdout
+        sink = open(part, "w", encoding="utf-8") if part else sys.stdout
     except OSError as e:
         raise CharterError(f"{out}: cannot write: {e.strerror}") from None
     errors = 0
+    done = False
     try:
         for i, obj in read_jsonl_lines(file):
             rid = i
@@ -150,9 +158,21 @@ def classify(
                 errors += 1
                 rec = {"id": rid, "line": i, "error": str(e).splitlines()[0]}
             sink.write(json.dumps(rec) + "\n")
+        if part:
+            sink.flush()
+            os.fsync(sink.fileno())
+        done = True
     finally:
-        if out:
+        if part:
             sink.close()
+            if done:
+                try:
+                    os.replace(part, out)
+                except OSError as e:
+                    part.unlink(missing_ok=True)
+                    raise CharterError(f"{out}: cannot write: {e.strerror}") from None
+            else:
+                part.unlink(missing_ok=True)
     if errors:
         console.print(f"{errors} line(s) could not be classified; see their 'error' fields")
 
