@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -262,3 +263,49 @@ def test_replay_goes_batch_by_batch_and_keeps_exactly_what_did_not_go_in(tmp_pat
         assert not q2.replay_path.exists() and not spill.exists()
     finally:
         store.close()
+
+
+def test_close_waits_for_the_rewrite_of_a_failed_replay(tmp_path: Path, monkeypatch) -> None:
+    """close() cancels the worker; a worker thread rewriting the replay file after a failed batch is
+    waited for, not abandoned: it would read the file's handle after the worker closed it, leave a
+    temporary file behind and the whole file to be sent again."""
+    import threading
+
+    from charter.monitor import events as events_mod
+
+    spill = tmp_path / "spill.jsonl"
+    spill.write_text("".join(Event(request_id=f"r{i:03d}", user_id="u").model_dump_json() + "\n" for i in range(48)))
+    started = threading.Event()
+    real = events_mod._rewrite_rest
+
+    def slow_rewrite(*args):
+        started.set()
+        time.sleep(0.5)  # close() arrives meanwhile
+        real(*args)
+
+    monkeypatch.setattr(events_mod, "_rewrite_rest", slow_rewrite)
+
+    class FailsSecond:
+        def __init__(self) -> None:
+            self.calls = 0
+
+        async def write(self, events: list[Event]) -> None:
+            self.calls += 1
+            if self.calls == 2:
+                raise ConnectionError("database went away")
+
+        async def close(self) -> None:
+            pass
+
+    async def run() -> EventQueue:
+        q = EventQueue(FailsSecond(), spill, batch=16)
+        await q.start()
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        await q.close()
+        return q
+
+    q = asyncio.run(run())
+    ids = [Event.model_validate_json(x).request_id for x in q.replay_path.read_text().splitlines()]
+    assert ids == [f"r{i:03d}" for i in range(16, 48)]
+    assert [f.name for f in tmp_path.iterdir()] == [q.replay_path.name]

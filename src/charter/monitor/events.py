@@ -19,11 +19,13 @@ import shutil
 import time
 import uuid
 from pathlib import Path
-from typing import Any, BinaryIO, Literal, Protocol, runtime_checkable
+from collections.abc import Callable
+from typing import Any, BinaryIO, Literal, Protocol, TypeVar, runtime_checkable
 
 import anyio
 from pydantic import BaseModel, Field
 
+T = TypeVar("T")
 log = logging.getLogger("charter.monitor")
 
 Decision = Literal["allowed", "flagged", "blocked_input", "blocked_output", "error", "rejected"]
@@ -171,9 +173,14 @@ class EventQueue:
             os.fsync(f.fileno())
         self.spilled += len(events)
 
+    def _spill_inflight(self, events: list[Event]) -> None:
+        self._spill(events)
+        self._inflight = []  # in the thread: a cancel waiting for it must not see the batch as unspilled
+
     async def _flush(self, events: list[Event]) -> None:
         try:
             await self.sink.write(events)
+            self._inflight = []
             self.written += len(events)
             self._healthy = True
         except Exception as e:  # a failing sink must not take the proxy down
@@ -183,7 +190,7 @@ class EventQueue:
             else:
                 log.warning("event sink still failing (%s); spilled %d events", type(e).__name__, len(events))
             self._healthy = False
-            await anyio.to_thread.run_sync(self._spill, events)
+            await _finish_in_thread(self._spill_inflight, events)
 
     def _pending_replay(self) -> bool:
         return self.replay_path.exists() or (self.spill_path.exists() and self.spill_path.stat().st_size > 0)
@@ -198,14 +205,14 @@ class EventQueue:
             os.replace(self.spill_path, rp)  # new spills go to a fresh file meanwhile
         done = 0
         with rp.open("rb") as f:
-            while chunk := await anyio.to_thread.run_sync(_read_some, f, self.batch, rp):
+            while chunk := await _finish_in_thread(_read_some, f, self.batch, rp):
                 try:
                     await self.sink.write(chunk)
                 except Exception as e:
                     self._healthy = False
                     log.warning("replaying spilled events failed (%s); the rest stays in %s", type(e).__name__, rp)
                     if done:  # keep only what did not go in: this chunk and the unread rest
-                        await anyio.to_thread.run_sync(_rewrite_rest, rp, chunk, f)
+                        await _finish_in_thread(_rewrite_rest, rp, chunk, f)
                     self.sink_errors += 1  # counted once the file holds exactly what is left
                     return
                 done += len(chunk)
@@ -231,7 +238,6 @@ class EventQueue:
                 events.append(q.get_nowait())
             self._inflight = events
             await self._flush(events)
-            self._inflight = []
             if self.replay and self._healthy and self._pending_replay():
                 await self._replay()
             for _ in events:
@@ -261,6 +267,19 @@ class EventQueue:
             self._spill(leftover)
         self._q = None
         await self.sink.close()
+
+
+async def _finish_in_thread(fn: Callable[..., T], *args: object) -> T:
+    """``fn(*args)`` in a worker thread that a cancel waits for instead of abandoning: close() cancels the
+    worker, and an abandoned thread would go on appending to the spill file beside close()'s own spill,
+    or read the replay file after its handle is closed."""
+    fut = asyncio.ensure_future(anyio.to_thread.run_sync(fn, *args))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await fut
+        raise
 
 
 def _rewrite_rest(path: Path, events: list[Event], rest: BinaryIO) -> None:
