@@ -310,3 +310,31 @@ def test_future_dated_evidence_cannot_be_fresh(tmp_path: Path) -> None:
     assert rc == 3 and [(g["kind"], g["claims"]) for g in doc["gaps"]] == [("invalid_evidence", ["a"])]
     assert "dated 2099-01-01 00:00 UTC (artefact), in the future" in doc["gaps"][0]["message"]
     assert by_id(doc["claim"])["a"]["status"] == "unsupported" and doc["evidence"][0]["usable"] is False
+
+
+def test_evidence_without_data_or_out_of_range_is_a_gap(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Monitoring stats of a window with no traffic (rates null) cannot support a production claim; an
+    infinite or float-overflowing metric and a non-ASCII digit in a metric path are gaps, not a pass or a
+    traceback."""
+    from charter.monitor.store import EventStore
+
+    store = EventStore.open(f"sqlite:///{tmp_path / 'm.db'}")
+    try:
+        stats = store.summary(since=0)
+    finally:
+        store.close()
+    assert stats["events"] == 0 and stats["block_rate"] is None and stats["escalation_rate"] is None
+    (tmp_path / "m.json").write_text(json.dumps(stats))
+    (tmp_path / "x.json").write_text('{"inf": 1e999, "big": 1' + "0" * 400 + ', "items": [0.5]}')
+    cfg = yaml.safe_load(GOOD)
+    cfg["evidence"]["x"] = {"kind": "json", "path": "x.json"}
+    cfg["claims"]["criteria"] = [{"evidence": "x", "metric": m, "op": ">=", "value": 0.1} for m in ("inf", "big", "items.²")]
+    rc, doc = build(write_cfg(tmp_path, "case.yaml", cfg), tmp_path / "o")
+    assert rc == 3 and "Traceback" not in capsys.readouterr().err
+    assert by_id(doc["claim"])["a"]["status"] == "unsupported" and doc["claim"]["status"] == "unsupported"
+    msgs = {(g["kind"], g["message"].rsplit("): ", 1)[-1].rsplit("'x': ", 1)[-1].rsplit("'mon': ", 1)[-1])
+            for g in doc["gaps"]}
+    assert msgs == {("invalid_evidence", "holds no events: the monitoring window saw no traffic"),
+                    ("metric_invalid", "block_rate is null (no data)"), ("metric_invalid", "inf is not finite"),
+                    ("metric_invalid", "big is out of range"), ("metric_not_found", "metric 'items.²' not found")}
+    assert "Infinity" not in (tmp_path / "o" / "safety-case.json").read_text()

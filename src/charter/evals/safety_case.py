@@ -14,6 +14,7 @@ import hashlib
 import json
 import math
 import operator
+import re
 import os
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -311,6 +312,9 @@ def load_evidence(eid: str, spec: EvidenceSpec, base: Path, now: datetime) -> tu
             gap("invalid_evidence", "not a red-team results.json (no 'summary')")
             return rec, None, gaps
         root = doc["summary"]
+    elif spec.kind == "monitoring" and doc.get("events") == 0:
+        ok = False  # rates over no traffic say nothing about production
+        gap("invalid_evidence", "holds no events: the monitoring window saw no traffic")
     clock = datetime.now(timezone.utc)
     if spec.max_age_days is not None and rec.date > min(now, clock) + FUTURE_SLACK:
         # a genuine artefact cannot postdate the clock, nor support a case assessed as of an earlier time
@@ -337,7 +341,7 @@ def resolve(doc: Any, path: str) -> Any:
     for part in path.split("."):
         if isinstance(cur, dict) and part in cur:
             cur = cur[part]
-        elif isinstance(cur, list) and part.lstrip("-").isdigit() and -len(cur) <= int(part) < len(cur):
+        elif isinstance(cur, list) and re.fullmatch(r"-?[0-9]{1,9}", part) and -len(cur) <= int(part) < len(cur):
             cur = cur[int(part)]
         else:
             return _MISSING
@@ -369,13 +373,21 @@ def _metric(doc: Any, cr: Criterion, kind: Kind) -> tuple[Any, str | None, GapKi
             v = rate[pick]
         else:
             return None, f"bound: {cr.bound} needs a rate with a 95% interval (rate, lo, hi) at {cr.metric}", "metric_invalid"
+    if v is None:
+        return None, f"{cr.metric} is null (no data)", "metric_invalid"
     if isinstance(v, bool):
         return v, None, None
     if not isinstance(v, (int, float)):
         return None, f"{cr.metric} is not a number ({type(v).__name__})", "metric_invalid"
-    if math.isnan(float(v)):
+    try:
+        fv = float(v)
+    except OverflowError:
+        return None, f"{cr.metric} is out of range", "metric_invalid"
+    if math.isnan(fv):
         return None, f"{cr.metric} is NaN (no data)", "metric_invalid"
-    return float(v), None, None
+    if math.isinf(fv):
+        return None, f"{cr.metric} is not finite", "metric_invalid"
+    return fv, None, None
 
 
 def fmt(v: Any) -> str:

@@ -729,7 +729,7 @@ class EventStore:
             if f:
                 by_cat[c or "unknown"] = by_cat.get(c or "unknown", 0) + f
                 by_stage[st or "unknown"] = by_stage.get(st or "unknown", 0) + f
-        rate = (lambda k: (k / n) if n else 0.0)
+        rate = (lambda k: (k / n) if n else None)  # no events: no rate, not a perfect one
         return {"generated_at": time.time(), "since": since, "until": until, "events": n, "first_ts": t0, "last_ts": t1,
                 #: distinct users active in the hours the window touches
                 "users": users,
