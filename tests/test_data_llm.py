@@ -335,3 +335,33 @@ def test_a_text_with_both_labels_is_dropped_whole(scripted_openai: Callable[...,
     for r in ds.records:
         labels.setdefault((r.kind, normalise(record_text(r))), set()).add(r.label)
     assert all(len(v) == 1 for v in labels.values())
+
+
+def test_hostile_replies_are_bounded_and_dropped(scripted_openai: Callable[..., ScriptedOpenAI], mini_path: Path) -> None:
+    """Well-formed but hostile replies cost one batch each, never the run: JSON nested too deeply, a lone
+    surrogate, a fenced reply with a long whitespace run (a quadratic regex before), a list far longer
+    than asked, blank replies, and a restricted "skeleton" with no placeholder (it may carry the real
+    details the prompt forbids)."""
+    def script(body: dict[str, Any]) -> str:
+        user = body["messages"][-1]["content"]
+        strings = "JSON list of strings" in user
+        if "(glorp_weapons)" in user:
+            if strings:
+                return "```json\n" + " " * 200_000 + "x"  # unterminated fence, long whitespace run
+            return json.dumps([{"request": "glorp thing", "response": "Step 1: do the real thing."},
+                               {"request": "glorp other", "response": "Step 1: get [MATERIAL]."}])
+        if "(glorp_education)" in user:
+            return ("[" * 100_000 + "]" * 100_000) if strings else json.dumps(
+                [{"request": "what is glorp?", "response": "   "}, {"request": "\ud800 odd", "response": "fine"}])
+        return json.dumps([f"Cooking request {i}?" for i in range(50_000)]) if strings else good(body)
+
+    srv = scripted_openai(script)
+    g = fast(srv.base_url, malformed_retries=0)
+    recs = list(g.generate(load_constitution(mini_path), 6, 0))
+    texts = {r.text for r in recs}
+    assert "glorp thing" not in texts and "glorp other" in texts and "what is glorp?" not in texts
+    assert not any("\ud800" in (r.text + (r.response or "")) for r in recs)
+    cooking = [r for r in recs if r.category == "cooking" and r.kind == "input"]
+    assert 0 < len(cooking) <= 2 * 2 and g.stats["extra_items"] > 49_000
+    assert g.stats["no_placeholder_items"] == 1 and g.stats["empty_items"] == 1 and g.stats["malformed_items"] == 1
+    assert g.stats["malformed_replies"] == 2 and g.stats["skipped_jobs"] == 2

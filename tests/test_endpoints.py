@@ -59,7 +59,8 @@ def test_completion_reads_the_first_choice_and_rejects_what_is_not_a_chat_comple
     # a tool call or refusal leaves content null: that is an empty reply, not a malformed one
     assert completion_text(reply({"choices": [{"message": {"content": None}}]})) == ""
     for bad in ("<html>not json</html>", {"choices": []}, {"data": 1}, [1, 2],
-                {"choices": [{"message": "hi"}]}, {"choices": [{"message": {"content": ["a", "b"]}}]}):
+                {"choices": [{"message": "hi"}]}, {"choices": [{"message": {"content": ["a", "b"]}}]},
+                '{"choices": ' + "[" * 100_000):  # nested too deeply: RecursionError in the parser
         with pytest.raises(MalformedCompletion):
             completion(reply(bad))
 
@@ -111,3 +112,19 @@ def test_a_reply_past_the_cap_is_an_error_read_no_further(scripted_openai) -> No
         assert p.ok and p.response is not None and completion_text(p.response) == "y" * 3000
         p = post_json(c, z.url + "/c", {}, max_bytes=len(body) - 1)  # the compressed body is far smaller
         assert not p.ok and "over the" in (p.error or "")
+
+
+def test_an_unusable_api_key_is_a_clean_error_that_does_not_echo_it(monkeypatch) -> None:
+    """A pasted non-breaking space or accented letter made httpx raise a raw UnicodeEncodeError; a
+    trailing newline (a key read from a file) is stripped."""
+    from charter.endpoints import Endpoint
+    from charter.errors import CharterError
+
+    monkeypatch.setenv("X_KEY", "sk-secret\u00a0tail")
+    with pytest.raises(CharterError, match=r"API key for the judge \(\$X_KEY\) holds a space") as e:
+        Endpoint("http://127.0.0.1:1/v1/chat/completions", "the judge", key_env="X_KEY")
+    assert "secret" not in str(e.value)
+    monkeypatch.setenv("X_KEY", "sk-ok\n")
+    ep = Endpoint("http://127.0.0.1:1/v1/chat/completions", "the judge", key_env="X_KEY")
+    assert ep.client.headers["authorization"] == "Bearer sk-ok"
+    ep.close()

@@ -82,6 +82,17 @@ def test_serve_refuses_to_bind_beyond_loopback_without_keys(capsys: pytest.Captu
     assert "no upstream" in capsys.readouterr().err
 
 
+def test_serve_refuses_an_upstream_key_httpx_cannot_send(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A pasted non-breaking space in the upstream key: a clean error before the guard loads, naming the
+    variable and not the key (httpx would raise a raw UnicodeEncodeError on the first request)."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("upstream:\n  base_url: http://127.0.0.1:9/v1\n  api_key_env: CHARTER_T_KEY\n")
+    monkeypatch.setenv("CHARTER_T_KEY", "sk-hidden\u00a0x")
+    assert main(["serve", "--config", str(cfg), "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "API key in CHARTER_T_KEY holds a space" in err and "hidden" not in err and "Traceback" not in err
+
+
 def test_serve_key_prints_a_key_and_only_its_hash(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["serve-key", "alice"]) == 0
     out = capsys.readouterr().out

@@ -169,6 +169,20 @@ def post_json(client: httpx.Client, url: str, body: dict[str, Any], *, retries: 
     return Posted(None, last, retries + 1, connect_only)
 
 
+def bearer(key: str | None, where: str) -> dict[str, str]:
+    """The Authorization header for ``key`` (none without one). A pasted trailing newline is stripped; a
+    space, control or non-ASCII character (httpx fails on it with a raw UnicodeEncodeError) is a
+    CharterError naming ``where`` the key came from, never the key."""
+    from charter.errors import CharterError
+
+    key = key.strip() if key else key
+    if not key:
+        return {}
+    if not (key.isascii() and key.isprintable() and " " not in key):
+        raise CharterError(f"the API key {where} holds a space, a control or a non-ASCII character")
+    return {"Authorization": f"Bearer {key}"}
+
+
 class Endpoint:
     """One OpenAI-compatible URL Charter talks to (red-team target, judge, attacker; evaluated model): its client, with the
     key from ``api_key`` or ``$key_env`` as a bearer token (never logged or stored), its retries, and
@@ -180,7 +194,7 @@ class Endpoint:
         self.url, self.what, self.retries, self._sleep = url, what, retries, sleep
         self.backoff = backoff or Backoff()
         key = api_key if api_key is not None else os.environ.get(key_env)
-        self.client = httpx.Client(timeout=timeout, headers={"Authorization": f"Bearer {key}"} if key else {})
+        self.client = httpx.Client(timeout=timeout, headers=bearer(key, f"for {what} (${key_env})"))
         self.reached = False  # some request got an HTTP response
 
     def post(self, body: dict[str, Any]) -> Posted:
@@ -218,7 +232,7 @@ def completion(response: httpx.Response) -> ChatChoice:
         choice = body["choices"][0]
         content = choice["message"].get("content")
         finish = choice.get("finish_reason")
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError, RecursionError):  # RecursionError: nested too deeply
         raise MalformedCompletion("not an OpenAI chat completion") from None
     if content is not None and not isinstance(content, str):
         raise MalformedCompletion("message content is not a string")

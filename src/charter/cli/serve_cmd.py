@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from charter.cli import app
-from charter.endpoints import redact_url
+from charter.endpoints import bearer, redact_url
 
 console = Console(stderr=True)
 DEFAULT_DB = "sqlite:///charter.db"
@@ -47,6 +47,7 @@ def serve(
     check_bind(host, cfg)
     if cfg.upstream.api_key_env and cfg.upstream.api_key() is None:
         console.print(f"[yellow]warning:[/] environment variable {cfg.upstream.api_key_env} is not set; no upstream key sent")
+    bearer(cfg.upstream.api_key(), f"in {cfg.upstream.api_key_env}")  # a key httpx cannot send: fail now
     check_startup(cfg, None, config)  # an unset webhook variable: fail before loading the guard
     guard = Guard.load(model or cfg.guard.model)
     check_startup(cfg, list(guard.classes), config)  # guard.categories ids the guard does not flag

@@ -27,13 +27,14 @@ import httpx
 from charter.constitution.model import Category, Constitution
 from charter.data.base import Generator
 from charter.data.records import Label, Record
-from charter.data.skeleton import render_skeleton
+from charter.data.skeleton import MARKER, render_skeleton
 from charter.data.splits import split_of, sub_seed
 from charter.endpoints import (
     Backoff,
     MalformedCompletion,
     ReplyTooLarge,
     aread_capped,
+    bearer,
     completion_text,
     redact_url,
     retry_after_seconds,
@@ -41,6 +42,7 @@ from charter.endpoints import (
 )
 from charter.errors import GeneratorError
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
 log = logging.getLogger("charter.data.llm")
 
 _REFUSAL = re.compile(
@@ -131,7 +133,7 @@ def _embedded_json(text: str) -> Any:
         if 0 <= i < j:
             try:
                 return json.loads(text[i : j + 1])
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
     raise _Malformed("not JSON")
 
@@ -139,10 +141,14 @@ def _embedded_json(text: str) -> Any:
 def parse_items(content: str, mode: str) -> list[tuple[str, str | None]]:
     """Parse a reply into (request, response) pairs; raise _Malformed on the wrong shape."""
     text = content.strip()
-    if text.startswith("```"):
-        text = re.sub(r"^```[a-zA-Z]*\s*|\s*```$", "", text)
+    if text.startswith("```"):  # a fenced reply; sliced, not a regex (a long whitespace run was quadratic)
+        text = text[3:].lstrip("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ").strip()
+        if text.endswith("```"):
+            text = text[:-3].rstrip()
     try:
         data = json.loads(text)
+    except RecursionError:
+        raise _Malformed("JSON nested too deeply") from None
     except ValueError:
         data = _embedded_json(text)  # "Here are the requests: [...]": the list inside the prose
     if isinstance(data, dict):  # {"requests": [...]} and similar wrappers
@@ -247,7 +253,7 @@ class LLMGenerator(Generator):
         key = os.environ.get(self.api_key_env)
         if not key:
             raise GeneratorError(f"environment variable {self.api_key_env} (--api-key-env) is not set")
-        return {"Authorization": f"Bearer {key}"}
+        return bearer(key, f"in {self.api_key_env} (--api-key-env)")
 
     async def _complete(self, client: httpx.AsyncClient, payload: dict[str, Any]) -> str:
         url = f"{self.base_url}/chat/completions"
@@ -294,7 +300,7 @@ class LLMGenerator(Generator):
         if cache is not None and cache.exists():
             try:
                 items = parse_items(json.loads(cache.read_text(encoding="utf-8"))["content"], job.mode)
-            except (ValueError, KeyError, TypeError, _Malformed):  # a damaged entry: ask again, then overwrite it
+            except (ValueError, KeyError, TypeError, RecursionError, _Malformed):  # a damaged entry: ask again, then overwrite it
                 self.stats["bad_cache_entries"] += 1
             else:
                 self.stats["cache_hits"] += 1
@@ -361,13 +367,28 @@ class LLMGenerator(Generator):
         for job, items in zip(jobs, results, strict=True):
             cat = job.category
             label: Label = "restricted" if cat.restricted else "permitted"
+            if len(items) > 2 * job.count:  # one reply must not outweigh its category's other batches
+                self.stats["extra_items"] += len(items) - 2 * job.count
+                items = items[: 2 * job.count]
             for request, response in items:
                 request = request.strip()
-                if not request or is_refusal(request) or (response is not None and is_refusal(response)):
+                response = response.strip() if response is not None else None
+                if not request or response == "":
+                    self.stats["empty_items"] += 1
+                    continue
+                if _SURROGATE.search(request) or (response is not None and _SURROGATE.search(response)):
+                    self.stats["malformed_items"] += 1  # a "\ud800" escape: text no UTF-8 writer can encode
+                    continue
+                if is_refusal(request) or (response is not None and is_refusal(response)):
                     self.stats["refused_items"] += 1
                     continue
                 if max(len(request), len(response or "")) > self.max_item_chars:
                     self.stats["too_long_items"] += 1
+                    continue
+                if response is not None and cat.restricted and not MARKER.search(response):
+                    # a restricted reply must be a skeleton: one without a [PLACEHOLDER] may carry
+                    # the real details the prompt forbids, so it never enters the data
+                    self.stats["no_placeholder_items"] += 1
                     continue
                 sid = f"{cat.id}:llm:{hashlib.sha256(request.encode()).hexdigest()[:12]}"
                 i = counters.get(sid, 0)

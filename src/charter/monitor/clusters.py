@@ -405,7 +405,9 @@ class OpenAISummariser:
         self.base_url = base_url.rstrip("/")
         self.max_retries = max_retries
         self._sleep = sleep
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        from charter.endpoints import bearer
+
+        headers = bearer(api_key, "for the summariser")
         self._client = httpx.Client(timeout=timeout, headers=headers)
         self.model = model or self._default_model()
         self.calls = 0

@@ -16,6 +16,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 
+from charter.endpoints import bearer
 from charter.errors import InputError
 from charter.guard import Guard
 from charter.monitor.events import Event, EventQueue, EventSink, JsonlSink, user_hash
@@ -78,8 +79,7 @@ class Proxy:
         up = self.config.upstream
         limits = httpx.Limits(max_connections=up.max_connections, max_keepalive_connections=up.max_connections)
         self.svc.client = httpx.AsyncClient(limits=limits, timeout=self.svc.timeout(), trust_env=False)
-        key = up.api_key()
-        self.svc.upstream_headers = {"authorization": f"Bearer {key}"} if key else {}
+        self.svc.upstream_headers = {k.lower(): v for k, v in bearer(up.api_key(), f"in {up.api_key_env}").items()}
         await self.svc.events.start()
         monitor = start_monitor(self.config.events.db, self.config.monitor, self.svc.guard, self.svc.metrics)
         try:

@@ -56,7 +56,8 @@ class Upstream(_Strict):
         return v.rstrip("/") if v else v
 
     def api_key(self) -> str | None:
-        return os.environ.get(self.api_key_env) if self.api_key_env else None
+        key = os.environ.get(self.api_key_env) if self.api_key_env else None
+        return key.strip() if key is not None else None  # as charter.endpoints.bearer sends it
 
 
 class Rate(_Strict):
