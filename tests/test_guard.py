@@ -184,6 +184,58 @@ def test_output_monitor_holds_back_and_stops(guard):
     assert len(tokens(sent)) <= max(0, mon.flagged_at - 4)
 
 
+@pytest.mark.parametrize("turns", [
+    [{"role": "system", "content": "You are the support bot of a garden centre."}],
+    [{"role": "user", "content": BENIGN}, {"role": "assistant", "content": "Seven minutes."}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": BENIGN},
+     {"role": "assistant", "content": "Seven minutes."}],
+], ids=["system", "conversation", "system+conversation"])
+def test_a_stream_scores_the_same_from_messages_and_from_their_rendering(guard, turns):
+    """Training, calibration, the model card and the red team's exchange grader read a conversation as its
+    rendering; the proxy passes the messages. Both readings must score a stream alike: behind one system
+    prompt the rendering lost the request read on its own (0.35 against 0.98 on the packaged guard)."""
+    from charter.data.records import render_messages
+
+    msgs = [*turns, {"role": "user", "content": HARMFUL}]
+    reply = "Sure, here's how. First obtain the precursor, then process it and disperse it."
+    a = guard.output_monitor(msgs, hold_back=0).scan(tokens(reply))
+    b = guard.output_monitor(render_messages(msgs), hold_back=0).scan(tokens(reply))
+    assert a.score == pytest.approx(b.score, abs=1e-9) and a.flagged == b.flagged
+
+
+def test_empty_deltas_and_split_surrogate_pairs_keep_the_hold_back(guard):
+    """OpenAI streams send empty deltas: they are scored but must not push scored text out of the
+    hold-back window (8 empty ones released a whole sentence with no look-ahead). An emoji whose
+    surrogate halves come in two tokens is released whole, not as two U+FFFD."""
+    mon = guard.output_monitor(BENIGN, hold_back=8)
+    for t in ["Sure", ",", " here", " is", " how", *[""] * 8, " you"]:
+        mon.feed(t)
+        assert mon.drain() == ""
+    assert mon.release() == "Sure, here is how you"
+    for feed_all in (lambda m, ts: [m.feed(t) for t in ts], lambda m, ts: m.scan(ts)):
+        mon = guard.output_monitor(BENIGN, hold_back=0)
+        feed_all(mon, ["hi ", "\ud83d", "\ude00", " there"])
+        assert mon.drain() + mon.release() == "hi \U0001f600 there"
+    mon = guard.output_monitor(BENIGN, hold_back=0)
+    mon.feed("end \ud83d")  # the other half never comes
+    assert mon.drain() + mon.release() == "end \ufffd"
+
+
+def test_input_check_refuses_what_the_monitor_would_refuse(guard):
+    """A conversation whose earlier replies put it past the size the guard reads passed the input check,
+    then the monitor refused it after the request had gone upstream; both refuse it now."""
+    from charter.errors import InputError
+    from charter.guard.guard import MAX_INPUT_CHARS
+
+    msgs = [{"role": "user", "content": BENIGN}, {"role": "assistant", "content": "x " * (MAX_INPUT_CHARS // 2)},
+            {"role": "user", "content": "thanks"}]
+    for call in (guard.check_input, guard.output_monitor):
+        with pytest.raises(InputError, match="the guard reads at most"):
+            call(msgs)
+    msgs[1]["content"] = "fine"
+    assert not guard.check_input(msgs).flagged
+
+
 def test_scanning_a_complete_response_equals_feeding_it_token_by_token(guard, tmp_path):
     """The proxy's non-streamed path (OutputMonitor.scan) gives the verdict of the streaming loop."""
     import random

@@ -63,9 +63,9 @@ class Part:
 
 
 class Verdict(BaseModel):
-    """One decision. ``score`` is comparable with the threshold that decided it (``thresholds["final"]``
-    for the input cascade, ``"stage1_only"`` without stage 2, ``"exchange"`` for a stream): ``flagged``
-    exactly when it is at or above it. A request stage 1 did not escalate scores stage 1's probability,
+    """One decision. ``score`` is comparable with the threshold that decided it (:attr:`Guard.input_threshold`
+    for the input cascade, :attr:`Guard.exchange_threshold` for a stream): ``flagged`` exactly when it is
+    at or above it. A request stage 1 did not escalate scores stage 1's probability,
     scaled by final / escalate when the escalation threshold is the higher."""
 
     score: float
@@ -329,6 +329,11 @@ class Guard:
                     raise InputError(f"messages[{i}].role: must be a string, not {type(role).__name__}")
                 msgs.append({"role": role, "content": _content_text(m.get("content"), f"messages[{i}]")})
             text = render_messages(msgs) if replies else render_input(msgs)
+            if not replies and len(text) <= MAX_INPUT_CHARS and (n := len(render_messages(msgs))) > MAX_INPUT_CHARS:
+                # the exchange monitor reads the replies too: an input check that passed a conversation
+                # its monitor then refuses would fail after the request went upstream
+                raise InputError(f"the conversation with its replies is {n} characters; the guard reads at most "
+                                 f"{MAX_INPUT_CHARS} (split it into parts)")
             if len(msgs) > 1:
                 users = [_clean(m["content"]) for m in msgs if m["role"] == "user" and m["content"].strip()]
             if not replies:  # the exchange monitor reads the whole conversation
@@ -496,11 +501,14 @@ def prior_readings(prompt: str, last: str | None) -> list[str]:
 
 
 def last_ask(prompt: str) -> str | None:
-    """The last user turn of a rendered conversation of several turns (None for a single request)."""
-    from charter.transforms.normalise import turn_views
+    """The last user turn of a rendered conversation of several turns (None for a single request): what
+    :meth:`Guard.output_monitor` reads from the messages, found in their rendering, so that a stream
+    scores the same from either (two turns, a system prompt and its request, included)."""
+    from charter.transforms.normalise import asker_turn_after_one, turn_views
 
     w = prompt[-WINDOW:]  # the ask a reply answers comes last
-    return next((v for name, v in turn_views(w) if name == "last_turn" and v != prompt), None)
+    v = next((v for name, v in turn_views(w) if name == "last_turn"), None) or asker_turn_after_one(w)
+    return v if v and v != prompt else None
 
 
 class OutputMonitor:
@@ -518,6 +526,7 @@ class OutputMonitor:
         self._stream = guard.exchange_stream(prompt, last_user)
         self._pending: list[str] = []
         self._released: list[str] = []
+        self._carry = ""  # a high surrogate whose low half comes with the next token
         self.n_tokens = 0
         self.flagged = False
         self.flagged_at: int | None = None
@@ -531,15 +540,24 @@ class OutputMonitor:
     def feed(self, token_text: str) -> Verdict:
         if not isinstance(token_text, str):
             raise InputError(f"feed() takes the token's text, a string, not {type(token_text).__name__}")
-        token_text = _clean(token_text)
+        token_text = self._paired(token_text)
         t0 = time.perf_counter()
         self.n_tokens += 1
         if not self.flagged:
             self._stream.feed(token_text)
-            self._pending.append(token_text)
+            if token_text:  # an empty delta must not push scored text out of the hold-back window
+                self._pending.append(token_text)
             if self._stream.max_score >= self.threshold:
                 self._flag(self.n_tokens)
         return self._verdict(t0)
+
+    def _paired(self, token_text: str) -> str:
+        """``token_text`` cleaned, with a surrogate pair split across two tokens joined instead of
+        becoming two U+FFFD."""
+        token_text, self._carry = self._carry + token_text, ""
+        if token_text and "\ud800" <= token_text[-1] <= "\udbff":
+            token_text, self._carry = token_text[:-1], token_text[-1]
+        return _clean(token_text)
 
     def _flag(self, at_token: int) -> None:
         self.flagged, self.flagged_at = True, at_token
@@ -559,7 +577,6 @@ class OutputMonitor:
         returns the verdict the last ``feed`` would have (None for no chunks)."""
         if not all(isinstance(c, str) for c in chunks):
             raise InputError("scan() takes the response's chunks as strings")
-        chunks = [_clean(c) for c in chunks]
         if self.flagged or self.n_tokens or not chunks:
             v = None
             for c in chunks:
@@ -568,6 +585,7 @@ class OutputMonitor:
                     break
             return v
         t0 = time.perf_counter()
+        chunks = [self._paired(c) for c in chunks]
         scores = self._stream.scan(chunks)
         over = np.flatnonzero(scores >= self.threshold)  # the running max first crosses here
         if len(over):
@@ -577,7 +595,7 @@ class OutputMonitor:
             self._flag(k + 1)
         else:
             self.n_tokens = len(chunks)
-            self._pending.extend(chunks)
+            self._pending.extend(c for c in chunks if c)
         return self._verdict(t0)
 
     def drain(self) -> str:
@@ -591,6 +609,9 @@ class OutputMonitor:
     def release(self) -> str:
         if self.flagged:
             return ""
+        if self._carry:  # a high surrogate whose other half never came
+            self._pending.append(_clean(self._carry))
+            self._carry = ""
         out, self._pending = self._pending, []
         self._released.extend(out)
         return "".join(out)

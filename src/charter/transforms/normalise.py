@@ -78,6 +78,15 @@ def turn_views(text: str) -> list[View]:
     return out
 
 
+def asker_turn_after_one(text: str) -> str | None:
+    """The asker's turn of a two-turn transcript (``system: …`` then ``user: …``), which
+    :func:`turn_views` leaves alone (two turns are too few to dilute an ask)."""
+    marks = list(_TURN.finditer(text))
+    if len(marks) != 2 or marks[1].group(1).lower() not in _ASKER:
+        return None
+    return text[marks[1].end():].strip() or None
+
+
 def _key(text: str) -> str:
     return " ".join(text.split()).lower()
 
