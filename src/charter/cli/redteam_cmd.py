@@ -76,6 +76,13 @@ def campaign(
         if attacker_url:
             attackers.append(ATTACKS.get("pair")(attacker_url, attacker_model, seed=seed))
     total = len(static_suite(bs, suite, seed)) + len(attackers) * len(bs) * budget + len(probes)
+    try:  # a report that cannot be written must fail now, not after the whole campaign
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".charter-write-check"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise CharterError(f"--out {out}: cannot write ({e.strerror or e})") from None
     journal = None
     if target.kind == "openai":  # a guard target is local and fast: nothing worth resuming
         import hashlib
@@ -284,7 +291,7 @@ def patch(
     examples: Path = typer.Option(..., "--examples", help="Observed jailbreaks, JSONL {text, category?} per line."),
     out: Path = typer.Option(..., "--out", "-o", help="Directory for the patched model."),
     constitution: Path = typer.Option(None, "--constitution", "-c", help="Constitution the model was trained on (default: packaged)."),
-    n: int = typer.Option(20_000, "--n", help="Records regenerated offline for the refit."),
+    n: int = typer.Option(20_000, "--n", min=1, help="Records regenerated offline for the refit."),
     variants: int = typer.Option(24, "--variants", help="Variants proliferated from each jailbreak."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:

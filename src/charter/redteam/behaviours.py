@@ -82,7 +82,8 @@ def benign_probes(const: Constitution, extra: list[str | list[dict[str, Any]]] |
 def read_benign_prompts(path: Any) -> list[str | list[dict[str, Any]]]:
     """``--benign`` JSONL: each line has a string ``text`` or a ``messages`` list (kept as a conversation)."""
     from charter.data.records import iter_jsonl
-    from charter.errors import CharterError
+    from charter.errors import CharterError, InputError
+    from charter.guard.guard import Guard
 
     out: list[str | list[dict[str, Any]]] = []
     for i, obj in iter_jsonl(path):
@@ -93,6 +94,10 @@ def read_benign_prompts(path: Any) -> list[str | list[dict[str, Any]]]:
             out.append([{"role": m.get("role", "user"), "content": m["content"]} for m in obj["messages"]])
         else:
             raise CharterError(f"{path}:{i}: needs a string 'text' or a 'messages' list of {{role, content}}")
+        try:  # what the guard would refuse at the probe stage, after every attack had run
+            Guard._read_parts(out[-1], replies=True)
+        except InputError as e:
+            raise CharterError(f"{path}:{i}: {e}") from None
     return out
 
 

@@ -267,6 +267,10 @@ def markdown_summary(s: dict[str, Any]) -> str:
               (f"**Universal jailbreak: {_names(u['universal'])}** succeeded on all {u['n_behaviours']} behaviours."
                if u["found"] else f"No universal jailbreak; best strategy `{u['best_strategy']}` covers "
                f"{u['best_hits']}/{u['n_behaviours']} behaviours.")]
+    idle = {k: v for k, v in s.get("attackers", {}).items() if not v.get("attempts")}
+    for k, v in idle.items():
+        why = f" ({v['llm_errors']} of {v['llm_calls']} attacker-LLM calls failed)" if v.get("llm_calls") else ""
+        lines += ["", f"**Attacker `{k}` made no attempt{why}**: its row measures nothing."]
     if "resumed" in s:
         r = s["resumed"]
         lines += ["", f"Resumed: {r['items']} of {r['planned']} static attempts and benign probes came from the journal "
