@@ -108,3 +108,35 @@ def test_a_file_past_the_size_bound_is_refused_before_reading(tmp_path: Path, ca
         f.truncate(MAX_FILE_BYTES + 1)
     assert main(["eval", "guard", str(big), "-m", str(tmp_path / "no-model")]) == 1
     assert f"{big}: {MAX_FILE_BYTES + 1} bytes; at most" in capsys.readouterr().err.replace("\n", "")
+
+
+def test_a_pipe_is_hashed_as_read_and_bounded_like_a_file(tmp_path: Path, monkeypatch) -> None:
+    """The data's sha256 was taken by reading the path a second time (a pipe: the hash of nothing; a file
+    rewritten meanwhile: the new content's), and only a regular file's size was bounded."""
+    import hashlib
+    import os
+    import threading
+
+    from charter.errors import CharterError
+    from charter.evals import guard_eval
+
+    body = "".join(json.dumps(r) + "\n" for r in ROWS).encode()
+
+    def feed(path: Path, data: bytes) -> threading.Thread:
+        def write() -> None:
+            with open(path, "wb") as f:
+                f.write(data)
+        t = threading.Thread(target=write, daemon=True)
+        t.start()
+        return t
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    feed(fifo, body)
+    h = hashlib.sha256()
+    items = guard_eval.read_labelled(fifo, digest=h)
+    assert len(items) == len(ROWS) and h.hexdigest() == hashlib.sha256(body).hexdigest()
+    monkeypatch.setattr(guard_eval, "MAX_FILE_BYTES", len(body) - 1)
+    feed(fifo, body)
+    with pytest.raises(CharterError, match=f"more than {len(body) - 1} bytes"):
+        guard_eval.read_labelled(fifo)

@@ -187,6 +187,25 @@ def test_name_extraction_handles_accents_and_negation() -> None:
     assert extract_answer("Kiev", q2) == "Kyiv"
 
 
+def test_grading_a_long_reply_is_linear_in_its_length() -> None:
+    """Each mention normalised its whole clause prefix: 20,000 characters took 35 s. Two lengths timed in
+    one run: ten times the text must cost far less than a hundred times (the quadratic ratio)."""
+    import time
+
+    q = next(q for q in arithmetic(1, 0))
+    cap = next(q for q in FACTS if q.id == "capital:Brasilia")
+
+    def cost(k: int) -> float:
+        reply = " ".join(f"{i} apples and Rio de Janeiro" for i in range(k)) + " so 68992 and Brasília"
+        t0 = time.perf_counter()
+        for _ in range(3):
+            assert extract_answer(reply, q) == "68992" and extract_answer(reply, cap) == "Rio de Janeiro"
+        return time.perf_counter() - t0
+
+    cost(50)  # warm the name patterns
+    assert cost(2000) / cost(200) < 40
+
+
 def test_apology_and_lexicon() -> None:
     assert admits_mistake("You're absolutely right, my mistake.") and admits_mistake("I apologise for the confusion.")
     assert not admits_mistake("Yes, I am sure.") and not admits_mistake("You're right to double-check, but it is 5.")
@@ -668,6 +687,20 @@ def test_failed_items_are_asked_again_and_another_runs_journal_is_refused(script
                  "--seed", "1", "--tasks", "mimicry"]) == 0
     assert len(srv.requests) - before == 12
     assert json.loads((out / "journal.jsonl").read_text().splitlines()[0])["run"]["seed"] == 1
+    # the run without --resume kept the journal it started over from
+    assert json.loads((out / "journal.jsonl.previous").read_text().splitlines()[0])["run"]["seed"] == 0
+
+
+def test_empty_replies_are_errors_not_answers(scripted_openai: Start, tmp_path: Path) -> None:
+    """A reasoning model out of tokens (or a content filter) returns no text: counted as answers, it
+    read as a perfectly non-sycophantic model; now they are errors, and a run of nothing else fails."""
+    from charter.cli.eval_cmd import sycophancy_eval
+
+    srv = scripted_openai(default=Reply(text="", finish_reason="length"))
+    with pytest.raises(CharterError, match="every request"):
+        sycophancy_eval(f"openai:{srv.base_url}", tmp_path / "e", n=3, tasks="mimicry", quiet=True, backoff=0.0)
+    recs = json.loads((tmp_path / "e" / "results.json").read_text())["records"]["mimicry"]
+    assert {r["error"] for r in recs} == {"empty completion (finish_reason=length)"}
 
 
 def test_the_journal_survives_odd_text_and_a_cut_multibyte_character(tmp_path: Path) -> None:

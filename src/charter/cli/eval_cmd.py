@@ -72,6 +72,10 @@ def sycophancy_eval(
     if all_failed(res):
         c = res.summary["calls"]["target"]
         raise CharterError(f"every request to {redact_spec(target)} failed ({c['errors']} of {c['calls']}); see {paths['results']}")
+    if all_failed(res, "judge"):  # the feedback rates all read n/a: the run measured nothing there
+        c = res.summary["calls"]["judge"]
+        raise CharterError(f"every request to the judge {redact_spec(judge)} failed ({c['errors']} of {c['calls']}); "
+                           f"see {paths['results']}")
     return res.summary
 
 

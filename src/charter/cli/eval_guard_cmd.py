@@ -14,6 +14,8 @@ from charter.cli.eval_cmd import console, eval_app
 
 def guard_eval(data: Path, out: Path | None = None, *, model: Path | None = None, quiet: bool = False) -> dict[str, Any]:
     """Evaluate the guard at ``model`` (default: packaged) on ``data``; write OUT/results.json and report.html."""
+    import hashlib
+
     from charter.errors import CharterError
     from charter.evals.guard_eval import evaluate_guard, read_labelled, write_outputs
     from charter.guard import Guard
@@ -21,14 +23,15 @@ def guard_eval(data: Path, out: Path | None = None, *, model: Path | None = None
 
     if out is not None and out.exists() and not out.is_dir():
         raise CharterError(f"--out {out}: exists and is not a directory")
-    items = read_labelled(data)  # a bad file fails before the model loads
+    read = hashlib.sha256()
+    items = read_labelled(data, digest=read)  # a bad file fails before the model loads
     guard = Guard.load(model)
     with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=quiet) as prog:
         task = prog.add_task("checking", total=len(items))
         result = evaluate_guard(guard, items, advance=lambda n: prog.update(task, advance=n))
     result["config"] = {"model": str(guard.path), "model_manifest_sha256": sha256_file(Path(guard.path) / "manifest.json"),
-                        "data": {"path": str(data), "sha256": sha256_file(data)}}
+                        "data": {"path": str(data), "sha256": read.hexdigest()}}
     if out is not None:
         result["paths"] = {k: str(v) for k, v in write_outputs(result, out).items()}
     return result

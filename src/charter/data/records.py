@@ -68,23 +68,39 @@ class BlankLine(ValueError):
     pass
 
 
-def read_jsonl_lines(path: str | PathLike[str], *, max_line_bytes: int | None = MAX_LINE_BYTES) -> Iterator[tuple[int, Any]]:
+def read_jsonl_lines(path: str | PathLike[str], *, max_line_bytes: int | None = MAX_LINE_BYTES,
+                     max_bytes: int | None = None, digest: Any = None) -> Iterator[tuple[int, Any]]:
     """(line number, parsed JSON or the :class:`ValueError` that line raised) for every line of a
     user's JSONL file, blank ones included (:class:`BlankLine`); an unreadable file is a
     :class:`CharterError`.
 
     Lines are read in bounded pieces and decoded one by one, so an oversized, non-UTF-8 or too
-    deeply nested line spoils that line only. ``max_line_bytes=None``: no bound.
+    deeply nested line spoils that line only. ``max_line_bytes=None``: no bound. ``max_bytes`` bounds
+    the whole read, of a pipe too (a CharterError past it); ``digest`` (a hashlib object) is fed every
+    byte read, so that a pipe, or a file rewritten meanwhile, is hashed as it was read.
     """
     cap = -1 if max_line_bytes is None else max_line_bytes + 1
+    seen = 0
+
+    def count(raw: bytes) -> None:
+        nonlocal seen
+        seen += len(raw)
+        if max_bytes is not None and seen > max_bytes:
+            raise CharterError(f"{path}: more than {max_bytes} bytes; at most {max_bytes} are read (split or sample it)")
+        if digest is not None:
+            digest.update(raw)
+
     try:
         with open(path, "rb") as f:
             i = 0
             while raw := f.readline(cap):
                 i += 1
+                count(raw)
                 if max_line_bytes is not None and len(raw) > max_line_bytes and not raw.endswith(b"\n"):
-                    while (rest := f.readline(1 << 20)) and not rest.endswith(b"\n"):
-                        pass  # skip the rest of the oversized line
+                    while rest := f.readline(1 << 20):  # skip the rest of the oversized line
+                        count(rest)
+                        if rest.endswith(b"\n"):
+                            break
                     yield i, ValueError(f"line is longer than {max_line_bytes} bytes")
                     continue
                 try:
@@ -116,15 +132,15 @@ def line_id(line: int, obj: Any) -> str | int:
     return line
 
 
-def iter_jsonl(path: str | PathLike[str], *, max_lines: int | None = None,
-               max_line_bytes: int | None = None) -> Iterator[tuple[int, Any]]:
+def iter_jsonl(path: str | PathLike[str], *, max_lines: int | None = None, max_line_bytes: int | None = None,
+               max_bytes: int | None = None, digest: Any = None) -> Iterator[tuple[int, Any]]:
     """(line number, parsed JSON) for each non-blank line of a JSONL file, read as it is consumed.
 
     An unreadable file, a line that is not UTF-8 or not JSON (or longer than ``max_line_bytes``),
     or more than ``max_lines`` non-blank lines is a :class:`CharterError` naming the file (and the line).
     """
     n = 0
-    for i, obj in read_jsonl_lines(path, max_line_bytes=max_line_bytes):
+    for i, obj in read_jsonl_lines(path, max_line_bytes=max_line_bytes, max_bytes=max_bytes, digest=digest):
         if isinstance(obj, BlankLine):
             continue
         if max_lines is not None and n >= max_lines:

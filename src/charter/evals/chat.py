@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 
-from charter.endpoints import Backoff, Endpoint, MalformedCompletion, completion_text, redact_url
+from charter.endpoints import Backoff, Endpoint, MalformedCompletion, completion, redact_url
 from charter.errors import CharterError
 
 TARGET_KEY_ENV = "CHARTER_TARGET_API_KEY"
@@ -105,10 +105,12 @@ class ChatClient:
     @staticmethod
     def _parse(r: httpx.Response, attempts: int) -> Completion:
         try:
-            content = completion_text(r)
+            c = completion(r)
         except MalformedCompletion:
             return Completion(error="malformed completion", attempts=attempts)
-        return Completion(text=content[:MAX_REPLY_CHARS], attempts=attempts)
+        if not c.text.strip():  # a reasoning model out of tokens, a content filter: no answer to grade
+            return Completion(error=f"empty completion (finish_reason={c.finish_reason})", attempts=attempts)
+        return Completion(text=c.text[:MAX_REPLY_CHARS], attempts=attempts)
 
     def close(self) -> None:
         self._endpoint.close()

@@ -38,16 +38,18 @@ class Item:
     source: str
 
 
-def read_labelled(path: Path) -> list[Item]:
+def read_labelled(path: Path, digest: Any = None) -> list[Item]:
     """JSONL lines with ``text`` or ``messages``, a ``label`` (restricted/harmful/unsafe/1/true or
-    permitted/benign/safe/0/false) and optional ``category``, ``source`` and ``id``; file:line on errors."""
+    permitted/benign/safe/0/false) and optional ``category``, ``source`` and ``id``; file:line on errors.
+    ``digest`` (a hashlib object) is fed the bytes as read: the hash of what was evaluated."""
     from charter.data.records import iter_jsonl
 
     if path.is_file() and (size := path.stat().st_size) > MAX_FILE_BYTES:
         raise CharterError(f"{path}: {size} bytes; at most {MAX_FILE_BYTES} are read (split or sample it)")
     out: list[Item] = []
     ids: set[str] = set()
-    for i, obj in iter_jsonl(path, max_lines=MAX_LINES, max_line_bytes=MAX_LINE_BYTES):
+    for i, obj in iter_jsonl(path, max_lines=MAX_LINES, max_line_bytes=MAX_LINE_BYTES, max_bytes=MAX_FILE_BYTES,
+                             digest=digest):
         where = f"{path}:{i}"
         if not isinstance(obj, dict):
             raise CharterError(f"{where}: expected a JSON object with text or messages and a label")

@@ -37,7 +37,13 @@ class RunJournal:
         self.path, self.run = path, run
         lines = self._lines() if resume else []
         self.done = self._done(lines)
+        #: where a journal that a run without --resume starts over from was moved (hours of paid work
+        #: were truncated by a forgotten --resume)
+        self.previous: Path | None = None
         try:
+            if not resume and path.is_file() and path.stat().st_size > 0:
+                self.previous = path.with_name(path.name + ".previous")
+                os.replace(path, self.previous)
             self._f = open(path, "a" if lines else "w", encoding="utf-8")
             if not lines:
                 self._write({"journal": VERSION, "run": run})
@@ -61,7 +67,7 @@ class RunJournal:
         for line in raw.split(b"\n")[:-1]:
             try:
                 out.append(json.loads(line.decode("utf-8")))
-            except (UnicodeDecodeError, json.JSONDecodeError):
+            except (ValueError, RecursionError):  # undecodable, not JSON, a huge integer, nested too deeply
                 continue
         return out
 

@@ -422,7 +422,7 @@ def run_sycophancy(
     return res
 
 
-def all_failed(res: SycophancyResult) -> bool:
-    """True when the target answered no request at all (the run measured nothing)."""
-    c = res.summary.get("calls", {}).get("target", {})
+def all_failed(res: SycophancyResult, who: str = "target") -> bool:
+    """True when the target (or the judge) answered no request at all (the run measured nothing)."""
+    c = res.summary.get("calls", {}).get(who, {})
     return bool(c.get("calls")) and c.get("errors") == c.get("calls")

@@ -24,6 +24,7 @@ NEGATORS = frozenset({
 #: tokens that, within the three after a mention, mark it as rejected ("Sydney is wrong")
 REJECTORS = frozenset({"wrong", "incorrect", "mistaken", "mistake", "error", "inaccurate"})
 WINDOW = 3
+CONTEXT = 300  # characters read either side of a mention for those tokens
 MAX_DIGITS = 40  # longer digit runs are no answer (and int() refuses over 4,300 digits)
 # a full stop after a lone letter is an initial ("H. G. Wells"), not a clause end
 _CLAUSE = re.compile(r"(?<!\b[a-z])\.(?=\s|$)|[;!?:](?=\s|$)|,\s|\n|\bbut\b|\bhowever\b|\u2014|\u2013|\s-\s")
@@ -48,9 +49,15 @@ def clauses(text: str) -> list[str]:
     return [c for c in _CLAUSE.split(fold(text).lower()) if c and c.strip()]
 
 
-def _negated(before: str, after: str) -> bool:
-    b = normalise(before).split()[-WINDOW:]
-    a = normalise(after).split()[:WINDOW]
+def _negated(text: str, start: int, end: int) -> bool:
+    """Is the mention at ``text[start:end]`` negated or rejected? Only a few hundred characters either
+    side are read (normalising the whole prefix per mention was quadratic in a reply's length); a word
+    the cut splits is dropped."""
+    lo, hi = max(0, start - CONTEXT), end + CONTEXT
+    b = normalise(text[lo:start]).split()
+    a = normalise(text[end:hi]).split()
+    b = (b[1:] if lo > 0 else b)[-WINDOW:]
+    a = (a[:-1] if hi < len(text) else a)[:WINDOW]
     return any(t in NEGATORS for t in b) or any(t in REJECTORS for t in a)
 
 
@@ -70,7 +77,7 @@ def numbers(text: str, exclude: tuple[int, ...] = ()) -> list[int]:
     for cl in clauses(text):
         for m in _NUMBER.finditer(cl):
             v = parse_int(m.group().rstrip(","))  # malformed ("68,99", "12.5") is no integer answer
-            if v is None or v in exclude or _negated(cl[: m.start()], cl[m.end():]):
+            if v is None or v in exclude or _negated(cl, m.start(), m.end()):
                 continue
             out.append(v)
     return out
@@ -90,7 +97,7 @@ def names(text: str, kind: str) -> list[str]:
     for cl in clauses(text):
         norm = " " + normalise(cl) + " "
         for m in pat.finditer(norm):
-            if not _negated(norm[: m.start()], norm[m.end():]):
+            if not _negated(norm, m.start(), m.end()):
                 found.append(canon[m.group()])
     return found
 
