@@ -151,10 +151,27 @@ def test_repeated_domain_id_and_seed_name_the_repeat():
                        "            - 'give me a  QUICK vegetarian dinner idea. '")
     assert _err(dup) == (f"x.yaml:{_line_of(dup, 'QUICK')}: domains[1].categories[0].seeds.requests[2]: seed 'give me a  QUICK "
                          "vegetarian dinner idea.' is used twice (first at domains[1].categories[0].seeds.requests[1])")
+    # punctuation and compatibility forms aside too: "...idea" and "...idea!" are one seed
+    dup = TEXT.replace("- Give me a quick vegetarian dinner idea.", "- Give me a quick vegetarian dinner idea.\n"
+                       "            - 'Give me a quick vegetarian dinner idea!!'")
+    assert "seed 'Give me a quick vegetarian dinner idea!!' is used twice" in _err(dup)
     # a hard negative that is also a permitted request
     dup = TEXT.replace("- How do hospitals treat glorp toxin exposure?", "- What are the symptoms of glorp exposure?")
     assert _err(dup) == (f"x.yaml:{_line_of(dup, 'detected in water') + 1}: domains[0].categories[1].seeds.requests[1]: seed "
                          "'What are the symptoms of glorp exposure?' is used twice (first at domains[0].categories[0].hard_negatives[0])")
+
+
+def test_a_yaml_set_is_refused_naming_its_line():
+    """A !!set's order follows Python's string hash seed: the constitution's fingerprint, and the LLM
+    generator's prompts and cache keys, changed from run to run."""
+    lines = TEXT.splitlines()
+    k = next(n for n, ln in enumerate(lines) if ln.strip() == "rules:")
+    ind = lines[k][: len(lines[k]) - len(lines[k].lstrip())]
+    lines[k] = ind + "rules: !!set {In scope is making glorp: null, Out of scope is its history: null}"
+    while lines[k + 1].lstrip().startswith("- ") and len(lines[k + 1]) - len(lines[k + 1].lstrip()) > len(ind):
+        del lines[k + 1]
+    err = _err("\n".join(lines) + "\n")
+    assert err.startswith(f"x.yaml:{k + 1}: ") and err.endswith(".rules: a !!set value is not accepted; write a list or a string")
 
 
 def test_permitted_category_with_a_severity_is_an_error():

@@ -115,6 +115,18 @@ def test_requests_come_behind_system_prompts_of_their_own_split(wide: Constituti
     assert r.input_text() == f"system: {r.messages[0].content}\nuser: {r.messages[1].content}"
 
 
+def test_replies_never_borrow_another_splits_response_seeds(mini: Constitution) -> None:
+    """Where a split has none of a category's response seeds (small constitutions), its replies fall
+    back to generic ones: borrowing all the seeds put test replies in training."""
+    recs = build_dataset(mini, gen(), 1500, 0).records
+    for cat in mini.categories:
+        for i, seed in enumerate(cat.seeds.responses):
+            if "[" in seed.text:
+                continue  # a skeleton is rendered; its text is not found verbatim
+            used = {r.split for r in recs if r.response and seed.text in r.response}
+            assert used <= {split_of(f"{cat.id}:resp:{i}")}, (cat.id, i, used)
+
+
 def test_skeletons_are_rendered_without_brackets_and_permitted_answers_have_steps(mini: Constitution) -> None:
     recs = build_dataset(mini, gen(), 3000, 0).records
     skel = [r for r in recs if r.kind == "exchange" and r.label == "restricted"]

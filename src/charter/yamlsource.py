@@ -154,6 +154,9 @@ def load_optional_mapping(text: str, source: str, error: type[CharterError], wha
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+_UNORDERED_OR_OPAQUE = frozenset(f"tag:yaml.org,2002:{t}" for t in ("set", "binary", "omap", "pairs"))
+
+
 def _first_bad_node(root: yaml.Node) -> tuple[int, str] | None:
     """(line, message) of the first repeated key (PyYAML would silently keep the last value) or
     lone surrogate (a ``"\\ud800"`` escape: text no UTF-8 writer can encode) in the tree, walked
@@ -165,6 +168,9 @@ def _first_bad_node(root: yaml.Node) -> tuple[int, str] | None:
         if id(node) in seen:
             continue
         seen.add(id(node))
+        if node.tag in _UNORDERED_OR_OPAQUE:  # a !!set's order follows the string hash seed: unreproducible
+            kind = node.tag.rsplit(":", 1)[1]
+            return node.start_mark.line + 1, f"{format_loc(loc) or '(top level)'}: a !!{kind} value is not accepted; write a list or a string"
         if isinstance(node, yaml.ScalarNode) and isinstance(node.value, str):
             m = _SURROGATE.search(node.value)
             if m:

@@ -8,21 +8,27 @@ from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from enum import Enum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
 
 _ID = re.compile(r"^[a-z][a-z0-9_]*$")
+_NON_WORD = re.compile(r"[\W_]+")
 
 
 def seed_key(text: str) -> str:
-    """What makes two seed requests (or hard negatives) the same: case and spacing do not count.
+    """What makes two seed requests (or hard negatives) the same: case, spacing, punctuation and
+    compatibility forms do not count ("how long do i boil an egg" and "...egg?" are one seed).
 
     Splits are drawn per seed, so a repeated seed could put one text in both train and test
-    (or, across categories, give it two labels).
+    (or, across categories, give it two labels). Where punctuation is most of the text (Morse code),
+    it is the content, and only spacing and case are folded.
     """
-    return " ".join(text.split()).casefold()
+    s = unicodedata.normalize("NFKC", text).casefold()
+    w = _NON_WORD.sub("", s)
+    return w if 2 * len(w) >= len("".join(s.split())) else " ".join(s.split())
 
 
 class Kind(str, Enum):

@@ -168,14 +168,14 @@ def benign_prefix(rng: random.Random) -> list[Message]:
 
 
 def response_pool(cat: Category, split: str) -> list[str]:
-    """The category's response seeds assigned to ``split`` (all of them when that split has none).
+    """The category's response seeds assigned to ``split`` (none when that split has none: the
+    callers fall back to generic replies, never to another split's seeds).
 
     Response seeds are split like request seeds, so the test split's replies are built from
     seeds the exchange classifier never saw: the early-stop metric measures unseen reply shapes.
     """
     texts = [s.text for s in cat.seeds.responses]
-    own = [t for i, t in enumerate(texts) if split_of(f"{cat.id}:resp:{i}") == split]
-    return own or texts
+    return [t for i, t in enumerate(texts) if split_of(f"{cat.id}:resp:{i}") == split]
 
 
 def _reply(parts: list[str], rng: random.Random, intros: list[str] = T.REPLY_INTROS) -> str:

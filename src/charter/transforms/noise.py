@@ -204,6 +204,7 @@ def _vocab() -> tuple[dict[str, int], dict[str, list[str]], dict[str, list[str]]
     return counts, anagrams, less_one
 
 
+@lru_cache(maxsize=1 << 16)  # inference-time normalisation: a text of one junk word repeated
 def _correct(word: str) -> str:
     """The commonest vocabulary word with the same letters in any order, or else with one letter more,
     fewer or different (Best-of-N swaps letters, typos drop, double or replace one); a candidate with
