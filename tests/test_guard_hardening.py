@@ -481,3 +481,26 @@ def test_a_mistyped_manifest_parameter_is_refused_at_load(mini_model_dir, tmp_pa
         Guard.load(bad)
     assert main(["classify", "--model", str(bad), "hello"]) == 1
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_weights_that_are_not_finite_are_refused_at_load(mini_model_dir, tmp_path):
+    """A NaN score compares as 'not flagged': weights holding NaN (re-hashed into the manifest, so the
+    hash check passes) would fail open on every request. They are refused by name."""
+    import hashlib
+
+    import numpy as np
+    from safetensors.numpy import load, save
+
+    bad = tmp_path / "m"
+    shutil.copytree(mini_model_dir, bad)
+    arrays = load((bad / "stage1.safetensors").read_bytes())
+    name = next(k for k, v in arrays.items() if np.issubdtype(v.dtype, np.floating) and v.size)
+    arrays[name] = arrays[name].copy()
+    arrays[name].flat[0] = np.nan
+    blob = save(arrays)
+    (bad / "stage1.safetensors").write_bytes(blob)
+    doc = json.loads((bad / "manifest.json").read_text())
+    doc["files"]["stage1.safetensors"] = hashlib.sha256(blob).hexdigest()
+    (bad / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(ArtifactError, match=f"tensor '{name}' holds NaN or infinite values"):
+        Guard.load(bad)

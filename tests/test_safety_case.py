@@ -338,3 +338,26 @@ def test_evidence_without_data_or_out_of_range_is_a_gap(tmp_path: Path, capsys: 
                     ("metric_invalid", "block_rate is null (no data)"), ("metric_invalid", "inf is not finite"),
                     ("metric_invalid", "big is out of range"), ("metric_not_found", "metric 'items.²' not found")}
     assert "Infinity" not in (tmp_path / "o" / "safety-case.json").read_text()
+
+
+def test_an_optimistic_bound_is_a_config_error() -> None:
+    """'Attack success stays under 5%' checked at the interval's lower end would pass on a rate whose
+    upper bound is far above the bar."""
+    with pytest.raises(CharterError, match=r"case.yaml:11: claims.subclaims\[0\].criteria\[0\]: .*bound: lower with "
+                                           r"op '<' takes the interval's optimistic end; a safety claim needs bound: upper"):
+        parse_config(GOOD.replace("value: 0.1}", "value: 0.1, bound: lower}"), "case.yaml")
+    with pytest.raises(CharterError, match="bound: upper with op '>=' takes the interval's optimistic end"):
+        parse_config(GOOD.replace('op: "<", value: 0.1}', 'op: ">=", value: 0.1, bound: upper}'), "case.yaml")
+
+
+def test_an_interrupted_runs_results_cannot_support_a_claim(tmp_path: Path) -> None:
+    """A sycophancy run stopped by Ctrl-C writes the items it finished, marked incomplete; a file saved
+    with a byte-order mark (Windows editors) is read, not 'invalid'."""
+    (tmp_path / "m.json").write_bytes("\ufeff".encode() + json.dumps({"block_rate": 0.01, "events": 5}).encode())
+    (tmp_path / "s.json").write_text(json.dumps({"summary": {"incomplete": {"finished": 3, "planned": 100}, "x": 0.0}}))
+    cfg = yaml.safe_load(GOOD)
+    cfg["evidence"]["s"] = {"kind": "json", "path": "s.json"}
+    cfg["claims"]["criteria"] = [{"evidence": "s", "metric": "summary.x", "op": "<", "value": 0.1}]
+    rc, doc = build(write_cfg(tmp_path, "case.yaml", cfg), tmp_path / "o")
+    assert rc == 3 and [(g["kind"], g["evidence"]) for g in doc["gaps"]] == [("invalid_evidence", "s")]
+    assert "interrupted" in doc["gaps"][0]["message"] and by_id(doc["claim"])["a"]["status"] == "supported"

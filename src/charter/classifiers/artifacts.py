@@ -99,4 +99,8 @@ def load_model_dir(path: Path) -> tuple[dict[str, Any], dict[str, dict[str, np.n
                 arrays[fn.removesuffix(".safetensors")] = load(blob)
             except Exception as e:  # safetensors raises its own error types
                 raise ArtifactError(f"{p}: unreadable safetensors ({e})") from None
+            for k, v in arrays[fn.removesuffix(".safetensors")].items():
+                # a NaN score compares as "not flagged": a weight that is not finite would fail open
+                if np.issubdtype(v.dtype, np.floating) and not np.isfinite(v).all():
+                    raise ArtifactError(f"{p}: tensor {k!r} holds NaN or infinite values")
     return doc, arrays

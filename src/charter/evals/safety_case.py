@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from charter.errors import CharterError
 from charter.fileio import sha256_file
@@ -68,6 +68,15 @@ class Criterion(_Strict):
         if not isinstance(v, bool) and not math.isfinite(v):
             raise ValueError(f"must be a finite number, not {v} (such a bar is always or never met)")
         return v
+
+    @model_validator(mode="after")
+    def _pessimistic(self) -> Criterion:
+        # "the rate stays under the bar" must hold at the interval's top, "over the bar" at its bottom
+        if (self.bound == "lower" and self.op in ("<", "<=")) or (self.bound == "upper" and self.op in (">", ">=")):
+            want = "upper" if self.bound == "lower" else "lower"
+            raise ValueError(f"bound: {self.bound} with op {self.op!r} takes the interval's optimistic end; "
+                             f"a safety claim needs bound: {want} (or point)")
+        return self
 
 
 class ClaimSpec(_Strict):
@@ -240,7 +249,7 @@ def _read_bytes(p: Path) -> bytes:
 
 
 def _parse_doc(raw: bytes, suffix: str) -> Any:
-    text = raw.decode("utf-8")
+    text = raw.decode("utf-8-sig")  # a byte-order mark (Windows editors) is not content
     try:
         if suffix in (".yaml", ".yml"):
             return yaml.safe_load(text)
@@ -312,7 +321,10 @@ def load_evidence(eid: str, spec: EvidenceSpec, base: Path, now: datetime) -> tu
             gap("invalid_evidence", "not a red-team results.json (no 'summary')")
             return rec, None, gaps
         root = doc["summary"]
-    elif spec.kind == "monitoring" and doc.get("events") == 0:
+    if isinstance(doc.get("summary"), dict) and doc["summary"].get("incomplete"):
+        ok = False  # an interrupted run's rates cover the items it finished, not the planned sample
+        gap("invalid_evidence", "the run that wrote it was interrupted (summary.incomplete); rerun or resume it")
+    if spec.kind == "monitoring" and doc.get("events") == 0:
         ok = False  # rates over no traffic say nothing about production
         gap("invalid_evidence", "holds no events: the monitoring window saw no traffic")
     clock = datetime.now(timezone.utc)
