@@ -26,7 +26,8 @@ from charter.server.config import ClientKey, ServerConfig, hash_key
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts" / "dashboard"
 KEY = "sk-charter-dashboard-test-0123456789abcdef"
-KEYS = [ClientKey(id="ops", sha256=hash_key(KEY))]
+KEYS = [ClientKey(id="ops", sha256=hash_key(KEY), dashboard=True)]
+CLIENT_KEY = "sk-charter-dashboard-test-client-key-0000"
 NOW = time.time()
 
 # what seed() writes: 20 events by 3 users, 5 blocked, 6 flagged, 2 escalated; 2 open alerts and 1 resolved
@@ -177,6 +178,36 @@ def test_keys_required_for_api_and_page(sqlite_store: EventStore, serve: Callabl
         assert out.status_code == 303 and "max-age=0" in out.headers["set-cookie"].lower()
         c.cookies.set(COOKIE, token)
         assert c.get("/api/summary").status_code == 401  # a logged-out token stays dead
+
+
+def test_client_keys_do_not_open_the_dashboard(sqlite_store: EventStore, serve: Callable[..., ServerThread]) -> None:
+    """A monitored client's key read every tenant's stored requests and acknowledged the alert raised
+    against itself; only keys marked dashboard: true open the dashboard now, and with none marked no one
+    can, with a login message that says why."""
+    client = ClientKey(id="alice", sha256=hash_key(CLIENT_KEY))
+    srv = serve(create_dashboard(sqlite_store, keys=[*KEYS, client]))
+    with _client(srv) as c:
+        for path in ("/api/summary", "/api/events"):
+            assert c.get(path, headers={"authorization": f"Bearer {CLIENT_KEY}"}).status_code == 401
+        (alert,) = [a for a in sqlite_store.alerts() if a.rule == "repeat_blocks"]
+        assert c.post(f"/api/alerts/{alert.id}/status", json={"status": "acknowledged"},
+                      headers={"authorization": f"Bearer {CLIENT_KEY}"}).status_code == 401
+        assert c.post("/login", data={"key": CLIENT_KEY}).status_code == 401
+        assert c.get("/api/summary", headers={"authorization": f"Bearer {KEY}"}).status_code == 200
+    only_clients = serve(create_dashboard(sqlite_store, keys=[client]))
+    with _client(only_clients) as c:
+        assert c.get("/api/summary").status_code == 401  # keys configured: never open
+        r = c.post("/login", data={"key": CLIENT_KEY})
+        assert r.status_code == 401 and "give an operator&#39;s key dashboard: true" in r.text
+
+
+def test_bearer_guesses_are_throttled_like_logins(sqlite_store: EventStore, serve: Callable[..., ServerThread]) -> None:
+    srv = serve(create_dashboard(sqlite_store, keys=KEYS))
+    with _client(srv) as c:
+        for i in range(10):
+            assert c.get("/api/summary", headers={"authorization": f"Bearer guess-{i}"}).status_code == 401
+        assert c.get("/api/summary", headers={"authorization": f"Bearer {KEY}"}).status_code == 401  # for a minute
+        assert c.post("/login", data={"key": KEY}).status_code == 429
 
 
 def test_alert_status_changes_need_a_key_json_and_the_same_origin(sqlite_store: EventStore,
@@ -387,7 +418,7 @@ def test_browser_login_required_with_keys(browser: Any, sqlite_store: EventStore
         assert page.url.endswith("/login")
         page.fill("#key", "sk-charter-not-the-key")
         page.click("button[type=submit]")
-        assert _text(page, "login-error") == "wrong key" and page.url.endswith("/login")
+        assert _text(page, "login-error") == "wrong key (or not a dashboard key)" and page.url.endswith("/login")
         page.screenshot(path=str(ARTIFACTS / "login-refused.png"), full_page=True)
         page.fill("#key", KEY)
         page.click("button[type=submit]")

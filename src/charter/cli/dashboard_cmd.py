@@ -18,7 +18,7 @@ def dashboard(
                                                                 "or postgresql+psycopg://user@host/db."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; beyond loopback, client keys are required."),
     port: int = typer.Option(8050, "--port", min=0, max=65535),
-    config: Path = typer.Option(None, "--config", help="charter.yaml whose client keys may log in "
+    config: Path = typer.Option(None, "--config", help="charter.yaml whose keys marked dashboard: true may log in "
                                                        "(keys / require_keys)."),
     cache_s: float = typer.Option(5.0, "--cache-s", min=0, max=3600,
                                   help="Seconds an aggregate answer is reused (stale ones refresh in the background); "
@@ -34,8 +34,12 @@ def dashboard(
     cfg = load_config(config)
     check_bind(host, cfg)
     store = open_store(db)  # a mistyped path is an error, not a new empty database
-    keys = f"{len(cfg.keys)} client keys" if cfg.keys else "no keys (loopback only)"
+    ops = sum(k.dashboard for k in cfg.keys)
+    keys = f"{ops} dashboard keys of {len(cfg.keys)} client keys" if cfg.keys else "no keys (loopback only)"
     console.print(f"charter: dashboard for {store.url} on http://{host}:{port}/ ({keys})")
+    if cfg.keys and not ops:
+        console.print("[yellow]warning:[/] no key has dashboard: true, so no one can log in "
+                      "(client keys do not open the dashboard)")
     try:
         uvicorn.run(create_dashboard(store, keys=cfg.keys, require_keys=cfg.require_keys, cache_ttl_s=cache_s), host=host, port=port,
                     log_level="warning", access_log=False)

@@ -196,12 +196,16 @@ class LoginThrottle:
 
 
 class DashboardAuth:
-    """Who may see the dashboard: bearer client keys or a signed session cookie."""
+    """Who may see the dashboard: the keys marked ``dashboard: true`` (operators), as a bearer key or a
+    signed session cookie. Once any key is configured, a key is required, and other client keys are
+    refused: the dashboard shows every client's traffic and can acknowledge the alerts about them."""
 
     def __init__(self, keys: Sequence[ClientKey], require_keys: bool, secret: bytes | None, session_ttl_s: float) -> None:
-        self.keystore = KeyStore(list(keys), Rate(), require_keys)
+        ops = [k for k in keys if k.dashboard]
+        self.keystore = KeyStore(ops, Rate(), require_keys or bool(keys))
         self.required = self.keystore.required
-        self._key_ids = {k.sha256[:16] for k in keys}
+        self.no_operator_keys = self.required and not ops
+        self._key_ids = {k.sha256[:16] for k in ops}
         self.signer = SessionSigner(secret or secrets.token_bytes(32), session_ttl_s)
         self.throttle = LoginThrottle()
 
@@ -211,7 +215,12 @@ class DashboardAuth:
             return "anonymous"
         authz = request.headers.get("authorization")
         if authz:
+            client = request.client.host if request.client else "?"
+            if self.throttle.blocked(client):  # bearer guesses count like form logins: refused while blocked
+                return None
             p: Principal | None = self.keystore.authenticate(authz)
+            if p is None:
+                self.throttle.fail(client)
             return p.key_id if p else None
         kid = self.signer.verify(request.cookies.get(COOKIE))
         return kid if kid in self._key_ids else None  # a key removed from the config ends its sessions
@@ -378,7 +387,9 @@ class Dashboard:
         if p is None:
             self.auth.throttle.fail(client)
             log.warning("dashboard: failed login from %s", client)  # never the submitted key
-            return self._html(self.templates["login.html"].render(base=base, error="wrong key"), 401)
+            why = ("no key may use the dashboard: give an operator's key dashboard: true in charter.yaml"
+                   if self.auth.no_operator_keys else "wrong key (or not a dashboard key)")
+            return self._html(self.templates["login.html"].render(base=base, error=why), 401)
         resp = RedirectResponse(f"{base}/", 303)
         resp.set_cookie(COOKIE, self.auth.signer.sign(p.key_id), max_age=int(self.auth.signer.ttl_s),
                         path=f"{base}/", httponly=True, samesite="strict", secure=request.url.scheme == "https")
@@ -515,8 +526,8 @@ def create_dashboard(store: EventStore | str, *, keys: Sequence[ClientKey] = (),
                      cache_ttl_s: float = 5.0) -> Starlette:
     """The dashboard as an ASGI app over ``store`` (an open store, or a URL opened on first use).
 
-    ``keys`` are the proxy's client keys (``config.keys``); with none and ``require_keys`` false the
-    dashboard is open, but only to loopback. ``session_secret`` signs login cookies (random per
+    ``keys`` are the proxy's client keys (``config.keys``): those marked ``dashboard: true`` may log in;
+    with none at all and ``require_keys`` false the dashboard is open, but only to loopback. ``session_secret`` signs login cookies (random per
     process by default, so a restart logs everyone out).
     """
     d = Dashboard(store, DashboardAuth(keys, require_keys, session_secret, session_ttl_s), cache_ttl_s)

@@ -70,6 +70,10 @@ class ClientKey(_Strict):
     #: hex sha256 of the key; generate with `charter serve-key`
     sha256: str
     rate: Rate | None = None
+    #: an operator's key: it may also log in to the monitoring dashboard, which shows every client's
+    #: stored traffic and can acknowledge alerts (a client key must not read other tenants' requests
+    #: or silence the alerts about itself)
+    dashboard: bool = False
 
     @field_validator("sha256")
     @classmethod
