@@ -5,6 +5,7 @@ strand it in the spill file; out-of-range ids and limits are clean errors in the
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -309,3 +310,37 @@ def test_close_waits_for_the_rewrite_of_a_failed_replay(tmp_path: Path, monkeypa
     ids = [Event.model_validate_json(x).request_id for x in q.replay_path.read_text().splitlines()]
     assert ids == [f"r{i:03d}" for i in range(16, 48)]
     assert [f.name for f in tmp_path.iterdir()] == [q.replay_path.name]
+
+
+def test_spilled_events_are_replayed_under_the_configured_content_policy(tmp_path: Path) -> None:
+    """Text spilled under content: full was stored and served by the dashboard after the operator
+    switched to content: none; both sinks now apply the configured policy again."""
+    from charter.monitor.events import JsonlSink
+
+    secret = "my SSN is 078-05-1120"
+    full = Event(request_id="r1", user_id="u", content_policy="full",
+                 content={"messages": [{"role": "user", "content": secret}], "response": None})
+    spill = tmp_path / "spill.jsonl"
+    spill.write_text(full.model_dump_json() + "\n")
+    db = f"sqlite:///{tmp_path / 'm.db'}"
+
+    async def replay() -> None:
+        q = EventQueue(SqlSink.lazy(db, policy="none"), spill)
+        await q.start()
+        for _ in range(200):
+            if q.replayed:
+                break
+            await asyncio.sleep(0.02)
+        await q.close()
+        sink = JsonlSink(tmp_path / "e.jsonl", policy="redacted")
+        await sink.write([full])
+
+    asyncio.run(replay())
+    store = EventStore.open(db)
+    try:
+        (row,) = store.events(since=0)
+        assert row.content_policy == "none" and row.content is None
+    finally:
+        store.close()
+    (line,) = (tmp_path / "e.jsonl").read_text().splitlines()
+    assert "078-05-1120" not in line and json.loads(line)["content_policy"] == "redacted"

@@ -276,6 +276,35 @@ def test_alerts_are_deduplicated_resolved_stay_resolved_and_new_evidence_reopens
     assert len(mem.run_once(now + 6).new) == 1 and mem.run_once(now + 7).new == []
 
 
+def test_an_acknowledged_alert_that_turns_worse_reopens_and_a_storeless_key_notifies_again(store_url: str) -> None:
+    """An acknowledged alert folded in all later evidence unseen and unnotified, a rise to high included;
+    without a store sink, a key was notified once per process lifetime, so the next day's incident was
+    silent."""
+    from charter.monitor.rules import RENOTIFY_S
+
+    s = EventStore.open(store_url)
+    now = time.time()
+    s.write([ev(f"a{i}", "u1", 0.9, t=now - 100 + i) for i in range(5)])
+    eng = RuleEngine(s, only("repeated_flags"))
+    (first,) = eng.run_once(now).new
+    assert first.severity == "medium"
+    s.set_alert_status(first.id, "acknowledged")
+    s.write([ev("a5", "u1", 0.9, t=now + 1)])
+    assert eng.run_once(now + 2).new == [] and s.alerts(status=None)[0].status == "acknowledged"  # no worse
+    s.write([ev(f"a{i}", "u1", 0.9, t=now + i) for i in range(6, 10)])
+    (worse,) = eng.run_once(now + 20).new
+    [rec] = s.alerts(status=None)
+    assert worse.severity == "high" and rec.status == "open" and rec.id == first.id and rec.severity == "high"
+
+    mem = RuleEngine(s, only("repeated_flags", sinks=[{"type": "log"}]))
+    assert len(mem.run_once(now + 20).new) == 1
+    s.write([ev("b0", "u1", 0.9, t=now + 30)])
+    assert mem.run_once(now + 40).new == []  # new evidence within the day: the same incident
+    later = now + RENOTIFY_S + 100
+    s.write([ev(f"c{i}", "u1", 0.9, t=later - 50 + i) for i in range(5)])
+    assert len(mem.run_once(later).new) == 1  # the next day's incident is notified
+
+
 class Receiver:
     """A real HTTP receiver under uvicorn: records JSON posts, answers with scripted statuses."""
 
@@ -680,3 +709,31 @@ def test_alerts_a_sink_missed_are_offered_again_after_a_restart(store_url: str) 
     assert again.new == [] and again.undelivered == {}  # nothing new, but the missed alert went out, once
     assert [a.id for a in hook.got] == [first.new[0].id] and hook.got[0].events[0]["request_id"] == "a0"
     assert s.undelivered("sinks[1] (webhook)") == []
+
+
+def test_the_log_sink_writes_one_line_whatever_the_ids_hold(caplog: pytest.LogCaptureFixture) -> None:
+    """A client-chosen conversation id with a line break forged a whole log record."""
+    from charter.monitor.alerts import LogSink
+
+    forged = "c1\n2099-01-01 00:00:00,000 INFO charter.monitor: alert 7 resolved by ops"
+    a = Alert(rule="escalation", subject_kind="conversation", subject_id=forged, summary="scores rose\rover turns")
+    with caplog.at_level(logging.WARNING, logger="charter.monitor"):
+        LogSink().emit(a)
+    (rec,) = caplog.records
+    msg = rec.getMessage()
+    assert "\n" not in msg and "\r" not in msg and "c1\\n2099-01-01" in msg
+
+
+def test_rules_load_the_conversations_only_when_a_rule_reads_text(store_url: str, guard: Guard, monkeypatch) -> None:
+    """Every evaluation loaded every event's whole stored conversation (2,000 events of 100 kB: 233 MB)
+    though only the decomposition rule reads text."""
+    s = EventStore.open(store_url)
+    now = time.time()
+    s.write([ev("t1", "u1", 0.9, t=now - 10, text="what about making the nerve agent itself?")])
+    assert s.events(since=0, content=False)[0].content is None and s.events(since=0)[0].text
+    loads: list[bool] = []
+    real = s.events
+    monkeypatch.setattr(s, "events", lambda **kw: loads.append(kw.get("content", True)) or real(**kw))
+    RuleEngine(s, only("repeated_flags"), guard=guard).evaluate(now)
+    RuleEngine(s, only("decomposition"), guard=guard).evaluate(now)
+    assert loads == [False, True]

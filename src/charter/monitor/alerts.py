@@ -133,6 +133,11 @@ class AlertSink(Protocol):
     def close(self) -> None: ...
 
 
+def _one_line(text: str) -> str:
+    """``text`` with control characters (line breaks included) shown escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class LogSink:
     name = "log"
 
@@ -141,8 +146,9 @@ class LogSink:
 
     def emit(self, alert: Alert) -> None:
         ids = ", ".join(str(e.get("request_id")) for e in alert.events[:5])
+        # ids and summaries carry client-chosen text (a conversation id): one log record, never a forged one
         log.log(self.level, "alert %s [%s] %s %s: %s (evidence: %s)", alert.id or "-", alert.severity, alert.rule,
-                f"{alert.subject_kind}:{alert.subject_id}", alert.summary, ids or "none")
+                _one_line(f"{alert.subject_kind}:{alert.subject_id}"), _one_line(alert.summary), _one_line(ids or "none"))
 
     def close(self) -> None:
         return None

@@ -89,16 +89,25 @@ class EventSink(Protocol):
 class JsonlSink:
     """Appends events to a JSON-lines file (one event a line)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, policy: str | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        #: the configured content policy, applied again to what is written (spilled events replayed
+        #: after it was tightened)
+        self.policy = policy
 
     def _append(self, lines: str) -> None:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(lines)
 
+    def _restricted(self, e: Event) -> Event:
+        from charter.monitor.store import restricted_content
+
+        content, pol = restricted_content(e, self.policy)  # type: ignore[arg-type]
+        return e if content is e.content else e.model_copy(update={"content": content, "content_policy": pol})
+
     async def write(self, events: list[Event]) -> None:
-        lines = "".join(e.model_dump_json() + "\n" for e in events)
+        lines = "".join(self._restricted(e).model_dump_json() + "\n" for e in events)
         await anyio.to_thread.run_sync(self._append, lines)
 
     async def close(self) -> None:

@@ -63,6 +63,11 @@ log = logging.getLogger("charter.monitor")
 BLOCKED = ("blocked_input", "blocked_output")
 #: alerts kept per sink for redelivery after a failure; beyond it the oldest are dropped (logged)
 MAX_PENDING_ALERTS = 1000
+#: without a store sink: a key notified again for new evidence once its last notice is this old (s)
+RENOTIFY_S = 86_400.0
+MAX_REMEMBERED = 100_000  # dedupe keys remembered without a store (oldest notice dropped first)
+MAX_EVIDENCE_IDS = 1000
+_SEVERITY = {"low": 1, "medium": 2, "high": 3}
 #: views that are not obfuscations: the text as sent, and the guard's per-turn views of a transcript
 #: or a conversation (as a prefix, "last_turn+leet", they say where the obfuscation sat)
 PLAIN_VIEWS = frozenset({"original", "last_turn", "asker_turns", "last_user", "folded"})
@@ -165,6 +170,9 @@ class Rule(ABC):
     name: ClassVar[str]
     #: the rule's settings model (``enabled``, ``window_s``, ``severity`` and its thresholds)
     Settings: ClassVar[type[RuleSettings]] = RuleSettings
+    #: True when the rule reads events' stored text (``StoredEvent.text``): only then does an evaluation
+    #: load the conversations, which can be large (user rules that read text must set it)
+    needs_text: ClassVar[bool] = False
 
     def __init__(self, settings: RuleSettings) -> None:
         self.settings = settings
@@ -335,6 +343,7 @@ class Decomposition(Rule):
     """
 
     name = "decomposition"
+    needs_text = True
 
     class Settings(RuleSettings):
         #: permitted requests needed before their union is read as one
@@ -601,7 +610,8 @@ class RuleEngine:
         self._guard: Guard | None = None
         self.sinks = build_sinks(self.settings.sinks) if sinks is None else sinks
         self.store_alerts = any(isinstance(s, StoreSinkSettings) for s in self.settings.sinks)
-        self._seen: set[str] = set()
+        #: without a store sink, what was last notified per dedupe key: (severity rank, when, request ids)
+        self._seen: dict[str, tuple[int, float, frozenset[Any]]] = {}
         self._cache: dict[tuple[str, ...], Any] = {}
         #: sink index -> alerts it failed to take, retried at the next run (kept in the store too, with a
         #: store sink, so that a restart offers them again)
@@ -647,7 +657,8 @@ class RuleEngine:
         now = time.time() if now is None else now
         rules = self.rules()
         span = max((r.settings.window_s for r in rules), default=0.0)
-        recent = self.store.events(since=now - span, until=None, limit=self.settings.max_events, newest_first=True)
+        recent = self.store.events(since=now - span, until=None, limit=self.settings.max_events, newest_first=True,
+                                   content=any(r.needs_text for r in rules))
         recent.reverse()
         warnings = []
         if len(recent) >= self.settings.max_events:
@@ -668,17 +679,17 @@ class RuleEngine:
         return RunResult(alerts, [], errors, warnings)
 
     def run_once(self, now: float | None = None) -> RunResult:
+        now = time.time() if now is None else now
         res = self.evaluate(now)
         alerts, errors = res.alerts, res.errors
         new = []
         for a in alerts:
             try:
-                is_new = self._persist(a) if self.store_alerts else a.dedupe_key not in self._seen
+                is_new = self._persist(a) if self.store_alerts else self._remember(a, now)
             except Exception as e:
                 errors[f"store:{a.rule}"] = f"{type(e).__name__}: {e}"
                 log.exception("storing alert %s failed", a.dedupe_key)
                 continue
-            self._seen.add(a.dedupe_key)
             if is_new:
                 new.append(a)
         failures: dict[str, int] = {}
@@ -723,6 +734,24 @@ class RuleEngine:
                     errors[f"store:undelivered:{name}"] = f"{type(e).__name__}: {e}"
                     log.exception("recording the alerts sink %s has yet to take failed", name)
         return RunResult(alerts, new, errors, res.warnings, failures, undelivered)
+
+    def _remember(self, a: Alert, now: float) -> bool:
+        """Without a store: is ``a`` worth notifying? Its key's first alert is; later ones when the
+        severity rises, or when they bring evidence not yet notified and the last notice is a day old
+        (a key notified once per process lifetime stayed silent about the next day's incident)."""
+        sev = _SEVERITY.get(a.severity, 0)
+        ids = frozenset(e.get("request_id") for e in a.events)
+        prev = self._seen.get(a.dedupe_key)
+        new = prev is None or sev > prev[0] or (bool(ids - prev[2]) and now - prev[1] >= RENOTIFY_S)
+        if new:
+            self._seen.pop(a.dedupe_key, None)
+            self._seen[a.dedupe_key] = (sev, now, ids)
+            while len(self._seen) > MAX_REMEMBERED:
+                del self._seen[next(iter(self._seen))]  # the longest-unnotified key
+        else:
+            assert prev is not None
+            self._seen[a.dedupe_key] = (prev[0], prev[1], frozenset(list(prev[2] | ids)[:MAX_EVIDENCE_IDS]))
+        return new
 
     def _load_undelivered(self, name: str, errors: dict[str, str]) -> list[Alert]:
         if not self.store_alerts:

@@ -196,11 +196,10 @@ def _final_verdict(ev: Event) -> tuple[Any, bool]:
     return (flagged[0] if flagged else max(vs, key=lambda v: v.score)), bool(flagged)
 
 
-def event_row(ev: Event, policy: ContentPolicy | None = None) -> dict[str, Any]:
-    """The ``events`` row for ``ev``; ``policy`` can only make the event's own content stricter."""
-    v, flagged = _final_verdict(ev)
-    content = ev.content
-    pol = ev.content_policy
+def restricted_content(ev: Event, policy: ContentPolicy | None) -> tuple[dict[str, Any] | None, str]:
+    """``ev``'s content and policy under ``policy``, which can only make them stricter: an event spilled
+    under ``full`` and replayed after the operator chose ``none`` keeps no text."""
+    content, pol = ev.content, ev.content_policy
     if policy is not None and content is not None and _rank(policy) < _rank(pol):
         msgs = content.get("messages") if pol != "hash" else None
         keep_hash = content.get("user_hash")
@@ -208,6 +207,13 @@ def event_row(ev: Event, policy: ContentPolicy | None = None) -> dict[str, Any]:
         if content is not None and keep_hash:
             content["user_hash"] = keep_hash
         pol = policy if content is not None else "none"
+    return content, pol if content is not None else "none"
+
+
+def event_row(ev: Event, policy: ContentPolicy | None = None) -> dict[str, Any]:
+    """The ``events`` row for ``ev``; ``policy`` can only make the event's own content stricter."""
+    v, flagged = _final_verdict(ev)
+    content, pol = restricted_content(ev, policy)
     th = content.get("user_hash") if content else None
     if th is None and content:
         last = last_user_text(content)
@@ -351,6 +357,9 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")
     cur.execute("PRAGMA busy_timeout=5000")
     cur.close()
+
+
+_SEVERITY = {"low": 1, "medium": 2, "high": 3}
 
 
 class EventStore:
@@ -605,17 +614,20 @@ class EventStore:
     def events(self, *, since: float | None = None, until: float | None = None, user_id: str | None = None,
                conversation_id: str | None = None, decisions: Iterable[str] | None = None,
                flagged: bool | None = None, min_score: float | None = None, limit: int | None = 10_000,
-               newest_first: bool = False) -> list[StoredEvent]:
+               newest_first: bool = False, content: bool = True) -> list[StoredEvent]:
         return list(self.iter_events(since=since, until=until, user_id=user_id, conversation_id=conversation_id,
                                      decisions=decisions, flagged=flagged, min_score=min_score, limit=limit,
-                                     newest_first=newest_first))
+                                     newest_first=newest_first, content=content))
 
     def iter_events(self, *, since: float | None = None, until: float | None = None, user_id: str | None = None,
                     conversation_id: str | None = None, decisions: Iterable[str] | None = None,
                     flagged: bool | None = None, min_score: float | None = None, limit: int | None = None,
-                    newest_first: bool = False, batch: int = 5000) -> Iterator[StoredEvent]:
+                    newest_first: bool = False, batch: int = 5000, content: bool = True) -> Iterator[StoredEvent]:
+        """Events in time order (``newest_first``: the reverse). ``content=False`` leaves the stored
+        conversations unread (``content`` None): they can be large, and most readers need none."""
         t = events_table
-        q = sa.select(t)
+        q = sa.select(t) if content else sa.select(*[c if c.name != "content" else sa.null().label("content")
+                                                     for c in t.c])
         if since is not None:
             q = q.where(t.c.ts >= since)
         if until is not None:
@@ -843,8 +855,10 @@ class EventStore:
     def upsert_alert(self, a: AlertRecord) -> tuple[AlertRecord, bool]:
         """Store ``a``, or fold it into the open alert with the same dedupe key.
 
-        Returns the stored alert and whether it is new (a resolved alert with the same key reopens
-        as new). Evidence is merged by request id, newest kept, bounded.
+        Returns the stored alert and whether it is new: a resolved alert with the same key reopens as
+        new, and so does an acknowledged one whose severity rises (an analyst who acknowledged a medium
+        alert has not seen it turn high; it would otherwise fold in evidence unseen and unnotified).
+        Evidence is merged by request id, newest kept, bounded.
         """
         t = alerts_table
         with self.engine.begin() as conn:
@@ -858,13 +872,16 @@ class EventStore:
                     return self.upsert_alert(a)
                 return a, True
             old = AlertRecord.from_row(row)
-            new = old.status == "resolved"
+            worse = _SEVERITY.get(a.severity, 0) > _SEVERITY.get(old.severity, 0)
+            new = old.status == "resolved" or (old.status == "acknowledged" and worse)
             seen = {e.get("request_id") for e in a.evidence}
             merged = (a.evidence + [e for e in old.evidence if e.get("request_id") not in seen])[:200]
             vals = {"last_seen": max(old.last_seen, a.last_seen), "count": old.count + 1, "evidence": merged,
                     "summary": a.summary, "severity": a.severity}
-            if new:
+            if old.status == "resolved":
                 vals.update(status="open", first_seen=a.first_seen, count=1)
+            elif new:
+                vals.update(status="open")
             conn.execute(t.update().where(t.c.id == old.id).values(**vals))
             stored = AlertRecord.from_row(conn.execute(sa.select(t).where(t.c.id == old.id)).one())
             return stored, new
@@ -920,18 +937,22 @@ class SqlSink:
     start-up still serves: its events spill to disk and are replayed once the database is back.
     """
 
-    def __init__(self, store: EventStore | None = None, *, url: str | None = None) -> None:
+    def __init__(self, store: EventStore | None = None, *, url: str | None = None,
+                 policy: ContentPolicy | None = None) -> None:
         self.store = store
         self.url = url
+        self.policy = policy
 
     @classmethod
-    def lazy(cls, url: str) -> SqlSink:
-        return cls(url=url)
+    def lazy(cls, url: str, policy: ContentPolicy | None = None) -> SqlSink:
+        """``policy``: the configured content policy, applied again to what is written (spilled events
+        replayed after the policy was tightened)."""
+        return cls(url=url, policy=policy)
 
     def _write(self, events: list[Event]) -> None:
         if self.store is None:
             assert self.url is not None
-            self.store = EventStore.open(self.url)
+            self.store = EventStore.open(self.url, policy=self.policy)
         self.store.write(events)
 
     async def write(self, events: list[Event]) -> None:

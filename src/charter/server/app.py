@@ -50,6 +50,7 @@ def _conversation_id(request: Request, req: ChatRequest) -> str | None:
     cid = request.headers.get("x-conversation-id")
     if not cid and req.metadata and isinstance(req.metadata.get("conversation_id"), str):
         cid = req.metadata["conversation_id"]
+    cid = "".join(c for c in cid if c.isprintable()) if cid else cid  # no line breaks into logs and alerts
     return cid[:200] if cid else None
 
 
@@ -207,8 +208,8 @@ def default_sink(ev: EventsSettings) -> EventSink:
     if ev.db:
         from charter.monitor.store import SqlSink
 
-        return SqlSink.lazy(ev.db)
-    return JsonlSink(ev.path)
+        return SqlSink.lazy(ev.db, policy=ev.content_policy)
+    return JsonlSink(ev.path, policy=ev.content_policy)
 
 
 def _dashboard_routes(config: ServerConfig) -> list[Mount]:
