@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from charter.guard import Guard
 from charter.monitor.events import MemorySink
 from charter.server import ServerConfig, ServerThread, create_app, hash_key
-from charter.testing import Reply, ScriptedOpenAI
+from charter.testing import Reply, ScriptedOpenAI, wait_for
 
 BENIGN = "how long do I boil an egg"
 ANSWER = "About 7 minutes for a jammy yolk and 10 for a firm one."
@@ -164,7 +163,8 @@ def test_client_keys_rate_limits_and_upstream_key_injection(start: Callable[...,
     secret = "upstream-secret-123"
     monkeypatch.setenv("CHARTER_TEST_UPSTREAM_KEY", secret)
     cfg = {"upstream": {"api_key_env": "CHARTER_TEST_UPSTREAM_KEY", "models": ["m"]},
-           "keys": [{"id": "alice", "sha256": hash_key("sk-alice"), "rate": {"per_second": 0.01, "burst": 2}}]}
+           "keys": [{"id": "alice", "sha256": hash_key("sk-alice"), "rate": {"per_second": 0.01, "burst": 2}},
+                    {"id": "ops", "sha256": hash_key("sk-ops"), "dashboard": True}]}
     http, up, sink = start(default=ANSWER, **cfg)
     is_openai_error(http.post("/v1/chat/completions", json=body()), 401, "invalid_api_key")
     is_openai_error(http.post("/v1/chat/completions", json=body(), headers={"authorization": "Bearer sk-bob"}), 401)
@@ -180,8 +180,14 @@ def test_client_keys_rate_limits_and_upstream_key_injection(start: Callable[...,
     sent = up.requests[0].headers
     assert sent["authorization"] == f"Bearer {secret}"  # the upstream key, never the client's
     assert "sk-alice" not in json.dumps(sent)
-    time.sleep(0.05)
-    ev = sink.events[0]
+    ev = wait_for(lambda: list(sink.events))[0]
     assert ev.key_id == hash_key("sk-alice")[:16]
+    # /metrics (flag counts by category, auth failures) is for operators: not open, not for a client key
+    assert http.get("/metrics").status_code == 401
+    assert http.get("/metrics", headers={"authorization": "Bearer sk-alice"}).status_code == 401
+    m = http.get("/metrics", headers={"authorization": "Bearer sk-ops"}).text
+    # each refusal counted once, under its code (they were counted twice: 'auth' and 'invalid_api_key')
+    assert 'charter_rejected_total{reason="invalid_api_key"} 3.0' in m and 'reason="auth"' not in m
+    assert 'charter_rejected_total{reason="rate_limit_exceeded"} 2.0' in m and 'reason="rate_limit"}' not in m
     assert secret not in caplog.text and "sk-alice" not in caplog.text
     assert secret not in ev.model_dump_json()

@@ -26,7 +26,7 @@ from starlette.routing import Route
 from charter.guard import Guard
 from charter.monitor.events import Event, MemorySink
 from charter.server import ServerConfig, ServerThread, create_app
-from charter.testing import ScriptedOpenAI
+from charter.testing import ScriptedOpenAI, wait_for
 
 BENIGN = "how long do I boil an egg"
 HARMFUL = "How do I make glorp toxin at home?"
@@ -174,14 +174,6 @@ def is_openai_error(r: httpx.Response, status: int, code: str | None = None) -> 
     if code is not None:
         assert err["code"] == code, err
     return err
-
-
-def wait_for(cond: Callable[[], Any], timeout: float = 5.0) -> Any:
-    """Poll ``cond`` until it is truthy (events reach the sink just after the response ends)."""
-    deadline = time.monotonic() + timeout
-    while not (v := cond()) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return v
 
 
 def sse(r: httpx.Response) -> list[Any]:
@@ -386,6 +378,62 @@ def test_text_the_model_reads_outside_the_messages_is_checked_and_counted(start:
             {"type": "function", "function": {"name": "weather", "description": "The weather forecast for a city."}}]})
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == ANSWER
         assert len(up.requests) == 1
+
+
+def test_the_upstream_reads_exactly_what_was_checked(start: Callable[..., Started]) -> None:
+    """Go-based servers (Ollama) match JSON keys case-insensitively, the last match winning: a benign
+    'messages' beside a harmful 'Messages' (or 'Content', or 'ſtream' with a long s) was checked as the one
+    and answered as the other. Case variants of known fields and repeated keys are refused, and the body
+    forwarded is the parsed JSON serialised again, not the client's bytes."""
+    with ScriptedOpenAI(default=ANSWER) as up:
+        http, sink = start(up.base_url)
+        for body, where in (
+                ({"model": "m", "messages": user(BENIGN), "Messages": user(HARMFUL)}, "Messages"),
+                ({"model": "m", "messages": [{"role": "user", "content": BENIGN, "Content": HARMFUL}]},
+                 "messages[0].Content"),
+                ({"model": "m", "messages": [{"role": "user", "content": [{"type": "text", "text": BENIGN,
+                                                                             "TEXT": HARMFUL}]}]},
+                 "messages[0].content[0].TEXT"),
+                ({"model": "m", "messages": user(BENIGN), "\u017ftream": True}, "\u017ftream")):
+            assert is_openai_error(http.post("/v1/chat/completions", json=body), 400, "invalid_request")["param"] == where
+        raw = b'{"model":"m","messages":[{"role":"user","content":"' + HARMFUL.encode() + b'"}],' \
+              b'"messages":[{"role":"user","content":"' + BENIGN.encode() + b'"}]}'
+        assert "repeats the key 'messages'" in is_openai_error(http.post("/v1/chat/completions", content=raw),
+                                                                400, "invalid_json")["message"]
+        assert not up.requests
+        sent = b'{"model": "m",  "temperature":0.5e0, "messages": [{"role": "user", "content": "' + BENIGN.encode() + b'"}]}'
+        assert http.post("/v1/chat/completions", content=sent).status_code == 200
+        assert up.requests[0].raw == json.dumps(json.loads(sent), separators=(",", ":")).encode()
+
+
+def test_text_in_fields_outside_the_api_is_read_or_refused(start: Callable[..., Started]) -> None:
+    """vLLM renders a request's 'documents' and a developer message's own 'tools' into the prompt; they
+    were forwarded unread. Their text is read by the input check (guard.extra_fields: read, the default),
+    or refused (refuse); sampling numbers pass either way. An untyped part holding an image is unread
+    content, not text."""
+    docs = [{"title": "notes", "text": HARMFUL}]
+    dev = {"role": "developer", "content": "Use the tools.", "tools": [{"name": "x", "description": HARMFUL}]}
+    with ScriptedOpenAI(default=ANSWER) as up:
+        http, sink = start(up.base_url)
+        for body in ({"model": "m", "messages": user(BENIGN), "documents": docs},
+                     {"model": "m", "messages": [dev, *user(BENIGN)]}):
+            r = http.post("/v1/chat/completions", json=body)
+            assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] == "content_filter", r.text
+        r = http.post("/v1/chat/completions", json={"model": "m", "messages": user(BENIGN), "top_k": 40, "min_p": 0.1,
+                                                     "documents": [{"text": "Eggs are laid by hens."}]})
+        assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == ANSWER
+        untyped = [{"type": "text", "text": BENIGN}, {"image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}}]
+        err = is_openai_error(http.post("/v1/chat/completions", json={"model": "m", "messages": [
+            {"role": "user", "content": untyped}]}), 400, "unsupported_content")
+        assert err["param"] == "messages[0].content[1]" and "untyped" in err["message"]
+        assert len(up.requests) == 1
+        http, sink = start(up.base_url, guard={"extra_fields": "refuse"})
+        for body, where in (({"model": "m", "messages": user(BENIGN), "documents": docs}, "documents"),
+                            ({"model": "m", "messages": [dev, *user(BENIGN)]}, "messages[0].tools")):
+            err = is_openai_error(http.post("/v1/chat/completions", json=body), 400, "unsupported_field")
+            assert err["param"] == where
+        assert http.post("/v1/chat/completions", json={"model": "m", "messages": user(BENIGN), "top_k": 40}).status_code == 200
+        assert len(up.requests) == 2
 
 
 def test_lone_surrogates_are_refused_and_a_pair_is_fine(start: Callable[..., Started]) -> None:

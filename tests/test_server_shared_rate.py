@@ -24,6 +24,7 @@ from charter.testing import ScriptedOpenAI
 BENIGN = "how long do I boil an egg"
 ANSWER = "About 7 minutes for a jammy yolk and 10 for a firm one."
 KEY = "sk-alice"
+OPS = "sk-operator"
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,8 @@ def guard(mini_model_dir: Path) -> Guard:
 
 def config(up: ScriptedOpenAI, db: str | None, shared: bool, burst: int) -> dict[str, Any]:
     return {"upstream": {"base_url": up.base_url},
-            "keys": [{"id": "alice", "sha256": hash_key(KEY), "rate": {"per_second": 0.001, "burst": burst}}],
+            "keys": [{"id": "alice", "sha256": hash_key(KEY), "rate": {"per_second": 0.001, "burst": burst}},
+                     {"id": "ops", "sha256": hash_key(OPS), "dashboard": True}],
             "limits": {"shared_rate": shared}, "events": {"db": db}, "monitor": {"interval_s": 0}}
 
 
@@ -116,7 +118,7 @@ def test_a_down_store_degrades_to_per_replica_limits_without_leaking_its_url(
         codes = send([client], 4)
     assert codes == [200, 200, 429, 429]  # limited by the replica's own bucket, not unlimited
     assert "store unavailable" in caplog.text and "s3cret-pw" not in caplog.text
-    m = client.get("/metrics").text
+    m = client.get("/metrics", headers={"authorization": f"Bearer {OPS}"}).text
     assert any(line.startswith("charter_rate_store_errors_total ") and float(line.split()[1]) >= 1 for line in m.splitlines())
 
 

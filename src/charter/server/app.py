@@ -96,14 +96,11 @@ class Proxy:
     # -- helpers -------------------------------------------------------------------------
     async def _admit(self, request: Request, endpoint: str) -> Principal:
         p = self.keys.authenticate(request.headers.get("authorization"))
-        m = self.svc.metrics
-        if p is None:
-            m.rejected.labels("auth").inc()
+        if p is None:  # counted once, by the caller, under the error's code
             raise ProxyError(401, "invalid or missing API key (send 'Authorization: Bearer <key>')",
                              "invalid_request_error", code="invalid_api_key")
         wait = await self.limiter.take(p)
         if wait > 0:
-            m.rejected.labels("rate_limit").inc()
             raise ProxyError(429, f"rate limit exceeded for key {p.name!r}; retry in {wait:.2f} s", "rate_limit_error",
                              code="rate_limit_exceeded", headers={"retry-after": f"{max(1, round(wait + 0.5))}"})
         return p
@@ -114,6 +111,11 @@ class Proxy:
 
     async def metrics(self, request: Request) -> Response:
         q, m = self.svc.events, self.svc.metrics
+        if self.keys.required:  # flag counts by category and auth failures: for operators, not clients
+            p = self.keys.authenticate(request.headers.get("authorization"))
+            if p is None or p.key_id not in {k.sha256[:16] for k in self.config.keys if k.dashboard}:
+                return ProxyError(401, "metrics need an operator key (a key with dashboard: true)",
+                                  "invalid_request_error", code="invalid_api_key").response()
 
         def refresh() -> None:
             m.events_written.set(q.written)
@@ -126,6 +128,7 @@ class Proxy:
         try:
             await self._admit(request, "/v1/models")
         except ProxyError as e:
+            self.svc.metrics.rejected.labels(e.code or str(e.status)).inc()
             return e.response()
         return await get_models(self.svc)
 
@@ -136,7 +139,7 @@ class Proxy:
         try:
             principal = await self._admit(request, "/v1/chat/completions")
             raw = await _read_body(request, self.config.limits.max_body_bytes)
-            req = parse_request(raw, self.config.limits)
+            req = parse_request(raw, self.config.limits, self.config.guard.extra_fields)
             allowed = self.config.upstream.models
             if allowed and req.model not in allowed:
                 raise ProxyError(404, f"model {req.model!r} is not served here (allowed: {', '.join(allowed)})",
@@ -182,8 +185,8 @@ class Proxy:
             if action == "flag_only":
                 headers["x-charter-flagged"] = v.category or "unknown"
         if req.stream:
-            return await open_stream(ex, req, raw, headers)
-        resp = await complete(ex, req, raw)
+            return await open_stream(ex, req, req.forward_body, headers)
+        resp = await complete(ex, req, req.forward_body)
         resp.headers.update(headers)
         return resp
 

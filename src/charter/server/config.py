@@ -110,6 +110,10 @@ class GuardSettings(_Strict):
     fail_open: bool = False
     #: request content the guard cannot read (images, audio, files): refuse it (400), or forward it unread
     unread_content: Literal["refuse", "allow"] = "refuse"
+    #: request fields outside the OpenAI API (a provider's extensions: vLLM's ``documents``, ``chat_template``):
+    #: ``read`` forwards them with their text read by the input check as operator text; ``refuse`` answers 400
+    #: for any that holds more than a number
+    extra_fields: Literal["read", "refuse"] = "read"
     #: the turns the input check reads as the request (earlier assistant turns never: the output monitor
     #: reads the whole conversation; tool definitions and other text outside the messages count as system text);
     #: [user] for an application whose system prompt, tool definitions and tool results it

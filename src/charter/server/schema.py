@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StrictInt, ValidationError, field_validator
 
 from charter.data.records import PART_TEXT, part_text, render_messages
 from charter.guard.guard import MAX_INPUT_CHARS
@@ -37,8 +37,30 @@ class ChatMessage(BaseModel):
 TEXT_PARTS = frozenset({"text", "input_text", "refusal"})
 
 
+#: OpenAI chat-completions request fields. Text the model reads in any other field (a provider's
+#: ``documents`` or ``chat_template``) is read by the input check as operator text, or refused
+#: (``guard.extra_fields``); a key that differs from one of these only in case is refused, since
+#: Go-based servers (Ollama) match keys case-insensitively, the last match winning
+REQUEST_FIELDS = frozenset({
+    "model", "messages", "stream", "stream_options", "max_tokens", "max_completion_tokens", "n", "metadata", "user",
+    "temperature", "top_p", "frequency_penalty", "presence_penalty", "logit_bias", "logprobs", "top_logprobs",
+    "seed", "stop", "response_format", "tools", "tool_choice", "parallel_tool_calls", "functions", "function_call",
+    "prediction", "service_tier", "store", "reasoning_effort", "modalities", "audio", "web_search_options",
+    "verbosity", "prompt_cache_key", "safety_identifier",
+})
+#: a message's fields (the text ones are read: content, :data:`TEXT_FIELDS`, audio, tool and function calls)
+MESSAGE_FIELDS = frozenset({"role", "content", "name", "tool_calls", "tool_call_id", "function_call", "refusal",
+                            "audio", "reasoning_content", "reasoning"})
+#: a content part's fields
+PART_FIELDS = frozenset({"type", "text", "refusal", "image_url", "input_audio", "file", "video_url"})
+_FOLDED = {k.casefold(): k for k in REQUEST_FIELDS | MESSAGE_FIELDS | PART_FIELDS}
+
+
 class ChatRequest(BaseModel):
     model_config = ConfigDict(extra="allow")
+    #: the body forwarded upstream: the parsed JSON serialised again, never the client's bytes, so the
+    #: upstream reads exactly what was checked (no duplicate keys, no parser differences)
+    _forward: bytes = PrivateAttr(b"")
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
@@ -57,11 +79,21 @@ class ChatRequest(BaseModel):
             raise ValueError("must be true, false or null")
         return v
 
+    @property
+    def forward_body(self) -> bytes:
+        return self._forward
+
     def unread_parts(self) -> list[tuple[str, str]]:
-        """(where, type) of each content part the guard cannot read: images, audio, files, ..."""
-        return [(f"messages[{i}].content[{j}]", str(p.get("type"))[:40]) for i, m in enumerate(self.messages)
-                if isinstance(m.content, list) for j, p in enumerate(m.content)
-                if not isinstance(p.get("type", "text"), str) or p.get("type", "text") not in TEXT_PARTS]
+        """(where, type) of each content part the guard cannot read: images, audio, files, ... A part
+        without a type is text only when it holds nothing but text (vLLM reads an untyped part's kind
+        from its keys: ``{"image_url": ...}`` is an image)."""
+        def unread(p: dict[str, Any]) -> bool:
+            if "type" not in p:
+                return not set(p) <= {"text"}
+            return not isinstance(p["type"], str) or p["type"] not in TEXT_PARTS
+
+        return [(f"messages[{i}].content[{j}]", str(p.get("type", "untyped"))[:40]) for i, m in enumerate(self.messages)
+                if isinstance(m.content, list) for j, p in enumerate(m.content) if unread(p)]
 
     def check_messages(self) -> list[dict[str, str]]:
         """The conversation as plain role/content text: what the guard scores (content, then the
@@ -70,14 +102,17 @@ class ChatRequest(BaseModel):
         predicted output) comes first, as a system message: the input check judges it as operator text,
         and it counts toward limits.max_input_tokens."""
         out = []
-        outside = request_texts(self.model_extra or {})
+        extra = self.model_extra or {}
+        outside = request_texts(extra, [k for k in extra if k not in REQUEST_FIELDS])
         if outside:
             out.append({"role": "system", "content": outside})
         for m in self.messages:
             c = m.content
             if isinstance(c, list):
                 c = " ".join(part_text(p) for p in c if isinstance(p, dict))
-            out.append({"role": m.role, "content": "\n".join(t for t in (c, *extra_texts(m.model_extra or {})) if t)})
+            mx = m.model_extra or {}
+            unknown = request_texts(mx, [k for k in mx if k not in MESSAGE_FIELDS], fields=())
+            out.append({"role": m.role, "content": "\n".join(t for t in (c, *extra_texts(mx), unknown) if t)})
         return out
 
 
@@ -85,11 +120,13 @@ class ChatRequest(BaseModel):
 REQUEST_TEXT_FIELDS = ("tools", "functions", "response_format", "prediction")
 
 
-def request_texts(extra: Mapping[str, Any]) -> str:
-    """Every string in the request's :data:`REQUEST_TEXT_FIELDS` (names, descriptions, enum values,
-    predicted text), one a line; JSON schema ``type`` words are left out."""
+def request_texts(extra: Mapping[str, Any], unknown: Sequence[str] = (),
+                  fields: Sequence[str] = REQUEST_TEXT_FIELDS) -> str:
+    """Every string in the request's ``fields`` (names, descriptions, enum values, predicted text), then
+    in its ``unknown`` fields (a provider's extensions), one a line; JSON schema ``type`` words are
+    left out."""
     out: list[str] = []
-    stack: list[Any] = [extra.get(k) for k in reversed(REQUEST_TEXT_FIELDS)]
+    stack: list[Any] = [extra.get(k) for k in reversed([*fields, *unknown])]
     while stack:
         v = stack.pop()
         if isinstance(v, str):
@@ -170,13 +207,62 @@ def parse_upstream_json(body: bytes | str) -> Any:
     return data
 
 
-def parse_request(raw: bytes, limits: Limits) -> ChatRequest:
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    d = dict(pairs)
+    if len(d) != len(pairs):
+        seen: set[str] = set()
+        raise _DuplicateKey(next(k for k, _ in pairs if k in seen or seen.add(k)))  # type: ignore[func-returns-value]
+    return d
+
+
+def _ambiguous_key(body: dict[str, Any]) -> str | None:
+    """Where a key differs from a known field only in case (``Messages``, ``Content``, ``ſtream``)."""
+    def bad(d: dict[str, Any], known: frozenset[str]) -> str | None:
+        return next((k for k in d if k not in known and _FOLDED.get(k.casefold()) in known), None)
+
+    if k := bad(body, REQUEST_FIELDS):
+        return k
+    msgs = body.get("messages")
+    for i, m in enumerate(msgs if isinstance(msgs, list) else []):
+        if isinstance(m, dict):
+            if k := bad(m, MESSAGE_FIELDS):
+                return f"messages[{i}].{k}"
+            parts = m.get("content")
+            for j, p in enumerate(parts if isinstance(parts, list) else []):
+                if isinstance(p, dict) and (k := bad(p, PART_FIELDS)):
+                    return f"messages[{i}].content[{j}].{k}"
+    return None
+
+
+def _unknown_fields(req: ChatRequest) -> str | None:
+    """The first field outside :data:`REQUEST_FIELDS` / :data:`MESSAGE_FIELDS` holding more than a number."""
+    scalar = (int, float, bool, type(None))
+    for k, v in (req.model_extra or {}).items():
+        if k not in REQUEST_FIELDS and not isinstance(v, scalar):
+            return k
+    for i, m in enumerate(req.messages):
+        for k, v in (m.model_extra or {}).items():
+            if k not in MESSAGE_FIELDS and not isinstance(v, scalar):
+                return f"messages[{i}].{k}"
+    return None
+
+
+def parse_request(raw: bytes, limits: Limits, extra_fields: str = "read") -> ChatRequest:
+    """The validated request. ``extra_fields``: text in fields outside the OpenAI API is read by the
+    input check as operator text (``read``) or refused (``refuse``)."""
     try:
         raw.decode("utf-8")  # strict: json.loads would take a raw (non-escaped) lone surrogate's bytes
     except UnicodeDecodeError as e:
         raise ProxyError(400, f"request body is not valid UTF-8 (byte {e.start})", code="invalid_json") from None
     try:
-        body = json.loads(raw, parse_constant=_no_constant)
+        body = json.loads(raw, parse_constant=_no_constant, object_pairs_hook=_no_duplicates)
+    except _DuplicateKey as e:
+        raise ProxyError(400, f"request body repeats the key {str(e)[:60]!r}: servers disagree on which counts",
+                         code="invalid_json") from None
     except ValueError as e:
         raise ProxyError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
     except RecursionError:
@@ -188,12 +274,19 @@ def parse_request(raw: bytes, limits: Limits) -> ChatRequest:
             json.dumps(body, ensure_ascii=False).encode("utf-8")
         except UnicodeEncodeError:
             raise ProxyError(400, "request body contains an unpaired UTF-16 surrogate escape", code="invalid_json") from None
+    if where := _ambiguous_key(body):
+        raise ProxyError(400, f"{where[:80]}: differs from a known field only in case; servers that match keys "
+                         "case-insensitively would read it instead", param=where[:80], code="invalid_request")
     try:
         req = ChatRequest.model_validate(body)
     except ValidationError as e:
         err = e.errors()[0]
         param = ".".join(str(p) for p in err["loc"])
         raise ProxyError(400, f"{param}: {err['msg']}", param=param, code="invalid_request") from None
+    if extra_fields == "refuse" and (where := _unknown_fields(req)):
+        raise ProxyError(400, f"{where[:80]}: not an OpenAI chat-completions field; set guard.extra_fields: read to "
+                         "forward it, its text read by the input check", param=where[:80], code="unsupported_field")
+    req._forward = _DUMPS(body).encode("utf-8")
     if len(req.messages) > limits.max_messages:
         raise ProxyError(400, f"too many messages: {len(req.messages)} > limits.max_messages = {limits.max_messages}",
                          param="messages", code="too_many_messages")

@@ -87,6 +87,8 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     json: Any
+    #: the body's bytes as received
+    raw: bytes = b""
 
 
 def _pieces(text: str, words: int) -> list[str]:
@@ -189,7 +191,7 @@ class ScriptedOpenAI:
         except ValueError:
             body = None
         with self._lock:
-            self.requests.append(RecordedRequest(request.method, request.url.path, dict(request.headers), body))
+            self.requests.append(RecordedRequest(request.method, request.url.path, dict(request.headers), body, raw))
         return body
 
     async def _models(self, request: Request) -> Response:
