@@ -491,10 +491,18 @@ def test_answer_cache_serves_stale_while_refreshing_and_computes_once() -> None:
 
     cache = TTLCache(0.2, stale_s=30)
     out: list[int] = []
-    threads = [threading.Thread(target=lambda: out.append(cache.get("k", slow))) for _ in range(4)]
+    barrier = threading.Barrier(5)
+
+    def ask() -> None:
+        barrier.wait(5)  # the four ask together, while the first computation is held at the gate
+        out.append(cache.get("k", slow))
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
     for t in threads:
         t.start()
-    time.sleep(0.1)
+    barrier.wait(5)
+    while not calls:
+        time.sleep(0.001)
     gate.set()
     for t in threads:
         t.join(5)

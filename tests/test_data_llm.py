@@ -185,11 +185,15 @@ def test_credentials_in_the_base_url_stay_out_of_the_manifest(
     assert "url-pw" not in manifest and json.loads(manifest)["generator"]["params"]["base_url"].startswith("http://***@127.0.0.1")
 
 
-def test_missing_api_key_env_is_a_clear_error(mini_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_api_key_env_is_a_clear_error(mini_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              scripted_openai: Callable[..., ScriptedOpenAI],
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("CHARTER_NO_SUCH_KEY", raising=False)
+    srv = scripted_openai(good)
     rc = main(["generate", "--generator", "llm", "--constitution", str(mini_path), "--out", str(tmp_path), "--n", "6",
-               "--base-url", "http://127.0.0.1:9/v1", "--model", "m", "--api-key-env", "CHARTER_NO_SUCH_KEY"])
-    assert rc == 1
+               "--base-url", srv.base_url, "--model", "m", "--api-key-env", "CHARTER_NO_SUCH_KEY"])
+    assert rc == 1 and srv.requests == []  # nothing sent without the key
+    assert "environment variable CHARTER_NO_SUCH_KEY (--api-key-env) is not set" in capsys.readouterr().err
 
 
 def test_scripted_server_streams_openai_chunks(scripted_openai: Callable[..., ScriptedOpenAI]) -> None:

@@ -17,12 +17,13 @@ from charter.data.records import Record, iter_jsonl
 from charter.errors import CharterError
 from charter.data.skeleton import render_skeleton
 from charter.data.splits import split_of
-from charter.testing.stub_transforms import STUB_TRANSFORMS
 
 
 def transforms() -> list:
-    """The real library once it is installed; stubs (one per family) before that."""
-    return registered_transforms() or STUB_TRANSFORMS
+    """The built-in transform library (an import failure fails the tests, never hides them)."""
+    got = registered_transforms()
+    assert got, "no transforms registered"
+    return got
 
 
 def gen() -> OfflineGenerator:
@@ -87,9 +88,8 @@ def test_coverage_of_categories_labels_kinds_families(mini: Constitution) -> Non
     transformed = sum(bool(r.transforms) for r in recs) / len(recs)
     assert 0.2 <= transformed <= 0.5
     # conversation transforms produce messages
-    if any(hasattr(t, "apply_messages") for t in transforms()):
-        conv = {t.name for t in transforms() if hasattr(t, "apply_messages")}
-        assert any(r.messages and set(r.transforms) & conv for r in recs)
+    conv = {t.name for t in transforms() if hasattr(t, "apply_messages")}
+    assert conv and any(r.messages and set(r.transforms) & conv for r in recs)
 
 
 def test_requests_come_behind_system_prompts_of_their_own_split(wide: Constitution) -> None:
@@ -262,10 +262,9 @@ def test_manifest_counts_match_the_file_and_cli(mini_path: Path, tmp_path: Path,
     assert "wrote" in capsys.readouterr().err
 
 
-def test_cli_rejects_unknown_holdout_family(mini_path: Path, tmp_path: Path) -> None:
-    if not registered_transforms():
-        pytest.skip("the built-in transform library is not installed yet")
+def test_cli_rejects_unknown_holdout_family(mini_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["generate", "--constitution", str(mini_path), "--out", str(tmp_path), "--n", "100", "--holdout-families", "nope"]) == 1
+    assert "nope" in capsys.readouterr().err
 
 
 def test_dedup_keeps_distinct_texts_made_of_punctuation() -> None:

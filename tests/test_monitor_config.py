@@ -287,11 +287,15 @@ def test_alerts_table_is_wide_when_piped_and_shows_utc(tmp_path: Path, capsys: p
 
 def test_stopping_the_monitor_while_it_opens_its_store_still_closes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The store is opened in a worker thread that a cancel cannot interrupt: what it opened is closed."""
+    import threading
+
     events: list[str] = []
+    inside, cancelled = threading.Event(), threading.Event()
     real_open, real_close = RuleEngine.open.__func__, RuleEngine.close  # type: ignore[attr-defined]
 
     def spy_open(cls: type[RuleEngine], *a: Any, **kw: Any) -> RuleEngine:
-        time.sleep(0.3)  # the cancel lands while the thread is here
+        inside.set()
+        cancelled.wait(10)  # the cancel lands while the thread is here
         events.append("open")
         return real_open(cls, *a, **kw)
 
@@ -305,8 +309,10 @@ def test_stopping_the_monitor_while_it_opens_its_store_still_closes_it(tmp_path:
 
     async def run() -> None:
         task = start_monitor(f"sqlite:///{tmp_path / 'c.db'}", settings, None)
-        await asyncio.sleep(0.05)
+        while not inside.is_set():
+            await asyncio.sleep(0.01)
         await stop_monitor(task)
+        cancelled.set()
 
     asyncio.run(run())
     deadline = time.monotonic() + 10

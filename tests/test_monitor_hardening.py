@@ -175,12 +175,21 @@ def test_closing_during_a_hung_write_spills_the_batch_in_flight(tmp_path: Path) 
     lock = sqlite3.connect(db, isolation_level=None)
     lock.execute("BEGIN EXCLUSIVE")  # every write waits for the busy timeout, then fails
 
+    class Watched(SqlSink):
+        entered = 0
+
+        async def write(self, events: list[Event]) -> None:
+            Watched.entered += 1
+            await super().write(events)
+
     async def hung() -> EventQueue:
-        q = EventQueue(SqlSink(store), spill, replay=False)
+        q = EventQueue(Watched(store), spill, replay=False)
         await q.start()
         for i in range(10):
             q.put(Event(request_id=f"r{i}", user_id="u"))
-        await asyncio.sleep(0.3)  # the worker has taken the batch and waits on the database
+        while not Watched.entered:  # the worker has taken the batch and waits on the database
+            await asyncio.sleep(0.01)
+        assert q.depth == 0 and len(q._inflight) == 10
         await q.close(timeout=0.2)
         return q
 

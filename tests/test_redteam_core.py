@@ -190,6 +190,23 @@ def test_search_attacker_stops_at_success_and_beats_guard(guard_target: GuardTar
         assert all(not a.ev.success for a in out[:-1])
 
 
+def test_search_attacker_stops_at_its_first_success() -> None:
+    """With an oracle that succeeds at the fourth query whatever is asked, the search stops there."""
+    from charter.redteam.attackers import Evaluation
+
+    b = Behaviour("x:req:0", "c", "make the glorp", "test")
+    asked: list[object] = []
+
+    def oracle(prompt: object) -> Evaluation:
+        asked.append(prompt)
+        ok = len(asked) == 4
+        return Evaluation(score=0.0 if ok else 0.9, fitness=1.0 if ok else 0.1 * len(asked), success=ok)
+
+    out = ATTACKS.get("search")(seed=0).run(b, oracle, 12)
+    assert len(out) == len(asked) == 4 and out[-1].ev.success and not any(a.ev.success for a in out[:-1])
+    assert [a.query for a in out] == [1, 2, 3, 4]
+
+
 # ----------------------------------------------------------------- universal jailbreak
 
 
@@ -272,7 +289,18 @@ def test_agreement_kappa_known_answer() -> None:
 def test_apply_strategy_is_deterministic() -> None:
     from charter.redteam.suite import Strategy
 
+    import os
+    import subprocess
+    import sys
+
     b = Behaviour("x:req:0", "c", "make the glorp", "test")
     s = Strategy("dan", ("base64", "leetspeak"))
-    assert apply_strategy(s, b, 0, 5) == apply_strategy(s, b, 0, 5)
-    assert isinstance(apply_strategy(s, b, 0, 5), str)
+    here = apply_strategy(s, b, 0, 5)
+    assert isinstance(here, str) and here == apply_strategy(s, b, 0, 5)
+    # and across processes, whose string hashing differs (a seed taken from hash() would show here)
+    code = ("from charter.redteam.behaviours import Behaviour; from charter.redteam.suite import Strategy, "
+            "apply_strategy; import sys; sys.stdout.write(apply_strategy(Strategy('dan', ('base64', 'leetspeak')), "
+            "Behaviour('x:req:0', 'c', 'make the glorp', 'test'), 0, 5))")
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env={**os.environ, "PYTHONHASHSEED": h}).stdout for h in ("1", "2")}
+    assert outs == {here}

