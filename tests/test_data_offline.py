@@ -263,7 +263,7 @@ def test_manifest_counts_match_the_file_and_cli(mini_path: Path, tmp_path: Path,
 
 
 def test_cli_rejects_unknown_holdout_family(mini_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["generate", "--constitution", str(mini_path), "--out", str(tmp_path), "--n", "100", "--holdout-families", "nope"]) == 1
+    assert main(["generate", "--constitution", str(mini_path), "--out", str(tmp_path), "--n", "100", "--holdout-families", "nope"]) == 2  # a usage error
     assert "nope" in capsys.readouterr().err
 
 

@@ -448,16 +448,17 @@ def test_report_labels_lexicon_fallback(syco_run: Any, tmp_path: Path) -> None:
         write_outputs(syco_run, tmp_path / "f")
 
 
-@pytest.mark.parametrize("argv,msg", [
-    (["--target", "http://127.0.0.1:1/v1"], "expected openai:BASE_URL"),
-    (["--target", "openai:ftp://x"], "http(s) base URL"),
-    (["--target", "openai:http://127.0.0.1:1/v1", "--tasks", "feedback,nope"], "unknown task"),
-    (["--target", "openai:http://127.0.0.1:1/v1", "--judge-model", "j"], "--judge-model needs --judge"),
+@pytest.mark.parametrize("argv,msg,code", [
+    (["--target", "http://127.0.0.1:1/v1"], "expected openai:BASE_URL", 2),  # a usage error
+    (["--target", "openai:ftp://x"], "http(s) base URL", 1),
+    (["--target", "openai:http://127.0.0.1:1/v1", "--tasks", "feedback,nope"], "unknown task", 1),
+    (["--target", "openai:http://127.0.0.1:1/v1", "--judge-model", "j"], "--judge-model needs --judge", 1),
 ])
-def test_cli_bad_input_is_one_line(argv: list[str], msg: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_bad_input_is_one_line(argv: list[str], msg: str, code: int, tmp_path: Path,
+                                   capsys: pytest.CaptureFixture[str]) -> None:
     rc = main(["eval", "sycophancy", "--out", str(tmp_path / "o"), *argv])
     err = capsys.readouterr().err.strip()
-    assert rc == 1 and msg in err and err.startswith("charter: error:") and "\n" not in err
+    assert rc == code and msg in err and err.startswith("charter: error:") and "\n" not in err
     assert not (tmp_path / "o").exists()
 
 

@@ -121,7 +121,8 @@ def test_a_verdict_says_stage2_ran_when_a_part_that_did_not_decide_escalated(gua
 def test_batch_scoring_judges_requests_as_check_input_does(guard):
     """Calibration and evaluation score records through ``cascade_flags``; a request given as parts
     gets the worst of its parts' cascades, and calibration counts it once. A conversation's last user
-    turn is read as check_input reads it: stage 1 keeps the higher of the two readings."""
+    turn is read as check_input reads it: through the whole cascade beside the conversation, the worse
+    verdict counting (the escalation still follows the higher stage-1 reading)."""
     from charter.data.records import Message, Record
     from charter.guard.train import ScoreCache, TrainConfig, calibrate, cascade_flags, request_parts
 
@@ -142,8 +143,8 @@ def test_batch_scoring_judges_requests_as_check_input_does(guard):
     assert list(sc["stage1"]) == [max(max(s1(p.text), s1(p.last_user) if p.last_user else 0.0) for p in Guard.parts(m)) for m in reqs]
     # the history dilutes the ask: the last user turn's reading is the one that counts
     assert s1(Guard.parts(reqs[-3])[0].text) < sc["stage1"][-3] == s1(HARMFUL) and verdicts[-3].view.startswith("last_user")
-    # every part escalated, and a blend with its own weights past 30 words: the reading that decided
-    # stage 1 also picks the blend (the last user turn is short, the transcript is not)
+    # every part escalated, and a blend with its own weights past 30 words: each reading's own length
+    # picks its blend (the last user turn is short, the transcript is not)
     g = Guard.load(guard.path)
     g.thresholds["escalate"] = 0.0
     g.combiner = {"w1": 0.8, "w2": 0.3, "b": -1.0, "long": {"words": 30, "w1": 0.2, "w2": 1.5, "b": 0.5}}

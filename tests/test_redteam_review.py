@@ -133,3 +133,11 @@ def test_an_unwritable_out_fails_before_the_campaign(tmp_path: Path, capsys) -> 
     err = capsys.readouterr().err
     assert "cannot write" in err and "Traceback" not in err
 
+
+
+def test_a_malformed_target_is_a_usage_error(tmp_path: Path, capsys) -> None:
+    """The README's split: usage errors exit 2 (CI scripts tell a typo from a failed gate by it)."""
+    from charter.cli import main
+
+    assert main(["redteam", "--target", "bogus", "--out", str(tmp_path / "o")]) == 2
+    assert "--target 'bogus': expected guard[:MODEL_DIR] or openai:BASE_URL" in capsys.readouterr().err

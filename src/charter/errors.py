@@ -19,3 +19,7 @@ class GeneratorError(CharterError):
 
 class InputError(CharterError, ValueError):
     """The guard was given input it cannot check (wrong type or shape, or over a size limit)."""
+
+
+class UsageError(CharterError):
+    """A command-line option's value is malformed (the CLI exits 2, as for other usage errors)."""

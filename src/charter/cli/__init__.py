@@ -17,7 +17,7 @@ except ImportError:  # pragma: no cover
     import click  # type: ignore[no-redef]
 from rich.console import Console
 
-from charter.errors import CharterError
+from charter.errors import CharterError, UsageError
 
 app = typer.Typer(
     name="charter",
@@ -95,6 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.ClickException as e:
         err.print(f"charter: error: {e.format_message()}", highlight=False, markup=False)
         return e.exit_code
+    except UsageError as e:  # a malformed option value found past click's own checks
+        err.print(f"charter: error: {e} (see 'charter --help')", highlight=False, markup=False)
+        return 2
     except CharterError as e:
         err.print(f"charter: error: {e}", highlight=False, markup=False)
         return 1

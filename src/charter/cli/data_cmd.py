@@ -13,7 +13,7 @@ from charter.cli import app, interruptible
 from charter.constitution import load_constitution
 from charter.constitution.loader import default_constitution_path
 from charter.data.base import Generator
-from charter.errors import CharterError
+from charter.errors import UsageError
 
 
 class GeneratorName(str, Enum):
@@ -52,7 +52,7 @@ def generate(
     gen: Generator
     if generator is GeneratorName.llm:
         if not base_url or not model:
-            raise CharterError("--generator llm needs --base-url and --model")
+            raise UsageError("--generator llm needs --base-url and --model")
         gen = LLMGenerator(base_url, model, api_key_env=api_key_env, concurrency=concurrency, cache_dir=cache_dir)
     else:
         from charter.data.offline import OfflineGenerator

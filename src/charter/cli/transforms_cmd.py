@@ -7,6 +7,7 @@ import random
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from charter.cli import app, click
 from charter.transforms import TRANSFORMS, Chain, families, get_transform
@@ -44,7 +45,8 @@ def list_() -> None:
     t.add_column("description")
     items = list(TRANSFORMS)
     for name, cls in items:
-        t.add_row(name, cls.family, "yes" if cls.reversible else "", cls.description)
+        # descriptions are plain text (third-party ones too): "[encoder]" is not rich markup
+        t.add_row(name, cls.family, "yes" if cls.reversible else "", Text(cls.description))
     console = Console()
     console.print(t)
     n_rev = sum(cls.reversible for _, cls in items)

@@ -17,7 +17,7 @@ from charter.data.base import Generator
 from charter.data.hygiene import clean
 from charter.data.records import Record
 from charter.data.splits import split_of, sub_seed
-from charter.errors import CharterError, GeneratorError
+from charter.errors import CharterError, GeneratorError, UsageError
 from charter.fileio import replace_files
 from charter.transforms.base import TRANSFORMS
 
@@ -185,7 +185,7 @@ def generate_to_dir(
     fam = _family_of(generator)
     unknown = sorted(holdout - set(fam.values())) if fam else []
     if unknown:
-        raise CharterError(f"unknown transform families in --holdout-families: {', '.join(unknown)} (known: {', '.join(sorted(set(fam.values())))})")
+        raise UsageError(f"unknown transform families in --holdout-families: {', '.join(unknown)} (known: {', '.join(sorted(set(fam.values())))})")
     ds = build_dataset(constitution, generator, n, seed, holdout, progress=progress, families=fam)
     if not ds.records:
         why = ", ".join(f"{k} {v}" for k, v in sorted(generator.stats.items()) if v) or "nothing was generated"

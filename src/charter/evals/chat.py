@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 
 from charter.endpoints import Backoff, Endpoint, MalformedCompletion, completion, redact_url
-from charter.errors import CharterError
+from charter.errors import CharterError, UsageError
 
 TARGET_KEY_ENV = "CHARTER_TARGET_API_KEY"
 JUDGE_KEY_ENV = "CHARTER_JUDGE_API_KEY"
@@ -48,7 +48,7 @@ def parse_endpoint(spec: str, option: str = "--target") -> str:
     """``openai:BASE_URL`` to the base URL; anything else is a :class:`CharterError`."""
     kind, sep, rest = (spec or "").partition(":")
     if not sep or kind != "openai":
-        raise CharterError(f"{option} {redact_spec(spec)!r}: expected openai:BASE_URL, e.g. openai:http://localhost:8000/v1")
+        raise UsageError(f"{option} {redact_spec(spec)!r}: expected openai:BASE_URL, e.g. openai:http://localhost:8000/v1")
     if "?" in rest or "#" in rest:  # not echoed: a query often carries a key
         key_env = JUDGE_KEY_ENV if option == "--judge" else TARGET_KEY_ENV
         raise CharterError(f"{option}: the base URL must not have a query string or fragment "

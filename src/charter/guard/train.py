@@ -416,8 +416,10 @@ def _flatten(requests: Sequence[Request]) -> tuple[list[str | Part], np.ndarray]
     owner: list[int] = []
     for i, x in enumerate(requests):
         for t in ([x] if isinstance(x, (str, Part)) else x):
-            flat.append(t)
-            owner.append(i)
+            # a conversation and its last user turn each go through the cascade, as check_input reads them
+            reads = [Part(t.text, system=t.system), Part(t.last_user)] if isinstance(t, Part) and t.last_user else [t]
+            flat += reads
+            owner += [i] * len(reads)
     return flat, np.asarray(owner, dtype=np.int64)
 
 
@@ -441,9 +443,9 @@ def cascade_flags(guard: Guard, texts: Sequence[Request], cache: ScoreCache,
                   stage2_too: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """(stage scores, final scores, flags at the calibrated thresholds) of requests. Stage 2 reads the
     escalated texts, and those ``stage2_too`` marks; without stage 2, stage 1 decides alone. A request
-    given as parts (:func:`request_parts`) gets each part's cascade and the worst of them, as
-    :meth:`Guard.check_input` does."""
-    if not all(isinstance(x, (str, Part)) for x in texts):
+    given as parts (:func:`request_parts`) gets each part's cascade (a conversation's last user turn
+    apart from it) and the worst of them, as :meth:`Guard.check_input` does."""
+    if not all(isinstance(x, str) or (isinstance(x, Part) and x.last_user is None) for x in texts):
         flat, owner = _flatten(texts)
         sc, final, _ = cascade_flags(guard, flat, cache, None if stage2_too is None else stage2_too[owner])
         n = len(texts)
@@ -477,8 +479,10 @@ def fit_blend(guard: Guard, calib_in: Sequence[Record], cache: ScoreCache | None
 
     from charter.guard.guard import _logit
 
-    texts = [request_parts(r)[0] for r in calib_in]  # the label is the request's, not the system prompt's
-    y = np.array([r.label == "restricted" for r in calib_in], dtype=bool)
+    # the label is the request's, not the system prompt's; a conversation and its last user turn are
+    # two readings the cascade judges apart, each with the request's label
+    texts, owner = _flatten([request_parts(r)[0] for r in calib_in])
+    y = np.array([r.label == "restricted" for r in calib_in], dtype=bool)[owner]
     sc = stage_scores(guard, texts, cache=cache)
     esc = sc["stage1"] >= guard.thresholds["escalate"]
     if esc.sum() > max_escalated:  # the blend has few parameters; a sample fits it as well
