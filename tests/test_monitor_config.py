@@ -56,6 +56,29 @@ def write_config(tmp_path: Path, body: str) -> Path:
 # ---------------------------------------------------------------------------- startup checks
 
 
+def test_a_webhook_url_from_a_secrets_file_is_stripped_and_a_bad_one_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A secrets file's trailing newline, or a port out of range, made every delivery raise a bare
+    InvalidURL that the engine retried forever while charter serve started anyway; the URL (a secret)
+    is never echoed."""
+    from charter.monitor.alerts import WebhookSink, WebhookSinkSettings, webhook_problems
+
+    s = WebhookSinkSettings(url_env="HOOK_URL", headers_env={"Authorization": "HOOK_AUTH"})
+    monkeypatch.setenv("HOOK_URL", "https://hooks.example/T0/secret-token\n")
+    monkeypatch.setenv("HOOK_AUTH", "Bearer abc\n")
+    assert webhook_problems(s) == []
+    sink = WebhookSink.from_settings(s)
+    assert sink.url == "https://hooks.example/T0/secret-token"
+    sink.close()
+    for bad in ("https://hooks.example:99999/secret-token", "hooks.example/secret-token", "https://secret token/x"):
+        monkeypatch.setenv("HOOK_URL", bad)
+        (problem,) = webhook_problems(s)
+        assert problem[0] == ("url_env",) and "does not hold an http://" in problem[1] and "secret" not in problem[1]
+    monkeypatch.setenv("HOOK_URL", "https://hooks.example/x")
+    monkeypatch.setenv("HOOK_AUTH", "Bearer a\r\nX-Injected: 1")
+    (problem,) = webhook_problems(s)
+    assert problem[0] == ("headers_env", "Authorization") and "control or non-ASCII" in problem[1]
+
+
 def test_serve_refuses_an_unset_webhook_variable_naming_file_line_sink_and_variable(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, guard: Guard) -> None:
     monkeypatch.chdir(tmp_path)

@@ -737,3 +737,16 @@ def test_rules_load_the_conversations_only_when_a_rule_reads_text(store_url: str
     RuleEngine(s, only("repeated_flags"), guard=guard).evaluate(now)
     RuleEngine(s, only("decomposition"), guard=guard).evaluate(now)
     assert loads == [False, True]
+
+
+def test_a_webhook_that_redirects_is_not_retried_nor_followed() -> None:
+    """A permanent 301 was retried every evaluation; redirects are never followed (they could point
+    anywhere, with the sink's headers), so a 3xx is a rejection like a 4xx."""
+    from charter.monitor.alerts import AlertDeliveryError, WebhookSink
+
+    with Receiver([301, 200]) as rx:
+        sink = WebhookSink(rx.server.url + "/hook/t", retries=3, backoff_s=0.0)
+        with pytest.raises(AlertDeliveryError) as e:
+            sink.emit(Alert(rule="r", subject_kind="user", subject_id="u", summary="s"))
+        sink.close()
+    assert e.value.retry is False and "HTTP 301" in str(e.value) and len(rx.posts) == 1

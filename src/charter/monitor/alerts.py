@@ -188,8 +188,8 @@ class WebhookSink:
         problems = webhook_problems(s)
         if problems:
             raise CharterError("; ".join(msg for _, msg in problems))
-        url = s.url or os.environ.get(s.url_env or "", "")
-        headers = {h: os.environ.get(env, "") for h, env in s.headers_env.items()}
+        url = s.url or _env(s.url_env or "")
+        headers = {h: _env(env) for h, env in s.headers_env.items()}
         return cls(url, headers=headers, timeout_s=s.timeout_s, retries=s.retries, backoff_s=s.backoff_s)
 
     def emit(self, alert: Alert) -> None:
@@ -205,8 +205,10 @@ class WebhookSink:
                     self.sent += 1
                     return
                 why = f"HTTP {r.status_code}"
-                if 400 <= r.status_code < 500 and r.status_code not in (408, 429):
-                    retry = False  # the receiver rejects it: retrying will not help
+                if 300 <= r.status_code < 500 and r.status_code not in (408, 429):
+                    # the receiver rejects it, or moved (redirects are never followed: they could point
+                    # anywhere, headers and all): retrying will not help
+                    retry = False
                     break
             except httpx.HTTPError as e:
                 why = type(e).__name__
@@ -235,13 +237,37 @@ class UnavailableSink:
 def webhook_problems(s: WebhookSinkSettings) -> list[tuple[tuple[str, ...], str]]:
     """(field, message) for each environment variable the webhook sink reads that is not set."""
     out: list[tuple[tuple[str, ...], str]] = []
-    if s.url_env and not os.environ.get(s.url_env):
-        out.append((("url_env",), f"webhook sink: environment variable {s.url_env} is not set"))
+    if s.url_env:
+        url = _env(s.url_env)
+        if not url:
+            out.append((("url_env",), f"webhook sink: environment variable {s.url_env} is not set"))
+        elif not _valid_url(url):  # the value is a secret: never echoed
+            out.append((("url_env",), f"webhook sink: environment variable {s.url_env} does not hold an http:// or "
+                                      "https:// URL (with a valid host and port, no spaces or control characters)"))
     for header, env in s.headers_env.items():
-        if not os.environ.get(env):
+        v = _env(env)
+        if not v:
             out.append((("headers_env", header), f"webhook sink: environment variable {env} "
                                                  f"(header {header}) is not set"))
+        elif not (v.isascii() and v.isprintable()):
+            out.append((("headers_env", header), f"webhook sink: environment variable {env} (header {header}) "
+                                                 "holds a control or non-ASCII character"))
     return out
+
+
+def _env(name: str) -> str:
+    """An environment variable's value without the newline a secrets file leaves at its end."""
+    return os.environ.get(name, "").strip()
+
+
+def _valid_url(url: str) -> bool:
+    if not url.startswith(("http://", "https://")) or not url.isprintable() or " " in url:
+        return False
+    try:
+        u = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):
+        return False
+    return bool(u.host) and (u.port is None or 0 < u.port < 65536)
 
 
 def sink_problems(settings: list[Any]) -> list[tuple[tuple[str | int, ...], str]]:

@@ -24,6 +24,8 @@ class ChatMessage(BaseModel):
     # the model reads a participant's name and the guard does not: OpenAI's own rule (no spaces, none
     # of <|\\/>) and 64 characters keep it a name, with little room for a request's text
     name: str | None = Field(None, pattern=r"^[^\s<|\\/>]{1,64}$")
+    # an id the guard does not read either (chat templates render it): an id, not room for a request
+    tool_call_id: str | None = Field(None, pattern=r"^[^\s<|\\/>]{1,128}$")
 
     @field_validator("content")
     @classmethod
@@ -166,7 +168,9 @@ def _call_text(f: Any, text: str = "arguments") -> str:
 def _tool_call_text(c: Any) -> str:
     if not isinstance(c, dict) or not any(k in c for k in CALL_TEXT):
         return _as_text(c)
-    rest = {k: v for k, v in c.items() if k not in ("index", "id", "type", *CALL_TEXT)}
+    # an id is skipped only while it looks like one: a long or spaced "id" is text the model may read
+    short_id = isinstance(c.get("id"), str) and len(c["id"]) <= 128 and not any(x.isspace() for x in c["id"])
+    rest = {k: v for k, v in c.items() if k not in ("index", "type", *CALL_TEXT) and (k != "id" or not short_id)}
     return "\n".join([_call_text(c[k], t) for k, t in CALL_TEXT.items() if k in c] + ([_as_text(rest)] if rest else []))
 
 
