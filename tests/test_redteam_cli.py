@@ -98,7 +98,7 @@ def test_max_asr_gates_exit_code(mini_model_dir: Path, tmp_path: Path) -> None:
 def test_usage_errors_exit_2(tmp_path: Path) -> None:
     assert main(["redteam", "--out", str(tmp_path)]) == 2
     assert main(["redteam", "--target", "guard", "--out", str(tmp_path), "--suite", "huge"]) == 2
-    assert main(["redteam", "--target", "nonsense", "--out", str(tmp_path), "-c", MINI]) == 1
+    assert main(["redteam", "--target", "nonsense", "--out", str(tmp_path), "-c", MINI]) == 2  # a malformed --target is a usage error
 
 
 def test_behaviours_file_is_attacked_instead_of_the_constitutions_seeds(mini_model_dir: Path, tmp_path: Path,
