@@ -191,3 +191,14 @@ def test_client_keys_rate_limits_and_upstream_key_injection(start: Callable[...,
     assert 'charter_rejected_total{reason="rate_limit_exceeded"} 2.0' in m and 'reason="rate_limit"}' not in m
     assert secret not in caplog.text and "sk-alice" not in caplog.text
     assert secret not in ev.model_dump_json()
+
+
+def test_an_upstream_rate_limit_passes_its_retry_after_on(start: Callable[..., Any]) -> None:
+    """An upstream's 429 reached the client without its Retry-After, so clients retried at once."""
+    http, up, _ = start([Reply.error(429, retry_after=7), Reply.error(429, retry_after=9), Reply.error(400)])
+    r = http.post("/v1/chat/completions", json=body())
+    assert is_openai_error(r, 429, "upstream_429") and r.headers["retry-after"] == "7"
+    r = http.post("/v1/chat/completions", json=body(stream=True))
+    assert is_openai_error(r, 429, "upstream_429") and r.headers["retry-after"] == "9"
+    r = http.post("/v1/chat/completions", json=body())
+    assert is_openai_error(r, 400) and "retry-after" not in r.headers

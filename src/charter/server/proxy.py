@@ -61,8 +61,12 @@ def _upstream_failure(svc: Services, exc: BaseException) -> ProxyError:
     return upstream_error(502, f"cannot reach the upstream model server ({type(exc).__name__})", "upstream_unreachable")
 
 
-def _status_error(svc: Services, status: int, body: bytes) -> ProxyError:
+def _status_error(svc: Services, status: int, body: bytes, upstream_headers: Any = None) -> ProxyError:
+    """The client's error for an upstream's non-200 reply. A 429's (or 503's) ``Retry-After`` is passed on,
+    so that clients back off as the upstream asked instead of retrying at once."""
     svc.metrics.upstream_errors.labels(f"http_{status}").inc()
+    retry = (upstream_headers or {}).get("retry-after") if status in (429, 503) else None
+    keep = {"retry-after": retry} if isinstance(retry, str) and retry.strip().isdigit() and len(retry) < 10 else {}
     msg = f"upstream returned HTTP {status}"
     try:
         err = json.loads(body).get("error")
@@ -76,8 +80,11 @@ def _status_error(svc: Services, status: int, body: bytes) -> ProxyError:
     if status in (401, 403):  # the proxy's upstream key, not the client's: never tell the client its key is wrong
         return upstream_error(502, msg, "upstream_auth")
     if 400 <= status < 500:  # the client's problem (bad model, rate limit): pass the status through
-        return ProxyError(status, msg, "rate_limit_error" if status == 429 else "invalid_request_error", code="upstream_" + str(status))
-    return upstream_error(502, msg)
+        return ProxyError(status, msg, "rate_limit_error" if status == 429 else "invalid_request_error",
+                          code="upstream_" + str(status), headers=keep)
+    err = upstream_error(502, msg)
+    err.headers.update(keep)
+    return err
 
 
 def _unscorable(svc: Services) -> str:
@@ -108,7 +115,7 @@ async def get_models(svc: Services) -> Response:
     except (httpx.HTTPError, TimeoutError) as e:
         return _upstream_failure(svc, e).response()
     if r.status_code != 200:
-        return _status_error(svc, r.status_code, body[:MAX_ERROR_BODY]).response()
+        return _status_error(svc, r.status_code, body[:MAX_ERROR_BODY], r.headers).response()
     try:
         if too_long:
             raise ValueError("too long")
@@ -176,7 +183,7 @@ async def complete(ex: Exchange, req: ChatRequest, raw: bytes) -> Response:
         return err.response()
     ex.annotate(upstream=(time.perf_counter() - t) * 1000)
     if r.status_code != 200:
-        err = _status_error(svc, r.status_code, body[:MAX_ERROR_BODY])
+        err = _status_error(svc, r.status_code, body[:MAX_ERROR_BODY], r.headers)
         ex.finish("error", status=r.status_code, error=err.code)
         return err.response()
     if too_long:
@@ -309,7 +316,7 @@ async def open_stream(ex: Exchange, req: ChatRequest, raw: bytes, headers: dict[
             svc.metrics.upstream_errors.labels("malformed").inc()
             err = upstream_error(502, "upstream did not return an event stream", "upstream_malformed")
         else:
-            err = _status_error(svc, resp.status_code, body[:MAX_ERROR_BODY])
+            err = _status_error(svc, resp.status_code, body[:MAX_ERROR_BODY], resp.headers)
         ex.finish("error", status=resp.status_code, error=err.code)
         return err.response(headers)
     ex.event.upstream_status = 200
