@@ -237,6 +237,21 @@ def test_pipeline_dedups_injected_duplicates(mini: Constitution) -> None:
     assert len(norms) == len(set(norms))
 
 
+def test_a_retried_generation_reports_the_stats_of_the_run_that_made_the_data(mini: Constitution) -> None:
+    """A run short of n is retried with a larger target; its stats were summed over every attempt."""
+    class Counting(OfflineGenerator):
+        calls = 0
+
+        def generate(self, constitution, n, seed, holdout=frozenset()):  # type: ignore[no-untyped-def]
+            Counting.calls += 1
+            self.stats["calls"] += 1
+            yield from super().generate(constitution, min(n, 200), seed, holdout)  # always short of n
+
+    g = Counting(transforms=transforms())
+    build_dataset(mini, g, 1000, 5)
+    assert Counting.calls == 3 and g.stats["calls"] == 1
+
+
 def test_manifest_counts_match_the_file_and_cli(mini_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "out"
     assert main(["generate", "--constitution", str(mini_path), "--out", str(out), "--n", "1200", "--seed", "9"]) == 0

@@ -65,6 +65,7 @@ def build_dataset(
     # if a run still falls short (a small constitution), retry with a larger target.
     factor = overgenerate
     for _attempt in range(3):
+        generator.stats.clear()  # the manifest reports the run that made the data, not every retry summed
         raw: list[Record] = []
         bad_split = bad_holdout = 0
         for r in generator.generate(constitution, int(n * factor), seed, holdout):
