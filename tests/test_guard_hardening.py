@@ -230,36 +230,25 @@ def test_classify_unwritable_out_and_missing_file_are_clean_errors(mini_model_di
 def test_interrupted_classify_leaves_the_old_output_whole(mini_model_dir, tmp_path):
     """SIGTERM (or Ctrl-C) mid-file: the run stops with exit 130 and no traceback, and --out keeps what
     it held before instead of a half-written file that looks finished; a finished run replaces it."""
-    import os
-    import signal
     import subprocess
     import sys
-    import time
+
+    from charter.testing import interrupt_cli
 
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps({"id": i, "text": f"{BENIGN} {i}"}) + "\n" for i in range(200_000)))
     out = tmp_path / "out.jsonl"
     out.write_text("previous run\n")
     part = tmp_path / "out.jsonl.part"
-    cmd = [sys.executable, "-c", "from charter.cli import run; run()", "classify", "--model", str(mini_model_dir),
-           "--file", str(inp), "--out", str(out)]
-    proc = subprocess.Popen(cmd, env={**os.environ, "OPENBLAS_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while (not part.exists() or part.stat().st_size < 10_000) and time.monotonic() < deadline \
-                and proc.poll() is None:
-            time.sleep(0.05)
-        assert proc.poll() is None, "classify ended before the signal"
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130 and "Traceback" not in err, err
+    args = ["classify", "--model", str(mini_model_dir), "--file", str(inp), "--out", str(out)]
+    alive, rc, err = interrupt_cli(args, lambda: part.exists() and part.stat().st_size >= 10_000,
+                                   env={"OPENBLAS_NUM_THREADS": "1"})
+    assert alive, "classify ended before the signal"
+    assert rc == 130 and "Traceback" not in err, err
     assert out.read_text() == "previous run\n" and not part.exists()
 
     inp.write_text(json.dumps({"id": "a", "text": BENIGN}) + "\n")
-    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert subprocess.run([sys.executable, "-c", "from charter.cli import run; run()", *args], capture_output=True).returncode == 0
     assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == ["a"] and not part.exists()
 
 
@@ -431,28 +420,15 @@ def test_a_model_is_never_written_among_someone_elses_files(mini_model_dir, tmp_
 def test_sigterm_stops_training_cleanly(tmp_path: Path) -> None:
     """`docker stop` or systemd sends SIGTERM: `charter train` stops as after Ctrl-C (exit 130, no
     traceback), and the dataset it generated in a temporary directory goes with it."""
-    import os
-    import signal
-    import subprocess
-    import sys
-    import time
+    from charter.testing import interrupt_cli
 
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     out = tmp_path / "model"
-    proc = subprocess.Popen([sys.executable, "-c", "from charter.cli import run; run()", "train", "-c", str(MINI),
-                             "--out", str(out), "--n", "3000"],
-                            env={**os.environ, "TMPDIR": str(tmp)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not list(tmp.rglob("data.jsonl")) and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert proc.poll() is None, "training ended before the signal"
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130 and "Traceback" not in err, err
+    alive, rc, err = interrupt_cli(["train", "-c", str(MINI), "--out", str(out), "--n", "3000"],
+                                   lambda: list(tmp.rglob("data.jsonl")), env={"TMPDIR": str(tmp)})
+    assert alive, "training ended before the signal"
+    assert rc == 130 and "Traceback" not in err, err
     assert list(tmp.iterdir()) == []  # the generated dataset is removed
     assert not (out / "manifest.json").exists()
 

@@ -296,12 +296,8 @@ def test_resuming_asks_again_what_the_judge_could_not_grade(scripted_openai, tmp
 def test_sigterm_stops_an_endpoint_campaign_cleanly_and_it_resumes(scripted_openai, tmp_path: Path) -> None:
     """`docker stop` or systemd sends SIGTERM: the campaign stops as after Ctrl-C (exit 130, no traceback),
     its journal closed on whole lines, and --resume asks only the rest."""
-    import signal
-    import subprocess
-    import sys
-    import time
-
     from charter.cli import main
+    from charter.testing import interrupt_cli
 
     srv = scripted_openai(lambda body: Reply(text=REFUSE if "egg" in _last_user(body) else COMPLY, delay=0.02))
     args = ["redteam", "--target", f"openai:{srv.base_url}", "--target-model", "victim", "--suite", "quick",
@@ -310,17 +306,8 @@ def test_sigterm_stops_an_endpoint_campaign_cleanly_and_it_resumes(scripted_open
     assert main([*args, "--out", str(whole)]) == 0
     total = len(srv.requests)
     out = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-c", "from charter.cli import run; run()", *args, "--out", str(out)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while len(srv.requests) < total + total // 3 and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        proc.kill()
-    assert proc.returncode == 130 and "Traceback" not in err
+    _, rc, err = interrupt_cli([*args, "--out", str(out)], lambda: len(srv.requests) >= total + total // 3)
+    assert rc == 130 and "Traceback" not in err
     lines = (out / "journal.jsonl").read_text().splitlines()
     assert all(json.loads(line) for line in lines) and 0 < len(lines) - 1 < total
     assert not (out / "results.json").exists()
