@@ -34,7 +34,7 @@ def dashboard(
     cfg = load_config(config)
     check_bind(host, cfg)
     store = open_store(db)  # a mistyped path is an error, not a new empty database
-    ops = sum(k.dashboard for k in cfg.keys)
+    ops = len(cfg.operator_keys)
     keys = f"{ops} dashboard keys of {len(cfg.keys)} client keys" if cfg.keys else "no keys (loopback only)"
     console.print(f"charter: dashboard for {store.url} on http://{host}:{port}/ ({keys})")
     if cfg.keys and not ops:

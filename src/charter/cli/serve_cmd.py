@@ -57,7 +57,7 @@ def serve(
     console.print(f"charter: guarding {redact_url(cfg.upstream.base_url)} on http://{host}:{port} (stages: {', '.join(guard.stages)}; "
                   f"keys: {len(cfg.keys) or 'none'}; events: {_events_target(cfg.events.db, cfg.events.path)})")
     if cfg.events.db:
-        who = (f"{sum(k.dashboard for k in cfg.keys)} keys marked dashboard: true" if cfg.keys else "loopback, no key")
+        who = (f"{len(cfg.operator_keys)} keys marked dashboard: true" if cfg.keys else "loopback, no key")
         console.print(f"charter: dashboard on http://{host}:{port}/dashboard/ ({who}); "
                       f"alerts every {cfg.monitor.interval_s:g} s")
     uvicorn.run(create_app(cfg, guard), host=host, port=port, log_level="warning", access_log=False)

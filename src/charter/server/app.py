@@ -71,6 +71,7 @@ class Proxy:
         if config.guard.hold_back is None:
             config.guard.hold_back = guard.hold_back
         self.keys = KeyStore(config.keys, config.limits.rate, config.require_keys)
+        self._operators = {k.sha256[:16] for k in config.operator_keys}  # key ids that may read /metrics
         self.limiter: RateLimiter | SharedRateLimiter = RateLimiter()
         if config.limits.shared_rate and ev.db:
             self.limiter = SharedRateLimiter(ev.db, on_error=self.svc.metrics.rate_store_errors.inc)
@@ -113,7 +114,7 @@ class Proxy:
         q, m = self.svc.events, self.svc.metrics
         if self.keys.required:  # flag counts by category and auth failures: for operators, not clients
             p = self.keys.authenticate(request.headers.get("authorization"))
-            if p is None or p.key_id not in {k.sha256[:16] for k in self.config.keys if k.dashboard}:
+            if p is None or p.key_id not in self._operators:
                 return ProxyError(401, "metrics need an operator key (a key with dashboard: true)",
                                   "invalid_request_error", code="invalid_api_key").response()
 

@@ -180,6 +180,11 @@ class ServerConfig(_Strict):
     #: misuse rules run in the background when ``events.db`` is set (see charter.monitor.rules)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
 
+    @property
+    def operator_keys(self) -> list[ClientKey]:
+        """The keys marked ``dashboard: true``: they may open the dashboard and read ``/metrics``."""
+        return [k for k in self.keys if k.dashboard]
+
     @field_validator("keys")
     @classmethod
     def _unique(cls, v: list[ClientKey]) -> list[ClientKey]:
