@@ -249,3 +249,32 @@ def test_metrics_count_requests_flags_latency_and_upstream_errors(proxy: Callabl
     assert _metric(m, "charter_input_checks_total") == 3
     assert 0 < _metric(m, "charter_escalation_rate") <= 1  # the harmful request escalates to stage 2
     assert _metric(m, "charter_events_written") == 3
+
+
+def test_a_stream_the_proxy_ends_still_reports_usage_when_asked(proxy: Callable[..., Proxy], guard: Guard) -> None:
+    """With stream_options.include_usage a client waits for a usage chunk; a blocked stream sent none
+    (the upstream's never came), so token accounting read nothing for exactly the streams it must bill."""
+    p = proxy([Reply(TURN, token_delay=0.001)])
+    body = {"model": "m", "stream": True, "stream_options": {"include_usage": True}}
+    with p.http.stream("POST", "/v1/chat/completions", json=dict(body, messages=user(STORY))) as resp:
+        out = read_sse(resp)
+    assert out[-1] == "[DONE]" and out[-3]["choices"][0]["finish_reason"] == "content_filter"
+    usage = out[-2]["usage"]
+    assert out[-2]["choices"] == [] and out[-2]["charter"]["usage"] == "estimated"
+    streamed = "".join(tokens(TURN)[: _flag_token(guard, STORY, TURN)])
+    assert usage["prompt_tokens"] == (len(STORY) + 3) // 4
+    assert usage["completion_tokens"] == (len(streamed) + 3) // 4 and usage["total_tokens"] == sum(
+        usage[k] for k in ("prompt_tokens", "completion_tokens"))
+    # blocked at the input: nothing went upstream, so nothing was used
+    with p.http.stream("POST", "/v1/chat/completions", json=dict(body, messages=user(HARMFUL))) as resp:
+        out = read_sse(resp)
+    assert out[-2]["usage"] == {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
+    assert out[-2]["charter"]["usage"] == "none"
+    # the openai client reads it as the stream's usage
+    chunks = list(p.client().chat.completions.create(model="m", messages=user(HARMFUL), stream=True,
+                                                    stream_options={"include_usage": True}))
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 0
+    # not asked: no usage chunk
+    with p.http.stream("POST", "/v1/chat/completions", json={"model": "m", "stream": True, "messages": user(HARMFUL)}) as resp:
+        out = read_sse(resp)
+    assert len(out) == 2 and "usage" not in out[0]

@@ -27,7 +27,8 @@ from charter.server.context import Exchange, Services
 from charter.server.errors import ProxyError
 from charter.server.metrics import Metrics
 from charter.server.proxy import complete, get_models, open_stream
-from charter.server.schema import DONE, ChatRequest, charter_field, parse_request, refusal_chunk, refusal_completion, sse
+from charter.server.schema import (DONE, ChatRequest, charter_field, parse_request, refusal_chunk, refusal_completion, sse,
+                                   usage_chunk)
 
 log = logging.getLogger("charter.server")
 
@@ -202,6 +203,8 @@ class Proxy:
 
         async def one() -> AsyncIterator[bytes]:
             yield sse(refusal_chunk(req.model, text, cf))
+            if req.include_usage:  # nothing went upstream: no tokens
+                yield sse(usage_chunk(req.model, ex.event.request_id, 0, 0))
             yield DONE
 
         return StreamingResponse(one(), media_type="text/event-stream", headers=headers)

@@ -32,6 +32,7 @@ from charter.server.schema import (
     refusal_completion,
     sse,
     unscorable_audio,
+    usage_chunk,
 )
 
 MAX_ERROR_BODY = 64_000
@@ -575,6 +576,10 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
                                    "model": obj.get("model", req.model),
                                    "choices": [{"index": 0, "delta": {}, "finish_reason": "content_filter", "logprobs": None}],
                                    "charter": cf})
+                        if req.include_usage:  # the upstream's usage chunk will not come
+                            prompt = sum(len(m["content"]) for m in ex.messages)
+                            yield sse(usage_chunk(obj.get("model", req.model), ex.event.request_id,
+                                                  (prompt + 3) // 4, (chars + 3) // 4))
                         yield DONE
                         return
                     decision, passthrough = "flagged", True

@@ -85,6 +85,12 @@ class ChatRequest(BaseModel):
     def forward_body(self) -> bytes:
         return self._forward
 
+    @property
+    def include_usage(self) -> bool:
+        """The client asked for a usage chunk at the end of a stream (``stream_options.include_usage``)."""
+        so = (self.model_extra or {}).get("stream_options")
+        return isinstance(so, dict) and so.get("include_usage") is True
+
     def unread_parts(self) -> list[tuple[str, str]]:
         """(where, type) of each content part the guard cannot read: images, audio, files, ... A part
         without a type is text only when it holds nothing but text (vLLM reads an untyped part's kind
@@ -328,6 +334,16 @@ def refusal_completion(model: str, text: str, charter: dict[str, Any]) -> dict[s
         "usage": {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
         "charter": charter,
     }
+
+
+def usage_chunk(model: str, request_id: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    """The last chunk of a stream the proxy ended itself, for a client that asked for usage: the upstream's
+    own usage chunk never came. The counts are the proxy's estimate (4 characters a token), and say so."""
+    return {"id": "chatcmpl-" + request_id, "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": model, "choices": [],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+            "charter": {"request_id": request_id, "usage": "estimated" if prompt_tokens or completion_tokens else "none"}}
 
 
 def sse(obj: Any) -> bytes:
