@@ -29,7 +29,7 @@ INPUTS = [
 ALL = TRANSFORMS.names()
 REVERSIBLE = [n for n, cls in TRANSFORMS if cls.reversible]
 #: decode returns the input exactly (others are lossy; see the weaker tests below)
-LOSSY = {"leetspeak", "morse", "translate_es", "translate_fr", "translate_de", "translate_pt"}
+LOSSY = {"leetspeak", "morse", "newline_words", "translate_es", "translate_fr", "translate_de", "translate_pt"}
 EXACT = [n for n in REVERSIBLE if n not in LOSSY]
 
 
@@ -97,6 +97,20 @@ def test_round_trip_exact(name: str, text: str) -> None:
     t = get_transform(name)
     for seed in range(3):
         assert t.decode(t.apply(text, random.Random(seed))) == text
+
+
+@pytest.mark.parametrize("name", EXACT)
+def test_round_trip_keeps_line_breaks(name: str) -> None:
+    text = "First line.\nSecond line, with  two spaces.\r\n\n\tindented"
+    t = get_transform(name)
+    assert t.decode(t.apply(text, random.Random(0))) == text
+
+
+@pytest.mark.parametrize("text", INPUTS + ["First line.\nSecond line."])
+def test_newline_words_decodes_line_breaks_as_spaces(text: str) -> None:
+    """It was listed as exact and lost the text's own line breaks; it is lossy in exactly that."""
+    t = get_transform("newline_words")
+    assert t.decode(t.apply(text, random.Random(0))) == text.replace("\n", " ")
 
 
 @pytest.mark.parametrize("text", INPUTS)

@@ -21,7 +21,7 @@ class Transform(ABC):
     family: ClassVar[str]
     #: one line for `charter transforms list`
     description: ClassVar[str] = ""
-    #: True when decode() undoes apply()
+    #: True when decode() undoes apply(): exactly, or up to what the class says it loses (case, line breaks)
     reversible: ClassVar[bool] = False
     #: True when apply() needs the optional encoder wheel (charter[encoder]); the offline data generator
     #: never draws such a transform, and the red team uses it only where the wheel is installed

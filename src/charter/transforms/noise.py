@@ -68,7 +68,7 @@ class NewlineWords(Transform):
     name = "newline_words"
     family = "spacing"
     description = "One word per line."
-    reversible = True
+    reversible = True  # up to line breaks: the text's own line breaks decode as spaces
 
     def apply(self, text: str, rng: random.Random) -> str:
         return "\n".join(text.split(" "))
