@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+import charter
 from charter.cli import main
 from charter.errors import CharterError
 from charter.evals.chat import ChatClient, parse_endpoint
@@ -722,4 +723,20 @@ def test_the_journal_survives_odd_text_and_a_cut_multibyte_character(tmp_path: P
     p.write_bytes(b'{"journal": 1, "ru')  # killed while writing the head: nothing to resume, a fresh head
     j = RunJournal(p, {"run": 1}, resume=True)
     j.close()
-    assert j.done == {} and json.loads(p.read_text().splitlines()[0]) == {"journal": 1, "run": {"run": 1}}
+    assert j.done == {} and json.loads(p.read_text().splitlines()[0]) == {"journal": 1, "charter": charter.__version__,
+                                                                              "run": {"run": 1}}
+
+
+def test_a_journal_from_another_charter_version_is_not_resumed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The journal's head named the run's settings only: after an upgrade that changes how items are
+    built or graded, --resume mixed the old version's records into the new one's results."""
+    from charter.evals import journal
+
+    run = {"seed": 0, "n": 2}
+    j = journal.RunJournal(tmp_path / "j.jsonl", run)
+    j.add("a", {"ok": 1})
+    j.close()
+    assert journal.RunJournal(tmp_path / "j.jsonl", run, resume=True).done == {"a": {"ok": 1}}
+    monkeypatch.setattr(journal, "__version__", "9.9.9")
+    with pytest.raises(CharterError, match=r"Charter version: 0\.1\.0 then, 9\.9\.9 now"):
+        journal.RunJournal(tmp_path / "j.jsonl", run, resume=True)

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from charter import __version__
 from charter.errors import CharterError
 
 VERSION = 1
@@ -46,7 +47,7 @@ class RunJournal:
                 os.replace(path, self.previous)
             self._f = open(path, "a" if lines else "w", encoding="utf-8")
             if not lines:
-                self._write({"journal": VERSION, "run": run})
+                self._write(self._head())
         except OSError as e:
             raise CharterError(f"{path}: cannot write the run journal ({e.strerror or e})") from None
 
@@ -75,9 +76,11 @@ class RunJournal:
         if not lines:
             return {}
         head = lines[0]
-        if head != {"journal": VERSION, "run": self.run}:
+        if head != self._head():
             theirs = head.get("run") if isinstance(head, dict) and isinstance(head.get("run"), dict) else {}
             diff = sorted(k for k in set(self.run) | set(theirs) if theirs.get(k) != self.run.get(k))
+            if not diff and isinstance(head, dict) and head.get("charter") != __version__:
+                diff = [f"Charter version: {str(head.get('charter'))[:40]} then, {__version__} now"]
             raise CharterError(f"{self.path}: a journal of another run ({', '.join(diff) or 'format'} differ); "
                                "run without --resume to start over, or choose another --out")
         done: dict[str, Any] = {}
@@ -85,6 +88,10 @@ class RunJournal:
             if isinstance(x, dict) and isinstance(x.get("key"), str) and "record" in x and not has_error(x["record"]):
                 done[x["key"]] = x["record"]
         return done
+
+    def _head(self) -> dict[str, Any]:
+        # another Charter may build or grade items differently: its records are not this run's
+        return {"journal": VERSION, "charter": __version__, "run": self.run}
 
     def _write(self, obj: dict[str, Any]) -> None:
         self._f.write(json.dumps(obj, ensure_ascii=False) + "\n")
