@@ -244,6 +244,40 @@ def test_login_is_throttled_and_refuses_cross_site(sqlite_store: EventStore, ser
         assert c.post("/login", data={"key": KEY}).status_code == 429  # even the right key, for a minute
 
 
+def test_behind_a_tls_reverse_proxy_logins_work_and_the_cookie_is_secure(sqlite_store: EventStore,
+                                                                         serve: Callable[..., ServerThread]) -> None:
+    """Behind a proxy that ends TLS and does not pass the browser's Host on, every login was refused
+    (Origin differed from Host) and the session cookie went out without Secure (the request was http)."""
+    public = "https://charter.example.com"
+    srv = serve(create_dashboard(sqlite_store, keys=KEYS, origins=[public + ":443/"]))
+    (alert,) = [a for a in sqlite_store.alerts() if a.rule == "repeat_blocks"]
+    with _client(srv) as c:
+        login = c.post("/login", data={"key": KEY}, headers={"origin": public})
+        assert login.status_code == 303 and "secure" in login.headers["set-cookie"].lower()
+        # with origins configured, only they count: the backend's own Host is not the browser's page
+        assert c.post("/login", data={"key": KEY}, headers={"origin": srv.url}).status_code == 403
+        assert c.post("/login", data={"key": KEY}, headers={"origin": "https://evil.example"}).status_code == 403
+        path, auth = f"/api/alerts/{alert.id}/status", {"authorization": f"Bearer {KEY}"}
+        assert c.post(path, json={"status": "acknowledged"}, headers={**auth, "origin": srv.url}).status_code == 403
+        assert c.post(path, json={"status": "acknowledged"}, headers={**auth, "origin": public}).status_code == 200
+    srv = serve(create_dashboard(sqlite_store, keys=KEYS))
+    with _client(srv) as c:
+        host = srv.url.split("://", 1)[1]
+        # no origins configured: the Host rule, and the page's https scheme makes the cookie Secure
+        assert "secure" in c.post("/login", data={"key": KEY}, headers={"origin": f"https://{host}"}).headers["set-cookie"].lower()
+        assert "secure" not in c.post("/login", data={"key": KEY}, headers={"origin": f"http://{host}"}).headers["set-cookie"].lower()
+        # a trusted proxy (loopback, uvicorn's default) that says the browser used https
+        fwd = c.post("/login", data={"key": KEY}, headers={"x-forwarded-proto": "https"})
+        assert fwd.status_code == 303 and "secure" in fwd.headers["set-cookie"].lower()
+
+
+def test_cli_refuses_a_malformed_origin(tmp_path: Path) -> None:
+    from charter.cli import main
+
+    for bad in ("charter.example.com", "https://charter.example.com/dashboard", "ftp://x"):
+        assert main(["dashboard", "--db", f"sqlite:///{tmp_path / 'none.db'}", "--origin", bad]) == 2
+
+
 def test_keyless_dashboard_answers_only_loopback_names(sqlite_store: EventStore, serve: Callable[..., ServerThread]) -> None:
     srv = serve(create_dashboard(sqlite_store))
     with _client(srv) as c:

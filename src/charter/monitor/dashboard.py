@@ -200,7 +200,10 @@ class DashboardAuth:
     signed session cookie. Once any key is configured, a key is required, and other client keys are
     refused: the dashboard shows every client's traffic and can acknowledge the alerts about them."""
 
-    def __init__(self, keys: Sequence[ClientKey], require_keys: bool, secret: bytes | None, session_ttl_s: float) -> None:
+    def __init__(self, keys: Sequence[ClientKey], require_keys: bool, secret: bytes | None, session_ttl_s: float,
+                 origins: Sequence[str] = ()) -> None:
+        #: the public origins the dashboard is served at behind a reverse proxy (else: this Host)
+        self.origins = {normalise_origin(o) for o in origins}
         ops = [k for k in keys if k.dashboard]
         self.keystore = KeyStore(ops, Rate(), require_keys or bool(keys))
         self.required = self.keystore.required
@@ -225,6 +228,16 @@ class DashboardAuth:
         kid = self.signer.verify(request.cookies.get(COOKIE))
         return kid if kid in self._key_ids else None  # a key removed from the config ends its sessions
 
+    def same_origin(self, request: Request) -> bool:
+        """A request's Origin, when sent, is the dashboard's own: one of ``origins`` when configured (a
+        reverse proxy's public address), else this Host."""
+        origin = request.headers.get("origin")
+        if not origin:
+            return True
+        if self.origins:
+            return normalise_origin(origin) in self.origins
+        return origin.split("://", 1)[-1] == request.headers.get("host")
+
     def check_open_access(self, request: Request) -> None:
         """Without keys: loopback clients and loopback Host names only."""
         if self.required:
@@ -235,6 +248,15 @@ class DashboardAuth:
         if not is_loopback(client) or not (is_loopback(host) or host == "localhost"):
             raise _HttpError(403, "this dashboard has no client keys configured, so it answers only on loopback "
                                   "(http://127.0.0.1:PORT); configure keys to serve it further")
+
+
+def normalise_origin(origin: str) -> str:
+    """``https://Host.example:443/`` -> ``https://host.example``: how a browser writes an Origin."""
+    o = origin.strip().rstrip("/").lower()
+    for scheme, port in (("https://", ":443"), ("http://", ":80")):
+        if o.startswith(scheme) and o.endswith(port):
+            o = o[: -len(port)]
+    return o
 
 
 def _since(request: Request) -> tuple[str, float, int]:
@@ -371,8 +393,7 @@ class Dashboard:
         # Browsers send the page's origin on a same-origin form post (the Referrer-Policy is
         # same-origin, not no-referrer, which would make them send "null"); "null" comes from
         # sandboxed frames and data: or file: pages, so it is refused like another site.
-        origin = request.headers.get("origin")
-        if origin and origin.split("://", 1)[-1] != request.headers.get("host"):
+        if not self.auth.same_origin(request):
             return self._html(self.templates["login.html"].render(base=base, error="cross-site login refused"), 403)
         if self.auth.throttle.blocked(client):
             return self._html(self.templates["login.html"].render(
@@ -392,7 +413,9 @@ class Dashboard:
             return self._html(self.templates["login.html"].render(base=base, error=why), 401)
         resp = RedirectResponse(f"{base}/", 303)
         resp.set_cookie(COOKIE, self.auth.signer.sign(p.key_id), max_age=int(self.auth.signer.ttl_s),
-                        path=f"{base}/", httponly=True, samesite="strict", secure=request.url.scheme == "https")
+                        path=f"{base}/", httponly=True, samesite="strict",
+                        # behind a proxy that ends TLS the request is plain http, but the browser's page is not
+                        secure=request.url.scheme == "https" or request.headers.get("origin", "").startswith("https://"))
         return resp
 
     async def logout(self, request: Request) -> Response:
@@ -421,8 +444,7 @@ class Dashboard:
             p = self.auth.principal(request)
             if p is None:
                 raise _HttpError(401, "authentication required")
-            origin = request.headers.get("origin")
-            if origin and origin.split("://", 1)[-1] != request.headers.get("host"):
+            if not self.auth.same_origin(request):
                 raise _HttpError(403, "cross-site request refused")
             if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
                 raise _HttpError(415, "send the body as application/json")
@@ -523,14 +545,16 @@ class Dashboard:
 
 def create_dashboard(store: EventStore | str, *, keys: Sequence[ClientKey] = (), require_keys: bool = False,
                      session_secret: bytes | None = None, session_ttl_s: float = 12 * 3600,
-                     cache_ttl_s: float = 5.0) -> Starlette:
+                     cache_ttl_s: float = 5.0, origins: Sequence[str] = ()) -> Starlette:
     """The dashboard as an ASGI app over ``store`` (an open store, or a URL opened on first use).
 
     ``keys`` are the proxy's client keys (``config.keys``): those marked ``dashboard: true`` may log in;
     with none at all and ``require_keys`` false the dashboard is open, but only to loopback. ``session_secret`` signs login cookies (random per
-    process by default, so a restart logs everyone out).
+    process by default, so a restart logs everyone out). ``origins`` are the public origins of a
+    reverse proxy in front of it (``https://charter.example.com``): logins and alert changes must come
+    from one of them, since such a proxy need not pass the browser's Host on.
     """
-    d = Dashboard(store, DashboardAuth(keys, require_keys, session_secret, session_ttl_s), cache_ttl_s)
+    d = Dashboard(store, DashboardAuth(keys, require_keys, session_secret, session_ttl_s, origins), cache_ttl_s)
     routes = [
         Route("/", d.index, methods=["GET"]),
         Route("/login", d.login, methods=["GET", "POST"]),
