@@ -480,3 +480,115 @@ def test_weights_that_are_not_finite_are_refused_at_load(mini_model_dir, tmp_pat
     (bad / "manifest.json").write_text(json.dumps(doc))
     with pytest.raises(ArtifactError, match=f"tensor '{name}' holds NaN or infinite values"):
         Guard.load(bad)
+
+
+# ---- a review of artifacts and estimators (twenty-fifth session) -------------------------------
+
+def _rewrite(src: Path, dst: Path, group: str, edit=None, manifest=None) -> Path:
+    """A copy of ``src`` with one weights file edited (and re-hashed, so the hash check passes)."""
+    import hashlib
+
+    from safetensors.numpy import load, save
+
+    shutil.copytree(src, dst)
+    doc = json.loads((dst / "manifest.json").read_text())
+    if edit is not None:
+        arrays = {k: v.copy() for k, v in load((dst / f"{group}.safetensors").read_bytes()).items()}
+        edit(arrays)
+        blob = save(arrays)
+        (dst / f"{group}.safetensors").write_bytes(blob)
+        doc["files"][f"{group}.safetensors"] = hashlib.sha256(blob).hexdigest()
+    if manifest is not None:
+        manifest(doc)
+    (dst / "manifest.json").write_text(json.dumps(doc))
+    return dst
+
+
+def _has_stage2(d: Path) -> bool:
+    return "stage2.safetensors" in json.loads((d / "manifest.json").read_text())["files"]
+
+
+def test_a_blend_that_scores_nan_fails_closed_not_open(mini_model_dir, tmp_path, capsys):
+    """Finite weights can still score NaN (a blend of +-1e308), and a NaN compares as 'not flagged':
+    the input check passed the request. It is now an error, which the proxy turns into a refusal."""
+    from charter.errors import ClassifierError
+
+    def blend(d):
+        d["combiner"] = {"w1": 1e308, "w2": -1e308, "b": 0.0}
+        d["thresholds"]["escalate"] = 0.0  # every request reaches the blend
+
+    bad = _rewrite(mini_model_dir, tmp_path / "m", "stage1", manifest=blend)
+    g = Guard.load(bad)
+    if g.stage2 is None:
+        pytest.skip("the blend needs stage 2 (the encoder wheel)")
+    with pytest.raises(ClassifierError, match="not a number"):
+        g.check_input(HARMFUL)
+    (tmp_path / "in.jsonl").write_text(json.dumps({"text": HARMFUL}) + "\n")
+    assert main(["classify", "--model", str(bad), "--file", str(tmp_path / "in.jsonl")]) == 1
+    out = capsys.readouterr()
+    assert "NaN" not in out.out and "not a number" in out.err and "Traceback" not in out.err
+
+
+def test_an_exchange_stream_that_scores_nan_fails_closed(mini_model_dir, tmp_path):
+    from charter.errors import ClassifierError
+
+    g = Guard.load(mini_model_dir)
+    st = g.exchange.stream("hello")
+    st.reweigh(float("nan"), 0.0)  # what a manifest's exchange blend of huge numbers gives
+    with pytest.raises(ClassifierError, match="not a number"):
+        st.feed("Sure, step 1")
+    st = g.exchange.stream("hello")
+    st.reweigh(float("nan"), 0.0)
+    with pytest.raises(ClassifierError, match="not a number"):
+        st.scan(["Sure", ", step 1"])
+
+
+@pytest.mark.parametrize(("group", "edit", "says"), [
+    ("stage1", lambda a: a.__setitem__("coef", a["coef"].astype("float64") * 0 + 1e39), "stage1 coef holds NaN or infinite values \\(as float32\\)"),
+    ("exchange", lambda a: a.__setitem__("b", a["b"].repeat(2)[None, :]), "exchange bias has shape"),
+    ("stage2", lambda a: a.__setitem__("scale", a["scale"] * 0), "stage2 scale has values that are not positive"),
+    ("stage2", lambda a: a.__setitem__("Fr", a["Fr"] * 0 + 0.5), "fine heads have inconsistent shapes"),
+])
+def test_weights_that_would_fail_at_the_first_score_are_refused_at_load(mini_model_dir, tmp_path, group, edit, says):
+    """These loaded and then crashed (an AssertionError, a numpy error that classify reported as a bad input
+    line) or scored NaN on the first request."""
+    if group == "stage2" and not _has_stage2(mini_model_dir):
+        pytest.skip("no stage 2 in the mini guard")
+    bad = _rewrite(mini_model_dir, tmp_path / "m", group, edit)
+    if group == "stage2" and Guard.load(mini_model_dir).stage2 is None:
+        pytest.skip("stage 2 needs the encoder wheel")
+    with pytest.raises(ArtifactError, match=says):
+        Guard.load(bad)
+
+
+def test_a_manifest_that_drops_stage2_is_refused_not_downgraded(mini_model_dir, tmp_path):
+    """Removing stage2.safetensors from 'files' loaded the guard on stage 1 alone, silently, even with
+    require_stage2=True."""
+    if not _has_stage2(mini_model_dir):
+        pytest.skip("no stage 2 in the mini guard")
+    bad = _rewrite(mini_model_dir, tmp_path / "m", "stage1", manifest=lambda d: d["files"].pop("stage2.safetensors"))
+    with pytest.raises(ArtifactError, match="describes stage 2 but lists no stage2.safetensors"):
+        Guard.load(bad, require_stage2=True)
+
+
+def test_classify_refuses_an_input_that_is_its_own_part_file(mini_model_dir, tmp_path, capsys):
+    src = tmp_path / "x.jsonl.part"
+    src.write_text(json.dumps({"text": "hello"}) + "\n")
+    assert main(["classify", "--model", str(mini_model_dir), "--file", str(src), "--out", str(tmp_path / "x.jsonl")]) == 1
+    assert "is where --out" in capsys.readouterr().err and src.read_text().strip()
+
+
+def test_byte_order_marks_and_empty_conversations(mini_model_dir, tmp_path, capsys):
+    """A BOM (Windows editors) made the first line not JSON; a conversation with no text was scored
+    (and accepted as benign calibration traffic)."""
+    f = tmp_path / "in.jsonl"
+    f.write_bytes(b"\xef\xbb\xbf" + json.dumps({"id": "a", "text": "hello"}).encode() + b"\n"
+                  + json.dumps({"id": "b", "messages": [{"role": "user"}]}).encode() + b"\n")
+    assert main(["classify", "--model", str(mini_model_dir), "--file", str(f)]) == 0
+    a, b = (json.loads(x) for x in capsys.readouterr().out.splitlines())
+    assert a["id"] == "a" and "score" in a
+    assert b == {"id": "b", "line": 2, "error": "'messages' hold no text"}
+    from charter.yamlsource import read_json
+
+    (tmp_path / "m.json").write_bytes(b"\xef\xbb\xbf{\"a\": 1}")
+    assert read_json(tmp_path / "m.json", 100, CharterError) == {"a": 1}

@@ -23,3 +23,7 @@ class InputError(CharterError, ValueError):
 
 class UsageError(CharterError):
     """A command-line option's value is malformed (the CLI exits 2, as for other usage errors)."""
+
+
+class ClassifierError(CharterError):
+    """A classifier failed on an input (a score that is not a number): the caller fails closed."""

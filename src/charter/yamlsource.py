@@ -35,7 +35,7 @@ def read_text(path: Path, max_bytes: int, error: type[CharterError]) -> str:
     if len(raw) > max_bytes:
         raise error(f"{path}: file is larger than {max_bytes} bytes")
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")  # editors on Windows write a byte-order mark
     except UnicodeDecodeError as e:
         raise error(f"{path}: not UTF-8 (byte {e.start})") from None
 

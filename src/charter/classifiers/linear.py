@@ -11,8 +11,17 @@ import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted
 
 from charter.classifiers.features import NgramHasher
+
+
+def text_list(X: Sequence[str]) -> Sequence[str]:
+    """``X`` as the estimators take it: a sequence of texts (one string would be read letter by letter)."""
+    if isinstance(X, str):
+        raise TypeError("X must be a sequence of texts, not one string: pass [text]")
+    return X
+
 
 PERMITTED = "permitted"
 _CLAUSE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+|:\s+")
@@ -171,7 +180,8 @@ class NgramClassifier(ClassifierMixin, BaseEstimator):
 
     def _worst_logits(self, X: Sequence[str]) -> np.ndarray:
         """Each text's logits (binary head first), from its instance the binary head scores highest."""
-        texts, owner = self._instances(X)
+        check_is_fitted(self, "coef_")
+        texts, owner = self._instances(text_list(X))
         Z = np.asarray(self.hasher().transform(texts) @ self.coef_) + self.intercept_
         if not len(X):
             return Z

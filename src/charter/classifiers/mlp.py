@@ -11,7 +11,9 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.neural_network import MLPClassifier
 
 from charter.classifiers.features import StaticEmbedder
-from charter.classifiers.linear import PERMITTED, softmax
+from sklearn.utils.validation import check_is_fitted
+
+from charter.classifiers.linear import PERMITTED, softmax, text_list
 
 
 class EmbeddingMLPClassifier(ClassifierMixin, BaseEstimator):
@@ -64,7 +66,8 @@ class EmbeddingMLPClassifier(ClassifierMixin, BaseEstimator):
         return np.maximum(E @ self.W1_ + self.b1_, 0) @ self.W2_ + self.b2_
 
     def decision_function(self, X: Sequence[str]) -> np.ndarray:
-        return self._forward(self.features(X))
+        check_is_fitted(self, "W1_")
+        return self._forward(self.features(text_list(X)))
 
     def predict_proba(self, X: Sequence[str]) -> np.ndarray:
         return softmax(self.decision_function(X))

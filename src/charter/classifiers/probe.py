@@ -9,10 +9,12 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.neural_network import MLPClassifier
+from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted
 
 from charter.classifiers.encoder import MiniLMEncoder
-from charter.classifiers.linear import PERMITTED, hierarchical_proba
+from charter.classifiers.linear import PERMITTED, hierarchical_proba, text_list
 from charter.errors import ArtifactError
 
 
@@ -88,8 +90,10 @@ class EncoderProbeClassifier(ClassifierMixin, BaseEstimator):
         self.edge_tokens = edge_tokens
 
     def _encoder(self) -> MiniLMEncoder:
-        if not hasattr(self, "_enc"):
+        key = (self.max_tokens, self.head_tokens, self.edge_tokens)
+        if getattr(self, "_enc_key", None) != key:  # set_params may have changed what it reads
             self._enc = MiniLMEncoder(max_tokens=self.max_tokens, head_tokens=self.head_tokens, edge_tokens=self.edge_tokens)
+            self._enc_key = key
         return self._enc
 
     @property
@@ -123,14 +127,17 @@ class EncoderProbeClassifier(ClassifierMixin, BaseEstimator):
         b0 = np.zeros(1 + len(cats), dtype=np.float32)
         if self.hidden:
             k = max(1, self.n_heads)
-            heads = [self._mlp(self.random_state + i, len(Z)).fit(Z, restricted) for i in range(k)]
+            # sklearn's random_state contract: an int seeds every head; None or a RandomState draws the first seed
+            seed0 = (int(self.random_state) if isinstance(self.random_state, Integral)
+                     else int(check_random_state(self.random_state).randint(2**31 - 2 * k - 2)))
+            heads = [self._mlp(seed0 + i, len(Z)).fit(Z, restricted) for i in range(k)]
             self.H1_ = np.hstack([m.coefs_[0] for m in heads]).astype(np.float32)
             self.h1_ = np.concatenate([m.intercepts_[0] for m in heads]).astype(np.float32)
             self.H2_ = (np.concatenate([m.coefs_[1][:, 0] for m in heads]) / k).astype(np.float32)
             self.h2_ = np.array([np.mean([m.intercepts_[1][0] for m in heads])], dtype=np.float32)
             self.F1_ = None
             if self.fine_heads:
-                self._fit_fine(Z, yv if fine is None else np.asarray(fine), restricted, first_seed=self.random_state + k)
+                self._fit_fine(Z, yv if fine is None else np.asarray(fine), restricted, first_seed=seed0 + k)
         else:
             self.H1_ = None
             b = LogisticRegression(C=self.C, max_iter=self.max_iter, class_weight="balanced").fit(Z, restricted)
@@ -189,13 +196,16 @@ class EncoderProbeClassifier(ClassifierMixin, BaseEstimator):
         return z, L[..., 1:]
 
     def proba_from_features(self, E: np.ndarray) -> np.ndarray:
+        check_is_fitted(self, "W_")
         return hierarchical_proba(*self._logits(E))
 
     def decision_function(self, X: Sequence[str]) -> np.ndarray:
-        return self._logits(self.features(X))[0]
+        check_is_fitted(self, "W_")  # before the encoder's work
+        return self._logits(self.features(text_list(X)))[0]
 
     def predict_proba(self, X: Sequence[str]) -> np.ndarray:
-        return self.proba_from_features(self.features(X))
+        check_is_fitted(self, "W_")
+        return self.proba_from_features(self.features(text_list(X)))
 
     def predict(self, X: Sequence[str]) -> np.ndarray:
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
@@ -233,7 +243,8 @@ class EncoderProbeClassifier(ClassifierMixin, BaseEstimator):
                     raise ArtifactError(f"stage 2 declares fine heads but its weights lack {e}") from None
                 k, hid = est.fine_heads, est.hidden
                 n = est.Fr_.shape[0] if est.Fr_.ndim == 1 else -1
-                if est.F2_.shape != (k, hid, n) or est.f2_.shape != (k, n) or not 0 < est.Fr_.sum() < n:
+                if (est.F2_.shape != (k, hid, n) or est.f2_.shape != (k, n) or not 0 < est.Fr_.sum() < n
+                        or not np.isin(est.Fr_, (0.0, 1.0)).all()):  # Fr marks each fine class restricted or not
                     raise ArtifactError("stage 2's fine heads have inconsistent shapes")
         est._check_widths(len(classes))
         est.classes_ = np.asarray(classes)

@@ -11,6 +11,7 @@ exchanges then need only one prefix to fire; harmless ones are pushed low everyw
 
 from __future__ import annotations
 
+import math
 import re
 import zlib
 from collections.abc import Sequence
@@ -19,8 +20,11 @@ from numbers import Integral, Real
 import numpy as np
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils import check_consistent_length
 from sklearn.utils._param_validation import Interval
+from sklearn.utils.validation import check_is_fitted
 
+from charter.errors import ClassifierError
 from charter.classifiers.features import _M1, _M2, _WORD, NgramHasher, _char_seed, _mix, _P, _word_seed, window_hashes  # noqa: F401
 
 _MASK = (1 << 64) - 1
@@ -115,6 +119,7 @@ class ExchangeClassifier(ClassifierMixin, BaseEstimator):
     # -- training ------------------------------------------------------------------------
     def fit(self, X: Sequence[tuple[str, str]], y: Sequence[int]) -> ExchangeClassifier:
         self._validate_params()
+        check_consistent_length(X, y)
         yv = np.asarray(y, dtype=np.float64)
         K = len(PREFIX_FRACTIONS)
         P = self._prompt_matrix([p for p, _ in X]).tocsr()
@@ -174,6 +179,7 @@ class ExchangeClassifier(ClassifierMixin, BaseEstimator):
 
     # -- batch scoring (full responses) --------------------------------------------------
     def decision_function(self, X: Sequence[tuple[str, str]]) -> np.ndarray:
+        check_is_fitted(self, "wr_")
         P = self._prompt_matrix([p for p, _ in X])
         R = self._resp_matrix([r + " " for _, r in X])
         return np.asarray(P @ self.wp_ + R @ self.wr_ + self.b_)
@@ -197,6 +203,7 @@ class ExchangeClassifier(ClassifierMixin, BaseEstimator):
     def stream(self, prompt: str, also: Sequence[str] = ()) -> ExchangeStream:
         """A stream conditioned on ``prompt``; each of ``also`` is another reading of it (e.g. the
         conversation's last user turn), and the most suspicious reading conditions the stream."""
+        check_is_fitted(self, "wr_")
         return ExchangeStream(self, prompt, also)
 
     def _wr_list(self) -> list[float]:
@@ -222,6 +229,8 @@ class ExchangeClassifier(ClassifierMixin, BaseEstimator):
         est._validate_params()  # a mistyped or out-of-range manifest parameter fails here, at load
         est.wp_ = arrays["wp"].astype(np.float32)
         est.wr_ = arrays["wr"].astype(np.float32)
+        if arrays["b"].shape != (1,):
+            raise ValueError(f"exchange bias has shape {arrays['b'].shape}, expected (1,)")
         est.b_ = np.float32(arrays["b"][0])
         est.classes_ = np.array([0, 1])
         return est
@@ -297,6 +306,8 @@ class ExchangeStream:
                 self._feed_words(c)
         z = self._offset + self._scale * (self._dot / np.sqrt(self._n) if self._n else 0.0)
         self.score = float(_sigmoid(np.asarray(z)))
+        if not math.isfinite(self.score):  # max() would keep the old maximum: a NaN must not pass a reply
+            raise ClassifierError("the exchange classifier's score is not a number")
         self.max_score = max(self.max_score, self.score)
         return self.score
 
@@ -309,6 +320,8 @@ class ExchangeStream:
         if not chunks:
             return np.zeros(0)
         scores = _sigmoid(self._offset + self._scale * self.response_logits(chunks))
+        if not np.isfinite(scores).all():
+            raise ClassifierError("the exchange classifier's score is not a number")
         self.score = float(scores[-1])
         self.max_score = max(self.max_score, float(scores.max()))
         return scores

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from charter.cli import app, interruptible
-from charter.errors import CharterError
+from charter.errors import CharterError, InputError
 
 console = Console(stderr=True)
 
@@ -92,12 +92,15 @@ def _load_guard(model: Path | None):
 def _score_line(guard, obj: object) -> dict:
     from charter.guard.calibrate import request_of
 
-    src = request_of(obj)
+    try:
+        src = request_of(obj)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     assert isinstance(obj, dict)
     resp = obj.get("response")
     if resp is not None:
         if not isinstance(resp, str):
-            raise ValueError("'response' must be a string")
+            raise InputError("'response' must be a string")
         from charter.classifiers.streaming import tokens
 
         mon = guard.output_monitor(src)
@@ -140,6 +143,8 @@ def classify(
     if out is not None and out.is_dir():
         raise CharterError(f"{out}: cannot write: Is a directory")
     part = out.with_name(out.name + ".part") if out else None
+    if part is not None and part.exists() and part.resolve() == file.resolve():
+        raise CharterError(f"--file {file}: is where --out {out} is written until it is complete; choose another --out")
     try:
         sink = open(part, "w", encoding="utf-8") if part else sys.stdout
     except OSError as e:
@@ -150,11 +155,14 @@ def classify(
         for i, obj in read_jsonl_lines(file):
             rid = i
             try:
-                if isinstance(obj, ValueError):
-                    raise obj
-                rid = line_id(i, obj)
+                if isinstance(obj, ValueError):  # the line is not JSON, or too long
+                    raise InputError(str(obj))
+                try:
+                    rid = line_id(i, obj)
+                except ValueError as e:
+                    raise InputError(str(e)) from None
                 rec = {"id": rid, **_score_line(guard, obj)}
-            except ValueError as e:
+            except InputError as e:  # the line's fault; anything else is the guard's and stops the run
                 errors += 1
                 rec = {"id": rid, "line": i, "error": str(e).splitlines()[0]}
             sink.write(json.dumps(rec) + "\n")

@@ -103,8 +103,8 @@ def read_jsonl_lines(path: str | PathLike[str], *, max_line_bytes: int | None = 
                             break
                     yield i, ValueError(f"line is longer than {max_line_bytes} bytes")
                     continue
-                try:
-                    line = raw.decode("utf-8")
+                try:  # a byte-order mark (editors on Windows write one) is not part of the first record
+                    line = (raw[3:] if i == 1 and raw.startswith(b"\xef\xbb\xbf") else raw).decode("utf-8")
                 except UnicodeDecodeError as e:
                     yield i, ValueError(f"not UTF-8 (byte {e.start})")
                     continue

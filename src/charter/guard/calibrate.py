@@ -39,7 +39,8 @@ def request_of(obj: object) -> str | list[dict[str, Any]]:
         msgs = obj["messages"]
         if not isinstance(msgs, list):
             raise ValueError("'messages' must be a list of {role, content} objects")
-        Guard.render(msgs)  # shape and size, as the guard will check them
+        if not Guard.render(msgs).strip():  # shape and size, as the guard will check them
+            raise ValueError("'messages' hold no text")
         return msgs
     text = obj.get("text")
     if not isinstance(text, str):

@@ -26,7 +26,7 @@ from charter.classifiers.features import NgramHasher
 from charter.classifiers.linear import NgramClassifier
 from charter.classifiers.streaming import ExchangeClassifier, ExchangeStream
 from charter.data.records import PART_TEXT, Message, part_text, render_input, render_messages
-from charter.errors import ArtifactError, CharterError, InputError
+from charter.errors import ArtifactError, CharterError, ClassifierError, InputError
 
 log = logging.getLogger("charter.guard")
 
@@ -166,7 +166,7 @@ def _check_manifest(p: Path, doc: dict[str, Any], arrays: dict[str, dict[str, np
     if e is not None and not (_numbers(e, EXCHANGE_COMBINER_KEYS) and 0.0 <= e["threshold"] <= 1.0):
         raise ArtifactError(f"{p}: manifest 'exchange_combiner' must give {', '.join(EXCHANGE_COMBINER_KEYS)} as numbers (threshold in [0, 1])")
     w = doc.get("stage2_weight", 0.55)
-    if not isinstance(w, (int, float)) or not 0.0 <= w <= 1.0:
+    if not isinstance(w, (int, float)) or isinstance(w, bool) or not 0.0 <= w <= 1.0:
         raise ArtifactError(f"{p}: manifest 'stage2_weight' must be a number in [0, 1]")
     return classes
 
@@ -174,13 +174,23 @@ def _check_manifest(p: Path, doc: dict[str, Any], arrays: dict[str, dict[str, np
 def _check_shapes(p: Path, s1: NgramClassifier, ex: ExchangeClassifier, s2: Any | None, n_classes: int) -> None:
     want = {"stage1 coef": (s1.coef_.shape, (s1.n_features, n_classes)), "stage1 intercept": (s1.intercept_.shape, (n_classes,)),
             "exchange wp": (ex.wp_.shape, (ex.n_features,)), "exchange wr": (ex.wr_.shape, (ex.n_features,))}
+    weights = {"stage1 coef": s1.coef_, "stage1 intercept": s1.intercept_, "exchange wp": ex.wp_, "exchange wr": ex.wr_,
+               "exchange b": ex.b_}
     if s2 is not None:
         want["stage2 W"] = (s2.W_.shape[1:], (n_classes,))
         want["stage2 b"] = (s2.b_.shape, (n_classes,))
         want["stage2 features"] = (s2.mean_.shape, (s2.feature_dim,))  # what its encoder settings produce
+        weights.update({f"stage2 {k}": v for k, v in vars(s2).items() if k.endswith("_") and isinstance(v, np.ndarray)
+                        and k != "classes_"})
     for what, (got, expected) in want.items():
         if tuple(got) != expected:
             raise ArtifactError(f"{p}: {what} has shape {tuple(got)}, expected {expected} from the manifest; weights and manifest do not match")
+    # checked as the scorers hold them: a float64 weight past float32's range loads as infinity
+    for what, arr in weights.items():
+        if not np.isfinite(arr).all():
+            raise ArtifactError(f"{p}: {what} holds NaN or infinite values (as float32)")
+    if s2 is not None and not (s2.scale_ > 0).all():
+        raise ArtifactError(f"{p}: stage2 scale has values that are not positive; its features would divide by zero")
 
 
 def worst_view(stage1: NgramClassifier, hasher: NgramHasher, text: str) -> tuple[np.ndarray, str, str]:
@@ -190,9 +200,13 @@ def worst_view(stage1: NgramClassifier, hasher: NgramHasher, text: str) -> tuple
     memo: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # views share clauses: hash each once
     for name, v in all_views(text):
         p = stage1.proba_one(v, hasher, memo)
-        if 1.0 - p[perm] > best_score:
-            best, best_view, best_text, best_score = p, name, v, 1.0 - p[perm]
-    assert best is not None
+        if not 1.0 - p[perm] > best_score:
+            if math.isfinite(p[perm]):
+                continue
+            raise ClassifierError("stage 1's score is not a number")
+        best, best_view, best_text, best_score = p, name, v, 1.0 - p[perm]
+    if best is None:
+        raise ClassifierError("stage 1 scored no view of the text")
     return best, best_view, best_text
 
 
@@ -250,6 +264,9 @@ class Guard:
             raise ArtifactError(f"{p}: manifest and weights do not fit together ({e})") from None
         _check_shapes(p, s1, ex, None, len(classes))
         s2 = None
+        if "stage2" not in arrays and doc.get("stage2"):
+            # dropping the file from the manifest would otherwise run the guard on stage 1 alone, unannounced
+            raise ArtifactError(f"{p}: the manifest describes stage 2 but lists no stage2.safetensors")
         if "stage2" in arrays:
             if encoder_available():
                 from charter.classifiers.probe import EncoderProbeClassifier
@@ -422,6 +439,8 @@ class Guard:
         return self._verdict(0.5 * (p1 + p2), final, final >= th["final"], "stage2", view, True, t0)
 
     def _verdict(self, probs: np.ndarray, score: float, flagged: bool, stage: Stage, view: str, esc: bool, t0: float) -> Verdict:
+        if not (math.isfinite(score) and np.isfinite(probs).all()):  # a NaN compares as "not flagged"
+            raise ClassifierError(f"the {stage} classifier's score is not a number")
         scores = {c: float(probs[i]) for i, c in enumerate(self.classes) if i != self._perm}
         category = max(scores, key=scores.__getitem__) if scores else None
         return Verdict(

@@ -546,6 +546,9 @@ def calibrate(guard: Guard, calib_in: Sequence[Record], calib_ex: Sequence[Recor
             guard.exchange_combiner = fit_exchange_combiner(guard, calib_ex, cfg.exchange_fpr, cache)
             if guard.exchange_combiner:
                 report["exchange_combiner"] = guard.exchange_combiner
+    if bad := sorted(k for k, v in th.items() if not np.isfinite(v)):
+        raise CharterError(f"calibration gave thresholds that are not numbers ({', '.join(bad)}): the model's "
+                           "scores are not finite on the calibration data; retrain it")
     return {"thresholds": th, "report": report}
 
 
