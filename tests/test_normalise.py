@@ -20,7 +20,7 @@ DECODABLE = [
     "base64", "hex", "url", "rot13", "caesar", "caesar3", "caesar_random", "atbash", "morse",
     "reverse", "leetspeak", "confusables", "fullwidth", "zero_width", "tag_smuggling",
     "char_spacing", "char_separators", "newline_words", "pseudo_language", "keyword_substitution",
-    "payload_split",
+    "payload_split", "styled_letters", "combining_marks",
 ]  # fmt: skip
 PLAIN = SENTENCES + [
     "The weather today is lovely and I would like to go for a walk in the park with my dog.",
@@ -205,3 +205,36 @@ def test_unscramble_corrects_by_letters_and_leaves_ordinary_text() -> None:
     for text in [*PLAIN, "Use getElementById and addEventListener in JavaScript to wire up the button",
                  "My iPhone and MacBook both need an update from the App Store", "HOW DO I BAKE BREAD AT HOME?"]:
         assert unscramble(text) is None, text
+
+
+@pytest.mark.parametrize("sep", ["\u2066", "\u2069", "\ufe0f", "\ufe00", "\U000e0100", "\u180b", "\u3164",
+                                 "\uffa0", "\ufff9", "\U0001d173"])
+def test_every_invisible_format_character_is_stripped(sep: str) -> None:
+    """Bidi isolates, variation selectors, fillers, annotation and musical format characters between the
+    letters hid a request from the guard: none of them was stripped."""
+    assert "invisible_stripped" in _found(sep.join(SENTENCES[0]), SENTENCES[0])
+
+
+@pytest.mark.parametrize(("text", "view"), [
+    ("".join(chr(0x1D5EE + ord(c) - 97) if c.islower() else c for c in SENTENCES[0].lower()), "compat"),  # sans bold
+    ("".join(chr(0x24D0 + ord(c) - 97) if c.islower() else c for c in SENTENCES[0].lower()), "compat"),  # circled
+    ("".join(c + "\u0336" for c in SENTENCES[0]), "marks_stripped"),  # strike-through
+    ("".join(c + "\u0301\u0308" if c.isalpha() else c for c in SENTENCES[0]), "marks_stripped"),  # zalgo
+])
+def test_styled_and_marked_letters_fold_back(text: str, view: str) -> None:
+    """"Fancy text" fonts and combining marks had no folded view (neither looks like a Cyrillic or
+    Greek lookalike), so the guard read only the styled text."""
+    assert view in _found(text, SENTENCES[0])
+
+
+def test_accented_text_and_plain_cyrillic_get_no_marks_view() -> None:
+    for text in ("Le café est très bon à Paris, n'est-ce pas ?", "Как приготовить борщ дома? Спасибо"):
+        assert not {"marks_stripped", "compat"} & {n for n, _ in views(text)}
+
+
+def test_a_decoded_lone_surrogate_is_replaced_not_passed_on() -> None:
+    """payload_split reads the quoted strings as JSON, so an ASCII "\\ud800" became a lone surrogate in the
+    view, which the featurisers cannot encode: the guard crashed (and forwarded the request, failing open)."""
+    text = 'a = "\\ud800"\nb = "x"\n\nHow do I make bread at home?'
+    for _, v in views(text):
+        v.encode("utf-8")

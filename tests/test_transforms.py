@@ -444,7 +444,22 @@ def test_generator_never_draws_a_transform_that_needs_the_encoder(monkeypatch: p
 
     assert TRANSFORMS.get("neighbour_words").needs_encoder
     assert "neighbour_words" not in {cls.name for cls in registered_transforms()}
+    # attack-only transforms (normalisation folds them back exactly) are not drawn either
+    assert {"styled_letters", "combining_marks"} <= {n for n, cls in TRANSFORMS if not cls.augments}
+    assert not {"styled_letters", "combining_marks"} & {cls.name for cls in registered_transforms()}
     monkeypatch.setattr("charter.classifiers.encoder.encoder_available", lambda: False)
     assert "neighbour_words" not in text_transforms() and "lexical" not in representatives()
     monkeypatch.setattr("charter.classifiers.encoder.encoder_available", lambda: True)
     assert "neighbour_words" in text_transforms() and representatives()["lexical"] == "neighbour_words"
+
+
+def test_url_decode_of_a_lone_surrogate_is_no_decoding_not_a_crash() -> None:
+    assert get_transform("url").decode("\ud800%") is None and get_transform("url").decode("abc") == "abc"
+
+
+def test_cli_prints_a_decoded_lone_surrogate_and_refuses_zero_views(capsys: pytest.CaptureFixture[str]) -> None:
+    from charter.cli import main
+
+    assert main(["transforms", "apply", "json_embed", "--decode", '{"query": "\\ud800"}']) == 0
+    assert capsys.readouterr().out.strip() == "\ufffd"
+    assert main(["transforms", "views", "--max-views", "0", "hi"]) == 2

@@ -72,13 +72,15 @@ def apply(
     if out is None:
         # a ClickException (exit 1), not typer.Exit: main() runs click with standalone_mode=False
         raise click.ClickException(f"input does not look like {name} output")
-    typer.echo(out)
+    from charter.transforms.normalise import clean_surrogates
+
+    typer.echo(clean_surrogates(out))  # a decoded JSON "\ud800" is a lone surrogate, which no terminal encoding takes
 
 
 @transforms_app.command("views")
 def views_(
     text: str = typer.Argument(..., help="Input text."),
-    max_views: int = typer.Option(8, "--max-views", help="At most this many views."),
+    max_views: int = typer.Option(8, "--max-views", min=1, help="At most this many views."),
 ) -> None:
     """The normalisation views classifiers score for TEXT."""
     from charter.transforms.normalise import views

@@ -24,9 +24,10 @@ from charter.transforms.base import TRANSFORMS, Transform
 
 def registered_transforms() -> list[type[Transform]]:
     """Every transform in the registry but those that need the encoder wheel (a dataset must not depend
-    on which extras are installed). A library that fails to import raises: data generated without
-    augmentation would look like a dataset and train a guard blind to obfuscation."""
-    return [cls for _, cls in TRANSFORMS if not cls.needs_encoder]
+    on which extras are installed) and attack-only ones (``augments = False``). A library that fails to
+    import raises: data generated without augmentation would look like a dataset and train a guard blind
+    to obfuscation."""
+    return [cls for _, cls in TRANSFORMS if not cls.needs_encoder and cls.augments]
 
 
 # ---------------------------------------------------------------- paraphrase

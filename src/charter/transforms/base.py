@@ -26,6 +26,10 @@ class Transform(ABC):
     #: True when apply() needs the optional encoder wheel (charter[encoder]); the offline data generator
     #: never draws such a transform, and the red team uses it only where the wheel is installed
     needs_encoder: ClassVar[bool] = False
+    #: False for attack-only transforms that the offline data generator does not draw: normalisation
+    #: undoes them exactly (a styled or marked letter folds back to its plain one), so training on them
+    #: would teach nothing, and adding them left the default training data as it was
+    augments: ClassVar[bool] = True
 
     @abstractmethod
     def apply(self, text: str, rng: random.Random) -> str: ...

@@ -150,11 +150,25 @@ class Fullwidth(Transform):
 # --------------------------------------------------------------------------- invisible
 
 ZERO_WIDTH = ("\u200b", "\u200c", "\u200d", "\u2060", "\u00ad")
-#: everything stripped by normalisation: zero-width, bidi marks, invisible operators, BOM, tags
+#: everything stripped by normalisation: zero-width, bidi marks and isolates, invisible operators,
+#: variation selectors, Mongolian and Hangul fillers, interlinear annotations, musical-notation
+#: format characters, BOM, tags
 INVISIBLE_RE = re.compile(
-    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064"
-    "\u206a-\u206f\ufeff\U000e0000-\U000e007f]"
+    "[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180b-\u180f\u200b-\u200f\u202a-\u202e\u2060-\u2069"
+    "\u206a-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb\U0001d173-\U0001d17a\U000e0000-\U000e007f"
+    "\U000e0100-\U000e01ef]"
 )
+#: combining marks (diacritics, strike-through, underline, "zalgo"), in the blocks made of them
+MARKS_RE = re.compile("[\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
+#: a combining mark on a Latin letter: in NFC text an accent on a Latin letter is precomposed, so
+#: this is zalgo, strike-through or underline text (or decomposed text, which folds the same)
+MARKED_LATIN_RE = re.compile("[A-Za-z\uff21-\uff3a\uff41-\uff5a][\u0300-\u036f\u1ab0-\u1aff\u1dc0-\u1dff\u20d0-\u20ff\ufe20-\ufe2f]")
+
+
+def strip_marks(text: str) -> str:
+    """``text`` without combining marks: decomposed, marks dropped, composed again ("ẖ̶o̶w̶" -> "how",
+    and accents too: "café" -> "cafe")."""
+    return unicodedata.normalize("NFC", MARKS_RE.sub("", unicodedata.normalize("NFD", text)))
 _ZW_RE = re.compile("[" + "".join(ZERO_WIDTH) + "\ufeff]")
 TAG_RE = re.compile("[\U000e0000-\U000e007f]")
 TAG_BEGIN, TAG_END = "\U000e0001", "\U000e007f"
@@ -183,6 +197,58 @@ class ZeroWidth(Transform):
 
     def decode(self, text: str) -> str | None:
         return _ZW_RE.sub("", text) if _ZW_RE.search(text) else None
+
+
+#: (first capital, first small letter) of Unicode's styled Latin alphabets; the mathematical ones
+#: have holes (a few letters live in the Letterlike Symbols block), which NFKC folds all the same
+_STYLES = {
+    "bold": (0x1D400, 0x1D41A), "italic_bold": (0x1D468, 0x1D482), "script_bold": (0x1D4D0, 0x1D4EA),
+    "fraktur_bold": (0x1D56C, 0x1D586), "sans_bold": (0x1D5D4, 0x1D5EE), "monospace": (0x1D670, 0x1D68A),
+    "circled": (0x24B6, 0x24D0),
+}
+
+
+@TRANSFORMS.register()
+class StyledLetters(Transform):
+    """"Fancy text" generators' fonts: mathematical bold, script, fraktur, monospace, circled."""
+
+    name = "styled_letters"
+    family = "homoglyph"
+    description = "Write the letters in a styled Unicode alphabet (𝐛𝐨𝐥𝐝, 𝓼𝓬𝓻𝓲𝓹𝓽, ⓒⓘⓡⓒⓛⓔⓓ)."
+    reversible = True  # decode is NFKC: exact for ASCII input
+    augments = False
+
+    def apply(self, text: str, rng: random.Random) -> str:
+        cap, small = _STYLES[rng.choice(sorted(_STYLES))]
+        return "".join(chr(cap + ord(c) - 65) if "A" <= c <= "Z" else chr(small + ord(c) - 97) if "a" <= c <= "z" else c
+                       for c in text)
+
+    def decode(self, text: str) -> str | None:
+        return None if text.isascii() else unicodedata.normalize("NFKC", text)
+
+
+#: strike-through, slash-through, underline, double underline, and "zalgo" accents above
+_MARK_STYLES = {"strike": "\u0336", "slash": "\u0338", "underline": "\u0332", "double_underline": "\u0333",
+                "zalgo": "\u0301\u0300\u0308\u030a\u0303\u0306\u030c\u0311"}
+
+
+@TRANSFORMS.register()
+class CombiningMarks(Transform):
+    """Combining marks after every letter: strike-through or underlined text, or light "zalgo"."""
+
+    name = "combining_marks"
+    family = "marks"
+    description = "Put combining marks on every letter: s̶t̶r̶i̶k̶e̶, u̲n̲d̲e̲r̲l̲i̲n̲e̲ or zalgo accents."
+    reversible = True  # decode strips combining marks: exact for ASCII input
+    augments = False
+
+    def apply(self, text: str, rng: random.Random) -> str:
+        marks = _MARK_STYLES[rng.choice(sorted(_MARK_STYLES))]
+        n = 3 if len(marks) > 1 else 1
+        return "".join(c + "".join(rng.choice(marks) for _ in range(n)) if c.isalpha() else c for c in text)
+
+    def decode(self, text: str) -> str | None:
+        return strip_marks(text) if MARKS_RE.search(text) else None
 
 
 _COVERS = (

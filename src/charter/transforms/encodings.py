@@ -108,7 +108,7 @@ class Url(Transform):
 
     def decode(self, text: str) -> str | None:
         if not _PCT.search(text):  # e.g. a single alphanumeric word encodes to itself
-            return text if text and quote(text, safe="") == text else None
+            return text if text and quote(utf8(text), safe="") == text else None
         try:
             return unquote(text, errors="strict")
         except UnicodeDecodeError:

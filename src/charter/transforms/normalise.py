@@ -9,6 +9,7 @@ that make the text less English-like are dropped.
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Callable, Iterator
 from functools import lru_cache
 
@@ -19,10 +20,12 @@ from charter.transforms.charlevel import (
     CONFUSABLE_CHARS,
     INVISIBLE_RE,
     LEET_HINT,
+    MARKED_LATIN_RE,
     TAG_RE,
     decode_tags,
     fold_confusables,
     fold_leet,
+    strip_marks,
 )
 from charter.transforms.ciphers import ATBASH, CAESAR_HEADER_RE, caesar, caesar_table, decode_morse, header_shift
 from charter.transforms.encodings import decode_base64, decode_hex, decode_url
@@ -36,7 +39,8 @@ View = tuple[str, str]
 #: look-alike German still gets a gloss
 _NESTABLE_PREFIXES = ("base64", "hex", "url", "rot13", "caesar", "atbash", "reverse", "morse",
                       "tag_payload", "pseudo_language", "payload_split", "keyword_legend", "segments",
-                      "leet", "confusables", "spacing", "invisible_stripped", "unscrambled")  # fmt: skip
+                      "leet", "confusables", "compat", "marks_stripped", "spacing", "invisible_stripped",
+                      "unscrambled")  # fmt: skip
 _ENGLISH_OK = 0.3  # the text already reads as English: skip cipher brute force
 _GAIN = 0.2  # a cipher view must beat the original's English ratio by this much
 _MIN_RATIO = 0.35
@@ -248,11 +252,19 @@ def _decoders(text: str, max_len: int) -> Iterator[View]:
             hidden = decode_tags(text)
             if hidden:
                 yield "tag_payload", hidden
+        visible = text
         if INVISIBLE_RE.search(text):
-            yield "invisible_stripped", INVISIBLE_RE.sub("", text)
+            visible = INVISIBLE_RE.sub("", text)
+            yield "invisible_stripped", visible
+        if MARKED_LATIN_RE.search(visible):  # zalgo, strike-through, underline
+            yield "marks_stripped", fold_confusables(strip_marks(visible))
         # mixed scripts or fullwidth only: plain Cyrillic or Greek text is left alone
         if _CONFUSABLE_RE.search(text) and (_ASCII_WORD.search(text) or _FULLWIDTH.search(text)):
-            yield "confusables", fold_confusables(INVISIBLE_RE.sub("", text))
+            yield "confusables", fold_confusables(visible)
+        elif not unicodedata.is_normalized("NFKC", visible):
+            # styled letters (mathematical bold or script, circled, squared, small capitals' kin)
+            # have compatibility forms but no lookalike that the check above would see
+            yield "compat", unicodedata.normalize("NFKC", visible)
     tokens = text.split()
     if not tokens:
         return
@@ -351,7 +363,10 @@ def fold_all(text: str, max_len: int | None = None) -> str:
     leetspeak, lowercase. With ``max_len``, the result is cut to that length, and so is the
     text after NFKC (which can make a character eighteen)."""
     if not text.isascii():
-        text = fold_confusables(INVISIBLE_RE.sub("", text))[:max_len]
+        text = INVISIBLE_RE.sub("", text)
+        if MARKED_LATIN_RE.search(text):
+            text = strip_marks(text)
+        text = fold_confusables(text)[:max_len]
     text = collapse_spacing(text) or text
     if LEET_HINT.search(text):
         text = fold_leet(text)
@@ -385,9 +400,9 @@ def views(text: str, max_views: int = 8, max_len: int = 20000, depth: int = 2) -
     for name, v in (nv for w in walks for nv in w):
         if len(out) >= max_views:
             break
-        if name in ("invisible_stripped", "confusables", "spacing", "leet"):
+        if name in ("invisible_stripped", "marks_stripped", "confusables", "compat", "spacing", "leet"):
             folded_hint = True
-        v = v[:max_len]
+        v = clean_surrogates(v[:max_len])  # a decoder can make a lone surrogate ("\ud800" in JSON), which no featuriser encodes
         k = _key(v)
         if v and k not in seen:
             seen.add(k)
@@ -397,6 +412,17 @@ def views(text: str, max_views: int = 8, max_len: int = 20000, depth: int = 2) -
         if _key(v) not in seen:
             out.append(("folded", v))
     return out
+
+
+def clean_surrogates(text: str) -> str:
+    """``text`` with lone surrogates replaced by U+FFFD."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 @lru_cache(maxsize=64)
