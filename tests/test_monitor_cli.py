@@ -266,3 +266,10 @@ def test_parse_when() -> None:
     assert parse_when("1.5h", now=1e6) == 1e6 - 5400
     assert parse_when("2025-01-31T12:00:00Z") == parse_when("2025-01-31T12:00:00") == 1738324800.0
     assert parse_when("2025-01-31T13:00:00+01:00") == 1738324800.0
+
+
+@pytest.mark.parametrize("cmd", [["monitor", "stats"], ["monitor", "alerts"]])
+def test_a_malformed_db_url_is_refused_without_echoing_its_password(cmd: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*cmd, "--db", "postgresql+psycopg://charter:S3cretPW@127.0.0.1:99999x/db"]) == 1
+    err = capsys.readouterr().err
+    assert "not a valid database URL" in err and "S3cretPW" not in err

@@ -37,7 +37,7 @@ from charter.monitor.rules import (
     RuleSettings,
     load_monitor_settings,
 )
-from charter.monitor.store import EventStore
+from charter.monitor.store import AlertRecord, EventStore
 from charter.registry import Registry
 from charter.server import ConfigError, ServerConfig, ServerThread, create_app, load_config
 from charter.testing import ScriptedOpenAI
@@ -389,12 +389,23 @@ def test_undelivered_alerts_are_bounded_per_sink(tmp_path: Path, monkeypatch: py
     s = EventStore.open(f"sqlite:///{tmp_path / 'b.db'}")
     now = time.time()
     s.write([ev(f"{u}{i}", u, 0.9, t=now - 10 + i) for u in ("u1", "u2", "u3") for i in range(5)])
-    eng = RuleEngine(s, only("repeated_flags", sinks=[{"type": "store"}]), sinks=[Switchable("down", down=True)])
+    # without a store sink they wait in memory, bounded
+    eng = RuleEngine(s, only("repeated_flags", sinks=[{"type": "log"}]), sinks=[Switchable("down", down=True)])
     with caplog.at_level(logging.WARNING, logger="charter.monitor"):
         res = eng.run_once(now)
     assert len(res.new) == 3 and res.undelivered == {"down": 2}
     assert "1 undelivered alert(s) dropped" in caplog.text
     assert [a.subject_id for a in eng._pending[0]] == [a.subject_id for a in res.new[1:]]  # the oldest went first
+    # with one, the store holds every one of them (none dropped), and a run takes at most the bound
+    s2 = EventStore.open(f"sqlite:///{tmp_path / 'b2.db'}")
+    s2.write([ev(f"{u}{i}", u, 0.9, t=now - 10 + i) for u in ("u1", "u2", "u3") for i in range(5)])
+    down = Switchable("down", down=True)
+    eng = RuleEngine(s2, only("repeated_flags", sinks=[{"type": "store"}]), sinks=[down])
+    res = eng.run_once(now)
+    assert len(res.new) == 3 and res.undelivered == {"down": 3} and len(s2.undelivered("down")) == 3
+    down.down = False
+    assert eng.run_once(now + 1).undelivered == {} and len(s2.undelivered("down")) == 1  # two a run
+    assert eng.run_once(now + 2).undelivered == {} and s2.undelivered("down") == []
 
 
 def test_a_sink_that_is_down_is_tried_once_per_evaluation_not_once_per_alert(tmp_path: Path) -> None:
@@ -750,3 +761,99 @@ def test_a_webhook_that_redirects_is_not_retried_nor_followed() -> None:
             sink.emit(Alert(rule="r", subject_kind="user", subject_id="u", summary="s"))
         sink.close()
     assert e.value.retry is False and "HTTP 301" in str(e.value) and len(rx.posts) == 1
+
+
+def test_replicas_sharing_a_store_deliver_each_missed_alert_once(store_url: str) -> None:
+    """Each replica wrote its own list of what a webhook owed over the shared table, deleting the other's:
+    an alert one replica owed was never delivered, and the other's went out twice."""
+    s = EventStore.open(store_url)
+    now = time.time()
+    s.write([ev(f"a{i}", "u_alice", 0.9, t=now - 10 + i) for i in range(5)])
+    settings = only("repeated_flags", sinks=[{"type": "store"}])
+    name = "sinks[1] (webhook)"
+    a_hook, b_hook = Switchable(name, down=True), Switchable(name, down=True)
+    a, b = RuleEngine(s, settings, sinks=[a_hook]), RuleEngine(EventStore.open(store_url), settings, sinks=[b_hook])
+    assert [x.subject_id for x in a.run_once(now).new] == ["u_alice"]
+    s.write([ev(f"b{i}", "u_bob", 0.9, t=now - 5 + i) for i in range(5)])
+    assert [x.subject_id for x in b.run_once(now + 1).new] == ["u_bob"]  # alice's is not new to b
+    assert sorted(x.subject_id for x in s.undelivered(name)) == ["u_alice", "u_bob"]
+    # the receiver is back; a restarted replica and the other both run: each alert goes out once
+    a_hook.down = b_hook.down = False
+    a2 = RuleEngine(EventStore.open(store_url), settings, sinks=[a_hook])
+    a2.run_once(now + 2)
+    b.run_once(now + 3)
+    assert sorted(x.subject_id for x in a_hook.got + b_hook.got) == ["u_alice", "u_bob"]
+    assert s.undelivered(name) == []
+
+
+def test_a_claimed_alert_is_left_to_others_until_its_holder_is_presumed_dead(store_url: str) -> None:
+    s = EventStore.open(store_url)
+    now = time.time()
+    (rec, _) = s.upsert_alert(AlertRecord(rule="r", subject_kind="user", subject_id="u", severity="high", summary="s",
+                                          evidence=[{"request_id": "x"}], dedupe_key="r:u", first_seen=now, last_seen=now))
+    s.hold_undelivered("hook", [rec.id], claimed=True)  # a replica started delivering it, then died
+    assert s.claim_undelivered("hook", now=now + 1) == []  # held: not delivered twice
+    assert [r.id for r in s.claim_undelivered("hook", now=now + 10_000)] == [rec.id]  # its lease ran out
+    assert s.claim_undelivered("hook", now=now + 10_001) == []  # now held by the taker
+    s.delivered("hook", [rec.id])
+    assert s.undelivered("hook") == []
+
+
+def test_replicas_reopening_one_alert_at_once_announce_it_once(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both replicas read 'resolved' before either wrote, so both announced the reopened alert and one's
+    evidence was lost. Each upsert now locks the alert first; the barrier holds one replica right after
+    its read, and the other must not get past its own until the first has written."""
+    import threading
+
+    from charter.monitor import store as store_mod
+
+    s1, s2 = EventStore.open(store_url), EventStore.open(store_url)
+    now = time.time()
+    (rec, _) = s1.upsert_alert(AlertRecord(rule="r", subject_kind="user", subject_id="u", severity="high", summary="s",
+                                           evidence=[{"request_id": "r0"}], dedupe_key="r:u", first_seen=now, last_seen=now))
+    assert s1.set_alert_status(rec.id, "resolved")
+    barrier = threading.Barrier(2, timeout=1.5)
+    real = store_mod.AlertRecord.from_row.__func__
+
+    def from_row(cls, r):  # runs right after an upsert reads the stored alert
+        try:
+            barrier.wait()
+        except threading.BrokenBarrierError:
+            pass
+        return real(cls, r)
+
+    monkeypatch.setattr(store_mod.AlertRecord, "from_row", classmethod(from_row))
+    out: dict[str, bool] = {}
+
+    def raise_it(store: EventStore, rid: str) -> None:
+        out[rid] = store.upsert_alert(AlertRecord(rule="r", subject_kind="user", subject_id="u", severity="high",
+                                                  summary="s", evidence=[{"request_id": rid}], dedupe_key="r:u",
+                                                  first_seen=now + 1, last_seen=now + 1))[1]
+
+    ts = [threading.Thread(target=raise_it, args=(st, rid)) for st, rid in ((s1, "r1"), (s2, "r2"))]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(30)
+    monkeypatch.undo()
+    assert sorted(out.values()) == [False, True]
+    (stored,) = s1.alerts(status=None)
+    assert {"r1", "r2"} <= {e["request_id"] for e in stored.evidence} and stored.status == "open"
+
+
+def test_an_acknowledged_alert_keeps_its_highest_severity(tmp_path: Path) -> None:
+    """Raised high, acknowledged, raised medium, raised high again: it reopened and notified for the
+    high the analyst had acknowledged, because the medium had overwritten the stored severity."""
+    s = EventStore.open(f"sqlite:///{tmp_path / 's.db'}")
+    now = time.time()
+
+    def raise_(sev: str, rid: str) -> tuple[AlertRecord, bool]:
+        return s.upsert_alert(AlertRecord(rule="r", subject_kind="user", subject_id="u", severity=sev, summary="s",
+                                          evidence=[{"request_id": rid}], dedupe_key="r:u", first_seen=now, last_seen=now))
+
+    rec, new = raise_("high", "1")
+    assert new and s.set_alert_status(rec.id, "acknowledged")
+    rec, new = raise_("medium", "2")
+    assert not new and rec.severity == "high" and rec.status == "acknowledged"
+    rec, new = raise_("high", "3")
+    assert not new and rec.status == "acknowledged"

@@ -38,7 +38,7 @@ def test_schema_is_alembic_head_and_reopening_is_a_no_op(store_url: str) -> None
     s.close()
     s = EventStore.open(store_url)  # migrate again: nothing changes, nothing is lost
     with s.engine.connect() as c:
-        assert c.execute(sa.text("select version_num from alembic_version")).scalar_one() == "0005"
+        assert c.execute(sa.text("select version_num from alembic_version")).scalar_one() == "0006"
         names = set(sa.inspect(c).get_table_names())
         # the migrations build exactly the tables the code declares (a table added to one only shows here)
         from alembic.autogenerate import compare_metadata
@@ -132,7 +132,7 @@ def test_expiry_by_age_and_purge_of_one_user(store_url: str) -> None:
         rule="escalation", subject_kind="conversation", subject_id="c1", severity="high", summary="s",
         evidence=[{"request_id": "r1", "user_id": user}], dedupe_key=f"escalation:conversation:{user}/c1",
         first_seen=now, last_seen=now))[0].id for user in ("gone", "gone_too")]
-    s.set_undelivered("webhook", conv_alerts, "down")  # a notifying sink still owes both
+    s.hold_undelivered("webhook", conv_alerts, claimed=False, error="down")  # a notifying sink still owes both
     out = s.purge_user("gone")
     assert [a.dedupe_key for a in s.undelivered("webhook")] == ["escalation:conversation:gone_too/c1"]
     assert out == {"events": 4, "alerts": 2, "evidence": 2}
@@ -382,3 +382,39 @@ def test_top_users_since_inside_an_hour_ranks_only_the_window(store_url: str) ->
         assert len(s.top_users(50)) == 46  # no since: everyone
     finally:
         s.close()
+
+
+def test_a_migration_that_fails_part_way_leaves_the_database_openable(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On SQLite each DDL statement committed on its own: a process killed (here: an error) during the
+    first migration left tables without their alembic_version row, and every later open failed with
+    "table events already exists"."""
+    from alembic.operations import Operations
+
+    real = Operations.execute
+
+    def fail_in_0003(self, sql, *a, **k):
+        if "user_conversations" in str(sql):  # 0003's backfill, after 0001 and 0002 created their tables
+            raise RuntimeError("killed during the migration")
+        return real(self, sql, *a, **k)
+
+    monkeypatch.setattr(Operations, "execute", fail_in_0003)
+    with pytest.raises(StoreError, match="killed during the migration"):
+        EventStore.open(store_url)
+    monkeypatch.undo()
+    s = EventStore.open(store_url)
+    assert s.write([Event(request_id="r1", ts=time.time(), decision="allowed")]) == 1
+
+
+def test_expiry_drops_what_sinks_owed_for_the_expired_alerts(store_url: str) -> None:
+    """The rows stayed behind, and SQLite reuses the largest deleted id: a new alert inherited the old
+    one's place in a webhook's queue and was delivered twice."""
+    s = EventStore.open(store_url)
+    now = time.time()
+    old, _ = s.upsert_alert(AlertRecord(rule="r", subject_kind="user", subject_id="u_old", severity="high", summary="s",
+                                        evidence=[{"request_id": "r1"}], dedupe_key="r:u_old",
+                                        first_seen=now - 10 * 86400, last_seen=now - 10 * 86400))
+    s.hold_undelivered("webhook", [old.id], claimed=False, error="down")
+    s.expire(7 * 86400, now=now)
+    assert s.alerts(status=None) == []
+    with s.engine.connect() as c:
+        assert c.execute(sa.text("select count(*) from alert_deliveries")).scalar_one() == 0

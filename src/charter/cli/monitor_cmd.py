@@ -73,13 +73,15 @@ def open_store(db: str) -> EventStore:
 
     from charter.monitor.store import EventStore
 
+    from charter.endpoints import redact_url
+
     if "://" not in db:
-        raise CharterError(f"--db {db!r}: expected a database URL such as sqlite:///charter.db "
+        raise CharterError(f"--db {redact_url(db)!r}: expected a database URL such as sqlite:///charter.db "
                            "or postgresql+psycopg://user@host/dbname")
     try:
         url = sa.engine.make_url(db)
-    except Exception:
-        raise CharterError(f"--db {db!r}: not a valid database URL") from None
+    except Exception:  # the URL may hold a password: never echo it
+        raise CharterError(f"--db {redact_url(db)!r}: not a valid database URL") from None
     if url.get_backend_name() == "sqlite":
         path = url.database or ""
         if path in ("", ":memory:") or path.startswith("file:"):

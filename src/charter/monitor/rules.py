@@ -696,17 +696,19 @@ class RuleEngine:
         undelivered: dict[str, int] = {}
         for i, sink in enumerate(self.sinks):
             name = sink_name(sink)
-            if i not in self._pending:  # first run: what this sink missed before a restart (store sink only)
-                self._pending[i] = self._load_undelivered(name, errors)
-            waiting_before = [a.id for a in self._pending[i]]
-            # alerts this sink failed to take on earlier runs go first, then the new ones
-            # (a reopened alert replaces its own waiting copy: one delivery, with the newest evidence)
-            todo = list({a.dedupe_key: a for a in [*self._pending[i], *new]}.values())
+            # alerts this sink failed to take on earlier runs go first, then the new ones (a reopened
+            # alert replaces its own waiting copy: one delivery, with the newest evidence). With a store
+            # they wait there, claimed by the replica delivering them: replicas sharing the store deliver
+            # each alert once, and one restarted or killed part-way loses none.
+            waiting = self._claim_undelivered(name, new, errors) if self.store_alerts else self._pending.get(i, [])
+            todo = list({a.dedupe_key: a for a in [*waiting, *new]}.values())
             self._pending[i] = []
             first_error, n_failed = "", 0
+            sent: list[Alert] = []
             for j, a in enumerate(todo):
                 try:
                     sink.emit(a)
+                    sent.append(a)
                 except Exception as e:  # one failing sink must not stop the others
                     n_failed += 1
                     first_error = first_error or f"{type(e).__name__}: {e}"
@@ -716,7 +718,7 @@ class RuleEngine:
                         self._pending[i] += todo[j:]
                         n_failed += len(todo) - j - 1
                         break
-            if dropped := max(0, len(self._pending[i]) - MAX_PENDING_ALERTS):
+            if dropped := (0 if self.store_alerts else max(0, len(self._pending[i]) - MAX_PENDING_ALERTS)):
                 del self._pending[i][:dropped]
                 log.error("alert sink %s: %d undelivered alert(s) dropped (more than %d waiting); the store "
                           "still holds them if a store sink is configured", name, dropped, MAX_PENDING_ALERTS)
@@ -727,13 +729,30 @@ class RuleEngine:
                             "sinks got them: %s", name, n_failed, len(self._pending[i]), first_error)
             if self._pending[i]:
                 undelivered[name] = len(self._pending[i])
-            if self.store_alerts and [a.id for a in self._pending[i]] != waiting_before:
+            if self.store_alerts:
                 try:
-                    self.store.set_undelivered(name, [a.id for a in self._pending[i] if a.id is not None], first_error)
+                    self.store.delivered(name, [a.id for a in sent if a.id is not None])
+                    self.store.hold_undelivered(name, [a.id for a in self._pending[i] if a.id is not None],
+                                                claimed=False, error=first_error)  # free for any replica's next run
                 except Exception as e:
                     errors[f"store:undelivered:{name}"] = f"{type(e).__name__}: {e}"
                     log.exception("recording the alerts sink %s has yet to take failed", name)
+                self._pending[i] = []  # the store holds them
         return RunResult(alerts, new, errors, res.warnings, failures, undelivered)
+
+    def _claim_undelivered(self, name: str, new: list[Alert], errors: dict[str, str]) -> list[Alert]:
+        """The stored alerts ``name`` has yet to take that no other replica is delivering, claimed by
+        this one; the new alerts are recorded as owed first, held by this replica, so that a crash before
+        they are delivered leaves them for the next run of any replica."""
+        try:
+            self.store.hold_undelivered(name, [a.id for a in new if a.id is not None], claimed=True)
+            new_ids = {a.id for a in new}
+            return [Alert.from_record(r) for r in self.store.claim_undelivered(name, MAX_PENDING_ALERTS)
+                    if r.id not in new_ids]
+        except Exception as e:
+            errors[f"store:undelivered:{name}"] = f"{type(e).__name__}: {e}"
+            log.exception("reading the alerts sink %s has yet to take failed", name)
+            return []
 
     def _remember(self, a: Alert, now: float) -> bool:
         """Without a store: is ``a`` worth notifying? Its key's first alert is; later ones when the
@@ -752,16 +771,6 @@ class RuleEngine:
             assert prev is not None
             self._seen[a.dedupe_key] = (prev[0], prev[1], frozenset(list(prev[2] | ids)[:MAX_EVIDENCE_IDS]))
         return new
-
-    def _load_undelivered(self, name: str, errors: dict[str, str]) -> list[Alert]:
-        if not self.store_alerts:
-            return []
-        try:
-            return [Alert.from_record(r) for r in self.store.undelivered(name, MAX_PENDING_ALERTS)]
-        except Exception as e:
-            errors[f"store:undelivered:{name}"] = f"{type(e).__name__}: {e}"
-            log.exception("reading the alerts sink %s has yet to take failed", name)
-            return []
 
     def _persist(self, a: Alert) -> bool:
         """Upsert ``a`` unless the stored alert already holds all its evidence; True when new (or reopened)."""

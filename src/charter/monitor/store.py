@@ -93,6 +93,8 @@ deliveries_table = sa.Table(
     sa.Column("sink", sa.String(200), nullable=False),
     sa.Column("since", sa.Float, nullable=False),
     sa.Column("error", sa.String(500), nullable=False),
+    #: a replica delivering the alert holds it until then (unix seconds); NULL: anyone may take it
+    sa.Column("claimed_until", sa.Float, nullable=True),
     sa.PrimaryKeyConstraint("alert_id", "sink"),
 )
 
@@ -339,15 +341,28 @@ class AlertRecord:
 
 
 def migrate(engine: Engine) -> None:
-    """Bring the database to Alembic's head revision (creates the tables on a new database)."""
+    """Bring the database to Alembic's head revision (creates the tables on a new database), in one
+    transaction: a crash part-way leaves the database as it was."""
     from alembic import command
     from alembic.config import Config
 
     cfg = Config()
     cfg.set_main_option("script_location", str(resources.files("charter.monitor") / "migrations"))
-    with engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
+    eng = engine
+    if engine.dialect.name == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        # pysqlite commits each DDL statement on its own: a process killed during the first migration
+        # left tables without their alembic_version row, and the database never opened again. Here
+        # the driver leaves transactions to SQLite, and one BEGIN IMMEDIATE holds the whole upgrade.
+        eng = sa.create_engine(engine.url, poolclass=sa.pool.NullPool)
+        sa.event.listen(eng, "connect", _sqlite_transactional)
+        sa.event.listen(eng, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+    try:
+        with eng.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    finally:
+        if eng is not engine:
+            eng.dispose()
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -359,7 +374,14 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cur.close()
 
 
+def _sqlite_transactional(dbapi_conn: Any, record: Any) -> None:
+    _sqlite_pragmas(dbapi_conn, record)
+    dbapi_conn.isolation_level = None  # no implicit BEGIN or COMMIT around statements: the engine's "begin" emits it
+
+
 _SEVERITY = {"low": 1, "medium": 2, "high": 3}
+#: seconds a replica holds an undelivered alert it is delivering, before another may take it
+DELIVERY_LEASE_S = 120.0
 
 
 class EventStore:
@@ -429,6 +451,9 @@ class EventStore:
         """Insert ``rows``; where a row with the same ``keys`` exists, set ``merge(table, excluded)``."""
         if rows:
             ins = self._dialect_insert(table)
+            # in key order: replicas writing batches that share rows lock them in one order (PostgreSQL
+            # detected deadlocks when two batches met the same rollup rows in opposite orders)
+            rows = sorted(rows, key=lambda r: tuple(r[k] for k in keys))
             conn.execute(ins.on_conflict_do_update(index_elements=keys, set_=merge(table, ins.excluded)), rows)
 
     # ------------------------------------------------------------------ writes
@@ -575,6 +600,8 @@ class EventStore:
         with self.engine.begin() as conn:
             self._remove_from_rollup(conn, events_table.c.ts < cut)
             n = conn.execute(events_table.delete().where(events_table.c.ts < cut)).rowcount
+            old = sa.select(alerts_table.c.id).where(alerts_table.c.last_seen < cut)
+            conn.execute(deliveries_table.delete().where(deliveries_table.c.alert_id.in_(old)))
             conn.execute(alerts_table.delete().where(alerts_table.c.last_seen < cut))
             # user rollups: drop the hours before the cut, recount the hour it falls in
             h = int(cut // HOUR)
@@ -858,28 +885,39 @@ class EventStore:
         Returns the stored alert and whether it is new: a resolved alert with the same key reopens as
         new, and so does an acknowledged one whose severity rises (an analyst who acknowledged a medium
         alert has not seen it turn high; it would otherwise fold in evidence unseen and unnotified).
-        Evidence is merged by request id, newest kept, bounded.
+        Evidence is merged by request id, newest kept, bounded. Replicas raising one alert at once are
+        serialised: exactly one of them gets it as new.
         """
+        for _ in range(3):
+            try:
+                return self._upsert_alert(a)
+            except sa.exc.IntegrityError:  # a concurrent writer inserted it first: fold into theirs
+                continue
+        return self._upsert_alert(a)
+
+    def _upsert_alert(self, a: AlertRecord) -> tuple[AlertRecord, bool]:
         t = alerts_table
         with self.engine.begin() as conn:
+            # a write first: it locks the alert's row (PostgreSQL) or the database (SQLite) until commit, so
+            # two replicas cannot both read "resolved" and both announce the reopened alert
+            conn.execute(t.update().where(t.c.dedupe_key == a.dedupe_key).values(count=t.c.count))
             row = conn.execute(sa.select(t).where(t.c.dedupe_key == a.dedupe_key)).first()
             if row is None:
                 vals = a.as_dict()
                 vals.pop("id")
-                try:
-                    a.id = int(conn.execute(t.insert().values(**vals)).inserted_primary_key[0])
-                except sa.exc.IntegrityError:  # a concurrent writer inserted it first
-                    return self.upsert_alert(a)
+                a.id = int(conn.execute(t.insert().values(**vals)).inserted_primary_key[0])
                 return a, True
             old = AlertRecord.from_row(row)
-            worse = _SEVERITY.get(a.severity, 0) > _SEVERITY.get(old.severity, 0)
-            new = old.status == "resolved" or (old.status == "acknowledged" and worse)
+            rank_old, rank_new = _SEVERITY.get(old.severity, 0), _SEVERITY.get(a.severity, 0)
+            new = old.status == "resolved" or (old.status == "acknowledged" and rank_new > rank_old)
             seen = {e.get("request_id") for e in a.evidence}
             merged = (a.evidence + [e for e in old.evidence if e.get("request_id") not in seen])[:200]
+            # an alert keeps its highest severity until it is resolved: one that fell and rose again while
+            # acknowledged would otherwise reopen and notify for a level the analyst already saw
             vals = {"last_seen": max(old.last_seen, a.last_seen), "count": old.count + 1, "evidence": merged,
-                    "summary": a.summary, "severity": a.severity}
+                    "summary": a.summary, "severity": a.severity if rank_new >= rank_old else old.severity}
             if old.status == "resolved":
-                vals.update(status="open", first_seen=a.first_seen, count=1)
+                vals.update(status="open", first_seen=a.first_seen, count=1, severity=a.severity)
             elif new:
                 vals.update(status="open")
             conn.execute(t.update().where(t.c.id == old.id).values(**vals))
@@ -902,23 +940,61 @@ class EventStore:
             return [AlertRecord.from_row(r) for r in conn.execute(q)]
 
     def undelivered(self, sink: str, limit: int = 1000) -> list[AlertRecord]:
-        """The alerts ``sink`` has yet to take, oldest first (at most ``limit``)."""
+        """The alerts ``sink`` has yet to take, oldest first (at most ``limit``), claimed or not."""
         d, t = deliveries_table, alerts_table
         q = (sa.select(t).join(d, d.c.alert_id == t.c.id).where(d.c.sink == sink[:200])
              .order_by(d.c.since, d.c.alert_id).limit(limit))
         with self.engine.connect() as conn:
             return [AlertRecord.from_row(r) for r in conn.execute(q)]
 
-    def set_undelivered(self, sink: str, waiting: Sequence[int], error: str = "") -> None:
-        """Make ``waiting`` (alert ids) the alerts ``sink`` has yet to take."""
-        d = deliveries_table
+    def claim_undelivered(self, sink: str, limit: int = 1000, lease_s: float = DELIVERY_LEASE_S,
+                          now: float | None = None) -> list[AlertRecord]:
+        """Take the alerts ``sink`` has yet to take that no replica holds, oldest first: each is held for
+        ``lease_s`` seconds, so another replica sharing the store does not deliver it too; one whose holder
+        died is free again once the lease ends."""
+        d, t = deliveries_table, alerts_table
+        now = time.time() if now is None else now
+        free = (d.c.sink == sink[:200]) & (d.c.claimed_until.is_(None) | (d.c.claimed_until < now))
+        out = []
         with self.engine.begin() as conn:
-            have = {r.alert_id: r.since for r in conn.execute(sa.select(d.c.alert_id, d.c.since).where(d.c.sink == sink[:200]))}
-            conn.execute(d.delete().where(d.c.sink == sink[:200]))
-            now = time.time()
-            if waiting:
-                conn.execute(d.insert(), [{"alert_id": i, "sink": sink[:200], "since": have.get(i, now), "error": error[:500]}
-                                          for i in dict.fromkeys(waiting)])
+            for r in conn.execute(sa.select(t).join(d, d.c.alert_id == t.c.id).where(free)
+                                  .order_by(d.c.since, d.c.alert_id).limit(limit)).all():
+                took = conn.execute(d.update().where(free & (d.c.alert_id == r.id)).values(claimed_until=now + lease_s))
+                if took.rowcount == 1:  # not taken by another replica since the select
+                    out.append(AlertRecord.from_row(r))
+        return out
+
+    def hold_undelivered(self, sink: str, ids: Sequence[int], *, claimed: bool, error: str = "",
+                         lease_s: float = DELIVERY_LEASE_S) -> None:
+        """Record that ``sink`` has yet to take the alerts ``ids``: held by this process for ``lease_s``
+        seconds (``claimed``: it is delivering them now; a crash leaves them to others), or free for any
+        replica to retry. Rows already there keep their ``since``."""
+        d = deliveries_table
+        ids = [int(i) for i in dict.fromkeys(ids)]
+        if not ids:
+            return
+        now = time.time()
+        until = now + lease_s if claimed else None
+        with self.engine.begin() as conn:
+            for i in range(0, len(ids), 500):
+                chunk = ids[i : i + 500]
+                have = {r.alert_id for r in conn.execute(sa.select(d.c.alert_id).where(
+                    (d.c.sink == sink[:200]) & d.c.alert_id.in_(chunk)))}
+                if have:
+                    conn.execute(d.update().where((d.c.sink == sink[:200]) & d.c.alert_id.in_(have))
+                                 .values(claimed_until=until, **({"error": error[:500]} if error else {})))
+                rows = [{"alert_id": a, "sink": sink[:200], "since": now, "error": error[:500], "claimed_until": until}
+                        for a in chunk if a not in have]
+                if rows:
+                    conn.execute(self._dialect_insert(d).on_conflict_do_nothing(), rows)
+
+    def delivered(self, sink: str, ids: Sequence[int]) -> None:
+        """``sink`` took the alerts ``ids``: nothing is owed for them any more."""
+        d = deliveries_table
+        ids = [int(i) for i in dict.fromkeys(ids)]
+        with self.engine.begin() as conn:
+            for i in range(0, len(ids), 500):
+                conn.execute(d.delete().where((d.c.sink == sink[:200]) & d.c.alert_id.in_(ids[i : i + 500])))
 
     def set_alert_status(self, alert_id: int, status: str) -> bool:
         if status not in ALERT_STATUSES:
