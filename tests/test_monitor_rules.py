@@ -35,6 +35,7 @@ from charter.monitor.rules import (
     RuleContext,
     RuleEngine,
     RuleSettings,
+    _rule_problem,
     load_monitor_settings,
 )
 from charter.monitor.store import AlertRecord, EventStore
@@ -506,6 +507,31 @@ def test_rules_registered_at_runtime_or_by_entry_point_are_picked_up(tmp_path: P
     assert "ep_rule" in [r.name for r in eng.rules()]
     assert eng.run_once(now).errors == {}
     sys.modules.pop("ep_rules_mod", None)
+
+
+def test_a_rule_that_cannot_be_built_does_not_stop_the_others(tmp_path: Path) -> None:
+    """A plugin rule whose __init__ raised stopped every evaluation (in charter serve: no rule ran, ever)."""
+    class Unbuildable(Rule):
+        name = "unbuildable"
+
+        def __init__(self, settings: Any) -> None:
+            raise RuntimeError("plugin init bug")
+
+        def evaluate(self, ctx: RuleContext) -> list[Alert]:
+            return []
+
+    reg: Registry[type[Rule]] = Registry("charter.monitor_rules_none", builtins="charter.monitor.rules")
+    reg.names()
+    for name, cls in RULES:
+        reg._items.setdefault(name, cls)
+    reg.register()(Unbuildable)
+    s = EventStore.open(f"sqlite:///{tmp_path / 'u.db'}")
+    now = time.time()
+    s.write([ev(f"a{i}", "u1", 0.9, t=now - 10 + i) for i in range(5)])
+    res = RuleEngine(s, MonitorSettings.model_validate({"sinks": [{"type": "store"}]}), registry=reg).run_once(now)
+    assert res.errors == {"unbuildable": "RuntimeError: plugin init bug"}
+    assert ("repeated_flags", "u1") in subjects(res.alerts)
+    assert _rule_problem(type("NotARule", (), {"name": "x"})) == "is not a subclass of charter.monitor.rules.Rule"
 
 
 def test_monitor_config_errors_name_file_line_and_field(tmp_path: Path) -> None:

@@ -72,6 +72,32 @@ def test_registry_loads_plugins_and_names_a_broken_one(tmp_path: Path, monkeypat
     assert reg.names() == ["bad", "good"] and reg.get("good").__name__ == "Good"
 
 
+def test_a_plugin_that_exits_on_import_is_an_error_and_a_retry_warns_of_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """sys.exit() in a plugin's import ended the command with status 0 and no output; and after a failed
+    load, the plugins that had loaded were reported as clashing with themselves on the next try."""
+    _plugin(tmp_path, "charter.hardening_exit", {"aaa": "hardening_ok:Aaa", "zzz": "hardening_exit:Zzz"},
+            {"hardening_ok": "class Aaa:\n    name = 'aaa'\n", "hardening_exit": "import sys\nsys.exit(0)\n"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    reg: Registry[type] = Registry("charter.hardening_exit")
+    with caplog.at_level("WARNING", logger="charter.registry"):
+        for _ in range(2):
+            with pytest.raises(CharterError, match=r"plugin 'zzz' \(hardening_exit:Zzz\).*failed to load: SystemExit"):
+                reg.names()
+    assert "is not used" not in caplog.text
+
+
+def test_attack_and_grader_plugins_are_checked_when_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _plugin(tmp_path, "charter.hardening_attacks", {"lazy": "hardening_lazy:Lazy"},
+            {"hardening_lazy": "class Lazy:\n    name = 'lazy'\n"})
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    reg: Registry[type] = Registry("charter.hardening_attacks", check=Registry.needs("run"))
+    with pytest.raises(CharterError, match="plugin 'lazy' .* has no run method"):
+        reg.names()
+
+
 def test_a_plugin_shadowed_by_a_builtin_is_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                    caplog: pytest.LogCaptureFixture) -> None:
     _plugin(tmp_path, "charter.hardening_shadow", {"base64": "hardening_shadow:Mine"},

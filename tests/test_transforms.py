@@ -369,6 +369,12 @@ class NoFamily(Transform):
 
 class NoApply(Transform):
     name, family = "no_apply", "noise"
+
+class NoDescription(Shout):
+    name, description = "no_description", None
+
+class OddFlag(Shout):
+    name, reversible = "odd_flag", "yes"
 """
 
 
@@ -378,6 +384,8 @@ class NoApply(Transform):
     ("yell_loudly = tplug:Misnamed", "has name 'yell'; the entry point must use the same name"),
     ("no_family = tplug:NoFamily", "has no family"),
     ("no_apply = tplug:NoApply", "is abstract (it does not implement apply)"),
+    ("no_description = tplug:NoDescription", "has no description"),  # crashed `charter transforms list`
+    ("odd_flag = tplug:OddFlag", "has reversible not True or False"),
 ])
 def test_a_wrong_plugin_is_named_when_loaded(entry: str, why: str, tmp_path: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:

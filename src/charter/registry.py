@@ -56,6 +56,19 @@ class Registry(Generic[T]):
     def _load_all(self) -> None:
         if self._builtins:
             __import__(self._builtins)
+        before = set(self._items)
+        try:
+            self._load_plugins()
+        except BaseException:
+            # a later attempt starts from the built-ins again (the plugins that did load would read as
+            # name clashes with themselves)
+            for k in set(self._items) - before:
+                del self._items[k]
+            raise
+        # only now: a failed load must fail every time, never leave a registry that silently lacks the plugin
+        self._loaded = True
+
+    def _load_plugins(self) -> None:
         for ep in entry_points(group=self.group):
             dist = f" from package {ep.dist.name!r}" if getattr(ep, "dist", None) else ""
             if ep.name in self._items:  # a built-in (or an earlier plugin) keeps the name
@@ -64,7 +77,7 @@ class Registry(Generic[T]):
                 continue
             try:
                 obj = ep.load()
-            except Exception as e:  # a plugin's import error, missing attribute, ...
+            except (Exception, SystemExit) as e:  # a plugin's import error, missing attribute, sys.exit() ...
                 raise CharterError(
                     f"{self.group} plugin {ep.name!r} ({ep.value}){dist} failed to load: {type(e).__name__}: {e}. "
                     "Fix or uninstall that package.") from e
@@ -72,8 +85,6 @@ class Registry(Generic[T]):
             if problem:  # caught here, not as an AttributeError wherever the object is first used
                 raise CharterError(f"{self.group} plugin {ep.name!r} ({ep.value}){dist} {problem}. Fix or uninstall that package.")
             self._items[ep.name] = obj
-        # only now: a failed load must fail every time, never leave a registry that silently lacks the plugin
-        self._loaded = True
 
     def _problem(self, name: str, obj: object) -> str | None:
         """Why a plugin's object cannot be registered under ``name``, or None."""
@@ -83,6 +94,15 @@ class Registry(Generic[T]):
         if isinstance(own, str) and own != name:
             return f"has name {own!r}; the entry point must use the same name"
         return self._check(obj) if self._check else None
+
+    @staticmethod
+    def needs(*methods: str) -> Callable[[type], str | None]:
+        """A plugin check: the class defines these methods (``charter.attacks`` need ``run``)."""
+        def check(cls: type) -> str | None:
+            missing = [m for m in methods if not callable(getattr(cls, m, None))]
+            return f"has no {' or '.join(missing)} method" if missing else None
+
+        return check
 
     def get(self, name: str) -> T:
         self._load()

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -184,7 +185,18 @@ class Rule(ABC):
     def evaluate(self, ctx: RuleContext) -> list[Alert]: ...
 
 
-RULES: Registry[type[Rule]] = Registry("charter.monitor_rules", builtins="charter.monitor.rules")
+def _rule_problem(cls: type) -> str | None:
+    """What keeps a plugin class from working as a monitoring rule, or None."""
+    if not issubclass(cls, Rule):
+        return "is not a subclass of charter.monitor.rules.Rule"
+    if inspect.isabstract(cls):
+        return f"is abstract (it does not implement {', '.join(sorted(cls.__abstractmethods__))})"
+    if not (isinstance(cls.Settings, type) and issubclass(cls.Settings, RuleSettings)):
+        return "has a Settings that is not a charter.monitor.rules.RuleSettings subclass"
+    return None
+
+
+RULES: Registry[type[Rule]] = Registry("charter.monitor_rules", builtins="charter.monitor.rules", check=_rule_problem)
 
 
 def _by(events: Iterable[StoredEvent], key: Callable[[StoredEvent], Any]) -> dict[Any, list[StoredEvent]]:
@@ -641,21 +653,30 @@ class RuleEngine:
             self._guard_src = None
         return self._guard
 
-    def rules(self) -> list[Rule]:
+    def rules(self, errors: dict[str, str] | None = None) -> list[Rule]:
+        """The enabled rules; one that cannot be built is left out, its error in ``errors`` (one broken
+        plugin must not stop the built-in rules)."""
         out = []
         for name, cls in self.registry:
-            s = self.settings.rules.get(name) or cls.Settings()
-            if s.enabled:
-                r = cls(s)
-                r.name = name  # type: ignore[misc]
-                out.append(r)
+            try:
+                s = self.settings.rules.get(name) or cls.Settings()
+                if s.enabled:
+                    r = cls(s)
+                    r.name = name  # type: ignore[misc]
+                    out.append(r)
+            except Exception as e:
+                if errors is None:
+                    raise
+                errors[name] = f"{type(e).__name__}: {e}"
+                log.exception("monitor rule %r could not be built", name)
         return out
 
     def evaluate(self, now: float | None = None) -> RunResult:
         """The alerts the enabled rules raise now (not stored; ``new`` stays empty), the rules that
         failed, and a warning when the windows hold more events than one evaluation reads."""
         now = time.time() if now is None else now
-        rules = self.rules()
+        errors: dict[str, str] = {}
+        rules = self.rules(errors)
         span = max((r.settings.window_s for r in rules), default=0.0)
         recent = self.store.events(since=now - span, until=None, limit=self.settings.max_events, newest_first=True,
                                    content=any(r.needs_text for r in rules))
@@ -669,7 +690,6 @@ class RuleEngine:
             log.warning("monitor: %s", warnings[-1])
         ctx = RuleContext(self.store, now, self.settings, recent, self._guard_provider, self._cache)
         alerts: list[Alert] = []
-        errors: dict[str, str] = {}
         for r in rules:
             try:
                 alerts.extend(r.evaluate(ctx))

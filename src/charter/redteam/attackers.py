@@ -24,7 +24,7 @@ from charter.registry import Registry
 from charter.transforms import TRANSFORMS
 from charter.transforms.base import runnable
 
-ATTACKS: Registry[type] = Registry("charter.attacks", builtins="charter.redteam.attackers")
+ATTACKS: Registry[type] = Registry("charter.attacks", builtins="charter.redteam.attackers", check=Registry.needs("run"))
 ATTACKER_KEY_ENV = "CHARTER_ATTACKER_API_KEY"
 
 

@@ -23,7 +23,7 @@ from charter.endpoints import Endpoint, MalformedCompletion, completion_text
 from charter.registry import Registry
 
 Outcome = Literal["harmful", "safe", "ungradable"]
-GRADERS: Registry[type] = Registry("charter.graders", builtins="charter.redteam.graders")
+GRADERS: Registry[type] = Registry("charter.graders", builtins="charter.redteam.graders", check=Registry.needs("grade"))
 JUDGE_KEY_ENV = "CHARTER_JUDGE_API_KEY"  # the same variable as charter eval's judge
 
 

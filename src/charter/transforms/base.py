@@ -96,8 +96,11 @@ def _plugin_problem(cls: type) -> str | None:
         return "is not a subclass of charter.transforms.Transform"
     if inspect.isabstract(cls):
         return f"is abstract (it does not implement {', '.join(sorted(cls.__abstractmethods__))})"
-    missing = [a for a in ("name", "family") if not isinstance(getattr(cls, a, None), str)]
-    return f"has no {' or '.join(missing)} (a class attribute string)" if missing else None
+    missing = [a for a in ("name", "family", "description") if not isinstance(getattr(cls, a, None), str)]
+    if missing:
+        return f"has no {' or '.join(missing)} (a class attribute string)"
+    bad = [a for a in ("reversible", "needs_encoder", "augments") if not isinstance(getattr(cls, a), bool)]
+    return f"has {' and '.join(bad)} not True or False" if bad else None
 
 
 TRANSFORMS: Registry[type[Transform]] = Registry("charter.transforms", builtins="charter.transforms.library",
