@@ -592,3 +592,29 @@ def test_byte_order_marks_and_empty_conversations(mini_model_dir, tmp_path, caps
 
     (tmp_path / "m.json").write_bytes(b"\xef\xbb\xbf{\"a\": 1}")
     assert read_json(tmp_path / "m.json", 100, CharterError) == {"a": 1}
+
+
+def test_a_repeated_seed_exchange_is_refused_at_its_line():
+    """Exchange seeds were not checked: the same (user, reply) pair twice could sit in two splits, or,
+    in two categories, carry two labels."""
+    wb = (Path(__file__).parents[1] / "src/charter/constitutions/wellbeing.yaml").read_text()
+    first = wb.index("      exchanges:\n") + len("      exchanges:\n")
+    pair_end = wb.index("\n      - user:", first)
+    pair = wb[first:pair_end + 1]
+    dup = wb[:first] + pair + wb[first:]
+    with pytest.raises(ConstitutionError, match=r"x.yaml:\d+: domains\[0\].categories\[0\].seeds.exchanges\[1\]: "
+                                                r"seed exchange .* is used twice \(first at .*exchanges\[0\]\)"):
+        parse_constitution(dup, "x.yaml")
+
+
+@pytest.mark.parametrize("value", ["true", "1.0", "'1'"])
+def test_a_version_that_only_reads_as_one_is_refused(value):
+    with pytest.raises(ConstitutionError, match=r"x.yaml:\d+: version: .*integer 1"):
+        parse_constitution(TEXT.replace("version: 1", f"version: {value}", 1), "x.yaml")
+
+
+def test_a_control_character_is_reported_at_its_line():
+    lines = TEXT.splitlines(keepends=True)
+    bad = "".join(lines[:5]) + "# \x01 here\n" + "".join(lines[5:])
+    with pytest.raises(ConstitutionError, match=r"^x.yaml:6: invalid YAML: .*#x0001"):
+        parse_constitution(bad, "x.yaml")

@@ -3,6 +3,7 @@ configs): bounded reads, and parse or validation errors reported as ``file:line:
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 from pathlib import Path
@@ -77,6 +78,21 @@ class _BoundedLoader(yaml.SafeLoader):
         self._alias_nodes = 0
         self._size: dict[int, int] = {}  # id(node) -> nodes in its expanded subtree
 
+    # PyYAML resolves merge keys (``<<: *base``) by rewriting the mapping nodes in place; the data are
+    # built from the composed tree, whose nodes must stay as written (errors report their lines)
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            node = _copy(node)
+        return super().construct_mapping(node, deep=deep)
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        merge = "tag:yaml.org,2002:merge"
+        node.value = [(k, _copy(v) if k.tag == merge and isinstance(v, yaml.MappingNode) else
+                       yaml.SequenceNode(v.tag, [_copy(x) if isinstance(x, yaml.MappingNode) else x for x in v.value],
+                                         v.start_mark, v.end_mark) if k.tag == merge and isinstance(v, yaml.SequenceNode)
+                       else v) for k, v in node.value]
+        super().flatten_mapping(node)
+
     def compose_node(self, parent: yaml.Node | None, index: object) -> yaml.Node:
         if self.check_event(yaml.AliasEvent):
             mark = self.peek_event().start_mark
@@ -99,11 +115,15 @@ class _BoundedLoader(yaml.SafeLoader):
         return node
 
 
+def _copy(node: yaml.MappingNode) -> yaml.MappingNode:
+    return yaml.MappingNode(node.tag, list(node.value), node.start_mark, node.end_mark, node.flow_style)
+
+
 def _bad_scalar_line(text: str) -> int:
     """The 1-based line of the first scalar that cannot be built into a value (0 if none is found)."""
-    stack = [_compose(text)]
+    stack = collections.deque([_compose(text)])
     while stack:
-        node = stack.pop(0)
+        node = stack.popleft()
         if isinstance(node, yaml.ScalarNode):
             try:
                 yaml.constructor.SafeConstructor().construct_object(node)
@@ -117,9 +137,16 @@ def _bad_scalar_line(text: str) -> int:
 
 
 def _compose(text: str) -> yaml.Node | None:
+    return _compose_and_build(text, build=False)[0]
+
+
+def _compose_and_build(text: str, build: bool = True) -> tuple[yaml.Node | None, Any]:
+    """The composed tree and, with ``build``, the data built from that same tree (parsing the text a
+    second time cost half of loading the default constitution)."""
     loader = _BoundedLoader(text)
     try:
-        return loader.get_single_node()
+        root = loader.get_single_node()
+        return root, (loader.construct_document(root) if build and root is not None else None)
     finally:
         loader.dispose()
 
@@ -127,13 +154,15 @@ def _compose(text: str) -> yaml.Node | None:
 def load_optional_mapping(text: str, source: str, error: type[CharterError], what: str) -> tuple[yaml.Node | None, dict[str, Any]]:
     """Like :func:`load_mapping`, but an empty document (or one of comments) is ``(None, {})``."""
     try:
-        root = _compose(text)
-        data: Any = yaml.safe_load(text)
+        root, data = _compose_and_build(text)
     except _Deep as e:
         raise error(f"{source}: invalid YAML: nested too deeply (more than {MAX_DEPTH} levels, line {e.line})") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         raise error(f"{source}:{mark.line + 1 if mark else 0}: invalid YAML: {e.problem or e}") from None
+    except yaml.reader.ReaderError as e:  # a control character: PyYAML gives its position only
+        raise error(f"{source}:{text.count(chr(10), 0, e.position) + 1}: invalid YAML: {e.reason} "
+                    f"#x{e.character:04x} (control characters are not allowed; write it escaped in a quoted string)") from None
     except yaml.YAMLError as e:
         raise error(f"{source}: invalid YAML: {e}") from None
     except RecursionError:  # PyYAML composes recursively

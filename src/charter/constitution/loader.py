@@ -23,7 +23,7 @@ def default_constitution_path() -> Path:
 
 
 def _duplicates(data: dict[str, Any]) -> list[tuple[Loc, str]]:
-    """Each repeated domain id, category id and seed request or hard negative at its own
+    """Each repeated domain id, category id, seed request or hard negative, and seed exchange at its own
     location (the model's check can only name the top level)."""
     first: dict[tuple[str, str], str] = {}
     out: list[tuple[Loc, str]] = []
@@ -51,6 +51,11 @@ def _duplicates(data: dict[str, Any]) -> list[tuple[Loc, str]]:
                     if isinstance(text, str) and text.strip():
                         shown = text.strip()[:60] + ("..." if len(text.strip()) > 60 else "")
                         see("seed", seed_key(text), shown, (*here, *field.split("."), k))
+            for k, e in enumerate(_items(seeds.get("exchanges") if isinstance(seeds, dict) else None)):
+                if isinstance(e, dict) and isinstance(e.get("user"), str) and isinstance(e.get("reply"), str):
+                    shown = e["user"].strip()[:40] + " / " + e["reply"].strip()[:40]
+                    see("seed exchange", f"{seed_key(e['user'])} / {seed_key(e['reply'])}", shown,
+                        (*here, "seeds", "exchanges", k))
     return out
 
 

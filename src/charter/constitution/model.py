@@ -185,10 +185,20 @@ class Constitution(_Strict):
     languages: list[str] = Field(default_factory=lambda: ["en"])
     domains: list[Domain] = Field(min_length=1)
 
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, v: object) -> object:
+        if isinstance(v, bool) or not isinstance(v, int):  # 'version: true' and 'version: 1.0' read as 1
+            raise ValueError("must be the integer 1")
+        return v
+
     @model_validator(mode="after")
     def _unique_ids(self) -> Constitution:
         for what, keys in (("domain id", [d.id for d in self.domains]), ("category id", [c.id for c in self.categories]),
-                           ("seed", [seed_key(s.text) for c in self.categories for s in c.seeds.requests + c.hard_negatives])):
+                           ("seed", [seed_key(s.text) for c in self.categories for s in c.seeds.requests + c.hard_negatives]),
+                           # an exchange pair repeated would sit in two splits, or carry two labels
+                           ("seed exchange", [f"{seed_key(e.user)} / {seed_key(e.reply)}" for c in self.categories
+                                              for e in c.seeds.exchanges])):
             seen: set[str] = set()
             for k in keys:
                 if k in seen:
