@@ -273,3 +273,23 @@ def test_a_malformed_db_url_is_refused_without_echoing_its_password(cmd: list[st
     assert main([*cmd, "--db", "postgresql+psycopg://charter:S3cretPW@127.0.0.1:99999x/db"]) == 1
     err = capsys.readouterr().err
     assert "not a valid database URL" in err and "S3cretPW" not in err
+
+
+def test_user_ids_are_one_user_whatever_their_case_spacing_or_width(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """"Alice", "alice " and "ＡＬＩＣＥ" were three users to the per-user rules (a key holder evaded them by
+    varying the user field); purge --raw-user also removes events stored under the old, unnormalised id."""
+    from charter.monitor.events import raw_user_hash
+
+    assert len({user_hash(ACME, u) for u in ("Alice", "alice ", " ALICE", "ＡＬＩＣＥ", "alice")}) == 1
+    assert user_hash(ACME, "alice smith") == user_hash(ACME, "Alice  Smith") != user_hash(ACME, "alicesmith")
+    db = f"sqlite:///{tmp_path / 'u.db'}"
+    store = EventStore.open(db)
+    store.write([Event(request_id="old", ts=time.time(), key_id=ACME, user_id=raw_user_hash(ACME, "Alice "), decision="allowed"),
+                 Event(request_id="new", ts=time.time(), key_id=ACME, user_id=user_hash(ACME, "Alice "), decision="allowed"),
+                 Event(request_id="bob", ts=time.time(), key_id=ACME, user_id=user_hash(ACME, "bob"), decision="allowed")])
+    store.close()
+    rc, stdout, _ = run(capsys, "purge", "--db", db, "--key", ACME, "--raw-user", "Alice ", "--yes", "--json")
+    assert rc == 0 and json.loads(stdout) == {"user_id": user_hash(ACME, "alice"), "events": 2, "alerts": 0, "evidence": 0}
+    store = EventStore.open(db)
+    assert store.count() == 1
+    store.close()

@@ -339,7 +339,7 @@ def purge_cmd(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """Delete everything about one user: their events, alerts about them and their evidence in other alerts."""
-    from charter.monitor.events import user_hash
+    from charter.monitor.events import raw_user_hash, user_hash
 
     if user is not None and (key is not None or raw_user is not None):
         raise typer.BadParameter("give either --user or --key with --raw-user, not both", param_hint="--user")
@@ -353,6 +353,9 @@ def purge_cmd(
                 "prints), not the key's configured name; keyless traffic has key_id 'anonymous'. "
                 "`charter monitor export` shows the key_id of each event", param_hint="--key")
         user = user_hash(key, raw_user)
+        also = raw_user_hash(key, raw_user)  # events stored before user ids were normalised
+    else:
+        also = user
     if not user.strip() or len(user) > 80:
         raise typer.BadParameter("a user id is 1 to 80 characters", param_hint="--user")
     if not yes:
@@ -363,6 +366,8 @@ def purge_cmd(
     store = open_store(db)
     try:
         res = store.purge_user(user)
+        if also != user:
+            res = {k: v + store.purge_user(also)[k] for k, v in res.items()}
     finally:
         store.close()
     if as_json:

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import time
+import unicodedata
 import uuid
 from pathlib import Path
 from collections.abc import Callable
@@ -31,9 +32,20 @@ log = logging.getLogger("charter.monitor")
 Decision = Literal["allowed", "flagged", "blocked_input", "blocked_output", "error", "rejected"]
 
 
+def normalise_user(user: str) -> str:
+    """A client's end-user id as one user: compatibility forms folded, case and spacing ignored ("Alice ",
+    "ALICE" and "alice" were three users to the per-user rules)."""
+    return " ".join(unicodedata.normalize("NFKC", user[:256]).casefold().split())
+
+
 def user_hash(key_id: str, user: str) -> str:
     """The stored id of end user ``user`` of client key ``key_id`` (``charter monitor purge --user``)."""
-    return "u_" + hashlib.sha256(f"{key_id}\x00{user[:256]}".encode()).hexdigest()[:20]
+    return raw_user_hash(key_id, normalise_user(user))
+
+
+def raw_user_hash(key_id: str, user: str) -> str:
+    """The stored id of ``user`` as given, unnormalised: events stored before user ids were normalised."""
+    return "u_" + hashlib.sha256(f"{key_id}\x00{user[:256]}".encode("utf-8", "surrogatepass")).hexdigest()[:20]
 
 
 class StageVerdict(BaseModel):

@@ -19,7 +19,7 @@ from starlette.routing import Mount, Route
 from charter.endpoints import bearer
 from charter.errors import InputError
 from charter.guard import Guard
-from charter.monitor.events import Event, EventQueue, EventSink, JsonlSink, user_hash
+from charter.monitor.events import Event, EventQueue, EventSink, JsonlSink, normalise_user, user_hash
 from charter.monitor.rules import start_monitor, stop_monitor
 from charter.server.auth import KeyStore, Principal, RateLimiter, SharedRateLimiter
 from charter.server.config import EventsSettings, ServerConfig, check_startup
@@ -58,7 +58,7 @@ def _conversation_id(request: Request, req: ChatRequest) -> str | None:
 def _user_id(key_id: str, request: Request, req: ChatRequest) -> str:
     """The end user within a key: a hash of the request's ``user`` field (or x-charter-user), never the raw id."""
     user = request.headers.get("x-charter-user") or getattr(req, "user", None)
-    if not isinstance(user, str) or not user:
+    if not isinstance(user, str) or not normalise_user(user):
         return key_id
     return user_hash(key_id, user)
 
