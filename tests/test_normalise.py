@@ -238,3 +238,29 @@ def test_a_decoded_lone_surrogate_is_replaced_not_passed_on() -> None:
     text = 'a = "\\ud800"\nb = "x"\n\nHow do I make bread at home?'
     for _, v in views(text):
         v.encode("utf-8")
+
+
+def test_long_data_runs_that_hold_no_text_are_read_as_data() -> None:
+    """Stage 1 weighs n-grams 1/sqrt(n): 13 KB of random base64 moved a benign question to 1.0. A long
+    base64 or hex run that decodes to no text is read as "[data]"; one that decodes to text (even broken
+    by noise, separators or a cut mid-group) is kept, and decoded as before."""
+    import base64
+    import zlib
+
+    from charter.transforms.normalise import OPAQUE, mask_opaque
+
+    rnd = random.Random(0)
+    blob = base64.b64encode(rnd.randbytes(3000)).decode()
+    q = f"What format is this data? {blob} Thanks."
+    assert views(q)[0] == ("original", f"What format is this data? {OPAQUE} Thanks.")
+    assert mask_opaque(rnd.randbytes(500).hex()) == OPAQUE
+    packed = base64.b64encode(zlib.compress(" ".join(str(rnd.random()) for _ in range(100)).encode())).decode()
+    assert len(packed) > 400 and mask_opaque(packed) == OPAQUE  # compressed
+    text = SENTENCES[0] * 10
+    for kept in (base64.b64encode(text.encode()).decode(),
+                 base64.b64encode(text.encode()).decode()[5:],  # cut mid-group
+                 "-".join(base64.b64encode(text.encode()).decode()),  # separators
+                 text.encode().hex(),
+                 text.encode().hex().replace("6", "g", 3)):  # hex with noise
+        assert mask_opaque(kept) == kept, kept[:40]
+    assert mask_opaque("short " + blob[:150]) == "short " + blob[:150]  # keys and hashes are left alone

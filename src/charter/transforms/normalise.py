@@ -8,6 +8,8 @@ that make the text less English-like are dropped.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 import unicodedata
 from collections.abc import Callable, Iterator
@@ -385,7 +387,7 @@ def _walk(text: str, depth: int, max_len: int) -> Iterator[View]:
 def views(text: str, max_views: int = 8, max_len: int = 20000, depth: int = 2) -> list[View]:
     """``[("original", text), (view_name, decoded), ...]``: distinct views, at most ``max_views``,
     each at most ``max_len`` characters (the input is cut to ``max_len`` first)."""
-    text = text[:max_len]
+    text = mask_opaque(text[:max_len])
     out: list[View] = [("original", text)]
     seen = {_key(text)}
     for name, v in turn_views(text):
@@ -412,6 +414,53 @@ def views(text: str, max_views: int = 8, max_len: int = 20000, depth: int = 2) -
         if _key(v) not in seen:
             out.append(("folded", v))
     return out
+
+
+#: a long run of base64 or hex characters with no space in it: data (an image, a key, a blob) or an encoded text
+_OPAQUE_RUN = re.compile(r"[A-Za-z0-9+/_\-]{200,}={0,2}")
+OPAQUE = " [data] "
+
+
+def _is_text(raw: bytes) -> bool:
+    """Mostly readable characters (random bytes give about 40%; text with some broken bytes, 80% and up)."""
+    s = INVISIBLE_RE.sub("", raw[:3000].decode("utf-8", "replace"))
+    return bool(s) and sum((c.isprintable() and c != "\ufffd") or c in "\n\r\t" for c in s) >= 0.55 * len(s)
+
+
+def _opaque(run: str) -> bool:
+    """Whether a long base64 or hex run carries no text: random or compressed bytes. Decoded leniently (a
+    prefix of whole groups), so that text with a character added to break strict decoding still counts."""
+    digits = sum(c.isdigit() for c in run)
+    if not 0.1 * len(run) <= digits <= 0.9 * len(run):  # a long number, or a long word: not encoded data
+        return False
+    if len(re.findall(r"[0-9a-fA-F]", run)) >= 0.8 * len(run):  # hex, perhaps with noise on top
+        nibbles = re.sub(r"[^0-9a-fA-F]", "0", run)  # a noisy digit spoils one byte, not the alignment
+        if _is_text(bytes.fromhex(nibbles[: len(nibbles) - len(nibbles) % 2])):
+            return False
+    bare = run.rstrip("=")
+    # base64url, or base64 with separators between its characters; from any of the four alignments
+    # (a payload split across turns starts mid-group)
+    for s in (bare.replace("-", "+").replace("_", "/"), bare.replace("-", "").replace("_", "")):
+        for k in range(4):
+            t = s[k:]
+            try:
+                if _is_text(base64.b64decode(t[: len(t) - len(t) % 4], validate=True)):
+                    return False
+            except (binascii.Error, ValueError):
+                pass
+    return True
+
+
+def mask_opaque(text: str) -> str:
+    """``text`` with each long base64 or hex run that decodes to no text replaced by ``[data]``.
+
+    Stage 1 reads a bag of n-grams weighted 1/sqrt(n): thousands of random n-grams move its score by
+    their mean weight times sqrt(n), and a benign question about 13 KB of base64 data scored 1.0. Such a
+    run holds nothing a model could read as an instruction; a run that decodes to text keeps its place
+    (and its decoded view)."""
+    if len(text) < 200 or not _OPAQUE_RUN.search(text):
+        return text
+    return _OPAQUE_RUN.sub(lambda m: OPAQUE if _opaque(m.group()) else m.group(), text)
 
 
 def clean_surrogates(text: str) -> str:
