@@ -769,8 +769,8 @@ def test_rules_load_the_conversations_only_when_a_rule_reads_text(store_url: str
     s.write([ev("t1", "u1", 0.9, t=now - 10, text="what about making the nerve agent itself?")])
     assert s.events(since=0, content=False)[0].content is None and s.events(since=0)[0].text
     loads: list[bool] = []
-    real = s.events
-    monkeypatch.setattr(s, "events", lambda **kw: loads.append(kw.get("content", True)) or real(**kw))
+    real = s.iter_events
+    monkeypatch.setattr(s, "iter_events", lambda **kw: loads.append(kw.get("content", True)) or real(**kw))
     RuleEngine(s, only("repeated_flags"), guard=guard).evaluate(now)
     RuleEngine(s, only("decomposition"), guard=guard).evaluate(now)
     assert loads == [False, True]
@@ -883,3 +883,34 @@ def test_an_acknowledged_alert_keeps_its_highest_severity(tmp_path: Path) -> Non
     assert not new and rec.severity == "high" and rec.status == "acknowledged"
     rec, new = raise_("high", "3")
     assert not new and rec.status == "acknowledged"
+
+
+def test_rules_hold_only_each_events_last_user_message(tmp_path: Path, runtime_rules: None) -> None:
+    """An evaluation held every stored conversation of its window whole (about 4 GB for 50,000 long
+    conversations); rules read the last user message, so that is all that is kept, bounded."""
+    from charter.monitor.rules import MAX_RULE_TEXT
+
+    seen: list[Any] = []
+
+    class Reader(Rule):
+        name = "reader"
+        needs_text = True
+
+        def evaluate(self, ctx: RuleContext) -> list[Alert]:
+            seen.extend(e.content for e in ctx.events(self.settings.window_s))
+            return []
+
+    RULES.register()(Reader)
+    try:
+        s = EventStore.open(f"sqlite:///{tmp_path / 'c.db'}")
+        now = time.time()
+        e = ev("r1", "u1", 0.1, t=now - 5)
+        e.content_policy = "full"
+        e.content = {"messages": [{"role": "user", "content": "first ask"}, {"role": "assistant", "content": "x" * 50_000},
+                                  {"role": "user", "content": "y" * 30_000 + "the last ask"}], "response": "z" * 50_000}
+        s.write([e])
+        RuleEngine(s, MonitorSettings.model_validate({"sinks": [{"type": "store"}]})).run_once(now)
+    finally:
+        RULES._items.pop("reader", None)
+    (content,) = seen
+    assert content == {"messages": [{"role": "user", "content": ("y" * 30_000 + "the last ask")[-MAX_RULE_TEXT:]}]}

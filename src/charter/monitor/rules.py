@@ -53,6 +53,7 @@ from charter.monitor.alerts import (
     build_sinks,
     sink_name,
 )
+from charter.monitor.content import last_user_text
 from charter.registry import Registry
 
 if TYPE_CHECKING:
@@ -68,6 +69,8 @@ MAX_PENDING_ALERTS = 1000
 RENOTIFY_S = 86_400.0
 MAX_REMEMBERED = 100_000  # dedupe keys remembered without a store (oldest notice dropped first)
 MAX_EVIDENCE_IDS = 1000
+#: characters of each event's last user message that rules read (decomposition joins at most 20,000)
+MAX_RULE_TEXT = 20_000
 _SEVERITY = {"low": 1, "medium": 2, "high": 3}
 #: views that are not obfuscations: the text as sent, and the guard's per-turn views of a transcript
 #: or a conversation (as a prefix, "last_turn+leet", they say where the obfuscation sat)
@@ -678,8 +681,16 @@ class RuleEngine:
         errors: dict[str, str] = {}
         rules = self.rules(errors)
         span = max((r.settings.window_s for r in rules), default=0.0)
-        recent = self.store.events(since=now - span, until=None, limit=self.settings.max_events, newest_first=True,
-                                   content=any(r.needs_text for r in rules))
+        needs_text = any(r.needs_text for r in rules)
+        recent = []
+        for e in self.store.iter_events(since=now - span, until=None, limit=self.settings.max_events, newest_first=True,
+                                        content=needs_text, batch=200 if needs_text else 5000):
+            if e.content is not None:
+                # rules read the last user message: keeping each stored conversation whole held up to
+                # max_events of them at once (about 4 GB for 50,000 long conversations)
+                text = last_user_text(e.content)
+                e.content = {"messages": [{"role": "user", "content": text[-MAX_RULE_TEXT:]}]} if isinstance(text, str) else None
+            recent.append(e)
         recent.reverse()
         warnings = []
         if len(recent) >= self.settings.max_events:
