@@ -290,6 +290,52 @@ class Probing(Rule):
 
 
 @RULES.register()
+class UserRotation(Rule):
+    """One client key whose end users each send one or two requests, most of them flagged or near the
+    threshold in one category (subject: the key). A key holder who sets a fresh ``user`` on every
+    request is a new user to the per-user rules each time; this reads the key instead.
+
+    Defaults: at least 5 such users within an hour, and at least a quarter of the key's users with that
+    few requests being such users. A busy application's key has many one-request users, but with the
+    packaged guard's ~1-2% false-positive rate only a few of them come near the threshold.
+    """
+
+    name = "user_rotation"
+
+    class Settings(RuleSettings):
+        near_fraction: float = Field(0.8, gt=0, le=1)
+        #: users with at most this many requests in the window count as one-off
+        max_requests: int = Field(2, ge=1)
+        #: one-off users whose every request is flagged or near, in one category, before it fires
+        min_users: int = Field(5, ge=2)
+        #: ...and their share of the key's one-off users
+        min_share: float = Field(0.25, gt=0, le=1)
+
+    def evaluate(self, ctx: RuleContext) -> list[Alert]:
+        s = self.settings
+        assert isinstance(s, UserRotation.Settings)
+        out = []
+        for key, evs in _by(ctx.events(s.window_s), lambda e: e.key_id if e.user_id != e.key_id else None).items():
+            users = {u: ues for u, ues in _by(evs, lambda e: e.user_id).items() if len(ues) <= s.max_requests}
+            hits = _by([ues[-1] for ues in users.values() if all(is_near(e, s.near_fraction) for e in ues)],
+                       lambda e: e.category or "unknown")
+            for cat, last in hits.items():
+                if len(last) < s.min_users or len(last) < s.min_share * len(users):
+                    continue
+                used = sorted((e for e in evs if e.user_id in {x.user_id for x in last}), key=lambda e: e.ts)
+                nf = sum(e.flagged for e in used)
+                out.append(Alert(
+                    rule=self.name, subject_kind="key", subject_id=key, category=cat,
+                    severity=self.severity("high" if len(last) >= 2 * s.min_users else "medium"),
+                    summary=f"{len(last)} end users with {s.max_requests} or fewer requests each, all flagged or "
+                            f"near-threshold in {cat} ({nf} flagged), of {len(users)} such users of this key",
+                    events=ctx.evidence(used), first_seen=used[0].ts, last_seen=used[-1].ts,
+                    stats={"users": len(last), "one_off_users": len(users), "flagged": nf, "min_users": s.min_users,
+                           "min_share": s.min_share, "window_s": s.window_s}))
+        return out
+
+
+@RULES.register()
 class Escalation(Rule):
     """A conversation whose scores rise turn over turn up to (near) the threshold (subject: it).
 
