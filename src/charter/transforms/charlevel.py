@@ -179,6 +179,8 @@ _TAG_TABLE.update({ord(TAG_BEGIN): None, ord(TAG_END): None})
 
 @TRANSFORMS.register()
 class ZeroWidth(Transform):
+    """Decode strips every zero-width character, the text's own ones too."""
+
     name = "zero_width"
     family = "invisible"
     description = "Insert zero-width spaces/joiners, word joiners or soft hyphens between characters."
@@ -276,7 +278,8 @@ def decode_tags(text: str) -> str | None:
 @TRANSFORMS.register()
 class TagSmuggling(Transform):
     """ASCII characters ride as invisible U+E00xx tags after an innocuous visible sentence;
-    non-ASCII payload characters (no tag form) stay visible."""
+    non-ASCII payload characters (no tag form) stay visible. Decode reads every tag character, the
+    text's own ones too."""
 
     name = "tag_smuggling"
     family = "invisible"

@@ -16,7 +16,9 @@ from charter.transforms.base import TRANSFORMS, Transform
 
 @TRANSFORMS.register()
 class CharSpacing(Transform):
-    """Exact decode: characters joined by one space, words by two."""
+    """Characters joined by one space, words by two. Decode is exact for text whose words are
+    separated by single spaces and that has no one-letter words next to each other ("a b c" spaces
+    out like one word, and is not decoded)."""
 
     name = "char_spacing"
     family = "spacing"
