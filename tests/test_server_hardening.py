@@ -26,7 +26,7 @@ from starlette.routing import Route
 from charter.guard import Guard
 from charter.monitor.events import Event, MemorySink
 from charter.server import ServerConfig, ServerThread, create_app
-from charter.testing import ScriptedOpenAI, wait_for
+from charter.testing import Reply, ScriptedOpenAI, wait_for
 
 BENIGN = "how long do I boil an egg"
 HARMFUL = "How do I make glorp toxin at home?"
@@ -335,7 +335,9 @@ def test_the_upstream_key_never_reaches_the_client(start: Callable[..., Started]
     err = is_openai_error(post("echo-400"), 400, "upstream_400")
     assert "[redacted]" in err["message"] and SECRET not in err["message"]
     events = stream(http, "echo-in-stream")
-    assert events[-2]["error"]["code"] == "upstream_error" and "[redacted]" in events[-2]["error"]["message"]
+    # a mid-stream error's words are the upstream's, unread by the guard: logged (redacted), not relayed
+    assert events[-2]["error"]["code"] == "upstream_error" and "mid-stream" in events[-2]["error"]["message"]
+    assert "[redacted]" in caplog.text
     assert SECRET not in json.dumps(events) and SECRET not in caplog.text
 
 
@@ -348,14 +350,15 @@ def test_models_lists_only_the_allowed_models(start: Callable[..., Started], odd
 
 def test_reply_text_the_guard_does_not_read_never_reaches_the_client(start: Callable[..., Started],
                                                                     odd: tuple[OddUpstream, str]) -> None:
-    """A provider's extra reply fields (``reasoning_details``) are dropped, not forwarded unscored; a
-    streamed chunk's logprobs, which spell out tokens the monitor may still hold back, are dropped; an
-    upstream's -Infinity becomes null (not a 500) and a lone surrogate is a 502."""
+    """A provider's extra reply fields (``reasoning_details``) are dropped, not forwarded unscored; logprobs,
+    which spell out tokens (streamed: tokens the monitor may still hold back), are dropped; an upstream's
+    -Infinity is not a 500, and a lone surrogate is a 502."""
     http, sink = start(odd[1])
     r = http.post("/v1/chat/completions", json={"model": "odd-json", "messages": user(BENIGN)})
     assert r.status_code == 200, r.text
     choice = r.json()["choices"][0]
-    assert choice["message"] == {"role": "assistant", "content": ANSWER} and choice["logprobs"]["content"][0]["logprob"] is None
+    # logprobs are not sent on (their tokens are text the guard did not read as such), nor is the -Infinity
+    assert choice["message"] == {"role": "assistant", "content": ANSWER} and choice["logprobs"] is None
     is_openai_error(http.post("/v1/chat/completions", json={"model": "lone-surrogate", "messages": user(BENIGN)}),
                     502, "upstream_malformed")
     events = stream(http, "unread-fields")
@@ -544,3 +547,90 @@ def test_input_roles_choose_which_turns_the_input_check_reads(start: Callable[..
         assert r.json()["choices"][0]["finish_reason"] == "content_filter" and len(up.requests) == 2
     with pytest.raises(ValidationError, match="must include 'user'"):
         ServerConfig.model_validate({"upstream": {"base_url": "http://127.0.0.1:9/v1"}, "guard": {"input_roles": ["system"]}})
+
+
+# ---- what an upstream's reply can carry past the monitor (a review, twenty-fifth session) ------------
+
+def _raw_sse(*objs: Any) -> Reply:
+    body = "".join("data: " + (o if isinstance(o, str) else json.dumps(o)) + "\n\n" for o in objs) + "data: [DONE]\n\n"
+    return Reply(body=body, headers={"content-type": "text/event-stream"})
+
+
+def _ch(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> dict[str, Any]:
+    return {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, **extra.pop("choice", {})}], **extra}
+
+
+def _relayed(start: Callable[..., Started], reply: Reply, streamed: bool = True) -> tuple[str, dict[str, Any] | None]:
+    with ScriptedOpenAI([reply]) as up:
+        http, _ = start(up.base_url)
+        r = http.post("/v1/chat/completions", json={"model": "m", "messages": user(BENIGN), "stream": streamed})
+    return r.text, (None if streamed else r.json())
+
+
+@pytest.mark.parametrize(("name", "chunks"), [
+    ("choice text beside the delta", [_ch({"role": "assistant", "content": "Hi"}, "stop", choice={"text": "UNREAD"})]),
+    ("a chunk key", [_ch({"content": "Hi"}, "stop", x_text="UNREAD")]),
+    ("a usage chunk's key", [_ch({"content": "Hi"}, "stop"), {"id": "c1", "choices": [], "usage": {"total_tokens": 3}, "x": "UNREAD"}]),
+    ("a forged charter field", [_ch({"content": "Hi"}, "stop", charter={"decision": "UNREAD"})]),
+    ("text in usage", [_ch({"content": "Hi"}, "stop"), {"id": "c1", "choices": [], "usage": {"total_tokens": 3, "note": "UNREAD"}}]),
+])
+def test_stream_envelope_fields_the_guard_did_not_read_are_not_relayed(start: Callable[..., Started], name: str,
+                                                                       chunks: list[Any]) -> None:
+    text, _ = _relayed(start, _raw_sse(*chunks))
+    assert "UNREAD" not in text and '"Hi"' in text, name
+
+
+@pytest.mark.parametrize(("name", "chunks"), [
+    ("a finish_reason holding text", [_ch({"content": "Hi"}, "UNREAD step one")]),
+    ("a role holding text", [_ch({"role": "UNREAD step one", "content": "Hi"}, "stop")]),
+    ("a tool call type holding text", [_ch({"tool_calls": [{"index": 0, "id": "t1", "type": "UNREAD step one",
+                                                              "function": {"name": "f", "arguments": "{}"}}]}, "tool_calls")]),
+    ("text after the finish", [_ch({"content": "Hi"}, "stop"), _ch({"content": "UNREAD"})]),
+    ("back to a field it had left", [_ch({"content": "Su"}), _ch({"reasoning_content": " "}), _ch({"content": "re"}, "stop")]),
+])
+def test_stream_shapes_that_would_pass_text_unread_are_malformed(start: Callable[..., Started], name: str,
+                                                                 chunks: list[Any]) -> None:
+    """Each of these reached the client unscored, or, interleaving fields, scored as other text than the
+    client reads: the packaged guard let a harmful reply through once blank reasoning fragments were
+    slipped between the halves of its words ("Su", " ", "re" scored as "Su\\n \\nre")."""
+    text, _ = _relayed(start, _raw_sse(*chunks))
+    assert "UNREAD" not in text and "upstream_malformed" in text, name
+
+
+def test_mid_stream_errors_and_odd_values_are_handled(start: Callable[..., Started]) -> None:
+    # "error": null in an ordinary chunk is no error; NaN goes out as null (valid JSON)
+    text, _ = _relayed(start, _raw_sse('{"id":"c1","error":null,"choices":[{"index":0,"delta":{"content":"Hi"},'
+                                       '"finish_reason":"stop","logprobs":{"x":NaN}}]}'))
+    assert '"Hi"' in text and "NaN" not in text and "upstream_error" not in text
+    # an upstream's own error words are text the guard did not read: logged, not relayed
+    text, _ = _relayed(start, _raw_sse(_ch({"content": "Hi"}), {"error": {"message": "UNREAD step one", "code": "overloaded"}}))
+    assert "UNREAD" not in text and "upstream_error" in text and "(overloaded)" in text
+    # half of a surrogate pair at the hold-back's edge went out as JSON no encoder takes: the stream died
+    text, _ = _relayed(start, _raw_sse(*[_ch({"content": w}) for w in ("Here", " is", " a", " smile:", " ")],
+                                       '{"id":"c1","choices":[{"index":0,"delta":{"content":"\\ud83d"},"finish_reason":null}]}',
+                                       '{"id":"c1","choices":[{"index":0,"delta":{"content":"\\ude00 ok"},"finish_reason":"stop"}]}'))
+    contents = "".join(json.loads(e[6:])["choices"][0]["delta"].get("content") or ""
+                       for e in text.split("\n\n") if e.startswith("data: {") and json.loads(e[6:]).get("choices"))
+    assert "stream_error" not in text and contents.endswith("smile: \U0001f600 ok")
+
+
+def test_a_completions_envelope_logprobs_and_call_fields_are_read_or_dropped(start: Callable[..., Started]) -> None:
+    base = {"id": "c1", "object": "chat.completion", "created": 1, "model": "m", "x_text": "UNREAD",
+            "charter": {"decision": "UNREAD"}, "usage": {"total_tokens": 3, "note": "UNREAD"}}
+    body = dict(base, choices=[{"index": 0, "message": {"role": "assistant", "content": "Hi"}, "finish_reason": "stop",
+                                "text": "UNREAD", "logprobs": {"content": [{"token": "UNREAD", "logprob": 0.0}]}}])
+    text, doc = _relayed(start, Reply(body=json.dumps(body)), streamed=False)
+    assert "UNREAD" not in text and doc is not None and doc["choices"][0]["message"]["content"] == "Hi"
+    assert doc["usage"] == {"total_tokens": 3} and doc["choices"][0]["logprobs"] is None
+    for bad in ({"role": "UNREAD step one", "content": "Hi"},):
+        text, doc = _relayed(start, Reply(body=json.dumps(dict(base, choices=[{"index": 0, "message": bad, "finish_reason": "stop"}]))),
+                             streamed=False)
+        assert "UNREAD" not in text and "upstream_malformed" in text
+    # a function's other keys are read, so a harmful "description" is scored, not passed over
+    from charter.server.schema import extra_texts
+
+    assert "UNREAD" in "\n".join(extra_texts({"tool_calls": [{"id": "t", "type": "function",
+                                                              "function": {"name": "f", "arguments": "{}", "description": "UNREAD"}}]}))
+    assert "UNREAD" in "\n".join(extra_texts({"tool_calls": [{"id": "t", "type": "UNREAD call", "function": {"name": "f"}}]}))
+    assert "UNREAD" in "\n".join(extra_texts({"audio": {"id": "UNREAD is the id of this", "transcript": "hi"}}))

@@ -25,9 +25,13 @@ from charter.server.schema import (
     DONE,
     REPLY_FIELDS,
     TEXT_FIELDS,
+    _IDENT,
     ChatRequest,
     charter_field,
+    check_role,
+    envelope,
     extra_texts,
+    finish_reason,
     parse_upstream_json,
     refusal_completion,
     sse,
@@ -192,11 +196,16 @@ async def complete(ex: Exchange, req: ChatRequest, raw: bytes) -> Response:
         return _too_large(svc, "the upstream's completion").response()
     try:
         data = parse_upstream_json(body)
-        if len(data["choices"]) > 1:  # n > 1 is refused, so more choices are an upstream's doing: only the first is scored
-            data["choices"] = data["choices"][:1]
-        msg = data["choices"][0]["message"]
+        # n > 1 is refused, so more choices are an upstream's doing: only the first is scored and sent;
+        # of the reply's envelope only identifiers and token counts go on, and no logprobs (their
+        # tokens are text the guard did not read as such)
+        choice = data["choices"][0]
+        msg = choice["message"]
+        check_role(msg)
         for k in set(msg) - REPLY_FIELDS:  # not read by the guard: not sent on
             del msg[k]
+        data = {**envelope(data), "choices": [{"index": 0, "message": msg, "logprobs": None,
+                                               "finish_reason": finish_reason(choice.get("finish_reason"))}]}
         content = msg.get("content") or ""
         if not isinstance(content, str):
             raise TypeError("content")
@@ -393,6 +402,8 @@ class _Held:
                 self.size += 16  # so a flood of empty calls is bounded too
             call = self.calls.setdefault(i, _Call())
             call.id += _str(tc.get("id"))
+            if tc.get("type") not in (None, "", *CALL_TEXT):  # sent on as it came: it must name a kind of call
+                raise ValueError("tool_calls[].type")
             call.type = _str(tc.get("type")) or call.type
             self.size += len(_str(tc.get("id")))
             kinds = [k for k in CALL_TEXT if tc.get(k) is not None]
@@ -454,7 +465,7 @@ class _Held:
 
 def _base(obj: dict[str, Any]) -> dict[str, Any]:
     """An upstream chunk's envelope, for chunks the proxy writes itself."""
-    return {k: v for k, v in obj.items() if k not in ("choices", "usage", "charter")}
+    return {k: v for k, v in envelope(obj).items() if k != "usage"}
 
 
 def _text_chunk(obj: dict[str, Any], out: dict[str, str]) -> dict[str, Any]:
@@ -476,6 +487,8 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
     queue: list[tuple[str | None, str]] = []
     held = _Held(svc.config.limits.max_output_tokens * HELD_CHARS_PER_TOKEN, completion_byte_cap(svc))
     slot: Hashable = None  # what the last scored fragment belonged to (a field, or a tool call)
+    left: set[Hashable] = set()  # the slots the stream has moved on from
+    ended = False  # a choice has had its finish_reason
     passthrough = False  # after a non-blocking flag, or a classifier error in fail-open mode
     note: dict[str, Any] | None = None
     decision, error = "allowed", None
@@ -513,42 +526,59 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
                 done = True
                 break
             try:
-                obj = json.loads(data)
+                # NaN and Infinity (Python servers' logprobs) become null; a surrogate pair split across
+                # events stays split, as it came
+                obj = json.loads(data, parse_constant=lambda name: None)
             except (ValueError, RecursionError):
                 raise _malformed(svc) from None
             if not isinstance(obj, dict):
                 continue
-            if "error" in obj:
+            if obj.get("error") is not None:
                 svc.metrics.upstream_errors.labels("stream_error").inc()
                 e = obj["error"]
-                msg = _redact(svc, f"upstream: {e.get('message') if isinstance(e, dict) else e}")
-                raise ProxyError(502, msg, "upstream_error", code="upstream_error")
+                # the upstream's own words are logged, not relayed: they are text the guard did not read
+                log.warning("upstream stream error (request %s): %s", ex.event.request_id,
+                            _redact(svc, str(e.get("message") if isinstance(e, dict) else e))[:500])
+                code = e.get("code") if isinstance(e, dict) else None
+                detail = f" ({code})" if isinstance(code, str) and _IDENT.fullmatch(code) else ""
+                raise ProxyError(502, f"the upstream reported an error mid-stream{detail}", "upstream_error",
+                                 code="upstream_error")
             choices = obj.get("choices") or []
             if not isinstance(choices, list):
                 raise _malformed(svc)
             if not choices:  # e.g. the usage chunk
-                yield sse(obj)
+                yield sse(dict(envelope(obj), choices=[]))
                 continue
             choice = choices[0]
             delta = (choice.get("delta") or {}) if isinstance(choice, dict) else None
             if not isinstance(delta, dict):
                 raise _malformed(svc)
             try:
+                check_role(delta)
+                finish = finish_reason(choice.get("finish_reason"))
                 parts: list[tuple[Hashable, str | None, str]] = [(f, f, _str(delta.get(f))) for f in _STREAMED]
                 parts += [(s, None, t) for s, t in held.add(delta)]
             except ValueError:
                 raise _malformed(svc) from None
+            if ended and any(t for _, _, t in parts):  # text after the finish: the hold-back was already released
+                raise _malformed(svc)
+            ended = ended or finish is not None
             excess = held.excess()
             if excess:
                 svc.metrics.upstream_errors.labels("too_large").inc()
                 raise ProxyError(502, excess, "upstream_error", code="upstream_too_large")
             last = obj
-            finish = choice.get("finish_reason")
             cut = False
             for s, field, text in parts:
                 if not text:
                     continue
                 chars += len(text)
+                if s in left:
+                    # back to a field it had left: the client joins each field's fragments, the monitor reads
+                    # them in arrival order, and "Su", " ", "re" in turns would read otherwise than it shows
+                    raise _malformed(svc)
+                if slot not in (None, s):
+                    left.add(slot)
                 fed = "\n" + text if slot not in (None, s) else text  # keep fields apart in the scored text
                 slot = s
                 ex.response_text.append(fed)
@@ -572,13 +602,14 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
                         await resp.aclose()  # stops the upstream generation
                         decision = "blocked_output"
                         cf = charter_field(ex.event.request_id, "blocked", v, action)
-                        yield sse({"id": obj.get("id"), "object": "chat.completion.chunk", "created": obj.get("created"),
-                                   "model": obj.get("model", req.model),
+                        base = envelope(obj)
+                        yield sse({"id": base.get("id"), "object": "chat.completion.chunk", "created": base.get("created"),
+                                   "model": base.get("model", req.model),
                                    "choices": [{"index": 0, "delta": {}, "finish_reason": "content_filter", "logprobs": None}],
                                    "charter": cf})
                         if req.include_usage:  # the upstream's usage chunk will not come
                             prompt = sum(len(m["content"]) for m in ex.messages)
-                            yield sse(usage_chunk(obj.get("model", req.model), ex.event.request_id,
+                            yield sse(usage_chunk(base.get("model", req.model), ex.event.request_id,
                                                   (prompt + 3) // 4, (chars + 3) // 4))
                         yield DONE
                         return
@@ -613,13 +644,10 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
                     nd[f] = ""
             if out or finish or first or set(nd) - set(_STREAMED):
                 first = False
-                oc = dict(choice, delta=nd)
-                if not passthrough and oc.get("logprobs") is not None:
-                    # this chunk's logprobs spell out its tokens, which the monitor may still be holding back
-                    oc["logprobs"] = None
-                if cut:
-                    oc["finish_reason"] = "length"
-                chunk = dict(obj, choices=[oc])
+                # this chunk's logprobs spell out its tokens, which the monitor may still be holding back
+                oc = {"index": 0, "delta": nd, "logprobs": choice.get("logprobs") if passthrough else None,
+                      "finish_reason": "length" if cut else finish}
+                chunk = dict(envelope(obj), choices=[oc])
                 if finish:
                     finished = True
                     if note is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
@@ -167,23 +168,29 @@ AUDIO_FIELDS = ("id", "data", "transcript", "expires_at")
 
 def _call_text(f: Any, text: str = "arguments") -> str:
     if isinstance(f, dict) and isinstance(f.get("name") or "", str):
-        return f"{f.get('name') or ''}({_as_text(f.get(text))})"
+        rest = {k: v for k, v in f.items() if k not in ("name", text)}  # e.g. a "description": read too
+        return f"{f.get('name') or ''}({_as_text(f.get(text))})" + (f"\n{_as_text(rest)}" if rest else "")
     return _as_text(f)
+
+
+def _short_id(v: Any) -> bool:
+    """An id that looks like one; a long or spaced "id" is text a model or a client may read."""
+    return isinstance(v, str) and len(v) <= 128 and not any(x.isspace() for x in v)
 
 
 def _tool_call_text(c: Any) -> str:
     if not isinstance(c, dict) or not any(k in c for k in CALL_TEXT):
         return _as_text(c)
-    # an id is skipped only while it looks like one: a long or spaced "id" is text the model may read
-    short_id = isinstance(c.get("id"), str) and len(c["id"]) <= 128 and not any(x.isspace() for x in c["id"])
-    rest = {k: v for k, v in c.items() if k not in ("index", "type", *CALL_TEXT) and (k != "id" or not short_id)}
+    # an id or type is skipped only while it looks like one
+    rest = {k: v for k, v in c.items() if k not in ("index", *CALL_TEXT) and not (k == "id" and _short_id(v))
+            and not (k == "type" and v in CALL_TEXT)}
     return "\n".join([_call_text(c[k], t) for k, t in CALL_TEXT.items() if k in c] + ([_as_text(rest)] if rest else []))
 
 
 def _audio_text(a: Any) -> str:
     if not isinstance(a, dict):
         return _as_text(a)
-    rest = {k: v for k, v in a.items() if k not in AUDIO_FIELDS}
+    rest = {k: v for k, v in a.items() if k not in AUDIO_FIELDS or (k == "id" and not _short_id(v))}
     return "\n".join(t for t in (_as_text(a.get("transcript")), _as_text(rest) if rest else "") if t)
 
 
@@ -346,8 +353,60 @@ def usage_chunk(model: str, request_id: str, prompt_tokens: int, completion_toke
             "charter": {"request_id": request_id, "usage": "estimated" if prompt_tokens or completion_tokens else "none"}}
 
 
+#: the keys of an upstream completion (or chunk) and of its choice that the proxy sends on; others, and
+#: values that are not what these keys hold, are not forwarded (text the guard never read)
+ENVELOPE_KEYS = ("id", "object", "created", "model", "system_fingerprint", "service_tier", "usage")
+_IDENT = re.compile(r"[A-Za-z0-9._:/@+-]{1,200}")
+_FINISH = re.compile(r"[a-z_]{1,40}")
+
+
+def _numbers(v: Any, depth: int = 0) -> Any:
+    """``usage``: numbers, in objects of numbers (``prompt_tokens_details``); anything else dropped."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return v
+    if isinstance(v, dict) and depth < 3:
+        return {k: n for k, x in v.items() if isinstance(k, str) and _IDENT.fullmatch(k)
+                and (n := _numbers(x, depth + 1)) is not None}
+    return None
+
+
+def envelope(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """An upstream completion's or chunk's own fields as the proxy forwards them: identifiers, a time and
+    token counts. A ``charter`` field, an unknown key or text where an identifier belongs is not sent on."""
+    out: dict[str, Any] = {}
+    for k in ENVELOPE_KEYS:
+        v = obj.get(k)
+        if v is None:
+            continue
+        if k == "usage":
+            out[k] = _numbers(v)
+        elif k == "created":
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                out[k] = v
+        elif isinstance(v, str) and _IDENT.fullmatch(v):
+            out[k] = v
+    return out
+
+
+def finish_reason(v: Any) -> Any:
+    """A choice's finish_reason: null or a short identifier ("stop", "length", "tool_calls", ...);
+    anything else is a ValueError (a malformed reply)."""
+    if v is not None and not (isinstance(v, str) and _FINISH.fullmatch(v)):
+        raise ValueError("finish_reason")
+    return v
+
+
+def check_role(m: Mapping[str, Any]) -> None:
+    """A reply's role, when given, is the assistant's (ValueError otherwise: the role is sent on unread)."""
+    if m.get("role") not in (None, "assistant"):
+        raise ValueError("role")
+
+
 def sse(obj: Any) -> bytes:
-    return b"data: " + _DUMPS(obj).encode() + b"\n\n"
+    try:
+        return b"data: " + _DUMPS(obj).encode() + b"\n\n"
+    except UnicodeEncodeError:  # half of a surrogate pair the upstream split across events: escaped, as it came
+        return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
 
 DONE = b"data: [DONE]\n\n"
