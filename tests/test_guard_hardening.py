@@ -618,3 +618,14 @@ def test_a_control_character_is_reported_at_its_line():
     bad = "".join(lines[:5]) + "# \x01 here\n" + "".join(lines[5:])
     with pytest.raises(ConstitutionError, match=r"^x.yaml:6: invalid YAML: .*#x0001"):
         parse_constitution(bad, "x.yaml")
+
+
+def test_a_unicode_line_separator_does_not_shift_the_reported_lines():
+    """PyYAML counts U+2028 as a line break; every later problem was reported a line too far."""
+    lines = TEXT.splitlines(keepends=True)
+    i = next(k for k, x in enumerate(lines) if x.startswith("description:"))
+    lines[i] = 'description: "one\u2028two"\n'
+    bad = "".join(lines).replace("kind: restricted", "kind: restrictedd", 1)
+    want = next(k for k, x in enumerate(bad.split("\n"), 1) if "restrictedd" in x)
+    with pytest.raises(ConstitutionError, match=rf"^x.yaml:{want}: domains\[0\].categories\[0\].kind"):
+        parse_constitution(bad, "x.yaml")

@@ -3,6 +3,7 @@ configs): bounded reads, and parse or validation errors reported as ``file:line:
 
 from __future__ import annotations
 
+import bisect
 import collections
 import json
 import re
@@ -140,12 +141,45 @@ def _compose(text: str) -> yaml.Node | None:
     return _compose_and_build(text, build=False)[0]
 
 
+#: characters PyYAML counts as line breaks and editors (and ``grep -n``) do not
+_OTHER_BREAKS = re.compile("[\u2028\u2029\x85]")
+
+
+class _Lines:
+    """Line numbers as editors count them (newlines only) for PyYAML's marks, which also count U+2028,
+    U+2029 and U+0085: every line after one of those was reported one too far."""
+
+    def __init__(self, text: str) -> None:
+        self.starts = [m.end() for m in re.finditer("\n", text)] if _OTHER_BREAKS.search(text) else None
+
+    def line(self, mark: yaml.Mark) -> int:
+        """0-based, as ``mark.line``."""
+        return mark.line if self.starts is None else bisect.bisect_right(self.starts, mark.index)
+
+    def fix(self, root: yaml.Node | None) -> None:
+        if self.starts is None or root is None:
+            return
+        todo, seen = [root], set()
+        while todo:
+            node = todo.pop()
+            if id(node) in seen:
+                continue
+            seen.add(id(node))
+            for mark in (node.start_mark, node.end_mark):
+                mark.line = self.line(mark)
+            if isinstance(node, yaml.MappingNode):
+                todo.extend(x for kv in node.value for x in kv)
+            elif isinstance(node, yaml.SequenceNode):
+                todo.extend(node.value)
+
+
 def _compose_and_build(text: str, build: bool = True) -> tuple[yaml.Node | None, Any]:
     """The composed tree and, with ``build``, the data built from that same tree (parsing the text a
     second time cost half of loading the default constitution)."""
     loader = _BoundedLoader(text)
     try:
         root = loader.get_single_node()
+        _Lines(text).fix(root)
         return root, (loader.construct_document(root) if build and root is not None else None)
     finally:
         loader.dispose()
@@ -159,7 +193,7 @@ def load_optional_mapping(text: str, source: str, error: type[CharterError], wha
         raise error(f"{source}: invalid YAML: nested too deeply (more than {MAX_DEPTH} levels, line {e.line})") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        raise error(f"{source}:{mark.line + 1 if mark else 0}: invalid YAML: {e.problem or e}") from None
+        raise error(f"{source}:{_Lines(text).line(mark) + 1 if mark else 0}: invalid YAML: {e.problem or e}") from None
     except yaml.reader.ReaderError as e:  # a control character: PyYAML gives its position only
         raise error(f"{source}:{text.count(chr(10), 0, e.position) + 1}: invalid YAML: {e.reason} "
                     f"#x{e.character:04x} (control characters are not allowed; write it escaped in a quoted string)") from None
