@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from numbers import Integral, Real
 
@@ -107,6 +108,8 @@ class EncoderProbeClassifier(ClassifierMixin, BaseEstimator):
     def _mlp(self, seed: int, n: int) -> MLPClassifier:
         bs = self.batch_size or (1000 if n >= 20000 else 200)
         lr = self.learning_rate_init or (0.002 if bs >= 1000 else 0.001)
+        # no more than early stopping leaves to train on: what sklearn clips it to, without its warning on small data
+        bs = max(1, min(bs, n - math.ceil(0.1 * n)))
         return MLPClassifier(hidden_layer_sizes=(self.hidden,), alpha=self.alpha, early_stopping=True,
                              max_iter=200, random_state=seed, batch_size=bs, learning_rate_init=lr)
 

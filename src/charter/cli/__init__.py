@@ -30,6 +30,20 @@ app = typer.Typer(
 err = Console(stderr=True, soft_wrap=True)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from charter import __version__
+
+        typer.echo(f"charter {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", "-V", callback=_version, is_eager=True,
+                                       help="Print Charter's version and exit.")) -> None:
+    """Constitutional classifiers, red teaming and misuse monitoring for LLM deployments."""
+
+
 @contextmanager
 def sigterm_as_interrupt() -> Iterator[None]:
     """Within the block, SIGTERM (``docker stop``, systemd, ``kill``) stops a long run as Ctrl-C does,

@@ -25,7 +25,7 @@ class GeneratorName(str, Enum):
 @interruptible
 def generate(
     out: Path = typer.Option(..., "--out", help="Output directory for data.jsonl and manifest.json."),
-    constitution: Path = typer.Option(None, "--constitution", help="Constitution YAML (default: the packaged default)."),
+    constitution: Path = typer.Option(None, "--constitution", "-c", help="Constitution YAML (default: the packaged default)."),
     generator: GeneratorName = typer.Option(GeneratorName.offline, "--generator"),
     n: int = typer.Option(50_000, "--n", min=1, help="Target number of records."),
     seed: int = typer.Option(0, "--seed"),

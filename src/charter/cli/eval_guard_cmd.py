@@ -23,6 +23,8 @@ def guard_eval(data: Path, out: Path | None = None, *, model: Path | None = None
 
     if out is not None and out.exists() and not out.is_dir():
         raise CharterError(f"--out {out}: exists and is not a directory")
+    if out is not None and data.resolve().parent == out.resolve():
+        raise CharterError(f"{data}: lies in --out {out}, which the evaluation writes; choose another --out")
     read = hashlib.sha256()
     items = read_labelled(data, digest=read)  # a bad file fails before the model loads
     guard = Guard.load(model)

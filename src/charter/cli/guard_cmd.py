@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from charter.cli import app, interruptible
-from charter.errors import CharterError, InputError
+from charter.errors import CharterError, InputError, UsageError
 
 console = Console(stderr=True)
 
@@ -29,7 +29,9 @@ def train(
     out: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
     data: Path = typer.Option(None, "--data", help="A dataset from `charter generate` (default: generate one now)."),
     n: int = typer.Option(60_000, "--n", min=1, help="Records to generate when --data is not given."),
-    holdout: str = typer.Option("cipher,homoglyph", "--holdout-families", help="Transform families kept out of training, for evaluation."),
+    holdout: str = typer.Option(None, "--holdout-families", show_default="cipher,homoglyph",
+                                help="Transform families kept out of training, for evaluation (a --data dataset's own "
+                                     "were chosen when it was generated)."),
     target_fpr: float = typer.Option(0.01, "--target-fpr", min=0.0001, max=0.5),
     escalation_rate: float = typer.Option(None, "--escalation-rate", min=0.001, max=1.0, show_default="0.08",
                                           help="Share of benign calibration requests stage 1 sends to stage 2: "
@@ -47,7 +49,7 @@ def train(
     cpath = constitution or default_constitution_path()
     const = load_constitution(cpath)
     check_model_out(out)
-    families = [f for f in holdout.split(",") if f]
+    families = [f for f in (holdout if holdout is not None else "cipher,homoglyph").split(",") if f]
     with tempfile.TemporaryDirectory() as tmp:
         ddir = data
         if ddir is None:
@@ -55,6 +57,11 @@ def train(
 
             ddir = offline_dataset(Path(cpath), const, Path(tmp) / "data", n=n, seed=seed, holdout=families)
         manifest, records = read_dataset(ddir, const)
+        if data is not None and holdout is not None and sorted(families) != sorted(manifest.get("holdout_families", [])):
+            # the dataset's splits were drawn with its own held-out families: another list would be ignored
+            raise UsageError(f"--holdout-families {holdout!r}: {data} was generated holding out "
+                             f"{','.join(manifest.get('holdout_families', [])) or 'no families'}; generate a dataset "
+                             "with these (charter generate --holdout-families) or leave the option out")
         families = manifest.get("holdout_families", families)
         with _progress() as prog:
             task = prog.add_task("training", total=None)

@@ -110,6 +110,34 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def utf8_arg(value: str | None, hint: str) -> None:
+    """A command-line value that is not UTF-8 (the shell passed bytes Python holds as lone surrogates)."""
+    if value is not None:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise typer.BadParameter("not valid UTF-8", param_hint=hint) from None
+
+
+def check_out(out: Path | None, db: str) -> None:
+    """Refuse an --out that is the SQLite database being read (writing it replaced every event), or a
+    directory; checked before any work."""
+    if out is None:
+        return
+    if out.is_dir():
+        raise CharterError(f"--out {out}: is a directory; give a file path")
+    import sqlalchemy as sa
+
+    try:
+        url = sa.engine.make_url(db)
+    except Exception:
+        return  # open_store reports it
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        store = Path(url.database)
+        if any(out.resolve() == Path(str(store) + suffix).resolve() for suffix in ("", "-wal", "-shm", "-journal")):
+            raise CharterError(f"--out {out}: is the event database --db reads; choose another path")
+
+
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".part")
@@ -128,7 +156,9 @@ def parse_summariser(spec: str | None, model: str | None) -> Any:
         return None
     kind, _, base = spec.partition(":")
     if kind != "openai" or not re.match(r"^https?://\S+$", base):
-        raise typer.BadParameter(f"{spec!r}: expected openai:BASE_URL, e.g. openai:http://127.0.0.1:8000/v1",
+        from charter.endpoints import redact_url
+
+        raise typer.BadParameter(f"{redact_url(spec)!r}: expected openai:BASE_URL, e.g. openai:http://127.0.0.1:8000/v1",
                                  param_hint="--summarise")
     from charter.monitor.clusters import OpenAISummariser
 
@@ -227,6 +257,7 @@ def conversation_cmd(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """The turns of one conversation in order: time, decision, stage, category, score, view, text (if kept)."""
+    utf8_arg(conversation_id, "ID")
     if not conversation_id.strip() or len(conversation_id) > 200:
         raise typer.BadParameter("must be 1 to 200 characters", param_hint="ID")
     store = open_store(db)
@@ -272,6 +303,7 @@ def export_cmd(
     t1 = parse_when(until, "--until") if until else None
     if t0 is not None and t1 is not None and t1 <= t0:
         raise typer.BadParameter("must be later than --since", param_hint="--until")
+    check_out(out, db)
     store = open_store(db)
     try:
         if out is None:
@@ -311,6 +343,7 @@ def stats_cmd(
 ) -> None:
     """Totals for a period as JSON: events, users, block/flag/escalation rates, flags by category and stage."""
     t0 = parse_when(since) if since else None
+    check_out(out, db)
     store = open_store(db)
     try:
         summary = store.summary(since=t0)
@@ -341,6 +374,8 @@ def purge_cmd(
     """Delete everything about one user: their events, alerts about them and their evidence in other alerts."""
     from charter.monitor.events import raw_user_hash, user_hash
 
+    for v, hint in ((user, "--user"), (key, "--key"), (raw_user, "--raw-user")):
+        utf8_arg(v, hint)
     if user is not None and (key is not None or raw_user is not None):
         raise typer.BadParameter("give either --user or --key with --raw-user, not both", param_hint="--user")
     if user is None:

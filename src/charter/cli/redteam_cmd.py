@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 from pathlib import Path
 from typing import Any
@@ -57,11 +58,20 @@ def campaign(
     _check_url(judge_url, "--judge-url")
     if out.exists() and not out.is_dir():  # before the run, not after hours of it
         raise CharterError(f"--out {out}: exists and is not a directory")
+    if behaviours_file is not None and behaviours_file.resolve().parent == out.resolve():
+        # a run's own results.json (or report) as the next run's behaviours: the run would write over it
+        raise CharterError(f"--behaviours-file {behaviours_file}: lies in --out {out}, which the run writes; "
+                           "copy it elsewhere or choose another --out")
     cpath = constitution or default_constitution_path()
     const = load_constitution(cpath)
     bs = read_behaviours(behaviours_file, const) if behaviours_file else select_behaviours(const, behaviours, seed)
     probes = benign_probes(const, read_benign_prompts(benign) if benign else None, wrapped=wrapped_probes)
     target = parse_target(target_spec, target_model)
+    fp = getattr(getattr(target, "guard", None), "manifest", {}).get("constitution_fingerprint")
+    if fp and fp != const.fingerprint() and not quiet:
+        # allowed (a guard may be tried on another policy's behaviours), but rarely meant
+        console.print(f"[yellow]warning:[/] the guard was trained on another constitution than {cpath}; its "
+                      "behaviours and benign probes come from that file")
     graders: dict[str, Any] = {}
     if target.kind == "openai":
         graders["refusal"] = GRADERS.get("refusal")()
@@ -130,7 +140,9 @@ def campaign(
 
 def _check_url(url: str | None, option: str) -> None:
     if url is not None and not url.startswith(("http://", "https://")):
-        raise typer.BadParameter(f"{url!r} is not an http(s) base URL, e.g. http://localhost:8000/v1", param_hint=option)
+        from charter.endpoints import redact_url
+
+        raise typer.BadParameter(f"{redact_url(url)!r} is not an http(s) base URL, e.g. http://localhost:8000/v1", param_hint=option)
 
 
 def measured_nothing(res: Any) -> str | None:
@@ -256,6 +268,9 @@ def grade_check(
     """Measure each grader's agreement with human labels: accuracy, Cohen's kappa, confusion, ungradable."""
     from charter.redteam.graders import GRADERS, agreement
 
+    if out is not None and (out.is_dir() or (out.exists() and out.resolve() == file.resolve())):
+        raise CharterError(f"--out {out}: {'is a directory' if out.is_dir() else 'is the labelled input'}; "
+                           "write the report elsewhere")
     rows = read_labelled(file)
     graders: dict[str, Any] = {"refusal": GRADERS.get("refusal")()}
     g = _grader_guard(model)
@@ -282,7 +297,9 @@ def grade_check(
                   ", ".join(f"{k}: {v}" for k, v in m["confusion"].items()))
     Console().print(t)
     if out:
-        out.write_text(json.dumps(report, indent=2))
+        from charter.fileio import synced_part
+
+        os.replace(synced_part(out, json.dumps(report, indent=2).encode()), out)
 
 
 @app.command("patch")
@@ -292,11 +309,14 @@ def patch(
     out: Path = typer.Option(..., "--out", "-o", help="Directory for the patched model."),
     constitution: Path = typer.Option(None, "--constitution", "-c", help="Constitution the model was trained on (default: packaged)."),
     n: int = typer.Option(20_000, "--n", min=1, help="Records regenerated offline for the refit."),
-    variants: int = typer.Option(24, "--variants", help="Variants proliferated from each jailbreak."),
+    variants: int = typer.Option(24, "--variants", min=2, help="Variants proliferated from each jailbreak."),
     seed: int = typer.Option(0, "--seed"),
 ) -> None:
     """Rapid response: proliferate observed jailbreaks, refit stage 1, recalibrate, report before/after."""
+    from charter.classifiers.artifacts import check_model_out
     from charter.redteam.patch import patch_model, read_examples
+
+    check_model_out(out)  # before the refit's work: a file, or a directory of someone else's files, is refused
 
     rep = patch_model(model, read_examples(examples), out, constitution=constitution, n=n, n_variants=variants, seed=seed,
                       progress=lambda s: console.print(s, highlight=False, markup=False))

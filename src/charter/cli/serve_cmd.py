@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import secrets
 from pathlib import Path
@@ -39,7 +40,7 @@ def serve(
     if not cfg.upstream.base_url:
         raise ConfigError("no upstream: pass --upstream BASE_URL or set upstream.base_url in the config")
     if not cfg.upstream.base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"--upstream: must be an http:// or https:// URL, got {cfg.upstream.base_url!r}")
+        raise ConfigError(f"--upstream: must be an http:// or https:// URL, got {redact_url(cfg.upstream.base_url)!r}")
     if db:
         cfg.events.db = db
     elif not cfg.events.db and "path" not in cfg.events.model_fields_set:
@@ -80,6 +81,9 @@ def serve_key(
     """Make a new client API key: prints the key once, and the config entry holding only its hash."""
     from charter.server import hash_key
 
+    if not key_id.strip() or len(key_id) > 100 or not key_id.isprintable():
+        raise typer.BadParameter("a key id is 1 to 100 printable characters", param_hint="KEY_ID")
     key = "sk-charter-" + secrets.token_urlsafe(32)
     typer.echo(f"key (give it to the client; it is not stored): {key}")
-    typer.echo(f"config entry:\nkeys:\n  - id: {key_id}\n    sha256: {hash_key(key)}")
+    # quoted (a JSON string is YAML): "a: b #c" would otherwise be read as other YAML than the id
+    typer.echo(f"config entry:\nkeys:\n  - id: {json.dumps(key_id, ensure_ascii=False)}\n    sha256: {hash_key(key)}")

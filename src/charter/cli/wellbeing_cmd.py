@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
-from charter.cli import app
+from charter.cli import app, interruptible
 from charter.errors import CharterError
 
 console = Console(stderr=True)
@@ -35,6 +36,8 @@ def train(
     from charter.monitor.wellbeing import default_spec_path, train_from_spec
 
     check_model_out(out)
+    if data_out is not None and data_out.resolve() == out.resolve():
+        raise typer.BadParameter("the dataset and the model need directories of their own", param_hint="--data-out")
     mon = train_from_spec(spec or default_spec_path(), out, n=n, seed=seed, target_fpr=target_fpr, data_out=data_out)
     met = mon.manifest["metrics"]
     for p, d in met["patterns"].items():
@@ -67,6 +70,7 @@ def _line(obj: Any) -> tuple[Any, str]:
 
 
 @wellbeing_app.command("score")
+@interruptible
 def score(
     file: Path = typer.Option(..., "--file", "-f", help="JSONL: one object a line with 'messages' (or 'prompt') and 'reply' (optional 'id')."),
     model: Path = typer.Option(None, "--model", "-m", help="Model directory (default: the packaged wellbeing model)."),
@@ -81,12 +85,16 @@ def score(
         raise CharterError(f"{file}: {'is a directory' if file.is_dir() else 'no such file'}")
     if out is not None and out.exists() and out.resolve() == file.resolve():
         raise CharterError(f"--out {out}: is the input file; write the scores elsewhere")
+    if out is not None and out.is_dir():
+        raise CharterError(f"--out {out}: is a directory")
     mon = WellbeingMonitor.load(model)
+    # written beside itself and renamed onto --out at the end: an interrupted run leaves no half file
+    part = out.with_name(out.name + ".part") if out else None
     try:
-        sink = open(out, "w", encoding="utf-8") if out else sys.stdout
+        sink = open(part, "w", encoding="utf-8") if part else sys.stdout
     except OSError as e:
         raise CharterError(f"--out {out}: cannot write: {e.strerror}") from None
-    errors, first = 0, ""
+    errors, first, done = 0, "", False
     try:
         for i, obj in read_jsonl_lines(file, max_line_bytes=MAX_LINE_BYTES):
             if isinstance(obj, BlankLine):
@@ -104,9 +112,14 @@ def score(
                 first = first or f"{file}:{i}: {e}"
                 rec = {"id": rid, "line": i, "error": str(e)}
             sink.write(json.dumps(rec) + "\n")
+        done = True
     finally:
-        if out:
+        if part:
             sink.close()
+            if done:
+                os.replace(part, out)
+            else:
+                part.unlink(missing_ok=True)
     if errors:
         console.print(f"{errors} line(s) could not be scored (first: {first}); see their 'error' fields",
                       highlight=False, markup=False, soft_wrap=True)

@@ -200,7 +200,8 @@ class LLMGenerator(Generator):
     ) -> None:
         super().__init__()
         if not base_url.startswith(("http://", "https://")):
-            raise GeneratorError(f"--base-url must be an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1 (got {base_url!r})")
+            raise GeneratorError(f"--base-url must be an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1 "
+                                 f"(got {redact_url(base_url)!r})")
         if api_key_env is not None and not _ENV_NAME.fullmatch(api_key_env):
             # never echo it: a value that is no variable name is most likely the key itself
             raise GeneratorError("--api-key-env takes the name of an environment variable holding the key, not the key")

@@ -160,6 +160,13 @@ def check_out_dir(out_dir: Path, overwrite: bool = False) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise CharterError(f"{out_dir}: exists and is not a directory (--out names the dataset directory to write)")
     found = [name for name in (DATA_FILE, MANIFEST_FILE) if (out_dir / name).exists()]
+    if MANIFEST_FILE in found and DATA_FILE not in found:
+        try:
+            head = (out_dir / MANIFEST_FILE).read_bytes()[:4096]
+        except OSError:
+            head = b""
+        if b"charter-model" in head:  # --force would replace a model's manifest with a dataset's
+            raise CharterError(f"{out_dir}: holds a Charter model, not a dataset; choose another --out")
     if found and not overwrite:
         raise CharterError(f"{out_dir}: already holds a dataset ({', '.join(found)}); "
                            "pass --force to overwrite it, or choose another --out")

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 
 from charter.endpoints import Endpoint, MalformedCompletion, completion, redact_url
-from charter.errors import CharterError, UsageError
+from charter.errors import UsageError
 
 Prompt = str | list[dict[str, Any]]
 API_KEY_ENV = "CHARTER_TARGET_API_KEY"
@@ -98,6 +98,6 @@ def parse_target(spec: str, model: str | None = None) -> GuardTarget | OpenAITar
         return GuardTarget.load(rest or None)
     if kind == "openai":
         if not rest.startswith(("http://", "https://")):
-            raise CharterError(f"--target {spec!r}: openai targets need a base URL, e.g. openai:http://localhost:8000/v1")
+            raise UsageError(f"--target {redact_url(spec)!r}: openai targets need a base URL, e.g. openai:http://localhost:8000/v1")
         return OpenAITarget(rest, model or "default")
-    raise UsageError(f"--target {spec!r}: expected guard[:MODEL_DIR] or openai:BASE_URL")
+    raise UsageError(f"--target {redact_url(spec)!r}: expected guard[:MODEL_DIR] or openai:BASE_URL")

@@ -249,7 +249,29 @@ def startup_problems(config: ServerConfig, classes: list[str] | None = None) -> 
         out.append((("limits", "shared_rate"), "needs events.db: the shared rate is counted in the monitoring store"))
     if config.events.db and config.monitor.interval_s > 0:
         out += [(("monitor", "sinks", *loc), msg) for loc, msg in sink_problems(config.monitor.sinks)]
+    if config.events.db and (why := store_url_problem(config.events.db)):
+        out.append((("events", "db"), why))
     return out
+
+
+def store_url_problem(url: str) -> str | None:
+    """Why ``url`` can never be a monitoring store (a malformed URL, an unknown database, a SQLite file
+    that cannot exist), or None. A database that is merely down is no problem here: events spill to
+    disk until it is back."""
+    import sqlalchemy as sa
+
+    from charter.endpoints import redact_url
+
+    try:
+        u = sa.engine.make_url(url)
+        u.get_dialect()
+    except Exception:
+        return f"{redact_url(url)!r} is not a database URL Charter can use (sqlite:///FILE or postgresql+psycopg://...)"
+    if u.get_backend_name() == "sqlite" and u.database not in (None, "", ":memory:") and not u.database.startswith("file:"):
+        p = Path(u.database)
+        if p.is_dir() or not p.parent.is_dir():
+            return f"{u.database}: {'is a directory' if p.is_dir() else f'{p.parent} is not a directory'}"
+    return None
 
 
 def check_startup(config: ServerConfig, classes: list[str] | None = None, path: str | Path | None = None) -> None:
