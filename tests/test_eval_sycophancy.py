@@ -451,9 +451,9 @@ def test_report_labels_lexicon_fallback(syco_run: Any, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("argv,msg,code", [
     (["--target", "http://127.0.0.1:1/v1"], "expected openai:BASE_URL", 2),  # a usage error
-    (["--target", "openai:ftp://x"], "http(s) base URL", 1),
-    (["--target", "openai:http://127.0.0.1:1/v1", "--tasks", "feedback,nope"], "unknown task", 1),
-    (["--target", "openai:http://127.0.0.1:1/v1", "--judge-model", "j"], "--judge-model needs --judge", 1),
+    (["--target", "openai:ftp://x"], "http(s) base URL", 2),  # usage errors too (they were 1)
+    (["--target", "openai:http://127.0.0.1:1/v1", "--tasks", "feedback,nope"], "unknown task", 2),
+    (["--target", "openai:http://127.0.0.1:1/v1", "--judge-model", "j"], "--judge-model needs --judge", 2),
 ])
 def test_cli_bad_input_is_one_line(argv: list[str], msg: str, code: int, tmp_path: Path,
                                    capsys: pytest.CaptureFixture[str]) -> None:

@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from charter.cli import app, sigterm_as_interrupt
-from charter.errors import CharterError
+from charter.errors import CharterError, UsageError
 
 console = Console(stderr=True)
 JOURNAL = "journal.jsonl"
@@ -39,7 +39,7 @@ def sycophancy_eval(
     base = parse_endpoint(target, "--target")
     jbase = parse_endpoint(judge, "--judge") if judge else None
     if judge_model and not judge:
-        raise CharterError("--judge-model needs --judge openai:BASE_URL")
+        raise UsageError("--judge-model needs --judge openai:BASE_URL")
     chosen = parse_tasks(tasks or ",".join(TASKS))
     if not 1 <= n <= MAX_N:
         raise CharterError(f"--n {n}: must be between 1 and {MAX_N} items per task")

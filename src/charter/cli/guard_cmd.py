@@ -159,20 +159,25 @@ def classify(
     errors = 0
     done = False
     try:
-        for i, obj in read_jsonl_lines(file):
-            rid = i
-            try:
-                if isinstance(obj, ValueError):  # the line is not JSON, or too long
-                    raise InputError(str(obj))
+        # a count on stderr while --out is written (long files took minutes without a word)
+        with Progress(SpinnerColumn(), TextColumn("classified {task.completed} lines"), TimeElapsedColumn(),
+                      console=console, transient=True, disable=part is None) as prog:
+            task = prog.add_task("classify", total=None)
+            for i, obj in read_jsonl_lines(file):
+                rid = i
                 try:
-                    rid = line_id(i, obj)
-                except ValueError as e:
-                    raise InputError(str(e)) from None
-                rec = {"id": rid, **_score_line(guard, obj)}
-            except InputError as e:  # the line's fault; anything else is the guard's and stops the run
-                errors += 1
-                rec = {"id": rid, "line": i, "error": str(e).splitlines()[0]}
-            sink.write(json.dumps(rec) + "\n")
+                    if isinstance(obj, ValueError):  # the line is not JSON, or too long
+                        raise InputError(str(obj))
+                    try:
+                        rid = line_id(i, obj)
+                    except ValueError as e:
+                        raise InputError(str(e)) from None
+                    rec = {"id": rid, **_score_line(guard, obj)}
+                except InputError as e:  # the line's fault; anything else is the guard's and stops the run
+                    errors += 1
+                    rec = {"id": rid, "line": i, "error": str(e).splitlines()[0]}
+                sink.write(json.dumps(rec) + "\n")
+                prog.update(task, advance=1)
         if part:
             sink.flush()
             os.fsync(sink.fileno())

@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from charter.cli import app
+from charter.cli import app, interruptible
 from charter.errors import CharterError
 
 if TYPE_CHECKING:
@@ -287,6 +287,7 @@ def conversation_cmd(
 
 
 @monitor_app.command("export")
+@interruptible
 def export_cmd(
     db: str = typer.Option(DEFAULT_DB, "--db", help=DB_HELP),
     since: str = typer.Option(None, "--since", help=SINCE_HELP + " Default: everything."),
@@ -320,15 +321,19 @@ def export_cmd(
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + ".part")
         n = 0
-        with tmp.open("w", encoding="utf-8") as f, Progress(
-                TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err) as prog:
-            task = prog.add_task("export", total=total)
-            for ev in store.iter_events(since=t0, until=t1):
-                f.write(json.dumps(ev.as_dict(), default=str) + "\n")
-                n += 1
-                if n % 500 == 0:
-                    prog.update(task, completed=n)
-            prog.update(task, completed=n)
+        try:
+            with tmp.open("w", encoding="utf-8") as f, Progress(
+                    TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err) as prog:
+                task = prog.add_task("export", total=total)
+                for ev in store.iter_events(since=t0, until=t1):
+                    f.write(json.dumps(ev.as_dict(), default=str) + "\n")
+                    n += 1
+                    if n % 500 == 0:
+                        prog.update(task, completed=n)
+                prog.update(task, completed=n)
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM) or failed: no half export left behind
+            tmp.unlink(missing_ok=True)
+            raise
         os.replace(tmp, out)
     finally:
         store.close()

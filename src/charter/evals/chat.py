@@ -54,7 +54,7 @@ def parse_endpoint(spec: str, option: str = "--target") -> str:
         raise CharterError(f"{option}: the base URL must not have a query string or fragment "
                            f"(/chat/completions is appended to it; pass a key in ${key_env})")
     if not rest.startswith(("http://", "https://")) or len(rest) > MAX_URL or any(c.isspace() for c in rest):
-        raise CharterError(f"{option} {redact_spec(spec)!r}: openai endpoints need an http(s) base URL, e.g. openai:http://localhost:8000/v1")
+        raise UsageError(f"{option} {redact_spec(spec)!r}: openai endpoints need an http(s) base URL, e.g. openai:http://localhost:8000/v1")
     try:
         url = httpx.URL(rest)
     except (httpx.InvalidURL, ValueError):

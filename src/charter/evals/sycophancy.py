@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from charter.errors import CharterError
+from charter.errors import CharterError, UsageError
 from charter.endpoints import redact_url
 from charter.evals.chat import ChatClient, Completion, redact_spec
 from charter.evals.journal import RunJournal
@@ -60,7 +60,7 @@ def parse_tasks(spec: str | Sequence[str]) -> tuple[str, ...]:
     items = [t.strip() for t in (spec.split(",") if isinstance(spec, str) else spec) if t.strip()]
     bad = [t for t in items if t not in TASKS]
     if bad or not items:
-        raise CharterError(f"--tasks {','.join(items) or '(empty)'!s}: unknown task(s) {', '.join(bad) or '(none given)'}; "
+        raise UsageError(f"--tasks {','.join(items) or '(empty)'!s}: unknown task(s) {', '.join(bad) or '(none given)'}; "
                            f"choose from {','.join(TASKS)}")
     return tuple(t for t in TASKS if t in items)
 
