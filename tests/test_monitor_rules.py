@@ -598,7 +598,9 @@ def test_cli_evaluates_lists_acknowledges_and_resolves(tmp_path: Path, capsys: p
 
 def test_proxy_keeps_serving_when_the_background_evaluation_fails(tmp_path: Path, guard: Guard,
                                                                  caplog: pytest.LogCaptureFixture) -> None:
-    bad = f"sqlite:///{tmp_path / 'missing-dir' / 'events.db'}"  # cannot be created: every evaluation fails
+    # a database that is down (refused on loopback): every evaluation fails. (A store that can never open, such
+    # as a SQLite file in a missing directory, is refused at startup instead.)
+    bad = "postgresql+psycopg://charter@127.0.0.1:1/none"
     with ScriptedOpenAI(default="fine") as up, caplog.at_level(logging.WARNING, logger="charter.monitor"):
         cfg = ServerConfig.model_validate({"upstream": {"base_url": up.base_url}, "monitor": {"interval_s": 0.05},
                                            "events": {"db": bad, "spill_path": str(tmp_path / "spill.jsonl")}})
