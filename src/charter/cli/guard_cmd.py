@@ -217,6 +217,8 @@ def calibrate_cmd(
 
     if out is not None:
         check_model_out(out)
-    rep = recalibrate(model, out or model, benign=benign, target_fpr=target_fpr, constitution=constitution, n=n, seed=seed,
-                      escalation_rate=escalation_rate)
+    with _progress() as prog:
+        task = prog.add_task("calibrating", total=None)
+        rep = recalibrate(model, out or model, benign=benign, target_fpr=target_fpr, constitution=constitution, n=n,
+                          seed=seed, escalation_rate=escalation_rate, progress=lambda s: prog.update(task, description=s))
     Console().print(rep)

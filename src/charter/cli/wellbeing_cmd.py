@@ -10,6 +10,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from charter.cli import app, interruptible
 from charter.errors import CharterError
@@ -96,22 +97,26 @@ def score(
         raise CharterError(f"--out {out}: cannot write: {e.strerror}") from None
     errors, first, done = 0, "", False
     try:
-        for i, obj in read_jsonl_lines(file, max_line_bytes=MAX_LINE_BYTES):
-            if isinstance(obj, BlankLine):
-                continue
-            rid = i
-            try:
-                if isinstance(obj, ValueError):
-                    raise obj
-                rid = line_id(i, obj)
-                sig = mon.check(*_line(obj))
-                rec = {"id": rid, "scores": {s.category: round(s.score, 6) for s in sig},
-                       "flagged": [s.category for s in sig if s.flagged]}
-            except ValueError as e:
-                errors += 1
-                first = first or f"{file}:{i}: {e}"
-                rec = {"id": rid, "line": i, "error": str(e)}
-            sink.write(json.dumps(rec) + "\n")
+        with Progress(SpinnerColumn(), TextColumn("scored {task.completed} replies"), TimeElapsedColumn(),
+                      console=console, transient=True, disable=part is None) as prog:
+            task = prog.add_task("score", total=None)
+            for i, obj in read_jsonl_lines(file, max_line_bytes=MAX_LINE_BYTES):
+                if isinstance(obj, BlankLine):
+                    continue
+                rid = i
+                try:
+                    if isinstance(obj, ValueError):
+                        raise obj
+                    rid = line_id(i, obj)
+                    sig = mon.check(*_line(obj))
+                    rec = {"id": rid, "scores": {s.category: round(s.score, 6) for s in sig},
+                           "flagged": [s.category for s in sig if s.flagged]}
+                except ValueError as e:
+                    errors += 1
+                    first = first or f"{file}:{i}: {e}"
+                    rec = {"id": rid, "line": i, "error": str(e)}
+                sink.write(json.dumps(rec) + "\n")
+                prog.update(task, advance=1)
         done = True
     finally:
         if part:

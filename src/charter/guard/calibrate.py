@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -119,6 +119,7 @@ def check_constitution(model: Path, manifest: dict[str, Any], cpath: Path, const
 def recalibrate(
     model: Path, out: Path, *, benign: Path | None, target_fpr: float, constitution: Path | None = None,
     n: int = 20_000, seed: int = 0, escalation_rate: float | None = None,
+    progress: Callable[[str], None] = lambda s: None,
 ) -> str:
     """Rewrite ``model``'s thresholds (to ``out``) for ``target_fpr`` on the constitution's benign
     calibration requests and ``benign``; ``escalation_rate`` replaces the model's escalation target."""
@@ -134,6 +135,7 @@ def recalibrate(
     cpath = constitution or default_constitution_path()
     const = load_constitution(cpath)
     check_constitution(model, guard.manifest, Path(cpath), const, given=constitution is not None)
+    progress(f"generating {n} records from the constitution")
     with tempfile.TemporaryDirectory() as tmp:
         _, records = read_dataset(offline_dataset(Path(cpath), const, Path(tmp) / "d", n=n, seed=seed))
     ins = [r for r in records if r.kind == "input"]
@@ -143,11 +145,13 @@ def recalibrate(
     cfg = TrainConfig(target_fpr=target_fpr, escalation_rate=escalation_rate)
     # thresholds only: the stage blend stays as trained. Refitted here it was not written back, and the
     # thresholds it set did not hold for the model written (5% target FPR reported, 2% delivered)
+    progress(f"scoring {sum(r.label == 'permitted' for r in calib) + len(user)} benign requests")
     cal = calibrate(guard, calib, [], cfg, extra_benign=user, fit_combiner=False)
     th = {**guard.thresholds, **cal["thresholds"]}
     guard.thresholds.update(th)
     const_benign = [request_parts(r) for r in calib if r.label == "permitted"]
     harmful = [request_parts(r) for r in ins if r.split == "test" and r.label == "restricted"]
+    progress("measuring the thresholds' FPR and held-out recall")
     flag_cal = _flags(guard, const_benign + user)
     flag_ev = _flags(guard, harmful)
     n_const = len(const_benign)
