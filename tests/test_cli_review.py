@@ -159,3 +159,11 @@ def test_outputs_never_replace_their_inputs(tmp_path: Path, capsys: pytest.Captu
     # grade-check's report is written whole
     assert main(["redteam", "grade-check", str(labels), "--out", str(tmp_path / "rep.json")]) == 0
     assert "refusal" in json.loads((tmp_path / "rep.json").read_text()) and not list(tmp_path.glob("*.part"))
+
+
+def test_unbounded_and_conflicting_options_are_usage_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A mistyped huge --n or --budget ran until killed; --ack and --resolve together applied both."""
+    assert main(["generate", "--out", str(tmp_path / "d"), "--n", "99999999999999999999"]) == 2
+    assert main(["redteam", "-t", "guard", "--out", str(tmp_path / "r"), "--budget", "99999999999999"]) == 2
+    assert main(["monitor", "alerts", "--db", f"sqlite:///{tmp_path / 'x.db'}", "--ack", "1", "--resolve", "1"]) == 2
+    assert not (tmp_path / "d").exists() and not (tmp_path / "r").exists()

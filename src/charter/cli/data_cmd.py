@@ -27,7 +27,7 @@ def generate(
     out: Path = typer.Option(..., "--out", help="Output directory for data.jsonl and manifest.json."),
     constitution: Path = typer.Option(None, "--constitution", "-c", help="Constitution YAML (default: the packaged default)."),
     generator: GeneratorName = typer.Option(GeneratorName.offline, "--generator"),
-    n: int = typer.Option(50_000, "--n", min=1, help="Target number of records."),
+    n: int = typer.Option(50_000, "--n", min=1, max=10_000_000, help="Target number of records."),
     seed: int = typer.Option(0, "--seed"),
     holdout_families: str = typer.Option("", "--holdout-families", help="Comma-separated transform families kept out of train/calib."),
     base_url: str = typer.Option(None, "--base-url", help="llm: OpenAI-compatible base URL, e.g. http://localhost:8000/v1"),

@@ -57,6 +57,8 @@ def alerts(
 
     if status not in STATUSES:
         raise typer.BadParameter(f"must be one of {', '.join(STATUSES)}, got {status!r}", param_hint="--status")
+    if ack is not None and resolve is not None:  # both were applied, the second winning
+        raise typer.BadParameter("give one of --ack and --resolve", param_hint="--ack")
     settings = load_monitor_settings(config) if config is not None else MonitorSettings()
     store = open_store(db or _db_from_config(config) or DEFAULT_DB)  # a mistyped path is an error, not a new file
     out = _out()  # UTC times, and 160 columns when piped, like the other monitor commands

@@ -48,8 +48,8 @@ def campaign(
 
     if suite not in ("default", "quick"):
         raise typer.BadParameter(f"{suite!r} is not one of default, quick", param_hint="--suite")
-    if budget < 0:
-        raise typer.BadParameter("must be >= 0", param_hint="--budget")
+    if not 0 <= budget <= 100_000:  # a mistyped huge budget ran until killed
+        raise typer.BadParameter("must be 0 to 100,000", param_hint="--budget")
     if (attacker_url is None) != (attacker_model is None):
         raise typer.BadParameter("give both --attacker-url and --attacker-model", param_hint="--attacker-url")
     if (judge_url is None) != (judge_model is None):
