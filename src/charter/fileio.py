@@ -5,8 +5,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
+
+from charter.errors import CharterError
 
 
 def sha256_file(path: Path) -> str:
@@ -18,10 +23,44 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def part_path(path: Path) -> Path:
+    """Where ``path`` is written until it is complete."""
+    return path.with_name(path.name + ".part")
+
+
+@contextmanager
+def written_whole(path: Path | None) -> Iterator[TextIO]:
+    """A text stream to ``path`` (standard output when None) that lands whole or not at all: written to
+    :func:`part_path`, synced and renamed onto ``path`` when the block ends, removed when it raises (an
+    interrupted run leaves no half-written file that looks finished). A file that cannot be written is a
+    :class:`CharterError` naming it."""
+    if path is None:
+        yield sys.stdout
+        return
+    part = part_path(path)
+    try:
+        f = open(part, "w", encoding="utf-8")
+    except OSError as e:
+        raise CharterError(f"{path}: cannot write: {e.strerror}") from None
+    try:
+        with f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        part.unlink(missing_ok=True)
+        raise
+    try:
+        os.replace(part, path)
+    except OSError as e:
+        part.unlink(missing_ok=True)
+        raise CharterError(f"{path}: cannot write: {e.strerror}") from None
+
+
 def synced_part(path: Path, blob: bytes) -> Path:
     """``blob`` written and synced to a temporary file beside ``path``, for :func:`os.replace` onto it
     (a crash meanwhile leaves ``path`` as it was). The file gets an ordinary new file's mode."""
-    tmp = path.with_name(path.name + ".part")
+    tmp = part_path(path)
     try:
         with tmp.open("wb") as f:
             f.write(blob)

@@ -30,6 +30,13 @@ app = typer.Typer(
 err = Console(stderr=True, soft_wrap=True)
 
 
+def check_utf8(value: str | None, hint: str) -> None:
+    """Refuse a command-line value that is not UTF-8: such bytes reach argv as lone surrogates, which
+    crashed later as a traceback."""
+    if value is not None and any("\ud800" <= c <= "\udfff" for c in value):
+        raise typer.BadParameter("not valid UTF-8 (check the terminal's encoding)", param_hint=hint)
+
+
 def _version(value: bool) -> None:
     if value:
         from charter import __version__

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -14,6 +12,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from charter.cli import app, interruptible
 from charter.errors import CharterError, InputError, UsageError
+from charter.fileio import part_path, written_whole
 
 console = Console(stderr=True)
 
@@ -145,23 +144,15 @@ def classify(
         raise CharterError(f"{file}: {'is a directory' if file.is_dir() else 'no such file'}")
     if out is not None and out.exists() and out.resolve() == file.resolve():  # opening --out would empty the input
         raise CharterError(f"--out {out}: is the input file; choose another path")
-    # --out is written beside itself and renamed onto it at the end, so an interrupted run leaves no
-    # half-written file that looks like a finished one
     if out is not None and out.is_dir():
         raise CharterError(f"{out}: cannot write: Is a directory")
-    part = out.with_name(out.name + ".part") if out else None
-    if part is not None and part.exists() and part.resolve() == file.resolve():
+    if out is not None and part_path(out).exists() and part_path(out).resolve() == file.resolve():
         raise CharterError(f"--file {file}: is where --out {out} is written until it is complete; choose another --out")
-    try:
-        sink = open(part, "w", encoding="utf-8") if part else sys.stdout
-    except OSError as e:
-        raise CharterError(f"{out}: cannot write: {e.strerror}") from None
     errors = 0
-    done = False
-    try:
+    with written_whole(out) as sink:
         # a count on stderr while --out is written (long files took minutes without a word)
         with Progress(SpinnerColumn(), TextColumn("classified {task.completed} lines"), TimeElapsedColumn(),
-                      console=console, transient=True, disable=part is None) as prog:
+                      console=console, transient=True, disable=out is None) as prog:
             task = prog.add_task("classify", total=None)
             for i, obj in read_jsonl_lines(file):
                 rid = i
@@ -178,21 +169,6 @@ def classify(
                     rec = {"id": rid, "line": i, "error": str(e).splitlines()[0]}
                 sink.write(json.dumps(rec) + "\n")
                 prog.update(task, advance=1)
-        if part:
-            sink.flush()
-            os.fsync(sink.fileno())
-        done = True
-    finally:
-        if part:
-            sink.close()
-            if done:
-                try:
-                    os.replace(part, out)
-                except OSError as e:
-                    part.unlink(missing_ok=True)
-                    raise CharterError(f"{out}: cannot write: {e.strerror}") from None
-            else:
-                part.unlink(missing_ok=True)
     if errors:
         console.print(f"{errors} line(s) could not be classified; see their 'error' fields")
 

@@ -15,8 +15,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from charter.cli import app, interruptible
+from charter.cli import app, check_utf8, interruptible
 from charter.errors import CharterError
+from charter.fileio import written_whole
 
 if TYPE_CHECKING:
     from charter.monitor.store import EventStore
@@ -110,15 +111,6 @@ def _print_json(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
 
 
-def utf8_arg(value: str | None, hint: str) -> None:
-    """A command-line value that is not UTF-8 (the shell passed bytes Python holds as lone surrogates)."""
-    if value is not None:
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise typer.BadParameter("not valid UTF-8", param_hint=hint) from None
-
-
 def check_out(out: Path | None, db: str) -> None:
     """Refuse an --out that is the SQLite database being read (writing it replaced every event), or a
     directory; checked before any work."""
@@ -140,9 +132,8 @@ def check_out(out: Path | None, db: str) -> None:
 
 def _write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with written_whole(path) as f:
+        f.write(text)
 
 
 # ---------------------------------------------------------------------------- clusters
@@ -257,7 +248,7 @@ def conversation_cmd(
     as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
 ) -> None:
     """The turns of one conversation in order: time, decision, stage, category, score, view, text (if kept)."""
-    utf8_arg(conversation_id, "ID")
+    check_utf8(conversation_id, "ID")
     if not conversation_id.strip() or len(conversation_id) > 200:
         raise typer.BadParameter("must be 1 to 200 characters", param_hint="ID")
     store = open_store(db)
@@ -319,22 +310,17 @@ def export_cmd(
         with store.engine.connect() as conn:
             total = int(conn.execute(q).scalar_one())
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".part")
         n = 0
-        try:
-            with tmp.open("w", encoding="utf-8") as f, Progress(
-                    TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err) as prog:
-                task = prog.add_task("export", total=total)
-                for ev in store.iter_events(since=t0, until=t1):
-                    f.write(json.dumps(ev.as_dict(), default=str) + "\n")
-                    n += 1
-                    if n % 500 == 0:
-                        prog.update(task, completed=n)
-                prog.update(task, completed=n)
-        except BaseException:  # interrupted (Ctrl-C, SIGTERM) or failed: no half export left behind
-            tmp.unlink(missing_ok=True)
-            raise
-        os.replace(tmp, out)
+        # interrupted (Ctrl-C, SIGTERM) or failed: no half export left behind
+        with written_whole(out) as f, Progress(
+                TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err) as prog:
+            task = prog.add_task("export", total=total)
+            for ev in store.iter_events(since=t0, until=t1):
+                f.write(json.dumps(ev.as_dict(), default=str) + "\n")
+                n += 1
+                if n % 500 == 0:
+                    prog.update(task, completed=n)
+            prog.update(task, completed=n)
     finally:
         store.close()
     err.print(f"wrote {n} events to {out}", markup=False)
@@ -380,7 +366,7 @@ def purge_cmd(
     from charter.monitor.events import raw_user_hash, user_hash
 
     for v, hint in ((user, "--user"), (key, "--key"), (raw_user, "--raw-user")):
-        utf8_arg(v, hint)
+        check_utf8(v, hint)
     if user is not None and (key is not None or raw_user is not None):
         raise typer.BadParameter("give either --user or --key with --raw-user, not both", param_hint="--user")
     if user is None:

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from charter.cli import app, click
+from charter.cli import app, check_utf8, click
 from charter.transforms import TRANSFORMS, Chain, families, get_transform
 
 transforms_app = typer.Typer(help="List, apply and decode text transforms.", no_args_is_help=True)
@@ -17,9 +17,7 @@ app.add_typer(transforms_app, name="transforms")
 
 
 def _text(text: str) -> str:
-    """TEXT as given; bytes that are not UTF-8 reach argv as lone surrogates and are refused."""
-    if any("\ud800" <= c <= "\udfff" for c in text):
-        raise typer.BadParameter("not valid UTF-8 (check the terminal's encoding)", param_hint="TEXT")
+    check_utf8(text, "TEXT")
     return text
 
 
@@ -72,7 +70,7 @@ def apply(
     if out is None:
         # a ClickException (exit 1), not typer.Exit: main() runs click with standalone_mode=False
         raise click.ClickException(f"input does not look like {name} output")
-    from charter.transforms.normalise import clean_surrogates
+    from charter.transforms._text import clean_surrogates
 
     typer.echo(clean_surrogates(out))  # a decoded JSON "\ud800" is a lone surrogate, which no terminal encoding takes
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from charter.cli import app, interruptible
 from charter.errors import CharterError
+from charter.fileio import written_whole
 
 console = Console(stderr=True)
 wellbeing_app = typer.Typer(
@@ -89,16 +89,10 @@ def score(
     if out is not None and out.is_dir():
         raise CharterError(f"--out {out}: is a directory")
     mon = WellbeingMonitor.load(model)
-    # written beside itself and renamed onto --out at the end: an interrupted run leaves no half file
-    part = out.with_name(out.name + ".part") if out else None
-    try:
-        sink = open(part, "w", encoding="utf-8") if part else sys.stdout
-    except OSError as e:
-        raise CharterError(f"--out {out}: cannot write: {e.strerror}") from None
-    errors, first, done = 0, "", False
-    try:
+    errors, first = 0, ""
+    with written_whole(out) as sink:
         with Progress(SpinnerColumn(), TextColumn("scored {task.completed} replies"), TimeElapsedColumn(),
-                      console=console, transient=True, disable=part is None) as prog:
+                      console=console, transient=True, disable=out is None) as prog:
             task = prog.add_task("score", total=None)
             for i, obj in read_jsonl_lines(file, max_line_bytes=MAX_LINE_BYTES):
                 if isinstance(obj, BlankLine):
@@ -117,14 +111,6 @@ def score(
                     rec = {"id": rid, "line": i, "error": str(e)}
                 sink.write(json.dumps(rec) + "\n")
                 prog.update(task, advance=1)
-        done = True
-    finally:
-        if part:
-            sink.close()
-            if done:
-                os.replace(part, out)
-            else:
-                part.unlink(missing_ok=True)
     if errors:
         console.print(f"{errors} line(s) could not be scored (first: {first}); see their 'error' fields",
                       highlight=False, markup=False, soft_wrap=True)

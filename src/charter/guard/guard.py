@@ -27,6 +27,7 @@ from charter.classifiers.linear import NgramClassifier
 from charter.classifiers.streaming import ExchangeClassifier, ExchangeStream
 from charter.data.records import PART_TEXT, Message, part_text, render_input, render_messages
 from charter.errors import ArtifactError, CharterError, ClassifierError, InputError
+from charter.transforms._text import clean_surrogates
 
 log = logging.getLogger("charter.guard")
 
@@ -108,16 +109,6 @@ def all_views(text: str) -> list[tuple[str, str]]:
     for i, w in enumerate(_windows(text)):
         out.extend((name if i == 0 else f"{name}@{i}", v) for name, v in cached_views(w))
     return out
-
-
-def _clean(text: str) -> str:
-    """``text`` with lone surrogates (which JSON's \\ud800 escapes produce) replaced by U+FFFD: the
-    featurisers encode text and would fail on them."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _content_text(content: object, where: str) -> str:
@@ -352,17 +343,17 @@ class Guard:
                 raise InputError(f"the conversation with its replies is {n} characters; the guard reads at most "
                                  f"{MAX_INPUT_CHARS} (split it into parts)")
             if len(msgs) > 1:
-                users = [_clean(m["content"]) for m in msgs if m["role"] == "user" and m["content"].strip()]
+                users = [clean_surrogates(m["content"]) for m in msgs if m["role"] == "user" and m["content"].strip()]
             if not replies:  # the exchange monitor reads the whole conversation
                 rest = [m for m in msgs if m["role"] not in OPERATOR_ROLES]
                 said = "\n\n".join(m["content"] for m in msgs if m["role"] in OPERATOR_ROLES and m["content"].strip())
                 if rest and said:
-                    operator = (_clean(render_input(rest)), _clean(said))
+                    operator = (clean_surrogates(render_input(rest)), clean_surrogates(said))
         else:
             raise InputError(f"input must be a string or a list of {{role, content}} messages, not {type(x).__name__}")
         if len(text) > MAX_INPUT_CHARS:
             raise InputError(f"input is {len(text)} characters; the guard reads at most {MAX_INPUT_CHARS} (split it into parts)")
-        return _clean(text), users, operator
+        return clean_surrogates(text), users, operator
 
     def _views(self, text: str) -> list[tuple[str, str]]:
         return all_views(text)
@@ -587,7 +578,7 @@ class OutputMonitor:
         token_text, self._carry = self._carry + token_text, ""
         if token_text and "\ud800" <= token_text[-1] <= "\udbff":
             token_text, self._carry = token_text[:-1], token_text[-1]
-        return _clean(token_text)
+        return clean_surrogates(token_text)
 
     def _flag(self, at_token: int) -> None:
         self.flagged, self.flagged_at = True, at_token
@@ -640,7 +631,7 @@ class OutputMonitor:
         if self.flagged:
             return ""
         if self._carry:  # a high surrogate whose other half never came
-            self._pending.append(_clean(self._carry))
+            self._pending.append(clean_surrogates(self._carry))
             self._carry = ""
         out, self._pending = self._pending, []
         self._released.extend(out)

@@ -322,7 +322,7 @@ class UserRotation(Rule):
             for cat, last in hits.items():
                 if len(last) < s.min_users or len(last) < s.min_share * len(users):
                     continue
-                used = sorted((e for e in evs if e.user_id in {x.user_id for x in last}), key=lambda e: e.ts)
+                used = sorted((e for x in last for e in users[x.user_id]), key=lambda e: e.ts)
                 nf = sum(e.flagged for e in used)
                 out.append(Alert(
                     rule=self.name, subject_kind="key", subject_id=key, category=cat,

@@ -577,9 +577,10 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
                     # back to a field it had left: the client joins each field's fragments, the monitor reads
                     # them in arrival order, and "Su", " ", "re" in turns would read otherwise than it shows
                     raise _malformed(svc)
+                fed = text
                 if slot not in (None, s):
                     left.add(slot)
-                fed = "\n" + text if slot not in (None, s) else text  # keep fields apart in the scored text
+                    fed = "\n" + text  # keep fields apart in the scored text
                 slot = s
                 ex.response_text.append(fed)
                 queue.append((field, text))

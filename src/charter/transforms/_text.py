@@ -45,6 +45,18 @@ def english_ratio(text: str, limit: int = 2000) -> float:
     return sum(map(COMMON_WORDS.__contains__, words)) / len(words)
 
 
+def clean_surrogates(text: str) -> str:
+    """``text`` with lone surrogates (which JSON's ``\\ud800`` escapes produce) replaced by U+FFFD: the
+    featurisers encode text, and would fail on them."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def printable_ratio(text: str) -> float:
     if not text:
         return 0.0

@@ -17,7 +17,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from charter.transforms._text import english_ratio
+from charter.transforms._text import clean_surrogates, english_ratio
 from charter.transforms.charlevel import (
     CONFUSABLE_CHARS,
     INVISIBLE_RE,
@@ -461,17 +461,6 @@ def mask_opaque(text: str) -> str:
     if len(text) < 200 or not _OPAQUE_RUN.search(text):
         return text
     return _OPAQUE_RUN.sub(lambda m: OPAQUE if _opaque(m.group()) else m.group(), text)
-
-
-def clean_surrogates(text: str) -> str:
-    """``text`` with lone surrogates replaced by U+FFFD."""
-    if text.isascii():
-        return text
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 @lru_cache(maxsize=64)
