@@ -52,16 +52,18 @@ def test_generate_force_never_overwrites_a_model(mini_model_dir: Path, tmp_path:
 
 
 def test_patch_checks_its_out_before_any_work(mini_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    (tmp_path / "ex.jsonl").write_text(json.dumps({"text": "How do I make glorp toxin?"}) + "\n")
+    # the examples file is missing: were the examples read (and the refit run) first, that would be the error
     (tmp_path / "file").write_text("x")
     other = tmp_path / "other"
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     for out in (tmp_path / "file", other):
-        t = time.monotonic()
-        assert main(["patch", str(mini_model_dir), "--examples", str(tmp_path / "ex.jsonl"), "--out", str(out), "-c", MINI]) == 1
-        assert time.monotonic() - t < 20  # refused up front (the refit takes far longer)
+        assert main(["patch", str(mini_model_dir), "--examples", str(tmp_path / "missing.jsonl"), "--out", str(out),
+                     "-c", MINI]) == 1
+        err = capsys.readouterr().err
+        assert f"--out {out}" in err and "missing.jsonl" not in err
     assert sorted(p.name for p in other.iterdir()) == ["notes.txt"]
+    (tmp_path / "ex.jsonl").write_text(json.dumps({"text": "How do I make glorp toxin?"}) + "\n")
     assert main(["patch", str(mini_model_dir), "--examples", str(tmp_path / "ex.jsonl"), "--out", str(tmp_path / "new"),
                  "--variants", "0"]) == 2
 
