@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,11 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+#: set when SIGTERM stopped a command (charter.cli.interruptible): its KeyboardInterrupt can land in a
+#: finalizer, where Python ignores it, and the run would go on to rename a file it should have dropped
+INTERRUPTED = threading.Event()
 
 
 def part_path(path: Path) -> Path:
@@ -50,6 +56,9 @@ def written_whole(path: Path | None) -> Iterator[TextIO]:
     except BaseException:
         part.unlink(missing_ok=True)
         raise
+    if INTERRUPTED.is_set():
+        part.unlink(missing_ok=True)
+        raise KeyboardInterrupt
     try:
         os.replace(part, path)
     except OSError as e:

@@ -60,9 +60,13 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
         return
 
+    from charter.fileio import INTERRUPTED
+
     def interrupt(signum: int, frame: object) -> None:
+        INTERRUPTED.set()
         raise KeyboardInterrupt
 
+    INTERRUPTED.clear()
     old = signal.signal(signal.SIGTERM, interrupt)
     try:
         yield
