@@ -59,6 +59,15 @@ def test_bad_id_and_duplicate_id():
     assert "category id 'glorp_education' is used twice" in _err(dup)
 
 
+def test_non_string_keys_named_with_line():
+    # pydantic named `1:` and `true:` by position ("seeds[1]", "[1]") and at the wrong line
+    bad = TEXT.replace("requests:\n            - how long", "true: [x]\n          requests:\n            - how long")
+    assert _err(bad) == (f"x.yaml:{_line_of(bad, 'true: [x]')}: domains[1].categories[0].seeds: "
+                         "key 'true' is not a string (YAML reads it as bool); quote it or rename it")
+    assert _err("version: 1\n\n1: foo\n") == "x.yaml:3: (top level): key '1' is not a string (YAML reads it as int); quote it or rename it"
+    assert "'1'" not in _err(TEXT.replace("version: 1", "version: 1\n'1': foo"))  # a quoted key is a string: only "extra field"
+
+
 def test_empty_seed_and_yaml_syntax():
     bad = TEXT.replace("- how long do i boil an egg", "- '   '")
     assert f"x.yaml:{_line_of(bad, chr(39) + '   ' + chr(39))}: domains[1].categories[0].seeds.requests[0].text: must not be empty" in _err(bad)

@@ -217,6 +217,7 @@ def load_optional_mapping(text: str, source: str, error: type[CharterError], wha
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+_STR, _MERGE = "tag:yaml.org,2002:str", "tag:yaml.org,2002:merge"
 _UNORDERED_OR_OPAQUE = frozenset(f"tag:yaml.org,2002:{t}" for t in ("set", "binary", "omap", "pairs"))
 
 
@@ -243,7 +244,12 @@ def _first_bad_node(root: yaml.Node) -> tuple[int, str] | None:
             kids: list[tuple[yaml.Node, Loc]] = []
             for k, v in node.value:
                 name = k.value if isinstance(k, yaml.ScalarNode) else "?"
-                if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                if k.tag not in (_STR, _MERGE):  # pydantic reported `1:` or `true:` by position, as `[1]`
+                    shown = repr(k.value) if isinstance(k, yaml.ScalarNode) else "a list or mapping"
+                    kind = k.tag.rsplit(":", 1)[1] if k.tag.startswith("tag:yaml.org,2002:") else k.tag
+                    return k.start_mark.line + 1, (f"{format_loc(loc) or '(top level)'}: key {shown} is not a string "
+                                                   f"(YAML reads it as {kind}); quote it or rename it")
+                if isinstance(k, yaml.ScalarNode) and k.tag != _MERGE:
                     if (k.tag, k.value) in keys:
                         return k.start_mark.line + 1, f"duplicate key {k.value!r}"
                     keys.add((k.tag, k.value))
