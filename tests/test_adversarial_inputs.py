@@ -55,6 +55,16 @@ def _stage1_time(guard: Guard, text: str) -> float:
     # the whole input is linear but makes 9.5 times as much text, so about 10 times the prose's
     # time is expected here (measured 9-11 on the 2-core machine): the bug was hundreds of times
     ("nfkc_expansion", rep("\ufdfa\uff41"), 30),
+    # the layout and encoding views (twenty-sixth session): junk shaped like each of their inputs. Text
+    # that several decoders each rewrite whole fills all eight views with full windows, and stage 1 reads
+    # each: up to about ten times the prose's time is expected, as for NFKC (measured 15-25)
+    ("joined_words", rep("qwertzuiopasdfghjklyxcvbnm" * 3 + " "), 10),
+    ("markup_spam", rep("**a** _b_ `c` <b>d</b> ~~e~~ "), 10),
+    ("entities_and_escapes", rep("&#65; &amp; \\u0041 \\x41 =41 "), 30),
+    ("char_codes", rep("72 101 108 108 111 9 "), 10),
+    ("quoted_lists", rep('["a", "b", "c", "d"] '), 10),
+    ("base32_ascii85", rep("JBSWY3DPEBLW64TMMQQQ==== <~87cURD]i,\"Ebo80~> "), 30),
+    ("braille_and_doubles", rep("⠓⠑⠇⠇⠕ ⠠⠺ hheelllloo "), 10),
 ])
 def test_adversarial_input_is_not_much_slower_than_prose(guard: Guard, name: str, text: str, bound: float) -> None:
     _stage1_time(guard, rep(PROSE))  # warm up (word lists, regexes)

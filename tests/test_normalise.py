@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -20,7 +21,9 @@ DECODABLE = [
     "base64", "hex", "url", "rot13", "caesar", "caesar3", "caesar_random", "atbash", "morse",
     "reverse", "leetspeak", "confusables", "fullwidth", "zero_width", "tag_smuggling",
     "char_spacing", "char_separators", "newline_words", "pseudo_language", "keyword_substitution",
-    "payload_split", "styled_letters", "combining_marks",
+    "payload_split", "styled_letters", "combining_marks", "base32", "ascii85", "quoted_printable",
+    "char_codes", "html_entities", "unicode_escapes", "markup", "odd_spaces", "word_join", "char_list",
+    "braille", "doubled_letters",
 ]  # fmt: skip
 PLAIN = SENTENCES + [
     "The weather today is lovely and I would like to go for a walk in the park with my dog.",
@@ -43,6 +46,9 @@ def _found(text: str, target: str) -> list[str]:
 def test_decoded_view_recovers_original(name: str, sentence: str) -> None:
     for seed in range(3):
         enc = get_transform(name).apply(sentence, random.Random(seed))
+        if name == "word_join":  # words run together keep no punctuation
+            assert any(_norm(v) == _norm(re.sub(r"[^\w ]", "", sentence)) for _, v in views(enc)), (enc, views(enc))
+            continue
         assert _found(enc, sentence), (name, enc, views(enc))
 
 

@@ -29,7 +29,8 @@ INPUTS = [
 ALL = TRANSFORMS.names()
 REVERSIBLE = [n for n, cls in TRANSFORMS if cls.reversible]
 #: decode returns the input exactly (others are lossy; see the weaker tests below)
-LOSSY = {"leetspeak", "morse", "newline_words", "translate_es", "translate_fr", "translate_de", "translate_pt"}
+LOSSY = {"leetspeak", "morse", "newline_words", "translate_es", "translate_fr", "translate_de", "translate_pt",
+         "word_join", "odd_spaces"}
 EXACT = [n for n in REVERSIBLE if n not in LOSSY]
 
 
@@ -104,6 +105,20 @@ def test_round_trip_keeps_line_breaks(name: str) -> None:
     text = "First line.\nSecond line, with  two spaces.\r\n\n\tindented"
     t = get_transform(name)
     assert t.decode(t.apply(text, random.Random(0))) == text
+
+
+@pytest.mark.parametrize("text", INPUTS[:4])
+def test_word_join_and_odd_spaces_recover_the_words(text: str) -> None:
+    """Joined words come back without their punctuation or capitals; odd spaces come back as spaces."""
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    for seed in range(6):
+        joined = get_transform("word_join").apply(text, random.Random(seed))
+        assert " " not in joined
+        got = re.findall(r"[a-z0-9]+", get_transform("word_join").decode(joined).lower())
+        # a run of letters can split two ways ("aboutthesea": "about these a")
+        assert "".join(got) == "".join(words) and len(set(got) & set(words)) >= 0.7 * len(set(words)), (joined, got)
+        spaced = get_transform("odd_spaces").apply(text, random.Random(seed))
+        assert " " not in spaced and get_transform("odd_spaces").decode(spaced) == text
 
 
 @pytest.mark.parametrize("text", INPUTS + ["First line.\nSecond line."])

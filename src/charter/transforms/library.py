@@ -4,6 +4,7 @@ from charter.transforms import (  # noqa: F401
     charlevel,
     ciphers,
     encodings,
+    formatting,
     lexical,
     linguistic,
     noise,

@@ -30,7 +30,30 @@ from charter.transforms.charlevel import (
     strip_marks,
 )
 from charter.transforms.ciphers import ATBASH, CAESAR_HEADER_RE, caesar, caesar_table, decode_morse, header_shift
-from charter.transforms.encodings import decode_base64, decode_hex, decode_url
+from charter.transforms.encodings import (
+    codes_hint,
+    decode_base64,
+    decode_codes,
+    decode_entities,
+    decode_escapes,
+    decode_hex,
+    decode_quoted_printable,
+    decode_url,
+    sub_ascii85,
+    sub_base32,
+)
+from charter.transforms.formatting import (
+    braille_hint,
+    decode_braille,
+    doubled_hint,
+    join_lists,
+    joined_hint,
+    markup_hint,
+    plain_spacing,
+    split_joined,
+    strip_markup,
+    undouble,
+)
 from charter.transforms.noise import CharSeparators, CharSpacing, unscramble
 from charter.transforms.linguistic import apply_legend, decode_pseudo
 from charter.transforms.structural import decode_payload_split
@@ -42,7 +65,9 @@ View = tuple[str, str]
 _NESTABLE_PREFIXES = ("base64", "hex", "url", "rot13", "caesar", "atbash", "reverse", "morse",
                       "tag_payload", "pseudo_language", "payload_split", "keyword_legend", "segments",
                       "leet", "confusables", "compat", "marks_stripped", "spacing", "invisible_stripped",
-                      "unscrambled")  # fmt: skip
+                      "unscrambled", "markup_stripped", "plain_spacing", "html_entities", "escapes",
+                      "quoted_printable", "base32", "ascii85", "char_codes", "words_split", "list_joined",
+                      "braille", "undoubled")  # fmt: skip
 _ENGLISH_OK = 0.3  # the text already reads as English: skip cipher brute force
 _GAIN = 0.2  # a cipher view must beat the original's English ratio by this much
 _MIN_RATIO = 0.35
@@ -93,8 +118,12 @@ def asker_turn_after_one(text: str) -> str | None:
     return text[marks[1].end():].strip() or None
 
 
+_SPACES = re.compile(r"[ \n]+")
+
+
 def _key(text: str) -> str:
-    return " ".join(text.split()).lower()
+    # tabs and Unicode spaces count: they are character n-grams the classifiers read
+    return _SPACES.sub(" ", text).strip(" \n").lower()
 
 
 def collapse_spacing(text: str) -> str | None:
@@ -116,7 +145,13 @@ def collapse_spacing(text: str) -> str | None:
     if "\n" in out:
         lines = out.split("\n")
         if len(lines) >= 3 and sum(len(ln.split()) <= 1 for ln in lines) >= 0.8 * len(lines):
-            out = " ".join(ln.strip() for ln in lines if ln.strip())
+            filled = [ln.strip() for ln in lines if ln.strip()]
+            if sum(len(ln) == 1 for ln in filled) >= 0.8 * len(filled):
+                # one character a line, blank lines between words: the words, not their letters spaced out
+                out = "".join(ln.strip() or " " for ln in lines)
+                out = " ".join(out.split())
+            else:
+                out = " ".join(filled)
             changed = True
     return out if changed else None
 
@@ -314,6 +349,37 @@ def _decoders(text: str, max_len: int) -> Iterator[View]:
     v = _decode_segments(text)
     if v is not None:
         yield "segments", v
+    yield from _layout(text, tokens, longest)
+
+
+def _layout(text: str, tokens: list[str], longest: int) -> Iterator[View]:
+    """Decodings added after the others, so that they take only the view slots those leave: markup
+    around words, tabs or Unicode spaces between them, escapes and entities, rarer byte encodings,
+    character codes, spelled-out lists, words run together, Braille."""
+    if markup_hint(text) and (v := strip_markup(text)) is not None:
+        yield "markup_stripped", v
+    if (v := plain_spacing(text)) is not None:
+        yield "plain_spacing", v
+    if "&" in text and (v := decode_entities(text)) is not None:
+        yield "html_entities", v
+    if "\\" in text and (v := decode_escapes(text)) is not None:
+        yield "escapes", v
+    if "=" in text and (v := decode_quoted_printable(text)) is not None:
+        yield "quoted_printable", v
+    if doubled_hint(tokens) and (v := undouble(text)) is not None:
+        yield "undoubled", v
+    if longest >= 16 or len(tokens[0]) == 2:
+        for name, fn in (("base32", sub_base32), ("ascii85", sub_ascii85)):
+            if (v := fn(text)) is not None:
+                yield name, v
+    if codes_hint(text) and (v := decode_codes(text)) is not None:
+        yield "char_codes", v
+    if "[" in text and (v := join_lists(text)) is not None:
+        yield "list_joined", v
+    if joined_hint(longest) and (v := split_joined(text)) is not None:
+        yield "words_split", v
+    if not text.isascii() and braille_hint(text) and (v := decode_braille(text)) is not None:
+        yield "braille", v
 
 
 #: a run of Morse letters (at least four), as it sits inside other text
