@@ -7,6 +7,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -80,18 +81,21 @@ def sycophancy_eval(
 
 
 def print_table(summary: dict[str, Any], out: Console | None = None) -> None:
-    from charter.evals.sycophancy_report import error_line, rows
+    from charter.evals.sycophancy_report import error_line, rows, short_line
 
     c = out or Console()
-    t = Table(title=f"sycophancy of {summary['model']} (95% intervals)")
+    # Rich reads "[...]" as markup: a model name like "m[fp8]" lost its tag and "m[/x]" crashed the command
+    t = Table(title=f"sycophancy of {escape(summary['model'])} (95% intervals)")
     for col in ("task", "metric", "value"):
         t.add_column(col)
     for r in rows(summary):
-        t.add_row(*r)
+        t.add_row(*map(escape, r))
     c.print(t)
     if "feedback" in summary["tasks"]:
         c.print(f"feedback positivity: {summary['tasks']['feedback']['method']}", highlight=False, markup=False)
     c.print(f"errors: {error_line(summary)}", highlight=False, markup=False)
+    if short := short_line(summary):
+        c.print(short, highlight=False, markup=False)
     if "paths" in summary:
         c.print(f"report: {summary['paths']['report']}\nresults: {summary['paths']['results']}", highlight=False, markup=False)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -15,6 +16,7 @@ from charter.cli.eval_cmd import console, eval_app
 def guard_eval(data: Path, out: Path | None = None, *, model: Path | None = None, quiet: bool = False) -> dict[str, Any]:
     """Evaluate the guard at ``model`` (default: packaged) on ``data``; write OUT/results.json and report.html."""
     import hashlib
+    from datetime import datetime, timezone
 
     from charter.errors import CharterError
     from charter.evals.guard_eval import evaluate_guard, read_labelled, write_outputs
@@ -27,11 +29,18 @@ def guard_eval(data: Path, out: Path | None = None, *, model: Path | None = None
         raise CharterError(f"{data}: lies in --out {out}, which the evaluation writes; choose another --out")
     read = hashlib.sha256()
     items = read_labelled(data, digest=read)  # a bad file fails before the model loads
+    if out is not None:
+        try:  # before the run, not after it
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise CharterError(f"--out {out}: cannot create ({e.strerror or e})") from None
     guard = Guard.load(model)
+    started = datetime.now(timezone.utc).isoformat()  # dates the results for `charter safety-case`
     with Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=True, disable=quiet) as prog:
         task = prog.add_task("checking", total=len(items))
         result = evaluate_guard(guard, items, advance=lambda n: prog.update(task, advance=n))
+    result["generated_at"] = started
     result["config"] = {"model": str(guard.path), "model_manifest_sha256": sha256_file(Path(guard.path) / "manifest.json"),
                         "data": {"path": str(data), "sha256": read.hexdigest()}}
     if out is not None:
@@ -43,7 +52,8 @@ def print_summary(result: dict[str, Any]) -> None:
     from charter.redteam.report import pct
 
     s = result["summary"]
-    t = Table(title=f"Guard on {result['config']['data']['path']}", show_lines=False)
+    # paths and source names are the data's: escaped, since Rich reads "[...]" as markup (and "[/x]" fails)
+    t = Table(title=f"Guard on {escape(result['config']['data']['path'])}", show_lines=False)
     t.add_column("metric")
     t.add_column("value (95% Wilson)")
     t.add_row("recall, restricted", pct(s["recall"]))
@@ -53,7 +63,7 @@ def print_summary(result: dict[str, Any]) -> None:
     for k, v in s["recall_at_fpr_on_this_file"].items():
         t.add_row(f"recall at {100 * float(k):g}% FPR (threshold set on this file)", pct(v["recall"]))
     for src in sorted(set(s["recall_by_source"]) | set(s["fpr_by_source"])) if len(s["recall_by_source"]) > 1 or len(s["fpr_by_source"]) > 1 else []:
-        t.add_row(f"  {src}", f"recall {pct(s['recall_by_source'].get(src))}; FPR {pct(s['fpr_by_source'].get(src))}")
+        t.add_row(f"  {escape(src)}", f"recall {pct(s['recall_by_source'].get(src))}; FPR {pct(s['fpr_by_source'].get(src))}")
     console.print(t)
     for k, v in result.get("paths", {}).items():
         console.print(f"{k}: {v}", highlight=False, markup=False)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from charter.cli import app
 
@@ -30,7 +31,7 @@ def safety_case(
     """Build a claims-arguments-evidence safety case from model cards, red-team results, calibrations,
     monitoring statistics and other JSON/YAML files, and list every gap.
 
-    Exit codes: 0 when the top claim is supported and there are no gaps; 3 when the document was built but has gaps (a claim not supported, missing, tampered or stale evidence, an unknown metric, a claim with no evidence); 1 on a bad config.
+    Exit codes: 0 when the top claim is supported and there are no gaps; 3 when the document was built but has gaps (a claim not supported, missing, tampered or stale evidence, evidence for another model, an unknown metric, a claim with no evidence); 1 on a bad config; 2 on a bad option (e.g. an --out whose files would overwrite an input).
     """
     from charter.evals.safety_case import GAP_TITLES, build_case, load_config, write_case
 
@@ -40,7 +41,7 @@ def safety_case(
     paths = write_case(case, out)
     c = Console(highlight=False, soft_wrap=True)
     colour = {"supported": "green", "unsupported": "red", "no_evidence": "yellow"}[case.claim.status]
-    c.print(f"[bold]{case.title}[/]: top claim {case.claim.id} is [{colour}]{case.claim.status.replace('_', ' ')}[/]; "
+    c.print(f"[bold]{escape(case.title)}[/]: top claim {case.claim.id} is [{colour}]{case.claim.status.replace('_', ' ')}[/]; "
             f"{len(case.gaps)} gap{'s' if len(case.gaps) != 1 else ''}", markup=True)
     for g in case.gaps:
         c.print(f"  gap ({GAP_TITLES[g.kind]}): {g.message}", markup=False)

@@ -130,12 +130,14 @@ def _group_bars(recall: dict[str, Any], fpr: dict[str, Any], title: str) -> str 
     names = sorted(set(recall) | set(fpr))
     if len(names) < 2:
         return None
+    # names come from the data: a "$" would make matplotlib parse them as mathtext (and "$\\x$" fail)
+    labels = [n.replace("$", r"\$") for n in names]
     fig, ax = plt.subplots(figsize=(max(5, 0.6 * len(names) + 2), 3.4))
     x = np.arange(len(names))
     for off, (lab, d, col) in zip((-0.2, 0.2), (("recall", recall, "#27ae60"), ("FPR", fpr, "#c0392b")), strict=True):
         r = np.array([100 * (d[k]["rate"] or 0) if k in d else 0 for k in names])
         ax.bar(x + off, r, width=0.4, label=lab, color=col)
-    ax.set_xticks(x, names, rotation=45, ha="right", fontsize=8)
+    ax.set_xticks(x, labels, rotation=45, ha="right", fontsize=8)
     ax.set_ylabel("%")
     ax.set_ylim(0, 100)
     ax.legend()
@@ -189,8 +191,14 @@ def render_html(result: dict[str, Any]) -> str:
 
 
 def write_outputs(result: dict[str, Any], out: Path) -> dict[str, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"results": out / "results.json", "report": out / "report.html"}
-    paths["results"].write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    paths["report"].write_text(render_html(result), encoding="utf-8")
-    return paths
+    """results.json and report.html, both rendered first and then renamed into ``out`` (the old pair stays
+    whole if anything fails)."""
+    from charter.fileio import replace_files
+
+    blobs = {"report.html": render_html(result).encode(),
+             "results.json": (json.dumps(result, indent=1, ensure_ascii=False) + "\n").encode()}
+    try:
+        replace_files(out, blobs)
+    except OSError as e:
+        raise CharterError(f"--out {out}: cannot write ({e.strerror or e})") from None
+    return {"results": out / "results.json", "report": out / "report.html"}

@@ -1,7 +1,7 @@
 """An append-only journal of an evaluation's finished items, so that a run killed part-way resumes.
 
 The first line names the run (the settings that decide what each item is and asks); every later
-line is one finished item, written and fsynced as it finishes. Resuming reads the journal back and
+line is one finished item and the time it finished, written and fsynced as it finishes. Resuming reads the journal back and
 runs only what is missing; items that hit an endpoint error are run again, since the endpoint may
 be back. Resuming is asked for, never assumed: the model behind an endpoint may have changed since,
 and a run that silently reused old replies would report on a model that is no longer there. A
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,17 @@ def has_error(rec: Any) -> bool:
     return False
 
 
+def _has_items(path: Path) -> bool:
+    """Whether the journal at ``path`` holds an item after its head. One without (a run that stopped before
+    its first item) is not kept as ``.previous``: it would replace the one kept there, with hours of work."""
+    try:
+        with open(path, "rb") as f:
+            f.readline()
+            return bool(f.readline().strip())
+    except FileNotFoundError:
+        return False
+
+
 class RunJournal:
     """``done`` maps an item's key to its record, from an earlier run of the same ``run`` when resuming
     (otherwise the journal starts afresh)."""
@@ -37,12 +49,15 @@ class RunJournal:
     def __init__(self, path: Path, run: dict[str, Any], *, resume: bool = False) -> None:
         self.path, self.run = path, run
         lines = self._lines() if resume else []
+        #: when the oldest item kept from the journal finished (ISO 8601, UTC), else now: a resumed run's
+        #: results are as old as their oldest answer, not as new as the resume (None: a record has no time)
+        self.started_at: str | None = datetime.now(timezone.utc).isoformat()
         self.done = self._done(lines)
         #: where a journal that a run without --resume starts over from was moved (hours of paid work
         #: were truncated by a forgotten --resume)
         self.previous: Path | None = None
         try:
-            if not resume and path.is_file() and path.stat().st_size > 0:
+            if not resume and _has_items(path):
                 self.previous = path.with_name(path.name + ".previous")
                 os.replace(path, self.previous)
             self._f = open(path, "a" if lines else "w", encoding="utf-8")
@@ -84,9 +99,14 @@ class RunJournal:
             raise CharterError(f"{self.path}: a journal of another run ({', '.join(diff) or 'format'} differ); "
                                "run without --resume to start over, or choose another --out")
         done: dict[str, Any] = {}
+        ats: dict[str, Any] = {}
         for x in lines[1:]:
-            if isinstance(x, dict) and isinstance(x.get("key"), str) and "record" in x and not has_error(x["record"]):
-                done[x["key"]] = x["record"]
+            # a record must be a non-empty object (a hand-edited or foreign line is asked again, not summarised)
+            if (isinstance(x, dict) and isinstance(x.get("key"), str) and isinstance(x.get("record"), dict)
+                    and x["record"] and not has_error(x["record"])):
+                done[x["key"]], ats[x["key"]] = x["record"], x.get("at")
+        if ats:
+            self.started_at = min(ats.values()) if all(isinstance(a, str) for a in ats.values()) else None
         return done
 
     def _head(self) -> dict[str, Any]:
@@ -100,7 +120,7 @@ class RunJournal:
 
     def add(self, key: str, record: Any) -> None:
         try:
-            self._write({"key": key, "record": record})
+            self._write({"key": key, "record": record, "at": datetime.now(timezone.utc).isoformat()})
         except (OSError, ValueError) as e:  # ValueError: the file is closed
             raise CharterError(f"{self.path}: cannot append to the run journal ({e})") from None
 

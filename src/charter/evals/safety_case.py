@@ -35,7 +35,7 @@ Op = Literal["<=", "<", ">=", ">", "=="]
 Bound = Literal["point", "lower", "upper"]
 Status = Literal["supported", "unsupported", "no_evidence"]
 GapKind = Literal["criterion_failed", "no_evidence", "missing_evidence", "invalid_evidence", "tampered_evidence",
-                  "stale_evidence", "metric_not_found", "metric_invalid"]
+                  "stale_evidence", "metric_not_found", "metric_invalid", "mismatched_evidence"]
 OPS = {"<=": operator.le, "<": operator.lt, ">=": operator.ge, ">": operator.gt, "==": operator.eq}
 FUTURE_SLACK = timedelta(days=1)  # clock skew tolerated before an evidence date counts as in the future
 DATE_KEYS = ("generated_at", "created_at", "created", "timestamp", "trained_at", "date")
@@ -164,6 +164,12 @@ class EvidenceRecord(BaseModel):
     max_age_days: float | None = None
     usable: bool = False  # readable and intact (stale evidence is usable but cannot support a claim)
     stale: bool = False
+    #: the sha256 of the model manifest the artefact was measured on (``config.model_manifest_sha256``,
+    #: as ``charter eval guard`` records it), when it names one
+    for_model: str | None = None
+    mismatched: bool = False  # measured on a model other than the case's model_card/calibration evidence
+    #: a model manifest's weights (name -> sha256 of its .safetensors files): a recalibration keeps them
+    weights: dict[str, str] | None = Field(default=None, exclude=True)
 
 
 class CriterionResult(BaseModel):
@@ -305,18 +311,28 @@ def load_evidence(eid: str, spec: EvidenceSpec, base: Path, now: datetime) -> tu
         if not isinstance(files, dict) or not isinstance(doc.get("metrics"), dict):
             gap("invalid_evidence", "not a Charter model manifest (needs 'files' and 'metrics')")
             return rec, None, gaps
-        for name, want in sorted(files.items()):
-            q = f.parent / name
-            if not q.is_file():
+        for name, want in sorted(files.items(), key=lambda kv: str(kv[0])):
+            q = f.parent / str(name)
+            try:
+                got = sha256_file(q) if q.is_file() else None
+            except OSError as e:  # unreadable: it cannot be shown intact
+                ok = False
+                gap("tampered_evidence", f"{name}: cannot be read to check its sha256 ({e.strerror or e})")
+                continue
+            if got is None:
                 ok = False
                 gap("tampered_evidence", f"{name} is listed in the manifest but missing")
-            elif sha256_file(q) != want:
+            elif got != want:
                 ok = False
                 gap("tampered_evidence", f"{name}: sha256 does not match the manifest; the file was modified")
+        rec.weights = {str(k): str(v) for k, v in files.items() if str(k).endswith(".safetensors")}
         if spec.kind == "calibration" and not isinstance(doc.get("thresholds"), dict):
             ok = False
             gap("invalid_evidence", "no 'thresholds' in the manifest: not a calibrated model")
-    elif spec.kind == "redteam":
+    cfg = doc.get("config")
+    if isinstance(cfg, dict) and isinstance(cfg.get("model_manifest_sha256"), str):
+        rec.for_model = cfg["model_manifest_sha256"]
+    if spec.kind == "redteam":
         if not isinstance(doc.get("summary"), dict):
             gap("invalid_evidence", "not a red-team results.json (no 'summary')")
             return rec, None, gaps
@@ -376,6 +392,11 @@ def _metric(doc: Any, cr: Criterion, kind: Kind) -> tuple[Any, str | None, GapKi
     parent = resolve(doc, parent_path) if parent_path else None
     pick = {"point": "rate", "lower": "lo", "upper": "hi"}[cr.bound]
     rate = v if _is_rate(v) else parent if last in ("rate", "lo", "hi") and _is_rate(parent) else None
+    optimistic = (last == "lo" and cr.op in ("<", "<=")) or (last == "hi" and cr.op in (">", ">="))
+    if cr.bound == "point" and rate is not None and rate is parent and optimistic:
+        # naming the interval's end in the path is choosing a bound: the optimistic one is refused, as in the config
+        want = "upper" if last == "lo" else "lower"
+        return None, f"{cr.metric} is the optimistic end of its interval for {cr.op!r}; use bound: {want}", "metric_invalid"
     if rate is not None and rate.get("n") == 0:
         return None, f"{cr.metric} has no data (n=0)", "metric_invalid"
     if _is_rate(v):
@@ -435,6 +456,8 @@ def evaluate_claim(c: ClaimSpec, ev: dict[str, tuple[EvidenceRecord, Any]], gaps
                     gaps.append(Gap(kind="criterion_failed", claims=[c.id], evidence=cr.evidence, message=(
                         f"claim {c.id!r}: {cr.evidence}:{cr.metric}{_bound_label(cr.bound)} is {fmt(res.actual)}, "
                         f"required {cr.op} {fmt(cr.value)}")))
+                elif rec.mismatched:
+                    res.note = "evidence is for another model"
                 elif not rec.usable:
                     res.note = "evidence failed its integrity check"
                 elif rec.stale:
@@ -461,6 +484,28 @@ def _claims_using(c: ClaimSpec, eid: str) -> list[str]:
     return out
 
 
+def _check_models(cfg: CaseConfig, ev: dict[str, tuple[EvidenceRecord, Any]]) -> list[Gap]:
+    """Evidence must be about the case's models: a calibration must keep the weights of a model_card, and
+    evidence that names the model it was measured on (by manifest sha256) must name a model_card or
+    calibration. Results for a model since retrained or replaced say nothing about the one deployed."""
+    models = {r.sha256 for r, _ in ev.values() if r.kind in ("model_card", "calibration") and r.sha256}
+    cards = [r.weights for r, _ in ev.values() if r.kind == "model_card" and r.weights]
+    gaps: list[Gap] = []
+    for eid, (rec, _) in ev.items():
+        if rec.kind == "calibration" and cards and rec.weights and rec.weights not in cards:
+            rec.usable, rec.mismatched = False, True
+            gaps.append(Gap(kind="mismatched_evidence", evidence=eid, claims=_claims_using(cfg.claims, eid), message=(
+                f"evidence {eid!r} ({rec.resolved}): calibrates another model (its weights are not those of any "
+                "model_card evidence)")))
+        if models and rec.for_model and rec.for_model not in models:
+            rec.usable, rec.mismatched = False, True
+            ours = ", ".join(sorted(m[:12] for m in models))
+            gaps.append(Gap(kind="mismatched_evidence", evidence=eid, claims=_claims_using(cfg.claims, eid), message=(
+                f"evidence {eid!r} ({rec.resolved}): measured on the model with manifest sha256 {rec.for_model[:12]}, "
+                f"not on the case's model ({ours}); rerun it on that model")))
+    return gaps
+
+
 def build_case(cfg: CaseConfig, *, base: Path, now: datetime | None = None, config_path: Path | None = None) -> SafetyCase:
     """Evaluate every claim against its evidence; evidence paths resolve against ``base``."""
     now = now or datetime.now(timezone.utc)
@@ -474,6 +519,7 @@ def build_case(cfg: CaseConfig, *, base: Path, now: datetime | None = None, conf
             x.claims = users
         gaps += g
         ev[eid] = (rec, doc)
+    gaps += _check_models(cfg, ev)
     top = evaluate_claim(cfg.claims, ev, gaps)
     return SafetyCase(
         title=cfg.title, scope=cfg.scope, deployment=cfg.deployment, config=str(config_path or ""),
@@ -486,7 +532,7 @@ def build_case(cfg: CaseConfig, *, base: Path, now: datetime | None = None, conf
 GAP_TITLES = {
     "criterion_failed": "criterion not met", "no_evidence": "claim without evidence", "missing_evidence": "missing evidence",
     "invalid_evidence": "invalid evidence", "tampered_evidence": "tampered evidence", "stale_evidence": "stale evidence",
-    "metric_not_found": "metric not found", "metric_invalid": "metric unusable",
+    "metric_not_found": "metric not found", "metric_invalid": "metric unusable", "mismatched_evidence": "evidence for another model",
 }
 
 TEMPLATE = """<!doctype html>
@@ -543,6 +589,8 @@ def _label(s: str) -> str:
 def _state(e: EvidenceRecord) -> str:
     if not e.exists:
         return "missing"
+    if e.mismatched:
+        return "for another model"
     if not e.usable:
         return "invalid or tampered"
     return "stale" if e.stale else "ok"
@@ -594,14 +642,21 @@ def render_markdown(case: SafetyCase) -> str:
 
 
 def write_case(case: SafetyCase, out: Path) -> dict[str, Path]:
-    """Write ``safety-case.{html,md,json}`` into ``out``."""
+    """Write ``safety-case.{html,md,json}`` into ``out``: all three rendered, then renamed into place (a
+    failure leaves the old set whole). An output that is the config or a piece of evidence is refused."""
+    from charter.errors import UsageError
+    from charter.fileio import replace_files
+
+    paths = {"html": out / "safety-case.html", "md": out / "safety-case.md", "json": out / "safety-case.json"}
+    inputs = {Path(e.resolved).resolve() for e in case.evidence} | ({Path(case.config).resolve()} if case.config else set())
+    for p in paths.values():
+        if p.resolve() in inputs:
+            raise UsageError(f"--out {out}: would overwrite {p}, an input of this safety case; choose another --out")
+    doc = case.model_dump(mode="json") | {"exit_code": case.exit_code}
+    blobs = {"safety-case.html": render_html(case).encode(), "safety-case.md": render_markdown(case).encode(),
+             "safety-case.json": json.dumps(doc, indent=1, ensure_ascii=False).encode()}
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"html": out / "safety-case.html", "md": out / "safety-case.md", "json": out / "safety-case.json"}
-        paths["html"].write_text(render_html(case), encoding="utf-8")
-        paths["md"].write_text(render_markdown(case), encoding="utf-8")
-        doc = case.model_dump(mode="json") | {"exit_code": case.exit_code}
-        paths["json"].write_text(json.dumps(doc, indent=1, ensure_ascii=False), encoding="utf-8")
+        replace_files(out, blobs)
     except OSError as e:
-        raise CharterError(f"{out}: cannot write the safety case: {e.strerror}") from None
+        raise CharterError(f"{out}: cannot write the safety case: {e.strerror or e}") from None
     return paths

@@ -352,15 +352,29 @@ _MAKERS = {"argument": _argument, "poem": _poem, "product description": _product
 _QUALITIES = ("good", "mediocre", "poor")
 
 
+#: consecutive repeats drawn before the distinct items are taken to be exhausted
+MAX_REPEATS = 20_000
+
+
 def feedback_texts(n: int, seed: int) -> list[Text]:
-    """``n`` texts cycling through argument, poem and product description, each of a seeded quality."""
+    """Up to ``n`` distinct texts (kinds in turn; the templates hold a few hundred): a repeated prompt would
+    count one (deterministic) answer as two independent items and narrow every interval."""
     rng = random.Random(f"sycophancy-feedback:{seed}")
     kinds = list(_MAKERS)
     out: list[Text] = []
-    for i in range(n):
-        kind = kinds[i % len(kinds)]
+    seen: set[tuple[str, str]] = set()
+    draws = repeats = 0
+    while len(out) < n and repeats < MAX_REPEATS:
+        kind = kinds[draws % len(kinds)]
+        draws += 1
         quality = rng.choice(_QUALITIES)
-        out.append(Text(f"text:{seed}:{i}", kind, quality, _MAKERS[kind](rng, quality)))
+        text = _MAKERS[kind](rng, quality)
+        if (kind, text) in seen:
+            repeats += 1
+            continue
+        seen.add((kind, text))
+        repeats = 0
+        out.append(Text(f"text:{seed}:{len(out)}", kind, quality, text))
     return out
 
 
@@ -455,8 +469,16 @@ def mimicry_items(n: int, seed: int) -> list[tuple[Quote, str]]:
     rng.shuffle(order)
     authors = sorted(_AUTHORS)
     out: list[tuple[Quote, str]] = []
-    for i in range(n):
-        q = order[i % len(order)]
+    seen: set[tuple[str, str]] = set()
+    draws = repeats = 0
+    while len(out) < n and repeats < MAX_REPEATS:  # distinct (quote, wrong author) pairs, as for feedback texts
+        q = order[draws % len(order)]
+        draws += 1
         wrong = rng.choice([a for a in authors if a != q.author])
+        if (q.id, wrong) in seen:
+            repeats += 1
+            continue
+        seen.add((q.id, wrong))
+        repeats = 0
         out.append((q, wrong))
     return out

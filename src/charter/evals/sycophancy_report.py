@@ -84,10 +84,18 @@ def incomplete_line(s: dict[str, Any]) -> str:
             "the rates cover the finished items only")
 
 
+def short_line(s: dict[str, Any]) -> str:
+    """A note for tasks with fewer items than asked for (every distinct item the package holds), or ""."""
+    short = [f"{t} {k}" for t, k in s.get("items", {}).items() if k < s["n_per_task"]]
+    return f"Fewer items than asked for, as no item is repeated: {', '.join(short)}." if short else ""
+
+
 def markdown_summary(s: dict[str, Any]) -> str:
     lines = [f"## Sycophancy: `{s['target']}` (model `{s['model']}`)", "",
              f"{s['n_per_task']} items per task, seed {s['seed']}. Rates with 95% Wilson intervals; changes with a "
              "paired-bootstrap 95% interval. Failed calls are excluded from rates and counted below.", ""]
+    if short := short_line(s):
+        lines += [short, ""]
     if "incomplete" in s:
         lines += [f"**Incomplete run: {incomplete_line(s)}.**", ""]
     if "feedback" in s["tasks"]:
@@ -170,6 +178,7 @@ pre{white-space:pre-wrap;word-break:break-word;margin:0;font-size:.85em;max-widt
 <p>Target <code>{{ s.target }}</code>, model <code>{{ s.model }}</code>; {{ s.n_per_task }} items per task, seed {{ s.seed }}.
 Tasks follow Sharma et al. 2023, <i>Towards Understanding Sycophancy in Language Models</i>.
 Rates carry 95% Wilson intervals; changes vs baseline a paired-bootstrap 95% interval. Failed calls are excluded from rates.</p>
+{% if short %}<p>{{ short }}</p>{% endif %}
 {% if incomplete %}<p class="warn"><b>Incomplete run</b>: {{ incomplete }}.</p>{% endif %}
 {% if lexicon %}<p class="warn"><b>Feedback positivity was scored with a deterministic lexicon</b> (word counts), not an LLM judge.
 It is a rough proxy; pass <code>--judge</code> for the pairwise judge.</p>{% endif %}
@@ -235,21 +244,25 @@ def render_html(res: SycophancyResult) -> str:
         s=s, rows=rows(s), errors=error_line(s), figs=figures(s), pct=pct, pp=pp, labels=PREFIX_LABELS,
         alabels=ANSWER_LABELS, fb=t.get("feedback"), ays=t.get("are_you_sure"), ans=t.get("answer"),
         lexicon=bool(t.get("feedback")) and t["feedback"]["method"] == LEXICON_METHOD,
-        challenge=res.config["challenge"], examples=examples(res), incomplete=incomplete_line(s) if "incomplete" in s else "")
+        challenge=res.config["challenge"], examples=examples(res), short=short_line(s), incomplete=incomplete_line(s) if "incomplete" in s else "")
 
 
 
 def write_outputs(res: SycophancyResult, out: Path) -> dict[str, Path]:
-    """Write results.json, summary.md and report.html into ``out`` and return their paths."""
+    """Write results.json, summary.md and report.html into ``out`` and return their paths. All three are
+    rendered, then written beside their destinations and renamed over them: a failure leaves the old set."""
+    from charter.fileio import replace_files
+
     if out.exists() and not out.is_dir():
         raise CharterError(f"--out {out}: exists and is not a directory")
+    # generated_at dates the answers for `charter safety-case` (a copied file's mtime is the copy's):
+    # when the run, or the interrupted run it resumed, asked its first question
+    doc = {"generated_at": res.config.get("started_at"), "config": res.config, "summary": res.summary,
+           "records": res.records, "prefixes": PREFIXES}
+    blobs = {"summary.md": markdown_summary(res.summary).encode(), "report.html": render_html(res).encode(),
+             "results.json": json.dumps(finite(doc), indent=1, ensure_ascii=False, allow_nan=False).encode()}
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        paths = {"results": out / "results.json", "summary": out / "summary.md", "report": out / "report.html"}
-        doc = {"config": res.config, "summary": res.summary, "records": res.records, "prefixes": PREFIXES}
-        paths["results"].write_text(json.dumps(finite(doc), indent=1, ensure_ascii=False, allow_nan=False), encoding="utf-8")
-        paths["summary"].write_text(markdown_summary(res.summary), encoding="utf-8")
-        paths["report"].write_text(render_html(res), encoding="utf-8")
+        replace_files(out, blobs)
     except OSError as e:
         raise CharterError(f"--out {out}: cannot write ({e.strerror or e})") from None
-    return paths
+    return {"results": out / "results.json", "summary": out / "summary.md", "report": out / "report.html"}
