@@ -8,8 +8,9 @@ from typing import Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from charter.cli.monitor_cmd import DB_HELP, DEFAULT_DB, _out, _ts, monitor_app, open_store
+from charter.cli.monitor_cmd import DB_HELP, DEFAULT_DB, _out, _ts, monitor_app, open_store, plain
 from charter.errors import CharterError
 
 STATUSES = ("open", "acknowledged", "resolved", "all")
@@ -101,7 +102,8 @@ def alerts(
         t.add_column(col, overflow="fold")
     colour = {"high": "red", "medium": "yellow", "low": "cyan"}
     for r in records:
-        t.add_row(str(r.id), f"[{colour.get(r.severity, 'white')}]{r.severity}[/]", r.rule,
-                  f"{r.subject_kind}:{r.subject_id}", str(r.count), f"{_ts(r.first_seen)}\n{_ts(r.last_seen)}",
-                  r.summary, _evidence_lines(r.evidence))
+        # subject ids, summaries and evidence carry client-chosen text: literal cells, never markup
+        t.add_row(str(r.id), Text(r.severity, style=colour.get(r.severity, "white")), plain(r.rule),
+                  plain(f"{r.subject_kind}:{r.subject_id}"), str(r.count), f"{_ts(r.first_seen)}\n{_ts(r.last_seen)}",
+                  plain(r.summary), plain(_evidence_lines(r.evidence)))
     out.print(t)

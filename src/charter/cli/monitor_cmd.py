@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from charter.cli import app, check_utf8, interruptible
 from charter.errors import CharterError
@@ -96,6 +97,12 @@ def _ts(t: float | None) -> str:
     if t is None:
         return "-"
     return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def plain(value: object) -> Text:
+    """``value`` as a literal table cell: ids and text are client-chosen, so never rich markup (``[/x]``
+    crashed the table) and never terminal control sequences (shown escaped; line breaks kept)."""
+    return Text("".join(c if c.isprintable() or c == "\n" else repr(c)[1:-1] for c in str(value)))
 
 
 def _n(n: int, word: str) -> str:
@@ -236,7 +243,7 @@ def users_cmd(
         t.add_column(col, overflow="fold")
     for r in rows:
         ms = r.get("max_score")
-        t.add_row(str(r["user_id"]), str(r["events"]), str(r["flagged"]), str(r["blocked"]),
+        t.add_row(plain(r["user_id"]), str(r["events"]), str(r["flagged"]), str(r["blocked"]),
                   "-" if ms is None else f"{ms:.3f}", str(r["conversations"]), str(r["open_alerts"]), _ts(r["last_ts"]))
     _out().print(t)
 
@@ -253,24 +260,26 @@ def conversation_cmd(
         raise typer.BadParameter("must be 1 to 200 characters", param_hint="ID")
     store = open_store(db)
     try:
-        evs = store.events(conversation_id=conversation_id, limit=10_000)
+        # each turn's event stores the conversation so far: read a few rows at a time and keep only the last
+        # user message (holding them all grows with the square of the conversation's length)
+        turns = [{"ts": e.ts, "request_id": e.request_id, "user_id": e.user_id, "decision": e.decision,
+                  "stage": e.stage, "category": e.category, "score": e.score, "view": e.view,
+                  "content_policy": e.content_policy, "text": e.text}
+                 for e in store.iter_events(conversation_id=conversation_id, limit=10_000, batch=20)]
     finally:
         store.close()
-    if not evs:
+    if not turns:
         raise CharterError(f"no events for conversation {conversation_id!r}")
-    turns = [{"ts": e.ts, "request_id": e.request_id, "user_id": e.user_id, "decision": e.decision, "stage": e.stage,
-              "category": e.category, "score": e.score, "view": e.view, "content_policy": e.content_policy,
-              "text": e.text} for e in evs]
     if as_json:
         _print_json(turns)
         return
-    t = Table(title=f"conversation {conversation_id} ({len(turns)} turns, user {evs[0].user_id})")
+    t = Table(title=plain(f"conversation {conversation_id} ({len(turns)} turns, user {turns[0]['user_id']})"))
     for col in ("#", "time", "decision", "stage", "category", "score", "view", "text"):
         t.add_column(col, overflow="fold")
     for i, r in enumerate(turns, 1):
         text = r["text"] if r["text"] is not None else f"({r['content_policy']} policy: no text)"
-        t.add_row(str(i), _ts(r["ts"]), r["decision"], r["stage"] or "-", r["category"] or "-",
-                  "-" if r["score"] is None else f"{r['score']:.3f}", r["view"] or "-", text[:500])
+        t.add_row(str(i), _ts(r["ts"]), plain(r["decision"]), plain(r["stage"] or "-"), plain(r["category"] or "-"),
+                  "-" if r["score"] is None else f"{r['score']:.3f}", plain(r["view"] or "-"), plain(text[:500]))
     _out().print(t)
 
 

@@ -8,9 +8,13 @@ evaluations, so the store folds a re-raised alert into the open one instead of a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import re
+import socket
+import threading
 import time
 from typing import Annotated, Any, Literal, Protocol
 from urllib.parse import urlsplit
@@ -23,6 +27,8 @@ log = logging.getLogger("charter.monitor")
 Severity = Literal["low", "medium", "high"]
 SubjectKind = Literal["user", "conversation", "key", "global"]
 MAX_DEDUPE = 300  # the store's dedupe_key column
+MAX_BACKOFF_S = 30.0  # the longest wait between two attempts of a webhook post
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
 
 
 class Alert(BaseModel):
@@ -76,6 +82,8 @@ class Alert(BaseModel):
         """The JSON document a webhook receives (and ``charter monitor alerts --json`` prints)."""
         d = self.model_dump(exclude={"key"})
         d["dedupe_key"] = self.dedupe_key
+        # the store's bounds, so a receiver gets what the dashboard shows, never an unbounded post
+        d["subject_id"], d["summary"] = self.subject_id[:200], self.summary[:2000]
         return d
 
 
@@ -108,6 +116,7 @@ class WebhookSinkSettings(_Strict):
     url_env: str | None = None
     #: header name -> name of the environment variable holding its value (e.g. Authorization)
     headers_env: dict[str, str] = Field(default_factory=dict)
+    #: the most one attempt may take, from connecting to the receiver's status line
     timeout_s: float = Field(5.0, gt=0, le=60)
     retries: int = Field(2, ge=0, le=10)
     backoff_s: float = Field(0.5, ge=0, le=30)
@@ -116,8 +125,12 @@ class WebhookSinkSettings(_Strict):
     def _one_url(self) -> WebhookSinkSettings:
         if bool(self.url) == bool(self.url_env):
             raise ValueError("a webhook sink needs exactly one of url or url_env")
-        if self.url and not self.url.startswith(("http://", "https://")):
-            raise ValueError("url must be an http:// or https:// URL")
+        if self.url and not _valid_url(self.url):  # as url_env's value is checked: else every emit failed
+            raise ValueError("url must be an http:// or https:// URL with a valid host and port, no spaces or "
+                             "control characters")
+        bad = [h for h in self.headers_env if not _HEADER_NAME.fullmatch(h)]
+        if bad:  # refused at startup, rather than failing every post at run time
+            raise ValueError(f"headers_env: {bad[0][:60]!r} is not a valid HTTP header name")
         return self
 
 
@@ -156,8 +169,11 @@ class LogSink:
 
 def _safe_url(url: str) -> str:
     """Scheme and host only: the path and query of a webhook URL may carry a token."""
-    p = urlsplit(url)
-    return f"{p.scheme}://{p.hostname or '?'}" + (f":{p.port}" if p.port else "")
+    try:
+        p = urlsplit(url)
+        return f"{p.scheme}://{p.hostname or '?'}" + (f":{p.port}" if p.port else "")
+    except ValueError:  # a bad port or bracket: say nothing of the URL rather than fail to report
+        return "<invalid URL>"
 
 
 class AlertDeliveryError(Exception):
@@ -170,14 +186,22 @@ class AlertDeliveryError(Exception):
 
 class WebhookSink:
     """POSTs :meth:`Alert.payload` as JSON, retrying with backoff; raises :class:`AlertDeliveryError`
-    when the alert was not delivered (the engine logs it and tries again at its next evaluation)."""
+    when the alert was not delivered (the engine logs it and tries again at its next evaluation).
+
+    The URL is the operator's and may name an internal host (an internal receiver is the usual case), so
+    it is not checked against private addresses; what keeps a receiver from steering the sink elsewhere
+    is that redirects are never followed, no proxy is read from the environment, and only the status of
+    the answer is read. Errors name the scheme and host only: a path or query may hold a token.
+    """
 
     name = "webhook"  # build_sinks names each one by its place in monitor.sinks
 
     def __init__(self, url: str, *, headers: dict[str, str] | None = None, timeout_s: float = 5.0,
                  retries: int = 2, backoff_s: float = 0.5) -> None:
-        self.url, self.retries, self.backoff_s = url, retries, backoff_s
-        self.client = httpx.Client(timeout=timeout_s, headers=headers or {}, trust_env=False)
+        self.url, self.retries, self.backoff_s, self.timeout_s = url, retries, backoff_s, timeout_s
+        # a fresh connection per post: _post can then always reach the socket to end an overlong attempt
+        self.client = httpx.Client(timeout=timeout_s, headers=headers or {}, trust_env=False,
+                                   limits=httpx.Limits(max_keepalive_connections=0))
         self.sent = 0
         self.failed = 0
 
@@ -196,28 +220,78 @@ class WebhookSink:
         body = alert.payload()
         why, retry = "", True
         for attempt in range(self.retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            if attempt:  # capped: retries 10 at backoff_s 30 slept 8.5 hours, and the rules with them
+                time.sleep(min(self.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S))
             try:
-                with self.client.stream("POST", self.url, json=body) as r:  # the status is all it needs: the body goes unread
-                    pass
-                if r.status_code < 300:
+                status = self._post(body)
+                if status < 300:
                     self.sent += 1
                     return
-                why = f"HTTP {r.status_code}"
-                if 300 <= r.status_code < 500 and r.status_code not in (408, 429):
+                why = f"HTTP {status}"
+                if 300 <= status < 500 and status not in (408, 429):
                     # the receiver rejects it, or moved (redirects are never followed: they could point
                     # anywhere, headers and all): retrying will not help
                     retry = False
                     break
+            except _Overdue:
+                why = f"no answer within {self.timeout_s:g} s"
             except httpx.HTTPError as e:
                 why = type(e).__name__
+            except (httpx.InvalidURL, ValueError) as e:  # never the URL itself: its path may hold a token
+                why, retry = f"invalid URL ({type(e).__name__})", False
+                break
         self.failed += 1
         raise AlertDeliveryError(f"webhook {_safe_url(self.url)}: alert {alert.dedupe_key} ({alert.rule}) not delivered "
                                  f"after {attempt + 1} attempt(s): {why}", retry=retry)
 
+    def _post(self, body: dict[str, Any]) -> int:
+        """POST ``body``; the receiver's status. httpx's timeouts bound each read, so a receiver sending its
+        answer a byte at a time held the monitor loop for as long as it liked: a timer ends the attempt
+        after ``timeout_s`` by shutting its socket down (which wakes the blocked read)."""
+        socks: list[socket.socket] = []
+        overdue = threading.Event()
+
+        def shut(sock: socket.socket) -> None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+        def trace(event: str, info: dict[str, Any]) -> None:
+            if event == "connection.connect_tcp.complete":
+                sock = info["return_value"].get_extra_info("socket")
+                if sock is not None:
+                    socks.append(sock)
+                    if overdue.is_set():  # connected only after the deadline
+                        shut(sock)
+
+        def expire() -> None:
+            overdue.set()
+            for sock in list(socks):
+                shut(sock)
+
+        timer = threading.Timer(self.timeout_s, expire)
+        timer.daemon = True
+        timer.start()
+        status: int | None = None
+        try:
+            # the status is all it needs: the body goes unread
+            with self.client.stream("POST", self.url, json=body, extensions={"trace": trace}) as r:
+                status = r.status_code
+        except httpx.HTTPError:
+            if status is None:  # (once answered, the answer stands: a retry would post it twice)
+                if overdue.is_set():
+                    raise _Overdue() from None
+                raise
+        finally:
+            timer.cancel()
+        assert status is not None
+        return status
+
     def close(self) -> None:
         self.client.close()
+
+
+class _Overdue(Exception):
+    """A webhook attempt ran past its deadline."""
 
 
 class UnavailableSink:

@@ -33,7 +33,7 @@ import scipy.sparse as sp
 import sqlalchemy as sa
 
 from charter.errors import CharterError
-from charter.monitor.content import redact
+from charter.monitor.content import last_user_text, redact
 from charter.monitor.store import EventStore, StoredEvent, events_table
 
 #: names a cluster from its top terms and (redacted, privacy-floored) examples; None means "no label"
@@ -48,6 +48,8 @@ EXAMPLE_CHARS = 240
 LABEL_CHARS = 80
 MAX_REPLY_BYTES = 64 * 1024
 MAX_SUMMARISED = 50
+#: characters of each event's last user message that clustering keeps (TF-IDF terms and examples need no more)
+MAX_CLUSTER_TEXT = 4000
 
 
 @dataclass
@@ -70,14 +72,24 @@ class Cluster:
 
 def select_events(store: EventStore, *, since: float | None = None, limit: int = 5000,
                   min_score_fraction: float = 0.5) -> list[StoredEvent]:
-    """The newest ``limit`` events that were flagged or scored >= fraction x their threshold."""
+    """The newest ``limit`` events that were flagged or scored >= fraction x their threshold, each holding
+    only the start of its last user message: whole stored conversations, up to 50,000 of them, could take
+    gigabytes (the rules trim them the same way)."""
     t = events_table
     near = sa.and_(t.c.score.is_not(None), t.c.threshold.is_not(None), t.c.score >= t.c.threshold * min_score_fraction)
     q = sa.select(t).where(sa.or_(t.c.flagged, near)).order_by(t.c.ts.desc(), t.c.id.desc()).limit(limit)
     if since is not None:
         q = q.where(t.c.ts >= since)
+    out = []
     with store.engine.connect() as conn:
-        return [StoredEvent.from_row(r) for r in conn.execute(q)]
+        for r in conn.execution_options(yield_per=200).execute(q):
+            e = StoredEvent.from_row(r)
+            if e.content is not None:
+                text = last_user_text(e.content)
+                e.content = ({"messages": [{"role": "user", "content": text[:MAX_CLUSTER_TEXT]}]}
+                             if isinstance(text, str) else None)
+            out.append(e)
+    return out
 
 
 # ---------------------------------------------------------------------------- embedding and clustering
@@ -222,8 +234,8 @@ def sanitise_label(text: str, max_chars: int = LABEL_CHARS) -> str | None:
 
 def _example(ev: StoredEvent) -> str:
     text = ev.text
-    if text is not None:
-        return " ".join(redact(text).split())[:EXAMPLE_CHARS]
+    if text is not None:  # client text, printed to terminals: no escape sequences or bidi overrides
+        return " ".join(redact(_CTRL.sub(" ", text)).split())[:EXAMPLE_CHARS]
     # no text under hash/none: show what the guard saw, never content
     parts = [f"category={ev.category or 'unknown'}", f"view={ev.view or 'plain'}"]
     if ev.score is not None:

@@ -32,11 +32,11 @@ from importlib import resources
 from typing import Any
 from urllib.parse import parse_qs
 
+import anyio
 import jinja2
 from markupsafe import escape
 from sqlalchemy.engine import make_url
 from starlette.applications import Starlette
-from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Route
@@ -54,13 +54,20 @@ DEFAULT_RANGE = "24h"
 COOKIE = "charter_dashboard"
 MAX_USERS = 100
 MAX_EVENTS = 500
+EVENT_BATCH = 10  # rows (whole stored conversations) read at a time for a drill-down
 MAX_ALERTS = 200
 MAX_CLUSTER_EVENTS = 5000
 MAX_TEXT = 300
+#: worker threads the dashboard's queries may hold at once: its own pool, so that a database that stopped
+#: answering cannot take every thread of the proxy it is mounted in (whose guard checks need them)
+MAX_THREADS = 8
 _ASSETS = "dashboard_assets"
 _STATIC = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
         "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+#: every JSON answer: never cached, never sniffed as another type, never framed or run as a document
+_API_HEADERS = {"cache-control": "no-store", "x-content-type-options": "nosniff",
+                "content-security-policy": "default-src 'none'; frame-ancestors 'none'"}
 
 
 class _HttpError(Exception):
@@ -87,14 +94,18 @@ class TTLCache:
         self._d: dict[Any, tuple[float, Any]] = {}
         self._pending: dict[Any, threading.Event] = {}
         self._lock = threading.Lock()
+        self._generation = 0  # bumped by clear()
 
     def _compute(self, key: Any, compute: Callable[[], Any], done: threading.Event) -> Any:
         try:
+            with self._lock:
+                gen = self._generation
             value = compute()
             with self._lock:
                 if len(self._d) >= self.max_entries:
                     self._d.clear()
-                self._d[key] = (time.monotonic(), value)
+                if gen == self._generation:  # begun before a clear(): it may predate the write, so not kept
+                    self._d[key] = (time.monotonic(), value)
             return value
         finally:
             with self._lock:
@@ -123,6 +134,7 @@ class TTLCache:
         """Forget every answer (after a write, such as an alert's status)."""
         with self._lock:
             self._d.clear()
+            self._generation += 1
 
     def _refresh(self, key: Any, compute: Callable[[], Any], done: threading.Event) -> None:
         try:
@@ -314,6 +326,12 @@ class Dashboard:
                                  autoescape=True)
         self.templates = {n: env.get_template(n) for n in ("index.html", "login.html")}
         self.static = {n: _asset(n) for n in _STATIC}
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    async def _in_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        if self._limiter is None:  # made on first use: it belongs to the running event loop
+            self._limiter = anyio.CapacityLimiter(MAX_THREADS)
+        return await anyio.to_thread.run_sync(fn, *args, limiter=self._limiter)
 
     @property
     def store(self) -> EventStore:
@@ -347,14 +365,14 @@ class Dashboard:
                 if self.auth.principal(request) is None:
                     raise _HttpError(401, "authentication required: send 'Authorization: Bearer <client key>' "
                                           "or log in at ./login")
-                body = await run_in_threadpool(fn, request)
+                body = await self._in_thread(fn, request)
                 status = 200
             except _HttpError as e:
                 body, status = {"error": e.message}, e.status
             except Exception:
                 log.exception("dashboard API %s failed", request.url.path)
                 body, status = {"error": "internal error (see the server log)"}, 500
-            headers = {"cache-control": "no-store"}
+            headers = dict(_API_HEADERS)
             if status == 401:
                 headers["www-authenticate"] = 'Bearer realm="charter"'
             return JSONResponse(body, status, headers=headers)
@@ -387,7 +405,7 @@ class Dashboard:
         base = self.base(request)
         if not self.auth.required:
             return RedirectResponse(f"{base}/", 303)
-        if request.method == "GET":
+        if request.method in ("GET", "HEAD"):  # a HEAD (a health check) counted as a failed login
             return self._html(self.templates["login.html"].render(base=base, error=None))
         client = request.client.host if request.client else "?"
         # Browsers send the page's origin on a same-origin form post (the Referrer-Policy is
@@ -419,6 +437,8 @@ class Dashboard:
         return resp
 
     async def logout(self, request: Request) -> Response:
+        if not self.auth.same_origin(request):  # another site's form must not end the analyst's session
+            return self._html("<h1>403</h1><p>cross-site request refused</p>", 403)
         token = request.cookies.get(COOKIE)
         if token and self.auth.signer.verify(token):
             self.auth.signer.revoke(token)
@@ -448,26 +468,28 @@ class Dashboard:
                 raise _HttpError(403, "cross-site request refused")
             if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
                 raise _HttpError(415, "send the body as application/json")
-            raw = await request.body()
-            if len(raw) > 1024:
-                raise _HttpError(413, "body too large")
+            raw = b""
+            async for chunk in request.stream():  # bounded as it arrives, not after the whole body is held
+                raw += chunk
+                if len(raw) > 1024:
+                    raise _HttpError(413, "body too large")
             try:
                 status = json.loads(raw).get("status")
             except (ValueError, AttributeError):
                 raise _HttpError(400, 'expected {"status": "acknowledged" | "resolved" | "open"}') from None
             if status not in ("open", "acknowledged", "resolved"):
                 raise _HttpError(400, f"status: expected open, acknowledged or resolved, got {str(status)[:20]!r}")
-            try:
-                alert_id = int(request.path_params["alert_id"])
-            except ValueError:
-                raise _HttpError(404, "no such alert") from None
-            if not await run_in_threadpool(self.store.set_alert_status, alert_id, status):
+            raw_id = request.path_params["alert_id"]
+            if not (raw_id.isascii() and raw_id.isdigit() and len(raw_id) <= 19):  # int() takes "１" and " 1"
+                raise _HttpError(404, "no such alert")
+            alert_id = int(raw_id)
+            if not await self._in_thread(lambda: self.store.set_alert_status(alert_id, status)):  # opens it too
                 raise _HttpError(404, "no such alert")
             log.info("dashboard: alert %d set to %s by key %s", alert_id, status, p)
             self.cache.clear()
-            return JSONResponse({"id": alert_id, "status": status}, headers={"cache-control": "no-store"})
+            return JSONResponse({"id": alert_id, "status": status}, headers=_API_HEADERS)
         except _HttpError as e:
-            return JSONResponse({"error": e.message}, e.status, headers={"cache-control": "no-store"})
+            return JSONResponse({"error": e.message}, e.status, headers=_API_HEADERS)
 
     # -- API -----------------------------------------------------------------------------
     def summary(self, request: Request) -> dict[str, Any]:
@@ -513,15 +535,18 @@ class Dashboard:
         label, since, _ = _since(request)
         n = _limit(request, 200, MAX_EVENTS)
         kw = {"user_id": subject} if user else {"conversation_id": subject}
-        evs = self.store.events(since=since, limit=n + 1, newest_first=True, **kw)
+        # each event is cut to its row as read: a whole stored conversation is up to megabytes, and
+        # holding n of them at once could take the proxy the dashboard is mounted in down
+        evs = [_event_json(e) for e in self.store.iter_events(since=since, limit=n + 1, newest_first=True,
+                                                              batch=EVENT_BATCH, **kw)]
         alerts = self.store.alerts(status=None, subject_kind="user" if user else "conversation", subject_id=subject,
                                    limit=20)
         convs: dict[str, int] = {}
         for e in evs[:n]:
-            if e.conversation_id:
-                convs[e.conversation_id] = convs.get(e.conversation_id, 0) + 1
+            if e["conversation_id"]:
+                convs[e["conversation_id"]] = convs.get(e["conversation_id"], 0) + 1
         return {"kind": "user" if user else "conversation", "id": subject, "range": label,
-                "events": [_event_json(e) for e in evs[:n]], "truncated": len(evs) > n,
+                "events": evs[:n], "truncated": len(evs) > n,
                 "conversations": convs,
                 "alerts": [{k: v for k, v in a.as_dict().items() if k != "evidence"} for a in alerts]}
 

@@ -69,6 +69,9 @@ MAX_PENDING_ALERTS = 1000
 RENOTIFY_S = 86_400.0
 MAX_REMEMBERED = 100_000  # dedupe keys remembered without a store (oldest notice dropped first)
 MAX_EVIDENCE_IDS = 1000
+#: turn scores (escalation) and views (probing) an alert lists: a conversation of thousands of turns, or
+#: an attacker's thousands of transform chains, put every one in the stored alert and each webhook post
+MAX_LISTED_SCORES = 50
 #: characters of each event's last user message that rules read (decomposition joins at most 20,000)
 MAX_RULE_TEXT = 20_000
 _SEVERITY = {"low": 1, "medium": 2, "high": 3}
@@ -279,12 +282,15 @@ class Probing(Rule):
             if len(views) < s.min_views:
                 continue
             fams = sorted({view_family(v) for v in views})
+            # an attacker's transform chains can each be a new view: list a bounded number of them
+            shown = ", ".join(views[:10]) + (f", and {len(views) - 10} more" if len(views) > 10 else "")
             out.append(Alert(
                 rule=self.name, subject_kind="user", subject_id=user, category=cat,
                 severity=self.severity("high" if len(views) >= 2 * s.min_views or any(e.flagged for e in evs) else "medium"),
-                summary=f"{len(views)} obfuscations ({', '.join(views)}) aimed at {cat} in {len(evs)} requests",
+                summary=f"{len(views)} obfuscations ({shown}) aimed at {cat} in {len(evs)} requests",
                 events=ctx.evidence(evs), first_seen=evs[0].ts, last_seen=evs[-1].ts,
-                stats={"views": views, "families": fams, "requests": len(evs), "min_views": s.min_views,
+                stats={"views": views[:MAX_LISTED_SCORES], "distinct_views": len(views),
+                       "families": fams[:MAX_LISTED_SCORES], "requests": len(evs), "min_views": s.min_views,
                        "window_s": s.window_s}))
         return out
 
@@ -386,7 +392,8 @@ class Escalation(Rule):
                 summary=f"scores rose over {len(prefix)} turns from {min(prefix[:-1]):.2f} to {prefix[-1]:.2f} "
                         f"({'flagged' if peak.flagged else 'near threshold'}, {cat})",
                 events=ctx.evidence(turns[: k + 1]), first_seen=turns[0].ts, last_seen=peak.ts,
-                stats={"user_id": user, "turns": len(prefix), "scores": [round(x, 4) for x in prefix],
+                stats={"user_id": user, "turns": len(prefix),
+                       "scores": [round(x, 4) for x in prefix[-MAX_LISTED_SCORES:]],
                        "rise": round(rise, 4), "rising_share": round(share, 3), "peak_threshold": peak.threshold,
                        "window_s": s.window_s}))
         return out
@@ -782,6 +789,7 @@ class RuleEngine:
             self._pending[i] = []
             first_error, n_failed = "", 0
             sent: list[Alert] = []
+            refused: list[Alert] = []  # final failures (a receiver's 4xx): owed no more
             for j, a in enumerate(todo):
                 try:
                     sink.emit(a)
@@ -789,7 +797,9 @@ class RuleEngine:
                 except Exception as e:  # one failing sink must not stop the others
                     n_failed += 1
                     first_error = first_error or f"{type(e).__name__}: {e}"
-                    if getattr(e, "retry", True):
+                    if not getattr(e, "retry", True):
+                        refused.append(a)
+                    else:
                         # the sink is down (its own retries are spent): the rest wait for the next run too,
                         # rather than each waiting out its retries and timeouts while the rules do not run
                         self._pending[i] += todo[j:]
@@ -808,7 +818,8 @@ class RuleEngine:
                 undelivered[name] = len(self._pending[i])
             if self.store_alerts:
                 try:
-                    self.store.delivered(name, [a.id for a in sent if a.id is not None])
+                    # a refused alert left owed was claimed again, and posted again, every lease period
+                    self.store.delivered(name, [a.id for a in [*sent, *refused] if a.id is not None])
                     self.store.hold_undelivered(name, [a.id for a in self._pending[i] if a.id is not None],
                                                 claimed=False, error=first_error)  # free for any replica's next run
                 except Exception as e:
