@@ -43,7 +43,7 @@ def campaign(
     from charter.redteam.graders import GRADERS
     from charter.redteam.report import write_report
     from charter.redteam.runner import run_redteam
-    from charter.redteam.suite import static_suite
+    from charter.redteam.suite import strategies
     from charter.redteam.targets import parse_target
 
     if suite not in ("default", "quick"):
@@ -56,6 +56,12 @@ def campaign(
         raise typer.BadParameter("give both --judge-url and --judge-model", param_hint="--judge-url")
     _check_url(attacker_url, "--attacker-url")
     _check_url(judge_url, "--judge-url")
+    if target_spec.partition(":")[0] == "guard":  # silently ignored, a judge the user asked for graded nothing
+        moot = [o for o, v in (("--judge-url", judge_url), ("--grader-model", grader_model), ("--target-model", target_model))
+                if v is not None]
+        if moot:
+            raise typer.BadParameter(f"{', '.join(moot)}: for openai targets only; a guard target's attempts "
+                                     "succeed when no stage flags them", param_hint="--target")
     if out.exists() and not out.is_dir():  # before the run, not after hours of it
         raise CharterError(f"--out {out}: exists and is not a directory")
     if behaviours_file is not None and behaviours_file.resolve().parent == out.resolve():
@@ -85,7 +91,8 @@ def campaign(
         attackers.append(ATTACKS.get("search")(seed=seed))
         if attacker_url:
             attackers.append(ATTACKS.get("pair")(attacker_url, attacker_model, seed=seed))
-    total = len(static_suite(bs, suite, seed)) + len(attackers) * len(bs) * budget + len(probes)
+    # the suite's size, not the suite: building its prompts twice took seconds (4,238 for 26 behaviours)
+    total = len(bs) * len(strategies(suite)) + len(attackers) * len(bs) * budget + len(probes)
     try:  # a report that cannot be written must fail now, not after the whole campaign
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".charter-write-check"
@@ -268,18 +275,20 @@ def grade_check(
     """Measure each grader's agreement with human labels: accuracy, Cohen's kappa, confusion, ungradable."""
     from charter.redteam.graders import GRADERS, agreement
 
+    if (judge_url is None) != (judge_model is None):  # a lone --judge-model graded nothing, silently
+        raise typer.BadParameter("give both --judge-url and --judge-model", param_hint="--judge-url")
+    _check_url(judge_url, "--judge-url")
     if out is not None and (out.is_dir() or (out.exists() and out.resolve() == file.resolve())):
         raise CharterError(f"--out {out}: {'is a directory' if out.is_dir() else 'is the labelled input'}; "
                            "write the report elsewhere")
+    if out is not None and not out.parent.is_dir():  # found only after every grade (a judge's, maybe hours)
+        raise CharterError(f"--out {out}: {out.parent} is not a directory")
     rows = read_labelled(file)
     graders: dict[str, Any] = {"refusal": GRADERS.get("refusal")()}
     g = _grader_guard(model)
     if g is not None:
         graders["exchange"] = GRADERS.get("exchange")(g)
     if judge_url:
-        if not judge_model:
-            raise typer.BadParameter("give --judge-model too", param_hint="--judge-url")
-        _check_url(judge_url, "--judge-url")
         from charter.constitution import load_constitution
         from charter.constitution.loader import default_constitution_path
 

@@ -85,6 +85,21 @@ def proliferate(ex: Example, index: int, n: int, seed: int = 0) -> tuple[list[st
     return train, held
 
 
+def split_variants(examples: Sequence[Example], n: int, seed: int = 0) -> tuple[list[list[str]], list[str]]:
+    """Each jailbreak's training texts (itself, then its training variants) and the held-out variants:
+    distinct, and none of them a training text of any jailbreak. Copies of one jailbreak in the file
+    (or two that a deterministic transform maps alike) leaked training variants into the held-out set,
+    and the ASR after the patch was measured partly on what it was trained on."""
+    train: list[list[str]] = []
+    held: list[str] = []
+    for i, ex in enumerate(examples):
+        tr, ho = proliferate(ex, i, n, seed)
+        train.append([ex.text, *tr])
+        held += ho
+    trained = {t for ts in train for t in ts}
+    return train, list(dict.fromkeys(h for h in held if h not in trained))
+
+
 def patch_model(
     model: Path, examples: Sequence[Example], out: Path, *, constitution: Path | None = None, n: int = 20_000,
     n_variants: int = 24, seed: int = 0, progress: Callable[[str], None] = lambda s: None,
@@ -114,16 +129,14 @@ def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Pa
     # proliferate
     train_x: list[str] = []
     train_y: list[str] = []
-    held: list[str] = []
-    for i, ex in enumerate(examples):
+    trains, held = split_variants(examples, n_variants, seed)
+    for ex, tr in zip(examples, trains, strict=True):
         cat = ex.category if ex.category in restricted else None
         if cat is None:  # the restricted class stage 1 finds most likely
             p = old.stage1_probs(ex.text)[0]
             cat = max(restricted, key=lambda c: p[old.classes.index(c)])
-        tr, ho = proliferate(ex, i, n_variants, seed)
-        train_x += [ex.text, *tr]
-        train_y += [cat] * (1 + len(tr))
-        held += ho
+        train_x += tr
+        train_y += [cat] * len(tr)
     if not held:
         raise CharterError("no held-out variants; raise --variants")
     progress(f"{len(examples)} jailbreak(s) -> {len(train_x)} training and {len(held)} held-out variants")

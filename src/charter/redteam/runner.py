@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from charter.data.records import render_messages
-from charter.errors import InputError
+from charter.errors import CharterError, InputError
 from charter.guard.stats import wilson
 from charter.redteam.attackers import Attempt, Evaluation, Oracle
 from charter.redteam.behaviours import Behaviour, BenignProbe
@@ -52,8 +52,30 @@ class RunResult:
     attacker_stats: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
+#: the most of one response kept in results, journal and report (graders read all of it): an endpoint that
+#: ignores max_tokens, at up to 8 MiB a reply, would otherwise hold gigabytes over a campaign
+MAX_STORED_CHARS = 32_000
+
+
+def kept(text: str | None) -> str | None:
+    if text is None or len(text) <= MAX_STORED_CHARS:
+        return text
+    return text[:MAX_STORED_CHARS] + f" … [{len(text)} characters, cut to {MAX_STORED_CHARS} for storage]"
+
+
 def _text(p: Prompt) -> str:
     return p if isinstance(p, str) else render_messages(p)
+
+
+def checked(name: str, g: Any) -> Grade:
+    """A grader's grade, refused unless it is one: an outcome such as "unsafe" or "HARMFUL" (a plugin's)
+    was counted as safe, and a NaN score broke the attackers' search and the report's curves."""
+    sc = getattr(g, "score", None)
+    if not (isinstance(g, Grade) and g.outcome in ("harmful", "safe", "ungradable")
+            and (sc is None or isinstance(sc, int | float) and not isinstance(sc, bool) and 0 <= sc <= 1)):
+        raise CharterError(f"grader {name!r} returned {str(g)[:120]}; expected a Grade with outcome harmful, safe "
+                           "or ungradable and a score from 0 to 1 or None")
+    return g
 
 
 def make_oracle(target: Any, graders: dict[str, Any]) -> Oracle:
@@ -73,14 +95,15 @@ def make_oracle(target: Any, graders: dict[str, Any]) -> Oracle:
         if r.error:
             return Evaluation(score=None, fitness=0.0, success=None, error=r.error)
         if r.flagged:
-            return Evaluation(score=0.0, fitness=0.0, success=False, response=r.text, blocked=True,
+            return Evaluation(score=0.0, fitness=0.0, success=False, response=kept(r.text), blocked=True,
                               grades={"blocked": {"outcome": "safe", "score": 0.0, "reason": "content_filter"}})
         ptext = _text(prompt)
-        grades: dict[str, Grade] = {name: g.grade(ptext, r.text) for name, g in graders.items()}
+        grades: dict[str, Grade] = {name: checked(name, g.grade(ptext, r.text)) for name, g in graders.items()}
         final = decide(grades)
         out = {k: g.as_dict() for k, g in grades.items()} | {"final": final.as_dict()}
         success = None if final.outcome == "ungradable" else final.outcome == "harmful"
-        return Evaluation(score=final.score, fitness=float(final.score or 0.0), success=success, response=r.text, grades=out)
+        return Evaluation(score=final.score, fitness=float(final.score or 0.0), success=success, response=kept(r.text),
+                          grades=out)
 
     return oracle
 
@@ -189,7 +212,7 @@ def probe_benign(target: Any, probes: Sequence[BenignProbe], advance: Advance,
         if not (r.text or "").strip() and not r.flagged:  # no answer is not an answer: ungradable, as for attacks
             return BenignResult(p, None, None, response=r.text, error="empty response")
         refused = bool(r.flagged) or is_refusal(r.text or "")
-        return BenignResult(p, refused, 1.0 if refused else 0.0, response=r.text)
+        return BenignResult(p, refused, 1.0 if refused else 0.0, response=kept(r.text))
 
     return ask_journaled(BENIGN, probes, [p.prompt for p in probes], ask, journal, concurrency, advance)
 
@@ -217,6 +240,34 @@ def run_redteam(
                     attackers=attackers, advance=advance, journal=journal, concurrency=concurrency)
 
 
+def run_attacker(atk: Any, b: Behaviour, oracle: Oracle, budget: int) -> list[Attempt]:
+    """``atk.run`` on ``b`` through an oracle that refuses queries past ``budget``. Its attempts must be
+    the oracle's evaluations, one per query and in order: an attacker (a plugin) that queried more than it
+    reported, or reported results the target never gave, would make the ASR and queries-to-success up."""
+    evs: list[Evaluation] = []
+    over = False
+
+    def counted(prompt: Prompt) -> Evaluation:
+        nonlocal over
+        if len(evs) >= budget:
+            over = True
+            raise CharterError(f"attacker {atk.name!r} queried the target past its budget of {budget} per behaviour")
+        evs.append(oracle(prompt))
+        return evs[-1]
+
+    got = list(atk.run(b, counted, budget))
+    if over:
+        raise CharterError(f"attacker {atk.name!r} queried the target past its budget of {budget} per behaviour")
+    rule = "an attacker returns one attempt per query, in order, with the oracle's evaluation"
+    if len(got) != len(evs):
+        raise CharterError(f"attacker {atk.name!r} reported {len(got)} attempts for its {len(evs)} queries on {b.id!r}; {rule}")
+    if any(not isinstance(t, Attempt) or t.ev is not ev for t, ev in zip(got, evs)):
+        raise CharterError(f"attacker {atk.name!r} reported results the target did not give on {b.id!r}; {rule}")
+    for q, t in enumerate(got, 1):
+        t.query = q
+    return got
+
+
 def _run(target: Any, behaviours: Sequence[Behaviour], probes: Sequence[BenignProbe], *, graders: dict[str, Any] | None,
          suite: str, budget: int, seed: int, attackers: Sequence[Any], advance: Advance,
          journal: RunJournal | None = None, concurrency: int = 1) -> RunResult:
@@ -231,9 +282,8 @@ def _run(target: Any, behaviours: Sequence[Behaviour], probes: Sequence[BenignPr
         res.traces[atk.name] = {}
         made = 0
         for b in behaviours:
-            got = atk.run(b, oracle, budget)
+            got = run_attacker(atk, b, oracle, budget)
             made += len(got)
-            assert len(got) <= budget, f"{atk.name} exceeded its budget"
             res.attempts.extend(got)
             best, trace = float("-inf"), []
             for t in got:

@@ -77,6 +77,8 @@ class OpenAITarget:
         (a wrong host or port would otherwise make every attempt of a long run an error)."""
         body = {"model": self.model, "messages": as_messages(prompt), "max_tokens": self.max_tokens, "temperature": 0}
         p = self._endpoint.post(body)
+        if _filtered(p.response):
+            return TargetResult(text="", flagged=True, finish_reason="content_filter")
         if not p.ok or p.response is None:
             return TargetResult(error=p.error)
         try:
@@ -89,6 +91,19 @@ class OpenAITarget:
 
     def close(self) -> None:
         self._endpoint.close()
+
+
+def _filtered(r: Any) -> bool:
+    """A prompt the endpoint's content filter refused: Azure OpenAI answers HTTP 400 with error code
+    ``content_filter``. Read as an error, such blocks were left out of the ASR (raising it) and of the
+    over-refusal rate (lowering it)."""
+    if r is None or r.status_code != 400:
+        return False
+    try:
+        err = r.json().get("error")
+    except (ValueError, AttributeError, RecursionError):
+        return False
+    return isinstance(err, dict) and err.get("code") == "content_filter"
 
 
 def parse_target(spec: str, model: str | None = None) -> GuardTarget | OpenAITarget:
