@@ -423,3 +423,27 @@ def test_expiry_drops_what_sinks_owed_for_the_expired_alerts(store_url: str) -> 
     assert s.alerts(status=None) == []
     with s.engine.connect() as c:
         assert c.execute(sa.text("select count(*) from alert_deliveries")).scalar_one() == 0
+
+
+def test_ids_and_texts_that_look_like_json_read_back_as_text(store_url: str) -> None:
+    """Every string column starting with [ or { was decoded as JSON: one request with the conversation id
+    "[oops" made every read of its event raise (rule evaluation, drill-downs, export), and '["a"]' read back
+    as a list."""
+    s = EventStore.open(store_url)
+    s.write([ev(1, conv="[oops", user="{u"), ev(2, conv='["a"]', user="u2", flagged=True, decision="blocked_input")])
+    got = {e.request_id: (e.conversation_id, e.user_id) for e in s.events(limit=None)}
+    assert got == {"r1": ("[oops", "{u"), "r2": ('["a"]', "u2")}
+    assert [e.conversation_id for e in s.iter_events(newest_first=True)] == ['["a"]', "[oops"]
+    assert s.events(limit=None)[0].categories in (["cat_a"], [])  # JSON columns still decode
+    a, _ = s.upsert_alert(AlertRecord(rule="repeat", subject_kind="conversation", subject_id="[oops", severity="high",
+                                      summary="{not json", evidence=[{"request_id": "r1"}], dedupe_key="k", first_seen=1.0,
+                                      last_seen=1.0))
+    back = s.alerts(status=None)
+    assert [(x.subject_id, x.summary, x.evidence) for x in back] == [("[oops", "{not json", [{"request_id": "r1"}])]
+
+
+def test_newest_first_reverses_events_written_at_the_same_time(store_url: str) -> None:
+    s = EventStore.open(store_url)
+    s.write([ev(i, t=1_000_000.0) for i in range(4)])
+    oldest = [e.request_id for e in s.iter_events()]
+    assert oldest == ["r0", "r1", "r2", "r3"] and [e.request_id for e in s.iter_events(newest_first=True)] == oldest[::-1]

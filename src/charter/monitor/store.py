@@ -300,7 +300,7 @@ class StoredEvent:
     @classmethod
     def from_row(cls, r: Any) -> StoredEvent:
         m = r._mapping
-        return cls(**{k: _json(m[k]) for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
+        return cls(**{k: _json(m[k]) if k in _EVENT_JSON else m[k] for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
 
     @property
     def text(self) -> str | None:
@@ -309,6 +309,12 @@ class StoredEvent:
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+#: the JSON columns, the only ones decoded: a client's conversation id "[oops" is text (decoding every
+#: string column made one such request stop every rule evaluation, drill-down and export)
+_EVENT_JSON = frozenset({"categories", "scores", "verdicts", "latency_ms", "content"})
+_ALERT_JSON = frozenset({"evidence"})
 
 
 def _json(v: Any) -> Any:
@@ -334,7 +340,7 @@ class AlertRecord:
     @classmethod
     def from_row(cls, r: Any) -> AlertRecord:
         m = r._mapping
-        return cls(**{k: _json(m[k]) for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
+        return cls(**{k: _json(m[k]) if k in _ALERT_JSON else m[k] for k in cls.__dataclass_fields__})  # type: ignore[arg-type]
 
     def as_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__dataclass_fields__}
@@ -669,7 +675,8 @@ class EventStore:
             q = q.where(t.c.flagged == flagged)
         if min_score is not None:
             q = q.where(t.c.score >= min_score)
-        q = q.order_by(t.c.ts.desc() if newest_first else t.c.ts, t.c.id)
+        # ties in time keep the order of writing, reversed with the rest (turns stamped alike came back swapped)
+        q = q.order_by(t.c.ts.desc(), t.c.id.desc()) if newest_first else q.order_by(t.c.ts, t.c.id)
         if limit is not None:
             q = q.limit(limit)
         with self.engine.connect() as conn:
