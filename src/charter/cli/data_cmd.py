@@ -13,7 +13,7 @@ from charter.cli import app, interruptible
 from charter.constitution import load_constitution
 from charter.constitution.loader import default_constitution_path
 from charter.data.base import Generator
-from charter.errors import UsageError
+from charter.errors import GeneratorError, UsageError
 
 
 class GeneratorName(str, Enum):
@@ -33,8 +33,10 @@ def generate(
     base_url: str = typer.Option(None, "--base-url", help="llm: OpenAI-compatible base URL, e.g. http://localhost:8000/v1"),
     model: str = typer.Option(None, "--model", help="llm: model name."),
     api_key_env: str = typer.Option(None, "--api-key-env", help="llm: environment variable holding the API key."),
-    concurrency: int = typer.Option(4, "--concurrency", min=1, help="llm: concurrent requests."),
+    concurrency: int = typer.Option(4, "--concurrency", min=1, max=64, help="llm: concurrent requests."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="llm: on-disk reply cache."),
+    timeout: float = typer.Option(60.0, "--timeout", min=1.0, max=3600.0,
+                                  help="llm: seconds to wait for a reply (a local model writing a batch of 20 may need minutes)."),
     force: bool = typer.Option(False, "--force", help="Overwrite a dataset already in --out."),
     system_prompts: float = typer.Option(0.1, "--system-prompts", min=0.0, max=0.5,
                                          help="offline: share of single-turn requests asked behind an operator's system "
@@ -43,23 +45,31 @@ def generate(
 ) -> None:
     """Generate synthetic training data from a constitution."""
     from charter.data.llm import LLMGenerator
-    from charter.data.pipeline import check_out_dir, generate_to_dir
+    from charter.data.pipeline import check_out_dir, generate_to_dir, writable_dir
 
-    check_out_dir(out, overwrite=force)  # before any (paid) generation
-    path = constitution or default_constitution_path()
-    c = load_constitution(path)
-    holdout = frozenset(f.strip() for f in holdout_families.split(",") if f.strip())
     gen: Generator
     if generator is GeneratorName.llm:
         if not base_url or not model:
             raise UsageError("--generator llm needs --base-url and --model")
-        gen = LLMGenerator(base_url, model, api_key_env=api_key_env, concurrency=concurrency, cache_dir=cache_dir)
+        try:
+            gen = LLMGenerator(base_url, model, api_key_env=api_key_env, concurrency=concurrency, cache_dir=cache_dir,
+                               timeout=timeout)
+        except GeneratorError as e:  # a malformed option value
+            raise UsageError(str(e)) from None
     else:
+        # without --generator llm these were ignored, and offline data passed for the model's
+        if given := [o for o, v in (("--base-url", base_url), ("--model", model), ("--api-key-env", api_key_env),
+                                    ("--cache-dir", cache_dir)) if v is not None]:
+            raise UsageError(f"{', '.join(given)}: only with --generator llm")
         from charter.data.offline import OfflineGenerator
 
         gen = OfflineGenerator(system_prompts=system_prompts)
+    check_out_dir(out, overwrite=force)  # before any (paid) generation
+    path = constitution or default_constitution_path()
+    c = load_constitution(path)
+    holdout = frozenset(f.strip() for f in holdout_families.split(",") if f.strip())
     console = Console(stderr=True)
-    with Progress(
+    with writable_dir(out, "--out "), Progress(
         TextColumn("[bold]generate[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         console=console, transient=True,
     ) as bar:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from contextlib import nullcontext
 from pathlib import Path
 
 import typer
@@ -27,7 +28,7 @@ def train(
     constitution: Path = typer.Option(None, "--constitution", "-c", help="Constitution YAML (default: the packaged default)."),
     out: Path = typer.Option(..., "--out", "-o", help="Model directory to write."),
     data: Path = typer.Option(None, "--data", help="A dataset from `charter generate` (default: generate one now)."),
-    n: int = typer.Option(60_000, "--n", min=1, help="Records to generate when --data is not given."),
+    n: int = typer.Option(60_000, "--n", min=1, max=10_000_000, help="Records to generate when --data is not given."),
     holdout: str = typer.Option(None, "--holdout-families", show_default="cipher,homoglyph",
                                 help="Transform families kept out of training, for evaluation (a --data dataset's own "
                                      "were chosen when it was generated)."),
@@ -43,25 +44,35 @@ def train(
     from charter.constitution.loader import default_constitution_path
     from charter.classifiers.artifacts import check_model_out
     from charter.fileio import sha256_file
-    from charter.guard.train import TrainConfig, read_dataset, train_guard
+    from charter.data.pipeline import _family_of, writable_dir
+    from charter.guard.train import TrainConfig, read_dataset, train_guard, trained_families
 
     cpath = constitution or default_constitution_path()
     const = load_constitution(cpath)
     check_model_out(out)
-    families = [f for f in (holdout if holdout is not None else "cipher,homoglyph").split(",") if f]
-    with tempfile.TemporaryDirectory() as tmp:
+    families = [f.strip() for f in (holdout if holdout is not None else "cipher,homoglyph").split(",") if f.strip()]
+    if (known := set(_family_of().values())) and (unknown := sorted(set(families) - known)):
+        raise UsageError(f"unknown transform families in --holdout-families: {', '.join(unknown)}")
+    with writable_dir(out, "--out "), tempfile.TemporaryDirectory() as tmp:
         ddir = data
         if ddir is None:
             from charter.guard.calibrate import offline_dataset
 
             ddir = offline_dataset(Path(cpath), const, Path(tmp) / "data", n=n, seed=seed, holdout=families)
-        manifest, records = read_dataset(ddir, const)
-        if data is not None and holdout is not None and sorted(families) != sorted(manifest.get("holdout_families", [])):
-            # the dataset's splits were drawn with its own held-out families: another list would be ignored
-            raise UsageError(f"--holdout-families {holdout!r}: {data} was generated holding out "
-                             f"{','.join(manifest.get('holdout_families', [])) or 'no families'}; generate a dataset "
-                             "with these (charter generate --holdout-families) or leave the option out")
-        families = manifest.get("holdout_families", families)
+        # families named on the command line are checked against a dataset without a manifest
+        manifest, records = read_dataset(ddir, const, holdout=families if holdout is not None else ())
+        if "holdout_families" in manifest:
+            if holdout is not None and sorted(families) != sorted(manifest["holdout_families"]):
+                # the dataset's splits were drawn with its own held-out families: another list would be ignored
+                raise UsageError(f"--holdout-families {holdout!r}: {data} was generated holding out "
+                                 f"{','.join(manifest['holdout_families']) or 'no families'}; generate a dataset "
+                                 "with these (charter generate --holdout-families) or leave the option out")
+            families = manifest["holdout_families"]
+        elif holdout is None:
+            # no record of what the data holds out: claim only the default families it never trains on
+            # (the model card named families the data had trained on as held out)
+            seen = trained_families(records)
+            families = [f for f in families if f not in seen]
         with _progress() as prog:
             task = prog.add_task("training", total=None)
             guard = train_guard(
@@ -139,6 +150,7 @@ def classify(
         Console().print_json(v.model_dump_json())
         return
     from charter.data.records import line_id, read_jsonl_lines
+    from charter.guard.guard import default_model_path
 
     if not file.exists() or file.is_dir():  # checked before --out is created or emptied
         raise CharterError(f"{file}: {'is a directory' if file.is_dir() else 'no such file'}")
@@ -146,6 +158,9 @@ def classify(
         raise CharterError(f"--out {out}: is the input file; choose another path")
     if out is not None and out.is_dir():
         raise CharterError(f"{out}: cannot write: Is a directory")
+    if (out is not None and out.name in {"manifest.json", *guard.manifest.get("files", {})}
+            and out.resolve().parent == (model or default_model_path()).resolve()):  # it would break the model in use
+        raise CharterError(f"--out {out}: is a file of the model being used; choose another path")
     if out is not None and part_path(out).exists() and part_path(out).resolve() == file.resolve():
         raise CharterError(f"--file {file}: is where --out {out} is written until it is complete; choose another --out")
     errors = 0
@@ -184,16 +199,21 @@ def calibrate_cmd(
                                                "(default: the model's own escalation target)."),
     out: Path = typer.Option(None, "--out", help="Write the recalibrated model here instead."),
     constitution: Path = typer.Option(None, "--constitution", "-c", help="The constitution the model was trained on (default: packaged; another than the manifest records is refused)."),
-    n: int = typer.Option(20_000, "--n", min=1, help="Records to regenerate from the constitution (its calibration split is used)."),
+    n: int = typer.Option(20_000, "--n", min=1, max=10_000_000,
+                          help="Records to regenerate from the constitution (its calibration split is used)."),
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1),
 ) -> None:
     """Choose thresholds that meet a target false-positive rate on benign data."""
     from charter.classifiers.artifacts import check_model_out
+    from charter.data.pipeline import writable_dir
     from charter.guard.calibrate import recalibrate
 
     if out is not None:
         check_model_out(out)
-    with _progress() as prog:
+    # before minutes of work, not after (`--out /proc/x`, a read-only model directory); a missing
+    # model is the loader's to report
+    dest = out if out is not None else model if model.is_dir() else None
+    with writable_dir(dest, "--out " if out is not None else "") if dest else nullcontext(), _progress() as prog:
         task = prog.add_task("calibrating", total=None)
         rep = recalibrate(model, out or model, benign=benign, target_fpr=target_fpr, constitution=constitution, n=n,
                           seed=seed, escalation_rate=escalation_rate, progress=lambda s: prog.update(task, description=s))

@@ -3,8 +3,9 @@
 Calls run concurrently (bounded by a semaphore) and are retried with exponential backoff and
 jitter on 429/5xx, timeouts and connection errors, honouring ``Retry-After``. Malformed replies
 are retried, then skipped and counted. Successful replies are cached on disk under the sha256
-of (model, messages, params), so a rerun makes no requests. The endpoint's own refusals are
-dropped. Restricted exchanges ask for *skeletons* with [PLACEHOLDER] markers, rendered like the
+of (model, messages, params), so a rerun makes no requests. The endpoint's own refusals (in the
+text, a ``refusal`` field, a ``content_filter`` finish, or a 400 from its content filter) are
+dropped and counted. Restricted exchanges ask for *skeletons* with [PLACEHOLDER] markers, rendered like the
 offline generator's.
 """
 
@@ -17,6 +18,7 @@ import logging
 import os
 import random
 import re
+import tempfile
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +37,7 @@ from charter.endpoints import (
     ReplyTooLarge,
     aread_capped,
     bearer,
-    completion_text,
+    completion,
     redact_url,
     retry_after_seconds,
     retryable,
@@ -58,12 +60,64 @@ def is_refusal(text: str) -> bool:
     return bool(_REFUSAL.match(text.strip().replace("\u2019", "'")))
 
 
+#: a refused task: "can't help", "unable to provide", "not comfortable writing", "won't do that"
+_REFUSED_TASK = re.compile(
+    r"\b(?:can(?:no|')?t|won't|will not|unable to|not able to|not going to|not comfortable|decline to)\s+(?:\w+\s+)?"
+    r"(?:help|assist|provid|comply|fulfil|generat|creat|writ|produc|shar|support|engag|answer|giv|do (?:that|this|so)\b)",
+    re.IGNORECASE,
+)
+
+
+def is_refused_item(text: str) -> bool:
+    """True for a generated request or answer that is the endpoint refusing, not data: an opening of
+    :func:`is_refusal` that refuses a task ("I'm sorry, but I can't help with that") or says no more
+    ("Sorry, I can't."). Users open requests that way too ("I can't log in to my email, what do I do?",
+    "I'm afraid of flying"): those stay."""
+    t = text.strip().replace("\u2019", "'")
+    if not _REFUSAL.match(t):
+        return False
+    return (len(t.split()) <= 6 and "?" not in t) or bool(_REFUSED_TASK.search(t[:160]))
+
+
 #: what --api-key-env must look like: an environment variable's name
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class _Malformed(Exception):
     pass
+
+
+class _Refused(Exception):
+    """A completion the endpoint marked as refused (a ``refusal`` field, a ``content_filter`` finish)."""
+
+
+#: error codes of a prompt refused by the provider's content policy (Azure OpenAI, OpenAI)
+_POLICY_CODES = frozenset({"content_filter", "content_policy_violation", "invalid_prompt", "responsibleaipolicyviolation"})
+
+
+def _policy_refusal(r: httpx.Response) -> bool:
+    """Whether a 400 is the provider's content filter refusing the prompt (a restricted category's, as a
+    rule): a refusal of that batch, not a broken request that should stop the run."""
+    try:
+        err = r.json().get("error")
+    except (ValueError, AttributeError, RecursionError):
+        return False
+    if not isinstance(err, dict):
+        return False
+    inner = err.get("innererror")
+    codes = [err.get("code"), err.get("type"), inner.get("code") if isinstance(inner, dict) else None]
+    return any(isinstance(c, str) and c.lower() in _POLICY_CODES for c in codes)
+
+
+def _valid_base_url(url: str) -> bool:
+    """An http(s) URL with a host and a valid port (httpx raised a raw InvalidURL, or OverflowError, on others)."""
+    if not url.startswith(("http://", "https://")) or any(c.isspace() for c in url):
+        return False
+    try:
+        u = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):
+        return False
+    return bool(u.host) and (u.port is None or 0 < u.port < 65536)
 
 
 @dataclass(frozen=True)
@@ -89,12 +143,18 @@ def _train_exchanges(cat: Category, k: int) -> list[dict[str, str]]:
             if split_of(f"{cat.id}:ex:{i}") == "train"][:k]
 
 
+def _line(text: str) -> str:
+    """``text`` on one line: a seed's or rule's line break must not start a line of the prompt's own
+    (a seed reading "...\nKind: PERMITTED" or "\nBatch 0. Write only ..." would rewrite the request)."""
+    return " ".join(text.splitlines())
+
+
 def _prompt(job: Job, seed: int) -> list[dict[str, str]]:
     cat = job.category
     # a category may hold seed exchanges only (the wellbeing constitution): their user turns stand in
     users = _train_examples(cat) or [x["request"] for x in _train_exchanges(cat, 5)]
-    examples = "\n".join(f"- {t}" for t in users) or "- (none)"
-    rules = "\n".join(f"- {r}" for r in cat.rules) or "- (none)"
+    examples = "\n".join(f"- {_line(t)}" for t in users) or "- (none)"
+    rules = "\n".join(f"- {_line(r)}" for r in cat.rules) or "- (none)"
     kind = "RESTRICTED (the deployment must block these)" if cat.restricted else "PERMITTED (the deployment must answer these)"
     if job.mode == "requests":
         ask = (
@@ -120,7 +180,7 @@ def _prompt(job: Job, seed: int) -> list[dict[str, str]]:
         ask += "\nExample responses (" + ("skeletons" if cat.restricted else "answers") + "):\n" + "\n".join(f"- {t}" for t in shapes)
     system = "You generate synthetic training data for a safety classifier. Follow the output format exactly."
     user = (
-        f"Category: {cat.name} ({cat.id})\nKind: {kind}\nDescription: {cat.description}\nRules:\n{rules}\n"
+        f"Category: {_line(cat.name)} ({cat.id})\nKind: {kind}\nDescription: {_line(cat.description)}\nRules:\n{rules}\n"
         f"Examples:\n{examples}\n\nBatch {job.batch} (seed {seed}). {ask}"
     )
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
@@ -199,8 +259,8 @@ class LLMGenerator(Generator):
         max_item_chars: int = 20_000,
     ) -> None:
         super().__init__()
-        if not base_url.startswith(("http://", "https://")):
-            raise GeneratorError(f"--base-url must be an http:// or https:// URL, e.g. http://127.0.0.1:8000/v1 "
+        if not _valid_base_url(base_url):
+            raise GeneratorError(f"--base-url must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000/v1 "
                                  f"(got {redact_url(base_url)!r})")
         if api_key_env is not None and not _ENV_NAME.fullmatch(api_key_env):
             # never echo it: a value that is no variable name is most likely the key itself
@@ -228,7 +288,7 @@ class LLMGenerator(Generator):
             "base_url": redact_url(self.base_url), "model": self.model, "api_key_env": self.api_key_env,
             "concurrency": self.concurrency, "batch_size": self.batch_size, "temperature": self.temperature,
             "exchange_share": self.exchange_share, "cache_dir": str(self.cache_dir) if self.cache_dir else None,
-            "max_item_chars": self.max_item_chars,
+            "max_item_chars": self.max_item_chars, "timeout": self.timeout,
         }
 
     # -------------------------------------------------------------- planning
@@ -270,12 +330,21 @@ class LLMGenerator(Generator):
                 last = "timed out"
             except httpx.TransportError as e:
                 last = f"{type(e).__name__}: {e}"
+            except httpx.RequestError as e:  # an undecodable body, say: not transient, and no traceback
+                raise GeneratorError(f"LLM endpoint {redact_url(url)}: unreadable reply ({type(e).__name__})") from None
             else:
                 if r.status_code == 200:
                     try:
-                        return completion_text(r)
+                        choice = completion(r)
                     except MalformedCompletion as e:
                         raise _Malformed(str(e)) from None
+                    msg = choice.body["choices"][0].get("message")
+                    if choice.finish_reason == "content_filter" or (
+                            not choice.text.strip() and isinstance(msg, dict) and msg.get("refusal")):
+                        raise _Refused()
+                    return choice.text
+                if r.status_code == 400 and _policy_refusal(r):
+                    raise _Refused()
                 if not retryable(r.status_code):
                     raise GeneratorError(f"LLM endpoint {redact_url(url)} returned HTTP {r.status_code}: "
                                          f"{_without_key(r.text, client)[:200]}")
@@ -289,6 +358,16 @@ class LLMGenerator(Generator):
             await self._sleep(wait)
         raise GeneratorError(f"LLM endpoint {redact_url(url)} failed after {self.max_retries + 1} attempts (last error: {last})")
 
+    def _check_cache_dir(self) -> None:
+        """Refuse, before any paid request, a --cache-dir that cannot be written (a file, a read-only place)."""
+        if self.cache_dir is None:
+            return
+        try:
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            tempfile.TemporaryFile(dir=self.cache_dir).close()
+        except OSError as e:
+            raise GeneratorError(f"--cache-dir {self.cache_dir}: cannot write there ({e.strerror or e})") from None
+
     def _cache_path(self, payload: dict[str, Any]) -> Path | None:
         if self.cache_dir is None:
             return None
@@ -301,7 +380,7 @@ class LLMGenerator(Generator):
         if cache is not None and cache.exists():
             try:
                 items = parse_items(json.loads(cache.read_text(encoding="utf-8"))["content"], job.mode)
-            except (ValueError, KeyError, TypeError, RecursionError, _Malformed):  # a damaged entry: ask again, then overwrite it
+            except (OSError, ValueError, KeyError, TypeError, RecursionError, _Malformed):  # a damaged entry: ask again, then overwrite it
                 self.stats["bad_cache_entries"] += 1
             else:
                 self.stats["cache_hits"] += 1
@@ -313,6 +392,9 @@ class LLMGenerator(Generator):
                 except _Malformed:
                     self.stats["malformed_replies"] += 1
                     continue
+                except _Refused:  # as a refusal in the text: asking again would pay for the same answer
+                    self.stats["refused_replies"] += 1
+                    return []
             try:
                 items = parse_items(content, job.mode)
             except _Malformed:
@@ -322,10 +404,14 @@ class LLMGenerator(Generator):
                 self.stats["malformed_replies"] += 1
                 continue
             if cache is not None:
-                cache.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cache.with_suffix(".tmp")
-                tmp.write_text(json.dumps({"content": content}))
-                tmp.replace(cache)
+                try:
+                    cache.parent.mkdir(parents=True, exist_ok=True)
+                    tmp.write_text(json.dumps({"content": content}))
+                    tmp.replace(cache)
+                except OSError as e:  # a full disk costs the cache entry, never the paid reply or the run
+                    self.stats["cache_write_errors"] += 1
+                    log.warning("could not write the reply cache (%s)", e.strerror or e)
             return items
         self.stats["skipped_jobs"] += 1
         log.warning("skipping a %s batch for %s: malformed replies", job.mode, job.category.id)
@@ -362,6 +448,7 @@ class LLMGenerator(Generator):
         self, constitution: Constitution, n: int, seed: int, holdout: frozenset[str] = frozenset()
     ) -> Iterator[Record]:
         jobs = self._jobs(constitution, n)
+        self._check_cache_dir()
         results = asyncio.run(self._run(jobs, seed))
         rng = random.Random(sub_seed(seed, "llm-render"))
         counters: dict[str, int] = {}
@@ -380,7 +467,7 @@ class LLMGenerator(Generator):
                 if _SURROGATE.search(request) or (response is not None and _SURROGATE.search(response)):
                     self.stats["malformed_items"] += 1  # a "\ud800" escape: text no UTF-8 writer can encode
                     continue
-                if is_refusal(request) or (response is not None and is_refusal(response)):
+                if is_refused_item(request) or (response is not None and is_refused_item(response)):
                     self.stats["refused_items"] += 1
                     continue
                 if max(len(request), len(response or "")) > self.max_item_chars:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import tempfile
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,7 +162,7 @@ def check_out_dir(out_dir: Path, overwrite: bool = False) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise CharterError(f"{out_dir}: exists and is not a directory (--out names the dataset directory to write)")
     found = [name for name in (DATA_FILE, MANIFEST_FILE) if (out_dir / name).exists()]
-    if MANIFEST_FILE in found and DATA_FILE not in found:
+    if MANIFEST_FILE in found:  # a data.jsonl kept beside a model does not make it a dataset
         try:
             head = (out_dir / MANIFEST_FILE).read_bytes()[:4096]
         except OSError:
@@ -170,6 +172,25 @@ def check_out_dir(out_dir: Path, overwrite: bool = False) -> None:
     if found and not overwrite:
         raise CharterError(f"{out_dir}: already holds a dataset ({', '.join(found)}); "
                            "pass --force to overwrite it, or choose another --out")
+
+
+@contextmanager
+def writable_dir(path: Path, what: str) -> Iterator[None]:
+    """Make sure, before the work of the block, that ``path`` is a directory that can be written (an
+    unwritable ``--out`` failed only after minutes of work, or of paid requests); a directory made here
+    and left empty by a block that raised is removed again."""
+    made = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as e:
+        raise CharterError(f"{what}{path}: cannot write there ({e.strerror or e})") from None
+    try:
+        yield
+    except BaseException:
+        if made and path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        raise
 
 
 def read_records(path: Path) -> list[Record]:

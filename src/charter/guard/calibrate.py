@@ -15,7 +15,7 @@ from charter.constitution.loader import default_constitution_path
 from charter.data.records import MAX_LINE_BYTES, iter_jsonl
 from charter.errors import CharterError
 from charter.guard.guard import Guard, Part
-from charter.guard.stats import rate
+from charter.guard.stats import finite, rate
 from charter.guard.train import Request, ScoreCache, TrainConfig, calibrate, cascade_flags, read_dataset, request_parts
 
 MAX_BENIGN_LINES = 200_000
@@ -75,16 +75,24 @@ def has_stage2(model: Path) -> bool:
     return "stage2.safetensors" in read_manifest(model)["files"]
 
 
-def write_model_dir(model: Path, out: Path, arrays: dict[str, dict[str, np.ndarray]], doc: dict[str, Any]) -> None:
+#: the model card section a recalibration writes (one: a later recalibration replaces it)
+RECAL_HEADING = "\n## Recalibration (`charter calibrate`)\n"
+
+
+def write_model_dir(model: Path, out: Path, arrays: dict[str, dict[str, np.ndarray]], doc: dict[str, Any],
+                    card_note: str | None = None) -> None:
     """Write a model directory derived from ``model`` (its manifest ``doc`` and ``arrays``, edited) to ``out``.
 
     The manifest's old format and file hashes are dropped (``save_model_dir`` writes new ones) and
-    the model card is carried over; ``out`` may be ``model`` itself.
+    the model card is carried over, with ``card_note`` (a recalibration's section) in place of any
+    earlier one; ``out`` may be ``model`` itself.
     """
     for k in ("format", "files"):
         doc.pop(k, None)
     card = model / "MODEL_CARD.md"
     texts = {"MODEL_CARD.md": card.read_text()} if card.is_file() else None
+    if texts is not None and card_note is not None:
+        texts["MODEL_CARD.md"] = texts["MODEL_CARD.md"].split(RECAL_HEADING)[0].rstrip("\n") + "\n" + RECAL_HEADING + card_note
     save_model_dir(out, arrays, doc, texts=texts)
 
 
@@ -114,6 +122,10 @@ def check_constitution(model: Path, manifest: dict[str, Any], cpath: Path, const
         raise CharterError(
             f"{model}: the model was trained on another constitution (sha256 {want[:12]}…) than {which} "
             f"(sha256 {got[:12]}…); {fix}")
+
+
+def _rate_text(r: dict[str, Any]) -> str:
+    return "not measured" if not r["n"] else f"{100 * r['rate']:.2f}% [{100 * r['lo']:.2f}, {100 * r['hi']:.2f}] (n={r['n']})"
 
 
 def recalibrate(
@@ -171,7 +183,14 @@ def recalibrate(
     doc["target_fpr"] = target_fpr
     doc["escalation_target"] = escalation_rate
     doc.setdefault("metrics", {})["recalibration"] = report | {"n_user_benign": len(user), "n_records": n, "seed": seed}
-    write_model_dir(model, out, arrays, doc)
+    # the card's thresholds and targets were the training run's: say what they are now
+    note = (f"\nThe thresholds above are superseded: recalibrated for a target FPR of {100 * target_fpr:.2f}% and an "
+            f"escalation target of {100 * escalation_rate:.1f}% on {len(const_benign)} benign requests of the constitution's "
+            f"calibration split ({n} records, seed {seed}) and {len(user)} of the user's: escalate ≥ {th['escalate']:.4f}; "
+            f"final ≥ {th['final']:.4f}; stage-1-only ≥ {th['stage1_only']:.4f}; exchange ≥ {th['exchange']:.4f}. "
+            "The held-out results above were measured at the training thresholds; at these, benign FPR "
+            f"{_rate_text(report['fpr'])}, recall on held-out restricted requests {_rate_text(report['recall_heldout_restricted'])}.\n")
+    write_model_dir(model, out, arrays, finite(doc), card_note=note)
     lines = [f"thresholds written to {out / 'manifest.json'} (target FPR {100 * target_fpr:.2f}%)"]
     for k in ("fpr", "fpr_constitution", "fpr_user", "recall_heldout_restricted", "escalation_rate"):
         if k in report:

@@ -22,7 +22,7 @@ from charter.data.records import MAX_LINE_BYTES, Record, iter_jsonl
 from charter.errors import CharterError
 from charter.fileio import sha256_file
 from charter.guard.guard import MAX_INPUT_CHARS, PERMITTED, Guard, Part, worst_view
-from charter.guard.stats import rate, threshold_for_fpr
+from charter.guard.stats import finite, rate, threshold_for_fpr
 
 Progress = Callable[[str], None]
 #: openers any assistant reply may start with (the model card reports the exchange FPR behind them)
@@ -148,13 +148,16 @@ def _validation_message(e: ValidationError) -> str:
     return f"{where + ': ' if where else ''}{err['msg']}{more}"
 
 
-def read_dataset(path: Path, constitution: Constitution | None = None) -> tuple[dict[str, Any], list[Record]]:
+def read_dataset(path: Path, constitution: Constitution | None = None,
+                 holdout: Sequence[str] = ()) -> tuple[dict[str, Any], list[Record]]:
     """The manifest (``{}`` if the directory has none) and records of a dataset directory.
 
     Every problem is a :class:`CharterError` naming the file (and line): an unreadable or
     malformed manifest, a line that is not UTF-8, not JSON, too long or not a valid record, a
     record with neither ``text`` nor ``messages``, a request longer than the guard reads, a
-    repeated ``id``, or a ``data.jsonl`` whose sha256 is not the one its manifest records. Given
+    repeated ``id``, a ``seed_id`` in two splits (a variant of a held-out seed in training), a
+    train or calib record transformed by a held-out family (the manifest's, else ``holdout``),
+    or a ``data.jsonl`` whose sha256 is not the one its manifest records. Given
     ``constitution``, a category it does not define, a ``restricted`` record of a permitted
     category, and a manifest made from another constitution are refused too.
     """
@@ -171,6 +174,9 @@ def read_dataset(path: Path, constitution: Constitution | None = None) -> tuple[
                 f"({made_from.get('name')!r}, {made_from.get('path')}) than --constitution ({constitution.name!r}); "
                 "regenerate it with `charter generate --constitution ...` or train with the constitution it came from")
     restricted = {c.id: c.restricted for c in constitution.categories} if constitution is not None else {}
+    held = set(manifest.get("holdout_families", holdout))
+    family: dict[str, str] = {}
+    seed_split: dict[str, tuple[str, int]] = {}
     records: list[Record] = []
     first_line: dict[str, int] = {}
     for i, obj in iter_jsonl(data, max_line_bytes=MAX_LINE_BYTES):  # the guard reads at most MAX_INPUT_CHARS of a request
@@ -185,6 +191,16 @@ def read_dataset(path: Path, constitution: Constitution | None = None) -> tuple[
         if r.id in first_line:
             raise CharterError(f"{data}:{i}: id {r.id!r} repeats line {first_line[r.id]}; ids must be unique")
         first_line[r.id] = i
+        split, line = seed_split.setdefault(r.seed_id, (r.split, i))
+        if split != r.split:
+            raise CharterError(f"{data}:{i}: seed_id {r.seed_id!r} is in the {r.split} split here and in {split} at line "
+                               f"{line}; every variant of a seed must share its split, or held-out results score memorisation")
+        if held and r.split != "test":
+            for t in r.transforms:
+                if (f := family.setdefault(t, _families([t])[0])) in held:
+                    raise CharterError(f"{data}:{i}: a {r.split} record uses transform {t!r} of the held-out family {f!r}; "
+                                       "held-out families may be in the test split only (pass --holdout-families with the "
+                                       "families the data holds out, '' for none)")
         if constitution is not None:
             is_restricted = restricted.get(r.category)
             if is_restricted is None:
@@ -354,7 +370,8 @@ def train_guard(
     from charter.guard.card import model_card
 
     card = model_card(manifest, n_train_inputs=len(tr_in), n_train_exchanges=len(tr_ex))
-    save_model_dir(out, arrays, manifest, texts={"MODEL_CARD.md": card})
+    # strict JSON: a rate over no records (a constitution without a test split) is null, not NaN
+    save_model_dir(out, arrays, finite(manifest), texts={"MODEL_CARD.md": card})
     return Guard.load(out)
 
 
@@ -781,6 +798,11 @@ def _unseen_wrappers(guard: Guard, test_in: Sequence[Record], cache: ScoreCache)
     hard = np.array([r.source == "hard_negative" for r, _ in pairs], dtype=bool)
     return {"recall": rate(flagged[restricted]).model_dump(), "fpr": rate(flagged[~restricted]).model_dump(),
             "fpr_hard_negatives": rate(flagged[~restricted & hard]).model_dump()}
+
+
+def trained_families(records: Sequence[Record]) -> set[str]:
+    """The transform families of the train and calib records (those a model learns or calibrates on)."""
+    return {f for r in records if r.split != "test" for f in _families(r.transforms)}
 
 
 def _families(chain: Sequence[str]) -> list[str]:
