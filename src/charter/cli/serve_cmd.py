@@ -32,15 +32,15 @@ def serve(
 
     from charter.guard import Guard
     from charter.server import check_bind, create_app, load_config
-    from charter.server.config import ConfigError, check_startup
+    from charter.server.config import ConfigError, check_startup, upstream_url_problem
 
     cfg = load_config(config)
     if upstream:
         cfg.upstream.base_url = upstream.rstrip("/")
     if not cfg.upstream.base_url:
         raise ConfigError("no upstream: pass --upstream BASE_URL or set upstream.base_url in the config")
-    if not cfg.upstream.base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"--upstream: must be an http:// or https:// URL, got {redact_url(cfg.upstream.base_url)!r}")
+    if why := upstream_url_problem(cfg.upstream.base_url):
+        raise ConfigError(f"--upstream: {why}, got {redact_url(cfg.upstream.base_url)!r}")
     if db:
         cfg.events.db = db
     elif not cfg.events.db and "path" not in cfg.events.model_fields_set:

@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
+import anyio
 import httpx
+from anyio import to_thread
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -51,8 +53,9 @@ def _conversation_id(request: Request, req: ChatRequest) -> str | None:
     cid = request.headers.get("x-conversation-id")
     if not cid and req.metadata and isinstance(req.metadata.get("conversation_id"), str):
         cid = req.metadata["conversation_id"]
-    cid = "".join(c for c in cid if c.isprintable()) if cid else cid  # no line breaks into logs and alerts
-    return cid[:200] if cid else None
+    # no line breaks into logs and alerts; cut first: a body may hold a megabyte of id, read on the event loop
+    cid = "".join(c for c in cid[:200] if c.isprintable()) if cid else cid
+    return cid or None
 
 
 def _user_id(key_id: str, request: Request, req: ChatRequest) -> str:
@@ -61,6 +64,22 @@ def _user_id(key_id: str, request: Request, req: ChatRequest) -> str:
     if not isinstance(user, str) or not normalise_user(user):
         return key_id
     return user_hash(key_id, user)
+
+
+async def _unless_gone(request: Request, work: Awaitable[Response]) -> Response | None:
+    """``work``'s response, or None when the client disconnects first: ``work`` is cancelled, which closes
+    its upstream connection (a model server stops generating for a closed connection)."""
+    out: list[Response] = []
+    async with anyio.create_task_group() as tg:
+        async def run() -> None:
+            out.append(await work)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(run)
+        # the body has been read: the next message is the disconnect (the server holds a pipelined request)
+        if (await request.receive())["type"] == "http.disconnect":
+            tg.cancel_scope.cancel()
+    return out[0] if out else None
 
 
 class Proxy:
@@ -89,7 +108,7 @@ class Proxy:
             yield
         finally:
             await stop_monitor(monitor)
-            if self.svc.pending:  # replies still being scored for wellbeing: their events come next
+            if self.svc.pending:  # events still being completed (content policy, wellbeing): they come next
                 await asyncio.wait(set(self.svc.pending), timeout=5)
             await self.svc.events.close()
             await self.svc.client.aclose()
@@ -141,7 +160,8 @@ class Proxy:
         try:
             principal = await self._admit(request, "/v1/chat/completions")
             raw = await _read_body(request, self.config.limits.max_body_bytes)
-            req = parse_request(raw, self.config.limits, self.config.guard.extra_fields)
+            # up to max_body_bytes of JSON to parse and walk (~0.5 s for 1 MB of small objects): off the event loop
+            req = await to_thread.run_sync(parse_request, raw, self.config.limits, self.config.guard.extra_fields)
             allowed = self.config.upstream.models
             if allowed and req.model not in allowed:
                 raise ProxyError(404, f"model {req.model!r} is not served here (allowed: {', '.join(allowed)})",
@@ -159,7 +179,7 @@ class Proxy:
         ex = Exchange(svc, Event(request_id=rid, key_id=principal.key_id, model=req.model, stream=req.stream,
                                  conversation_id=_conversation_id(request, req),
                                  user_id=_user_id(principal.key_id, request, req)))
-        ex.messages = req.check_messages()
+        ex.messages = req.checked
         gs = self.config.guard
         if req.unread_parts():  # allowed by guard.unread_content: recorded, so the monitor can see it
             ex.event.error = "unread_content_allowed"
@@ -186,9 +206,11 @@ class Proxy:
             ex.event.decision = "flagged"
             if action == "flag_only":
                 headers["x-charter-flagged"] = v.category or "unknown"
-        if req.stream:
-            return await open_stream(ex, req, req.forward_body, headers)
-        resp = await complete(ex, req, req.forward_body)
+        work = open_stream(ex, req, req.forward_body, headers) if req.stream else complete(ex, req, req.forward_body)
+        resp = await _unless_gone(request, work)
+        if resp is None:  # the client left while the upstream was working: it was closed, so the model stopped
+            ex.finish("error", error="client_disconnected")
+            return Response(status_code=499)
         resp.headers.update(headers)
         return resp
 

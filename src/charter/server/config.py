@@ -7,6 +7,7 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -51,13 +52,30 @@ class Upstream(_Strict):
     @field_validator("base_url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
+        if v is not None and (why := upstream_url_problem(v)):
+            raise ValueError(why)
         return v.rstrip("/") if v else v
 
     def api_key(self) -> str | None:
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
         return key.strip() if key is not None else None  # as charter.endpoints.bearer sends it
+
+
+def upstream_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be an upstream's base URL, or None. Paths are appended to it (``/chat/completions``),
+    so a query or fragment would swallow them. The message never holds the URL (it may hold a password)."""
+    try:
+        u = urlsplit(url)
+        u.port  # noqa: B018 - raises ValueError for a port that is not one
+    except ValueError:
+        return "must be an http:// or https:// URL (it does not parse)"
+    if u.scheme not in ("http", "https") or not url.startswith(("http://", "https://")):
+        return "must be an http:// or https:// URL"
+    if not u.hostname or any(c.isspace() or not c.isprintable() for c in url):
+        return "must be an http:// or https:// URL with a host and no spaces"
+    if u.query or u.fragment or "?" in url or "#" in url:
+        return "must have no query or fragment: the API paths are appended to it (e.g. http://127.0.0.1:11434/v1)"
+    return None
 
 
 class Rate(_Strict):
@@ -192,6 +210,11 @@ class ServerConfig(_Strict):
         dup = {i for i in ids if ids.count(i) > 1}
         if dup:
             raise ValueError(f"duplicate key id {sorted(dup)[0]!r}")
+        # one key, two entries: which id, rate and dashboard right it gets would depend on their order
+        hashes = [k.sha256 for k in v]
+        if len(set(hashes)) != len(hashes):
+            i = next(i for i, h in enumerate(hashes) if h in hashes[:i])
+            raise ValueError(f"key {v[i].id!r} has the same sha256 as key {v[hashes.index(hashes[i])].id!r}: one key, one entry")
         return v
 
 

@@ -57,6 +57,8 @@ class Exchange:
     t0: float = field(default_factory=time.perf_counter)
     response_text: list[str] = field(default_factory=list)
     messages: list[dict[str, str]] | None = None
+    #: :meth:`finish` has run (the event is on its way)
+    done: bool = False
 
     def add_verdict(self, v: Verdict, at_token: int | None = None) -> None:
         g = self.svc.guard
@@ -86,6 +88,9 @@ class Exchange:
         return v
 
     def finish(self, decision: str, status: int | None = None, error: str | None = None) -> None:
+        if self.done:  # once: a second call would count the request twice
+            return
+        self.done = True
         ev = self.event
         if decision == "allowed" and ev.decision == "flagged":  # flagged on input, let through
             decision = "flagged"
@@ -93,26 +98,40 @@ class Exchange:
         ev.upstream_status = status if status is not None else ev.upstream_status
         ev.error = error if error is not None else ev.error
         ev.latency_ms["total"] = round((time.perf_counter() - self.t0) * 1000, 3)
-        policy = self.svc.config.events.content_policy
-        if policy != "none":
-            try:
-                ev.content = apply_policy(self.messages, "".join(self.response_text) or None, policy)
-                ev.content_policy = policy
-            except Exception:  # e.g. a lone surrogate in upstream text: the event itself must not be lost
-                logging.getLogger("charter.server").exception("content policy failed (request %s)", ev.request_id)
         m = self.svc.metrics
         m.requests.labels(ev.endpoint, decision).inc()
         m.request_latency.labels(ev.endpoint, str(ev.stream).lower()).observe(ev.latency_ms["total"] / 1000)
-        if self.svc.wellbeing is not None and decision in ("allowed", "flagged") and self.response_text:
-            task = asyncio.get_running_loop().create_task(self._wellbeing(ev))  # off the response path
-            self.svc.pending.add(task)
-            task.add_done_callback(self.svc.pending.discard)
-        else:
+        content = self.svc.config.events.content_policy != "none"
+        wellbeing = self.svc.wellbeing is not None and decision in ("allowed", "flagged") and bool(self.response_text)
+        if not (content or wellbeing):
+            self.svc.events.put(ev)
+            return
+        # CPU work on up to the whole conversation (~15 ms to redact 200,000 characters): off the event loop
+        task = asyncio.get_running_loop().create_task(self._complete(ev, content, wellbeing))
+        self.svc.pending.add(task)
+        task.add_done_callback(self.svc.pending.discard)
+
+    async def _complete(self, ev: Event, content: bool, wellbeing: bool) -> None:
+        """The event's content (events.content) and wellbeing signals, in worker threads; then the event goes on."""
+        try:
+            if content:
+                await to_thread.run_sync(self._content, ev)
+            if wellbeing:
+                await self._wellbeing(ev)
+        finally:
             self.svc.events.put(ev)
 
+    def _content(self, ev: Event) -> None:
+        policy = self.svc.config.events.content_policy
+        try:
+            ev.content = apply_policy(self.messages, "".join(self.response_text) or None, policy)
+            ev.content_policy = policy
+        except Exception:  # e.g. a lone surrogate in upstream text: the event itself must not be lost
+            logging.getLogger("charter.server").exception("content policy failed (request %s)", ev.request_id)
+
     async def _wellbeing(self, ev: Event) -> None:
-        """Score the delivered reply for wellbeing signals, then hand the event on (flag-only: the
-        decision and the response are never changed)."""
+        """Score the delivered reply for wellbeing signals (flag-only: the decision and the response are
+        never changed)."""
         try:
             t = time.perf_counter()
             signals = await to_thread.run_sync(self.svc.wellbeing.check, self.messages, "".join(self.response_text))
@@ -129,8 +148,6 @@ class Exchange:
         except Exception:  # a monitoring failure must never lose the event
             logging.getLogger("charter.server").exception("wellbeing scoring failed (request %s)", ev.request_id)
             self.svc.metrics.guard_errors.labels("wellbeing", "open").inc()
-        finally:
-            self.svc.events.put(ev)
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.t0) * 1000

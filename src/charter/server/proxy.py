@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Hashable
+from collections.abc import AsyncGenerator, AsyncIterator, Hashable
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -195,7 +195,7 @@ async def complete(ex: Exchange, req: ChatRequest, raw: bytes) -> Response:
         ex.finish("error", status=200, error="upstream_too_large")
         return _too_large(svc, "the upstream's completion").response()
     try:
-        data = parse_upstream_json(body)
+        data = await to_thread.run_sync(parse_upstream_json, body)  # up to completion_byte_cap: off the event loop
         # n > 1 is refused, so more choices are an upstream's doing: only the first is scored and sent;
         # of the reply's envelope only identifiers and token counts go on, and no logprobs (their
         # tokens are text the guard did not read as such)
@@ -232,6 +232,7 @@ async def complete(ex: Exchange, req: ChatRequest, raw: bytes) -> Response:
         v = await to_thread.run_sync(_scan, mon, text) if text else None
         ex.annotate(output_check=(time.perf_counter() - t) * 1000)
     except Exception:
+        log.exception("output check failed (request %s)", ex.event.request_id)
         svc.metrics.guard_errors.labels("exchange", "open" if gs.fail_open else "closed").inc()
         if not gs.fail_open:
             ex.finish("error", status=200, error="guard_error")
@@ -330,9 +331,27 @@ async def open_stream(ex: Exchange, req: ChatRequest, raw: bytes, headers: dict[
         ex.finish("error", status=resp.status_code, error=err.code)
         return err.response(headers)
     ex.event.upstream_status = 200
-    svc.metrics.active_streams.inc()
-    return StreamingResponse(_relay(ex, req, resp), media_type="text/event-stream",
-                             headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
+    return _Relayed(ex, resp, _relay(ex, req, resp), headers={**headers, "cache-control": "no-cache", "x-accel-buffering": "no"})
+
+
+class _Relayed(StreamingResponse):
+    """A relayed stream whose clean-up (upstream closed, event recorded) runs when the response ends,
+    however it ends: Starlette leaves a body generator that a client disconnect cancelled at a ``yield``
+    to the garbage collector, and one cancelled before its first step never runs at all."""
+
+    def __init__(self, ex: Exchange, resp: httpx.Response, body: AsyncGenerator[bytes, None], headers: dict[str, str]) -> None:
+        super().__init__(body, media_type="text/event-stream", headers=headers)
+        self.ex, self.resp, self.gen = ex, resp, body
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self.gen.aclose()  # a generator left at a yield runs its own clean-up now
+                if not self.ex.done:  # never started: the client left before the first chunk
+                    await self.resp.aclose()
+                    self.ex.finish("error", error="client_disconnected")
 
 
 #: delta fields streamed with the hold-back, in the order a delta's fragments are scored
@@ -468,11 +487,21 @@ def _base(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in envelope(obj).items() if k != "usage"}
 
 
+def _feed(mon: OutputMonitor, texts: list[str]) -> tuple[int, Verdict | None]:
+    """Feed ``texts`` in order up to the first flag (run in a worker thread): (how many were fed, the
+    flagging verdict or None)."""
+    for i, t in enumerate(texts, 1):
+        v = mon.feed(t)
+        if v.flagged:
+            return i, v
+    return len(texts), None
+
+
 def _text_chunk(obj: dict[str, Any], out: dict[str, str]) -> dict[str, Any]:
     return dict(_base(obj), choices=[{"index": 0, "delta": out, "finish_reason": None}])
 
 
-async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncIterator[bytes]:
+async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncGenerator[bytes, None]:
     """Upstream chunks through the output monitor: only scored text outside the hold-back goes out.
 
     Every text fragment of the reply (content, reasoning, refusal, tool-call names and arguments or
@@ -513,10 +542,12 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
         del queue[:n]
         return out
 
+    svc.metrics.active_streams.inc()  # decremented in the finally below
     try:
         try:
             mon = await to_thread.run_sync(partial(svc.guard.output_monitor, ex.messages, hold_back=gs.hold_back))
         except Exception:
+            log.exception("output check failed (request %s)", ex.event.request_id)
             svc.metrics.guard_errors.labels("exchange", "open" if gs.fail_open else "closed").inc()
             if not gs.fail_open:
                 raise ProxyError(503, "the output check failed; stream stopped (fail closed)", "server_error", code="guard_error") from None
@@ -569,54 +600,63 @@ async def _relay(ex: Exchange, req: ChatRequest, resp: httpx.Response) -> AsyncI
                 raise ProxyError(502, excess, "upstream_error", code="upstream_too_large")
             last = obj
             cut = False
+            items: list[tuple[str | None, str, str]] = []  # (delta field, text, text as fed to the monitor)
+            back = False  # went back to a field it had left: malformed, once what came before it is scored
             for s, field, text in parts:
                 if not text:
                     continue
-                chars += len(text)
                 if s in left:
                     # back to a field it had left: the client joins each field's fragments, the monitor reads
                     # them in arrival order, and "Su", " ", "re" in turns would read otherwise than it shows
-                    raise _malformed(svc)
+                    back = True
+                    break
                 fed = text
                 if slot not in (None, s):
                     left.add(slot)
                     fed = "\n" + text  # keep fields apart in the scored text
                 slot = s
-                ex.response_text.append(fed)
-                queue.append((field, text))
-                if passthrough:
-                    continue
+                items.append((field, text, fed))
+            n, v = len(items), None
+            if items and not passthrough:
                 assert mon is not None
                 try:
-                    v = mon.feed(fed)
+                    # the classifier's CPU work, off the event loop: one hop per upstream chunk
+                    n, v = await to_thread.run_sync(_feed, mon, [fed for _, _, fed in items])
                 except Exception:
+                    log.exception("output check failed (request %s)", ex.event.request_id)
                     svc.metrics.guard_errors.labels("exchange", "open" if gs.fail_open else "closed").inc()
                     if not gs.fail_open:
                         raise ProxyError(503, "the output check failed; stream stopped (fail closed)", "server_error", code="guard_error") from None
                     error, passthrough = "guard_error_fail_open", True
-                    continue
-                if v.flagged:
-                    ex.add_verdict(v, mon.flagged_at)
-                    action = gs.action(v.category)
-                    ex.flagged(v, action)
-                    if action == "block":
-                        await resp.aclose()  # stops the upstream generation
-                        decision = "blocked_output"
-                        cf = charter_field(ex.event.request_id, "blocked", v, action)
-                        base = envelope(obj)
-                        yield sse({"id": base.get("id"), "object": "chat.completion.chunk", "created": base.get("created"),
-                                   "model": base.get("model", req.model),
-                                   "choices": [{"index": 0, "delta": {}, "finish_reason": "content_filter", "logprobs": None}],
-                                   "charter": cf})
-                        if req.include_usage:  # the upstream's usage chunk will not come
-                            prompt = sum(len(m["content"]) for m in ex.messages)
-                            yield sse(usage_chunk(base.get("model", req.model), ex.event.request_id,
-                                                  (prompt + 3) // 4, (chars + 3) // 4))
-                        yield DONE
-                        return
-                    decision, passthrough = "flagged", True
-                    if action == "flag_only":
-                        note = charter_field(ex.event.request_id, "flagged", v, action)
+            action = gs.action(v.category) if v is not None else None
+            for field, text, fed in items[:n] if action == "block" else items:  # a block ends the stream at the flag
+                chars += len(text)
+                ex.response_text.append(fed)
+                queue.append((field, text))
+            if v is not None:
+                assert mon is not None and action is not None
+                ex.add_verdict(v, mon.flagged_at)
+                ex.flagged(v, action)
+                if action == "block":
+                    await resp.aclose()  # stops the upstream generation
+                    decision = "blocked_output"
+                    cf = charter_field(ex.event.request_id, "blocked", v, action)
+                    base = envelope(obj)
+                    yield sse({"id": base.get("id"), "object": "chat.completion.chunk", "created": base.get("created"),
+                               "model": base.get("model", req.model),
+                               "choices": [{"index": 0, "delta": {}, "finish_reason": "content_filter", "logprobs": None}],
+                               "charter": cf})
+                    if req.include_usage:  # the upstream's usage chunk will not come
+                        prompt = sum(len(m["content"]) for m in ex.messages)
+                        yield sse(usage_chunk(base.get("model", req.model), ex.event.request_id,
+                                              (prompt + 3) // 4, (chars + 3) // 4))
+                    yield DONE
+                    return
+                decision, passthrough = "flagged", True
+                if action == "flag_only":
+                    note = charter_field(ex.event.request_id, "flagged", v, action)
+            if back:
+                raise _malformed(svc)
             if chars > max_chars and not finish:  # an upstream that ignores (or was sent no) max_tokens
                 cut, finish = True, "length"
                 error = error or "max_output_tokens"  # recorded on the event; the reply itself is allowed

@@ -64,6 +64,8 @@ class ChatRequest(BaseModel):
     #: the body forwarded upstream: the parsed JSON serialised again, never the client's bytes, so the
     #: upstream reads exactly what was checked (no duplicate keys, no parser differences)
     _forward: bytes = PrivateAttr(b"")
+    #: :meth:`check_messages`, as :func:`parse_request` counted it
+    _checked: list[dict[str, str]] | None = PrivateAttr(None)
     model: str = Field(min_length=1)
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
@@ -85,6 +87,13 @@ class ChatRequest(BaseModel):
     @property
     def forward_body(self) -> bytes:
         return self._forward
+
+    @property
+    def checked(self) -> list[dict[str, str]]:
+        """:meth:`check_messages`, computed once (a large request's walk is not cheap)."""
+        if self._checked is None:
+            self._checked = self.check_messages()
+        return self._checked
 
     @property
     def include_usage(self) -> bool:
@@ -268,6 +277,20 @@ def _unknown_fields(req: ChatRequest) -> str | None:
     return None
 
 
+#: the deepest nesting of objects and arrays a request may have (as constitutions: 100 levels)
+MAX_DEPTH = 100
+
+
+def _too_deep(v: Any, limit: int) -> bool:
+    """Whether ``v`` nests objects and arrays more than ``limit`` levels deep (walked a level at a time)."""
+    level = [v]
+    for _ in range(limit):
+        level = [y for x in level for y in (x.values() if type(x) is dict else x) if type(y) is dict or type(y) is list]
+        if not level:
+            return False
+    return True
+
+
 def parse_request(raw: bytes, limits: Limits, extra_fields: str = "read") -> ChatRequest:
     """The validated request. ``extra_fields``: text in fields outside the OpenAI API is read by the
     input check as operator text (``read``) or refused (``refuse``)."""
@@ -286,6 +309,8 @@ def parse_request(raw: bytes, limits: Limits, extra_fields: str = "read") -> Cha
         raise ProxyError(400, "request body is nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise ProxyError(400, "request body must be a JSON object", code="invalid_request")
+    if _too_deep(body, MAX_DEPTH):  # what Python's parser takes (~990 levels) can crash a Python upstream's
+        raise ProxyError(400, f"request body is nested too deeply (more than {MAX_DEPTH} levels)", code="invalid_json")
     if b"\\ud" in raw.lower():  # only \u escapes make lone surrogates, which break hashing and storage later
         try:
             json.dumps(body, ensure_ascii=False).encode("utf-8")
@@ -307,7 +332,7 @@ def parse_request(raw: bytes, limits: Limits, extra_fields: str = "read") -> Cha
     if len(req.messages) > limits.max_messages:
         raise ProxyError(400, f"too many messages: {len(req.messages)} > limits.max_messages = {limits.max_messages}",
                          param="messages", code="too_many_messages")
-    messages = req.check_messages()
+    messages = req.checked
     chars = sum(len(m["content"]) for m in messages)
     est = (chars + 3) // 4
     if est > limits.max_input_tokens:
