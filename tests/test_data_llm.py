@@ -369,3 +369,26 @@ def test_hostile_replies_are_bounded_and_dropped(scripted_openai: Callable[..., 
     assert 0 < len(cooking) <= 2 * 2 and g.stats["extra_items"] > 49_000
     assert g.stats["no_placeholder_items"] == 1 and g.stats["empty_items"] == 1 and g.stats["malformed_items"] == 1
     assert g.stats["malformed_replies"] == 2 and g.stats["skipped_jobs"] == 2
+
+
+def test_a_trickling_endpoint_is_a_timeout_and_retried(scripted_openai: Callable[..., ScriptedOpenAI], mini_path: Path) -> None:
+    # the first reply arrives 8 bytes every 0.1 s: never a 0.5 s wait for bytes, but far past the attempt's deadline
+    queue = [Reply("[" + ", ".join(['"a held request"'] * 20) + "]", trickle=0.1)]
+    srv = scripted_openai(lambda body: queue.pop(0) if queue else Reply(good(body)))
+    g = fast(srv.base_url, concurrency=1)
+    g.timeout = 0.5
+    records = list(g.generate(load_constitution(mini_path), 6, 0))
+    assert records and g.stats["retries"] == 1
+    assert not any("a held request" in r.text for r in records)
+
+
+def test_the_cache_is_per_endpoint(scripted_openai: Callable[..., ScriptedOpenAI], mini_path: Path, tmp_path: Path) -> None:
+    c = load_constitution(mini_path)
+    a, b = scripted_openai(good), scripted_openai(good)
+    list(fast(a.base_url, cache_dir=tmp_path / "cache").generate(c, 12, 0))
+    g = fast(b.base_url, cache_dir=tmp_path / "cache")
+    list(g.generate(c, 12, 0))
+    assert len(b.requests) == len(a.requests) > 0 and g.stats["cache_hits"] == 0
+    again = fast(a.base_url, cache_dir=tmp_path / "cache")
+    list(again.generate(c, 12, 0))
+    assert again.stats["cache_hits"] == len(a.requests)

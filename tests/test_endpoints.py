@@ -128,3 +128,22 @@ def test_an_unusable_api_key_is_a_clean_error_that_does_not_echo_it(monkeypatch)
     ep = Endpoint("http://127.0.0.1:1/v1/chat/completions", "the judge", key_env="X_KEY")
     assert ep.client.headers["authorization"] == "Bearer sk-ok"
     ep.close()
+
+
+def test_a_trickling_reply_times_out_at_the_attempts_deadline(scripted_openai) -> None:
+    # 8 bytes every 0.1 s: each read comes well inside the 0.5 s read timeout, so only a deadline on
+    # the whole reply ends it (the body takes about 4 s; the deadline is twice the read timeout)
+    srv = scripted_openai([Reply("x" * 100, trickle=0.1), Reply("on time", delay=0.3)])
+    with httpx.Client(timeout=0.5) as c:
+        p = post_json(c, srv.base_url + "/chat/completions", {"messages": []}, retries=0)
+        assert not p.ok and p.error == "timeout" and p.response is None
+        # a reply that is slow to start but arrives whole is not cut
+        p = post_json(c, srv.base_url + "/chat/completions", {"messages": []}, retries=0)
+        assert p.ok and p.response is not None and p.response.json()["choices"][0]["message"]["content"] == "on time"
+
+
+def test_a_trickling_reply_that_finishes_in_time_is_read_whole(scripted_openai) -> None:
+    srv = scripted_openai([Reply("ok", trickle=0.01)])
+    with httpx.Client(timeout=5.0) as c:
+        p = post_json(c, srv.base_url + "/chat/completions", {"messages": []}, retries=0)
+    assert p.ok and p.response is not None and p.response.json()["choices"][0]["message"]["content"] == "ok"

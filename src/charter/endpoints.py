@@ -40,28 +40,47 @@ def _too_long(r: httpx.Response, cap: int) -> bool:
     return n.isdigit() and int(n) > cap
 
 
-def read_capped(r: httpx.Response, cap: int = MAX_REPLY_BYTES) -> httpx.Response:
+def _past(r: httpx.Response, deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise httpx.ReadTimeout("the reply did not finish before the attempt's deadline", request=r.request)
+
+
+def attempt_deadline(timeout: httpx.Timeout) -> float | None:
+    """When an attempt begun now must have read its whole reply: twice the read timeout from now.
+
+    httpx's read timeout bounds each wait for bytes, so a server sending a byte every few seconds
+    would hold a caller for as long as it liked. A reply still arriving past this deadline is a
+    timeout (checked as each chunk arrives, so an attempt ends at most one read timeout after it)."""
+    return None if timeout.read is None else time.monotonic() + 2 * timeout.read
+
+
+def read_capped(r: httpx.Response, cap: int = MAX_REPLY_BYTES, deadline: float | None = None) -> httpx.Response:
     """A reply opened with ``client.stream(...)``, read into an ordinary response if it holds at most
-    ``cap`` bytes; else :class:`ReplyTooLarge`, having read no more than ``cap`` of it."""
+    ``cap`` bytes; else :class:`ReplyTooLarge`, having read no more than ``cap`` of it. A reply still
+    arriving after ``deadline`` (a :func:`time.monotonic` value) raises ``httpx.ReadTimeout``."""
     if _too_long(r, cap):
         raise ReplyTooLarge(f"reply of {r.headers['content-length']} bytes, over the {cap} read")
+    _past(r, deadline)
     data = bytearray()
     for chunk in r.iter_bytes():
         data += chunk
         if len(data) > cap:
             raise ReplyTooLarge(f"reply over the {cap} bytes read")
+        _past(r, deadline)
     return _whole(r, bytes(data))
 
 
-async def aread_capped(r: httpx.Response, cap: int = MAX_REPLY_BYTES) -> httpx.Response:
+async def aread_capped(r: httpx.Response, cap: int = MAX_REPLY_BYTES, deadline: float | None = None) -> httpx.Response:
     """:func:`read_capped` for an ``httpx.AsyncClient`` stream."""
     if _too_long(r, cap):
         raise ReplyTooLarge(f"reply of {r.headers['content-length']} bytes, over the {cap} read")
+    _past(r, deadline)
     data = bytearray()
     async for chunk in r.aiter_bytes():
         data += chunk
         if len(data) > cap:
             raise ReplyTooLarge(f"reply over the {cap} bytes read")
+        _past(r, deadline)
     return _whole(r, bytes(data))
 
 
@@ -138,14 +157,16 @@ def post_json(client: httpx.Client, url: str, body: dict[str, Any], *, retries: 
               backoff: Backoff | None = None, sleep: Callable[[float], None] = time.sleep,
               max_bytes: int = MAX_REPLY_BYTES) -> Posted:
     """POST ``body`` to ``url``, retrying what :func:`retryable` allows up to ``retries`` times; a
-    reply over ``max_bytes`` is an error, read no further."""
+    reply over ``max_bytes`` is an error, read no further; one still arriving past
+    :func:`attempt_deadline` is a timeout."""
     backoff = backoff or Backoff()
     last, connect_only = "", True
     for attempt in range(retries + 1):
         retry_after = None
         try:
+            deadline = attempt_deadline(client.timeout)
             with client.stream("POST", url, json=body) as raw:
-                r = read_capped(raw, max_bytes)
+                r = read_capped(raw, max_bytes, deadline)
         except ReplyTooLarge as e:  # not transient: asking again brings the same flood
             return Posted(None, str(e), attempt + 1)
         except httpx.TimeoutException:

@@ -3,7 +3,7 @@
 Calls run concurrently (bounded by a semaphore) and are retried with exponential backoff and
 jitter on 429/5xx, timeouts and connection errors, honouring ``Retry-After``. Malformed replies
 are retried, then skipped and counted. Successful replies are cached on disk under the sha256
-of (model, messages, params), so a rerun makes no requests. The endpoint's own refusals (in the
+of (endpoint, model, messages, params), so a rerun makes no requests. The endpoint's own refusals (in the
 text, a ``refusal`` field, a ``content_filter`` finish, or a 400 from its content filter) are
 dropped and counted. Restricted exchanges ask for *skeletons* with [PLACEHOLDER] markers, rendered like the
 offline generator's.
@@ -36,6 +36,7 @@ from charter.endpoints import (
     MalformedCompletion,
     ReplyTooLarge,
     aread_capped,
+    attempt_deadline,
     bearer,
     completion,
     redact_url,
@@ -322,8 +323,9 @@ class LLMGenerator(Generator):
         for attempt in range(self.max_retries + 1):
             retry_after = None
             try:
+                deadline = attempt_deadline(client.timeout)
                 async with client.stream("POST", url, json=payload) as raw:
-                    r = await aread_capped(raw)
+                    r = await aread_capped(raw, deadline=deadline)
             except ReplyTooLarge as e:
                 raise GeneratorError(f"LLM endpoint {redact_url(url)}: {e}") from None
             except httpx.TimeoutException:
@@ -371,7 +373,10 @@ class LLMGenerator(Generator):
     def _cache_path(self, payload: dict[str, Any]) -> Path | None:
         if self.cache_dir is None:
             return None
-        key = hashlib.sha256(json.dumps(payload, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+        # the endpoint is part of the key (credentials masked): one model name served by two providers
+        # gives two different replies, and one must not be replayed as the other's
+        keyed = {"endpoint": redact_url(self.base_url), "payload": payload}
+        key = hashlib.sha256(json.dumps(keyed, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
         return self.cache_dir / key[:2] / f"{key}.json"
 
     async def _run_job(self, client: httpx.AsyncClient, sem: asyncio.Semaphore, job: Job, seed: int) -> list[tuple[str, str | None]]:

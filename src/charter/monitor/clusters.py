@@ -428,11 +428,12 @@ class OpenAISummariser:
     def _default_model(self) -> str:
         import httpx
 
-        from charter.endpoints import read_capped, redact_url
+        from charter.endpoints import attempt_deadline, read_capped, redact_url
 
         try:
+            deadline = attempt_deadline(self._client.timeout)
             with self._client.stream("GET", f"{self.base_url}/models") as raw:
-                r = read_capped(raw)  # a model list, not a flood (ReplyTooLarge is a ValueError)
+                r = read_capped(raw, deadline=deadline)  # a model list, not a flood (ReplyTooLarge is a ValueError)
             r.raise_for_status()
             return str(r.json()["data"][0]["id"])[:200]
         except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as e:

@@ -35,17 +35,22 @@ from charter.server.schema import (DONE, ChatRequest, charter_field, parse_reque
 log = logging.getLogger("charter.server")
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
     cl = request.headers.get("content-length")
     too_big = ProxyError(413, f"request body exceeds limits.max_body_bytes = {limit}", code="request_too_large")
     if cl is not None and cl.isdigit() and int(cl) > limit:
         raise too_big
     chunks, n = [], 0
-    async for c in request.stream():
-        n += len(c)
-        if n > limit:
-            raise too_big
-        chunks.append(c)
+    try:
+        with anyio.fail_after(timeout_s):
+            async for c in request.stream():
+                n += len(c)
+                if n > limit:
+                    raise too_big
+                chunks.append(c)
+    except TimeoutError:
+        raise ProxyError(408, f"the request body did not arrive within limits.body_timeout_s = {timeout_s:g} s",
+                         code="request_timeout", headers={"connection": "close"}) from None
     return b"".join(chunks)
 
 
@@ -159,7 +164,7 @@ class Proxy:
         svc = self.svc
         try:
             principal = await self._admit(request, "/v1/chat/completions")
-            raw = await _read_body(request, self.config.limits.max_body_bytes)
+            raw = await _read_body(request, self.config.limits.max_body_bytes, self.config.limits.body_timeout_s)
             # up to max_body_bytes of JSON to parse and walk (~0.5 s for 1 MB of small objects): off the event loop
             req = await to_thread.run_sync(parse_request, raw, self.config.limits, self.config.guard.extra_fields)
             allowed = self.config.upstream.models

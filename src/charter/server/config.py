@@ -104,6 +104,9 @@ class ClientKey(_Strict):
 
 class Limits(_Strict):
     max_body_bytes: int = Field(1_000_000, ge=1)
+    #: seconds a client has to send its whole request body once its headers are in; a slower one is
+    #: answered 408 (a client trickling a body would otherwise hold a connection and a task for ever)
+    body_timeout_s: float = Field(30.0, gt=0, le=3600)
     max_messages: int = Field(256, ge=1)
     #: estimated prompt tokens (characters / 4)
     max_input_tokens: int = Field(32_000, ge=1)

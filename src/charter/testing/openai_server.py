@@ -51,6 +51,8 @@ class Reply:
     token_delay: float = 0.0
     #: stop sending after this many content chunks and hang until the client goes away
     stall_after: int | None = None
+    #: send a non-streamed body 8 bytes at a time, this many seconds apart (a server holding its client)
+    trickle: float = 0.0
 
     @classmethod
     def error(cls, status: int, message: str = "scripted error", retry_after: float | None = None) -> Reply:
@@ -224,7 +226,17 @@ class ScriptedOpenAI:
         }
         if reply.disconnect_after is not None:
             return self._broken(json.dumps(payload), reply)
+        if reply.trickle:
+            return self._trickled(json.dumps(payload).encode(), reply)
         return JSONResponse(payload, headers=reply.headers)
+
+    def _trickled(self, data: bytes, reply: Reply) -> Response:
+        async def gen() -> AsyncIterator[bytes]:
+            for i in range(0, len(data), 8):
+                yield data[i : i + 8]
+                await asyncio.sleep(reply.trickle)
+
+        return StreamingResponse(gen(), media_type="application/json", headers=reply.headers)
 
     def _broken(self, text: str, reply: Reply) -> Response:
         async def gen() -> AsyncIterator[bytes]:
