@@ -65,6 +65,9 @@ def _stage1_time(guard: Guard, text: str) -> float:
     ("quoted_lists", rep('["a", "b", "c", "d"] '), 10),
     ("base32_ascii85", rep("JBSWY3DPEBLW64TMMQQQ==== <~87cURD]i,\"Ebo80~> "), 30),
     ("braille_and_doubles", rep("⠓⠑⠇⠇⠕ ⠠⠺ hheelllloo "), 10),
+    # pig latin and acrostics (twenty-seventh session): every word ending in -ay; a line a letter
+    ("pig_latin", rep("owhay oday iway akemay away ayay "), 10),
+    ("acrostic_lines", rep("Hushed hills\nOak trees\nWaves roll\n"), 10),
 ])
 def test_adversarial_input_is_not_much_slower_than_prose(guard: Guard, name: str, text: str, bound: float) -> None:
     _stage1_time(guard, rep(PROSE))  # warm up (word lists, regexes)

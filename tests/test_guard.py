@@ -93,7 +93,7 @@ def test_a_system_prompt_is_judged_apart_from_the_conversation(guard):
     assert guard.check_input(sys_user(HARMFUL, "Go ahead.")).flagged  # the ask sits in the system prompt
     # a deployment sends the same system prompt with every request: stage 1 reads it once
     g, read = Guard.load(guard.path), []
-    g.stage1_probs = lambda t, f=g.stage1_probs: read.append(t) or f(t)  # type: ignore[method-assign]
+    g.stage1_reading = lambda t, f=g.stage1_reading: read.append(t) or f(t)  # type: ignore[method-assign]
     first, second = g.check_input(sys_user("be nice, always", BENIGN)), g.check_input(sys_user("be nice, always", HARMFUL))
     assert read == [BENIGN, "be nice, always", HARMFUL] and second.flagged and not first.flagged
     assert second == guard.check_input(sys_user("be nice, always", HARMFUL)).model_copy(update={"latency_ms": second.latency_ms})

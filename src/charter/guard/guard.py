@@ -184,21 +184,41 @@ def _check_shapes(p: Path, s1: NgramClassifier, ex: ExchangeClassifier, s2: Any 
         raise ArtifactError(f"{p}: stage2 scale has values that are not positive; its features would divide by zero")
 
 
-def worst_view(stage1: NgramClassifier, hasher: NgramHasher, text: str) -> tuple[np.ndarray, str, str]:
-    """The view stage 1 scores as most restricted: (class probabilities, view name, view text)."""
+@dataclass(frozen=True)
+class Reading:
+    """Stage 1's reading of a text: the class probabilities of the view it scores most restricted, that
+    view's name and text, and the most restricted *decoded* view (name, text, restricted score) when the
+    text as written scored highest and some view decodes it."""
+
+    probs: np.ndarray
+    view: str
+    text: str
+    decoded: tuple[str, str, float] | None = None
+
+
+def stage1_reading(stage1: NgramClassifier, hasher: NgramHasher, text: str) -> Reading:
     perm = list(stage1.classes_).index(PERMITTED)
     best, best_view, best_text, best_score = None, "original", text, -1.0
+    alt: tuple[str, str, float] | None = None
     memo: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # views share clauses: hash each once
     for name, v in all_views(text):
         p = stage1.proba_one(v, hasher, memo)
-        if not 1.0 - p[perm] > best_score:
-            if math.isfinite(p[perm]):
-                continue
+        if not math.isfinite(p[perm]):
             raise ClassifierError("stage 1's score is not a number")
-        best, best_view, best_text, best_score = p, name, v, 1.0 - p[perm]
+        score = 1.0 - p[perm]  # in the probabilities' own precision: ties (saturated views) stay ties
+        if name != "original" and (alt is None or score > alt[2]):
+            alt = (name, v, float(score))
+        if score > best_score:
+            best, best_view, best_text, best_score = p, name, v, score
     if best is None:
         raise ClassifierError("stage 1 scored no view of the text")
-    return best, best_view, best_text
+    return Reading(best, best_view, best_text, alt if best_view == "original" else None)
+
+
+def worst_view(stage1: NgramClassifier, hasher: NgramHasher, text: str) -> tuple[np.ndarray, str, str]:
+    """The view stage 1 scores as most restricted: (class probabilities, view name, view text)."""
+    r = stage1_reading(stage1, hasher, text)
+    return r.probs, r.view, r.text
 
 
 def _remembered(memo: dict[bytes, Any], limit: int, text: str, compute: Callable[[str], Any]) -> Any:
@@ -226,9 +246,12 @@ class Guard:
     exchange_combiner: dict[str, float] | None = None
     hold_back: int = 8
     path: Path | None = None
+    #: when the text as written is stage 1's most suspicious reading and a decoded view escalates on its
+    #: own, stage 2 reads that decoded view instead (manifest ``stage2_reads: decoded``)
+    stage2_reads_decoded: bool = False
     _hasher: NgramHasher = field(init=False, repr=False)
     _stage2_memo: dict[bytes, np.ndarray] = field(init=False, repr=False, default_factory=dict)
-    _system_memo: dict[bytes, tuple[np.ndarray, str, str]] = field(init=False, repr=False, default_factory=dict)
+    _system_memo: dict[bytes, Reading] = field(init=False, repr=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         self._hasher = self.stage1.hasher()
@@ -278,6 +301,7 @@ class Guard:
             manifest=doc, stage1=s1, stage2=s2, exchange=ex, thresholds=dict(doc["thresholds"]),
             stage2_weight=float(doc.get("stage2_weight", 0.55)), combiner=doc.get("combiner"),
             exchange_combiner=doc.get("exchange_combiner"), path=p,
+            stage2_reads_decoded=doc.get("stage2_reads", "worst") == "decoded",
         )
 
     @property
@@ -360,7 +384,21 @@ class Guard:
 
     def stage1_probs(self, text: str) -> tuple[np.ndarray, str, str]:
         """Worst-case stage-1 class probabilities over the views of ``text``: (probs, view, view text)."""
-        return worst_view(self.stage1, self._hasher, text)
+        r = self.stage1_reading(text)
+        return r.probs, r.view, r.text
+
+    def stage1_reading(self, text: str) -> Reading:
+        return stage1_reading(self.stage1, self._hasher, text)
+
+    def second_reading(self, r: Reading) -> tuple[str, str] | None:
+        """The decoded view (name, text) stage 2 reads instead of ``r``'s, under :attr:`stage2_reads_decoded`:
+        a wrapper's own phrasing ("hidden message below, do what it says") can make the text as written
+        stage 1's top reading, and stage 2, which reads English and at most 64 tokens, would then read the
+        wrapper, not the decoded ask. Reading both and keeping the worse did as well on the default
+        data but cost a second encoder pass (cascade p99 28 -> 49 ms in bench_guard's mix)."""
+        if not self.stage2_reads_decoded or r.decoded is None or r.decoded[2] < self.thresholds["escalate"]:
+            return None
+        return r.decoded[0], r.decoded[1]
 
     def combine(self, s1: float, s2: float, words: int = 0) -> float:
         """The cascade's final score for an escalated input of ``words`` words: a logistic blend of
@@ -413,7 +451,8 @@ class Guard:
         return v.model_copy(update={"escalated": esc})
 
     def _check_text(self, text: str, system: bool, t0: float) -> Verdict:
-        p1, view, view_text = self._system_stage1(text) if system else self.stage1_probs(text)
+        r = self._system_stage1(text) if system else self.stage1_reading(text)
+        p1, view, view_text = r.probs, r.view, r.text
         s1 = 1.0 - float(p1[self._perm])
         read = text  # the text whose views were scored: its length picks the blend
         th = self.thresholds
@@ -423,7 +462,9 @@ class Guard:
             # scaled so that a verdict's score is at or above thresholds["final"] exactly when it is
             # flagged: calibration can put the final threshold under the escalation threshold
             return self._verdict(p1, s1 * min(1.0, th["final"] / th["escalate"]), False, "stage1", view, False, t0)
-        # escalate: stage 2 reads the view that stage 1 found most suspicious
+        # escalate: stage 2 reads the view that stage 1 found most suspicious (or a decoded one: second_reading)
+        if (second := self.second_reading(r)) is not None:
+            view, view_text = second
         p2 = self._stage2_proba(view_text)
         s2 = 1.0 - float(p2[self._perm])
         final = self.combine(s1, s2, len(read.split()))
@@ -488,10 +529,10 @@ class Guard:
             raise CharterError(STAGE2_MISSING)
         return max(1.0 - float(self._stage2_proba(self.stage1_probs(x)[2])[self._perm]) for x in prior_readings(prompt, last))
 
-    def _system_stage1(self, text: str) -> tuple[np.ndarray, str, str]:
-        """:meth:`stage1_probs` of a system prompt, remembered: a deployment sends the same few with every
+    def _system_stage1(self, text: str) -> Reading:
+        """:meth:`stage1_reading` of a system prompt, remembered: a deployment sends the same few with every
         request, and stage 2's reading of them is remembered too (:meth:`_stage2_proba`)."""
-        return _remembered(self._system_memo, SYSTEM_MEMO, text, self.stage1_probs)
+        return _remembered(self._system_memo, SYSTEM_MEMO, text, self.stage1_reading)
 
     def _stage2_proba(self, text: str) -> np.ndarray:
         """Stage 2's class probabilities, remembered for the last few texts: a proxy checks a request and

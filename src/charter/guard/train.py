@@ -66,6 +66,11 @@ class TrainConfig:
     #: test FPR 69.6 / 71.3 / 69.2 / 69.1%, unseen-wrapper recall at 1% of their own FPR 52.0 / 52.7 / 53.5 /
     #: 50.5%, hand-written dev set at the calibrated thresholds 78.3 / 80.4 / 80.0 / 80.4% (BENCHMARKS.md)
     stage1_clause_offset: float = -1.0
+    #: when the text as written is stage 1's most suspicious reading and a decoded view escalates too,
+    #: stage 2 reads the decoded view (:meth:`Guard.second_reading`); the manifest's ``stage2_reads``.
+    #: On the default data, same weights: test recall 72.2% -> 72.6% at 1.1% FPR either way, hand-written
+    #: tricks kept flagged 89.6% -> 91.1% (acrostics 10 -> 33 of 40), no new false positives (BENCHMARKS.md)
+    stage2_reads_decoded: bool = True
     seed: int = 0
     use_stage2: bool = True
     max_train: int | None = None  # cap training records (tests)
@@ -316,7 +321,7 @@ def train_guard(
     guard = Guard(
         manifest={}, stage1=s1, stage2=s2, exchange=ex,
         thresholds={"escalate": 0.5, "final": 0.5, "stage1_only": 0.5, "exchange": 0.5},
-        stage2_weight=cfg.stage2_weight,
+        stage2_weight=cfg.stage2_weight, stage2_reads_decoded=cfg.stage2_reads_decoded,
     )
     progress("calibrating thresholds")
     calib_in = [r for r in inputs if r.split == "calib"]
@@ -350,6 +355,7 @@ def train_guard(
         "classes": classes,
         "thresholds": guard.thresholds,
         "stage2_weight": cfg.stage2_weight,
+        "stage2_reads": "decoded" if cfg.stage2_reads_decoded else "worst",
         "target_fpr": cfg.target_fpr,
         "escalation_target": cfg.escalation_rate,
         "constitution_sha256": constitution_sha256,
@@ -379,14 +385,15 @@ def train_guard(
 class ScoreCache:
     """Stage scores already computed during one training run (calibration and evaluation reuse them)."""
 
-    stage1: dict[str, tuple[float, str]] = field(default_factory=dict)  # text -> (score, worst view)
-    stage2: dict[str, float] = field(default_factory=dict)  # worst view -> score
+    #: text -> (score, worst view, the best decoded view when the text as written is the worst, with its score)
+    stage1: dict[str, tuple[float, str, tuple[str, float] | None]] = field(default_factory=dict)
+    stage2: dict[str, float] = field(default_factory=dict)  # view text -> score
 
 
-def _stage1(guard: Guard, text: str, cache: ScoreCache) -> tuple[float, str]:
+def _stage1(guard: Guard, text: str, cache: ScoreCache) -> tuple[float, str, tuple[str, float] | None]:
     if text not in cache.stage1:
-        p, _, view_text = guard.stage1_probs(text)
-        cache.stage1[text] = (float(1 - p[guard._perm]), view_text)
+        r = guard.stage1_reading(text)
+        cache.stage1[text] = (float(1 - r.probs[guard._perm]), r.text, r.decoded and (r.decoded[1], r.decoded[2]))
     return cache.stage1[text]
 
 
@@ -398,22 +405,25 @@ def stage_scores(guard: Guard, texts: Sequence[str | Part], stage2_mask: np.ndar
     cache = cache if cache is not None else ScoreCache()
     s1 = np.empty(len(texts))
     worst: list[str] = []
+    second: list[str | None] = []
     words = np.empty(len(texts), dtype=int)
     for i, x in enumerate(texts):
         part = x if isinstance(x, Part) else Part(x)
-        (s1[i], w), read = _stage1(guard, part.text, cache), part.text
+        (s1[i], w, d), read = _stage1(guard, part.text, cache), part.text
         if part.last_user is not None and (u := _stage1(guard, part.last_user, cache))[0] > s1[i]:
-            (s1[i], w), read = u, part.last_user
+            (s1[i], w, d), read = u, part.last_user
         worst.append(w)
+        # as Guard.second_reading: a decoded view stage 2 reads instead, when it escalates on its own
+        second.append(d[0] if guard.stage2_reads_decoded and d is not None and d[1] >= guard.thresholds["escalate"] else None)
         words[i] = len(read.split())
     s2 = np.full(len(texts), np.nan)
     if guard.stage2 is not None and stage2_mask is not None and stage2_mask.any():
         idx = np.flatnonzero(stage2_mask)
-        todo = sorted({worst[i] for i in idx} - cache.stage2.keys())
+        todo = sorted({second[i] or worst[i] for i in idx} - cache.stage2.keys())
         if todo:
             E = guard.stage2.features(todo)
             cache.stage2.update(zip(todo, (1 - guard.stage2.proba_from_features(E)[:, guard._perm]).tolist()))
-        s2[idx] = [cache.stage2[worst[i]] for i in idx]
+        s2[idx] = [cache.stage2[t] if (t := second[i]) is not None else cache.stage2[worst[i]] for i in idx]
     return {"stage1": s1, "stage2": s2, "words": words}
 
 

@@ -10,5 +10,6 @@ from charter.transforms import (  # noqa: F401
     noise,
     structural,
     translation,
+    wordplay,
     wrappers,
 )
