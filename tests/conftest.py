@@ -10,6 +10,26 @@ import pytest
 from charter.testing import ScriptedOpenAI
 
 FIXTURES = Path(__file__).parent / "fixtures"
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Headless Chromium (Playwright), skipped where it is not installed unless CHARTER_REQUIRE_BROWSER=1."""
+    import os
+
+    if not CHROMIUM.exists():
+        if os.environ.get("CHARTER_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"a browser is required (CHARTER_REQUIRE_BROWSER=1) but {CHROMIUM} is missing")
+        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); set CHARTER_REQUIRE_BROWSER=1 to fail instead")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        yield b
+        b.close()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ where they fail. Screenshots go to tests/artifacts/dashboard/ (git-ignored); the
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -23,7 +22,6 @@ from charter.monitor.store import AlertRecord, EventStore
 from charter.server import ServerThread
 from charter.server.config import ClientKey, ServerConfig, hash_key
 
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts" / "dashboard"
 KEY = "sk-charter-dashboard-test-0123456789abcdef"
 KEYS = [ClientKey(id="ops", sha256=hash_key(KEY), dashboard=True)]
@@ -349,21 +347,11 @@ def test_cli_refuses_public_bind_without_keys(tmp_path: Path, capsys: pytest.Cap
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    if not CHROMIUM.exists():
-        if os.environ.get("CHARTER_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"a browser is required (CHARTER_REQUIRE_BROWSER=1) but {CHROMIUM} is missing")
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); set CHARTER_REQUIRE_BROWSER=1 to fail instead")
-    from playwright.sync_api import sync_playwright
-
+def browser(browser: Any) -> Any:
+    """The shared headless Chromium (conftest.py), with the screenshots' folder ready."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     print(f"\ndashboard screenshots: {ARTIFACTS}")
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        yield b
-        b.close()
+    return browser
 
 
 def _page(browser: Any) -> tuple[Any, Any, list[str]]:

@@ -371,27 +371,6 @@ def test_an_answer_computed_across_a_cache_clear_is_not_kept() -> None:
     assert cache.get("summary", lambda: state["open"]) == 1
 
 
-CHROMIUM = Path("/usr/bin/chromium")
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    import os
-
-    if not CHROMIUM.exists():
-        if os.environ.get("CHARTER_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"a browser is required (CHARTER_REQUIRE_BROWSER=1) but {CHROMIUM} is missing")
-        pytest.skip(f"{CHROMIUM} not installed (apt-get install chromium); set CHARTER_REQUIRE_BROWSER=1 to fail instead")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=str(CHROMIUM), args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
-        yield b
-        b.close()
-
-
 def test_browser_another_origins_form_cannot_log_the_analyst_out(browser: Any, store: EventStore) -> None:
     """Another port on the same host is the same site, so the SameSite cookie went with a form that page
     posted to /logout, and the analyst's session was revoked; the dashboard's own button still works."""

@@ -98,6 +98,18 @@ def redact_url(url: str) -> str:
     return f"{scheme}://***@" + rest.rsplit("@", 1)[1]
 
 
+def valid_http_url(url: str) -> bool:
+    """An http(s) URL with a host and a valid port, and no spaces or control characters (httpx raises a raw
+    InvalidURL, or OverflowError, on others, and a space pasted into a secret is not part of it)."""
+    if not url.startswith(("http://", "https://")) or " " in url or not url.isprintable():
+        return False
+    try:
+        u = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):
+        return False
+    return bool(u.host) and (u.port is None or 0 < u.port < 65536)
+
+
 def retryable(status: int) -> bool:
     return status in RETRYABLE or status >= 500
 

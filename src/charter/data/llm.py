@@ -42,6 +42,7 @@ from charter.endpoints import (
     redact_url,
     retry_after_seconds,
     retryable,
+    valid_http_url,
 )
 from charter.errors import GeneratorError
 
@@ -108,17 +109,6 @@ def _policy_refusal(r: httpx.Response) -> bool:
     inner = err.get("innererror")
     codes = [err.get("code"), err.get("type"), inner.get("code") if isinstance(inner, dict) else None]
     return any(isinstance(c, str) and c.lower() in _POLICY_CODES for c in codes)
-
-
-def _valid_base_url(url: str) -> bool:
-    """An http(s) URL with a host and a valid port (httpx raised a raw InvalidURL, or OverflowError, on others)."""
-    if not url.startswith(("http://", "https://")) or any(c.isspace() for c in url):
-        return False
-    try:
-        u = httpx.URL(url)
-    except (httpx.InvalidURL, ValueError):
-        return False
-    return bool(u.host) and (u.port is None or 0 < u.port < 65536)
 
 
 @dataclass(frozen=True)
@@ -260,7 +250,7 @@ class LLMGenerator(Generator):
         max_item_chars: int = 20_000,
     ) -> None:
         super().__init__()
-        if not _valid_base_url(base_url):
+        if not valid_http_url(base_url):
             raise GeneratorError(f"--base-url must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000/v1 "
                                  f"(got {redact_url(base_url)!r})")
         if api_key_env is not None and not _ENV_NAME.fullmatch(api_key_env):

@@ -21,7 +21,7 @@ from charter.constitution.model import Constitution
 from charter.data.records import MAX_LINE_BYTES, Record, iter_jsonl
 from charter.errors import CharterError
 from charter.fileio import sha256_file
-from charter.guard.guard import MAX_INPUT_CHARS, PERMITTED, Guard, Part, worst_view
+from charter.guard.guard import MAX_INPUT_CHARS, PERMITTED, Guard, Part, Reading, worst_view
 from charter.guard.stats import finite, rate, threshold_for_fpr
 
 Progress = Callable[[str], None]
@@ -385,45 +385,41 @@ def train_guard(
 class ScoreCache:
     """Stage scores already computed during one training run (calibration and evaluation reuse them)."""
 
-    #: text -> (score, worst view, the best decoded view when the text as written is the worst, with its score)
-    stage1: dict[str, tuple[float, str, tuple[str, float] | None]] = field(default_factory=dict)
+    stage1: dict[str, tuple[float, Reading]] = field(default_factory=dict)  # text -> (score, stage 1's reading)
     stage2: dict[str, float] = field(default_factory=dict)  # view text -> score
 
 
-def _stage1(guard: Guard, text: str, cache: ScoreCache) -> tuple[float, str, tuple[str, float] | None]:
+def _stage1(guard: Guard, text: str, cache: ScoreCache) -> tuple[float, Reading]:
     if text not in cache.stage1:
         r = guard.stage1_reading(text)
-        cache.stage1[text] = (float(1 - r.probs[guard._perm]), r.text, r.decoded and (r.decoded[1], r.decoded[2]))
+        cache.stage1[text] = (float(1 - r.probs[guard._perm]), r)
     return cache.stage1[text]
 
 
 def stage_scores(guard: Guard, texts: Sequence[str | Part], stage2_mask: np.ndarray | None = None,
                  cache: ScoreCache | None = None) -> dict[str, np.ndarray]:
-    """Stage-1 scores (worst view), where ``stage2_mask`` is set stage-2 scores of that view, and the
-    word counts of the texts read. A :class:`Part` is read as the input check reads it: its text, and
-    its last user turn when that scores higher."""
+    """Stage-1 scores (worst view), where ``stage2_mask`` is set stage-2 scores of the view stage 2 reads
+    (that one, or a decoded one: :meth:`Guard.second_reading`), and the word counts of the texts read. A
+    :class:`Part` is read as the input check reads it: its text, and its last user turn when that scores higher."""
     cache = cache if cache is not None else ScoreCache()
     s1 = np.empty(len(texts))
-    worst: list[str] = []
-    second: list[str | None] = []
+    read_by_stage2: list[str] = []
     words = np.empty(len(texts), dtype=int)
     for i, x in enumerate(texts):
         part = x if isinstance(x, Part) else Part(x)
-        (s1[i], w, d), read = _stage1(guard, part.text, cache), part.text
+        (s1[i], r), read = _stage1(guard, part.text, cache), part.text
         if part.last_user is not None and (u := _stage1(guard, part.last_user, cache))[0] > s1[i]:
-            (s1[i], w, d), read = u, part.last_user
-        worst.append(w)
-        # as Guard.second_reading: a decoded view stage 2 reads instead, when it escalates on its own
-        second.append(d[0] if guard.stage2_reads_decoded and d is not None and d[1] >= guard.thresholds["escalate"] else None)
+            (s1[i], r), read = u, part.last_user
+        read_by_stage2.append(second[1] if (second := guard.second_reading(r)) is not None else r.text)
         words[i] = len(read.split())
     s2 = np.full(len(texts), np.nan)
     if guard.stage2 is not None and stage2_mask is not None and stage2_mask.any():
         idx = np.flatnonzero(stage2_mask)
-        todo = sorted({second[i] or worst[i] for i in idx} - cache.stage2.keys())
+        todo = sorted({read_by_stage2[i] for i in idx} - cache.stage2.keys())
         if todo:
             E = guard.stage2.features(todo)
             cache.stage2.update(zip(todo, (1 - guard.stage2.proba_from_features(E)[:, guard._perm]).tolist()))
-        s2[idx] = [cache.stage2[t] if (t := second[i]) is not None else cache.stage2[worst[i]] for i in idx]
+        s2[idx] = [cache.stage2[read_by_stage2[i]] for i in idx]
     return {"stage1": s1, "stage2": s2, "words": words}
 
 

@@ -22,6 +22,8 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from charter.endpoints import valid_http_url
+
 log = logging.getLogger("charter.monitor")
 
 Severity = Literal["low", "medium", "high"]
@@ -125,7 +127,7 @@ class WebhookSinkSettings(_Strict):
     def _one_url(self) -> WebhookSinkSettings:
         if bool(self.url) == bool(self.url_env):
             raise ValueError("a webhook sink needs exactly one of url or url_env")
-        if self.url and not _valid_url(self.url):  # as url_env's value is checked: else every emit failed
+        if self.url and not valid_http_url(self.url):  # as url_env's value is checked: else every emit failed
             raise ValueError("url must be an http:// or https:// URL with a valid host and port, no spaces or "
                              "control characters")
         bad = [h for h in self.headers_env if not _HEADER_NAME.fullmatch(h)]
@@ -315,7 +317,7 @@ def webhook_problems(s: WebhookSinkSettings) -> list[tuple[tuple[str, ...], str]
         url = _env(s.url_env)
         if not url:
             out.append((("url_env",), f"webhook sink: environment variable {s.url_env} is not set"))
-        elif not _valid_url(url):  # the value is a secret: never echoed
+        elif not valid_http_url(url):  # the value is a secret: never echoed
             out.append((("url_env",), f"webhook sink: environment variable {s.url_env} does not hold an http:// or "
                                       "https:// URL (with a valid host and port, no spaces or control characters)"))
     for header, env in s.headers_env.items():
@@ -332,16 +334,6 @@ def webhook_problems(s: WebhookSinkSettings) -> list[tuple[tuple[str, ...], str]
 def _env(name: str) -> str:
     """An environment variable's value without the newline a secrets file leaves at its end."""
     return os.environ.get(name, "").strip()
-
-
-def _valid_url(url: str) -> bool:
-    if not url.startswith(("http://", "https://")) or not url.isprintable() or " " in url:
-        return False
-    try:
-        u = httpx.URL(url)
-    except (httpx.InvalidURL, ValueError):
-        return False
-    return bool(u.host) and (u.port is None or 0 < u.port < 65536)
 
 
 def sink_problems(settings: list[Any]) -> list[tuple[tuple[str | int, ...], str]]:
