@@ -242,6 +242,33 @@ def test_login_is_throttled_and_refuses_cross_site(sqlite_store: EventStore, ser
         assert c.post("/login", data={"key": KEY}).status_code == 429  # even the right key, for a minute
 
 
+def test_a_trickled_login_or_alert_change_is_cut_off(sqlite_store: EventStore, serve: Callable[..., ServerThread],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client sending its login form or an alert change a byte at a time gets 408 once BODY_TIMEOUT_S has
+    passed (it held a connection and a task for as long as it liked), and the dashboard still serves others."""
+    from charter.monitor import dashboard
+    from slow_client import trickle
+
+    monkeypatch.setattr(dashboard, "BODY_TIMEOUT_S", 1.0)
+    srv = serve(create_dashboard(sqlite_store, keys=KEYS))
+    (alert,) = [a for a in sqlite_store.alerts() if a.rule == "repeat_blocks"]
+    form = f"key={KEY}".encode()  # about 45 bytes at 0.1 s each: 4.5 s, against a 1 s limit
+    reply = trickle(srv.url, form, gap=0.1, stop_after=20, path="/login", content_type="application/x-www-form-urlencoded")
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:80]
+    assert b"did not arrive within 1 s" in reply
+    body = b'{"status": "acknowledged"}'
+    reply = trickle(srv.url, body, gap=0.1, stop_after=20, path=f"/api/alerts/{alert.id}/status",
+                    headers={"Authorization": f"Bearer {KEY}"})
+    assert reply.startswith(b"HTTP/1.1 408"), reply[:80]
+    assert [a.status for a in sqlite_store.alerts(status=None) if a.id == alert.id] == ["open"]
+    # a form that arrives slowly but within the limit logs in; the server serves a whole request as before
+    reply = trickle(srv.url, form, gap=0.005, stop_after=20, path="/login", content_type="application/x-www-form-urlencoded")
+    assert reply.startswith(b"HTTP/1.1 303") and COOKIE.encode() in reply, reply[:200]
+    with _client(srv) as c:
+        ok = c.post(f"/api/alerts/{alert.id}/status", json={"status": "resolved"}, headers={"authorization": f"Bearer {KEY}"})
+        assert ok.status_code == 200
+
+
 def test_behind_a_tls_reverse_proxy_logins_work_and_the_cookie_is_secure(sqlite_store: EventStore,
                                                                          serve: Callable[..., ServerThread]) -> None:
     """Behind a proxy that ends TLS and does not pass the browser's Host on, every login was refused

@@ -100,6 +100,14 @@ def test_serve_refuses_an_unset_webhook_variable_naming_file_line_sink_and_varia
         create_app(ServerConfig.model_validate(conf), guard)
     monkeypatch.setenv("HOOK_AUTH", "Bearer x")
     create_app(ServerConfig.model_validate(conf), guard)
+    # a signing secret's variable too
+    monkeypatch.delenv("HOOK_SECRET", raising=False)
+    conf["monitor"]["sinks"][0]["secret_env"] = "HOOK_SECRET"
+    with pytest.raises(ConfigError, match=r"^monitor\.sinks\[0\]\.secret_env: webhook sink: "
+                                          r"environment variable HOOK_SECRET is not set$"):
+        create_app(ServerConfig.model_validate(conf), guard)
+    monkeypatch.setenv("HOOK_SECRET", "0123456789abcdef-secret")
+    create_app(ServerConfig.model_validate(conf), guard)
     # without a store the rules never run, so their sinks are not needed
     monkeypatch.delenv("HOOK_AUTH")
     conf["events"]["db"] = None

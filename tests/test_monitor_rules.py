@@ -313,7 +313,9 @@ class Receiver:
         self.statuses, self.posts = list(statuses), []  # type: list[int], list[dict[str, Any]]
 
         async def hook(request: Request) -> JSONResponse:
-            self.posts.append({"json": await request.json(), "auth": request.headers.get("authorization")})
+            raw = await request.body()
+            self.posts.append({"json": json.loads(raw), "auth": request.headers.get("authorization"), "raw": raw,
+                               "headers": dict(request.headers)})
             return JSONResponse({}, status_code=self.statuses.pop(0) if self.statuses else 200)
 
         self.server = ServerThread(Starlette(routes=[Route("/hook/{token}", hook, methods=["POST"])]))
@@ -357,6 +359,58 @@ def test_webhook_sink_posts_json_retries_and_raises_when_undelivered(tmp_path: P
         dead.emit(res.new[0])
     assert dead.failed == 1 and e.value.retry
     assert f"http://127.0.0.1:{port}" in str(e.value) and "SECRET" not in str(e.value) and "hook-secret" not in str(e.value)
+
+
+def test_a_webhook_with_a_secret_signs_each_post_and_receivers_can_verify_it(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``secret_env``, each post carries a timestamp and an HMAC-SHA256 of the timestamp and the exact body,
+    so a receiver tells Charter's alerts from forged, altered or replayed ones (``verify_webhook``)."""
+    import hashlib
+    import hmac
+
+    from charter.monitor.alerts import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign_webhook, verify_webhook
+
+    secret = "whsec-0123456789abcdef-test"
+    s = EventStore.open(f"sqlite:///{tmp_path / 'w.db'}")
+    now = time.time()
+    s.write([ev(f"a{i}", "u1", 0.9, t=now - 10 + i) for i in range(5)])
+    with Receiver([503]) as rx:
+        monkeypatch.setenv("HOOK_URL", rx.server.url + "/hook/T")
+        monkeypatch.setenv("HOOK_SECRET", secret + "\n")  # a secrets file's newline is not part of the secret
+        eng = RuleEngine(s, only("repeated_flags", sinks=[{"type": "webhook", "url_env": "HOOK_URL",
+                                                           "secret_env": "HOOK_SECRET", "backoff_s": 1.1}]))
+        assert len(eng.run_once(now).new) == 1 and len(rx.posts) == 2  # one failure, then delivered
+    stamps = []
+    for post in rx.posts:
+        raw, ts, sig = post["raw"], post["headers"][TIMESTAMP_HEADER.lower()], post["headers"][SIGNATURE_HEADER.lower()]
+        stamps.append(ts)
+        # the scheme as documented, computed independently of the helper
+        assert sig == "sha256=" + hmac.new(secret.encode(), ts.encode() + b"." + raw, hashlib.sha256).hexdigest()
+        assert abs(int(ts) - time.time()) < 60
+        assert verify_webhook(secret, raw, ts, sig)
+        assert not verify_webhook(secret, raw.replace(b"u1", b"u2"), ts, sig)  # altered
+        assert not verify_webhook("another-secret-0123456789", raw, ts, sig)  # forged
+        assert not verify_webhook(secret, raw, str(int(ts) + 1), sig)  # its timestamp changed
+        assert not verify_webhook(secret, raw, ts, sig, now=int(ts) + 3600)  # replayed an hour later
+        assert not verify_webhook(secret, raw, None, sig) and not verify_webhook(secret, raw, ts, None)
+        assert not verify_webhook(secret, raw, "-5", sig) and not verify_webhook(secret, raw, ts, "sha256=zz\u00e9")
+    assert stamps[1] > stamps[0]  # the retry, 1.1 s later, was signed afresh
+    assert sign_webhook(b"k" * 16, b"{}", 1700000000) == {
+        TIMESTAMP_HEADER: "1700000000",
+        SIGNATURE_HEADER: "sha256=" + hmac.new(b"k" * 16, b"1700000000.{}", hashlib.sha256).hexdigest()}
+
+
+def test_a_webhook_secret_must_be_set_and_long_enough(monkeypatch: pytest.MonkeyPatch) -> None:
+    from charter.monitor.alerts import WebhookSinkSettings, webhook_problems
+
+    cfg = WebhookSinkSettings(url="http://127.0.0.1:9/hook", secret_env="HOOK_SECRET")
+    monkeypatch.delenv("HOOK_SECRET", raising=False)
+    assert webhook_problems(cfg) == [(("secret_env",), "webhook sink: environment variable HOOK_SECRET is not set")]
+    monkeypatch.setenv("HOOK_SECRET", "short-secret")
+    (problem,) = webhook_problems(cfg)
+    assert "shorter than 16" in problem[1] and "short-secret" not in problem[1]
+    monkeypatch.setenv("HOOK_SECRET", "a-long-enough-secret")
+    assert webhook_problems(cfg) == []
 
 
 def test_an_alert_a_webhook_missed_is_delivered_at_the_next_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

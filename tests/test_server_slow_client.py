@@ -4,11 +4,8 @@ passed, instead of holding a connection and a task for as long as it keeps trick
 from __future__ import annotations
 
 import json
-import socket
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -18,6 +15,7 @@ from charter.monitor.events import MemorySink
 from charter.server import ServerConfig, ServerThread, create_app
 from charter.server.config import ConfigError
 from charter.testing import ScriptedOpenAI
+from slow_client import trickle
 
 ANSWER = "About 7 minutes."
 
@@ -28,41 +26,6 @@ def served(mini_model_dir: Path) -> Iterator[tuple[ServerThread, ScriptedOpenAI]
         cfg = ServerConfig.model_validate({"upstream": {"base_url": up.base_url}, "limits": {"body_timeout_s": 1}})
         with ServerThread(create_app(cfg, Guard.load(mini_model_dir), MemorySink())) as srv:
             yield srv, up
-
-
-def trickle(url: str, body: bytes, gap: float, stop_after: float) -> bytes:
-    """POST ``body`` to the proxy a byte every ``gap`` seconds (each well inside any per-read timeout);
-    return whatever the server answers, or b"" if it has not answered after ``stop_after`` seconds."""
-    u = urlsplit(url)
-    s = socket.create_connection((u.hostname, u.port), timeout=stop_after)
-    got = bytearray()
-    done = threading.Event()
-
-    def read() -> None:
-        try:
-            while chunk := s.recv(65536):
-                got.extend(chunk)
-        except OSError:
-            pass
-        done.set()
-
-    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {u.hostname}\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode()
-    s.sendall(head)
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
-        for b in body:
-            if done.wait(gap):
-                break
-            try:
-                s.sendall(bytes([b]))
-            except OSError:
-                break
-        done.wait(stop_after)
-    finally:
-        s.close()
-    return bytes(got)
 
 
 def test_a_trickled_body_is_answered_408_in_the_openai_format(served: tuple[ServerThread, ScriptedOpenAI]) -> None:

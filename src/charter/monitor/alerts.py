@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
+import json
 import logging
 import os
 import re
@@ -31,6 +33,12 @@ SubjectKind = Literal["user", "conversation", "key", "global"]
 MAX_DEDUPE = 300  # the store's dedupe_key column
 MAX_BACKOFF_S = 30.0  # the longest wait between two attempts of a webhook post
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
+#: headers of a signed webhook post (:func:`sign_webhook`)
+SIGNATURE_HEADER = "X-Charter-Signature"
+TIMESTAMP_HEADER = "X-Charter-Timestamp"
+#: how old a signed post a receiver accepts by default (:func:`verify_webhook`)
+SIGNATURE_TOLERANCE_S = 300
+MIN_SECRET_CHARS = 16
 
 
 class Alert(BaseModel):
@@ -118,6 +126,10 @@ class WebhookSinkSettings(_Strict):
     url_env: str | None = None
     #: header name -> name of the environment variable holding its value (e.g. Authorization)
     headers_env: dict[str, str] = Field(default_factory=dict)
+    #: name of an environment variable holding a shared secret: each post is then signed (HMAC-SHA256 over
+    #: the timestamp and the body, :func:`sign_webhook`), so the receiver can tell Charter's alerts from
+    #: forged or replayed ones (:func:`verify_webhook`)
+    secret_env: str | None = None
     #: the most one attempt may take, from connecting to the receiver's status line
     timeout_s: float = Field(5.0, gt=0, le=60)
     retries: int = Field(2, ge=0, le=10)
@@ -199,8 +211,9 @@ class WebhookSink:
     name = "webhook"  # build_sinks names each one by its place in monitor.sinks
 
     def __init__(self, url: str, *, headers: dict[str, str] | None = None, timeout_s: float = 5.0,
-                 retries: int = 2, backoff_s: float = 0.5) -> None:
+                 retries: int = 2, backoff_s: float = 0.5, secret: str | None = None) -> None:
         self.url, self.retries, self.backoff_s, self.timeout_s = url, retries, backoff_s, timeout_s
+        self._secret = secret.encode("utf-8") if secret else None
         # a fresh connection per post: _post can then always reach the socket to end an overlong attempt
         self.client = httpx.Client(timeout=timeout_s, headers=headers or {}, trust_env=False,
                                    limits=httpx.Limits(max_keepalive_connections=0))
@@ -216,7 +229,8 @@ class WebhookSink:
             raise CharterError("; ".join(msg for _, msg in problems))
         url = s.url or _env(s.url_env or "")
         headers = {h: _env(env) for h, env in s.headers_env.items()}
-        return cls(url, headers=headers, timeout_s=s.timeout_s, retries=s.retries, backoff_s=s.backoff_s)
+        return cls(url, headers=headers, timeout_s=s.timeout_s, retries=s.retries, backoff_s=s.backoff_s,
+                   secret=_env(s.secret_env) if s.secret_env else None)
 
     def emit(self, alert: Alert) -> None:
         body = alert.payload()
@@ -276,7 +290,11 @@ class WebhookSink:
         status: int | None = None
         try:
             # the status is all it needs: the body goes unread
-            with self.client.stream("POST", self.url, json=body, extensions={"trace": trace}) as r:
+            raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            headers = {"content-type": "application/json"}
+            if self._secret is not None:  # signed per attempt: a retry carries a fresh timestamp
+                headers.update(sign_webhook(self._secret, raw))
+            with self.client.stream("POST", self.url, content=raw, headers=headers, extensions={"trace": trace}) as r:
                 status = r.status_code
         except httpx.HTTPError:
             if status is None:  # (once answered, the answer stands: a retry would post it twice)
@@ -290,6 +308,28 @@ class WebhookSink:
 
     def close(self) -> None:
         self.client.close()
+
+
+def sign_webhook(secret: bytes, body: bytes, timestamp: int | None = None) -> dict[str, str]:
+    """The headers that sign a webhook post: the time it was sent (Unix seconds) and
+    ``sha256=`` + hex HMAC-SHA256 of ``b"<timestamp>." + body`` under the shared secret."""
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    mac = hmac.new(secret, ts.encode("ascii") + b"." + body, hashlib.sha256).hexdigest()
+    return {TIMESTAMP_HEADER: ts, SIGNATURE_HEADER: f"sha256={mac}"}
+
+
+def verify_webhook(secret: str | bytes, body: bytes, timestamp: str | None, signature: str | None, *,
+                   tolerance_s: float = SIGNATURE_TOLERANCE_S, now: float | None = None) -> bool:
+    """For a receiver: whether a post carries Charter's signature of exactly ``body`` (the raw bytes, before
+    any JSON parsing), sent within ``tolerance_s`` of ``now`` (an old post replayed is refused)."""
+    if not timestamp or not signature or not (timestamp.isascii() and timestamp.isdigit()) or len(timestamp) > 12:
+        return False
+    now = time.time() if now is None else now
+    if abs(now - int(timestamp)) > tolerance_s:
+        return False
+    key = secret.encode("utf-8") if isinstance(secret, str) else secret
+    want = sign_webhook(key, body, int(timestamp))[SIGNATURE_HEADER]
+    return hmac.compare_digest(want.encode("ascii"), signature.strip().encode("ascii", "replace"))
 
 
 class _Overdue(Exception):
@@ -320,6 +360,13 @@ def webhook_problems(s: WebhookSinkSettings) -> list[tuple[tuple[str, ...], str]
         elif not valid_http_url(url):  # the value is a secret: never echoed
             out.append((("url_env",), f"webhook sink: environment variable {s.url_env} does not hold an http:// or "
                                       "https:// URL (with a valid host and port, no spaces or control characters)"))
+    if s.secret_env:
+        secret = _env(s.secret_env)
+        if not secret:
+            out.append((("secret_env",), f"webhook sink: environment variable {s.secret_env} is not set"))
+        elif len(secret) < MIN_SECRET_CHARS:  # its value is a secret: only its length is told
+            out.append((("secret_env",), f"webhook sink: the secret in {s.secret_env} is shorter than "
+                                         f"{MIN_SECRET_CHARS} characters"))
     for header, env in s.headers_env.items():
         v = _env(env)
         if not v:

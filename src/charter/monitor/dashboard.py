@@ -61,6 +61,9 @@ MAX_TEXT = 300
 #: worker threads the dashboard's queries may hold at once: its own pool, so that a database that stopped
 #: answering cannot take every thread of the proxy it is mounted in (whose guard checks need them)
 MAX_THREADS = 8
+#: seconds a login form or an alert change has to arrive whole: a client sending a byte at a time held a
+#: connection and a task for as long as it liked
+BODY_TIMEOUT_S = 10.0
 _ASSETS = "dashboard_assets"
 _STATIC = {"app.js": "text/javascript; charset=utf-8", "app.css": "text/css; charset=utf-8"}
 _CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -74,6 +77,20 @@ class _HttpError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status, self.message = status, message
+
+
+async def _small_body(request: Request, limit: int, too_large: str = "body too large") -> bytes:
+    """A request body of at most ``limit`` bytes, bounded as it arrives (413) and in time (408)."""
+    raw = b""
+    try:
+        with anyio.fail_after(BODY_TIMEOUT_S):
+            async for chunk in request.stream():
+                raw += chunk
+                if len(raw) > limit:
+                    raise _HttpError(413, too_large)
+    except TimeoutError:
+        raise _HttpError(408, f"the body did not arrive within {BODY_TIMEOUT_S:g} s") from None
+    return raw
 
 
 def _asset(name: str) -> str:
@@ -416,11 +433,11 @@ class Dashboard:
         if self.auth.throttle.blocked(client):
             return self._html(self.templates["login.html"].render(
                 base=base, error="too many failed attempts; wait a minute"), 429, {"retry-after": "60"})
-        body = b""
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > 4096:
-                return self._html(self.templates["login.html"].render(base=base, error="form too large"), 413)
+        try:
+            body = await _small_body(request, 4096, "form too large")
+        except _HttpError as e:
+            return self._html(self.templates["login.html"].render(base=base, error=e.message), e.status,
+                              {"connection": "close"} if e.status == 408 else None)
         key = (parse_qs(body.decode("utf-8", "replace")).get("key") or [""])[0].strip()
         p = self.auth.keystore.authenticate(f"Bearer {key}") if key else None
         if p is None:
@@ -468,11 +485,7 @@ class Dashboard:
                 raise _HttpError(403, "cross-site request refused")
             if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
                 raise _HttpError(415, "send the body as application/json")
-            raw = b""
-            async for chunk in request.stream():  # bounded as it arrives, not after the whole body is held
-                raw += chunk
-                if len(raw) > 1024:
-                    raise _HttpError(413, "body too large")
+            raw = await _small_body(request, 1024)
             try:
                 status = json.loads(raw).get("status")
             except (ValueError, AttributeError):
