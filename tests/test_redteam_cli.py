@@ -116,6 +116,9 @@ def test_behaviours_file_is_attacked_instead_of_the_constitutions_seeds(mini_mod
     from charter.fileio import sha256_file
 
     assert doc["config"]["behaviours_file"] == {"path": str(f), "sha256": sha256_file(f)}
+    # which guard and policy were attacked
+    assert doc["config"]["model_manifest_sha256"] == sha256_file(mini_model_dir / "manifest.json")
+    assert doc["config"]["constitution_sha256"] == sha256_file(Path(MINI))
     # the crescendo openers quote the category's description, or a generic one without a category
     crescendo = {a["behaviour_id"]: json.dumps(a["prompt"]) for a in doc["attempts"] if a["strategy"].endswith("crescendo")}
     assert all("Building on everything" in v for v in crescendo.values())
@@ -260,3 +263,23 @@ def test_patch_lowers_heldout_asr(mini_model_dir: Path, tmp_path: Path, capsys: 
     assert g.check_input(examples[0].text).score >= old_g.check_input(examples[0].text).score
     lifted = [g.stage1_probs(t)[0][g._perm] < old_g.stage1_probs(t)[0][old_g._perm] for t in ho]
     assert sum(lifted) > len(ho) / 2  # most held-out variants look less permitted to the new stage 1
+
+def test_red_team_results_of_another_model_cannot_support_a_safety_case_claim(mini_model_dir: Path, tmp_path: Path) -> None:
+    """The results name the manifest of the guard they attacked, so a safety case built on a model card
+    refuses red-team evidence gathered on another model (a guard since retrained or replaced)."""
+    import yaml
+
+    from charter.guard.guard import default_model_path
+
+    out = tmp_path / "r"
+    assert main(["redteam", "--target", f"guard:{mini_model_dir}", "--out", str(out), "--suite", "quick",
+                 "--budget", "2", "-c", MINI]) == 0
+    for card, mismatched in ((mini_model_dir, False), (default_model_path(), True)):
+        cfg = {"title": "T", "evidence": {"guard": {"kind": "model_card", "path": str(card)},
+                                          "rt": {"kind": "redteam", "path": str(out / "results.json")}},
+               "claims": {"id": "C0", "text": "t", "criteria": [{"evidence": "rt", "metric": "asr", "op": "<=", "value": 1.0}]}}
+        (tmp_path / "case.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+        rc = main(["safety-case", "--config", str(tmp_path / "case.yaml"), "--out", str(tmp_path / "sc")])
+        doc = json.loads((tmp_path / "sc" / "safety-case.json").read_text())
+        assert [g["kind"] for g in doc["gaps"]] == (["mismatched_evidence"] if mismatched else [])
+        assert rc == (3 if mismatched else 0)

@@ -129,11 +129,15 @@ def campaign(
         finally:
             if journal is not None:
                 journal.close()
-    res.config.update({"constitution": str(cpath), "graders": sorted(graders), "behaviours": len(bs),
-                       "wrapped_probes": wrapped_probes})
-    if behaviours_file:
-        from charter.fileio import sha256_file
+    from charter.fileio import sha256_file
 
+    res.config.update({"constitution": str(cpath), "constitution_sha256": sha256_file(Path(cpath)),
+                       "graders": sorted(graders), "behaviours": len(bs), "wrapped_probes": wrapped_probes})
+    if target.kind == "guard" and getattr(target.guard, "path", None) is not None:
+        # which guard was attacked, as charter eval guard records it: a safety case matches evidence to its model
+        res.config.update({"model": str(target.guard.path),
+                           "model_manifest_sha256": sha256_file(Path(target.guard.path) / "manifest.json")})
+    if behaviours_file:
         res.config["behaviours_file"] = {"path": str(behaviours_file), "sha256": sha256_file(behaviours_file)}
     else:
         res.config["behaviours_per_category"] = behaviours
