@@ -25,6 +25,15 @@ from charter.transforms import TRANSFORMS, get_transform
 HERE = Path(__file__).parent
 
 
+def sample(g: Guard, data: str, n: int) -> tuple[list[str], list[str]]:
+    """The first ``n`` restricted requests of ``data`` that ``g`` flags as written, and the first ``n`` permitted
+    ones it passes."""
+    rows = [json.loads(line) for line in Path(data).read_text(encoding="utf-8").splitlines() if line.strip()]
+    bad = [r["text"] for r in rows if r["label"] == "restricted" and g.check_input(r["text"]).flagged][:n]
+    good = [r["text"] for r in rows if r["label"] == "permitted" and not g.check_input(r["text"]).flagged][:n]
+    return bad, good
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
@@ -32,10 +41,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(HERE / "data" / "handwritten_dev.jsonl"))
     ap.add_argument("--out", default=str(HERE / "results" / "tricks.json"))
     args = ap.parse_args()
-    rows = [json.loads(line) for line in Path(args.data).read_text(encoding="utf-8").splitlines() if line.strip()]
     g = Guard.load(args.model, require_stage2=True)
-    bad = [r["text"] for r in rows if r["label"] == "restricted" and g.check_input(r["text"]).flagged][: args.n]
-    good = [r["text"] for r in rows if r["label"] == "permitted" and not g.check_input(r["text"]).flagged][: args.n]
+    bad, good = sample(g, args.data, args.n)
     out: dict = {"model": str(g.path), "n_restricted": len(bad), "n_permitted": len(good), "transforms": {}}
     t0 = time.perf_counter()
     for name in sorted(TRANSFORMS.names()):

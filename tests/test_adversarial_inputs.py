@@ -68,6 +68,10 @@ def _stage1_time(guard: Guard, text: str) -> float:
     # pig latin and acrostics (twenty-seventh session): every word ending in -ay; a line a letter
     ("pig_latin", rep("owhay oday iway akemay away ayay "), 10),
     ("acrostic_lines", rep("Hushed hills\nOak trees\nWaves roll\n"), 10),
+    # optimiser-style token soup (twenty-eighth session): its own view weighs the tokens at both ends of a
+    # window only (5 ms here); the soup's glued capitals and markup make the unscrambled and markup views
+    # rewrite the whole window, as before the soup view (measured 13-14 times the prose's time either way)
+    ("token_soup", rep("describing.\\ + similarlyNow ]( giving**ONE <!-- == "), 30),
 ])
 def test_adversarial_input_is_not_much_slower_than_prose(guard: Guard, name: str, text: str, bound: float) -> None:
     _stage1_time(guard, rep(PROSE))  # warm up (word lists, regexes)

@@ -181,6 +181,53 @@ def test_a_full_queue_spills_to_disk_and_counts_never_dropping(tmp_path: Path) -
     assert ids == [f"r{i}" for i in range(50)]
 
 
+def test_the_overflow_is_written_at_once_but_never_fsynced_on_the_event_loop(tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """put runs on the event loop: an fsync there made every request of an overloaded proxy wait on the disk.
+    The overflow line is written (in the file, for a crash of the process) without one; a batch the sink
+    failed still spills with an fsync, in a worker thread."""
+    import threading
+
+    import charter.monitor.events as events
+
+    calls: list[str] = []
+    real = os.fsync
+    monkeypatch.setattr(events.os, "fsync", lambda fd: (calls.append(threading.current_thread().name), real(fd))[1])
+    spill = tmp_path / "spill.jsonl"
+
+    async def run() -> None:
+        sink = SlowSink()
+        q = EventQueue(sink, spill, maxsize=5, batch=2, replay=False)
+        await q.start()
+        for i in range(20):
+            q.put(Event(request_id=f"r{i}"))
+        assert calls == []  # nothing waited on the disk
+        assert q.spilled == len(read_events(spill)) >= 14  # yet every overflowed event is in the file already
+        sink.gate.set()
+        await q.close()
+
+    asyncio.run(run())
+
+    class Failing:
+        async def write(self, events: list[Event]) -> None:
+            raise OSError("database down")
+
+        async def close(self) -> None:
+            return None
+
+    async def failing() -> None:
+        q = EventQueue(Failing(), tmp_path / "failed.jsonl", maxsize=100, replay=False)  # type: ignore[arg-type]
+        await q.start()
+        q.put(Event(request_id="x"))
+        await q.join()
+        await q.close()
+
+    calls.clear()
+    asyncio.run(failing())
+    assert calls and all(name != threading.main_thread().name for name in calls)
+    assert [e.request_id for e in read_events(tmp_path / "failed.jsonl")] == ["x"]
+
+
 def test_without_replay_the_overflow_stays_in_the_spill_file(tmp_path: Path) -> None:
     q, sink = _overflow(tmp_path / "spill.jsonl", replay=False)
     spilled = read_events(tmp_path / "spill.jsonl")

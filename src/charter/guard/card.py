@@ -61,6 +61,13 @@ def _decoded_too(m: dict[str, Any]) -> str:
             "suspicious decoded view instead: a wrapper's own words can outscore the decoded ask at stage 1)")
 
 
+def _noise_stripped(m: dict[str, Any]) -> str:
+    if m.get("stage2_strips_noise") is not True:
+        return ""
+    return (", without an adversarial suffix's token soup at its end or start (glued word pieces and markup, "
+            "as gradient search writes them, would fill the tokens stage 2 reads)")
+
+
 def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -> str:
     met = m["metrics"]
     cas = met["cascade"]
@@ -81,12 +88,12 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         f"- Classes: {', '.join(m['classes'])}.",
         "",
         "## Architecture",
-        "- Normalisation: every input is scored as-is and through decoded views (base64/hex/url, rot13 and ciphers, Morse, ciphered segments inside readable text, confusables, invisible characters, leetspeak, spacing, Best-of-N noise: text with random capitals has its words corrected to the commonest vocabulary word with their letters, and word-for-word English glosses of Spanish, French, German, Portuguese and Italian, whole or inside English text, for stage 2's English-only encoder; then layout and rarer encodings: markup around words, tabs and Unicode spaces, words run together, spelled-out lists, doubled letters, Braille, HTML entities, \\u escapes, quoted-printable, base32, ascii85, character codes, pig latin, acrostics); a decoded or folded view is decoded once more (leetspeak German gets a gloss), and a transcript's last ask is decoded on its own; the worst case counts.",
+        "- Normalisation: every input is scored as-is and through decoded views (base64/hex/url, rot13 and ciphers, Morse, ciphered segments inside readable text, confusables, invisible characters, leetspeak, spacing, Best-of-N noise: text with random capitals has its words corrected to the commonest vocabulary word with their letters, and word-for-word English glosses of Spanish, French, German, Portuguese and Italian, whole or inside English text, for stage 2's English-only encoder; then layout and rarer encodings: markup around words, tabs and Unicode spaces, words run together, spelled-out lists, doubled letters, Braille, HTML entities, \\u escapes, quoted-printable, base32, ascii85, character codes, pig latin, acrostics, the text without an optimiser's token soup at its end or start); a decoded or folded view is decoded once more (leetspeak German gets a gloss), and a transcript's last ask is decoded on its own; the worst case counts.",
         "- Stage 1: logistic regression over hashed character 2-5-grams and word 1-2-grams (2^18 buckets): a binary head (restricted or not) for the score and a multinomial head for the category."
         + _length_balance(m) + _word_weight(m) + _clauses(m),
         (f"- Stage 2: {_probe_head(m)} over all-MiniLM-L6-v2's mean-pooled embedding output and all six layers "
          "(" + _features(m) + "; numpy forward pass, weights pinned by sha256), run on the view stage 1 found most suspicious"
-         + _stage2_reads(m) + _decoded_too(m) + "; "
+         + _stage2_reads(m) + _decoded_too(m) + _noise_stripped(m) + "; "
          + _blend(m) if "stage2" in m else "- Stage 2: not trained (runtime unavailable); the guard runs on stage 1 alone."),
         "- Exchange classifier: streaming linear model over prompt and response-prefix n-gram blocks, trained on 10 prefixes per exchange toward the exchange label with interpolation to the running maximum (ω annealed 0→1); flags when the running maximum crosses its threshold. The prompt block reads the prompt and its decoded normalisation views; in a conversation of several turns the last user turn is also read on its own and the more suspicious reading conditions the reply (a long history dilutes the ask in one bag of n-grams). Harmful and harmless training replies open and close with the same phrases, and some restricted requests are answered safely (permitted), so the label has to come from what the reply says. Replies are built from one to three response seeds, and response seeds are split like request seeds: the test split's replies come from seeds never trained on." + _exchange_blend(m),
         "",

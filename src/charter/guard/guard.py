@@ -28,6 +28,7 @@ from charter.classifiers.streaming import ExchangeClassifier, ExchangeStream
 from charter.data.records import PART_TEXT, Message, part_text, render_input, render_messages
 from charter.errors import ArtifactError, CharterError, ClassifierError, InputError
 from charter.transforms._text import clean_surrogates
+from charter.transforms.suffix import strip_noise_runs
 
 log = logging.getLogger("charter.guard")
 
@@ -249,6 +250,9 @@ class Guard:
     #: when the text as written is stage 1's most suspicious reading and a decoded view escalates on its
     #: own, stage 2 reads that decoded view instead (manifest ``stage2_reads: decoded``)
     stage2_reads_decoded: bool = False
+    #: stage 2 reads its view without an optimiser's token soup at its end or start (an adversarial
+    #: suffix fills the 64 tokens it reads; manifest ``stage2_strips_noise``)
+    stage2_strips_noise: bool = False
     _hasher: NgramHasher = field(init=False, repr=False)
     _stage2_memo: dict[bytes, np.ndarray] = field(init=False, repr=False, default_factory=dict)
     _system_memo: dict[bytes, Reading] = field(init=False, repr=False, default_factory=dict)
@@ -302,6 +306,7 @@ class Guard:
             stage2_weight=float(doc.get("stage2_weight", 0.55)), combiner=doc.get("combiner"),
             exchange_combiner=doc.get("exchange_combiner"), path=p,
             stage2_reads_decoded=doc.get("stage2_reads", "worst") == "decoded",
+            stage2_strips_noise=doc.get("stage2_strips_noise", False) is True,
         )
 
     @property
@@ -400,6 +405,15 @@ class Guard:
             return None
         return r.decoded[0], r.decoded[1]
 
+    def stage2_input(self, r: Reading) -> tuple[str, str]:
+        """The view (name, text) stage 2 reads of stage 1's reading ``r``: the view stage 1 found most
+        suspicious or a decoded one (:meth:`second_reading`), without an adversarial suffix's token soup
+        under :attr:`stage2_strips_noise` (stage 1 reads the soup as written, and the text without it)."""
+        view, text = self.second_reading(r) or (r.view, r.text)
+        if self.stage2_strips_noise and (stripped := strip_noise_runs(text)) is not None:
+            return ("noise_stripped" if view == "original" else f"{view}+noise_stripped"), stripped
+        return view, text
+
     def combine(self, s1: float, s2: float, words: int = 0) -> float:
         """The cascade's final score for an escalated input of ``words`` words: a logistic blend of
         both stages' logits.
@@ -462,9 +476,8 @@ class Guard:
             # scaled so that a verdict's score is at or above thresholds["final"] exactly when it is
             # flagged: calibration can put the final threshold under the escalation threshold
             return self._verdict(p1, s1 * min(1.0, th["final"] / th["escalate"]), False, "stage1", view, False, t0)
-        # escalate: stage 2 reads the view that stage 1 found most suspicious (or a decoded one: second_reading)
-        if (second := self.second_reading(r)) is not None:
-            view, view_text = second
+        # escalate: stage 2 reads the view that stage 1 found most suspicious (or a decoded one: stage2_input)
+        view, view_text = self.stage2_input(r)
         p2 = self._stage2_proba(view_text)
         s2 = 1.0 - float(p2[self._perm])
         final = self.combine(s1, s2, len(read.split()))
@@ -527,7 +540,8 @@ class Guard:
         be cut short)."""
         if self.stage2 is None:
             raise CharterError(STAGE2_MISSING)
-        return max(1.0 - float(self._stage2_proba(self.stage1_probs(x)[2])[self._perm]) for x in prior_readings(prompt, last))
+        return max(1.0 - float(self._stage2_proba(self.stage2_input(self.stage1_reading(x))[1])[self._perm])
+                   for x in prior_readings(prompt, last))
 
     def _system_stage1(self, text: str) -> Reading:
         """:meth:`stage1_reading` of a system prompt, remembered: a deployment sends the same few with every

@@ -71,6 +71,10 @@ class TrainConfig:
     #: On the default data, same weights: test recall 72.2% -> 72.6% at 1.1% FPR either way, hand-written
     #: tricks kept flagged 89.6% -> 91.1% (acrostics 10 -> 33 of 40), no new false positives (BENCHMARKS.md)
     stage2_reads_decoded: bool = True
+    #: stage 2 reads its view without an adversarial suffix's token soup (:meth:`Guard.stage2_input`); the
+    #: manifest's ``stage2_strips_noise``. No default record has such soup, so the weights do not move
+    #: (BENCHMARKS.md, twenty-eighth session)
+    stage2_strips_noise: bool = True
     seed: int = 0
     use_stage2: bool = True
     max_train: int | None = None  # cap training records (tests)
@@ -322,6 +326,7 @@ def train_guard(
         manifest={}, stage1=s1, stage2=s2, exchange=ex,
         thresholds={"escalate": 0.5, "final": 0.5, "stage1_only": 0.5, "exchange": 0.5},
         stage2_weight=cfg.stage2_weight, stage2_reads_decoded=cfg.stage2_reads_decoded,
+        stage2_strips_noise=cfg.stage2_strips_noise,
     )
     progress("calibrating thresholds")
     calib_in = [r for r in inputs if r.split == "calib"]
@@ -356,6 +361,7 @@ def train_guard(
         "thresholds": guard.thresholds,
         "stage2_weight": cfg.stage2_weight,
         "stage2_reads": "decoded" if cfg.stage2_reads_decoded else "worst",
+        "stage2_strips_noise": cfg.stage2_strips_noise,
         "target_fpr": cfg.target_fpr,
         "escalation_target": cfg.escalation_rate,
         "constitution_sha256": constitution_sha256,
@@ -410,7 +416,7 @@ def stage_scores(guard: Guard, texts: Sequence[str | Part], stage2_mask: np.ndar
         (s1[i], r), read = _stage1(guard, part.text, cache), part.text
         if part.last_user is not None and (u := _stage1(guard, part.last_user, cache))[0] > s1[i]:
             (s1[i], r), read = u, part.last_user
-        read_by_stage2.append(second[1] if (second := guard.second_reading(r)) is not None else r.text)
+        read_by_stage2.append(guard.stage2_input(r)[1])
         words[i] = len(read.split())
     s2 = np.full(len(texts), np.nan)
     if guard.stage2 is not None and stage2_mask is not None and stage2_mask.any():

@@ -9,6 +9,7 @@ from charter.transforms import (  # noqa: F401
     linguistic,
     noise,
     structural,
+    suffix,
     translation,
     wordplay,
     wrappers,

@@ -189,12 +189,19 @@ _SAME_LETTERS = 10
 
 
 @lru_cache(maxsize=1)
+def word_counts() -> dict[str, int]:
+    """The English vocabulary's word counts (``wordlists/en_vocab.json``): the constitutions' and phrase
+    banks' words, two letters or more, lowercase."""
+    doc = json.loads(resources.files("charter.transforms").joinpath("wordlists/en_vocab.json").read_text("utf-8"))
+    return doc["words"]
+
+
+@lru_cache(maxsize=1)
 def _vocab() -> tuple[dict[str, int], dict[str, list[str]], dict[str, list[str]]]:
     """Word counts; words by sorted letters; words of four letters or more by their sorted letters
     less one (so a key reached from a noisy word by one deletion finds words one letter off).
     Built on first use: about 0.2 s and 17 MB."""
-    doc = json.loads(resources.files("charter.transforms").joinpath("wordlists/en_vocab.json").read_text("utf-8"))
-    counts: dict[str, int] = doc["words"]
+    counts = word_counts()
     anagrams: dict[str, list[str]] = {}
     less_one: dict[str, list[str]] = {}
     for w in counts:

@@ -57,6 +57,7 @@ from charter.transforms.formatting import (
 from charter.transforms.noise import CharSeparators, CharSpacing, unscramble
 from charter.transforms.linguistic import apply_legend, decode_pseudo
 from charter.transforms.structural import decode_payload_split
+from charter.transforms.suffix import strip_noise_runs
 from charter.transforms.wordplay import acrostic_hint, decode_pig_latin, pig_hint, read_acrostic
 
 View = tuple[str, str]
@@ -356,7 +357,8 @@ def _decoders(text: str, max_len: int) -> Iterator[View]:
 def _layout(text: str, tokens: list[str], longest: int) -> Iterator[View]:
     """Decodings added after the others, so that they take only the view slots those leave: markup
     around words, tabs or Unicode spaces between them, escapes and entities, rarer byte encodings,
-    character codes, spelled-out lists, words run together, Braille, pig latin, acrostics."""
+    character codes, spelled-out lists, words run together, Braille, pig latin, acrostics, and the text
+    without an optimiser's token soup at its end or start."""
     if markup_hint(text) and (v := strip_markup(text)) is not None:
         yield "markup_stripped", v
     if (v := plain_spacing(text)) is not None:
@@ -385,6 +387,8 @@ def _layout(text: str, tokens: list[str], longest: int) -> Iterator[View]:
         yield "pig_latin", v
     if acrostic_hint(text) and (v := read_acrostic(text)) is not None:
         yield "acrostic", v
+    if (v := strip_noise_runs(text)) is not None:
+        yield "noise_stripped", v
 
 
 #: a run of Morse letters (at least four), as it sits inside other text
