@@ -178,10 +178,9 @@ def noise_runs(text: str, limit: int = 4000) -> list[tuple[int, int]]:
     (weight 1), at most four prose words apart, that reaches the edge within four prose words and
     weighs 0.35 a token or more. Soup in the middle of a text is left alone: there, punctuation-heavy
     tokens are tables, code and formulas."""
-    body = text.strip()
-    if not body:
+    lo, hi = len(text) - len(text.lstrip()), len(text.rstrip())
+    if lo >= hi:
         return []
-    lo, hi = text.index(body[0]), len(text.rstrip())
     last_line = max(text.rfind("\n", lo, hi) + 1, lo, hi - limit)
     first_end = text.find("\n", lo, hi)
     first_end = min(hi if first_end < 0 else first_end, lo + limit)
