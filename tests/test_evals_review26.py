@@ -231,6 +231,31 @@ def test_evaluation_results_for_another_model_cannot_support_a_claim(tmp_path: P
             assert "for another model" in (tmp_path / "out" / "safety-case.md").read_text()
 
 
+def test_a_case_can_pin_its_evidence_by_sha256(tmp_path: Path) -> None:
+    """A case argued on one results file names its sha256; a rerun or an edit at the same path is then a gap,
+    not silent support, until the case is reviewed and the pin moved."""
+    import hashlib
+
+    from charter.evals.safety_case import load_config
+
+    res = tmp_path / "results.json"
+    res.write_text(json.dumps({"generated_at": "2025-01-01T00:00:00Z", "summary": {"recall": RATE}}))
+    pin = hashlib.sha256(res.read_bytes()).hexdigest()
+    crit = [{"evidence": "eval", "metric": "summary.recall", "op": ">=", "value": 0.0, "bound": "lower"}]
+    cfg = case(tmp_path, {"eval": {"kind": "json", "path": "results.json", "sha256": pin}}, crit)
+    rc, doc = build(cfg, tmp_path / "out")
+    assert rc == 0 and doc["gaps"] == [] and doc["claim"]["status"] == "supported"
+    res.write_text(json.dumps({"generated_at": "2025-01-02T00:00:00Z", "summary": {"recall": RATE}}))  # a rerun
+    rc, doc = build(cfg, tmp_path / "out")
+    assert rc == 3 and doc["claim"]["status"] == "unsupported"
+    (g,) = doc["gaps"]
+    assert g["kind"] == "tampered_evidence" and pin[:12] in g["message"] and "evidence.eval.sha256" in g["message"]
+    # a malformed pin is a config error naming the field
+    bad = case(tmp_path, {"eval": {"kind": "json", "path": "results.json", "sha256": "abc"}}, crit)
+    with pytest.raises(Exception, match=r"evidence\.eval\.sha256"):
+        load_config(bad)
+
+
 # ------------------------------------------------------------------ untrusted names in output
 
 

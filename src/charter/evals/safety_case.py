@@ -93,6 +93,9 @@ class EvidenceSpec(_Strict):
     kind: Kind
     path: str = Field(min_length=1)
     max_age_days: float | None = Field(default=None, gt=0)
+    #: the sha256 the case was argued on (of the file; for a model directory, of its manifest.json): any
+    #: other file at the path, a rerun included, is a gap until the case is reviewed and the pin moved
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
 
 
 class CaseConfig(_Strict):
@@ -305,6 +308,10 @@ def load_evidence(eid: str, spec: EvidenceSpec, base: Path, now: datetime) -> tu
     if not isinstance(doc, dict):
         gap("invalid_evidence", "expected a JSON/YAML mapping at the top level")
         return rec, None, gaps
+    if spec.sha256 is not None and rec.sha256 != spec.sha256:
+        ok = False
+        gap("tampered_evidence", f"sha256 {(rec.sha256 or '')[:12]}… is not the {spec.sha256[:12]}… the case pins "
+                                 f"(evidence.{eid}.sha256): the file changed since the case was argued")
     root: Any = doc
     if spec.kind in ("model_card", "calibration"):
         files = doc.get("files")
