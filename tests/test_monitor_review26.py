@@ -135,6 +135,43 @@ def test_a_webhook_attempt_ends_at_its_deadline_even_when_bytes_keep_coming() ->
         rx.close()
 
 
+def test_a_webhook_attempt_ends_at_its_deadline_while_the_name_lookup_hangs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing bounded the host's name lookup: a resolver that did not answer held the monitor loop for as
+    long as it hung. The attempt now ends at its deadline, and when the lookup does end, the late
+    connection is shut as it opens: the receiver never gets a post the sink already gave up on."""
+    posts: list[Any] = []
+
+    async def hook(request: Request) -> JSONResponse:
+        posts.append(await request.body())
+        return JSONResponse({})
+
+    real = socket.getaddrinfo
+    release = threading.Event()
+
+    def slow_lookup(host: object, *a: object, **k: object) -> object:
+        if host == "alerts.example.test":  # a stuck resolver, for this one name
+            release.wait(30)
+            host = "127.0.0.1"
+        return real(host, *a, **k)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_lookup)
+    with ServerThread(Starlette(routes=[Route("/hook", hook, methods=["POST"])])) as rx:
+        sink = WebhookSink(f"http://alerts.example.test:{rx.port}/hook", timeout_s=0.5, retries=0)
+        t0 = time.monotonic()
+        with pytest.raises(AlertDeliveryError) as e:
+            sink.emit(Alert(rule="r", subject_kind="user", subject_id="u", summary="s"))
+        waited = time.monotonic() - t0
+        assert e.value.retry and "no answer within 0.5 s" in str(e.value)
+        assert waited < 10  # not the 30 s the lookup hangs
+        release.set()  # the lookup ends; the abandoned attempt connects, and is shut
+        time.sleep(1.0)
+        assert posts == []
+        # a name that resolves is posted to as before
+        ok = WebhookSink(f"http://127.0.0.1:{rx.port}/hook", timeout_s=5, retries=0)
+        ok.emit(Alert(rule="r", subject_kind="user", subject_id="u", summary="s"))
+        assert len(posts) == 1
+
+
 def test_a_webhook_url_in_the_config_is_checked_like_one_from_the_environment() -> None:
     """``url:`` was only checked for its scheme: a bad port or bracket passed, and every emit then raised
     a ValueError that was retried each evaluation forever."""

@@ -32,6 +32,7 @@ Severity = Literal["low", "medium", "high"]
 SubjectKind = Literal["user", "conversation", "key", "global"]
 MAX_DEDUPE = 300  # the store's dedupe_key column
 MAX_BACKOFF_S = 30.0  # the longest wait between two attempts of a webhook post
+_WAKE_S = 1.0  # how long a webhook attempt whose socket was shut down at its deadline is given to end
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
 #: headers of a signed webhook post (:func:`sign_webhook`)
 SIGNATURE_HEADER = "X-Charter-Signature"
@@ -262,8 +263,10 @@ class WebhookSink:
 
     def _post(self, body: dict[str, Any]) -> int:
         """POST ``body``; the receiver's status. httpx's timeouts bound each read, so a receiver sending its
-        answer a byte at a time held the monitor loop for as long as it liked: a timer ends the attempt
-        after ``timeout_s`` by shutting its socket down (which wakes the blocked read)."""
+        answer a byte at a time held the monitor loop for as long as it liked, and nothing bounds a name
+        lookup: the attempt runs in a thread that is given ``timeout_s``. Then its socket is shut down (which
+        wakes a blocked read); a thread still resolving the host is left behind, and it cannot post late,
+        since a connection made after the deadline is shut as it opens."""
         socks: list[socket.socket] = []
         overdue = threading.Event()
 
@@ -279,32 +282,37 @@ class WebhookSink:
                     if overdue.is_set():  # connected only after the deadline
                         shut(sock)
 
-        def expire() -> None:
+        raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        headers = {"content-type": "application/json"}
+        if self._secret is not None:  # signed per attempt: a retry carries a fresh timestamp
+            headers.update(sign_webhook(self._secret, raw))
+        outcome: dict[str, Any] = {}
+
+        def attempt() -> None:
+            try:  # the status is all it needs: the body goes unread
+                with self.client.stream("POST", self.url, content=raw, headers=headers, extensions={"trace": trace}) as r:
+                    outcome["status"] = r.status_code
+            except Exception as e:  # handed to the caller's thread
+                outcome["error"] = e
+
+        worker = threading.Thread(target=attempt, name="charter-webhook", daemon=True)
+        worker.start()
+        worker.join(self.timeout_s)
+        if worker.is_alive():
             overdue.set()
             for sock in list(socks):
                 shut(sock)
-
-        timer = threading.Timer(self.timeout_s, expire)
-        timer.daemon = True
-        timer.start()
-        status: int | None = None
-        try:
-            # the status is all it needs: the body goes unread
-            raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-            headers = {"content-type": "application/json"}
-            if self._secret is not None:  # signed per attempt: a retry carries a fresh timestamp
-                headers.update(sign_webhook(self._secret, raw))
-            with self.client.stream("POST", self.url, content=raw, headers=headers, extensions={"trace": trace}) as r:
-                status = r.status_code
-        except httpx.HTTPError:
-            if status is None:  # (once answered, the answer stands: a retry would post it twice)
-                if overdue.is_set():
-                    raise _Overdue() from None
-                raise
-        finally:
-            timer.cancel()
-        assert status is not None
-        return status
+            worker.join(_WAKE_S)
+            if worker.is_alive():  # resolving the host, or connecting: left to end on its own
+                raise _Overdue()
+        if "status" in outcome:  # once answered, the answer stands: a retry would post it twice
+            return int(outcome["status"])
+        err = outcome.get("error")
+        if isinstance(err, httpx.HTTPError) and overdue.is_set():
+            raise _Overdue() from None
+        if err is not None:
+            raise err
+        raise _Overdue()  # (the worker ended without either: cannot happen)
 
     def close(self) -> None:
         self.client.close()
