@@ -147,3 +147,30 @@ def test_a_trickling_reply_that_finishes_in_time_is_read_whole(scripted_openai) 
     with httpx.Client(timeout=5.0) as c:
         p = post_json(c, srv.base_url + "/chat/completions", {"messages": []}, retries=0)
     assert p.ok and p.response is not None and p.response.json()["choices"][0]["message"]["content"] == "ok"
+
+
+@pytest.mark.parametrize("url, why", [("http://", "with a host"), ("http://127.0.0.1:99999/v1", "does not parse"),
+                                      ("http://127.0.0.1:8000/v1?key=sk-leak", "no query string"),
+                                      ("ftp://127.0.0.1/v1", "must be an http:// or https:// URL")])
+def test_every_endpoint_option_follows_one_base_url_rule(tmp_path, capsys: pytest.CaptureFixture[str], url: str, why: str) -> None:
+    """The proxy's upstream, the data generator, the red team's target and judge, and the evaluations'
+    target each checked base URLs their own way (a query string, which swallows /chat/completions, was
+    refused by two); one rule now answers for all of them, and none shows the query (it may hold a key)."""
+    from pathlib import Path
+
+    from charter.cli import main
+    from charter.endpoints import base_url_problem
+    from charter.server.config import upstream_url_problem
+
+    mini = str(Path(__file__).parent / "fixtures" / "mini.yaml")
+    assert why in (base_url_problem(url) or "") and upstream_url_problem(url) == base_url_problem(url)
+    runs = [["redteam", "--target", f"openai:{url}", "--out", str(tmp_path / "r"), "-c", mini],
+            ["redteam", "--target", "guard", "--out", str(tmp_path / "r"), "-c", mini, "--judge-url", url, "--judge-model", "j"],
+            ["eval", "sycophancy", "--target", f"openai:{url}", "--out", str(tmp_path / "e")],
+            ["generate", "--generator", "llm", "--base-url", url, "--model", "m", "-c", mini, "--out", str(tmp_path / "d"),
+             "--n", "6"]]
+    for argv in runs:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert why in err and "sk-leak" not in err and "Traceback" not in err, (argv, err)
+    assert base_url_problem("http://127.0.0.1:8000/v1") is None and base_url_problem("https://api.example.com") is None

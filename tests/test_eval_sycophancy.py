@@ -451,7 +451,7 @@ def test_report_labels_lexicon_fallback(syco_run: Any, tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("argv,msg,code", [
     (["--target", "http://127.0.0.1:1/v1"], "expected openai:BASE_URL", 2),  # a usage error
-    (["--target", "openai:ftp://x"], "http(s) base URL", 2),  # usage errors too (they were 1)
+    (["--target", "openai:ftp://x"], "must be an http:// or https:// URL", 2),  # usage errors too (they were 1)
     (["--target", "openai:http://127.0.0.1:1/v1", "--tasks", "feedback,nope"], "unknown task", 2),
     (["--target", "openai:http://127.0.0.1:1/v1", "--judge-model", "j"], "--judge-model needs --judge", 2),
 ])

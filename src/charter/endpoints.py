@@ -16,12 +16,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 RETRYABLE = frozenset({408, 409, 425, 429})
 #: the most of a reply any client reads (decoded): a runaway or hostile endpoint cannot fill memory
 MAX_REPLY_BYTES = 8 * 1024 * 1024
+#: the longest base URL an endpoint option takes
+MAX_BASE_URL = 2048
 
 
 class ReplyTooLarge(ValueError):
@@ -98,6 +101,12 @@ def redact_url(url: str) -> str:
     return f"{scheme}://***@" + rest.rsplit("@", 1)[1]
 
 
+def shown_url(url: str) -> str:
+    """``url`` as an error message may show it: no user:password@ part, and no query or fragment (a query
+    often carries a key)."""
+    return redact_url(url.split("?", 1)[0].split("#", 1)[0])
+
+
 def valid_http_url(url: str) -> bool:
     """An http(s) URL with a host and a valid port, and no spaces or control characters (httpx raises a raw
     InvalidURL, or OverflowError, on others, and a space pasted into a secret is not part of it)."""
@@ -108,6 +117,27 @@ def valid_http_url(url: str) -> bool:
     except (httpx.InvalidURL, ValueError):
         return False
     return bool(u.host) and (u.port is None or 0 < u.port < 65536)
+
+
+def base_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot be an OpenAI-compatible base URL, or None: the one rule of the proxy's upstream, the
+    data generator, the red team's target, attacker and judge, and the evaluations' endpoints. API paths are
+    appended to it (``/chat/completions``), so a query or fragment would swallow them. The message never
+    holds the URL (it may hold a password or a key)."""
+    if len(url) > MAX_BASE_URL:
+        return f"must be at most {MAX_BASE_URL} characters"
+    try:
+        u = urlsplit(url)
+        u.port  # noqa: B018 - raises ValueError for a port that is not one
+    except ValueError:
+        return "must be an http:// or https:// URL (it does not parse)"
+    if u.scheme not in ("http", "https") or not url.startswith(("http://", "https://")):
+        return "must be an http:// or https:// URL"
+    if not u.hostname or any(c.isspace() or not c.isprintable() for c in url) or not valid_http_url(url):
+        return "must be an http:// or https:// URL with a host and no spaces"
+    if u.query or u.fragment or "?" in url or "#" in url:
+        return "must have no query string or fragment: the API paths are appended to it (e.g. http://127.0.0.1:11434/v1)"
+    return None
 
 
 def retryable(status: int) -> bool:

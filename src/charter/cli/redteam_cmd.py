@@ -150,10 +150,10 @@ def campaign(
 
 
 def _check_url(url: str | None, option: str) -> None:
-    if url is not None and not url.startswith(("http://", "https://")):
-        from charter.endpoints import redact_url
+    from charter.endpoints import base_url_problem, shown_url
 
-        raise typer.BadParameter(f"{redact_url(url)!r} is not an http(s) base URL, e.g. http://localhost:8000/v1", param_hint=option)
+    if url is not None and (problem := base_url_problem(url)):
+        raise typer.BadParameter(f"{shown_url(url)!r}: the base URL {problem}", param_hint=option)
 
 
 def measured_nothing(res: Any) -> str | None:

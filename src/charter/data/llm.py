@@ -37,12 +37,13 @@ from charter.endpoints import (
     ReplyTooLarge,
     aread_capped,
     attempt_deadline,
+    base_url_problem,
     bearer,
     completion,
     redact_url,
     retry_after_seconds,
     retryable,
-    valid_http_url,
+    shown_url,
 )
 from charter.errors import GeneratorError
 
@@ -250,9 +251,8 @@ class LLMGenerator(Generator):
         max_item_chars: int = 20_000,
     ) -> None:
         super().__init__()
-        if not valid_http_url(base_url):
-            raise GeneratorError(f"--base-url must be an http:// or https:// URL with a host, e.g. http://127.0.0.1:8000/v1 "
-                                 f"(got {redact_url(base_url)!r})")
+        if problem := base_url_problem(base_url):
+            raise GeneratorError(f"--base-url {problem}, e.g. http://127.0.0.1:8000/v1 (got {shown_url(base_url)!r})")
         if api_key_env is not None and not _ENV_NAME.fullmatch(api_key_env):
             # never echo it: a value that is no variable name is most likely the key itself
             raise GeneratorError("--api-key-env takes the name of an environment variable holding the key, not the key")

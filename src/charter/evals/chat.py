@@ -16,12 +16,11 @@ from typing import Any
 
 import httpx
 
-from charter.endpoints import Backoff, Endpoint, MalformedCompletion, completion, redact_url
+from charter.endpoints import Backoff, Endpoint, MalformedCompletion, base_url_problem, completion, redact_url
 from charter.errors import UsageError
 
 TARGET_KEY_ENV = "CHARTER_TARGET_API_KEY"
 JUDGE_KEY_ENV = "CHARTER_JUDGE_API_KEY"
-MAX_URL = 2000
 MAX_REPLY_CHARS = 50_000  # longer replies are truncated (a runaway or hostile endpoint)
 
 
@@ -49,18 +48,11 @@ def parse_endpoint(spec: str, option: str = "--target") -> str:
     kind, sep, rest = (spec or "").partition(":")
     if not sep or kind != "openai":
         raise UsageError(f"{option} {redact_spec(spec)!r}: expected openai:BASE_URL, e.g. openai:http://localhost:8000/v1")
-    if "?" in rest or "#" in rest:  # not echoed: a query often carries a key
-        key_env = JUDGE_KEY_ENV if option == "--judge" else TARGET_KEY_ENV
-        raise UsageError(f"{option}: the base URL must not have a query string or fragment "
-                           f"(/chat/completions is appended to it; pass a key in ${key_env})")
-    if not rest.startswith(("http://", "https://")) or len(rest) > MAX_URL or any(c.isspace() for c in rest):
-        raise UsageError(f"{option} {redact_spec(spec)!r}: openai endpoints need an http(s) base URL, e.g. openai:http://localhost:8000/v1")
-    try:
-        url = httpx.URL(rest)
-    except (httpx.InvalidURL, ValueError):
-        raise UsageError(f"{option} {redact_spec(spec)!r}: not a valid URL") from None
-    if not url.host:
-        raise UsageError(f"{option} {redact_spec(spec)!r}: the URL has no host")
+    if problem := base_url_problem(rest):
+        if "query" in problem:  # not echoed: a query often carries a key
+            key_env = JUDGE_KEY_ENV if option == "--judge" else TARGET_KEY_ENV
+            raise UsageError(f"{option}: the base URL {problem}; pass a key in ${key_env}")
+        raise UsageError(f"{option} {redact_spec(spec)!r}: the base URL {problem}, e.g. openai:http://localhost:8000/v1")
     return rest.rstrip("/")
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 
-from charter.endpoints import Endpoint, MalformedCompletion, completion, redact_url
+from charter.endpoints import Endpoint, MalformedCompletion, base_url_problem, completion, redact_url, shown_url
 from charter.errors import UsageError
 
 Prompt = str | list[dict[str, Any]]
@@ -112,7 +112,7 @@ def parse_target(spec: str, model: str | None = None) -> GuardTarget | OpenAITar
     if kind == "guard":
         return GuardTarget.load(rest or None)
     if kind == "openai":
-        if not rest.startswith(("http://", "https://")):
-            raise UsageError(f"--target {redact_url(spec)!r}: openai targets need a base URL, e.g. openai:http://localhost:8000/v1")
+        if problem := base_url_problem(rest):
+            raise UsageError(f"--target {shown_url(spec)!r}: the base URL {problem}, e.g. openai:http://localhost:8000/v1")
         return OpenAITarget(rest, model or "default")
-    raise UsageError(f"--target {redact_url(spec)!r}: expected guard[:MODEL_DIR] or openai:BASE_URL")
+    raise UsageError(f"--target {shown_url(spec)!r}: expected guard[:MODEL_DIR] or openai:BASE_URL")

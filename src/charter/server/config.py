@@ -7,11 +7,11 @@ import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from charter.endpoints import base_url_problem
 from charter.errors import CharterError
 from charter.monitor.alerts import sink_problems
 from charter.monitor.rules import MonitorSettings
@@ -62,20 +62,8 @@ class Upstream(_Strict):
 
 
 def upstream_url_problem(url: str) -> str | None:
-    """Why ``url`` cannot be an upstream's base URL, or None. Paths are appended to it (``/chat/completions``),
-    so a query or fragment would swallow them. The message never holds the URL (it may hold a password)."""
-    try:
-        u = urlsplit(url)
-        u.port  # noqa: B018 - raises ValueError for a port that is not one
-    except ValueError:
-        return "must be an http:// or https:// URL (it does not parse)"
-    if u.scheme not in ("http", "https") or not url.startswith(("http://", "https://")):
-        return "must be an http:// or https:// URL"
-    if not u.hostname or any(c.isspace() or not c.isprintable() for c in url):
-        return "must be an http:// or https:// URL with a host and no spaces"
-    if u.query or u.fragment or "?" in url or "#" in url:
-        return "must have no query or fragment: the API paths are appended to it (e.g. http://127.0.0.1:11434/v1)"
-    return None
+    """Why ``url`` cannot be the upstream's base URL, or None (:func:`charter.endpoints.base_url_problem`)."""
+    return base_url_problem(url)
 
 
 class Rate(_Strict):
