@@ -9,7 +9,8 @@ pieces after each (or half as much before it as well). The soup here is drawn fr
 piece list, not the ``adversarial_suffix`` transform's, so the stripping is not measured only on the
 distribution it was written against; that transform is measured too. For each setting: the share of the
 restricted requests still flagged ("kept") and of the permitted ones now flagged, with stage 2 reading
-the text as written (``stage2_strips_noise`` off) and without the soup (on). Writes bench/results/suffix.json.
+the text as written (``stage2_reads_stripped`` off) and also without the soup, the more restricted reading
+counting (on). Writes bench/results/suffix.json.
 """
 
 from __future__ import annotations
@@ -70,11 +71,11 @@ def main() -> None:
     for setting in ["10/suffix", "20/suffix", "30/suffix", "10/both", "20/both", "30/both", "transform"]:
         row = {}
         for strip in (False, True):
-            guard = dataclasses.replace(g, stage2_strips_noise=strip)
+            guard = dataclasses.replace(g, stage2_reads_stripped=strip)
             kept = [guard.check_input(attack(setting, x, i)).flagged for i, x in enumerate(bad)]
             fp = [guard.check_input(attack(setting, x, i)).flagged for i, x in enumerate(good)]
-            row["stripped" if strip else "as_written"] = {"kept": rate(kept).model_dump(), "fpr": rate(fp).model_dump()}
-            print(f"{setting:10s} stage 2 reads {'without soup' if strip else 'as written  '}: kept {rate(kept)}  FPR {rate(fp)}")
+            row["both" if strip else "as_written"] = {"kept": rate(kept).model_dump(), "fpr": rate(fp).model_dump()}
+            print(f"{setting:10s} stage 2 reads {'both        ' if strip else 'as written  '}: kept {rate(kept)}  FPR {rate(fp)}")
         out["settings"][setting] = row
     out["wall_s"] = time.perf_counter() - t0
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")

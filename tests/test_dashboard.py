@@ -255,11 +255,13 @@ def test_a_trickled_login_or_alert_change_is_cut_off(sqlite_store: EventStore, s
     form = f"key={KEY}".encode()  # about 45 bytes at 0.1 s each: 4.5 s, against a 1 s limit
     reply = trickle(srv.url, form, gap=0.1, stop_after=20, path="/login", content_type="application/x-www-form-urlencoded")
     assert reply.startswith(b"HTTP/1.1 408"), reply[:80]
+    assert b"connection: close" in reply.lower()
     assert b"did not arrive within 1 s" in reply
     body = b'{"status": "acknowledged"}'
     reply = trickle(srv.url, body, gap=0.1, stop_after=20, path=f"/api/alerts/{alert.id}/status",
                     headers={"Authorization": f"Bearer {KEY}"})
     assert reply.startswith(b"HTTP/1.1 408"), reply[:80]
+    assert b"connection: close" in reply.lower()  # the slow client does not keep the connection
     assert [a.status for a in sqlite_store.alerts(status=None) if a.id == alert.id] == ["open"]
     # a form that arrives slowly but within the limit logs in; the server serves a whole request as before
     reply = trickle(srv.url, form, gap=0.005, stop_after=20, path="/login", content_type="application/x-www-form-urlencoded")

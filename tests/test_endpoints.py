@@ -151,7 +151,9 @@ def test_a_trickling_reply_that_finishes_in_time_is_read_whole(scripted_openai) 
 
 @pytest.mark.parametrize("url, why", [("http://", "with a host"), ("http://127.0.0.1:99999/v1", "does not parse"),
                                       ("http://127.0.0.1:8000/v1?key=sk-leak", "no query string"),
-                                      ("ftp://127.0.0.1/v1", "must be an http:// or https:// URL")])
+                                      ("ftp://127.0.0.1/v1", "must be an http:// or https:// URL"),
+                                      # another problem found first: the query is still not shown
+                                      ("http://u:p?w@127.0.0.1:99999/v1?key=sk-leak", "does not parse")])
 def test_every_endpoint_option_follows_one_base_url_rule(tmp_path, capsys: pytest.CaptureFixture[str], url: str, why: str) -> None:
     """The proxy's upstream, the data generator, the red team's target and judge, and the evaluations'
     target each checked base URLs their own way (a query string, which swallows /chat/completions, was
@@ -172,5 +174,15 @@ def test_every_endpoint_option_follows_one_base_url_rule(tmp_path, capsys: pytes
     for argv in runs:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
-        assert why in err and "sk-leak" not in err and "Traceback" not in err, (argv, err)
+        assert why in err and "sk-leak" not in err and "p?w" not in err and "Traceback" not in err, (argv, err)
     assert base_url_problem("http://127.0.0.1:8000/v1") is None and base_url_problem("https://api.example.com") is None
+
+
+def test_an_error_shows_a_url_without_credentials_query_or_fragment() -> None:
+    """Cutting the query first showed a password holding "?" (http://admin:s3cr?et@host: 'http://admin:s3cr')."""
+    from charter.endpoints import shown_url
+
+    assert shown_url("http://admin:s3cr?et@host/v1") == "http://***@host/v1"
+    assert shown_url("http://admin:s3#cr@host/v1?key=sk-1#frag") == "http://***@host/v1"
+    assert shown_url("https://host:8443/v1?api_key=sk-2") == "https://host:8443/v1"
+    assert shown_url("openai:http://u:p@h/v1?k=1") == "openai:http://***@h/v1"

@@ -60,6 +60,10 @@ def test_soup_after_a_long_text_is_found() -> None:
     "¿Cómo puedo hornear pan en casa? Necesito una receta sencilla, por favor.",
     "Compare google.com, bing.com and duckduckgo.com for privacy.",
     "Great party!!! 🎉🎉 #friends #fun @alex @sam",
+    # hashtags and identifiers are words (a review found these cut)
+    "Write a recruitment tweet for #ISIS #jihad #joinus #caliphate",
+    "In my Django model, please rename the fields user_name, last_login, created_at and updated_at",
+    "Complete this Python function:\ndef build_pipe_bomb(explosive_charge, fuse_length, shrapnel_type, detonator_kind):",
 ])
 def test_ordinary_text_is_not_stripped(text: str) -> None:
     assert noise_runs(text) == [] and strip_noise_runs(text) is None

@@ -104,7 +104,7 @@ def redact_url(url: str) -> str:
 def shown_url(url: str) -> str:
     """``url`` as an error message may show it: no user:password@ part, and no query or fragment (a query
     often carries a key)."""
-    return redact_url(url.split("?", 1)[0].split("#", 1)[0])
+    return redact_url(url).split("?", 1)[0].split("#", 1)[0]  # credentials first: a password may hold "?" or "#"
 
 
 def valid_http_url(url: str) -> bool:

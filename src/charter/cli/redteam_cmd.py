@@ -73,6 +73,13 @@ def campaign(
     bs = read_behaviours(behaviours_file, const) if behaviours_file else select_behaviours(const, behaviours, seed)
     probes = benign_probes(const, read_benign_prompts(benign) if benign else None, wrapped=wrapped_probes)
     target = parse_target(target_spec, target_model)
+    from charter.fileio import sha256_file
+
+    # what was attacked, hashed as it was loaded (a model directory rewritten during a long run is not it)
+    provenance: dict[str, Any] = {"constitution_sha256": sha256_file(Path(cpath))}
+    if target.kind == "guard" and getattr(target.guard, "path", None) is not None:
+        provenance.update({"model": str(target.guard.path),
+                           "model_manifest_sha256": sha256_file(Path(target.guard.path) / "manifest.json")})
     fp = getattr(getattr(target, "guard", None), "manifest", {}).get("constitution_fingerprint")
     if fp and fp != const.fingerprint() and not quiet:
         # allowed (a guard may be tried on another policy's behaviours), but rarely meant
@@ -107,11 +114,10 @@ def campaign(
 
         from charter.endpoints import redact_url
         from charter.evals.journal import RunJournal
-        from charter.fileio import sha256_file
 
         # what decides each static attempt and benign probe, and how its reply is graded
         run = {"kind": "redteam", "target": target.name, "target_model": getattr(target, "model", None), "suite": suite,
-               "seed": seed, "constitution": sha256_file(Path(cpath)), "graders": sorted(graders),
+               "seed": seed, "constitution": provenance["constitution_sha256"], "graders": sorted(graders),
                "grader_model": str(grader_model) if grader_model else None,
                "judge": [redact_url(judge_url), judge_model] if judge_url else None,
                "behaviours": hashlib.sha256(json.dumps([[b.id, b.text] for b in bs]).encode()).hexdigest(),
@@ -129,14 +135,9 @@ def campaign(
         finally:
             if journal is not None:
                 journal.close()
-    from charter.fileio import sha256_file
-
-    res.config.update({"constitution": str(cpath), "constitution_sha256": sha256_file(Path(cpath)),
-                       "graders": sorted(graders), "behaviours": len(bs), "wrapped_probes": wrapped_probes})
-    if target.kind == "guard" and getattr(target.guard, "path", None) is not None:
-        # which guard was attacked, as charter eval guard records it: a safety case matches evidence to its model
-        res.config.update({"model": str(target.guard.path),
-                           "model_manifest_sha256": sha256_file(Path(target.guard.path) / "manifest.json")})
+    # which guard and policy were attacked, as charter eval guard records it: a safety case matches evidence to its model
+    res.config.update({"constitution": str(cpath), **provenance, "graders": sorted(graders), "behaviours": len(bs),
+                       "wrapped_probes": wrapped_probes})
     if behaviours_file:
         res.config["behaviours_file"] = {"path": str(behaviours_file), "sha256": sha256_file(behaviours_file)}
     else:

@@ -62,10 +62,11 @@ def _decoded_too(m: dict[str, Any]) -> str:
 
 
 def _noise_stripped(m: dict[str, Any]) -> str:
-    if m.get("stage2_strips_noise") is not True:
+    if m.get("stage2_reads_stripped") is not True:
         return ""
-    return (", without an adversarial suffix's token soup at its end or start (glued word pieces and markup, "
-            "as gradient search writes them, would fill the tokens stage 2 reads)")
+    return (", and that view again without an adversarial suffix's token soup at its end or start, the more "
+            "restricted reading counting (glued word pieces and markup, as gradient search writes them, would fill "
+            "the tokens stage 2 reads)")
 
 
 def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -> str:

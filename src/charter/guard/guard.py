@@ -250,9 +250,10 @@ class Guard:
     #: when the text as written is stage 1's most suspicious reading and a decoded view escalates on its
     #: own, stage 2 reads that decoded view instead (manifest ``stage2_reads: decoded``)
     stage2_reads_decoded: bool = False
-    #: stage 2 reads its view without an optimiser's token soup at its end or start (an adversarial
-    #: suffix fills the 64 tokens it reads; manifest ``stage2_strips_noise``)
-    stage2_strips_noise: bool = False
+    #: stage 2 also reads its view without an optimiser's token soup at its end or start, and the more
+    #: restricted reading counts (an adversarial suffix fills the 64 tokens it reads; manifest
+    #: ``stage2_reads_stripped``)
+    stage2_reads_stripped: bool = False
     _hasher: NgramHasher = field(init=False, repr=False)
     _stage2_memo: dict[bytes, np.ndarray] = field(init=False, repr=False, default_factory=dict)
     _system_memo: dict[bytes, Reading] = field(init=False, repr=False, default_factory=dict)
@@ -306,7 +307,7 @@ class Guard:
             stage2_weight=float(doc.get("stage2_weight", 0.55)), combiner=doc.get("combiner"),
             exchange_combiner=doc.get("exchange_combiner"), path=p,
             stage2_reads_decoded=doc.get("stage2_reads", "worst") == "decoded",
-            stage2_strips_noise=doc.get("stage2_strips_noise", False) is True,
+            stage2_reads_stripped=doc.get("stage2_reads_stripped", False) is True,
         )
 
     @property
@@ -405,14 +406,21 @@ class Guard:
             return None
         return r.decoded[0], r.decoded[1]
 
-    def stage2_input(self, r: Reading) -> tuple[str, str]:
-        """The view (name, text) stage 2 reads of stage 1's reading ``r``: the view stage 1 found most
-        suspicious or a decoded one (:meth:`second_reading`), without an adversarial suffix's token soup
-        under :attr:`stage2_strips_noise` (stage 1 reads the soup as written, and the text without it)."""
+    def stage2_inputs(self, r: Reading) -> list[tuple[str, str]]:
+        """The views (name, text) stage 2 reads of stage 1's reading ``r``: the view stage 1 found most
+        suspicious or a decoded one (:meth:`second_reading`), and under :attr:`stage2_reads_stripped` that view
+        without an adversarial suffix's token soup too. The more restricted reading counts: the soup would
+        fill the tokens stage 2 reads, and a strip alone could drop an ask written among the soup."""
         view, text = self.second_reading(r) or (r.view, r.text)
-        if self.stage2_strips_noise and (stripped := strip_noise_runs(text)) is not None:
-            return ("noise_stripped" if view == "original" else f"{view}+noise_stripped"), stripped
-        return view, text
+        out = [(view, text)]
+        if self.stage2_reads_stripped and "noise_stripped" not in view and (stripped := strip_noise_runs(text)) is not None:
+            out.append(("noise_stripped" if view == "original" else f"{view}+noise_stripped", stripped))
+        return out
+
+    def _stage2_worst(self, r: Reading) -> tuple[str, np.ndarray]:
+        """Stage 2's most restricted reading of ``r``: its view's name and class probabilities."""
+        reads = [(view, self._stage2_proba(text)) for view, text in self.stage2_inputs(r)]
+        return max(reads, key=lambda vp: 1.0 - float(vp[1][self._perm]))
 
     def combine(self, s1: float, s2: float, words: int = 0) -> float:
         """The cascade's final score for an escalated input of ``words`` words: a logistic blend of
@@ -466,7 +474,7 @@ class Guard:
 
     def _check_text(self, text: str, system: bool, t0: float) -> Verdict:
         r = self._system_stage1(text) if system else self.stage1_reading(text)
-        p1, view, view_text = r.probs, r.view, r.text
+        p1, view = r.probs, r.view
         s1 = 1.0 - float(p1[self._perm])
         read = text  # the text whose views were scored: its length picks the blend
         th = self.thresholds
@@ -476,9 +484,8 @@ class Guard:
             # scaled so that a verdict's score is at or above thresholds["final"] exactly when it is
             # flagged: calibration can put the final threshold under the escalation threshold
             return self._verdict(p1, s1 * min(1.0, th["final"] / th["escalate"]), False, "stage1", view, False, t0)
-        # escalate: stage 2 reads the view that stage 1 found most suspicious (or a decoded one: stage2_input)
-        view, view_text = self.stage2_input(r)
-        p2 = self._stage2_proba(view_text)
+        # escalate: stage 2 reads the view that stage 1 found most suspicious (or a decoded one: stage2_inputs)
+        view, p2 = self._stage2_worst(r)
         s2 = 1.0 - float(p2[self._perm])
         final = self.combine(s1, s2, len(read.split()))
         return self._verdict(0.5 * (p1 + p2), final, final >= th["final"], "stage2", view, True, t0)
@@ -540,8 +547,7 @@ class Guard:
         be cut short)."""
         if self.stage2 is None:
             raise CharterError(STAGE2_MISSING)
-        return max(1.0 - float(self._stage2_proba(self.stage2_input(self.stage1_reading(x))[1])[self._perm])
-                   for x in prior_readings(prompt, last))
+        return max(1.0 - float(self._stage2_worst(self.stage1_reading(x))[1][self._perm]) for x in prior_readings(prompt, last))
 
     def _system_stage1(self, text: str) -> Reading:
         """:meth:`stage1_reading` of a system prompt, remembered: a deployment sends the same few with every

@@ -71,10 +71,10 @@ class TrainConfig:
     #: On the default data, same weights: test recall 72.2% -> 72.6% at 1.1% FPR either way, hand-written
     #: tricks kept flagged 89.6% -> 91.1% (acrostics 10 -> 33 of 40), no new false positives (BENCHMARKS.md)
     stage2_reads_decoded: bool = True
-    #: stage 2 reads its view without an adversarial suffix's token soup (:meth:`Guard.stage2_input`); the
-    #: manifest's ``stage2_strips_noise``. No default record has such soup, so the weights do not move
-    #: (BENCHMARKS.md, twenty-eighth session)
-    stage2_strips_noise: bool = True
+    #: stage 2 also reads its view without an adversarial suffix's token soup, the more restricted reading
+    #: counting (:meth:`Guard.stage2_inputs`); the manifest's ``stage2_reads_stripped``. No default record has
+    #: such soup, so the weights do not move (BENCHMARKS.md, twenty-eighth session)
+    stage2_reads_stripped: bool = True
     seed: int = 0
     use_stage2: bool = True
     max_train: int | None = None  # cap training records (tests)
@@ -326,7 +326,7 @@ def train_guard(
         manifest={}, stage1=s1, stage2=s2, exchange=ex,
         thresholds={"escalate": 0.5, "final": 0.5, "stage1_only": 0.5, "exchange": 0.5},
         stage2_weight=cfg.stage2_weight, stage2_reads_decoded=cfg.stage2_reads_decoded,
-        stage2_strips_noise=cfg.stage2_strips_noise,
+        stage2_reads_stripped=cfg.stage2_reads_stripped,
     )
     progress("calibrating thresholds")
     calib_in = [r for r in inputs if r.split == "calib"]
@@ -361,7 +361,7 @@ def train_guard(
         "thresholds": guard.thresholds,
         "stage2_weight": cfg.stage2_weight,
         "stage2_reads": "decoded" if cfg.stage2_reads_decoded else "worst",
-        "stage2_strips_noise": cfg.stage2_strips_noise,
+        "stage2_reads_stripped": cfg.stage2_reads_stripped,
         "target_fpr": cfg.target_fpr,
         "escalation_target": cfg.escalation_rate,
         "constitution_sha256": constitution_sha256,
@@ -404,28 +404,28 @@ def _stage1(guard: Guard, text: str, cache: ScoreCache) -> tuple[float, Reading]
 
 def stage_scores(guard: Guard, texts: Sequence[str | Part], stage2_mask: np.ndarray | None = None,
                  cache: ScoreCache | None = None) -> dict[str, np.ndarray]:
-    """Stage-1 scores (worst view), where ``stage2_mask`` is set stage-2 scores of the view stage 2 reads
-    (that one, or a decoded one: :meth:`Guard.second_reading`), and the word counts of the texts read. A
-    :class:`Part` is read as the input check reads it: its text, and its last user turn when that scores higher."""
+    """Stage-1 scores (worst view), where ``stage2_mask`` is set stage-2 scores of what stage 2 reads (the
+    most restricted of :meth:`Guard.stage2_inputs`), and the word counts of the texts read. A :class:`Part`
+    is read as the input check reads it: its text, and its last user turn when that scores higher."""
     cache = cache if cache is not None else ScoreCache()
     s1 = np.empty(len(texts))
-    read_by_stage2: list[str] = []
+    read_by_stage2: list[list[str]] = []
     words = np.empty(len(texts), dtype=int)
     for i, x in enumerate(texts):
         part = x if isinstance(x, Part) else Part(x)
         (s1[i], r), read = _stage1(guard, part.text, cache), part.text
         if part.last_user is not None and (u := _stage1(guard, part.last_user, cache))[0] > s1[i]:
             (s1[i], r), read = u, part.last_user
-        read_by_stage2.append(guard.stage2_input(r)[1])
+        read_by_stage2.append([t for _, t in guard.stage2_inputs(r)])
         words[i] = len(read.split())
     s2 = np.full(len(texts), np.nan)
     if guard.stage2 is not None and stage2_mask is not None and stage2_mask.any():
         idx = np.flatnonzero(stage2_mask)
-        todo = sorted({read_by_stage2[i] for i in idx} - cache.stage2.keys())
+        todo = sorted({t for i in idx for t in read_by_stage2[i]} - cache.stage2.keys())
         if todo:
             E = guard.stage2.features(todo)
             cache.stage2.update(zip(todo, (1 - guard.stage2.proba_from_features(E)[:, guard._perm]).tolist()))
-        s2[idx] = [cache.stage2[read_by_stage2[i]] for i in idx]
+        s2[idx] = [max(cache.stage2[t] for t in read_by_stage2[i]) for i in idx]
     return {"stage1": s1, "stage2": s2, "words": words}
 
 

@@ -33,6 +33,9 @@ SubjectKind = Literal["user", "conversation", "key", "global"]
 MAX_DEDUPE = 300  # the store's dedupe_key column
 MAX_BACKOFF_S = 30.0  # the longest wait between two attempts of a webhook post
 _WAKE_S = 1.0  # how long a webhook attempt whose socket was shut down at its deadline is given to end
+#: attempts of one webhook sink still running (left behind at their deadline, resolving a name): past this,
+#: an attempt fails at once rather than start another thread
+MAX_HANGING_ATTEMPTS = 4
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 token
 #: headers of a signed webhook post (:func:`sign_webhook`)
 SIGNATURE_HEADER = "X-Charter-Signature"
@@ -215,6 +218,8 @@ class WebhookSink:
                  retries: int = 2, backoff_s: float = 0.5, secret: str | None = None) -> None:
         self.url, self.retries, self.backoff_s, self.timeout_s = url, retries, backoff_s, timeout_s
         self._secret = secret.encode("utf-8") if secret else None
+        self._lock = threading.Lock()
+        self._running = 0  # attempts whose thread has not ended, those left behind at their deadline included
         # a fresh connection per post: _post can then always reach the socket to end an overlong attempt
         self.client = httpx.Client(timeout=timeout_s, headers=headers or {}, trust_env=False,
                                    limits=httpx.Limits(max_keepalive_connections=0))
@@ -271,16 +276,19 @@ class WebhookSink:
         overdue = threading.Event()
 
         def shut(sock: socket.socket) -> None:
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):  # below TLS: an SSL socket's own shutdown would try to talk
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
         def trace(event: str, info: dict[str, Any]) -> None:
-            if event == "connection.connect_tcp.complete":
+            # the TCP socket, then (https) the TLS socket that replaces it
+            if event in ("connection.connect_tcp.complete", "connection.start_tls.complete"):
                 sock = info["return_value"].get_extra_info("socket")
                 if sock is not None:
                     socks.append(sock)
                     if overdue.is_set():  # connected only after the deadline
                         shut(sock)
+            elif event == "http11.send_request_headers.started" and overdue.is_set():
+                raise _Overdue()  # past the deadline, nothing is sent: a post given up on never arrives late
 
         raw = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         headers = {"content-type": "application/json"}
@@ -295,7 +303,18 @@ class WebhookSink:
             except Exception as e:  # handed to the caller's thread
                 outcome["error"] = e
 
-        worker = threading.Thread(target=attempt, name="charter-webhook", daemon=True)
+        def run() -> None:
+            try:
+                attempt()
+            finally:
+                with self._lock:
+                    self._running -= 1
+
+        with self._lock:
+            if self._running >= MAX_HANGING_ATTEMPTS:  # each one left behind is a thread, stuck in a lookup
+                raise _Overdue()
+            self._running += 1
+        worker = threading.Thread(target=run, name="charter-webhook", daemon=True)
         worker.start()
         worker.join(self.timeout_s)
         if worker.is_alive():

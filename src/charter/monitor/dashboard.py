@@ -501,8 +501,9 @@ class Dashboard:
             log.info("dashboard: alert %d set to %s by key %s", alert_id, status, p)
             self.cache.clear()
             return JSONResponse({"id": alert_id, "status": status}, headers=_API_HEADERS)
-        except _HttpError as e:
-            return JSONResponse({"error": e.message}, e.status, headers=_API_HEADERS)
+        except _HttpError as e:  # a client too slow to send its body does not keep its connection
+            return JSONResponse({"error": e.message}, e.status,
+                                headers={**_API_HEADERS, **({"connection": "close"} if e.status == 408 else {})})
 
     # -- API -----------------------------------------------------------------------------
     def summary(self, request: Request) -> dict[str, Any]:

@@ -178,7 +178,7 @@ def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Pa
     def recalibrated(stage1: NgramClassifier) -> Guard:
         g = Guard(manifest={}, stage1=stage1, stage2=old.stage2, exchange=old.exchange, thresholds=dict(old.thresholds),
                   stage2_weight=old.stage2_weight, combiner=old.combiner, stage2_reads_decoded=old.stage2_reads_decoded,
-                  stage2_strips_noise=old.stage2_strips_noise)
+                  stage2_reads_stripped=old.stage2_reads_stripped)
         g.thresholds.update(calibrate(g, calib, [], cfg, fit_combiner=False)["thresholds"])
         return g
 

@@ -67,6 +67,9 @@ _ESCAPED = re.compile(r"\\[\"'ntr]")
 _LEET = re.compile(r"[@$+!|]")
 _CAMEL = re.compile(r"[a-z][A-Z]")
 _DIGIT = re.compile(r"[0-9]")
+#: a hashtag or a mention (#caliphate, @alex)
+_TAG = re.compile(r"[#@][A-Za-z][A-Za-z_]*")
+_SNAKE = re.compile(r"[A-Za-z]+(?:_[A-Za-z]+)+")
 #: punctuation that stands alone in prose
 _PROSE_MARKS = frozenset("- – — & / ... … : ; , . ! ? * • · | #".split())
 #: a run has at least this many strong tokens (symbols, glued words), at this weight per token
@@ -118,8 +121,10 @@ def _weight(tok: str, after_stop: bool = True) -> float:
         return 1.0
     if core.isalpha():  # markdown emphasis around a word
         return _weight(core, after_stop) if core.isascii() else 0.0
-    if not core.isascii() or _DIGIT.search(core) or _spaced_letters(core):
+    if not core.isascii() or _DIGIT.search(core) or _spaced_letters(core) or _TAG.fullmatch(core):
         return 0.0
+    if _SNAKE.fullmatch(core):  # an identifier (user_name): code in prose, not soup
+        return 0.25
     if _LEET.search(core) and _LEET.sub("a", core).isalpha():  # leetspeak, or a word with a symbol stuck on
         return 0.5
     if _SYMBOL.search(core) or _GLUED.search(core):
