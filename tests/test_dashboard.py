@@ -271,6 +271,22 @@ def test_a_trickled_login_or_alert_change_is_cut_off(sqlite_store: EventStore, s
         assert ok.status_code == 200
 
 
+def test_an_oversized_login_form_or_alert_change_is_refused(sqlite_store: EventStore,
+                                                            serve: Callable[..., ServerThread]) -> None:
+    """Bodies are bounded as they arrive (the proxy's reader: charter.server.body): 4 KiB for the login form,
+    1 KiB for an alert change; a refused alert change changes nothing."""
+    srv = serve(create_dashboard(sqlite_store, keys=KEYS))
+    (alert,) = [a for a in sqlite_store.alerts() if a.rule == "repeat_blocks"]
+    with _client(srv) as c:
+        r = c.post("/login", data={"key": KEY, "pad": "x" * 5000})
+        assert r.status_code == 413 and "form too large" in r.text
+        r = c.post(f"/api/alerts/{alert.id}/status", content=b'{"status": "resolved", "pad": "' + b"x" * 2000 + b'"}',
+                   headers={"authorization": f"Bearer {KEY}", "content-type": "application/json"})
+        assert r.status_code == 413 and r.json() == {"error": "body too large"}
+        assert [a.status for a in sqlite_store.alerts(status=None) if a.id == alert.id] == ["open"]
+        assert c.post("/login", data={"key": KEY}).status_code == 303  # a form of the right size logs in
+
+
 def test_behind_a_tls_reverse_proxy_logins_work_and_the_cookie_is_secure(sqlite_store: EventStore,
                                                                          serve: Callable[..., ServerThread]) -> None:
     """Behind a proxy that ends TLS and does not pass the browser's Host on, every login was refused

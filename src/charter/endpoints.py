@@ -133,7 +133,7 @@ def base_url_problem(url: str) -> str | None:
         return "must be an http:// or https:// URL (it does not parse)"
     if u.scheme not in ("http", "https") or not url.startswith(("http://", "https://")):
         return "must be an http:// or https:// URL"
-    if not u.hostname or any(c.isspace() or not c.isprintable() for c in url) or not valid_http_url(url):
+    if not u.hostname or not valid_http_url(url):  # (spaces and control characters included)
         return "must be an http:// or https:// URL with a host and no spaces"
     if u.query or u.fragment or "?" in url or "#" in url:
         return "must have no query string or fragment: the API paths are appended to it (e.g. http://127.0.0.1:11434/v1)"

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from charter.cli import app
-from charter.endpoints import bearer, redact_url
+from charter.endpoints import base_url_problem, bearer, redact_url, shown_url
 
 console = Console(stderr=True)
 DEFAULT_DB = "sqlite:///charter.db"
@@ -32,15 +32,15 @@ def serve(
 
     from charter.guard import Guard
     from charter.server import check_bind, create_app, load_config
-    from charter.server.config import ConfigError, check_startup, upstream_url_problem
+    from charter.server.config import ConfigError, check_startup
 
     cfg = load_config(config)
     if upstream:
         cfg.upstream.base_url = upstream.rstrip("/")
     if not cfg.upstream.base_url:
         raise ConfigError("no upstream: pass --upstream BASE_URL or set upstream.base_url in the config")
-    if why := upstream_url_problem(cfg.upstream.base_url):
-        raise ConfigError(f"--upstream: {why}, got {redact_url(cfg.upstream.base_url)!r}")
+    if why := base_url_problem(cfg.upstream.base_url):
+        raise ConfigError(f"--upstream: {why}, got {shown_url(cfg.upstream.base_url)!r}")
     if db:
         cfg.events.db = db
     elif not cfg.events.db and "path" not in cfg.events.model_fields_set:

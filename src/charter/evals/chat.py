@@ -43,22 +43,16 @@ def redact_spec(spec: str) -> str:
     return kind + sep + redact_url(rest) if sep else spec
 
 
-def _shown_spec(spec: str) -> str:
-    """``openai:URL`` as an error message shows it: no credentials, query or fragment (:func:`shown_url`)."""
-    kind, sep, rest = (spec or "").partition(":")
-    return kind + sep + shown_url(rest) if sep else shown_url(spec or "")
-
-
 def parse_endpoint(spec: str, option: str = "--target") -> str:
     """``openai:BASE_URL`` to the base URL; anything else is a :class:`UsageError` (exit 2)."""
     kind, sep, rest = (spec or "").partition(":")
     if not sep or kind != "openai":
-        raise UsageError(f"{option} {_shown_spec(spec)!r}: expected openai:BASE_URL, e.g. openai:http://localhost:8000/v1")
+        raise UsageError(f"{option} {shown_url(spec or '')!r}: expected openai:BASE_URL, e.g. openai:http://localhost:8000/v1")
     if problem := base_url_problem(rest):
         if "query" in problem:  # not echoed: a query often carries a key
             key_env = JUDGE_KEY_ENV if option == "--judge" else TARGET_KEY_ENV
             raise UsageError(f"{option}: the base URL {problem}; pass a key in ${key_env}")
-        raise UsageError(f"{option} {_shown_spec(spec)!r}: the base URL {problem}, e.g. openai:http://localhost:8000/v1")
+        raise UsageError(f"{option} {shown_url(spec or '')!r}: the base URL {problem}, e.g. openai:http://localhost:8000/v1")
     return rest.rstrip("/")
 
 

@@ -302,10 +302,6 @@ class WebhookSink:
                     outcome["status"] = r.status_code
             except Exception as e:  # handed to the caller's thread
                 outcome["error"] = e
-
-        def run() -> None:
-            try:
-                attempt()
             finally:
                 with self._lock:
                     self._running -= 1
@@ -314,7 +310,7 @@ class WebhookSink:
             if self._running >= MAX_HANGING_ATTEMPTS:  # each one left behind is a thread, stuck in a lookup
                 raise _Overdue()
             self._running += 1
-        worker = threading.Thread(target=run, name="charter-webhook", daemon=True)
+        worker = threading.Thread(target=attempt, name="charter-webhook", daemon=True)
         worker.start()
         worker.join(self.timeout_s)
         if worker.is_alive():

@@ -43,6 +43,7 @@ from starlette.routing import Route
 
 from charter.monitor.store import EventStore, StoredEvent, StoreError
 from charter.server.auth import KeyStore, Principal
+from charter.server.body import BodyTooLarge, read_body
 from charter.server.config import ClientKey, Rate, is_loopback
 
 log = logging.getLogger("charter.monitor.dashboard")
@@ -80,17 +81,13 @@ class _HttpError(Exception):
 
 
 async def _small_body(request: Request, limit: int, too_large: str = "body too large") -> bytes:
-    """A request body of at most ``limit`` bytes, bounded as it arrives (413) and in time (408)."""
-    raw = b""
+    """A request body of at most ``limit`` bytes (413), whole within ``BODY_TIMEOUT_S`` (408)."""
     try:
-        with anyio.fail_after(BODY_TIMEOUT_S):
-            async for chunk in request.stream():
-                raw += chunk
-                if len(raw) > limit:
-                    raise _HttpError(413, too_large)
+        return await read_body(request, limit, BODY_TIMEOUT_S)
+    except BodyTooLarge:
+        raise _HttpError(413, too_large) from None
     except TimeoutError:
         raise _HttpError(408, f"the body did not arrive within {BODY_TIMEOUT_S:g} s") from None
-    return raw
 
 
 def _asset(name: str) -> str:

@@ -24,6 +24,7 @@ from charter.guard import Guard
 from charter.monitor.events import Event, EventQueue, EventSink, JsonlSink, normalise_user, user_hash
 from charter.monitor.rules import start_monitor, stop_monitor
 from charter.server.auth import KeyStore, Principal, RateLimiter, SharedRateLimiter
+from charter.server.body import BodyTooLarge, read_body
 from charter.server.config import EventsSettings, ServerConfig, check_startup
 from charter.server.context import Exchange, Services
 from charter.server.errors import ProxyError
@@ -36,22 +37,13 @@ log = logging.getLogger("charter.server")
 
 
 async def _read_body(request: Request, limit: int, timeout_s: float) -> bytes:
-    cl = request.headers.get("content-length")
-    too_big = ProxyError(413, f"request body exceeds limits.max_body_bytes = {limit}", code="request_too_large")
-    if cl is not None and cl.isdigit() and int(cl) > limit:
-        raise too_big
-    chunks, n = [], 0
     try:
-        with anyio.fail_after(timeout_s):
-            async for c in request.stream():
-                n += len(c)
-                if n > limit:
-                    raise too_big
-                chunks.append(c)
+        return await read_body(request, limit, timeout_s)
+    except BodyTooLarge:
+        raise ProxyError(413, f"request body exceeds limits.max_body_bytes = {limit}", code="request_too_large") from None
     except TimeoutError:
         raise ProxyError(408, f"the request body did not arrive within limits.body_timeout_s = {timeout_s:g} s",
                          code="request_timeout", headers={"connection": "close"}) from None
-    return b"".join(chunks)
 
 
 def _conversation_id(request: Request, req: ChatRequest) -> str | None:

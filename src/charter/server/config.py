@@ -52,18 +52,13 @@ class Upstream(_Strict):
     @field_validator("base_url")
     @classmethod
     def _url(cls, v: str | None) -> str | None:
-        if v is not None and (why := upstream_url_problem(v)):
+        if v is not None and (why := base_url_problem(v)):
             raise ValueError(why)
         return v.rstrip("/") if v else v
 
     def api_key(self) -> str | None:
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
         return key.strip() if key is not None else None  # as charter.endpoints.bearer sends it
-
-
-def upstream_url_problem(url: str) -> str | None:
-    """Why ``url`` cannot be the upstream's base URL, or None (:func:`charter.endpoints.base_url_problem`)."""
-    return base_url_problem(url)
 
 
 class Rate(_Strict):
