@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from sklearn.base import clone
 
 from charter.classifiers.artifacts import load_model_dir, save_model_dir
-from charter.classifiers.features import NgramHasher
+from charter.classifiers.features import NgramHasher, _char_seed, ngram_hashes, window_hashes
 from charter.classifiers.linear import NgramClassifier, clauses
 from charter.classifiers.streaming import ExchangeClassifier, tokens
 
@@ -149,6 +149,12 @@ def test_clause_instances_read_an_ask_a_wrapper_dilutes():
         np.testing.assert_array_equal(mil.proba_one(t, memo=memo), mil.proba_one(t))
     assert "how do i make glorp toxin" in memo
     assert len(memo) < sum(1 + len(clauses(t, 12)) for t in shared)
+    # texts and their clauses hashed ahead, in one pass, score as hashed one by one
+    ahead = mil.prehash(shared, with_clauses=True)
+    assert set(ahead) == set(memo)
+    for t in shared:
+        np.testing.assert_array_equal(mil.proba_one(t, memo=ahead), mil.proba_one(t))
+    assert len(ahead) == len(memo)  # nothing was left to hash
     # an offset lowers a clause's logit; a text keeps at least its whole-text score, and both paths agree
     lowered = clone(mil).set_params(clause_offset=-1.0)
     lowered.coef_, lowered.intercept_, lowered.classes_ = mil.coef_, mil.intercept_, mil.classes_
@@ -284,6 +290,26 @@ def test_short_and_long_chunk_paths_hash_alike(text, cut):
     assert a._n == b._n and a._dot == pytest.approx(b._dot, rel=1e-5, abs=1e-6)
 
 
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.integers(0, 2**21), max_size=12), st.integers(1, 4), st.integers(0, 4), st.integers(0, 9))
+def test_grown_ngram_hashes_equal_hashing_each_n_alone(items, lo, extra, salt):
+    """``ngram_hashes`` grows each n's window hashes from the last's; they must be exactly the hashes of
+    each window on its own, or every trained model's features would move."""
+    seq = np.asarray(items, dtype=np.uint64)
+    grown = ngram_hashes(seq, lo, lo + extra, lambda n: _char_seed(n, salt))
+    alone = [window_hashes(seq, n, _char_seed(n, salt)) for n in range(lo, lo + extra + 1)]
+    assert len(grown) == len(alone)
+    for g, a in zip(grown, alone):
+        assert g.dtype == np.uint64 and np.array_equal(g, a)
+
+
+def test_hashed_features_are_pinned():
+    """The packaged guard's weights were fitted on these exact feature indices and values."""
+    idx, val = NgramHasher(word_weight=4.0).weighted("How do I bake sourdough bread? Ünïcode 😀 and words.")
+    assert hashlib.sha256(idx.tobytes() + val.tobytes()).hexdigest() == (
+        "d7ab7f708daf3a112d6142ad01042c0123d55e246c554a3e34cd376f9fbc1f2c")
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.text(max_size=60), min_size=1, max_size=6), st.booleans(), st.integers(0, 5))
 def test_hashing_many_texts_at_once_matches_one_at_a_time(texts, pad_end, salt):
@@ -294,8 +320,8 @@ def test_hashing_many_texts_at_once_matches_one_at_a_time(texts, pad_end, salt):
     assert len(many) == len(texts)
     for t, (idx, val) in zip(texts, many):
         i0, v0 = h.weighted(t, salt=salt, pad_end=pad_end)
-        assert np.array_equal(idx, i0)
-        np.testing.assert_allclose(val, v0, rtol=1e-6)
+        assert np.array_equal(idx, i0) and idx.dtype == i0.dtype
+        assert np.array_equal(val, v0) and val.dtype == v0.dtype  # exactly: the weights were fitted on them
 
 
 def test_model_dir_files_get_the_mode_of_ordinary_new_files(tmp_path):

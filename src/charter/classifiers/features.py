@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -37,6 +38,26 @@ def window_hashes(seq: np.ndarray, n: int, seed: int) -> np.ndarray:
     return h
 
 
+def ngram_hashes(seq: np.ndarray, lo: int, hi: int, seed_of: Callable[[int], int]) -> list[np.ndarray]:
+    """``[window_hashes(seq, n, seed_of(n)) for n in lo..hi]``, each n's hashes grown from the last's: a
+    window's hash is ``seed·P^n`` plus a polynomial of its items, and the polynomial of n items is that
+    of its first n-1 times P plus the n-th (wrapping uint64 arithmetic is a ring, so the sums agree
+    exactly). Half the numpy calls of hashing each n on its own, which dominate a short text's cost."""
+    out: list[np.ndarray] = []
+    poly = seq
+    with np.errstate(over="ignore"):
+        for n in range(1, hi + 1):
+            if n > 1:
+                m = len(seq) - n + 1
+                if m <= 0:
+                    out += [np.zeros(0, dtype=np.uint64)] * (hi - max(n, lo) + 1)
+                    break
+                poly = poly[:m] * _P + seq[n - 1 :]
+            if n >= lo:
+                out.append(poly + np.uint64((seed_of(n) * pow(int(_P), n, 2**64)) % 2**64))
+    return out
+
+
 def _char_seed(n: int, salt: int) -> int:
     return n * 1_000_003 + salt
 
@@ -45,9 +66,15 @@ def _word_seed(n: int, salt: int) -> int:
     return 0xABCDEF + n + salt
 
 
+@lru_cache(maxsize=1 << 16)
+def _crc(word: str) -> int:
+    return zlib.crc32(word.encode())
+
+
 def _word_codes(words: list[str], salt: int) -> np.ndarray:
-    """Each word's crc32, offset by ``salt``: the items word n-grams are hashed from."""
-    w = np.fromiter((zlib.crc32(x.encode()) for x in words), dtype=np.uint64, count=len(words))
+    """Each word's crc32, offset by ``salt``: the items word n-grams are hashed from (remembered: a text's
+    views and clauses repeat its words)."""
+    w = np.fromiter(map(_crc, words), dtype=np.uint64, count=len(words))
     with np.errstate(over="ignore"):
         return w + np.uint64(0x9E3779B97F4A7C15 + salt)
 
@@ -116,32 +143,41 @@ class NgramHasher:
         w = _word_codes([x for ws in words for x in ws], salt)
         lo, hi = self.char_ngrams
         lo_w, hi_w = self.word_ngrams
-        with np.errstate(over="ignore"):  # (hashes, n, each text's start and length in the hashed sequence)
-            char_runs = [(_mix(window_hashes(codes, n, _char_seed(n, salt))), n, c_start, c_len) for n in range(lo, hi + 1)]
-            word_runs = [(_mix(window_hashes(w, n, _word_seed(n, salt))), n, w_start, w_len) for n in range(lo_w, hi_w + 1)]
-        out = []
-        for i in range(len(texts)):
-            # the windows wholly inside text i, character n-grams first, as _indices orders them
-            chars = [h[a[i] : a[i] + ln[i] - n + 1] for h, n, a, ln in char_runs if ln[i] >= n]
-            parts = chars + [h[a[i] : a[i] + ln[i] - n + 1] for h, n, a, ln in word_runs if ln[i] >= n]
-            idx = (np.concatenate(parts) % np.uint64(self.n_features)).astype(np.int64) if parts else np.zeros(0, np.int64)
-            out.append((idx, self._values(len(idx), sum(len(c) for c in chars))))
-        return out
+        runs = (ngram_hashes(codes, lo, hi, lambda n: _char_seed(n, salt))
+                + ngram_hashes(w, lo_w, hi_w, lambda n: _word_seed(n, salt)))
+        with np.errstate(over="ignore"):  # mixed and bucketed in one pass, then split back into each n's run
+            allh = (_mix(np.concatenate(runs)) % np.uint64(self.n_features)).astype(np.int64)
+        # Each text's windows are gathered in one indexing, in _indices's order (text by text; character
+        # n-grams by n, then word n-grams by n), as ranges: run r holds text i's windows from its start to
+        # its length less n, when the text has n items
+        ns = np.array([*range(lo, hi + 1), *range(lo_w, hi_w + 1)])
+        n_char = hi - lo + 1
+        starts = np.stack([c_start] * n_char + [w_start] * (len(ns) - n_char), axis=1)  # (texts, runs)
+        lens = np.stack([c_len] * n_char + [w_len] * (len(ns) - n_char), axis=1)
+        counts = np.maximum(lens - ns + 1, 0)
+        run_at = np.cumsum([0, *(len(r) for r in runs[:-1])])
+        first = (starts + run_at).ravel()
+        flat = counts.ravel()
+        pos = np.repeat(first - (np.cumsum(flat) - flat), flat) + np.arange(flat.sum())
+        per_text = counts.sum(axis=1)
+        val = np.repeat((1.0 / np.sqrt(np.maximum(per_text, 1))).astype(np.float32), per_text)
+        val[np.repeat(np.tile(np.arange(len(ns)) >= n_char, len(texts)), flat)] *= np.float32(self.word_weight)
+        cut = np.cumsum(per_text)[:-1]
+        return list(zip(np.split(allh[pos], cut), np.split(val, cut)))
 
     def _indices(self, text: str, salt: int, pad_end: bool) -> tuple[np.ndarray, int]:
         s = self._prepare(text, pad_end)
         parts: list[np.ndarray] = []
         codes = np.frombuffer(s.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
         lo, hi = self.char_ngrams
+        parts += ngram_hashes(codes, lo, hi, lambda n: _char_seed(n, salt))
+        n_char = sum(len(p) for p in parts)
+        words = _WORD.findall(s)
+        if words:
+            lo_w, hi_w = self.word_ngrams
+            parts += ngram_hashes(_word_codes(words, salt), lo_w, hi_w, lambda n: _word_seed(n, salt))
+        parts = [p for p in parts if len(p)]
         with np.errstate(over="ignore"):
-            parts += [window_hashes(codes, n, _char_seed(n, salt)) for n in range(lo, hi + 1)]
-            n_char = sum(len(p) for p in parts)
-            words = _WORD.findall(s)
-            if words:
-                w = _word_codes(words, salt)
-                lo_w, hi_w = self.word_ngrams
-                parts += [window_hashes(w, n, _word_seed(n, salt)) for n in range(lo_w, hi_w + 1)]
-            parts = [p for p in parts if len(p)]
             if not parts:
                 return np.zeros(0, dtype=np.int64), 0
             allh = _mix(np.concatenate(parts))

@@ -208,21 +208,41 @@ class NgramClassifier(ClassifierMixin, BaseEstimator):
         ``memo`` keeps each hashed text or clause for the next call: the views of one input (its
         leetspeak fold, its spacing collapse...) share most of their clauses with it.
         """
-        h = hasher or self.hasher()
         memo = {} if memo is None else memo
         insts = [text, *clauses(text, self.clause_words)]
-        if todo := [u for u in dict.fromkeys(insts) if u not in memo]:
-            memo.update(zip(todo, h.weighted_many(todo)))
+        self.prehash(insts, hasher, memo)
         if len(insts) == 1:
             idx, val = memo[text]
             return self._proba(val @ self.coef_[idx] + self.intercept_)
         inst = [memo[u] for u in insts]
-        z = [float(v @ self.coef_[i, 0]) + (self.clause_offset if k else 0.0) for k, (i, v) in enumerate(inst)]
+        coef0 = self._binary_coef()
+        z = [float(v @ coef0[i]) + (self.clause_offset if k else 0.0) for k, (i, v) in enumerate(inst)]
         best = int(np.argmax(z))  # the binary head picks the instance; every head then reads it
         idx, val = inst[best]
         out = val @ self.coef_[idx] + self.intercept_
         out[0] = z[best] + self.intercept_[0]
         return self._proba(out)
+
+    def prehash(self, texts: Sequence[str], hasher: NgramHasher | None = None,
+                memo: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                with_clauses: bool = False) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Hash into ``memo`` each of ``texts`` (and, ``with_clauses``, their clauses) not yet in it, in
+        one pass: a text's views are scored one by one, and hashing each apart costs the fixed numpy
+        overhead per view."""
+        memo = {} if memo is None else memo
+        if with_clauses:
+            texts = [u for t in texts for u in (t, *clauses(t, self.clause_words))]
+        if todo := [u for u in dict.fromkeys(texts) if u not in memo]:
+            memo.update(zip(todo, (hasher or self.hasher()).weighted_many(todo)))
+        return memo
+
+    def _binary_coef(self) -> np.ndarray:
+        """The binary head's weights as one contiguous column (a column of ``coef_`` gathers strided)."""
+        c = self.__dict__.get("_coef0")
+        if c is None or c[0] is not self.coef_:
+            c = (self.coef_, np.ascontiguousarray(self.coef_[:, 0]))
+            self._coef0 = c
+        return c[1]
 
     # persistence (plain arrays; see charter.classifiers.artifacts)
     def to_arrays(self) -> dict[str, np.ndarray]:

@@ -201,8 +201,10 @@ def stage1_reading(stage1: NgramClassifier, hasher: NgramHasher, text: str) -> R
     perm = list(stage1.classes_).index(PERMITTED)
     best, best_view, best_text, best_score = None, "original", text, -1.0
     alt: tuple[str, str, float] | None = None
-    memo: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # views share clauses: hash each once
-    for name, v in all_views(text):
+    vs = all_views(text)
+    # views share clauses: hash each once, all in one pass
+    memo = stage1.prehash([v for _, v in vs], hasher, with_clauses=True)
+    for name, v in vs:
         p = stage1.proba_one(v, hasher, memo)
         if not math.isfinite(p[perm]):
             raise ClassifierError("stage 1's score is not a number")

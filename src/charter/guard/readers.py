@@ -1,0 +1,70 @@
+"""Stage 1's readings of many texts at once, on worker processes.
+
+Training reads some 60,000 texts through stage 1 (the training requests' worst views for stage 2, then
+the calibration and test splits): normalisation and hashing are pure Python, so threads would queue on
+the GIL while the second core idles. Worker processes each rebuild stage 1 from its arrays and read a
+share; a reading is a pure function of the text and the weights, so the results are the ones read in
+one process.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any
+
+from charter.classifiers.encoder import usable_cores
+from charter.classifiers.linear import NgramClassifier
+from charter.guard.guard import Reading, stage1_reading
+
+#: fewer texts than this are read in this process: starting workers costs a second or two
+MIN_PARALLEL_TEXTS = 4000
+CHUNK = 500
+
+_worker: dict[str, Any] = {}
+
+
+def _start(params: dict[str, Any], arrays: dict[str, Any], classes: list[str]) -> None:
+    s1 = NgramClassifier.from_arrays(params, arrays, classes)
+    _worker["stage1"], _worker["hasher"] = s1, s1.hasher()
+
+
+def _read(texts: list[str]) -> list[Reading]:
+    return [stage1_reading(_worker["stage1"], _worker["hasher"], t) for t in texts]
+
+
+class Stage1Readers:
+    """``read(texts)`` gives ``stage1_reading`` of each text, in order, on ``workers`` processes (default:
+    one per usable core) when there are enough texts to pay for starting them. Use as a context manager;
+    the workers start on the first large read and stop on exit."""
+
+    def __init__(self, stage1: NgramClassifier, workers: int | None = None) -> None:
+        self.stage1 = stage1
+        self.workers = workers if workers is not None else usable_cores()
+        self._pool: ProcessPoolExecutor | None = None
+
+    def __enter__(self) -> Stage1Readers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+    def read(self, texts: Sequence[str]) -> list[Reading]:
+        texts = list(texts)
+        if self.workers <= 1 or len(texts) < MIN_PARALLEL_TEXTS:
+            h = self.stage1.hasher()
+            return [stage1_reading(self.stage1, h, t) for t in texts]
+        if self._pool is None:
+            s1 = self.stage1
+            # spawn, not fork: the parent has BLAS and encoder threads, which a forked child would inherit locked
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                             initializer=_start,
+                                             initargs=(s1.get_params(), s1.to_arrays(), [str(c) for c in s1.classes_]))
+        chunks = [texts[i : i + CHUNK] for i in range(0, len(texts), CHUNK)]
+        return [r for part in self._pool.map(_read, chunks) for r in part]
