@@ -16,6 +16,7 @@ from charter.data.records import MAX_LINE_BYTES, iter_jsonl
 from charter.errors import CharterError
 from charter.guard.guard import Guard, Part
 from charter.guard.stats import finite, rate
+from charter.guard.readers import Stage1Readers
 from charter.guard.train import Request, ScoreCache, TrainConfig, calibrate, cascade_flags, read_dataset, request_parts
 
 MAX_BENIGN_LINES = 200_000
@@ -65,9 +66,10 @@ def read_benign(path: Path) -> list[list[Part]]:
     return texts
 
 
-def _flags(guard: Guard, texts: Sequence[Request]) -> np.ndarray:
-    """Cascade decisions for many requests at the guard's current thresholds (stage 2 batched)."""
-    return cascade_flags(guard, texts, ScoreCache())[2]
+def _flags(guard: Guard, texts: Sequence[Request], cache: ScoreCache | None = None) -> np.ndarray:
+    """Cascade decisions for many requests at the guard's current thresholds (stage 2 batched); ``cache``
+    holds stage scores already computed (they do not depend on the thresholds)."""
+    return cascade_flags(guard, texts, cache if cache is not None else ScoreCache())[2]
 
 
 def has_stage2(model: Path) -> bool:
@@ -158,14 +160,18 @@ def recalibrate(
     # thresholds only: the stage blend stays as trained. Refitted here it was not written back, and the
     # thresholds it set did not hold for the model written (5% target FPR reported, 2% delivered)
     progress(f"scoring {sum(r.label == 'permitted' for r in calib) + len(user)} benign requests")
-    cal = calibrate(guard, calib, [], cfg, extra_benign=user, fit_combiner=False)
-    th = {**guard.thresholds, **cal["thresholds"]}
-    guard.thresholds.update(th)
-    const_benign = [request_parts(r) for r in calib if r.label == "permitted"]
-    harmful = [request_parts(r) for r in ins if r.split == "test" and r.label == "restricted"]
-    progress("measuring the thresholds' FPR and held-out recall")
-    flag_cal = _flags(guard, const_benign + user)
-    flag_ev = _flags(guard, harmful)
+    # one cache for the thresholds and their measurement, whose benign requests are the same; stage 1
+    # reads large batches on worker processes
+    with Stage1Readers(guard.stage1) as readers:
+        cache = ScoreCache(readers=readers)
+        cal = calibrate(guard, calib, [], cfg, extra_benign=user, fit_combiner=False, cache=cache)
+        th = {**guard.thresholds, **cal["thresholds"]}
+        guard.thresholds.update(th)
+        const_benign = [request_parts(r) for r in calib if r.label == "permitted"]
+        harmful = [request_parts(r) for r in ins if r.split == "test" and r.label == "restricted"]
+        progress("measuring the thresholds' FPR and held-out recall")
+        flag_cal = _flags(guard, const_benign + user, cache)
+        flag_ev = _flags(guard, harmful, cache)
     n_const = len(const_benign)
     report: dict[str, Any] = {
         "target_fpr": target_fpr,
