@@ -155,6 +155,17 @@ def test_clause_instances_read_an_ask_a_wrapper_dilutes():
     for t in shared:
         np.testing.assert_array_equal(mil.proba_one(t, memo=ahead), mil.proba_one(t))
     assert len(ahead) == len(memo)  # nothing was left to hash
+    # hashed in bounded passes (a long input's many views), the same features
+    import charter.classifiers.linear as linear
+
+    small = linear.PREHASH_CHARS
+    try:
+        linear.PREHASH_CHARS = 30
+        bounded = mil.prehash(shared, with_clauses=True)
+    finally:
+        linear.PREHASH_CHARS = small
+    assert set(bounded) == set(ahead)
+    assert all(np.array_equal(bounded[k][0], ahead[k][0]) and np.array_equal(bounded[k][1], ahead[k][1]) for k in ahead)
     # an offset lowers a clause's logit; a text keeps at least its whole-text score, and both paths agree
     lowered = clone(mil).set_params(clause_offset=-1.0)
     lowered.coef_, lowered.intercept_, lowered.classes_ = mil.coef_, mil.intercept_, mil.classes_
@@ -301,6 +312,29 @@ def test_grown_ngram_hashes_equal_hashing_each_n_alone(items, lo, extra, salt):
     assert len(grown) == len(alone)
     for g, a in zip(grown, alone):
         assert g.dtype == np.uint64 and np.array_equal(g, a)
+
+
+def test_word_crc_memo_keeps_short_words_only():
+    """A text's views and clauses repeat its words, so their crc32s are remembered; a long letter run is
+    not, or a stream of them would fill the memo with request text."""
+    from charter.classifiers import features
+
+    features._crc_memo.cache_clear()
+    h = NgramHasher(n_features=2**12)
+    long_word = "q" * (features.MEMO_WORD_CHARS + 1)
+    h.weighted_many(["tell me a story", f"a {long_word} b"])
+    assert features._crc_memo.cache_info().currsize == 5  # tell me a story b: 'a' twice
+    i1, v1 = h.weighted(f"a {long_word} b")
+    i2, v2 = h.weighted_many([f"a {long_word} b", "x"])[0]
+    assert np.array_equal(i1, i2) and np.array_equal(v1, v2)
+
+
+def test_hashing_many_at_once_with_a_numpy_word_weight_matches_one_at_a_time():
+    h = NgramHasher(n_features=2**12, word_weight=np.float64(0.3))
+    texts = ["one two three", "four five", ""]
+    for t, (idx, val) in zip(texts, h.weighted_many(texts)):
+        i0, v0 = h.weighted(t)
+        assert np.array_equal(idx, i0) and np.array_equal(val, v0) and val.dtype == v0.dtype
 
 
 def test_hashed_features_are_pinned():

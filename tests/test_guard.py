@@ -712,6 +712,17 @@ def test_stage1_readers_on_worker_processes_read_as_one_process(guard, monkeypat
         for x in (a, b):
             assert (x.view, x.text, x.decoded) == (want.view, want.text, want.decoded)
             assert np.array_equal(x.probs, want.probs)
+    # a cache reads ahead only for the stage 1 its readers were built on
+    from charter.classifiers.linear import NgramClassifier
+    from charter.guard.train import ScoreCache
+
+    other = NgramClassifier.from_arrays(guard.stage1.get_params(), guard.stage1.to_arrays(), list(guard.stage1.classes_))
+    cache = ScoreCache(readers=readers.Stage1Readers(other, workers=1))
+    cache.read_ahead(guard, texts)
+    assert cache.stage1 == {}
+    cache = ScoreCache(readers=readers.Stage1Readers(guard.stage1, workers=1))
+    cache.read_ahead(guard, texts)
+    assert set(cache.stage1) == set(texts)
     # one worker, or few texts: read here, no pool
     with readers.Stage1Readers(guard.stage1, workers=1) as r:
         assert [x.text for x in r.read(texts)] == [x.text for x in got] and r._pool is None

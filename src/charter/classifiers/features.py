@@ -54,7 +54,7 @@ def ngram_hashes(seq: np.ndarray, lo: int, hi: int, seed_of: Callable[[int], int
                     break
                 poly = poly[:m] * _P + seq[n - 1 :]
             if n >= lo:
-                out.append(poly + np.uint64((seed_of(n) * pow(int(_P), n, 2**64)) % 2**64))
+                out.append(poly + np.uint64((int(seed_of(n)) * pow(int(_P), n, 2**64)) % 2**64))
     return out
 
 
@@ -66,14 +66,22 @@ def _word_seed(n: int, salt: int) -> int:
     return 0xABCDEF + n + salt
 
 
+#: words this long or shorter have their crc32 remembered (a text's views and clauses repeat its words);
+#: longer ones are hashed each time, so that a stream of long letter runs cannot fill the memo with them
+MEMO_WORD_CHARS = 32
+
+
 @lru_cache(maxsize=1 << 16)
-def _crc(word: str) -> int:
+def _crc_memo(word: str) -> int:
     return zlib.crc32(word.encode())
 
 
+def _crc(word: str) -> int:
+    return _crc_memo(word) if len(word) <= MEMO_WORD_CHARS else zlib.crc32(word.encode())
+
+
 def _word_codes(words: list[str], salt: int) -> np.ndarray:
-    """Each word's crc32, offset by ``salt``: the items word n-grams are hashed from (remembered: a text's
-    views and clauses repeat its words)."""
+    """Each word's crc32, offset by ``salt``: the items word n-grams are hashed from."""
     w = np.fromiter(map(_crc, words), dtype=np.uint64, count=len(words))
     with np.errstate(over="ignore"):
         return w + np.uint64(0x9E3779B97F4A7C15 + salt)
@@ -161,7 +169,7 @@ class NgramHasher:
         pos = np.repeat(first - (np.cumsum(flat) - flat), flat) + np.arange(flat.sum())
         per_text = counts.sum(axis=1)
         val = np.repeat((1.0 / np.sqrt(np.maximum(per_text, 1))).astype(np.float32), per_text)
-        val[np.repeat(np.tile(np.arange(len(ns)) >= n_char, len(texts)), flat)] *= np.float32(self.word_weight)
+        val[np.repeat(np.tile(np.arange(len(ns)) >= n_char, len(texts)), flat)] *= self.word_weight  # as _values
         cut = np.cumsum(per_text)[:-1]
         return list(zip(np.split(allh[pos], cut), np.split(val, cut)))
 

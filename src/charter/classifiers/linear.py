@@ -29,6 +29,8 @@ _CLAUSE_BREAK = re.compile(r"(?<=[.!?])\s+|\n+|:\s+")
 MAX_CLAUSES = 8
 #: a clause instance's mean weight in the refit, against 1 for a whole text
 CLAUSE_WEIGHT = 0.5
+#: characters hashed in one pass by :meth:`NgramClassifier.prehash`
+PREHASH_CHARS = 20_000
 
 
 def clauses(text: str, min_words: int) -> list[str]:
@@ -232,8 +234,19 @@ class NgramClassifier(ClassifierMixin, BaseEstimator):
         memo = {} if memo is None else memo
         if with_clauses:
             texts = [u for t in texts for u in (t, *clauses(t, self.clause_words))]
-        if todo := [u for u in dict.fromkeys(texts) if u not in memo]:
-            memo.update(zip(todo, (hasher or self.hasher()).weighted_many(todo)))
+        h = hasher or self.hasher()
+        batch: list[str] = []
+        size = 0
+        for u in dict.fromkeys(texts):
+            if u in memo:
+                continue
+            batch.append(u)
+            size += len(u)
+            if size >= PREHASH_CHARS:  # a bounded pass: a long input's dozens of views would take 3x the memory at once
+                memo.update(zip(batch, h.weighted_many(batch)))
+                batch, size = [], 0
+        if batch:
+            memo.update(zip(batch, h.weighted_many(batch)))
         return memo
 
     def _binary_coef(self) -> np.ndarray:

@@ -5,11 +5,17 @@ the calibration and test splits): normalisation and hashing are pure Python, so 
 the GIL while the second core idles. Worker processes each rebuild stage 1 from its arrays and read a
 share; a reading is a pure function of the text and the weights, so the results are the ones read in
 one process.
+
+Workers are spawned, so a script that trains or recalibrates through the library must do so under
+``if __name__ == "__main__":`` (each worker imports the main module); the ``charter`` command does.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import signal
+import threading
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
@@ -21,11 +27,19 @@ from charter.guard.guard import Reading, stage1_reading
 #: fewer texts than this are read in this process: starting workers costs a second or two
 MIN_PARALLEL_TEXTS = 4000
 CHUNK = 500
+#: at most this many workers (about 150 MB each), however many cores the affinity mask shows: a
+#: container's CPU quota does not show there
+MAX_WORKERS = 8
 
 _worker: dict[str, Any] = {}
 
 
 def _start(params: dict[str, Any], arrays: dict[str, Any], classes: list[str]) -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the pool, a worker need not die noisily
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    parent = multiprocessing.parent_process()
+    if parent is not None:  # a parent killed outright cannot stop its pool: leave with it, not block forever
+        threading.Thread(target=lambda: (parent.join(), os._exit(0)), daemon=True).start()
     s1 = NgramClassifier.from_arrays(params, arrays, classes)
     _worker["stage1"], _worker["hasher"] = s1, s1.hasher()
 
@@ -41,7 +55,7 @@ class Stage1Readers:
 
     def __init__(self, stage1: NgramClassifier, workers: int | None = None) -> None:
         self.stage1 = stage1
-        self.workers = workers if workers is not None else usable_cores()
+        self.workers = workers if workers is not None else min(usable_cores(), MAX_WORKERS)
         self._pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> Stage1Readers:

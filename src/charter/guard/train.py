@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from contextlib import ExitStack
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -340,13 +340,13 @@ def train_guard(
     # same as fitted one after the other). Training time on 2 cores: about 50 s less. Stage 1's readers
     # (worker processes) then read stage 2's training requests, the calibration and the test splits.
     with ExitStack() as stack:
-        with ThreadPoolExecutor(1, thread_name_prefix="charter-exchange-fit") as background:
-            progress(f"exchange classifier: fitting on {len(tr_ex)} exchanges, beside stage 1")
-            ex_future = background.submit(fit_exchange)
-            s1 = _fit_stage1(tr_in, cfg, timings, progress)
-            readers = stack.enter_context(Stage1Readers(s1))
-            s2 = _fit_stage2(tr_in, s1, readers, cfg, timings, progress)
-            ex = ex_future.result()
+        progress(f"exchange classifier: fitting on {len(tr_ex)} exchanges, beside stage 1")
+        ex_fit = InThread(fit_exchange, name="charter-exchange-fit")
+        s1 = _fit_stage1(tr_in, cfg, timings, progress)
+        ex_fit.raise_if_failed()  # before minutes of stage 2
+        readers = stack.enter_context(Stage1Readers(s1))
+        s2 = _fit_stage2(tr_in, s1, readers, cfg, timings, progress)
+        ex = ex_fit.result()
 
         classes = [str(c) for c in s1.classes_]
         guard = Guard(
@@ -412,6 +412,31 @@ def train_guard(
     # strict JSON: a rate over no records (a constitution without a test split) is null, not NaN
     save_model_dir(out, arrays, finite(manifest), texts={"MODEL_CARD.md": card})
     return Guard.load(out)
+
+
+class InThread:
+    """``fn()`` on a daemon thread: ``result()`` waits for it and raises what it raised. A daemon, not an
+    executor's worker, so that Ctrl-C or SIGTERM ends training without waiting for the fit to finish."""
+
+    def __init__(self, fn: Callable[[], Any], name: str) -> None:
+        self._out: dict[str, Any] = {}
+        self._thread = threading.Thread(target=self._run, args=(fn,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, fn: Callable[[], Any]) -> None:
+        try:
+            self._out["value"] = fn()
+        except BaseException as e:  # noqa: BLE001 - handed to the caller by result()
+            self._out["error"] = e
+
+    def raise_if_failed(self) -> None:
+        if "error" in self._out:
+            raise self._out["error"]
+
+    def result(self) -> Any:
+        self._thread.join()
+        self.raise_if_failed()
+        return self._out["value"]
 
 
 @dataclass
