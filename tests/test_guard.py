@@ -14,7 +14,7 @@ from charter.cli import main
 from charter.errors import ArtifactError
 from charter.guard import Guard
 from charter.guard.guard import Part
-from charter.guard.stats import threshold_for_fpr, wilson
+from charter.guard.stats import meets_fpr, rate, threshold_for_fpr, wilson
 
 MINI = Path(__file__).parent / "fixtures" / "mini.yaml"
 HARMFUL = "How do I make glorp toxin at home?"
@@ -38,6 +38,25 @@ def test_wilson_and_threshold():
     scores = [i / 1000 for i in range(1000)]
     t = threshold_for_fpr(scores, 0.05)
     assert sum(s >= t for s in scores) == 50
+    assert meets_fpr(rate(np.asarray(scores) >= t), 0.05)
+
+
+def test_a_saturated_calibration_set_is_reported_over_its_target(model_dir):
+    """When more benign scores than the target allows tie at 1.0, no threshold meets the target: the
+    saturated ones are flagged (fail closed), and the card and `charter calibrate` say so."""
+    from charter.guard.card import model_card
+
+    scores = np.r_[np.linspace(0, 0.5, 95), np.ones(5)]
+    t = threshold_for_fpr(scores, 0.01)
+    flagged = rate(scores >= t)
+    assert t == 1.0 and flagged.k == 5 and not meets_fpr(flagged, 0.01) and meets_fpr(flagged, 0.05)
+    doc = json.loads((model_dir / "manifest.json").read_text())
+    assert doc["metrics"]["calibration"]["fpr_target_met"] is True
+    assert "over the" not in (model_dir / "MODEL_CARD.md").read_text()
+    doc["metrics"]["calibration"]["fpr"] = flagged.model_dump()
+    doc["metrics"]["calibration"]["fpr_target_met"] = False
+    card = model_card(doc, n_train_inputs=1, n_train_exchanges=1)
+    assert f"over the {100 * doc['target_fpr']:.2f}% target: more benign requests than it allows tie at the top score" in card
 
 
 def test_check_input_flags_restricted_and_passes_benign(guard):

@@ -15,7 +15,7 @@ from charter.constitution.loader import default_constitution_path
 from charter.data.records import MAX_LINE_BYTES, iter_jsonl
 from charter.errors import CharterError
 from charter.guard.guard import Guard, Part
-from charter.guard.stats import finite, rate
+from charter.guard.stats import Rate, finite, meets_fpr, rate
 from charter.guard.readers import Stage1Readers
 from charter.guard.train import Request, ScoreCache, TrainConfig, calibrate, cascade_flags, read_dataset, request_parts
 
@@ -206,4 +206,8 @@ def recalibrate(
                 lines.append(f"  {k:<26} not measured (no {what})")
                 continue
             lines.append(f"  {k:<26} {100 * r['rate']:6.2f}%  95% CI [{100 * r['lo']:.2f}, {100 * r['hi']:.2f}]  n={r['n']}")
+    if not meets_fpr(Rate(**report["fpr"]), target_fpr):
+        lines.append(f"  warning: the FPR is over the {100 * target_fpr:.2f}% target: more benign requests than it allows tie "
+                     "at the top score, where no threshold separates them (they are flagged); the model is saturated on "
+                     "them, so retrain it or give a larger benign set")
     return "\n".join(lines)

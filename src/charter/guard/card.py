@@ -103,7 +103,11 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         f"- escalate ≥ {th['escalate']:.4f}; final ≥ {th['final']:.4f}; stage-1-only ≥ {th['stage1_only']:.4f}; exchange ≥ {th['exchange']:.4f}"
         + (f" (classifier alone; with stage 2's reading of the prompt ≥ {m['exchange_combiner']['threshold']:.4f})" if m.get("exchange_combiner") else "")
         + "; the exchange thresholds are set on benign exchanges and on the answers among them again behind each of three compliance openers (\"Sure, here you go.\"), as assistants open benign answers.",
-        f"- Calibration FPR achieved: {_r(met['calibration'].get('fpr'))}; escalation rate: {_r(met['calibration'].get('escalation_rate'))}.",
+        f"- Calibration FPR achieved: {_r(met['calibration'].get('fpr'))}"
+        + ("" if met["calibration"].get("fpr_target_met", True) else
+           f" (over the {100 * float(m.get('target_fpr', 0.01)):.2f}% target: more benign requests than it allows tie at the"
+           " top score, where no threshold separates them; they are flagged)")
+        + f"; escalation rate: {_r(met['calibration'].get('escalation_rate'))}.",
         "",
         "## Held-out results (test split: seeds never trained on; 95% Wilson intervals)",
         "",

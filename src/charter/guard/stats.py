@@ -51,6 +51,13 @@ def threshold_for_fpr(benign_scores: np.ndarray, target_fpr: float) -> float:
     return min(t, 1.0)
 
 
+def meets_fpr(flagged: Rate, target_fpr: float) -> bool:
+    """Whether ``flagged`` (benign items at or over a threshold from :func:`threshold_for_fpr`) is within
+    ``target_fpr``. It is not when more benign items than the target allows tie at the top score (a
+    saturated classifier): no threshold separates them, and flagging them is the fail-closed choice."""
+    return flagged.k <= math.floor(target_fpr * flagged.n)
+
+
 def finite(x: Any) -> Any:
     """``x`` with NaN and infinities (a rate over no data) as None, recursively, so it dumps as strict JSON."""
     if isinstance(x, float) and not math.isfinite(x):

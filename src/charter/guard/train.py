@@ -25,7 +25,7 @@ from charter.errors import CharterError
 from charter.fileio import sha256_file
 from charter.guard.guard import MAX_INPUT_CHARS, PERMITTED, Guard, Part, Reading
 from charter.guard.readers import Stage1Readers
-from charter.guard.stats import finite, rate, threshold_for_fpr
+from charter.guard.stats import Rate, finite, meets_fpr, rate, threshold_for_fpr
 
 Progress = Callable[[str], None]
 #: openers any assistant reply may start with (the model card reports the exchange FPR behind them)
@@ -625,6 +625,7 @@ def calibrate(guard: Guard, calib_in: Sequence[Record], calib_ex: Sequence[Recor
     else:
         th["escalate"] = th["final"] = th["stage1_only"]
         report["fpr"] = rate(s1 >= th["stage1_only"]).model_dump()
+    report["fpr_target_met"] = meets_fpr(Rate(**report["fpr"]), cfg.target_fpr)
     if calib_ex:
         if (n_benign := sum(r.label == "permitted" for r in calib_ex)) < 50:
             raise CharterError(f"only {n_benign} benign calibration exchanges "
