@@ -203,12 +203,12 @@ def _machine(met: dict[str, Any]) -> str:
 
 
 def _training_time(t: dict[str, float]) -> str:
-    parts = [(label, t[k]) for k, label in (("stage1_fit_s", "stage 1"), ("stage2_fit_s", "stage 2"),
-             ("exchange_fit_s", "exchange classifier"), ("calibrate_s", "calibration"), ("evaluate_s", "evaluation"))
-             if k in t]
     # the exchange classifier fits in a thread beside stage 1 (charter.guard.train), so the parts overlap
-    detail = (f" ({', '.join(f'{label} {v:.0f} s' + (' beside stage 1' if label == 'exchange classifier' else '') for label, v in parts)})"
-              if parts else "")
+    steps = (("stage1_fit_s", "stage 1 {:.0f} s"), ("stage2_fit_s", "stage 2 {:.0f} s"),
+             ("exchange_fit_s", "exchange classifier {:.0f} s beside stage 1"), ("calibrate_s", "calibration {:.0f} s"),
+             ("evaluate_s", "evaluation {:.0f} s"))
+    parts = [text.format(t[k]) for k, text in steps if k in t]
+    detail = f" ({', '.join(parts)})" if parts else ""
     return f"{t.get('total_train_s', 0):.0f} s{detail}."
 
 

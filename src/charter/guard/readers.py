@@ -21,6 +21,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 from charter.classifiers.encoder import usable_cores
+from charter.classifiers.features import NgramHasher
 from charter.classifiers.linear import NgramClassifier
 from charter.guard.guard import Reading, stage1_reading
 
@@ -44,8 +45,12 @@ def _start(params: dict[str, Any], arrays: dict[str, Any], classes: list[str]) -
     _worker["stage1"], _worker["hasher"] = s1, s1.hasher()
 
 
+def _read_with(stage1: NgramClassifier, hasher: NgramHasher, texts: Sequence[str]) -> list[Reading]:
+    return [stage1_reading(stage1, hasher, t) for t in texts]
+
+
 def _read(texts: list[str]) -> list[Reading]:
-    return [stage1_reading(_worker["stage1"], _worker["hasher"], t) for t in texts]
+    return _read_with(_worker["stage1"], _worker["hasher"], texts)
 
 
 class Stage1Readers:
@@ -72,8 +77,7 @@ class Stage1Readers:
     def read(self, texts: Sequence[str]) -> list[Reading]:
         texts = list(texts)
         if self.workers <= 1 or len(texts) < MIN_PARALLEL_TEXTS:
-            h = self.stage1.hasher()
-            return [stage1_reading(self.stage1, h, t) for t in texts]
+            return _read_with(self.stage1, self.stage1.hasher(), texts)
         if self._pool is None:
             s1 = self.stage1
             # spawn, not fork: the parent has BLAS and encoder threads, which a forked child would inherit locked

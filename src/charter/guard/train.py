@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import time
 import threading
-from contextlib import ExitStack
+import time
 from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -453,16 +453,18 @@ class ScoreCache:
         if self.readers is None or self.readers.stage1 is not guard.stage1:
             return
         todo = list(dict.fromkeys(t for t in texts if t not in self.stage1))
-        perm = guard._perm
         for t, r in zip(todo, self.readers.read(todo)):
-            self.stage1[t] = (float(1 - r.probs[perm]), r)
+            self.keep(guard, t, r)
+
+    def keep(self, guard: Guard, text: str, r: Reading) -> tuple[float, Reading]:
+        """Remember stage 1's reading ``r`` of ``text``, with its restricted score."""
+        self.stage1[text] = entry = (float(1 - r.probs[guard._perm]), r)
+        return entry
 
 
 def _stage1(guard: Guard, text: str, cache: ScoreCache) -> tuple[float, Reading]:
-    if text not in cache.stage1:
-        r = guard.stage1_reading(text)
-        cache.stage1[text] = (float(1 - r.probs[guard._perm]), r)
-    return cache.stage1[text]
+    got = cache.stage1.get(text)
+    return got if got is not None else cache.keep(guard, text, guard.stage1_reading(text))
 
 
 def stage_scores(guard: Guard, texts: Sequence[str | Part], stage2_mask: np.ndarray | None = None,
