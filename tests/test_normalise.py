@@ -14,12 +14,11 @@ SENTENCES = [
     "What is the best way to learn a new language quickly",
     "Please explain how the water cycle works for my school project.",
 ]
-#: every encoding, cipher and character-level transform whose output normalisation must undo.
-#: reverse_words is absent: word order is not English-detectable and bag-of-n-gram features
-#: see the same words anyway; noise transforms are not undoable.
+#: every encoding, cipher and character-level transform whose output normalisation must undo
+#: (noise transforms are not undoable).
 DECODABLE = [
     "base64", "hex", "url", "rot13", "caesar", "caesar3", "caesar_random", "atbash", "morse",
-    "reverse", "leetspeak", "confusables", "fullwidth", "zero_width", "tag_smuggling",
+    "reverse", "reverse_words", "leetspeak", "confusables", "fullwidth", "zero_width", "tag_smuggling",
     "char_spacing", "char_separators", "newline_words", "pseudo_language", "keyword_substitution",
     "payload_split", "styled_letters", "combining_marks", "base32", "ascii85", "quoted_printable",
     "char_codes", "html_entities", "unicode_escapes", "markup", "odd_spaces", "word_join", "char_list",
@@ -154,7 +153,7 @@ WRAPPERS = [
 ]
 
 
-@pytest.mark.parametrize("cipher", ["rot13", "caesar3", "atbash", "reverse", "morse"])
+@pytest.mark.parametrize("cipher", ["rot13", "caesar3", "atbash", "reverse", "morse", "pseudo_language"])
 @pytest.mark.parametrize("wrapper", WRAPPERS)
 def test_payload_enciphered_inside_readable_text_is_decoded_in_place(cipher: str, wrapper: str) -> None:
     """The wrapper reads as English, so whole-text cipher detection skips it; the segment view
@@ -273,3 +272,88 @@ def test_long_data_runs_that_hold_no_text_are_read_as_data() -> None:
                  text.encode().hex().replace("6", "g", 3)):  # hex with noise
         assert mask_opaque(kept) == kept, kept[:40]
     assert mask_opaque("short " + blob[:150]) == "short " + blob[:150]  # keys and hashes are left alone
+
+
+# Imperative or technical English has few common words, so the English ratio alone missed its ciphers.
+IMPERATIVE = "Create a weekly spreadsheet template that tracks household expenses, grocery receipts and utility bills."
+
+
+@pytest.mark.parametrize("cipher", ["rot13", "caesar3", "atbash", "reverse"])
+def test_cipher_of_imperative_english_is_decoded(cipher: str) -> None:
+    from charter.transforms._text import english_ratio
+
+    assert english_ratio(IMPERATIVE) < 0.35  # under the ratio a cipher view needed before
+    enc = get_transform(cipher).apply(IMPERATIVE, random.Random(0))
+    assert _found(enc, IMPERATIVE), views(enc)
+    wrapped = f"Subject: Notes\nFrom: Alex\nTo: Sam\n\nHi Sam,\n\n{enc}\n\nCheers"
+    assert any(IMPERATIVE.lower().rstrip(".") in _norm(v) for _, v in views(wrapped)), views(wrapped)
+
+
+def test_cipher_of_german_is_decoded_then_glossed() -> None:
+    """A Caesar shift of German has English's letter frequencies but no English words: the decoded view
+    reads as German, and its gloss is the English view stage 2 needs."""
+    german = "Wie kann ich meinen Garten im Winter vor Frost schützen und welche Pflanzen brauchen Schutz?"
+    vs = dict(views(caesar(german, 3)))
+    assert vs.get("caesar3") == german, list(vs)
+    assert "garden" in vs["caesar3+translation_de"].lower()
+
+
+def test_wrong_decodings_do_not_read_as_language() -> None:
+    from charter.transforms.ciphers import ATBASH
+    from charter.transforms.translation import readable_ratio
+
+    for text in PLAIN + [IMPERATIVE]:
+        assert readable_ratio(text) >= 0.5, text
+        for wrong in [caesar(text, s) for s in (1, 3, 7, 13)] + [text.translate(ATBASH), text[::-1]]:
+            assert readable_ratio(wrong) < 0.35, wrong
+    assert readable_ratio("DE%AC%99%D3%80%80%DE%AC%94 de ac") == 0.0  # short fragments are not words
+
+
+def test_base64_of_fullwidth_text_is_decoded() -> None:
+    """Fullwidth words are separated by U+3000, which Python calls unprintable: the decoded text failed
+    the printable check."""
+    import base64
+
+    text = "ｈｏｗ　ｄｏ　ｉ　ｍａｋｅ　ｂｒｅａｄ　ａｔ　ｈｏｍｅ"
+    vs = views(base64.b64encode(text.encode()).decode())
+    assert any(v == "how do i make bread at home" for _, v in vs), vs
+
+
+def test_caesar_header_inside_text_gives_the_line_its_shift() -> None:
+    plain = "how do I bake bread at home"
+    for header in ("ROT5: ", "Caesar cipher, shift 5:\n"):
+        text = f"Subject: Notes\n\nHi Sam,\n\n{header}{caesar(plain, 5)}\n\nCheers"
+        seg = dict(views(text))["segments"]
+        assert plain in seg and "Cheers" in seg and header.strip() not in seg, seg
+
+
+def test_reversed_word_order_is_read_back_line_by_line() -> None:
+    from charter.transforms.ciphers import unreverse_lines
+
+    ask = "Please explain how the water cycle works for my school project."
+    back = " ".join(ask.split(" ")[::-1])
+    text = f"Subject: Notes\nFrom: Alex\n\nHi Sam,\n\n{back}\n\nThanks for the help with the garden."
+    assert dict(views(text))["reverse_words"] == text.replace(back, ask)
+    for plain in PLAIN + [IMPERATIVE, "hi! can you help me with Python", "Is there a way to do it? I am not sure what the best option is"]:
+        assert unreverse_lines(plain) is None, plain
+    # letters broken apart by separators have no words to read in either order
+    assert unreverse_lines("t_h_e o_f h_o_w t_o t_h_e a t_o") is None
+
+
+def test_pseudo_language_runs_inside_english_are_decoded_and_lone_words_kept() -> None:
+    from charter.transforms.linguistic import decode_pseudo_runs
+
+    enc = get_transform("pseudo_language").apply("how do I bake bread", random.Random(0))
+    assert decode_pseudo_runs(f"Note: {enc} before Friday.") == "Note: how do I bake bread before Friday."
+    assert decode_pseudo_runs("I read about kama in class") is None  # "kama" parses, alone
+
+
+def test_warm_up_loads_the_word_lists_the_decoders_read() -> None:
+    from charter.transforms.normalise import warm_up
+    from charter.transforms.translation import _any_foreign_only, _readable_words
+
+    _readable_words.cache_clear()
+    _any_foreign_only.cache_clear()
+    warm_up()
+    assert _readable_words.cache_info().currsize == 1 and _any_foreign_only.cache_info().currsize == 1
+    assert {"garden", "garten", "jardin"} <= _readable_words()  # English and glossed languages, folded

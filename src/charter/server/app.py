@@ -32,6 +32,7 @@ from charter.server.metrics import Metrics
 from charter.server.proxy import complete, get_models, open_stream
 from charter.server.schema import (DONE, ChatRequest, charter_field, parse_request, refusal_chunk, refusal_completion, sse,
                                    usage_chunk)
+from charter.transforms.normalise import warm_up
 
 log = logging.getLogger("charter.server")
 
@@ -100,6 +101,7 @@ class Proxy:
         self.svc.client = httpx.AsyncClient(limits=limits, timeout=self.svc.timeout(), trust_env=False)
         self.svc.upstream_headers = {k.lower(): v for k, v in bearer(up.api_key(), f"in {up.api_key_env}").items()}
         await self.svc.events.start()
+        await asyncio.to_thread(warm_up)  # the decoders' word lists, before the first request pays for them
         monitor = start_monitor(self.config.events.db, self.config.monitor, self.svc.guard, self.svc.metrics)
         try:
             yield

@@ -58,9 +58,11 @@ def clean_surrogates(text: str) -> str:
 
 
 def printable_ratio(text: str) -> float:
+    """Share of printable characters; whitespace counts (Python calls U+3000, the ideographic space
+    that separates fullwidth words, unprintable, and a base64 of fullwidth text failed to decode)."""
     if not text:
         return 0.0
-    return sum(c.isprintable() or c in "\n\r\t" for c in text) / len(text)
+    return sum(c.isprintable() or c.isspace() for c in text) / len(text)
 
 
 def split_at_spaces(text: str, k: int, rng: random.Random) -> list[str]:

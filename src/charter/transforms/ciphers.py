@@ -176,6 +176,65 @@ class Reverse(Transform):
         return text[::-1]
 
 
+#: word pairs English writes in this order and almost never the other way round
+_ENGLISH_PAIRS = frozenset(
+    tuple(p.split("_")) for p in """
+    of_the in_the to_the on_the for_the and_the with_the at_the by_the from_the into_the is_the
+    is_a of_a in_a to_a for_a with_a as_a on_a i_want i_need want_to need_to how_to how_do how_can
+    how_would how_much how_many help_me tell_me give_me show_me me_how me_a me_the write_a create_a
+    make_a make_the get_a get_the explain_how explain_the step_by by_step so_that that_the what_the
+    to_make to_get to_do to_be to_find to_keep to_use to_write to_see to_learn be_a a_lot lot_of one_of some_of
+    the_best best_way way_to a_new
+    all_the out_of i_don't don't_want don't_know i'm_a i'm_not it's_a it's_not my_own if_you if_i
+    when_i when_you
+    """.split()
+)  # not pairs questions invert ("you can" / "can you", "it is" / "is it")
+_DETERMINERS = frozenset("the a an my your their our".split())
+#: words a determiner never stands before
+_FUNCTION_WORDS = frozenset("the a an my your their our to of in on at for with by from and or so how what why when "
+                            "i you he she we they it is are was were do does can could would should if that me".split())
+#: pairs that read backwards: an English pair reversed, or a determiner before a word it never precedes
+#: (reversed, a determiner follows its noun and meets the word before the phrase: "council the so")
+_BACKWARD = frozenset({(b, a) for a, b in _ENGLISH_PAIRS} | {(d, w) for d in _DETERMINERS for w in _FUNCTION_WORDS})
+_PAIR_WORD = re.compile(r"[a-z']+")
+
+
+def _looks_reversed(words: list[str]) -> bool:
+    """Whether a line's words read last word first: of its common English word pairs ("how to", "of
+    the"), at least two read backwards ("to how", "the of") and at least twice as many as read forwards;
+    or one does, none reads forwards, and the line opens on a sentence's end and closes on a capitalised
+    word ("version. full the me Give")."""
+    low = [m.group(0) if (m := _PAIR_WORD.search(w.lower())) else "" for w in words]
+    if sum(len(w) > 1 for w in low) < 0.7 * len(low):  # letters split by separators or noise: no words to pair
+        return False
+    pairs = list(zip(low, low[1:]))
+    fwd = sum(p in _ENGLISH_PAIRS for p in pairs)
+    back = sum(p in _BACKWARD for p in pairs)
+    if back >= 2 and back >= 2 * fwd + 1:
+        return True
+    # one backward pair is enough when the line also opens on a stop and closes on a capital
+    first, last = words[0], words[-1]
+    return back == 1 and fwd == 0 and first[-1] in ".?" and last.isalpha() and last[0].isupper()
+
+
+def unreverse_lines(text: str) -> str | None:
+    """``text`` with each line that reads last word first (:func:`_looks_reversed`) put back in order, the
+    rest as written: a reversed ask inside an e-mail or a document is one line of it. None if no line
+    looks reversed. English with its words reversed keeps its common words, so the cipher checks, which
+    try only text that does not read as English, never see it."""
+    low = _PAIR_WORD.findall(text[:20000].lower())
+    if _BACKWARD.isdisjoint(zip(low, low[1:])):
+        return None  # no word pair reads backwards: the check every text takes
+    lines = text.split("\n")
+    changed = False
+    for i, line in enumerate(lines):
+        words = line.split(" ")
+        if len(kept := [w for w in words if w]) >= 4 and _looks_reversed(kept):
+            lines[i] = " ".join(words[::-1])
+            changed = True
+    return "\n".join(lines) if changed else None
+
+
 @TRANSFORMS.register()
 class ReverseWords(Transform):
     name = "reverse_words"

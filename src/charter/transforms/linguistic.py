@@ -74,29 +74,57 @@ def _encode_word(m: re.Match[str]) -> str:
     return "".join(out)
 
 
+def _pseudo_word(w: str) -> str | None:
+    """The letters a pseudo-language word spells; None if it is not one."""
+    if len(w) % 2:
+        return None
+    letters = []
+    for i in range(0, len(w), 2):
+        pair = w[i : i + 2]
+        c = _SYL_INV.get(pair.lower())
+        if c is None or not pair[1].islower():
+            return None
+        letters.append(c.upper() if pair[0].isupper() else c)
+    return "".join(letters)
+
+
 def decode_pseudo(text: str) -> str | None:
     """Inverse of the pseudo-language; ``None`` unless every alphabetic run parses."""
     out, pos = [], 0
-    found = False
     for m in _ALPHA.finditer(text):
-        w = m.group(0)
-        if len(w) % 2:
+        if (d := _pseudo_word(m.group(0))) is None:
             return None
-        letters = []
-        for i in range(0, len(w), 2):
-            pair = w[i : i + 2]
-            c = _SYL_INV.get(pair.lower())
-            if c is None or not pair[1].islower():
-                return None
-            letters.append(c.upper() if pair[0].isupper() else c)
-        out.append(text[pos : m.start()])
-        out.append("".join(letters))
+        out += [text[pos : m.start()], d]
         pos = m.end()
-        found = True
-    if not found:
-        return None
-    out.append(text[pos:])
-    return "".join(out)
+    return "".join(out) + text[pos:] if out else None
+
+
+def decode_pseudo_runs(text: str, min_run: int = 2) -> str | None:
+    """``text`` with each run of at least ``min_run`` consecutive pseudo-language words decoded and the
+    other words kept: a payload inside English text. None if there is no such run (an English word that
+    happens to parse, "kama", stands alone)."""
+    from charter.transforms.translation import _english_words
+
+    english = _english_words()
+    words = [(m, _pseudo_word(m.group(0))) for m in _ALPHA.finditer(text)]
+    out, pos, changed = [], 0, False
+    i = 0
+    while i < len(words):
+        j = i
+        while j < len(words) and words[j][1] is not None:
+            j += 1
+        a, b = i, j  # an English word that parses ("Note") at a run's edge is the text around it
+        while a < b and words[a][0].group(0).lower() in english:
+            a += 1
+        while b > a and words[b - 1][0].group(0).lower() in english:
+            b -= 1
+        if b - a >= min_run:
+            for m, d in words[a:b]:
+                out += [text[pos : m.start()], d]
+                pos = m.end()
+            changed = True
+        i = max(j, i + 1)
+    return "".join(out) + text[pos:] if changed else None
 
 
 @TRANSFORMS.register()

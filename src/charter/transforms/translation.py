@@ -179,6 +179,39 @@ def _any_foreign_only() -> frozenset[str]:
 MIN_FOREIGN = 3  # words that only a foreign language has, for a gloss of mixed text
 
 
+@cache
+def _readable_words() -> frozenset[str]:
+    """Words of English and the glossed languages (folded, three letters or more): the lexicons' entries
+    and glosses, written without reading any dataset."""
+    words = {w for w in _english_words() if len(w) > 2}
+    for lang in GLOSS_LANGS:
+        words.update(fold(w) for k in gloss_table(lang) for w in k.split() if len(w) > 2)
+    return frozenset(words)
+
+
+_WORD3 = re.compile(r"[^\W\d_]{3,}")
+_ASCII3 = re.compile(r"[a-z]{3,}")
+MIN_READABLE_LETTERS = 12
+
+
+def readable_ratio(text: str, limit: int = 600) -> float:
+    """Share of the letters of ``text[:limit]``'s words of three letters or more that belong to words of
+    English or a glossed language (0 when they have fewer than 12 letters). A decoding that reads as
+    language scores high even when it has few function words ("Create a fake video-meeting app
+    installer ...": 0.25 by :func:`english_ratio`, 1.0 here); a wrong Caesar shift, Atbash or reversal
+    of real text stays under about 0.3, since a long word rarely lands on another word, and shorter
+    ones ("de", "ac" in a shifted URL-encoded blob) do not count."""
+    low = text[:limit].lower()
+    ascii_only = low.isascii()
+    words = (_ASCII3 if ascii_only else _WORD3).findall(low)
+    letters = sum(map(len, words))
+    if letters < MIN_READABLE_LETTERS:
+        return 0.0
+    if not ascii_only:
+        words = [w if w.isascii() else fold(w) for w in words]
+    return min(1.0, sum(map(len, filter(_readable_words().__contains__, words))) / letters)
+
+
 def gloss_mixed(text: str, min_foreign: int = MIN_FOREIGN) -> tuple[str, str] | None:
     """(language, text with its foreign words glossed) for text that mixes English and another
     language: an English wrapper around a Spanish request, a German question with an English
