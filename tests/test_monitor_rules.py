@@ -738,7 +738,7 @@ def test_abuse_scenario_through_the_real_proxy_raises_the_expected_alerts(
     assert by[("repeated_flags", pat)].stats["flagged"] >= 5
     dec = by[("decomposition", user_hash("anonymous", "dee"))]
     assert dec.stats["method"] == ("rescore" if content == "full" else "mass") and dec.category == CHEM
-    # the mass fallback counts the parts whose top category is chem (most of them, by the guard)
+    # the mass fallback counts the parts that put at least 0.05 on chem (most of them, by the guard)
     assert len(DECOMPOSE) >= len(dec.events) >= 4 and not any(e["flagged"] for e in dec.events)
     esc = by[("escalation", "eve-novel")]
     assert esc.stats["turns"] >= 4 and esc.stats["user_id"] == user_hash("anonymous", "eve")

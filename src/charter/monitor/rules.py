@@ -423,13 +423,17 @@ class Decomposition(Rule):
         max_chars: int = Field(4000, ge=200, le=20_000)
         #: guard calls per evaluation across all subjects (each joined window is scored once, then cached)
         max_rescores: int = Field(64, ge=1, le=10_000)
-        #: without text (content policy none/hash): parts whose top category is the same...
+        #: without text (content policy none/hash): parts that each put at least this much on one category...
+        fallback_min_part_score: float = Field(0.05, gt=0, lt=1)
+        #: ...at least this many of them...
         fallback_min_parts: int = Field(4, ge=2)
-        #: ...and whose probability on it sums to at least this much: about the category mass of one
-        #: clearly restricted request, spread over permitted ones. The default guard puts ~0.02 on a
-        #: benign request's top category and 0.01-0.34 on a decomposed attack's fragments: the test
-        #: suite's seven-part nerve-agent decomposition carries 0.74 over five parts, its benign user's
-        #: largest category 0.08 (the guard before 2026-11-30: 1.03 and 0.07, with this set at 1.0)
+        #: ...whose probability on it sums to at least this much: about the category mass of one
+        #: clearly restricted request, spread over permitted ones. The default guard puts under 0.05 on
+        #: a benign request's categories and 0.06-0.34 on a decomposed attack's fragments: the test
+        #: suite's seven-part nerve-agent decomposition carries 0.81 over five parts, its benign user
+        #: no part over 0.05. A fragment's top category wobbles between guards ("would lab glassware
+        #: be enough?" leans self-harm in one, chem in another), so a part counts for every category
+        #: it carries, not only its top one
         fallback_min_mass: float = Field(0.7, gt=0)
 
     def evaluate(self, ctx: RuleContext) -> list[Alert]:
@@ -501,13 +505,14 @@ class Decomposition(Rule):
             "max_part_score": round(max(float(e.score or 0) for e in win), 4), "view": v.view})
 
     def _mass(self, evs: list[StoredEvent]) -> tuple[str, list[StoredEvent], dict[str, Any]] | None:
-        """The category on which parts whose top category it is carry the most probability mass."""
+        """The category on which the parts that carry some of it carry the most probability mass."""
         s = self.settings
         assert isinstance(s, Decomposition.Settings)
         by_cat: dict[str, list[StoredEvent]] = defaultdict(list)
         for e in evs:
-            if e.scores:
-                by_cat[max(e.scores, key=lambda c: e.scores[c])].append(e)
+            for cat, x in (e.scores or {}).items():
+                if float(x) >= s.fallback_min_part_score:
+                    by_cat[cat].append(e)
         best = None
         for cat, ps in by_cat.items():
             mass = sum(float(e.scores[cat]) for e in ps)
@@ -517,7 +522,7 @@ class Decomposition(Rule):
             return None
         mass, cat, ps = best
         return (cat, ps, {"method": "mass", "mass": round(mass, 4), "parts": len(ps),
-                          "min_mass": s.fallback_min_mass,
+                          "min_mass": s.fallback_min_mass, "min_part_score": s.fallback_min_part_score,
                           "max_part_score": round(max(float(e.score or 0) for e in ps), 4)})
 
 
