@@ -346,6 +346,9 @@ def test_pseudo_language_runs_inside_english_are_decoded_and_lone_words_kept() -
     enc = get_transform("pseudo_language").apply("how do I bake bread", random.Random(0))
     assert decode_pseudo_runs(f"Note: {enc} before Friday.") == "Note: how do I bake bread before Friday."
     assert decode_pseudo_runs("I read about kama in class") is None  # "kama" parses, alone
+    # a two-letter English word that parses is as likely the payload's first letter: "No" spells H
+    spelled = get_transform("pseudo_language").apply("H O S P I T A L", random.Random(0))
+    assert spelled.startswith("No ") and decode_pseudo_runs(f"Spell it: {spelled}") == "Spell it: H O S P I T A L"
 
 
 def test_warm_up_loads_the_word_lists_the_decoders_read() -> None:

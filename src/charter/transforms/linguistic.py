@@ -99,6 +99,10 @@ def decode_pseudo(text: str) -> str | None:
     return "".join(out) + text[pos:] if out else None
 
 
+def _english_edge(word: str, english: frozenset[str]) -> bool:
+    return len(word) >= 4 and word.lower() in english
+
+
 def decode_pseudo_runs(text: str, min_run: int = 2) -> str | None:
     """``text`` with each run of at least ``min_run`` consecutive pseudo-language words decoded and the
     other words kept: a payload inside English text. None if there is no such run (an English word that
@@ -113,10 +117,12 @@ def decode_pseudo_runs(text: str, min_run: int = 2) -> str | None:
         j = i
         while j < len(words) and words[j][1] is not None:
             j += 1
-        a, b = i, j  # an English word that parses ("Note") at a run's edge is the text around it
-        while a < b and words[a][0].group(0).lower() in english:
+        # an English word of four letters or more that parses ("Note") at a run's edge is the text around
+        # it; a two-letter one ("No", "We") is as likely the payload's first syllable
+        a, b = i, j
+        while a < b and _english_edge(words[a][0].group(0), english):
             a += 1
-        while b > a and words[b - 1][0].group(0).lower() in english:
+        while b > a and _english_edge(words[b - 1][0].group(0), english):
             b -= 1
         if b - a >= min_run:
             for m, d in words[a:b]:
