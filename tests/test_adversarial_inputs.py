@@ -38,12 +38,22 @@ def guard() -> Guard:
     return Guard.load()
 
 
-def _stage1_time(guard: Guard, text: str) -> float:
-    """Views plus stage 1 over all of them: the part of check_input that grows with the input."""
-    def run() -> None:
+def _stage1_times(guard: Guard, text: str, reps: int = 4) -> tuple[float, float]:
+    """The best time of views plus stage 1 over all of them (the part of check_input that grows with the
+    input) for prose and for ``text``, measured alternately after a first untimed run of each (which loads
+    word lists and compiles regexes): another process's burst then slows both, not one."""
+    def run(t: str) -> float:
         _views_memo.cache_clear()
-        guard.stage1_probs(text)
-    return best_of(run)
+        t0 = time.perf_counter()
+        guard.stage1_probs(t)
+        return time.perf_counter() - t0
+
+    prose = rep(PROSE)
+    run(prose), run(text)
+    best = [float("inf"), float("inf")]
+    for _ in range(reps):
+        best = [min(best[0], run(prose)), min(best[1], run(text))]
+    return best[0], best[1]
 
 
 @pytest.mark.parametrize("name,text,bound", [
@@ -74,9 +84,7 @@ def _stage1_time(guard: Guard, text: str) -> float:
     ("token_soup", rep("describing.\\ + similarlyNow ]( giving**ONE <!-- == "), 30),
 ])
 def test_adversarial_input_is_not_much_slower_than_prose(guard: Guard, name: str, text: str, bound: float) -> None:
-    _stage1_time(guard, rep(PROSE))  # warm up (word lists, regexes)
-    base = _stage1_time(guard, rep(PROSE))
-    t = _stage1_time(guard, text)
+    base, t = _stage1_times(guard, text)
     assert t / base < bound, f"{name}: {t * 1000:.1f} ms against {base * 1000:.1f} ms for prose"
 
 
