@@ -18,15 +18,10 @@ from charter.data.pipeline import build_dataset, read_records
 from charter.data.splits import split_of
 from charter.errors import GeneratorError
 from charter.testing import Reply, ScriptedOpenAI
+from llm_script import batch_reply
 
 
-def good(body: dict[str, Any]) -> str:
-    user = body["messages"][-1]["content"]
-    cat = user.split("(", 1)[1].split(")", 1)[0]
-    batch = user.split("Batch ", 1)[1].split(" ", 1)[0]
-    if "JSON list of strings" in user:
-        return json.dumps([f"Synthetic {cat} request {batch}-{i} about topic {i * 7}?" for i in range(5)])
-    return json.dumps([{"request": f"{cat} exchange {batch}-{i}", "response": f"Step 1: get [MATERIAL_{i}]."} for i in range(3)])
+good = batch_reply
 
 
 def fast(base_url: str, **kw: Any) -> LLMGenerator:

@@ -17,6 +17,7 @@ from charter.constitution import load_constitution
 from charter.data.llm import LLMGenerator, _prompt
 from charter.errors import GeneratorError
 from charter.testing import Reply, ScriptedOpenAI
+from llm_script import batch_reply
 
 MINI = Path(__file__).parent / "fixtures" / "mini.yaml"
 
@@ -29,12 +30,7 @@ def _fast(base_url: str, **kw: Any) -> LLMGenerator:
 
 
 def _good(body: dict[str, Any]) -> str:
-    user = body["messages"][-1]["content"]
-    cat = user.split("(", 1)[1].split(")", 1)[0]
-    batch = user.split("Batch ", 1)[1].split(" ", 1)[0]
-    if "JSON list of strings" in user:
-        return json.dumps([f"A {cat} request number {batch}-{i} about topic {i * 7}?" for i in range(3)])
-    return json.dumps([{"request": f"{cat} exchange {batch}-{i}", "response": f"Step 1: get [MATERIAL_{i}]."} for i in range(2)])
+    return batch_reply(body, requests=3, exchanges=2)
 
 
 def _strict_json(text: str) -> Any:
