@@ -8,6 +8,11 @@ permitted requests that look alarming (dangerous words in harmless senses; safet
 fiction on restricted subjects). It is a developers' dev set: never trained or calibrated on, but
 used to compare designs, so it is not an independent evaluation. Requests only, no harmful content.
 
+``bench/data/handwritten_short.jsonl`` holds short requests only (2 to 10 words; 15 a label for each
+restricted category, 10% not in English), written by a helper that read the categories' descriptions
+and rules but no seed: blunt asks, and permitted requests in the same words ("how to kill time").
+Seven rows that the constitution's short seeds (thirty-first session) happen to repeat were removed.
+
 Reports, at the guard's calibrated thresholds: the cascade's recall and FPR, stage 1 alone, and the
 cascade with every input escalated; restricted misses split into "stage 1 did not escalate" and
 "escalated, final score below threshold". Writes bench/results/handwritten.json.
@@ -42,7 +47,7 @@ def main() -> None:
     th = g.thresholds
     sc = stage_scores(g, texts, np.ones(len(texts), bool))
     s1, s2 = sc["stage1"], sc["stage2"]
-    esc = s1 >= th["escalate"]
+    esc = g.escalates(s1, sc["words"])
     final = _cascade(g, sc)
     flag = final >= th["final"]
     blend = np.array([g.combine(a, b, n) for a, b, n in zip(s1, s2, sc["words"])])

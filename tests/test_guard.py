@@ -74,11 +74,11 @@ def test_a_verdicts_score_is_over_the_final_threshold_exactly_when_flagged(model
     g = Guard.load(model_dir)
     texts = (HARMFUL, BENIGN, "glorp", "tell me about glorp history")
     lowest = min(g.stage1_probs(t)[0][g._perm] for t in texts)  # the highest permitted probability
-    g.thresholds.update(escalate=1.0, final=0.5 * (1 - lowest))  # nothing escalates; every stage-1 score is over final
+    g.thresholds.update(escalate=1.0, escalate_short=1.0, final=0.5 * (1 - lowest))  # nothing escalates; every stage-1 score is over final
     for text in texts:
         v = g.check_input(text)
         assert v.stage == "stage1" and not v.flagged and v.score < g.thresholds["final"], (text, v)
-    g.thresholds.update(escalate=0.0)  # everything escalates: the blend decides
+    g.thresholds.update(escalate=0.0, escalate_short=0.0)  # everything escalates: the blend decides
     for text in texts:
         v = g.check_input(text)
         assert v.stage == "stage2" and v.flagged == (v.score >= g.thresholds["final"]), (text, v)
@@ -130,6 +130,7 @@ def test_a_verdict_says_stage2_ran_when_a_part_that_did_not_decide_escalated(gua
 
     low, high = sorted(("be nice", BENIGN), key=s1)
     assert s1(low) < s1(high)
+    g.short_words = 0  # one escalation threshold for every length
     g.thresholds.update(escalate=(s1(low) + s1(high)) / 2, final=(s1(low) + s1(high)) / 2)
     g.combine = lambda *a, **k: 0.0  # type: ignore[method-assign]  # stage 2 clears the user's part
     v = g.check_input(sys_user(low, high))
@@ -165,7 +166,7 @@ def test_batch_scoring_judges_requests_as_check_input_does(guard):
     # every part escalated, and a blend with its own weights past 30 words: each reading's own length
     # picks its blend (the last user turn is short, the transcript is not)
     g = Guard.load(guard.path)
-    g.thresholds["escalate"] = 0.0
+    g.thresholds.update(escalate=0.0, escalate_short=0.0)
     g.combiner = {"w1": 0.8, "w2": 0.3, "b": -1.0, "long": {"words": 30, "w1": 0.2, "w2": 1.5, "b": 0.5}}
     _, final, _ = cascade_flags(g, [Guard.parts(m) for m in reqs], ScoreCache())
     assert np.allclose(final, [g.check_input(m).score for m in reqs], atol=1e-6)
@@ -308,7 +309,8 @@ def test_manifest_records_hashes_and_metrics(model_dir):
     doc = json.loads((model_dir / "manifest.json").read_text())
     assert set(doc["files"]) >= {"stage1.safetensors", "stage2.safetensors", "exchange.safetensors", "MODEL_CARD.md"}
     assert doc["constitution_sha256"] == "c" and doc["data_sha256"] == "d"
-    assert set(doc["thresholds"]) == {"escalate", "final", "stage1_only", "exchange"}
+    assert set(doc["thresholds"]) == {"escalate", "escalate_short", "final", "stage1_only", "exchange"}
+    assert doc["short_words"] == 10 and doc["short_escalation_target"] == 0.25
     assert "Charter guard: model card" in (model_dir / "MODEL_CARD.md").read_text()
 
 
@@ -745,3 +747,60 @@ def test_stage1_readers_on_worker_processes_read_as_one_process(guard, monkeypat
     # one worker, or few texts: read here, no pool
     with readers.Stage1Readers(guard.stage1, workers=1) as r:
         assert [x.text for x in r.read(texts)] == [x.text for x in got] and r._pool is None
+
+
+def test_short_texts_take_their_own_share_of_the_escalation_budget() -> None:
+    """Texts of up to short_words words escalate at the top short_escalation_rate of their kind, and
+    the main threshold is set on the rest so that the overall budget still holds, per request."""
+    from charter.guard.train import TrainConfig, escalation_thresholds
+
+    rng = np.random.default_rng(0)
+    n = 2000
+    s1, words = rng.random(n), rng.integers(1, 40, n)
+    owner = np.arange(n)
+    cfg = TrainConfig(escalation_rate=0.08, short_words=10, short_escalation_rate=0.25)
+    th = escalation_thresholds(s1, words, owner, n, cfg)
+    short = words <= 10
+    esc = np.where(short, s1 >= th["escalate_short"], s1 >= th["escalate"])
+    assert (s1[short] >= th["escalate_short"]).mean() == pytest.approx(0.25, abs=0.01)
+    assert esc.mean() <= 0.08 and esc.mean() > 0.075 and th["escalate_short"] < th["escalate"]
+    # the budget counts requests: a request's second, long text at stage-1 score 0 changes nothing
+    two = escalation_thresholds(np.r_[s1, np.zeros(n)], np.r_[words, np.full(n, 30)], np.r_[owner, owner], n, cfg)
+    assert two == th
+    # no short texts, or the rule off: one threshold, the plain budget
+    long = np.full(n, 20)
+    assert set(escalation_thresholds(s1, long, owner, n, cfg)) == {"escalate"}
+    off = escalation_thresholds(s1, words, owner, n, TrainConfig(escalation_rate=0.08, short_words=0))
+    assert set(off) == {"escalate"} and off["escalate"] == threshold_for_fpr(s1, 0.08)
+    # short texts alone over the budget: nothing long escalates
+    assert escalation_thresholds(s1, words, owner, n, TrainConfig(escalation_rate=0.05))["escalate"] == 1.0
+
+
+def test_a_short_text_escalates_at_its_own_threshold(guard) -> None:
+    g = Guard.load(guard.path)
+    assert g.short_words == 10 and g.thresholds["escalate_short"] <= g.thresholds["escalate"]
+    short, long = "glorp toxin at home", "I wonder, as a curious person, what glorp toxin at home really is"
+    for text in (short, long):
+        s1 = 1.0 - float(g.stage1_probs(text)[0][g._perm])
+        g.thresholds.update(escalate=min(1.0, s1 + 1e-6), escalate_short=max(0.0, s1 - 1e-6))
+        assert g.check_input(text).escalated == (len(text.split()) <= 10), text
+    g.short_words = 0  # the rule off: one threshold
+    s1 = 1.0 - float(g.stage1_probs(short)[0][g._perm])
+    g.thresholds.update(escalate=min(1.0, s1 + 1e-6), escalate_short=0.0)
+    assert not g.check_input(short).escalated
+
+
+def test_a_manifest_with_a_short_rule_needs_its_threshold(model_dir, tmp_path) -> None:
+    from charter.classifiers.artifacts import load_model_dir
+    from charter.guard.calibrate import write_model_dir
+
+    doc, arrays = load_model_dir(model_dir)
+    th = {k: v for k, v in doc["thresholds"].items() if k != "escalate_short"}
+    write_model_dir(model_dir, tmp_path / "a", arrays, {**doc, "thresholds": th})
+    with pytest.raises(ArtifactError, match="escalate_short"):
+        Guard.load(tmp_path / "a")
+    write_model_dir(model_dir, tmp_path / "b", arrays, {**doc, "thresholds": th, "short_words": 0})
+    assert Guard.load(tmp_path / "b").short_words == 0  # a model trained before the rule: one threshold
+    write_model_dir(model_dir, tmp_path / "c", arrays, {**doc, "short_words": "ten"})
+    with pytest.raises(ArtifactError, match="short_words"):
+        Guard.load(tmp_path / "c")

@@ -515,7 +515,7 @@ def test_a_blend_that_scores_nan_fails_closed_not_open(mini_model_dir, tmp_path,
 
     def blend(d):
         d["combiner"] = {"w1": 1e308, "w2": -1e308, "b": 0.0}
-        d["thresholds"]["escalate"] = 0.0  # every request reaches the blend
+        d["thresholds"].update(escalate=0.0, escalate_short=0.0)  # every request reaches the blend
 
     bad = _rewrite(mini_model_dir, tmp_path / "m", "stage1", manifest=blend)
     g = Guard.load(bad)

@@ -81,7 +81,7 @@ def test_max_asr_gates_exit_code(mini_model_dir: Path, tmp_path: Path) -> None:
     # the mini guard with its escalation gate shut: stage 2 never runs, so nothing is flagged (the mini
     # guard itself now stops every attack of the quick suite)
     doc, arrays = load_model_dir(mini_model_dir)
-    doc["thresholds"]["escalate"] = 1.0
+    doc["thresholds"].update(escalate=1.0, escalate_short=1.0)
     leaky = tmp_path / "leaky"
     write_model_dir(mini_model_dir, leaky, arrays, doc)
     _register()

@@ -156,7 +156,10 @@ def recalibrate(
     calib = [r for r in ins if r.split == "calib"]
     if escalation_rate is None:
         escalation_rate = float(guard.manifest.get("escalation_target", TrainConfig.escalation_rate))
-    cfg = TrainConfig(target_fpr=target_fpr, escalation_rate=escalation_rate)
+    # a model keeps its own rule for short texts (none for one trained before it existed)
+    cfg = TrainConfig(target_fpr=target_fpr, escalation_rate=escalation_rate,
+                      short_words=int(guard.manifest.get("short_words", 0)),
+                      short_escalation_rate=float(guard.manifest.get("short_escalation_target", TrainConfig.short_escalation_rate)))
     # thresholds only: the stage blend stays as trained. Refitted here it was not written back, and the
     # thresholds it set did not hold for the model written (5% target FPR reported, 2% delivered)
     progress(f"scoring {sum(r.label == 'permitted' for r in calib) + len(user)} benign requests")
@@ -166,6 +169,8 @@ def recalibrate(
         cache = ScoreCache(readers=readers)
         cal = calibrate(guard, calib, [], cfg, extra_benign=user, fit_combiner=False, cache=cache)
         th = {**guard.thresholds, **cal["thresholds"]}
+        if not guard.short_words:
+            th.pop("escalate_short", None)
         guard.thresholds.update(th)
         const_benign = [request_parts(r) for r in calib if r.label == "permitted"]
         harmful = [request_parts(r) for r in ins if r.split == "test" and r.label == "restricted"]
@@ -188,12 +193,14 @@ def recalibrate(
     doc["thresholds"] = th
     doc["target_fpr"] = target_fpr
     doc["escalation_target"] = escalation_rate
+    doc["short_words"] = guard.short_words
     doc.setdefault("metrics", {})["recalibration"] = report | {"n_user_benign": len(user), "n_records": n, "seed": seed}
     # the card's thresholds and targets were the training run's: say what they are now
     note = (f"\nThe thresholds above are superseded: recalibrated for a target FPR of {100 * target_fpr:.2f}% and an "
             f"escalation target of {100 * escalation_rate:.1f}% on {len(const_benign)} benign requests of the constitution's "
-            f"calibration split ({n} records, seed {seed}) and {len(user)} of the user's: escalate ≥ {th['escalate']:.4f}; "
-            f"final ≥ {th['final']:.4f}; stage-1-only ≥ {th['stage1_only']:.4f}; exchange ≥ {th['exchange']:.4f}. "
+            f"calibration split ({n} records, seed {seed}) and {len(user)} of the user's: escalate ≥ {th['escalate']:.4f}"
+            + (f" (texts of up to {guard.short_words} words ≥ {th['escalate_short']:.4f})" if guard.short_words else "")
+            + f"; final ≥ {th['final']:.4f}; stage-1-only ≥ {th['stage1_only']:.4f}; exchange ≥ {th['exchange']:.4f}. "
             "The held-out results above were measured at the training thresholds; at these, benign FPR "
             f"{_rate_text(report['fpr'])}, recall on held-out restricted requests {_rate_text(report['recall_heldout_restricted'])}.\n")
     write_model_dir(model, out, arrays, finite(doc), card_note=note)

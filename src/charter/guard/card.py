@@ -100,7 +100,11 @@ def model_card(m: dict[str, Any], n_train_inputs: int, n_train_exchanges: int) -
         "",
         "## Thresholds (calibrated on the calibration split's permitted data)",
         f"- Target FPR {100 * m['target_fpr']:.2f}%; escalation target {100 * m['escalation_target']:.1f}% of benign traffic.",
-        f"- escalate ≥ {th['escalate']:.4f}; final ≥ {th['final']:.4f}; stage-1-only ≥ {th['stage1_only']:.4f}; exchange ≥ {th['exchange']:.4f}"
+        f"- escalate ≥ {th['escalate']:.4f}"
+        + (f" (texts of up to {m['short_words']} words: ≥ {th['escalate_short']:.4f}, the top {100 * m.get('short_escalation_target', 0.25):.0f}%"
+           " of the calibration split's benign texts that short: stage 1 reads a blunt short ask from few n-grams, and stage 2"
+           " reads it cheaply; the other threshold is set so that the escalation target holds overall)" if m.get("short_words") else "")
+        + f"; final ≥ {th['final']:.4f}; stage-1-only ≥ {th['stage1_only']:.4f}; exchange ≥ {th['exchange']:.4f}"
         + (f" (classifier alone; with stage 2's reading of the prompt ≥ {m['exchange_combiner']['threshold']:.4f})" if m.get("exchange_combiner") else "")
         + "; the exchange thresholds are set on benign exchanges and on the answers among them again behind each of three compliance openers (\"Sure, here you go.\"), as assistants open benign answers.",
         f"- Calibration FPR achieved: {_r(met['calibration'].get('fpr'))}"

@@ -68,7 +68,7 @@ class Verdict(BaseModel):
     """One decision. ``score`` is comparable with the threshold that decided it (:attr:`Guard.input_threshold`
     for the input cascade, :attr:`Guard.exchange_threshold` for a stream): ``flagged`` exactly when it is
     at or above it. A request stage 1 did not escalate scores stage 1's probability,
-    scaled by final / escalate when the escalation threshold is the higher."""
+    scaled by final / its escalation threshold when that threshold is the higher."""
 
     score: float
     flagged: bool
@@ -157,6 +157,11 @@ def _check_manifest(p: Path, doc: dict[str, Any], arrays: dict[str, dict[str, np
     e = doc.get("exchange_combiner")
     if e is not None and not (_numbers(e, EXCHANGE_COMBINER_KEYS) and 0.0 <= e["threshold"] <= 1.0):
         raise ArtifactError(f"{p}: manifest 'exchange_combiner' must give {', '.join(EXCHANGE_COMBINER_KEYS)} as numbers (threshold in [0, 1])")
+    sw = doc.get("short_words", 0)
+    if not (isinstance(sw, int) and not isinstance(sw, bool) and sw >= 0) or (
+            sw and not (_numbers(th, ("escalate_short",)) and 0.0 <= th["escalate_short"] <= 1.0)):
+        raise ArtifactError(f"{p}: manifest 'short_words' must be a count, and when it is above 0 'thresholds' must "
+                            "give 'escalate_short' as a number in [0, 1]")
     w = doc.get("stage2_weight", 0.55)
     if not isinstance(w, (int, float)) or isinstance(w, bool) or not 0.0 <= w <= 1.0:
         raise ArtifactError(f"{p}: manifest 'stage2_weight' must be a number in [0, 1]")
@@ -256,6 +261,9 @@ class Guard:
     #: restricted reading counts (an adversarial suffix fills the 64 tokens it reads; manifest
     #: ``stage2_reads_stripped``)
     stage2_reads_stripped: bool = False
+    #: a text of at most this many words escalates at ``thresholds["escalate_short"]`` (0: one threshold
+    #: for every length; manifest ``short_words``): stage 1 reads a blunt short ask from few n-grams
+    short_words: int = 0
     _hasher: NgramHasher = field(init=False, repr=False)
     _stage2_memo: dict[bytes, np.ndarray] = field(init=False, repr=False, default_factory=dict)
     _system_memo: dict[bytes, Reading] = field(init=False, repr=False, default_factory=dict)
@@ -310,6 +318,7 @@ class Guard:
             exchange_combiner=doc.get("exchange_combiner"), path=p,
             stage2_reads_decoded=doc.get("stage2_reads", "worst") == "decoded",
             stage2_reads_stripped=doc.get("stage2_reads_stripped", False) is True,
+            short_words=int(doc.get("short_words", 0)),
         )
 
     @property
@@ -482,15 +491,27 @@ class Guard:
         th = self.thresholds
         if self.stage2 is None:
             return self._verdict(p1, s1, s1 >= th["stage1_only"], "stage1", view, False, t0)
-        if s1 < th["escalate"]:
+        if s1 < (esc := self.escalation_threshold(len(read.split()))):
             # scaled so that a verdict's score is at or above thresholds["final"] exactly when it is
             # flagged: calibration can put the final threshold under the escalation threshold
-            return self._verdict(p1, s1 * min(1.0, th["final"] / th["escalate"]), False, "stage1", view, False, t0)
+            return self._verdict(p1, s1 * min(1.0, th["final"] / esc), False, "stage1", view, False, t0)
         # escalate: stage 2 reads the view that stage 1 found most suspicious (or a decoded one: stage2_inputs)
         view, p2 = self._stage2_worst(r)
         s2 = 1.0 - float(p2[self._perm])
         final = self.combine(s1, s2, len(read.split()))
         return self._verdict(0.5 * (p1 + p2), final, final >= th["final"], "stage2", view, True, t0)
+
+    def escalation_threshold(self, words: int) -> float:
+        """Stage 1's escalation threshold for a text of ``words`` words (:attr:`short_words`)."""
+        return float(self.thresholds["escalate_short" if 0 < words <= self.short_words else "escalate"])
+
+    def escalates(self, s1: np.ndarray, words: np.ndarray) -> np.ndarray:
+        """Which stage-1 scores escalate, for texts of these word counts (:meth:`escalation_threshold`)."""
+        s1, words = np.asarray(s1), np.asarray(words)
+        if not self.short_words:
+            return s1 >= self.thresholds["escalate"]
+        short = (words > 0) & (words <= self.short_words)
+        return np.where(short, s1 >= self.thresholds.get("escalate_short", 2.0), s1 >= self.thresholds["escalate"])
 
     def _verdict(self, probs: np.ndarray, score: float, flagged: bool, stage: Stage, view: str, esc: bool, t0: float) -> Verdict:
         if not (math.isfinite(score) and np.isfinite(probs).all()):  # a NaN compares as "not flagged"

@@ -39,11 +39,15 @@ def rate(mask: np.ndarray) -> Rate:
 
 def threshold_for_fpr(benign_scores: np.ndarray, target_fpr: float) -> float:
     """The smallest threshold t with mean(benign >= t) <= target_fpr (flag when score >= t)."""
+    return threshold_for_count(benign_scores, int(math.floor(target_fpr * len(benign_scores))))
+
+
+def threshold_for_count(benign_scores: np.ndarray, allowed: int) -> float:
+    """The smallest threshold t at which at most ``allowed`` of the benign scores are >= t."""
     s = np.sort(np.asarray(benign_scores, dtype=np.float64))
     n = len(s)
     if n == 0:
         raise ValueError("no benign scores to calibrate on")
-    allowed = int(math.floor(target_fpr * n))  # benign items that may score >= t
     if allowed >= n:
         return float(s[0])
     # the (n - allowed)-th smallest score must fall below t

@@ -25,7 +25,7 @@ from charter.errors import CharterError
 from charter.fileio import sha256_file
 from charter.guard.guard import MAX_INPUT_CHARS, PERMITTED, Guard, Part, Reading
 from charter.guard.readers import Stage1Readers
-from charter.guard.stats import Rate, finite, meets_fpr, rate, threshold_for_fpr
+from charter.guard.stats import Rate, finite, meets_fpr, rate, threshold_for_count, threshold_for_fpr
 
 Progress = Callable[[str], None]
 #: openers any assistant reply may start with (the model card reports the exchange FPR behind them)
@@ -41,6 +41,15 @@ class TrainConfig:
     #: at 0.09 / 0.08 / 0.07: test recall 71.9 / 72.0 / 70.8% at 1.04 / 1.07 / 1.01% FPR, benign test requests
     #: escalated 10.9 / 7.4 / 6.6% (at 0.09 one test system prompt escalated every request behind it)
     escalation_rate: float = 0.08
+    #: a text of at most this many words escalates when stage 1 puts it among the top
+    #: ``short_escalation_rate`` of the benign calibration split's texts that short, and the main escalation
+    #: threshold is set on the rest so that ``escalation_rate`` still holds overall (0: one threshold). Stage 1
+    #: reads a blunt short ask ("Tell me how to murder my boss": 0.08) from a few n-grams, and stage 2 reads it
+    #: well and cheaply. The packaged weights at the same 8% budget, simulated on cached scores: hand-written
+    #: short asks 65.3% -> 75.1% recall, the hand-written dev set 82.9 -> 83.8%, the synthetic test split's
+    #: single texts 72.2 -> 72.4% (BENCHMARKS.md, thirty-first session)
+    short_words: int = 10
+    short_escalation_rate: float = 0.25
     exchange_fpr: float = 0.01
     stage2_weight: float = 0.55
     n_features: int = 2**18
@@ -391,6 +400,8 @@ def train_guard(
         "stage2_reads_stripped": cfg.stage2_reads_stripped,
         "target_fpr": cfg.target_fpr,
         "escalation_target": cfg.escalation_rate,
+        "short_words": guard.short_words,
+        **({"short_escalation_target": cfg.short_escalation_rate} if guard.short_words else {}),
         "constitution_sha256": constitution_sha256,
         **({"constitution_fingerprint": constitution_fingerprint} if constitution_fingerprint else {}),
         "data_sha256": data_sha256,
@@ -529,7 +540,7 @@ def _cascade(guard: Guard, sc: dict[str, np.ndarray]) -> np.ndarray:
     """Final scores from :func:`stage_scores`: escalated inputs combine both stages; the rest cannot be flagged (0)."""
     s1 = sc["stage1"]
     out = np.zeros_like(s1)
-    for i in np.flatnonzero(s1 >= guard.thresholds["escalate"]):
+    for i in np.flatnonzero(guard.escalates(s1, sc["words"])):
         out[i] = guard.combine(s1[i], sc["stage2"][i], int(sc["words"][i]))
     return out
 
@@ -556,7 +567,7 @@ def cascade_flags(guard: Guard, texts: Sequence[Request], cache: ScoreCache,
     sc = stage_scores(guard, texts, cache=cache)
     if guard.stage2 is None:
         return sc, sc["stage1"], sc["stage1"] >= th["stage1_only"]
-    mask = sc["stage1"] >= th["escalate"]
+    mask = guard.escalates(sc["stage1"], sc["words"])
     sc = stage_scores(guard, texts, mask if stage2_too is None else mask | stage2_too, cache=cache)
     final = _cascade(guard, sc)
     return sc, final, final >= th["final"]
@@ -579,7 +590,7 @@ def fit_blend(guard: Guard, calib_in: Sequence[Record], cache: ScoreCache | None
     texts, owner = _flatten([request_parts(r)[0] for r in calib_in])
     y = np.array([r.label == "restricted" for r in calib_in], dtype=bool)[owner]
     sc = stage_scores(guard, texts, cache=cache)
-    esc = sc["stage1"] >= guard.thresholds["escalate"]
+    esc = guard.escalates(sc["stage1"], sc["words"])
     if esc.sum() > max_escalated:  # the blend has few parameters; a sample fits it as well
         keep = np.random.default_rng(0).choice(np.flatnonzero(esc), max_escalated, replace=False)
         esc = np.zeros_like(esc)
@@ -614,15 +625,19 @@ def calibrate(guard: Guard, calib_in: Sequence[Record], calib_ex: Sequence[Recor
     th: dict[str, float] = {"stage1_only": threshold_for_fpr(s1, cfg.target_fpr)}
     report: dict[str, Any] = {"n_benign_inputs": len(benign)}
     if guard.stage2 is not None:
-        th["escalate"] = threshold_for_fpr(s1, cfg.escalation_rate)
-        guard.thresholds["escalate"] = th["escalate"]
+        th.update(escalation_thresholds(sc["stage1"], sc["words"], owner, len(benign), cfg))
+        guard.thresholds.update(th)
+        guard.short_words = cfg.short_words if "escalate_short" in th else 0
+        if not guard.short_words:
+            guard.thresholds.pop("escalate_short", None)
         if fit_combiner:
             guard.combiner = fit_blend(guard, calib_in, cache, long_words=cfg.blend_long_words)
             report["combiner"] = guard.combiner
-        sc = stage_scores(guard, flat, sc["stage1"] >= th["escalate"], cache=cache)
+        esc = guard.escalates(sc["stage1"], sc["words"])
+        sc = stage_scores(guard, flat, esc, cache=cache)
         final = _worst(_cascade(guard, sc), owner, len(benign))
         th["final"] = max(threshold_for_fpr(final, cfg.target_fpr), 1e-6)
-        report["escalation_rate"] = rate(s1 >= th["escalate"]).model_dump()
+        report["escalation_rate"] = rate(_worst(esc.astype(float), owner, len(benign)) > 0).model_dump()
         report["fpr"] = rate(final >= th["final"]).model_dump()
     else:
         th["escalate"] = th["final"] = th["stage1_only"]
@@ -646,6 +661,26 @@ def calibrate(guard: Guard, calib_in: Sequence[Record], calib_ex: Sequence[Recor
         raise CharterError(f"calibration gave thresholds that are not numbers ({', '.join(bad)}): the model's "
                            "scores are not finite on the calibration data; retrain it")
     return {"thresholds": th, "report": report}
+
+
+def escalation_thresholds(s1: np.ndarray, words: np.ndarray, owner: np.ndarray, n: int,
+                          cfg: TrainConfig) -> dict[str, float]:
+    """Stage 1's escalation thresholds on benign calibration texts (``owner``: the request of each of the
+    ``n`` requests' texts). Texts of at most ``cfg.short_words`` words escalate at the top
+    ``cfg.short_escalation_rate`` of their own kind; the main threshold is then the lowest at which at most
+    ``cfg.escalation_rate`` of the requests escalate in all (no short threshold without short texts)."""
+    short = (words > 0) & (words <= cfg.short_words)
+    th: dict[str, float] = {}
+    if cfg.short_words and short.any():
+        th["escalate_short"] = threshold_for_fpr(s1[short], cfg.short_escalation_rate)
+        by_short = _worst((short & (s1 >= th["escalate_short"])).astype(float), owner, n) > 0
+    else:
+        by_short = np.zeros(n, dtype=bool)
+    rest = _worst(np.where(short, np.nan, s1), owner, n)[~by_short]  # each other request's most suspicious long text
+    rest = rest[~np.isnan(rest)]
+    allowed = int(np.floor(cfg.escalation_rate * n)) - int(by_short.sum())
+    th["escalate"] = 1.0 if allowed <= 0 or not len(rest) else threshold_for_count(rest, allowed)
+    return th
 
 
 def with_openers(exchanges: Sequence[Record]) -> list[Record]:
@@ -773,9 +808,10 @@ def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record],
     held = np.array([any(f in holdout_families for f in _families(r.transforms)) for r in test_in], dtype=bool)
     hard = np.array([r.source == "hard_negative" for r in test_in], dtype=bool)
     if guard.stage2 is not None:
-        m["escalation_rate_test_benign"] = rate((sc["stage1"] >= th["escalate"])[~restricted]).model_dump()
+        m["escalation_rate_test_benign"] = rate(guard.escalates(sc["stage1"], sc["words"])[~restricted]).model_dump()
         # what a deployment pays per request: a fixed system prompt's reading is remembered after its first
-        own = stage_scores(guard, [p[0] for p in parts], cache=cache)["stage1"] >= th["escalate"]
+        own_sc = stage_scores(guard, [p[0] for p in parts], cache=cache)
+        own = guard.escalates(own_sc["stage1"], own_sc["words"])
         m["escalation_rate_test_benign_own_text"] = rate(own[~restricted]).model_dump()
     flag1 = sc["stage1"] >= th["stage1_only"]
     m["cascade"] = {
