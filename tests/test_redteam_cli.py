@@ -260,6 +260,9 @@ def test_patch_lowers_heldout_asr(mini_model_dir: Path, tmp_path: Path, capsys: 
     assert g.manifest["created_by"] == "charter patch" and "patch" in g.manifest["metrics"]
     assert g.thresholds["exchange"] == Guard.load(mini_model_dir).thresholds["exchange"]
     old_g = Guard.load(mini_model_dir)
+    # the patched guard keeps the model's rule for short texts, recalibrated with the rest
+    assert g.short_words == old_g.short_words == 10 and g.manifest["short_words"] == 10
+    assert 0.0 <= g.thresholds["escalate_short"] <= 1.0
     assert g.check_input(examples[0].text).score >= old_g.check_input(examples[0].text).score
     lifted = [g.stage1_probs(t)[0][g._perm] < old_g.stage1_probs(t)[0][old_g._perm] for t in ho]
     assert sum(lifted) > len(ho) / 2  # most held-out variants look less permitted to the new stage 1

@@ -173,12 +173,14 @@ def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Pa
         raise CharterError("the refitted stage 1 has different classes from the model")
     progress("recalibrating thresholds")
     cfg = TrainConfig(target_fpr=float(old.manifest.get("target_fpr", 0.01)),
-                      escalation_rate=float(old.manifest.get("escalation_target", TrainConfig.escalation_rate)))
+                      escalation_rate=float(old.manifest.get("escalation_target", TrainConfig.escalation_rate)),
+                      short_words=old.short_words,  # the model's own rule for short texts (none before it existed)
+                      short_escalation_rate=float(old.manifest.get("short_escalation_target", TrainConfig.short_escalation_rate)))
 
     def recalibrated(stage1: NgramClassifier) -> Guard:
         g = Guard(manifest={}, stage1=stage1, stage2=old.stage2, exchange=old.exchange, thresholds=dict(old.thresholds),
                   stage2_weight=old.stage2_weight, combiner=old.combiner, stage2_reads_decoded=old.stage2_reads_decoded,
-                  stage2_reads_stripped=old.stage2_reads_stripped)
+                  stage2_reads_stripped=old.stage2_reads_stripped, short_words=old.short_words)
         g.thresholds.update(calibrate(g, calib, [], cfg, fit_combiner=False)["thresholds"])
         return g
 
@@ -197,6 +199,7 @@ def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Pa
     doc, arrays = load_model_dir(model)
     arrays["stage1"] = s1.to_arrays()
     doc["thresholds"] = dict(new.thresholds)
+    doc["short_words"] = new.short_words
     doc["stage1"] = {"kind": "NgramClassifier", "params": s1.get_params(), "length_balance": power}
     doc["created_by"] = "charter patch"
     doc.setdefault("metrics", {})["patch"] = report
