@@ -246,3 +246,30 @@ def test_many_problems_are_listed_up_to_a_bound():
     lines = _err(bad).splitlines()
     assert len(lines) == 51 and lines[-1] == "x.yaml: ... and 70 more problems"
     assert lines[0].startswith(f"x.yaml:{_line_of(bad, '- 1')}: domains[1].categories[0].seeds.requests[0]: ")
+
+
+def test_an_interrupt_while_fingerprinting_stays_an_interrupt(monkeypatch) -> None:
+    """pydantic wraps what a serializer function raises: a SIGTERM or Ctrl-C that lands inside the seeds'
+    serializer came out as a PydanticSerializationError, and `charter train` exited 1 with a traceback."""
+    from pydantic_core import PydanticSerializationError
+
+    from charter.constitution import model
+
+    c = load_constitution(default_constitution_path())
+    fp = c.fingerprint()
+
+    def interrupted(self, *a, **k):  # what pydantic raises when the serializer function is interrupted
+        raise PydanticSerializationError("Error calling function `_omit_empty_exchanges`: KeyboardInterrupt: ")
+
+    monkeypatch.setattr(model.Constitution, "model_dump_json", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        c.fingerprint()
+
+    def broken(self, *a, **k):
+        raise PydanticSerializationError("Error calling function `_omit_empty_exchanges`: ValueError: bad")
+
+    monkeypatch.setattr(model.Constitution, "model_dump_json", broken)
+    with pytest.raises(PydanticSerializationError):
+        c.fingerprint()
+    monkeypatch.undo()
+    assert c.fingerprint() == fp

@@ -13,6 +13,7 @@ from enum import Enum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_serializer, model_validator
+from pydantic_core import PydanticSerializationError
 
 _ID = re.compile(r"^[a-z][a-z0-9_]*$")
 _NON_WORD = re.compile(r"[\W_]+")
@@ -236,4 +237,12 @@ class Constitution(_Strict):
 
     def fingerprint(self) -> str:
         """sha256 of the canonical JSON form: stable across YAML formatting changes."""
-        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()
+        try:
+            data = self.model_dump_json()
+        except PydanticSerializationError as e:
+            # pydantic wraps what a serializer function raises, Ctrl-C's or SIGTERM's KeyboardInterrupt too
+            # (`charter train` stopped mid-fingerprint exited 1 with a traceback instead of 130)
+            if "KeyboardInterrupt" in str(e):
+                raise KeyboardInterrupt from e
+            raise
+        return hashlib.sha256(data.encode()).hexdigest()
