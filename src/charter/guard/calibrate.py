@@ -17,7 +17,9 @@ from charter.errors import CharterError
 from charter.guard.guard import Guard, Part
 from charter.guard.stats import Rate, finite, meets_fpr, rate
 from charter.guard.readers import Stage1Readers
-from charter.guard.train import Request, ScoreCache, TrainConfig, calibrate, cascade_flags, read_dataset, request_parts
+from charter.guard.train import (
+    Request, ScoreCache, TrainConfig, calibrate, cascade_flags, read_dataset, request_parts, short_rule,
+)
 
 MAX_BENIGN_LINES = 200_000
 
@@ -156,10 +158,7 @@ def recalibrate(
     calib = [r for r in ins if r.split == "calib"]
     if escalation_rate is None:
         escalation_rate = float(guard.manifest.get("escalation_target", TrainConfig.escalation_rate))
-    # a model keeps its own rule for short texts (none for one trained before it existed)
-    cfg = TrainConfig(target_fpr=target_fpr, escalation_rate=escalation_rate,
-                      short_words=int(guard.manifest.get("short_words", 0)),
-                      short_escalation_rate=float(guard.manifest.get("short_escalation_target", TrainConfig.short_escalation_rate)))
+    cfg = TrainConfig(target_fpr=target_fpr, escalation_rate=escalation_rate, **short_rule(guard.manifest))
     # thresholds only: the stage blend stays as trained. Refitted here it was not written back, and the
     # thresholds it set did not hold for the model written (5% target FPR reported, 2% delivered)
     progress(f"scoring {sum(r.label == 'permitted' for r in calib) + len(user)} benign requests")

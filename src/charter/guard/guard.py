@@ -112,6 +112,12 @@ def all_views(text: str) -> list[tuple[str, str]]:
     return out
 
 
+def short_text(words: Any, short_words: int) -> Any:
+    """Whether a text of ``words`` words (a count or an array of them) escalates at the short-text
+    threshold of a guard whose rule covers ``short_words`` words (0: none)."""
+    return (np.asarray(words) > 0) & (np.asarray(words) <= short_words)
+
+
 def _content_text(content: object, where: str) -> str:
     """A message's text: a string, None (e.g. an assistant turn that only calls tools) or OpenAI content parts."""
     if content is None or isinstance(content, str):
@@ -491,27 +497,25 @@ class Guard:
         th = self.thresholds
         if self.stage2 is None:
             return self._verdict(p1, s1, s1 >= th["stage1_only"], "stage1", view, False, t0)
-        if s1 < (esc := self.escalation_threshold(len(read.split()))):
+        words = len(read.split())
+        if s1 < (esc := self.escalation_threshold(words)):
             # scaled so that a verdict's score is at or above thresholds["final"] exactly when it is
             # flagged: calibration can put the final threshold under the escalation threshold
             return self._verdict(p1, s1 * min(1.0, th["final"] / esc), False, "stage1", view, False, t0)
         # escalate: stage 2 reads the view that stage 1 found most suspicious (or a decoded one: stage2_inputs)
         view, p2 = self._stage2_worst(r)
         s2 = 1.0 - float(p2[self._perm])
-        final = self.combine(s1, s2, len(read.split()))
+        final = self.combine(s1, s2, words)
         return self._verdict(0.5 * (p1 + p2), final, final >= th["final"], "stage2", view, True, t0)
 
     def escalation_threshold(self, words: int) -> float:
         """Stage 1's escalation threshold for a text of ``words`` words (:attr:`short_words`)."""
-        return float(self.thresholds["escalate_short" if 0 < words <= self.short_words else "escalate"])
+        return float(self.thresholds["escalate_short" if short_text(words, self.short_words) else "escalate"])
 
     def escalates(self, s1: np.ndarray, words: np.ndarray) -> np.ndarray:
         """Which stage-1 scores escalate, for texts of these word counts (:meth:`escalation_threshold`)."""
-        s1, words = np.asarray(s1), np.asarray(words)
-        if not self.short_words:
-            return s1 >= self.thresholds["escalate"]
-        short = (words > 0) & (words <= self.short_words)
-        return np.where(short, s1 >= self.thresholds.get("escalate_short", 2.0), s1 >= self.thresholds["escalate"])
+        th = self.thresholds
+        return np.asarray(s1) >= np.where(short_text(words, self.short_words), th.get("escalate_short", np.inf), th["escalate"])
 
     def _verdict(self, probs: np.ndarray, score: float, flagged: bool, stage: Stage, view: str, esc: bool, t0: float) -> Verdict:
         if not (math.isfinite(score) and np.isfinite(probs).all()):  # a NaN compares as "not flagged"

@@ -23,7 +23,7 @@ from charter.constitution.model import Constitution
 from charter.data.records import MAX_LINE_BYTES, Record, iter_jsonl
 from charter.errors import CharterError
 from charter.fileio import sha256_file
-from charter.guard.guard import MAX_INPUT_CHARS, PERMITTED, Guard, Part, Reading
+from charter.guard.guard import MAX_INPUT_CHARS, PERMITTED, Guard, Part, Reading, short_text
 from charter.guard.readers import Stage1Readers
 from charter.guard.stats import Rate, finite, meets_fpr, rate, threshold_for_count, threshold_for_fpr
 
@@ -669,7 +669,7 @@ def escalation_thresholds(s1: np.ndarray, words: np.ndarray, owner: np.ndarray, 
     ``n`` requests' texts). Texts of at most ``cfg.short_words`` words escalate at the top
     ``cfg.short_escalation_rate`` of their own kind; the main threshold is then the lowest at which at most
     ``cfg.escalation_rate`` of the requests escalate in all (no short threshold without short texts)."""
-    short = (words > 0) & (words <= cfg.short_words)
+    short = short_text(words, cfg.short_words)
     th: dict[str, float] = {}
     if cfg.short_words and short.any():
         th["escalate_short"] = threshold_for_fpr(s1[short], cfg.short_escalation_rate)
@@ -681,6 +681,13 @@ def escalation_thresholds(s1: np.ndarray, words: np.ndarray, owner: np.ndarray, 
     allowed = int(np.floor(cfg.escalation_rate * n)) - int(by_short.sum())
     th["escalate"] = 1.0 if allowed <= 0 or not len(rest) else threshold_for_count(rest, allowed)
     return th
+
+
+def short_rule(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A model's rule for short texts as :class:`TrainConfig` fields (none for a model trained before it
+    existed): recalibrating or patching a model keeps it."""
+    return {"short_words": int(manifest.get("short_words", 0)),
+            "short_escalation_rate": float(manifest.get("short_escalation_target", TrainConfig.short_escalation_rate))}
 
 
 def with_openers(exchanges: Sequence[Record]) -> list[Record]:

@@ -119,7 +119,9 @@ def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Pa
     from charter.guard.calibrate import _flags, check_constitution, has_stage2, offline_dataset, write_model_dir
     from charter.guard.guard import PERMITTED, Guard
     from charter.guard.stats import rate
-    from charter.guard.train import TrainConfig, _class_of, calibrate, length_balance_weights, read_dataset, request_parts
+    from charter.guard.train import (
+        TrainConfig, _class_of, calibrate, length_balance_weights, read_dataset, request_parts, short_rule,
+    )
 
     old = Guard.load(model, require_stage2=has_stage2(model))  # its thresholds are recalibrated for both stages
     cpath = Path(constitution or default_constitution_path())
@@ -174,8 +176,7 @@ def _patch(model: Path, examples: Sequence[Example], out: Path, constitution: Pa
     progress("recalibrating thresholds")
     cfg = TrainConfig(target_fpr=float(old.manifest.get("target_fpr", 0.01)),
                       escalation_rate=float(old.manifest.get("escalation_target", TrainConfig.escalation_rate)),
-                      short_words=old.short_words,  # the model's own rule for short texts (none before it existed)
-                      short_escalation_rate=float(old.manifest.get("short_escalation_target", TrainConfig.short_escalation_rate)))
+                      **short_rule(old.manifest))
 
     def recalibrated(stage1: NgramClassifier) -> Guard:
         g = Guard(manifest={}, stage1=stage1, stage2=old.stage2, exchange=old.exchange, thresholds=dict(old.thresholds),
