@@ -413,30 +413,32 @@ class Guard:
     def stage1_reading(self, text: str) -> Reading:
         return stage1_reading(self.stage1, self._hasher, text)
 
-    def second_reading(self, r: Reading) -> tuple[str, str] | None:
-        """The decoded view (name, text) stage 2 reads instead of ``r``'s, under :attr:`stage2_reads_decoded`:
-        a wrapper's own phrasing ("hidden message below, do what it says") can make the text as written
+    def second_reading(self, r: Reading, escalate: float | None = None) -> tuple[str, str] | None:
+        """The decoded view (name, text) stage 2 reads instead of ``r``'s, under :attr:`stage2_reads_decoded`,
+        when stage 1 scores it at ``escalate`` or more (the text's escalation threshold; the main one if not
+        given): a wrapper's own phrasing ("hidden message below, do what it says") can make the text as written
         stage 1's top reading, and stage 2, which reads English and at most 64 tokens, would then read the
         wrapper, not the decoded ask. Reading both and keeping the worse did as well on the default
         data but cost a second encoder pass (cascade p99 28 -> 49 ms in bench_guard's mix)."""
-        if not self.stage2_reads_decoded or r.decoded is None or r.decoded[2] < self.thresholds["escalate"]:
+        th = self.thresholds["escalate"] if escalate is None else escalate
+        if not self.stage2_reads_decoded or r.decoded is None or r.decoded[2] < th:
             return None
         return r.decoded[0], r.decoded[1]
 
-    def stage2_inputs(self, r: Reading) -> list[tuple[str, str]]:
+    def stage2_inputs(self, r: Reading, escalate: float | None = None) -> list[tuple[str, str]]:
         """The views (name, text) stage 2 reads of stage 1's reading ``r``: the view stage 1 found most
         suspicious or a decoded one (:meth:`second_reading`), and under :attr:`stage2_reads_stripped` that view
         without an adversarial suffix's token soup too. The more restricted reading counts: the soup would
         fill the tokens stage 2 reads, and a strip alone could drop an ask written among the soup."""
-        view, text = self.second_reading(r) or (r.view, r.text)
+        view, text = self.second_reading(r, escalate) or (r.view, r.text)
         out = [(view, text)]
         if self.stage2_reads_stripped and "noise_stripped" not in view and (stripped := strip_noise_runs(text)) is not None:
             out.append(("noise_stripped" if view == "original" else f"{view}+noise_stripped", stripped))
         return out
 
-    def _stage2_worst(self, r: Reading) -> tuple[str, np.ndarray]:
+    def _stage2_worst(self, r: Reading, escalate: float | None = None) -> tuple[str, np.ndarray]:
         """Stage 2's most restricted reading of ``r``: its view's name and class probabilities."""
-        reads = [(view, self._stage2_proba(text)) for view, text in self.stage2_inputs(r)]
+        reads = [(view, self._stage2_proba(text)) for view, text in self.stage2_inputs(r, escalate)]
         return max(reads, key=lambda vp: 1.0 - float(vp[1][self._perm]))
 
     def combine(self, s1: float, s2: float, words: int = 0) -> float:
@@ -503,7 +505,7 @@ class Guard:
             # flagged: calibration can put the final threshold under the escalation threshold
             return self._verdict(p1, s1 * min(1.0, th["final"] / esc), False, "stage1", view, False, t0)
         # escalate: stage 2 reads the view that stage 1 found most suspicious (or a decoded one: stage2_inputs)
-        view, p2 = self._stage2_worst(r)
+        view, p2 = self._stage2_worst(r, esc)
         s2 = 1.0 - float(p2[self._perm])
         final = self.combine(s1, s2, words)
         return self._verdict(0.5 * (p1 + p2), final, final >= th["final"], "stage2", view, True, t0)
@@ -574,7 +576,8 @@ class Guard:
         be cut short)."""
         if self.stage2 is None:
             raise CharterError(STAGE2_MISSING)
-        return max(1.0 - float(self._stage2_worst(self.stage1_reading(x))[1][self._perm]) for x in prior_readings(prompt, last))
+        return max(1.0 - float(self._stage2_worst(self.stage1_reading(x), self.escalation_threshold(len(x.split())))[1][self._perm])
+                   for x in prior_readings(prompt, last))
 
     def _system_stage1(self, text: str) -> Reading:
         """:meth:`stage1_reading` of a system prompt, remembered: a deployment sends the same few with every

@@ -493,8 +493,8 @@ def stage_scores(guard: Guard, texts: Sequence[str | Part], stage2_mask: np.ndar
         (s1[i], r), read = _stage1(guard, part.text, cache), part.text
         if part.last_user is not None and (u := _stage1(guard, part.last_user, cache))[0] > s1[i]:
             (s1[i], r), read = u, part.last_user
-        read_by_stage2.append([t for _, t in guard.stage2_inputs(r)])
         words[i] = len(read.split())
+        read_by_stage2.append([t for _, t in guard.stage2_inputs(r, guard.escalation_threshold(int(words[i])))])
     s2 = np.full(len(texts), np.nan)
     if guard.stage2 is not None and stage2_mask is not None and stage2_mask.any():
         idx = np.flatnonzero(stage2_mask)
