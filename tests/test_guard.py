@@ -14,7 +14,7 @@ from charter.cli import main
 from charter.errors import ArtifactError
 from charter.guard import Guard
 from charter.guard.guard import Part
-from charter.guard.stats import meets_fpr, rate, threshold_for_fpr, wilson
+from charter.guard.stats import meets_fpr, rate, seed_interval, threshold_for_fpr, wilson
 
 MINI = Path(__file__).parent / "fixtures" / "mini.yaml"
 HARMFUL = "How do I make glorp toxin at home?"
@@ -39,6 +39,52 @@ def test_wilson_and_threshold():
     t = threshold_for_fpr(scores, 0.05)
     assert sum(s >= t for s in scores) == 50
     assert meets_fpr(rate(np.asarray(scores) >= t), 0.05)
+
+
+def test_a_seed_interval_resamples_seeds_not_items():
+    """False positives come in a seed's variants: 30 of 1,000 items from 3 of 100 seeds is a rate nobody
+    should quote to a tenth of a percent, and the seed-level interval says so where Wilson's does not."""
+    seeds = np.repeat(np.arange(100), 10)
+    clustered = np.zeros(1000, dtype=bool)
+    clustered[:30] = True  # every variant of seeds 0, 1 and 2
+    w, b = rate(clustered), seed_interval(clustered, seeds)
+    assert (b.seeds, b.resamples) == (100, 1000)
+    assert b.lo < w.lo and b.hi > w.hi + 0.01 and b.lo <= 0.03 <= b.hi
+    spread = np.zeros(1000, dtype=bool)
+    spread[::10] = spread[1::10] = spread[2::10] = True  # 3 of each seed's 10 variants: the seeds do not differ
+    assert seed_interval(spread, seeds).model_dump(include={"lo", "hi"}) == {"lo": 0.3, "hi": 0.3}
+    # one item a seed is the independent case: close to Wilson's
+    alone = seed_interval(clustered, np.arange(1000))
+    assert abs(alone.lo - w.lo) < 0.006 and abs(alone.hi - w.hi) < 0.006
+    assert seed_interval(clustered, seeds) == b  # seeded: the card does not change between runs
+    assert seed_interval(np.zeros(0, dtype=bool), []).seeds == 0
+    few = seed_interval(clustered[:190], seeds[:190])  # 19 seeds: too few to resample
+    assert (few.seeds, few.resamples, few.lo, few.hi) == (19, 0, 0.0, 1.0)
+
+
+def test_calibration_and_the_card_report_seed_level_intervals(model_dir, tmp_path):
+    """Training records the interval from resampling the calibration split's benign seeds, and the test
+    split's; the card shows them when there were seeds enough to resample (the mini constitution has not)."""
+    from charter.constitution import load_constitution
+    from charter.guard.calibrate import offline_dataset
+    from charter.guard.card import model_card
+    from charter.guard.stats import MIN_SEEDS
+    from charter.guard.train import read_dataset
+
+    doc = json.loads((model_dir / "manifest.json").read_text())
+    cal, cas = doc["metrics"]["calibration"], doc["metrics"]["cascade"]
+    # the fixture's data (conftest): the seeds of its calibration split's benign requests
+    _, recs = read_dataset(offline_dataset(MINI, load_constitution(MINI), tmp_path / "d", n=8000, seed=0))
+    seeds = {r.seed_id for r in recs if r.kind == "input" and r.split == "calib" and r.label == "permitted"}
+    assert cal["fpr_by_seed"]["seeds"] == len(seeds) < MIN_SEEDS and cal["fpr_by_seed"]["resamples"] == 0
+    assert "recall_by_seed" in cas and "fpr_by_seed" in cas
+    assert "resampling its" not in (model_dir / "MODEL_CARD.md").read_text()
+    flagged = np.zeros(400, dtype=bool)
+    flagged[:8] = True
+    by_seed = seed_interval(flagged, np.repeat(np.arange(100), 4))
+    cal["fpr_by_seed"] = cas["fpr_by_seed"] = by_seed.model_dump()
+    card = model_card(doc, n_train_inputs=1, n_train_exchanges=1)
+    assert card.count(f"resampling its 100 seeds [{100 * by_seed.lo:.1f}, {100 * by_seed.hi:.1f}]") == 2
 
 
 def test_a_saturated_calibration_set_is_reported_over_its_target(model_dir):
@@ -541,6 +587,9 @@ def test_cli_calibrate_with_user_benign(model_dir, tmp_path, capsys):
                  "--constitution", str(MINI), "--out", str(out), "--n", "4000", "--seed", "3"]) == 0
     text = capsys.readouterr().out
     assert "fpr_user" in text and "95% CI" in text
+    # the mini constitution's calibration split holds too few seeds to resample
+    assert json.loads((out / "manifest.json").read_text())["metrics"]["recalibration"]["fpr_constitution_by_seed"]["resamples"] == 0
+    assert "resampling its" not in text
     g = Guard.load(out)
     rec = g.manifest["metrics"]["recalibration"]
     assert g.manifest["target_fpr"] == 0.05 and rec["n_user_benign"] == 60

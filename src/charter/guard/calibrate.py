@@ -15,7 +15,7 @@ from charter.constitution.loader import default_constitution_path
 from charter.data.records import MAX_LINE_BYTES, iter_jsonl
 from charter.errors import CharterError
 from charter.guard.guard import Guard, Part
-from charter.guard.stats import Rate, finite, meets_fpr, rate
+from charter.guard.stats import Rate, finite, meets_fpr, rate, seed_interval
 from charter.guard.readers import Stage1Readers
 from charter.guard.train import (
     Request, ScoreCache, TrainConfig, calibrate, cascade_flags, read_dataset, request_parts, short_rule,
@@ -181,6 +181,8 @@ def recalibrate(
         "target_fpr": target_fpr,
         "fpr": rate(flag_cal).model_dump(),
         "fpr_constitution": rate(flag_cal[:n_const]).model_dump(),
+        # its false positives come in seeds' variants: resampled by seed, the interval is wider than Wilson's
+        "fpr_constitution_by_seed": seed_interval(flag_cal[:n_const], [r.seed_id for r in calib if r.label == "permitted"]).model_dump(),
         "recall_heldout_restricted": rate(flag_ev).model_dump(),
     }
     if user:
@@ -212,6 +214,8 @@ def recalibrate(
                 lines.append(f"  {k:<26} not measured (no {what})")
                 continue
             lines.append(f"  {k:<26} {100 * r['rate']:6.2f}%  95% CI [{100 * r['lo']:.2f}, {100 * r['hi']:.2f}]  n={r['n']}")
+            if k == "fpr_constitution" and (b := report["fpr_constitution_by_seed"])["resamples"]:
+                lines.append(f"  {'':<26} {'':7}  resampling its {b['seeds']} seeds [{100 * b['lo']:.2f}, {100 * b['hi']:.2f}]")
     if not meets_fpr(Rate(**report["fpr"]), target_fpr):
         lines.append(f"  warning: the FPR is over the {100 * target_fpr:.2f}% target: more benign requests than it allows tie "
                      "at the top score, where no threshold separates them (they are flagged); the model is saturated on "

@@ -1,4 +1,5 @@
-"""Rates with 95% Wilson score intervals, and threshold choice for a target false-positive rate."""
+"""Rates with 95% Wilson score intervals (and seed-level bootstrap ones), and threshold choice for a target
+false-positive rate."""
 
 from __future__ import annotations
 
@@ -35,6 +36,35 @@ def wilson(k: int, n: int, z: float = 1.959964) -> Rate:
 def rate(mask: np.ndarray) -> Rate:
     m = np.asarray(mask, dtype=bool)
     return wilson(int(m.sum()), int(m.size))
+
+
+class SeedInterval(BaseModel):
+    """A rate's 95% interval from resampling the seeds its items came from (percentile bootstrap)."""
+
+    lo: float
+    hi: float
+    seeds: int
+    resamples: int
+
+
+#: fewer seeds than this say too little about how seeds vary for a bootstrap to mean anything
+MIN_SEEDS = 20
+
+
+def seed_interval(mask: np.ndarray, seeds: Any, resamples: int = 1000, random_state: int = 0) -> SeedInterval:
+    """The rate of ``mask`` with each seed's items resampled together. A seed's variants pass or fail
+    together (a hard negative's rephrasings are all flagged, or none), so the items are not independent and
+    a Wilson interval is too narrow for what a guard does on seeds nobody wrote yet. Under
+    :data:`MIN_SEEDS` seeds the interval is [0, 1] with no resamples (not measured)."""
+    m = np.asarray(mask, dtype=bool)
+    _, group = np.unique(np.asarray(seeds), return_inverse=True)
+    k, n = np.bincount(group, weights=m, minlength=group.max(initial=-1) + 1), np.bincount(group)
+    if len(n) < MIN_SEEDS:
+        return SeedInterval(lo=0.0, hi=1.0, seeds=len(n), resamples=0)
+    pick = np.random.default_rng(random_state).integers(0, len(n), (resamples, len(n)))
+    r = k[pick].sum(axis=1) / n[pick].sum(axis=1)
+    lo, hi = np.quantile(r, [0.025, 0.975])
+    return SeedInterval(lo=float(lo), hi=float(hi), seeds=len(n), resamples=resamples)
 
 
 def threshold_for_fpr(benign_scores: np.ndarray, target_fpr: float) -> float:

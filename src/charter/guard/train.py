@@ -25,7 +25,7 @@ from charter.errors import CharterError
 from charter.fileio import sha256_file
 from charter.guard.guard import MAX_INPUT_CHARS, PERMITTED, Guard, Part, Reading, short_text
 from charter.guard.readers import Stage1Readers
-from charter.guard.stats import Rate, finite, meets_fpr, rate, threshold_for_count, threshold_for_fpr
+from charter.guard.stats import Rate, finite, meets_fpr, rate, seed_interval, threshold_for_count, threshold_for_fpr
 
 Progress = Callable[[str], None]
 #: openers any assistant reply may start with (the model card reports the exchange FPR behind them)
@@ -616,6 +616,8 @@ def calibrate(guard: Guard, calib_in: Sequence[Record], calib_ex: Sequence[Recor
     """Thresholds for the target FPR (and escalation rate) on benign calibration requests, each judged
     as the input check judges it (a request behind a system prompt counts once, by its worse part)."""
     benign: list[Request] = [request_parts(r) for r in calib_in if r.label == "permitted"] + list(extra_benign)
+    # the seed each benign request came from (a user's line is its own): false positives come in seeds' variants
+    seeds = [r.seed_id for r in calib_in if r.label == "permitted"] + [f"benign line {i}" for i in range(len(extra_benign))]
     if len(benign) < 50:
         raise CharterError(f"only {len(benign)} benign calibration requests (permitted input records of the 'calib' split{' and benign lines' if extra_benign else ''}); need at least 50")
     cache = cache if cache is not None else ScoreCache()
@@ -638,10 +640,12 @@ def calibrate(guard: Guard, calib_in: Sequence[Record], calib_ex: Sequence[Recor
         final = _worst(_cascade(guard, sc), owner, len(benign))
         th["final"] = max(threshold_for_fpr(final, cfg.target_fpr), 1e-6)
         report["escalation_rate"] = rate(_worst(esc.astype(float), owner, len(benign)) > 0).model_dump()
-        report["fpr"] = rate(final >= th["final"]).model_dump()
+        flagged = final >= th["final"]
     else:
         th["escalate"] = th["final"] = th["stage1_only"]
-        report["fpr"] = rate(s1 >= th["stage1_only"]).model_dump()
+        flagged = s1 >= th["stage1_only"]
+    report["fpr"] = rate(flagged).model_dump()
+    report["fpr_by_seed"] = seed_interval(flagged, seeds).model_dump()
     report["fpr_target_met"] = meets_fpr(Rate(**report["fpr"]), cfg.target_fpr)
     if calib_ex:
         if (n_benign := sum(r.label == "permitted" for r in calib_ex)) < 50:
@@ -829,6 +833,9 @@ def evaluate(guard: Guard, test_in: Sequence[Record], test_ex: Sequence[Record],
         "fpr": rate(flagged[~restricted]).model_dump(),
         "fpr_hard_negatives": rate(flagged[~restricted & hard]).model_dump(),
     }
+    seeds = np.array([r.seed_id for r in test_in])
+    m["cascade"]["recall_by_seed"] = seed_interval(flagged[restricted], seeds[restricted]).model_dump()
+    m["cascade"]["fpr_by_seed"] = seed_interval(flagged[~restricted], seeds[~restricted]).model_dump()
     m["stage1_only"] = {"recall": rate(flag1[restricted]).model_dump(), "fpr": rate(flag1[~restricted]).model_dump()}
     m["auc"] = {"stage1": _auc(sc["stage1"][restricted], sc["stage1"][~restricted]),
                 "cascade": _auc(final[restricted], final[~restricted])}
