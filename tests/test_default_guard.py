@@ -547,6 +547,8 @@ def test_a_short_text_escalated_by_the_short_rule_has_its_decoded_view_read(guar
     _, final, _ = cascade_flags(g, [text], ScoreCache())
     assert final[0] == pytest.approx(v.score)
     assert abs(g.exchange_prior(text) - exchange_priors(g, [text], ScoreCache())[text]) < 1e-5
+    read = g.stage2_inputs(r, g.escalation_threshold(len(text.split())))
+    assert g.exchange_prior(text) == pytest.approx(max(1.0 - float(g._stage2_proba(t)[g._perm]) for _, t in read))
     s2 = {name: 1.0 - float(g._stage2_proba(t)[g._perm]) for name, t in (("original", text), ("base64", r.decoded[1]))}
     assert abs(s2["original"] - s2["base64"]) > 1e-3  # the two readings differ, so the view read shows in the score
     assert v.score == pytest.approx(g.combine(s1, s2["base64"], len(text.split())))

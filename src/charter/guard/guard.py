@@ -511,8 +511,10 @@ class Guard:
         return self._verdict(0.5 * (p1 + p2), final, final >= th["final"], "stage2", view, True, t0)
 
     def escalation_threshold(self, words: int) -> float:
-        """Stage 1's escalation threshold for a text of ``words`` words (:attr:`short_words`)."""
-        return float(self.thresholds["escalate_short" if short_text(words, self.short_words) else "escalate"])
+        """Stage 1's escalation threshold for a text of ``words`` words (:attr:`short_words`); as in
+        :meth:`escalates`, a short text does not escalate when the thresholds have no ``escalate_short``."""
+        th = self.thresholds
+        return float(th.get("escalate_short", np.inf) if short_text(words, self.short_words) else th["escalate"])
 
     def escalates(self, s1: np.ndarray, words: np.ndarray) -> np.ndarray:
         """Which stage-1 scores escalate, for texts of these word counts (:meth:`escalation_threshold`)."""
