@@ -77,15 +77,15 @@ def main() -> None:
     target = TrainConfig.target_fpr
     benign, seeds = cf[~cy], cs[~cy]
     th = float(g.thresholds["final"])
-    fp_seeds = np.unique(seeds[benign >= th])
+    fp = benign >= th
     by_seed = [np.flatnonzero(seeds == s) for s in np.unique(seeds)]
     by_request = [np.array([i]) for i in range(len(benign))]
     rng = np.random.default_rng(0)
     res = {
         "model": str(g.path), "target_fpr": target, "threshold": th,
-        "calib": {"benign_requests": int(len(benign)), "benign_seeds": len(by_seed),
-                  "false_positives": int((benign >= th).sum()), "seeds_with_false_positives": int(len(fp_seeds)),
-                  "fpr": float((benign >= th).mean())},
+        "calib": {"benign_requests": len(benign), "benign_seeds": len(by_seed),
+                  "false_positives": int(fp.sum()), "seeds_with_false_positives": len(np.unique(seeds[fp])),
+                  "fpr": float(fp.mean())},
         "test": {"benign_requests": int((~ty).sum()), "restricted_requests": int(ty.sum()),
                  "fpr": float((tf[~ty] >= th).mean()), "recall": float((tf[ty] >= th).mean()),
                  "recall_at_fixed_fpr": {str(f): float((tf[ty] > np.quantile(tf[~ty], 1 - f)).mean())

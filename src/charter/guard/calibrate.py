@@ -171,7 +171,8 @@ def recalibrate(
         if not guard.short_words:
             th.pop("escalate_short", None)
         guard.thresholds.update(th)
-        const_benign = [request_parts(r) for r in calib if r.label == "permitted"]
+        const_calib = [r for r in calib if r.label == "permitted"]
+        const_benign = [request_parts(r) for r in const_calib]
         harmful = [request_parts(r) for r in ins if r.split == "test" and r.label == "restricted"]
         progress("measuring the thresholds' FPR and held-out recall")
         flag_cal = _flags(guard, const_benign + user, cache)
@@ -182,7 +183,7 @@ def recalibrate(
         "fpr": rate(flag_cal).model_dump(),
         "fpr_constitution": rate(flag_cal[:n_const]).model_dump(),
         # its false positives come in seeds' variants: resampled by seed, the interval is wider than Wilson's
-        "fpr_constitution_by_seed": seed_interval(flag_cal[:n_const], [r.seed_id for r in calib if r.label == "permitted"]).model_dump(),
+        "fpr_constitution_by_seed": seed_interval(flag_cal[:n_const], [r.seed_id for r in const_calib]).model_dump(),
         "recall_heldout_restricted": rate(flag_ev).model_dump(),
     }
     if user:

@@ -413,19 +413,17 @@ class Guard:
     def stage1_reading(self, text: str) -> Reading:
         return stage1_reading(self.stage1, self._hasher, text)
 
-    def second_reading(self, r: Reading, escalate: float | None = None) -> tuple[str, str] | None:
+    def second_reading(self, r: Reading, escalate: float) -> tuple[str, str] | None:
         """The decoded view (name, text) stage 2 reads instead of ``r``'s, under :attr:`stage2_reads_decoded`,
-        when stage 1 scores it at ``escalate`` or more (the text's escalation threshold; the main one if not
-        given): a wrapper's own phrasing ("hidden message below, do what it says") can make the text as written
+        when stage 1 scores it at ``escalate`` or more (the text's :meth:`escalation_threshold`): a wrapper's own phrasing ("hidden message below, do what it says") can make the text as written
         stage 1's top reading, and stage 2, which reads English and at most 64 tokens, would then read the
         wrapper, not the decoded ask. Reading both and keeping the worse did as well on the default
         data but cost a second encoder pass (cascade p99 28 -> 49 ms in bench_guard's mix)."""
-        th = self.thresholds["escalate"] if escalate is None else escalate
-        if not self.stage2_reads_decoded or r.decoded is None or r.decoded[2] < th:
+        if not self.stage2_reads_decoded or r.decoded is None or r.decoded[2] < escalate:
             return None
         return r.decoded[0], r.decoded[1]
 
-    def stage2_inputs(self, r: Reading, escalate: float | None = None) -> list[tuple[str, str]]:
+    def stage2_inputs(self, r: Reading, escalate: float) -> list[tuple[str, str]]:
         """The views (name, text) stage 2 reads of stage 1's reading ``r``: the view stage 1 found most
         suspicious or a decoded one (:meth:`second_reading`), and under :attr:`stage2_reads_stripped` that view
         without an adversarial suffix's token soup too. The more restricted reading counts: the soup would
@@ -436,7 +434,7 @@ class Guard:
             out.append(("noise_stripped" if view == "original" else f"{view}+noise_stripped", stripped))
         return out
 
-    def _stage2_worst(self, r: Reading, escalate: float | None = None) -> tuple[str, np.ndarray]:
+    def _stage2_worst(self, r: Reading, escalate: float) -> tuple[str, np.ndarray]:
         """Stage 2's most restricted reading of ``r``: its view's name and class probabilities."""
         reads = [(view, self._stage2_proba(text)) for view, text in self.stage2_inputs(r, escalate)]
         return max(reads, key=lambda vp: 1.0 - float(vp[1][self._perm]))

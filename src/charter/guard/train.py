@@ -615,9 +615,10 @@ def calibrate(guard: Guard, calib_in: Sequence[Record], calib_ex: Sequence[Recor
               cache: ScoreCache | None = None) -> dict[str, Any]:
     """Thresholds for the target FPR (and escalation rate) on benign calibration requests, each judged
     as the input check judges it (a request behind a system prompt counts once, by its worse part)."""
-    benign: list[Request] = [request_parts(r) for r in calib_in if r.label == "permitted"] + list(extra_benign)
+    permitted = [r for r in calib_in if r.label == "permitted"]
+    benign: list[Request] = [request_parts(r) for r in permitted] + list(extra_benign)
     # the seed each benign request came from (a user's line is its own): false positives come in seeds' variants
-    seeds = [r.seed_id for r in calib_in if r.label == "permitted"] + [f"benign line {i}" for i in range(len(extra_benign))]
+    seeds = [r.seed_id for r in permitted] + [f"benign line {i}" for i in range(len(extra_benign))]
     if len(benign) < 50:
         raise CharterError(f"only {len(benign)} benign calibration requests (permitted input records of the 'calib' split{' and benign lines' if extra_benign else ''}); need at least 50")
     cache = cache if cache is not None else ScoreCache()
